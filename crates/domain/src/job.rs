@@ -1,0 +1,441 @@
+//! Jobs: a named definition of work — where to dispatch it, with what payload, and the re-poll,
+//! retry, timeout and deadline policy. [`JobInput`] is what a client sends; a [`JobSpec`] exists
+//! only once every field has been checked.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::{RetryPolicy, Span, ValidationErrors};
+
+/// A job's name: 1–64 characters of letters, digits, `.`, `_` and `-`, starting with a letter
+/// or digit. It appears in URLs, so it needs no escaping.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct JobName(String);
+
+/// Why a job name was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("a job name is 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit")]
+pub struct InvalidJobName;
+
+impl FromStr for JobName {
+    type Err = InvalidJobName;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let valid = !s.is_empty()
+            && s.len() <= 64
+            && s.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        if valid {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(InvalidJobName)
+        }
+    }
+}
+
+impl JobName {
+    /// The name as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for JobName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for JobName {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// Where a job's tasks are dispatched: an HTTP endpoint taking a `POST`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpTarget {
+    pub url: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+}
+
+/// A validated job definition, as stored and as returned by the API.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    pub target: HttpTarget,
+    pub payload: Value,
+    pub repoll_interval: Span,
+    pub dispatch_timeout: Span,
+    pub timeout: Span,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<Span>,
+    pub retry: RetryPolicy,
+    pub expect_callback: bool,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A job definition as a client writes it: everything but the target is optional.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobInput {
+    pub description: Option<String>,
+    pub target: HttpTarget,
+    pub payload: Option<Value>,
+    pub repoll_interval: Option<Span>,
+    pub dispatch_timeout: Option<Span>,
+    pub timeout: Option<Span>,
+    pub deadline: Option<Span>,
+    pub retry: Option<RetryInput>,
+    pub expect_callback: Option<bool>,
+    pub labels: Option<BTreeMap<String, String>>,
+}
+
+/// A retry policy as a client writes it; omitted fields take the defaults.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryInput {
+    pub max_attempts: Option<u32>,
+    pub initial_backoff: Option<Span>,
+    pub max_backoff: Option<Span>,
+    pub multiplier: Option<f64>,
+    pub jitter: Option<f64>,
+}
+
+/// Defaults a job takes when its definition leaves a field out.
+pub mod defaults {
+    use crate::Span;
+
+    /// How long after an accepted dispatch the task is dispatched again.
+    pub const REPOLL_INTERVAL: Span = Span::from_secs(30);
+    /// How long one dispatch may take before it counts as a transient error.
+    pub const DISPATCH_TIMEOUT: Span = Span::from_secs(10);
+    /// How long a task may stay open before it fails as `timed_out`.
+    pub const TIMEOUT: Span = Span::from_secs(24 * 3600);
+}
+
+/// Headers Pacer sets itself on every dispatch; a job may not override them.
+const RESERVED_HEADERS: [&str; 7] = [
+    "content-type",
+    "content-length",
+    "host",
+    "idempotency-key",
+    "traceparent",
+    "transfer-encoding",
+    "connection",
+];
+
+fn check_range(errors: &mut ValidationErrors, field: &str, value: Span, min: Span, max: Span) {
+    if value < min || value > max {
+        errors.push(
+            field,
+            format!("must be between {min} and {max}, got {value}"),
+        );
+    }
+}
+
+fn check_headers(errors: &mut ValidationErrors, headers: &BTreeMap<String, String>) {
+    if headers.len() > 32 {
+        errors.push("target.headers", "at most 32 headers");
+    }
+    for (name, value) in headers {
+        let field = format!("target.headers.{name}");
+        let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+        if name.is_empty() || name.len() > 128 || !name.chars().all(token) {
+            errors.push(field, "not a valid HTTP header name");
+        } else if RESERVED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+            errors.push(
+                field,
+                "is set by Pacer on every dispatch and cannot be overridden",
+            );
+        } else if name.eq_ignore_ascii_case("authorization") {
+            errors.push(field, "credentials do not belong in static headers");
+        } else if value.len() > 4096
+            || !value.chars().all(|c| c == '\t' || (' '..='~').contains(&c))
+        {
+            errors.push(
+                field,
+                "a header value is at most 4096 visible ASCII characters",
+            );
+        }
+    }
+}
+
+fn check_url(errors: &mut ValidationErrors, raw: &str) {
+    match url::Url::parse(raw) {
+        _ if raw.len() > 2048 => errors.push("target.url", "at most 2048 characters"),
+        Ok(url) if !matches!(url.scheme(), "http" | "https") => {
+            errors.push("target.url", "must be an http or https URL")
+        }
+        Ok(url) if url.host_str().is_none_or(str::is_empty) => {
+            errors.push("target.url", "must name a host")
+        }
+        Ok(_) => {}
+        Err(e) => errors.push("target.url", format!("not a valid URL: {e}")),
+    }
+}
+
+fn check_labels(errors: &mut ValidationErrors, labels: &BTreeMap<String, String>) {
+    if labels.len() > 32 {
+        errors.push("labels", "at most 32 labels");
+    }
+    for (key, value) in labels {
+        if key.parse::<JobName>().is_err() {
+            errors.push(
+                format!("labels.{key}"),
+                "a label key is 1 to 64 letters, digits, '.', '_' or '-'",
+            );
+        } else if value.chars().count() > 256 {
+            errors.push(
+                format!("labels.{key}"),
+                "a label value is at most 256 characters",
+            );
+        }
+    }
+}
+
+impl TryFrom<RetryInput> for RetryPolicy {
+    type Error = ValidationErrors;
+
+    fn try_from(input: RetryInput) -> Result<Self, Self::Error> {
+        let defaults = RetryPolicy::default();
+        let policy = RetryPolicy {
+            max_attempts: input.max_attempts.unwrap_or(defaults.max_attempts),
+            initial_backoff: input.initial_backoff.unwrap_or(defaults.initial_backoff),
+            max_backoff: input.max_backoff.unwrap_or_else(|| {
+                defaults
+                    .max_backoff
+                    .max(input.initial_backoff.unwrap_or_default())
+            }),
+            multiplier: input.multiplier.unwrap_or(defaults.multiplier),
+            jitter: input.jitter.unwrap_or(defaults.jitter),
+        };
+        let mut errors = ValidationErrors::new();
+        if !(1..=1000).contains(&policy.max_attempts) {
+            errors.push("retry.max_attempts", "must be between 1 and 1000");
+        }
+        check_range(
+            &mut errors,
+            "retry.initial_backoff",
+            policy.initial_backoff,
+            Span::from_millis(10),
+            Span::from_secs(3600),
+        );
+        check_range(
+            &mut errors,
+            "retry.max_backoff",
+            policy.max_backoff,
+            policy.initial_backoff,
+            Span::from_secs(86_400),
+        );
+        if !(1.0..=10.0).contains(&policy.multiplier) {
+            errors.push("retry.multiplier", "must be between 1.0 and 10.0");
+        }
+        if !(0.0..=1.0).contains(&policy.jitter) {
+            errors.push("retry.jitter", "must be between 0.0 and 1.0");
+        }
+        errors.into_result(policy)
+    }
+}
+
+impl TryFrom<JobInput> for JobSpec {
+    type Error = ValidationErrors;
+
+    fn try_from(input: JobInput) -> Result<Self, Self::Error> {
+        let mut errors = ValidationErrors::new();
+        if input
+            .description
+            .as_ref()
+            .is_some_and(|d| d.chars().count() > 1000)
+        {
+            errors.push("description", "at most 1000 characters");
+        }
+        check_url(&mut errors, &input.target.url);
+        check_headers(&mut errors, &input.target.headers);
+        let payload = input.payload.unwrap_or_else(|| Value::Object(Map::new()));
+        if !payload.is_object() {
+            errors.push("payload", "must be a JSON object");
+        }
+        let repoll_interval = input.repoll_interval.unwrap_or(defaults::REPOLL_INTERVAL);
+        check_range(
+            &mut errors,
+            "repoll_interval",
+            repoll_interval,
+            Span::from_secs(1),
+            Span::from_secs(7 * 86_400),
+        );
+        let dispatch_timeout = input.dispatch_timeout.unwrap_or(defaults::DISPATCH_TIMEOUT);
+        check_range(
+            &mut errors,
+            "dispatch_timeout",
+            dispatch_timeout,
+            Span::from_millis(100),
+            Span::from_secs(600),
+        );
+        let timeout = input.timeout.unwrap_or(defaults::TIMEOUT);
+        check_range(
+            &mut errors,
+            "timeout",
+            timeout,
+            Span::from_secs(1),
+            Span::from_secs(90 * 86_400),
+        );
+        if let Some(deadline) = input.deadline {
+            check_range(
+                &mut errors,
+                "deadline",
+                deadline,
+                Span::from_secs(1),
+                timeout,
+            );
+        }
+        let retry = match RetryPolicy::try_from(input.retry.unwrap_or_default()) {
+            Ok(policy) => policy,
+            Err(retry_errors) => {
+                for e in retry_errors.errors() {
+                    errors.push(e.field.clone(), e.message.clone());
+                }
+                RetryPolicy::default()
+            }
+        };
+        let labels = input.labels.unwrap_or_default();
+        check_labels(&mut errors, &labels);
+        errors.into_result(JobSpec {
+            description: input.description,
+            target: input.target,
+            payload,
+            repoll_interval,
+            dispatch_timeout,
+            timeout,
+            deadline: input.deadline,
+            retry,
+            expect_callback: input.expect_callback.unwrap_or(true),
+            labels,
+        })
+    }
+}
+
+impl JobSpec {
+    /// A task's payload: the job's payload with the task's own top-level keys laid over it.
+    pub fn task_payload(&self, overrides: Option<&Map<String, Value>>) -> Value {
+        let mut payload = self.payload.as_object().cloned().unwrap_or_default();
+        if let Some(overrides) = overrides {
+            payload.extend(overrides.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+        Value::Object(payload)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn parse(value: Value) -> Result<JobSpec, ValidationErrors> {
+        let input: JobInput = serde_json::from_value(value).expect("input deserializes");
+        JobSpec::try_from(input)
+    }
+
+    fn fields(errors: &ValidationErrors) -> Vec<&str> {
+        errors.errors().iter().map(|e| e.field.as_str()).collect()
+    }
+
+    #[test]
+    fn a_minimal_job_takes_the_defaults() {
+        let spec = parse(json!({ "target": { "url": "http://svc:8080/run" } })).expect("valid");
+        assert_eq!(spec.repoll_interval, defaults::REPOLL_INTERVAL);
+        assert_eq!(spec.dispatch_timeout, defaults::DISPATCH_TIMEOUT);
+        assert_eq!(spec.timeout, defaults::TIMEOUT);
+        assert_eq!(spec.deadline, None);
+        assert!(spec.expect_callback);
+        assert_eq!(spec.payload, json!({}));
+    }
+
+    #[test]
+    fn every_bad_field_is_named_at_once() {
+        let errors = parse(json!({
+            "target": { "url": "ftp://svc/run", "headers": { "Idempotency-Key": "x", "bad name": "y" } },
+            "payload": [1, 2],
+            "repoll_interval": "0s",
+            "dispatch_timeout": "1h",
+            "timeout": "1h",
+            "deadline": "2h",
+            "retry": { "max_attempts": 0, "multiplier": 0.5, "jitter": 2.0 },
+            "labels": { "team": "a", "bad key!": "b" },
+        }))
+        .expect_err("invalid");
+        assert_eq!(
+            fields(&errors),
+            [
+                "target.url",
+                "target.headers.Idempotency-Key",
+                "target.headers.bad name",
+                "payload",
+                "repoll_interval",
+                "dispatch_timeout",
+                "deadline",
+                "retry.max_attempts",
+                "retry.multiplier",
+                "retry.jitter",
+                "labels.bad key!",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_url_without_a_host_or_with_garbage_is_refused() {
+        for url in ["http://", "not a url", "mailto:ops@example.com"] {
+            let errors = parse(json!({ "target": { "url": url } })).expect_err(url);
+            assert_eq!(fields(&errors), ["target.url"], "{url}");
+        }
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let result: Result<JobInput, _> =
+            serde_json::from_value(json!({ "target": { "url": "http://a" }, "colour": "red" }));
+        assert!(result.is_err());
+    }
+
+    #[test]
+    fn job_names_are_checked() {
+        for good in ["sync", "master-data.sync_2", "A1"] {
+            assert!(good.parse::<JobName>().is_ok(), "{good}");
+        }
+        let too_long = "a".repeat(65);
+        for bad in ["", "-sync", "has space", "sl/ash", too_long.as_str()] {
+            assert!(bad.parse::<JobName>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_task_payload_overlays_the_job_payload() {
+        let spec = parse(json!({
+            "target": { "url": "http://a" },
+            "payload": { "tables": ["centers"], "full": false },
+        }))
+        .expect("valid");
+        let overrides = json!({ "full": true, "since": "2026-01-01" });
+        assert_eq!(
+            spec.task_payload(overrides.as_object()),
+            json!({ "tables": ["centers"], "full": true, "since": "2026-01-01" })
+        );
+        assert_eq!(
+            spec.task_payload(None),
+            json!({ "tables": ["centers"], "full": false })
+        );
+    }
+}

@@ -1,0 +1,20 @@
+//! Pacer's domain: the types and rules of jobs, tasks and their lifecycle.
+//! Nothing here does I/O; the store persists these types and the engine acts on their decisions.
+
+pub mod dispatch;
+pub mod ids;
+pub mod job;
+pub mod retry;
+pub mod span;
+pub mod task;
+pub mod validation;
+
+pub use dispatch::{
+    AfterDispatch, DispatchOutcome, ResponseClass, after_dispatch, classify_status,
+};
+pub use ids::TaskId;
+pub use job::{HttpTarget, JobInput, JobName, JobSpec};
+pub use retry::RetryPolicy;
+pub use span::Span;
+pub use task::{CallbackStatus, FailureReason, TaskEvent, TaskState, Transition};
+pub use validation::{FieldError, ValidationErrors};

@@ -1,0 +1,492 @@
+//! The dispatcher, on every node: claims due tasks, POSTs each to its job's target, and records
+//! what the downstream answered. Concurrency is bounded by one semaphore shared with the API,
+//! which hands over tasks it created already claimed.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use pacer_domain::dispatch::{DispatchOutcome, Report, ResponseClass};
+use pacer_domain::{Span, TaskId, after_dispatch, classify_status};
+use pacer_store::{ClaimedTask, Outcome, ReleasedClaim, Store};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
+use serde::Serialize;
+use serde_json::Value;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::Result;
+use crate::wakeup::Wakeups;
+
+/// A task claimed elsewhere on this node (by the API, at creation) together with the
+/// concurrency permit reserved for its dispatch.
+pub type Handoff = (ClaimedTask, OwnedSemaphorePermit);
+
+/// The dispatcher's settings.
+#[derive(Debug, Clone)]
+pub struct DispatchConfig {
+    /// This node's id, recorded on claims and attempts.
+    pub node_id: String,
+    /// The base URL downstreams call back on.
+    pub public_url: String,
+    /// Most tasks claimed in one statement.
+    pub batch_size: usize,
+    /// Longest sleep between looks for due work when no notification arrives.
+    pub poll_interval: Span,
+    /// Added to a job's dispatch timeout to make the claim's lease.
+    pub lease_margin: Span,
+    /// How long a shutdown waits for in-flight dispatches before handing them back.
+    pub drain_timeout: Span,
+    /// The most of a response body read (to look for a status report).
+    pub max_response_bytes: usize,
+}
+
+/// Claims and dispatches tasks until shut down.
+pub struct Dispatcher {
+    config: DispatchConfig,
+    store: Store,
+    client: reqwest::Client,
+    permits: Arc<Semaphore>,
+    handoffs: mpsc::Receiver<Handoff>,
+}
+
+/// Claims being dispatched, so a shutdown can hand back those that do not finish in time.
+type InFlight = Arc<Mutex<HashMap<TaskId, ReleasedClaim>>>;
+
+/// What one look for due work found.
+enum Claimed {
+    /// As many tasks as asked for: look again at once.
+    Full,
+    /// Fewer: sleep until the next task is due or a notification arrives.
+    Partial,
+    /// No free permit: wait for a dispatch to finish.
+    Saturated,
+}
+
+impl Dispatcher {
+    /// A dispatcher sharing `permits` with whatever sends on `handoffs`.
+    pub fn new(
+        config: DispatchConfig,
+        store: Store,
+        client: reqwest::Client,
+        permits: Arc<Semaphore>,
+        handoffs: mpsc::Receiver<Handoff>,
+    ) -> Self {
+        Self {
+            config,
+            store,
+            client,
+            permits,
+            handoffs,
+        }
+    }
+
+    /// Runs until `shutdown`; then stops claiming, waits up to the drain timeout for in-flight
+    /// dispatches, and hands back the claims of those still running.
+    pub async fn run(mut self, shutdown: CancellationToken) -> Result<()> {
+        let mut wakeups = Wakeups::new(self.store.clone());
+        let mut running = JoinSet::new();
+        let in_flight: InFlight = Arc::default();
+        let poll = self.config.poll_interval.as_duration();
+        let mut look_at = Instant::now();
+        let mut saturated = false;
+        loop {
+            if !saturated && Instant::now() >= look_at {
+                match self.claim(&mut running, &in_flight).await {
+                    Ok(Claimed::Full) => look_at = Instant::now(),
+                    Ok(Claimed::Partial) => look_at = Instant::now() + self.sleep_for(poll).await,
+                    Ok(Claimed::Saturated) => saturated = true,
+                    Err(error) => {
+                        tracing::warn!(%error, "claiming due tasks failed; retrying");
+                        look_at = Instant::now() + Duration::from_secs(1);
+                    }
+                }
+                continue;
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                Some((task, permit)) = self.handoffs.recv() => {
+                    self.spawn(&mut running, &in_flight, task, permit);
+                }
+                () = wakeups.next() => look_at = Instant::now(),
+                Some(_) = running.join_next() => saturated = false,
+                () = tokio::time::sleep_until(look_at), if !saturated => {}
+            }
+        }
+        self.drain(running, in_flight).await
+    }
+
+    /// How long to sleep before looking again: until the next task is due, at most `poll`.
+    async fn sleep_for(&self, poll: Duration) -> Duration {
+        match self.store.next_due_in().await {
+            Ok(Some(due)) => due.min(poll),
+            Ok(None) => poll,
+            Err(error) => {
+                tracing::warn!(%error, "reading the next due time failed");
+                poll
+            }
+        }
+    }
+
+    async fn claim(&self, running: &mut JoinSet<()>, in_flight: &InFlight) -> Result<Claimed> {
+        // Permits first, so every claimed task is guaranteed a dispatch slot.
+        let permits: Vec<_> = (0..self.config.batch_size)
+            .map_while(|_| self.permits.clone().try_acquire_owned().ok())
+            .collect();
+        if permits.is_empty() {
+            return Ok(Claimed::Saturated);
+        }
+        let wanted = permits.len();
+        let limit = i64::try_from(wanted).unwrap_or(i64::MAX);
+        let tasks = self
+            .store
+            .claim_due(&self.config.node_id, limit, self.config.lease_margin)
+            .await?;
+        let claimed = tasks.len();
+        for (task, permit) in tasks.into_iter().zip(permits) {
+            self.spawn(running, in_flight, task, permit);
+        }
+        if claimed > 0 {
+            tracing::debug!(claimed, "claimed due tasks");
+        }
+        Ok(if claimed == wanted {
+            Claimed::Full
+        } else {
+            Claimed::Partial
+        })
+    }
+
+    fn spawn(
+        &self,
+        running: &mut JoinSet<()>,
+        in_flight: &InFlight,
+        task: ClaimedTask,
+        permit: OwnedSemaphorePermit,
+    ) {
+        let claim = ReleasedClaim {
+            id: task.id,
+            claim_token: task.claim_token,
+            attempt: task.attempt,
+            claimed_at: task.claimed_at,
+        };
+        in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(task.id, claim);
+        let span = tracing::info_span!("dispatch", task.id = %task.id, job.name = %task.job_name, task.attempt = task.attempt);
+        let attempt = Attempt {
+            store: self.store.clone(),
+            client: self.client.clone(),
+            config: self.config.clone(),
+            in_flight: in_flight.clone(),
+        };
+        running.spawn(
+            async move {
+                attempt.run(task).await;
+                drop(permit);
+            }
+            .instrument(span),
+        );
+    }
+
+    async fn drain(mut self, mut running: JoinSet<()>, in_flight: InFlight) -> Result<()> {
+        // Tasks handed over but not yet started go straight back.
+        self.handoffs.close();
+        while let Some((task, _permit)) = self.handoffs.recv().await {
+            in_flight
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(
+                    task.id,
+                    ReleasedClaim {
+                        id: task.id,
+                        claim_token: task.claim_token,
+                        attempt: task.attempt,
+                        claimed_at: task.claimed_at,
+                    },
+                );
+        }
+        let deadline = self.config.drain_timeout.as_duration();
+        let waiting = running.len();
+        if waiting > 0 {
+            tracing::info!(waiting, ?deadline, "waiting for in-flight dispatches");
+        }
+        let drained = tokio::time::timeout(deadline, async {
+            while running.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            running.shutdown().await;
+        }
+        let unfinished: Vec<ReleasedClaim> = in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .copied()
+            .collect();
+        if !unfinished.is_empty() {
+            let released = self
+                .store
+                .release_claims(&self.config.node_id, &unfinished)
+                .await?;
+            tracing::info!(released, "handed unfinished dispatches back");
+        }
+        Ok(())
+    }
+}
+
+/// The body of every dispatch (DESIGN §6).
+#[derive(Serialize)]
+struct DispatchBody<'a> {
+    task_id: TaskId,
+    job: &'a str,
+    attempt: i32,
+    scheduled_at: DateTime<Utc>,
+    deadline_at: Option<DateTime<Utc>>,
+    last_success_at: Option<DateTime<Utc>>,
+    payload: &'a Value,
+    callback: Callback,
+}
+
+#[derive(Serialize)]
+struct Callback {
+    url: String,
+}
+
+/// One dispatch of one claimed task.
+struct Attempt {
+    store: Store,
+    client: reqwest::Client,
+    config: DispatchConfig,
+    in_flight: InFlight,
+}
+
+impl Attempt {
+    async fn run(self, task: ClaimedTask) {
+        if task.timed_out {
+            match self.store.fail_timed_out(&task).await {
+                Ok(true) => tracing::info!("task timed out"),
+                Ok(false) => {}
+                Err(error) => {
+                    tracing::warn!(%error, "failing a timed-out task did not commit; it will be claimed again")
+                }
+            }
+            self.forget(&task);
+            return;
+        }
+        let started = Instant::now();
+        let outcome = self.send(&task).await;
+        let latency = started.elapsed();
+        let decision = after_dispatch(
+            task.state,
+            u32::try_from(task.consecutive_failures).unwrap_or_default(),
+            &task.job,
+            &outcome,
+            rand::random(),
+        );
+        tracing::info!(
+            outcome = %outcome.attempt_outcome(),
+            http.status = outcome.http_status(),
+            latency_ms = latency.as_millis(),
+            error = outcome.error(),
+            next_state = decision.state.map(|s| s.as_str()),
+            "dispatched"
+        );
+        let record = Outcome {
+            attempt: outcome.attempt_outcome(),
+            node: self.config.node_id.clone(),
+            http_status: outcome.http_status(),
+            error: outcome.error().map(str::to_owned),
+            latency,
+            decision,
+        };
+        self.record(&task, &record).await;
+        self.forget(&task);
+    }
+
+    /// Records the outcome, retrying briefly through a database hiccup. If it still fails, the
+    /// claim's lease runs out and the task is dispatched again: at least once, never lost.
+    async fn record(&self, task: &ClaimedTask, outcome: &Outcome) {
+        let mut backoff = Duration::from_millis(100);
+        for _ in 0..5 {
+            match self.store.record_outcome(task, outcome).await {
+                Ok(true) => return,
+                Ok(false) => {
+                    tracing::info!("the task moved on during the dispatch; its newer state stands");
+                    return;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "recording a dispatch outcome failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff *= 2;
+                }
+            }
+        }
+        tracing::error!(
+            "could not record a dispatch outcome; the task will be dispatched again when its lease expires"
+        );
+    }
+
+    fn forget(&self, task: &ClaimedTask) {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&task.id);
+    }
+
+    async fn send(&self, task: &ClaimedTask) -> DispatchOutcome {
+        let body = DispatchBody {
+            task_id: task.id,
+            job: &task.job_name,
+            attempt: task.attempt,
+            scheduled_at: task.due_at,
+            deadline_at: task.deadline_at,
+            last_success_at: task.last_success_at,
+            payload: &task.payload,
+            callback: Callback {
+                url: format!(
+                    "{}/api/v1/tasks/{}/callback",
+                    self.config.public_url.trim_end_matches('/'),
+                    task.id
+                ),
+            },
+        };
+        let mut headers = HeaderMap::new();
+        for (name, value) in &task.job.target.headers {
+            // Validated when the job was defined; a header that still fails to convert is skipped.
+            if let (Ok(name), Ok(value)) =
+                (HeaderName::try_from(name), HeaderValue::try_from(value))
+            {
+                headers.insert(name, value);
+            }
+        }
+        let request = self
+            .client
+            .post(&task.job.target.url)
+            .headers(headers)
+            .header("idempotency-key", task.id.to_string())
+            .timeout(task.job.dispatch_timeout.as_duration())
+            .json(&body);
+        let response = match request.send().await {
+            Ok(response) => response,
+            Err(error) => {
+                return DispatchOutcome::Transient {
+                    status: None,
+                    error: describe(&error, task.job.dispatch_timeout),
+                    retry_after: None,
+                };
+            }
+        };
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(parse_retry_after);
+        let body = match read_limited(response, self.config.max_response_bytes).await {
+            Ok(body) => body,
+            Err(error) => {
+                return DispatchOutcome::Transient {
+                    status: Some(status.as_u16()),
+                    error: describe(&error, task.job.dispatch_timeout),
+                    retry_after: None,
+                };
+            }
+        };
+        let summary = || {
+            let text = String::from_utf8_lossy(&body);
+            let text: String = text.chars().take(300).collect();
+            if text.trim().is_empty() {
+                status.to_string()
+            } else {
+                format!("{status}: {}", text.trim())
+            }
+        };
+        match classify_status(status.as_u16()) {
+            ResponseClass::Accepted => DispatchOutcome::Accepted {
+                status: status.as_u16(),
+                report: serde_json::from_slice::<Report>(&body).ok(),
+            },
+            ResponseClass::AlreadyRunning => DispatchOutcome::AlreadyRunning,
+            ResponseClass::Transient => DispatchOutcome::Transient {
+                status: Some(status.as_u16()),
+                error: summary(),
+                retry_after,
+            },
+            ResponseClass::Permanent => DispatchOutcome::Permanent {
+                status: status.as_u16(),
+                error: summary(),
+            },
+        }
+    }
+}
+
+/// Reads at most `limit` bytes of a response body; the rest is dropped.
+async fn read_limited(mut response: reqwest::Response, limit: usize) -> reqwest::Result<Vec<u8>> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        let room = limit.saturating_sub(body.len());
+        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if body.len() >= limit {
+            break;
+        }
+    }
+    Ok(body)
+}
+
+/// A one-line description of a failed request, with its cause.
+fn describe(error: &reqwest::Error, timeout: Span) -> String {
+    if error.is_timeout() {
+        return format!("no answer within the dispatch timeout ({timeout})");
+    }
+    let mut text = if error.is_connect() {
+        "connection failed".to_owned()
+    } else {
+        error.to_string()
+    };
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// `Retry-After` as delay-seconds or an HTTP date.
+fn parse_retry_after(value: &HeaderValue) -> Option<Duration> {
+    let text = value.to_str().ok()?.trim();
+    if let Ok(seconds) = text.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = DateTime::parse_from_rfc2822(text).ok()?;
+    (at.with_timezone(&Utc) - Utc::now()).to_std().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_accepts_seconds_and_http_dates() {
+        assert_eq!(
+            parse_retry_after(&HeaderValue::from_static("120")),
+            Some(Duration::from_secs(120))
+        );
+        let later = (Utc::now() + chrono::Duration::seconds(90))
+            .to_rfc2822()
+            .replace("+0000", "GMT");
+        let parsed = parse_retry_after(&HeaderValue::from_str(&later).expect("header"));
+        assert!(
+            parsed.is_some_and(|d| d > Duration::from_secs(80) && d <= Duration::from_secs(90))
+        );
+        assert_eq!(
+            parse_retry_after(&HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT")),
+            None
+        );
+        assert_eq!(parse_retry_after(&HeaderValue::from_static("soon")), None);
+    }
+}

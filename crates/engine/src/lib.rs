@@ -1,0 +1,23 @@
+//! Pacer's background loops. Each loop is a value with `run(self, shutdown)`, spawned and
+//! supervised by the server; none spawns work it does not also wait for.
+
+pub mod dispatch;
+mod error;
+mod wakeup;
+
+pub use dispatch::{DispatchConfig, Dispatcher, Handoff};
+pub use error::{Error, Result};
+
+/// Builds the HTTP client Pacer makes outbound calls with: pooled, no redirects followed
+/// (a redirected `POST` would silently become a `GET`), TLS through rustls with the ring provider.
+pub fn http_client() -> Result<reqwest::Client> {
+    // Installing fails only when a provider is already installed, which is what we want.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .user_agent(concat!("pacer/", env!("CARGO_PKG_VERSION")))
+        .redirect(reqwest::redirect::Policy::none())
+        .pool_idle_timeout(std::time::Duration::from_secs(60))
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .build()
+        .map_err(Error::HttpClient)
+}

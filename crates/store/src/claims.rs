@@ -1,0 +1,209 @@
+//! Claims: taking due tasks for dispatch, recording what each dispatch came to, and handing
+//! tasks back. Every write here is fenced by the claim token read when the task was claimed.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use pacer_domain::dispatch::AttemptOutcome;
+use pacer_domain::{AfterDispatch, FailureReason, JobSpec, Span, TaskId, TaskState};
+use serde_json::Value;
+use sqlx::types::Json;
+use uuid::Uuid;
+
+use crate::error::corrupt;
+use crate::{Result, Store, TASKS_DUE_CHANNEL};
+
+/// A task claimed by this node, with what its dispatch needs.
+#[derive(Debug, Clone)]
+pub struct ClaimedTask {
+    pub id: TaskId,
+    /// Fences every write about this dispatch.
+    pub claim_token: Uuid,
+    pub job_name: String,
+    pub job_version: i32,
+    /// The job's current definition.
+    pub job: JobSpec,
+    pub state: TaskState,
+    /// The number of this dispatch (1 for the first).
+    pub attempt: i32,
+    pub consecutive_failures: i32,
+    pub payload: Value,
+    pub due_at: DateTime<Utc>,
+    pub deadline_at: Option<DateTime<Utc>>,
+    pub timeout_at: DateTime<Utc>,
+    pub claimed_at: DateTime<Utc>,
+    /// The hard timeout had passed when the task was claimed: fail it, do not dispatch.
+    pub timed_out: bool,
+    /// The start of the job's latest completed task.
+    pub last_success_at: Option<DateTime<Utc>>,
+}
+
+/// What one dispatch came to, ready to record.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub decision: AfterDispatch,
+    pub attempt: AttemptOutcome,
+    pub node: String,
+    pub http_status: Option<u16>,
+    pub error: Option<String>,
+    pub latency: Duration,
+}
+
+/// A claim this node gives back unfinished.
+#[derive(Debug, Clone, Copy)]
+pub struct ReleasedClaim {
+    pub id: TaskId,
+    pub claim_token: Uuid,
+    pub attempt: i32,
+    pub claimed_at: DateTime<Utc>,
+}
+
+impl Store {
+    /// Claims up to `limit` due tasks for `node`. Each claim's lease is the job's dispatch
+    /// timeout plus `lease_margin`; if the node has not recorded an outcome by then, the task
+    /// is due again and another claimer takes it.
+    pub async fn claim_due(
+        &self,
+        node: &str,
+        limit: i64,
+        lease_margin: Span,
+    ) -> Result<Vec<ClaimedTask>> {
+        let rows = sqlx::query_file!(
+            "src/sql/claim_due.sql",
+            node,
+            limit,
+            lease_margin.as_millis()
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(ClaimedTask {
+                    id: r.id.into(),
+                    claim_token: r.claim_token,
+                    job_name: r.job_name,
+                    job_version: r.job_version,
+                    job: r.spec.0,
+                    state: r.state.parse().map_err(corrupt)?,
+                    attempt: r.attempt,
+                    consecutive_failures: r.consecutive_failures,
+                    payload: r.payload,
+                    due_at: r.due_at,
+                    deadline_at: r.deadline_at,
+                    timeout_at: r.timeout_at,
+                    claimed_at: r.claimed_at,
+                    timed_out: r.timed_out,
+                    last_success_at: r.last_success_at,
+                })
+            })
+            .collect()
+    }
+
+    /// Records a dispatch's outcome. Returns false when the claim was no longer held (the task
+    /// ended, was cancelled or was reclaimed meanwhile): the task is then left as it is, and only
+    /// the attempt is recorded.
+    pub async fn record_outcome(&self, task: &ClaimedTask, outcome: &Outcome) -> Result<bool> {
+        let decision = &outcome.decision;
+        let report = decision.report.as_ref();
+        let next_ms = decision
+            .next_dispatch_in
+            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        let applied = sqlx::query_file_scalar!(
+            "src/sql/record_outcome.sql",
+            task.id.as_uuid(),
+            task.claim_token,
+            decision.state.map(TaskState::as_str),
+            next_ms,
+            i32::try_from(decision.consecutive_failures).unwrap_or(i32::MAX),
+            decision.failure_reason.map(FailureReason::as_str),
+            outcome.error.as_deref(),
+            report.and_then(|r| r.progress.as_ref()),
+            report.and_then(|r| r.message.as_deref()),
+            report.and_then(|r| r.result.as_ref()),
+            task.attempt,
+            outcome.node,
+            task.claimed_at,
+            outcome.attempt.as_str(),
+            outcome.http_status.map(i32::from),
+            i64::try_from(outcome.latency.as_millis()).unwrap_or(i64::MAX),
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(applied)
+    }
+
+    /// Fails a claimed task whose hard timeout has passed. Returns false when the claim was no
+    /// longer held.
+    pub async fn fail_timed_out(&self, task: &ClaimedTask) -> Result<bool> {
+        let message = format!(
+            "timed out: still open {} after it was due",
+            task.job.timeout
+        );
+        let updated = sqlx::query!(
+            "update tasks set state = 'failed', failure_reason = 'timed_out', last_error = $3,
+                 finished_at = now(), next_dispatch_at = null,
+                 claim_token = null, claimed_by = null, claimed_at = null, updated_at = now()
+             where id = $1 and claim_token = $2",
+            task.id.as_uuid(),
+            task.claim_token,
+            message,
+        )
+        .execute(&self.pool)
+        .await?;
+        Ok(updated.rows_affected() == 1)
+    }
+
+    /// Hands unfinished claims back so any node dispatches them at once, records their attempts
+    /// as interrupted, and wakes the dispatchers. Claims no longer held are skipped.
+    pub async fn release_claims(&self, node: &str, claims: &[ReleasedClaim]) -> Result<u64> {
+        if claims.is_empty() {
+            return Ok(0);
+        }
+        let ids: Vec<Uuid> = claims.iter().map(|c| c.id.as_uuid()).collect();
+        let tokens: Vec<Uuid> = claims.iter().map(|c| c.claim_token).collect();
+        let attempts: Vec<i32> = claims.iter().map(|c| c.attempt).collect();
+        let started: Vec<DateTime<Utc>> = claims.iter().map(|c| c.claimed_at).collect();
+        let released = sqlx::query_scalar!(
+            r#"
+            with released as (
+                update tasks t set claim_token = null, claimed_by = null, claimed_at = null,
+                    next_dispatch_at = least(now(), t.timeout_at), updated_at = now()
+                from unnest($1::uuid[], $2::uuid[]) as c(id, token)
+                where t.id = c.id and t.claim_token = c.token
+                returning t.id
+            ),
+            recorded as (
+                insert into task_attempts (task_id, number, node, started_at, outcome, error)
+                select c.id, c.attempt, $5, c.started, 'interrupted',
+                       'the node shut down before the dispatch finished'
+                from unnest($1::uuid[], $3::int[], $4::timestamptz[]) as c(id, attempt, started)
+                where c.id in (select id from released)
+                on conflict (task_id, number) do nothing
+            )
+            select count(*) as "released!"
+            from released, lateral (select pg_notify($6, '')) n
+            "#,
+            &ids,
+            &tokens,
+            &attempts,
+            &started,
+            node,
+            TASKS_DUE_CHANNEL,
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(u64::try_from(released).unwrap_or_default())
+    }
+
+    /// How long until the earliest open task is due (zero if one is due now), or `None` when
+    /// no task is open.
+    pub async fn next_due_in(&self) -> Result<Option<Duration>> {
+        let seconds = sqlx::query_scalar!(
+            r#"select extract(epoch from min(next_dispatch_at) - now())::float8 as seconds
+               from tasks where next_dispatch_at is not null"#
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(seconds.map(|s| Duration::from_secs_f64(s.max(0.0))))
+    }
+}

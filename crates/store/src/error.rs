@@ -1,0 +1,44 @@
+//! The store's error type: callers match on `NotFound` and `Conflict`, never on `sqlx::Error`.
+
+/// What can go wrong in the store.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The named record does not exist.
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// A named constraint refused the write, or the write contradicts current state.
+    #[error("conflict on {constraint}")]
+    Conflict { constraint: String },
+    /// A row held a value the code cannot read: a bug or a hand-edited database.
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+    /// The database failed or could not be reached.
+    #[error(transparent)]
+    Database(sqlx::Error),
+    /// A migration failed.
+    #[error(transparent)]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+/// The store's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<sqlx::Error> for Error {
+    fn from(error: sqlx::Error) -> Self {
+        match &error {
+            sqlx::Error::RowNotFound => Error::NotFound("row"),
+            sqlx::Error::Database(db)
+                if db.is_unique_violation() || db.is_foreign_key_violation() =>
+            {
+                Error::Conflict {
+                    constraint: db.constraint().unwrap_or("unknown").to_owned(),
+                }
+            }
+            _ => Error::Database(error),
+        }
+    }
+}
+
+pub(crate) fn corrupt(what: impl std::fmt::Display) -> Error {
+    Error::Corrupt(what.to_string())
+}

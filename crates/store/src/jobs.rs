@@ -1,0 +1,177 @@
+//! Job definitions: create or replace, read, list, delete.
+
+use chrono::{DateTime, Utc};
+use pacer_domain::{JobName, JobSpec};
+use sqlx::types::Json;
+use uuid::Uuid;
+
+use crate::error::corrupt;
+use crate::{Error, Result, Store};
+
+/// A stored job.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub id: Uuid,
+    pub name: JobName,
+    /// Grows by one each time the definition changes.
+    pub version: i32,
+    pub spec: JobSpec,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// The result of a create-or-replace.
+#[derive(Debug, Clone)]
+pub struct PutJob {
+    pub job: Job,
+    /// True when the job did not exist before.
+    pub created: bool,
+}
+
+/// The result of deleting a job.
+#[derive(Debug, Clone, Copy)]
+pub struct DeletedJob {
+    /// Open tasks cancelled along with the job.
+    pub cancelled_tasks: u64,
+}
+
+fn job(
+    id: Uuid,
+    name: String,
+    version: i32,
+    spec: Json<JobSpec>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+) -> Result<Job> {
+    let name = name
+        .parse()
+        .map_err(|_| corrupt(format!("job name {name:?}")))?;
+    Ok(Job {
+        id,
+        name,
+        version,
+        spec: spec.0,
+        created_at,
+        updated_at,
+    })
+}
+
+impl Store {
+    /// Creates the job or replaces its definition. Writing the same definition again changes
+    /// nothing, not even the version.
+    pub async fn put_job(&self, name: &JobName, spec: &JobSpec) -> Result<PutJob> {
+        let row = sqlx::query!(
+            r#"
+            insert into jobs (id, name, spec, dispatch_timeout_ms)
+            values ($1, $2, $3, $4)
+            on conflict (name) do update set
+                spec = excluded.spec,
+                dispatch_timeout_ms = excluded.dispatch_timeout_ms,
+                version = jobs.version + (jobs.spec is distinct from excluded.spec)::int,
+                updated_at = case when jobs.spec is distinct from excluded.spec
+                                  then now() else jobs.updated_at end
+            -- xmax is zero only on a freshly inserted row version
+            returning id, name, version, spec as "spec: Json<JobSpec>", created_at, updated_at,
+                      (xmax = 0) as "created!"
+            "#,
+            Uuid::now_v7(),
+            name.as_str(),
+            Json(spec) as _,
+            spec.dispatch_timeout.as_millis(),
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        let job = job(
+            row.id,
+            row.name,
+            row.version,
+            row.spec,
+            row.created_at,
+            row.updated_at,
+        )?;
+        Ok(PutJob {
+            job,
+            created: row.created,
+        })
+    }
+
+    /// The job with this name.
+    pub async fn get_job(&self, name: &JobName) -> Result<Job> {
+        let row = sqlx::query!(
+            r#"select id, name, version, spec as "spec: Json<JobSpec>", created_at, updated_at
+               from jobs where name = $1"#,
+            name.as_str(),
+        )
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or(Error::NotFound("job"))?;
+        job(
+            row.id,
+            row.name,
+            row.version,
+            row.spec,
+            row.created_at,
+            row.updated_at,
+        )
+    }
+
+    /// Jobs in name order, after `after` when paging.
+    pub async fn list_jobs(&self, after: Option<&str>, limit: i64) -> Result<Vec<Job>> {
+        sqlx::query!(
+            r#"select id, name, version, spec as "spec: Json<JobSpec>", created_at, updated_at
+               from jobs where ($1::text is null or name > $1) order by name limit $2"#,
+            after,
+            limit,
+        )
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .map(|r| job(r.id, r.name, r.version, r.spec, r.created_at, r.updated_at))
+        .collect()
+    }
+
+    /// Deletes a job. A job with open tasks is deleted only with `cancel_open_tasks`, which
+    /// cancels them in the same transaction; its finished tasks stay as history.
+    pub async fn delete_job(&self, name: &JobName, cancel_open_tasks: bool) -> Result<DeletedJob> {
+        let mut tx = self.pool.begin().await?;
+        // The row lock serialises against concurrent task inserts, whose foreign-key check
+        // takes a share lock on the same row: either they commit first and are cancelled here,
+        // or they fail on the vanished job.
+        let id = sqlx::query_scalar!(
+            "select id from jobs where name = $1 for update",
+            name.as_str()
+        )
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(Error::NotFound("job"))?;
+        let open = sqlx::query_scalar!(
+            r#"select count(*) as "count!" from tasks
+               where job_id = $1 and state in ('pending', 'processing')"#,
+            id
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        if open > 0 && !cancel_open_tasks {
+            return Err(Error::Conflict {
+                constraint: "jobs_open_tasks".into(),
+            });
+        }
+        let cancelled = sqlx::query!(
+            r#"update tasks set state = 'cancelled', finished_at = now(), next_dispatch_at = null,
+                   claim_token = null, claimed_by = null, claimed_at = null,
+                   message = 'cancelled: the job was deleted', updated_at = now()
+               where job_id = $1 and state in ('pending', 'processing')"#,
+            id
+        )
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        sqlx::query!("delete from jobs where id = $1", id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(DeletedJob {
+            cancelled_tasks: cancelled,
+        })
+    }
+}

@@ -1,0 +1,78 @@
+//! Pacer's PostgreSQL store: every SQL statement Pacer runs lives here, checked at compile time.
+//! Times that matter (leases, due times, deadlines) are always taken from the database clock.
+
+mod claims;
+mod error;
+mod jobs;
+mod tasks;
+
+use sqlx::PgPool;
+use sqlx::migrate::Migrator;
+
+pub use claims::{ClaimedTask, Outcome, ReleasedClaim};
+pub use error::{Error, Result};
+pub use jobs::{DeletedJob, Job, PutJob};
+pub use tasks::{
+    Attempt, CreatedTask, NewTask, Origin, ReportOutcome, Task, TaskFilter, TaskReport,
+};
+
+/// The embedded migrations, applied by `pacer migrate` and at start-up.
+pub static MIGRATOR: Migrator = sqlx::migrate!("../../migrations");
+
+/// The channel dispatchers listen on to hear that a task became due now.
+pub const TASKS_DUE_CHANNEL: &str = "pacer_tasks_due";
+
+/// A handle on the database; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: PgPool,
+}
+
+impl Store {
+    /// Wraps a connection pool.
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    /// The underlying pool.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Applies any migration not yet applied.
+    pub async fn migrate(&self) -> Result<()> {
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+
+    /// True when the database answers and every embedded migration has been applied.
+    pub async fn is_ready(&self) -> Result<bool> {
+        let latest = MIGRATOR.iter().map(|m| m.version).max().unwrap_or_default();
+        // The migrator's own table, so not described by the compile-time checked queries.
+        let applied: i64 = sqlx::query_scalar(
+            "select coalesce(max(version), 0) from _sqlx_migrations where success",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(applied >= latest)
+    }
+
+    /// Opens a listener subscribed to [`TASKS_DUE_CHANNEL`].
+    pub async fn listen_tasks_due(&self) -> Result<Listener> {
+        let mut listener = sqlx::postgres::PgListener::connect_with(&self.pool).await?;
+        listener.listen(TASKS_DUE_CHANNEL).await?;
+        Ok(Listener(listener))
+    }
+}
+
+/// A LISTEN subscription on its own connection.
+#[derive(Debug)]
+pub struct Listener(sqlx::postgres::PgListener);
+
+impl Listener {
+    /// Waits for the next notification. Cancel-safe. An error means the connection was lost.
+    pub async fn recv(&mut self) -> Result<()> {
+        self.0.recv().await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,46 @@
+-- Claims up to $2 due tasks for node $1 in one statement.
+-- `for update skip locked` lets concurrent claimers pass over each other's rows instead of
+-- waiting, so two nodes never take the same task. A task whose previous claim's lease ran out
+-- (its node vanished mid-dispatch) is due again by construction, because the claim moved
+-- `next_dispatch_at` to the lease expiry; the lost dispatch is recorded as `abandoned`.
+-- The new lease is the job's dispatch timeout plus a margin ($3 ms), on the database clock.
+with due as (
+    select t.id, t.claim_token as old_token, t.claimed_by as old_node,
+           t.claimed_at as old_claimed_at, t.attempt as old_attempt
+    from tasks t
+    where t.next_dispatch_at <= now()
+    order by t.next_dispatch_at
+    limit $2
+    for update of t skip locked
+),
+abandoned as (
+    insert into task_attempts (task_id, number, node, started_at, outcome, error)
+    select id, old_attempt, old_node, old_claimed_at, 'abandoned',
+           'the claim''s lease expired before its node reported an outcome'
+    from due
+    where old_token is not null
+    on conflict (task_id, number) do nothing
+),
+claimed as (
+    update tasks t set
+        claim_token = gen_random_uuid(),
+        claimed_by = $1,
+        claimed_at = now(),
+        attempt = t.attempt + case when t.timeout_at <= now() then 0 else 1 end,
+        started_at = case when t.timeout_at <= now() then t.started_at else coalesce(t.started_at, now()) end,
+        next_dispatch_at = now() + (j.dispatch_timeout_ms + $3::bigint) * interval '1 millisecond',
+        updated_at = now()
+    from due, jobs j
+    where t.id = due.id and j.id = t.job_id
+    returning t.id, t.claim_token, t.job_id, t.job_name, j.version as job_version, j.spec,
+              t.state, t.attempt, t.consecutive_failures, t.payload, t.due_at, t.deadline_at,
+              t.timeout_at, t.claimed_at, t.timeout_at <= now() as timed_out
+)
+select c.id as "id!", c.claim_token as "claim_token!", c.job_name as "job_name!",
+       c.job_version as "job_version!", c.spec as "spec!: Json<JobSpec>", c.state as "state!",
+       c.attempt as "attempt!", c.consecutive_failures as "consecutive_failures!",
+       c.payload as "payload!", c.due_at as "due_at!", c.deadline_at, c.timeout_at as "timeout_at!",
+       c.claimed_at as "claimed_at!", c.timed_out as "timed_out!",
+       (select max(s.started_at) from tasks s
+        where s.job_id = c.job_id and s.state = 'completed') as last_success_at
+from claimed c

@@ -1,0 +1,35 @@
+-- Creates a task, or nothing when the job already has a task with this idempotency key.
+-- With a node in $10 and the task due now, the task is created already claimed by that node, so
+-- the node can dispatch it without a separate claim commit. Otherwise, when it is due now,
+-- dispatchers are woken; the notification is delivered at commit.
+with new as (
+    select coalesce($7::timestamptz, now()) as due_at
+),
+inserted as (
+    insert into tasks (id, job_id, job_name, origin, idempotency_key, payload, due_at,
+                       next_dispatch_at, deadline_at, timeout_at,
+                       claim_token, claimed_by, claimed_at, attempt, started_at)
+    select $1, $2, $3, $4, $5, $6, new.due_at,
+           case when claim then now() + $11::bigint * interval '1 millisecond' else new.due_at end,
+           new.due_at + $8::bigint * interval '1 millisecond',
+           new.due_at + $9::bigint * interval '1 millisecond',
+           case when claim then gen_random_uuid() end,
+           case when claim then $10 end,
+           case when claim then now() end,
+           case when claim then 1 else 0 end,
+           case when claim then now() end
+    from new, lateral (select $10::text is not null and new.due_at <= now() as claim) c
+    on conflict (job_id, idempotency_key) do nothing
+    returning id, claim_token, due_at, deadline_at, timeout_at, claimed_at, next_dispatch_at
+)
+select i.id as "id!", i.claim_token, i.due_at as "due_at!", i.deadline_at,
+       i.timeout_at as "timeout_at!", i.claimed_at,
+       (select max(s.started_at) from tasks s
+        where s.job_id = $2 and s.state = 'completed') as last_success_at,
+       n.notified as "notified!"
+from inserted i
+cross join lateral (
+    select case when i.claim_token is null and i.next_dispatch_at <= now()
+                then pg_notify('pacer_tasks_due', '') is not null
+                else false end as notified
+) n

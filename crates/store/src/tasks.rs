@@ -1,0 +1,352 @@
+//! Tasks: creation (idempotent per job and key), reads, and the state changes that come from
+//! outside the dispatcher — callbacks and cancellation — each decided by the domain's state machine
+//! under a row lock.
+
+use chrono::{DateTime, Utc};
+use pacer_domain::dispatch::Report;
+use pacer_domain::{FailureReason, JobSpec, Span, TaskEvent, TaskId, TaskState, Transition};
+use serde_json::Value;
+use sqlx::types::Json;
+
+use crate::error::corrupt;
+use crate::{ClaimedTask, Error, Job, Result, Store};
+
+/// How a task came to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// Created by a REST call.
+    Api,
+    /// Run now by an operator.
+    Manual,
+    /// An occurrence of a trigger.
+    Trigger,
+    /// An upstream message.
+    Message,
+    /// A retry of an earlier task.
+    Retry,
+}
+
+impl Origin {
+    /// The database and wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Api => "api",
+            Origin::Manual => "manual",
+            Origin::Trigger => "trigger",
+            Origin::Message => "message",
+            Origin::Retry => "retry",
+        }
+    }
+}
+
+/// A task to create.
+#[derive(Debug, Clone)]
+pub struct NewTask {
+    pub id: TaskId,
+    pub origin: Origin,
+    pub idempotency_key: Option<String>,
+    pub payload: Value,
+    /// Not dispatched before this instant; now when absent.
+    pub not_before: Option<DateTime<Utc>>,
+}
+
+/// What creating a task did.
+#[derive(Debug)]
+pub enum CreatedTask {
+    /// A new task; claimed for the calling node when it asked and the task is due now.
+    Created {
+        id: TaskId,
+        claimed: Option<Box<ClaimedTask>>,
+    },
+    /// The job already had a task with this idempotency key; nothing was written.
+    Existing { id: TaskId },
+}
+
+/// A task as stored.
+#[derive(Debug, Clone)]
+pub struct Task {
+    pub id: TaskId,
+    pub job_name: String,
+    pub state: TaskState,
+    pub origin: String,
+    pub idempotency_key: Option<String>,
+    pub payload: Value,
+    pub attempt: i32,
+    pub created_at: DateTime<Utc>,
+    pub due_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub next_dispatch_at: Option<DateTime<Utc>>,
+    pub deadline_at: Option<DateTime<Utc>>,
+    pub timeout_at: DateTime<Utc>,
+    pub claimed_by: Option<String>,
+    pub overdue: bool,
+    pub progress: Option<Value>,
+    pub message: Option<String>,
+    pub result: Option<Value>,
+    pub last_error: Option<String>,
+    pub failure_reason: Option<String>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// One dispatch of a task.
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    pub number: i32,
+    pub node: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub outcome: String,
+    pub http_status: Option<i32>,
+    pub error: Option<String>,
+    pub latency_ms: Option<i64>,
+}
+
+/// Which tasks to list, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct TaskFilter {
+    pub job: Option<String>,
+    pub state: Option<TaskState>,
+    /// Keyset cursor: only tasks older than this one.
+    pub before: Option<TaskId>,
+    pub limit: i64,
+}
+
+/// A report on a task from outside the dispatcher.
+pub type TaskReport = Report;
+
+/// What a callback or cancellation did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportOutcome {
+    /// The task moved to (or, for progress, stayed in) this state.
+    Applied(TaskState),
+    /// A repeat of what already happened; nothing changed.
+    Unchanged(TaskState),
+    /// The task is terminal in this state and the report contradicts it; nothing changed.
+    Refused(TaskState),
+}
+
+impl Store {
+    /// Creates a task for `job`, or finds the one that already has this idempotency key.
+    ///
+    /// With `claim_for = Some((node, lease_margin))` and the task due now, the task is created
+    /// claimed by `node`, which must dispatch it: creation and claim share one commit.
+    pub async fn create_task(
+        &self,
+        job: &Job,
+        task: NewTask,
+        claim_for: Option<(&str, Span)>,
+    ) -> Result<CreatedTask> {
+        let (node, margin) = claim_for.unzip();
+        let lease_ms = margin.map(|m| m.as_millis() + job.spec.dispatch_timeout.as_millis());
+        let row = sqlx::query_file!(
+            "src/sql/insert_task.sql",
+            task.id.as_uuid(),
+            job.id,
+            job.name.as_str(),
+            task.origin.as_str(),
+            task.idempotency_key.as_deref(),
+            &task.payload,
+            task.not_before,
+            job.spec.deadline.map(|d| d.as_millis()),
+            job.spec.timeout.as_millis(),
+            node,
+            lease_ms,
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else {
+            let existing = sqlx::query_scalar!(
+                "select id from tasks where job_id = $1 and idempotency_key = $2",
+                job.id,
+                task.idempotency_key.as_deref(),
+            )
+            .fetch_one(&self.pool)
+            .await?;
+            return Ok(CreatedTask::Existing {
+                id: existing.into(),
+            });
+        };
+        let claimed = match (row.claim_token, row.claimed_at) {
+            (Some(claim_token), Some(claimed_at)) => Some(Box::new(ClaimedTask {
+                id: task.id,
+                claim_token,
+                job_name: job.name.to_string(),
+                job_version: job.version,
+                job: job.spec.clone(),
+                state: TaskState::Pending,
+                attempt: 1,
+                consecutive_failures: 0,
+                payload: task.payload,
+                due_at: row.due_at,
+                deadline_at: row.deadline_at,
+                timeout_at: row.timeout_at,
+                claimed_at,
+                timed_out: false,
+                last_success_at: row.last_success_at,
+            })),
+            _ => None,
+        };
+        Ok(CreatedTask::Created {
+            id: row.id.into(),
+            claimed,
+        })
+    }
+
+    /// The task with this id.
+    pub async fn get_task(&self, id: TaskId) -> Result<Task> {
+        let filter = TaskFilter {
+            limit: 1,
+            ..TaskFilter::default()
+        };
+        self.select_tasks(Some(id), &filter)
+            .await?
+            .pop()
+            .ok_or(Error::NotFound("task"))
+    }
+
+    /// Tasks matching `filter`, newest first.
+    pub async fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<Task>> {
+        self.select_tasks(None, filter).await
+    }
+
+    async fn select_tasks(&self, id: Option<TaskId>, filter: &TaskFilter) -> Result<Vec<Task>> {
+        let rows = sqlx::query_file!(
+            "src/sql/select_tasks.sql",
+            id.map(|id| id.as_uuid()),
+            filter.job.as_deref(),
+            filter.state.map(TaskState::as_str),
+            filter.before.map(|id| id.as_uuid()),
+            filter.limit,
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(Task {
+                    id: r.id.into(),
+                    job_name: r.job_name,
+                    state: r.state.parse().map_err(corrupt)?,
+                    origin: r.origin,
+                    idempotency_key: r.idempotency_key,
+                    payload: r.payload,
+                    attempt: r.attempt,
+                    created_at: r.created_at,
+                    due_at: r.due_at,
+                    started_at: r.started_at,
+                    finished_at: r.finished_at,
+                    next_dispatch_at: r.next_dispatch_at,
+                    deadline_at: r.deadline_at,
+                    timeout_at: r.timeout_at,
+                    claimed_by: r.claimed_by,
+                    overdue: r.overdue,
+                    progress: r.progress,
+                    message: r.message,
+                    result: r.result,
+                    last_error: r.last_error,
+                    failure_reason: r.failure_reason,
+                    updated_at: r.updated_at,
+                })
+            })
+            .collect()
+    }
+
+    /// The task's attempts in order.
+    pub async fn task_attempts(&self, id: TaskId) -> Result<Vec<Attempt>> {
+        Ok(sqlx::query_as!(
+            Attempt,
+            "select number, node, started_at, finished_at, outcome, http_status, error, latency_ms
+             from task_attempts where task_id = $1 order by number",
+            id.as_uuid()
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Applies a downstream's report. Progress on an open task is recorded and counts as a
+    /// heartbeat: the next re-poll moves to a full re-poll interval from now.
+    pub async fn report(&self, id: TaskId, report: &TaskReport) -> Result<ReportOutcome> {
+        self.apply_event(id, report.event(), Some(report)).await
+    }
+
+    /// Cancels an open task. Cancelling a cancelled task changes nothing.
+    pub async fn cancel_task(&self, id: TaskId) -> Result<ReportOutcome> {
+        self.apply_event(id, TaskEvent::Cancel, None).await
+    }
+
+    async fn apply_event(
+        &self,
+        id: TaskId,
+        event: TaskEvent,
+        report: Option<&TaskReport>,
+    ) -> Result<ReportOutcome> {
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query!(
+            r#"select t.state, j.spec as "spec?: Json<JobSpec>"
+               from tasks t left join jobs j on j.id = t.job_id
+               where t.id = $1 for update of t"#,
+            id.as_uuid()
+        )
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(Error::NotFound("task"))?;
+        let state: TaskState = row.state.parse().map_err(corrupt)?;
+        let next = match state.apply(event) {
+            Transition::Unchanged => return Ok(ReportOutcome::Unchanged(state)),
+            Transition::Refused => return Ok(ReportOutcome::Refused(state)),
+            Transition::To(next) => next,
+        };
+        let progress = report.and_then(|r| r.progress.as_ref());
+        let message = match event {
+            TaskEvent::Cancel => Some("cancelled by an operator"),
+            _ => report.and_then(|r| r.message.as_deref()),
+        };
+        let result = report.and_then(|r| r.result.as_ref());
+        if next.is_terminal() {
+            let reason = (next == TaskState::Failed).then_some(FailureReason::Reported.as_str());
+            // Clearing the claim fences off a dispatch still in flight: its outcome will find
+            // no matching claim token and leave this terminal state alone.
+            sqlx::query!(
+                "update tasks set state = $2, finished_at = now(), next_dispatch_at = null,
+                     claim_token = null, claimed_by = null, claimed_at = null,
+                     progress = coalesce($3, progress), message = coalesce($4, message),
+                     result = coalesce($5, result), failure_reason = $6,
+                     last_heartbeat_at = now(), updated_at = now()
+                 where id = $1",
+                id.as_uuid(),
+                next.as_str(),
+                progress,
+                message,
+                result,
+                reason,
+            )
+            .execute(&mut *tx)
+            .await?;
+        } else {
+            let repoll = row
+                .spec
+                .map_or(pacer_domain::job::defaults::REPOLL_INTERVAL, |s| {
+                    s.0.repoll_interval
+                });
+            // While a dispatch holds the claim, `next_dispatch_at` is its lease and must stay.
+            sqlx::query!(
+                "update tasks set state = $2,
+                     progress = coalesce($3, progress), message = coalesce($4, message),
+                     last_heartbeat_at = now(), updated_at = now(),
+                     next_dispatch_at = case when claim_token is null
+                         then least(now() + $5::bigint * interval '1 millisecond', timeout_at)
+                         else next_dispatch_at end
+                 where id = $1",
+                id.as_uuid(),
+                next.as_str(),
+                progress,
+                message,
+                repoll.as_millis(),
+            )
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(ReportOutcome::Applied(next))
+    }
+}
