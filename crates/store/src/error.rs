@@ -12,7 +12,10 @@ pub enum Error {
     /// A row held a value the code cannot read: a bug or a hand-edited database.
     #[error("corrupt row: {0}")]
     Corrupt(String),
-    /// The database failed or could not be reached.
+    /// The database could not be reached, or the pool had no connection to give in time.
+    #[error("database unavailable: {0}")]
+    Unavailable(sqlx::Error),
+    /// The database failed.
     #[error(transparent)]
     Database(sqlx::Error),
     /// A migration failed.
@@ -33,6 +36,9 @@ impl From<sqlx::Error> for Error {
                 Error::Conflict {
                     constraint: db.constraint().unwrap_or("unknown").to_owned(),
                 }
+            }
+            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
+                Error::Unavailable(error)
             }
             _ => Error::Database(error),
         }

@@ -1,0 +1,189 @@
+//! HTTP errors in one place, rendered as RFC 9457 problem+json with a stable `type`. Client
+//! mistakes get a 4xx naming the field; server faults get an opaque 5xx and a log line.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use pacer_domain::{FieldError, TaskState, ValidationErrors};
+use serde::Serialize;
+
+use crate::views::TaskView;
+
+/// An API error.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("the request has invalid fields: {0}")]
+    Validation(ValidationErrors),
+    #[error("the body is not valid JSON for this request: {0}")]
+    MalformedJson(String),
+    #[error("the body must be JSON (content-type: application/json)")]
+    UnsupportedMediaType,
+    #[error("the body is larger than the {0}-byte limit")]
+    PayloadTooLarge(usize),
+    #[error("{what} {id} not found")]
+    NotFound { what: &'static str, id: String },
+    #[error("task is already {state}")]
+    TaskTerminal {
+        state: TaskState,
+        task: Box<TaskView>,
+    },
+    #[error("job {job} has open tasks")]
+    JobHasOpenTasks { job: String },
+    #[error("no such route")]
+    RouteNotFound,
+    #[error("method not allowed on this route")]
+    MethodNotAllowed,
+    #[error("the database is unavailable: {0}")]
+    Unavailable(pacer_store::Error),
+    #[error("internal error: {0}")]
+    Internal(Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// The API's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Serialize)]
+struct Problem<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    title: &'static str,
+    status: u16,
+    detail: String,
+    #[serde(skip_serializing_if = "<[FieldError]>::is_empty")]
+    errors: &'a [FieldError],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    state: Option<TaskState>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    task: Option<&'a TaskView>,
+}
+
+impl Error {
+    /// A single invalid field.
+    pub(crate) fn field(field: &str, message: impl Into<String>) -> Self {
+        Error::Validation(ValidationErrors::single(field, message))
+    }
+
+    fn parts(&self) -> (StatusCode, &'static str, &'static str) {
+        match self {
+            Error::Validation(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "/problems/validation",
+                "Invalid request",
+            ),
+            Error::MalformedJson(_) => (
+                StatusCode::BAD_REQUEST,
+                "/problems/malformed-json",
+                "Malformed JSON",
+            ),
+            Error::UnsupportedMediaType => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "/problems/unsupported-media-type",
+                "Unsupported media type",
+            ),
+            Error::PayloadTooLarge(_) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "/problems/payload-too-large",
+                "Payload too large",
+            ),
+            Error::NotFound { .. } | Error::RouteNotFound => {
+                (StatusCode::NOT_FOUND, "/problems/not-found", "Not found")
+            }
+            Error::TaskTerminal { .. } => (
+                StatusCode::CONFLICT,
+                "/problems/task-terminal",
+                "Task already finished",
+            ),
+            Error::JobHasOpenTasks { .. } => (
+                StatusCode::CONFLICT,
+                "/problems/job-has-open-tasks",
+                "Job has open tasks",
+            ),
+            Error::MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "/problems/method-not-allowed",
+                "Method not allowed",
+            ),
+            Error::Unavailable(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "/problems/unavailable",
+                "Service unavailable",
+            ),
+            Error::Internal(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "/problems/internal",
+                "Internal error",
+            ),
+        }
+    }
+
+    fn detail(&self) -> String {
+        match self {
+            Error::Validation(errors) if errors.errors().len() == 1 => errors.to_string(),
+            Error::Validation(errors) => {
+                format!("{} fields are invalid: {errors}", errors.errors().len())
+            }
+            Error::TaskTerminal { state, .. } => {
+                format!("the task is already {state}; a finished task never changes")
+            }
+            Error::JobHasOpenTasks { job } => format!(
+                "job {job} has pending or processing tasks; cancel them first or delete with ?cancel_open_tasks=true"
+            ),
+            // Server faults stay opaque to the client; the cause goes to the log.
+            Error::Unavailable(_) => "the database is unavailable; try again shortly".into(),
+            Error::Internal(_) => "an internal error occurred; it has been logged".into(),
+            other => other.to_string(),
+        }
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let (status, kind, title) = self.parts();
+        match &self {
+            Error::Internal(cause) => tracing::error!(error = %cause, "request failed"),
+            Error::Unavailable(cause) => {
+                tracing::warn!(error = %cause, "request failed: database unavailable")
+            }
+            _ => {}
+        }
+        let (state, task) = match &self {
+            Error::TaskTerminal { state, task } => (Some(*state), Some(task.as_ref())),
+            _ => (None, None),
+        };
+        let errors = match &self {
+            Error::Validation(errors) => errors.errors(),
+            _ => &[],
+        };
+        let problem = Problem {
+            kind,
+            title,
+            status: status.as_u16(),
+            detail: self.detail(),
+            errors,
+            state,
+            task,
+        };
+        let mut response = (status, axum::Json(problem)).into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        response
+    }
+}
+
+impl From<pacer_store::Error> for Error {
+    fn from(error: pacer_store::Error) -> Self {
+        match error {
+            unavailable @ pacer_store::Error::Unavailable(_) => Error::Unavailable(unavailable),
+            other => Error::Internal(Box::new(other)),
+        }
+    }
+}
+
+pub(crate) async fn route_not_found() -> Error {
+    Error::RouteNotFound
+}
+
+pub(crate) async fn method_not_allowed() -> Error {
+    Error::MethodNotAllowed
+}

@@ -1,0 +1,39 @@
+//! Liveness and readiness.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{Value, json};
+
+use crate::AppState;
+
+pub(crate) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+}
+
+/// The process is alive and serving.
+async fn healthz() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// Ready when the database answers and its migrations are current.
+async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
+    let (ready, database) = match state.store.is_ready().await {
+        Ok(true) => (true, json!({ "status": "ok" })),
+        Ok(false) => (false, json!({ "status": "migrations pending" })),
+        Err(error) => (
+            false,
+            json!({ "status": "unreachable", "error": error.to_string() }),
+        ),
+    };
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = json!({ "status": if ready { "ready" } else { "not ready" }, "node": &*state.node_id, "database": database });
+    (status, Json(body))
+}

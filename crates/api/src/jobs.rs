@@ -1,0 +1,136 @@
+//! Job definitions: `PUT /api/v1/jobs/{name}` (create or replace), list, get, delete.
+
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json as JsonResponse, Router};
+use pacer_domain::{JobInput, JobName, JobSpec};
+use serde::Deserialize;
+
+use crate::extract::{Json, Query, limit};
+use crate::views::{JobView, Page};
+use crate::{AppState, Error, Result};
+
+pub(crate) fn admin_routes() -> Router<AppState> {
+    Router::new().route(
+        "/api/v1/jobs/{name}",
+        axum::routing::put(put_job).delete(delete_job),
+    )
+}
+
+pub(crate) fn operator_routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/jobs", get(list_jobs))
+        .route("/api/v1/jobs/{name}", get(get_job))
+}
+
+/// A job name from the path; a name that cannot exist is simply not found.
+pub(crate) fn existing_name(raw: &str) -> Result<JobName> {
+    raw.parse().map_err(|_| Error::NotFound {
+        what: "job",
+        id: raw.to_owned(),
+    })
+}
+
+pub(crate) fn not_found(name: &JobName) -> impl FnOnce(pacer_store::Error) -> Error + '_ {
+    move |error| match error {
+        pacer_store::Error::NotFound(_) => Error::NotFound {
+            what: "job",
+            id: name.to_string(),
+        },
+        other => other.into(),
+    }
+}
+
+/// Creates the job (201) or replaces its definition (200). Idempotent: the same definition
+/// again changes nothing.
+async fn put_job(
+    State(state): State<AppState>,
+    Path(raw_name): Path<String>,
+    Json(input): Json<JobInput>,
+) -> Result<Response> {
+    let name: JobName = raw_name
+        .parse()
+        .map_err(|e: pacer_domain::job::InvalidJobName| Error::field("name", e.to_string()))?;
+    let spec = JobSpec::try_from(input).map_err(Error::Validation)?;
+    let put = state.store.put_job(&name, &spec).await?;
+    let status = if put.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let location = format!("/api/v1/jobs/{name}");
+    Ok((
+        status,
+        [(header::LOCATION, location)],
+        JsonResponse(JobView::from(put.job)),
+    )
+        .into_response())
+}
+
+async fn get_job(
+    State(state): State<AppState>,
+    Path(raw_name): Path<String>,
+) -> Result<JsonResponse<JobView>> {
+    let name = existing_name(&raw_name)?;
+    let job = state.store.get_job(&name).await.map_err(not_found(&name))?;
+    Ok(JsonResponse(job.into()))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListJobs {
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+/// Jobs in name order; `cursor` is the last name of the previous page.
+async fn list_jobs(
+    State(state): State<AppState>,
+    Query(query): Query<ListJobs>,
+) -> Result<JsonResponse<Page<JobView>>> {
+    let limit = limit(query.limit.as_deref(), 100)?;
+    let jobs = state
+        .store
+        .list_jobs(query.cursor.as_deref(), limit)
+        .await?;
+    let full = i64::try_from(jobs.len()).unwrap_or(i64::MAX) == limit;
+    let next_cursor = full
+        .then(|| jobs.last().map(|j| j.name.to_string()))
+        .flatten();
+    Ok(JsonResponse(Page {
+        items: jobs.into_iter().map(JobView::from).collect(),
+        next_cursor,
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeleteJob {
+    #[serde(default)]
+    cancel_open_tasks: bool,
+}
+
+/// Deletes a job. Its history stays; open tasks are refused (409) unless `cancel_open_tasks`.
+async fn delete_job(
+    State(state): State<AppState>,
+    Path(raw_name): Path<String>,
+    Query(query): Query<DeleteJob>,
+) -> Result<JsonResponse<serde_json::Value>> {
+    let name = existing_name(&raw_name)?;
+    let deleted = state
+        .store
+        .delete_job(&name, query.cancel_open_tasks)
+        .await
+        .map_err(|e| match e {
+            pacer_store::Error::Conflict { .. } => Error::JobHasOpenTasks {
+                job: name.to_string(),
+            },
+            other => not_found(&name)(other),
+        })?;
+    Ok(JsonResponse(serde_json::json!({
+        "deleted": name.as_str(),
+        "cancelled_tasks": deleted.cancelled_tasks,
+    })))
+}

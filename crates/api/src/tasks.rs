@@ -1,0 +1,287 @@
+//! Tasks: creation (idempotent per job and key), reads, cancellation, and the downstream's
+//! status callback, whose rules are the state machine's: repeats change nothing, a terminal
+//! state never changes.
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json as JsonResponse, Router};
+use chrono::{DateTime, Utc};
+use pacer_domain::dispatch::Report;
+use pacer_domain::{CallbackStatus, TaskId, TaskState, ValidationErrors};
+use pacer_store::{CreatedTask, NewTask, Origin, ReportOutcome, TaskFilter};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use crate::extract::{Json, JsonOrEmpty, Query, limit, task_id};
+use crate::jobs::{existing_name, not_found};
+use crate::views::{Page, TaskView};
+use crate::{AppState, Error, Result};
+
+pub(crate) fn upstream_routes() -> Router<AppState> {
+    Router::new().route("/api/v1/jobs/{name}/tasks", post(create_task))
+}
+
+pub(crate) fn downstream_routes() -> Router<AppState> {
+    Router::new().route("/api/v1/tasks/{id}/callback", post(report_task))
+}
+
+pub(crate) fn operator_routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/tasks", get(list_tasks))
+        .route("/api/v1/tasks/{id}", get(get_task))
+        .route("/api/v1/tasks/{id}/cancel", post(cancel_task))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateTaskRequest {
+    payload: Option<Map<String, Value>>,
+    idempotency_key: Option<String>,
+    not_before: Option<DateTime<Utc>>,
+}
+
+/// Creates a task for a job: `202` with the new task, or `200` with the task that already has
+/// this idempotency key (from the body, or the `Idempotency-Key` header).
+async fn create_task(
+    State(state): State<AppState>,
+    Path(raw_name): Path<String>,
+    headers: HeaderMap,
+    JsonOrEmpty(request): JsonOrEmpty<CreateTaskRequest>,
+) -> Result<Response> {
+    let header_key = match headers.get("idempotency-key") {
+        None => None,
+        Some(value) => Some(
+            value
+                .to_str()
+                .map_err(|_| Error::field("Idempotency-Key", "must be visible ASCII"))?
+                .to_owned(),
+        ),
+    };
+    let key = match (request.idempotency_key, header_key) {
+        (Some(body), Some(header)) if body != header => {
+            return Err(Error::field(
+                "idempotency_key",
+                "differs from the Idempotency-Key header; send one or make them equal",
+            ));
+        }
+        (body, header) => body.or(header),
+    };
+    if let Some(key) = &key {
+        if key.is_empty() || key.chars().count() > 255 || key.chars().any(char::is_control) {
+            return Err(Error::field(
+                "idempotency_key",
+                "1 to 255 characters, no control characters",
+            ));
+        }
+    }
+    let name = existing_name(&raw_name)?;
+    let job = state.store.get_job(&name).await.map_err(not_found(&name))?;
+    let task = NewTask {
+        id: TaskId::new(),
+        origin: Origin::Api,
+        idempotency_key: key,
+        payload: job.spec.task_payload(request.payload.as_ref()),
+        not_before: request.not_before,
+    };
+    // A free dispatch slot on this node means the task can be claimed as it is created.
+    let reserved = state.handoff.as_ref().and_then(|h| {
+        h.permits
+            .clone()
+            .try_acquire_owned()
+            .ok()
+            .map(|permit| (h, permit))
+    });
+    let claim_for = reserved
+        .as_ref()
+        .map(|(h, _)| (&*state.node_id, h.lease_margin));
+    let created = state
+        .store
+        .create_task(&job, task, claim_for)
+        .await
+        .map_err(|e| match e {
+            // The job was deleted between reading it and inserting the task.
+            pacer_store::Error::Conflict { .. } => Error::NotFound {
+                what: "job",
+                id: name.to_string(),
+            },
+            other => other.into(),
+        })?;
+    let (id, status) = match created {
+        CreatedTask::Created { id, claimed } => {
+            if let (Some(claimed), Some((handoff, permit))) = (claimed, reserved) {
+                if let Err(unsent) = handoff.sender.try_send((*claimed, permit)) {
+                    // The dispatcher is shutting down: hand the claim back for any node to take.
+                    let (task, _permit) = unsent.into_inner();
+                    let claim = pacer_store::ReleasedClaim {
+                        id: task.id,
+                        claim_token: task.claim_token,
+                        attempt: task.attempt,
+                        claimed_at: task.claimed_at,
+                    };
+                    state.store.release_claims(&state.node_id, &[claim]).await?;
+                }
+            }
+            (id, StatusCode::ACCEPTED)
+        }
+        CreatedTask::Existing { id } => (id, StatusCode::OK),
+    };
+    let task = state.store.get_task(id).await?;
+    let location = format!("/api/v1/tasks/{id}");
+    Ok((
+        status,
+        [(header::LOCATION, location)],
+        JsonResponse(TaskView::from(task)),
+    )
+        .into_response())
+}
+
+fn task_not_found(id: TaskId) -> impl FnOnce(pacer_store::Error) -> Error {
+    move |error| match error {
+        pacer_store::Error::NotFound(_) => Error::NotFound {
+            what: "task",
+            id: id.to_string(),
+        },
+        other => other.into(),
+    }
+}
+
+/// One task with its attempts.
+async fn get_task(
+    State(state): State<AppState>,
+    Path(raw_id): Path<String>,
+) -> Result<JsonResponse<TaskView>> {
+    let id = task_id(&raw_id)?;
+    let task = state.store.get_task(id).await.map_err(task_not_found(id))?;
+    let attempts = state.store.task_attempts(id).await?;
+    Ok(JsonResponse(TaskView::with_attempts(task, attempts)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListTasks {
+    job: Option<String>,
+    state: Option<String>,
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+/// Tasks newest first, by job and state; `cursor` is the `next_cursor` of the previous page.
+async fn list_tasks(
+    State(state): State<AppState>,
+    Query(query): Query<ListTasks>,
+) -> Result<JsonResponse<Page<TaskView>>> {
+    let mut errors = ValidationErrors::new();
+    let task_state = match query.state.as_deref().map(str::parse::<TaskState>) {
+        Some(Err(e)) => {
+            errors.push("state", e.to_string());
+            None
+        }
+        other => other.and_then(Result::ok),
+    };
+    let before = match query.cursor.as_deref().map(str::parse::<TaskId>) {
+        Some(Err(_)) => {
+            errors.push("cursor", "not a cursor returned by this API");
+            None
+        }
+        other => other.and_then(Result::ok),
+    };
+    let limit = match limit(query.limit.as_deref(), 50) {
+        Ok(limit) => limit,
+        Err(Error::Validation(e)) => {
+            errors.push(
+                "limit",
+                e.errors()
+                    .first()
+                    .map(|e| e.message.clone())
+                    .unwrap_or_default(),
+            );
+            50
+        }
+        Err(other) => return Err(other),
+    };
+    errors.into_result(()).map_err(Error::Validation)?;
+    let filter = TaskFilter {
+        job: query.job,
+        state: task_state,
+        before,
+        limit,
+    };
+    let tasks = state.store.list_tasks(&filter).await?;
+    let full = i64::try_from(tasks.len()).unwrap_or(i64::MAX) == limit;
+    let next_cursor = full
+        .then(|| tasks.last().map(|t| t.id.to_string()))
+        .flatten();
+    Ok(JsonResponse(Page {
+        items: tasks.into_iter().map(TaskView::from).collect(),
+        next_cursor,
+    }))
+}
+
+/// Cancels an open task; cancelling a cancelled task again changes nothing.
+async fn cancel_task(
+    State(state): State<AppState>,
+    Path(raw_id): Path<String>,
+) -> Result<JsonResponse<TaskView>> {
+    let id = task_id(&raw_id)?;
+    let outcome = state
+        .store
+        .cancel_task(id)
+        .await
+        .map_err(task_not_found(id))?;
+    respond(&state, id, outcome).await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CallbackRequest {
+    status: CallbackStatus,
+    progress: Option<Value>,
+    message: Option<String>,
+    result: Option<Value>,
+}
+
+/// A downstream's report: progress (`processing`, also a heartbeat) or the end of the task.
+async fn report_task(
+    State(state): State<AppState>,
+    Path(raw_id): Path<String>,
+    Json(request): Json<CallbackRequest>,
+) -> Result<JsonResponse<TaskView>> {
+    let id = task_id(&raw_id)?;
+    if request
+        .message
+        .as_ref()
+        .is_some_and(|m| m.chars().count() > 4000)
+    {
+        return Err(Error::field("message", "at most 4000 characters"));
+    }
+    let report = Report {
+        status: request.status,
+        progress: request.progress,
+        message: request.message,
+        result: request.result,
+    };
+    let outcome = state
+        .store
+        .report(id, &report)
+        .await
+        .map_err(task_not_found(id))?;
+    respond(&state, id, outcome).await
+}
+
+/// `200` with the current task, or `409` carrying it when the request contradicts a final state.
+async fn respond(
+    state: &AppState,
+    id: TaskId,
+    outcome: ReportOutcome,
+) -> Result<JsonResponse<TaskView>> {
+    let task = TaskView::from(state.store.get_task(id).await?);
+    match outcome {
+        ReportOutcome::Applied(_) | ReportOutcome::Unchanged(_) => Ok(JsonResponse(task)),
+        ReportOutcome::Refused(current) => Err(Error::TaskTerminal {
+            state: current,
+            task: Box::new(task),
+        }),
+    }
+}

@@ -1,0 +1,137 @@
+//! The JSON shapes the API returns (DESIGN §12).
+
+use chrono::{DateTime, Utc};
+use pacer_domain::{JobSpec, TaskId, TaskState};
+use pacer_store::{Attempt, Job, Task};
+use serde::Serialize;
+use serde_json::Value;
+
+/// A page of a list: `next_cursor` fetches the next page, null on the last.
+#[derive(Debug, Serialize)]
+pub(crate) struct Page<T> {
+    pub(crate) items: Vec<T>,
+    pub(crate) next_cursor: Option<String>,
+}
+
+/// A job as returned by the API: its name and version beside its definition.
+#[derive(Debug, Serialize)]
+pub(crate) struct JobView {
+    name: String,
+    version: i32,
+    #[serde(flatten)]
+    spec: JobSpec,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl From<Job> for JobView {
+    fn from(job: Job) -> Self {
+        Self {
+            name: job.name.to_string(),
+            version: job.version,
+            spec: job.spec,
+            created_at: job.created_at,
+            updated_at: job.updated_at,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct OriginView {
+    kind: String,
+}
+
+/// A task as returned by the API; `attempts` only in the detail view.
+#[derive(Debug, Serialize)]
+pub struct TaskView {
+    id: TaskId,
+    job: String,
+    state: TaskState,
+    origin: OriginView,
+    idempotency_key: Option<String>,
+    payload: Value,
+    attempt: i32,
+    created_at: DateTime<Utc>,
+    due_at: DateTime<Utc>,
+    started_at: Option<DateTime<Utc>>,
+    finished_at: Option<DateTime<Utc>>,
+    next_dispatch_at: Option<DateTime<Utc>>,
+    deadline_at: Option<DateTime<Utc>>,
+    timeout_at: DateTime<Utc>,
+    overdue: bool,
+    claimed_by: Option<String>,
+    progress: Option<Value>,
+    message: Option<String>,
+    result: Option<Value>,
+    last_error: Option<String>,
+    failure_reason: Option<String>,
+    updated_at: DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    attempts: Option<Vec<AttemptView>>,
+}
+
+impl TaskView {
+    pub(crate) fn with_attempts(task: Task, attempts: Vec<Attempt>) -> Self {
+        let mut view = Self::from(task);
+        view.attempts = Some(attempts.into_iter().map(AttemptView::from).collect());
+        view
+    }
+}
+
+impl From<Task> for TaskView {
+    fn from(t: Task) -> Self {
+        Self {
+            id: t.id,
+            job: t.job_name,
+            state: t.state,
+            origin: OriginView { kind: t.origin },
+            idempotency_key: t.idempotency_key,
+            payload: t.payload,
+            attempt: t.attempt,
+            created_at: t.created_at,
+            due_at: t.due_at,
+            started_at: t.started_at,
+            finished_at: t.finished_at,
+            next_dispatch_at: t.next_dispatch_at,
+            deadline_at: t.deadline_at,
+            timeout_at: t.timeout_at,
+            overdue: t.overdue,
+            claimed_by: t.claimed_by,
+            progress: t.progress,
+            message: t.message,
+            result: t.result,
+            last_error: t.last_error,
+            failure_reason: t.failure_reason,
+            updated_at: t.updated_at,
+            attempts: None,
+        }
+    }
+}
+
+/// One dispatch of a task.
+#[derive(Debug, Serialize)]
+struct AttemptView {
+    number: i32,
+    node: String,
+    started_at: DateTime<Utc>,
+    finished_at: DateTime<Utc>,
+    outcome: String,
+    http_status: Option<i32>,
+    error: Option<String>,
+    latency_ms: Option<i64>,
+}
+
+impl From<Attempt> for AttemptView {
+    fn from(a: Attempt) -> Self {
+        Self {
+            number: a.number,
+            node: a.node,
+            started_at: a.started_at,
+            finished_at: a.finished_at,
+            outcome: a.outcome,
+            http_status: a.http_status,
+            error: a.error,
+            latency_ms: a.latency_ms,
+        }
+    }
+}

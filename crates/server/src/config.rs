@@ -1,0 +1,193 @@
+//! Configuration: defaults, then an optional TOML file, then `PACER_…` environment variables
+//! (`database.url` is `PACER_DATABASE__URL`; the common keys also have short forms).
+
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use pacer_domain::Span;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+/// The whole configuration of a node.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct Config {
+    pub(crate) database: DatabaseConfig,
+    pub(crate) http: HttpConfig,
+    pub(crate) node: NodeConfig,
+    pub(crate) dispatch: DispatchSettings,
+    pub(crate) log: LogConfig,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct DatabaseConfig {
+    /// A `postgres://` URL; may hold a password, so it is never logged.
+    pub(crate) url: SecretString,
+    pub(crate) max_connections: u32,
+    /// How long a request waits for a free connection before failing with 503.
+    pub(crate) acquire_timeout: Span,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct HttpConfig {
+    /// Address to listen on; port 0 picks a free port (logged at start-up).
+    pub(crate) listen: String,
+    /// The URL downstreams reach this node on, for callback URLs; defaults to the listen address.
+    pub(crate) public_url: Option<String>,
+    /// Largest request body accepted, in bytes.
+    pub(crate) body_limit: usize,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct NodeConfig {
+    /// This node's id in claims and attempts; defaults to the host name and a random suffix.
+    pub(crate) id: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct DispatchSettings {
+    /// Most dispatches in flight on this node at once.
+    pub(crate) concurrency: usize,
+    /// Most tasks claimed in one statement.
+    pub(crate) batch_size: usize,
+    /// Longest wait between looks for due work when no notification arrives.
+    pub(crate) poll_interval: Span,
+    /// Added to a job's dispatch timeout to form the claim's lease.
+    pub(crate) lease_margin: Span,
+    /// How long a shutdown waits for in-flight dispatches before handing them back.
+    pub(crate) drain_timeout: Span,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct LogConfig {
+    /// `json` or `pretty`; `pacer dev` defaults to `pretty`.
+    pub(crate) format: Option<LogFormat>,
+    /// A filter like `info` or `pacer=debug,sqlx=warn`; `RUST_LOG` wins when set.
+    pub(crate) level: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum LogFormat {
+    Json,
+    Pretty,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: SecretString::from("postgres://postgres@127.0.0.1:5432/pacer"),
+            max_connections: 20,
+            acquire_timeout: Span::from_secs(5),
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            public_url: None,
+            body_limit: 1024 * 1024,
+        }
+    }
+}
+
+impl Default for DispatchSettings {
+    fn default() -> Self {
+        Self {
+            concurrency: 256,
+            batch_size: 64,
+            poll_interval: Span::from_secs(1),
+            lease_margin: Span::from_secs(10),
+            drain_timeout: Span::from_secs(10),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: None,
+            level: "info,sqlx=warn".into(),
+        }
+    }
+}
+
+/// Short environment names for the keys everyone sets.
+const SHORT_FORMS: [(&str, &str); 4] = [
+    ("PACER_DATABASE_URL", "database.url"),
+    ("PACER_LISTEN", "http.listen"),
+    ("PACER_PUBLIC_URL", "http.public_url"),
+    ("PACER_NODE_ID", "node.id"),
+];
+
+impl Config {
+    /// Loads the configuration: defaults, then `file` when given, then the environment.
+    pub(crate) fn load(file: Option<&Path>) -> anyhow::Result<Self> {
+        let mut figment = Figment::new();
+        if let Some(file) = file {
+            if !file.is_file() {
+                bail!("configuration file {} does not exist", file.display());
+            }
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        let short_names: Vec<&str> = SHORT_FORMS.iter().map(|(env, _)| *env).collect();
+        let config: Config = figment
+            .merge(Env::raw().only(&short_names).map(|key| {
+                let key = SHORT_FORMS
+                    .iter()
+                    .find(|(env, _)| key.as_str().eq_ignore_ascii_case(env))
+                    .map_or_else(|| key.as_str().to_owned(), |(_, path)| (*path).to_owned());
+                key.into()
+            }))
+            // Only nested keys: `PACER_URL`, `PACER_CONFIG` and friends belong to the CLI.
+            .merge(
+                Env::prefixed("PACER_")
+                    .filter(|key| key.as_str().contains("__"))
+                    .split("__"),
+            )
+            .extract()
+            .context("invalid configuration")?;
+        config.check()?;
+        Ok(config)
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        let url = self.database.url.expose_secret();
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            bail!("database.url must be a postgres:// URL");
+        }
+        if !(1..=1000).contains(&self.database.max_connections) {
+            bail!("database.max_connections must be between 1 and 1000");
+        }
+        if !(1..=100_000).contains(&self.dispatch.concurrency) {
+            bail!("dispatch.concurrency must be between 1 and 100000");
+        }
+        if !(1..=1000).contains(&self.dispatch.batch_size) {
+            bail!("dispatch.batch_size must be between 1 and 1000");
+        }
+        if self.dispatch.poll_interval < Span::from_millis(10) {
+            bail!("dispatch.poll_interval must be at least 10ms");
+        }
+        if self.dispatch.lease_margin < Span::from_secs(1) {
+            bail!("dispatch.lease_margin must be at least 1s");
+        }
+        if !(1024..=64 * 1024 * 1024).contains(&self.http.body_limit) {
+            bail!("http.body_limit must be between 1024 and 67108864 bytes");
+        }
+        if let Some(url) = &self.http.public_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                bail!("http.public_url must be an http:// or https:// URL");
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,269 @@
+//! A running node: one root cancellation token and one supervisor owning the HTTP server and
+//! every loop. Any part's unexpected exit stops the rest and the process exits non-zero. The first
+//! SIGTERM or Ctrl-C drains; a second exits at once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use pacer_api::{ApiConfig, AppState, Handoff};
+use pacer_engine::{DispatchConfig, Dispatcher};
+use pacer_store::Store;
+use secrecy::ExposeSecret;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+
+/// Connects a pool for `config` without opening a connection yet.
+pub(crate) fn connect(config: &Config) -> anyhow::Result<Store> {
+    let options: PgConnectOptions = config
+        .database
+        .url
+        .expose_secret()
+        .parse()
+        .context("database.url is not a valid postgres URL")?;
+    let pool = PgPoolOptions::new()
+        .max_connections(config.database.max_connections)
+        .acquire_timeout(config.database.acquire_timeout.as_duration())
+        .connect_lazy_with(options.application_name("pacer"));
+    Ok(Store::new(pool))
+}
+
+/// Applies migrations, waiting for the database if it is not up yet.
+pub(crate) async fn migrate(store: &Store, shutdown: &CancellationToken) -> anyhow::Result<()> {
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        match store.migrate().await {
+            Ok(()) => return Ok(()),
+            Err(error) if is_unavailable(&error) => {
+                tracing::warn!(%error, retry_in = ?backoff, "database not reachable; waiting");
+                tokio::select! {
+                    () = shutdown.cancelled() => anyhow::bail!("stopped while waiting for the database"),
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            Err(error) => return Err(error).context("applying migrations failed"),
+        }
+    }
+}
+
+fn is_unavailable(error: &pacer_store::Error) -> bool {
+    match error {
+        pacer_store::Error::Unavailable(_) => true,
+        pacer_store::Error::Migrate(sqlx::migrate::MigrateError::Execute(e)) => {
+            matches!(e, sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut)
+        }
+        _ => false,
+    }
+}
+
+/// The default node id: the host name and a random suffix, unique per process.
+fn default_node_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "pacer".into());
+    let suffix = uuid::Uuid::now_v7().simple().to_string();
+    format!("{host}-{}", &suffix[suffix.len() - 6..])
+}
+
+/// Everything started for a node, before it serves.
+pub(crate) struct Node {
+    pub(crate) store: Store,
+    pub(crate) listener: TcpListener,
+    pub(crate) public_url: String,
+    pub(crate) node_id: String,
+    config: Config,
+}
+
+impl Node {
+    /// Connects, migrates and binds the listener.
+    pub(crate) async fn start(
+        config: Config,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let store = connect(&config)?;
+        migrate(&store, shutdown).await?;
+        let listener = TcpListener::bind(&config.http.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.http.listen))?;
+        let address = listener.local_addr()?;
+        let public_url = config
+            .http
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{address}"));
+        let node_id = config.node.id.clone().unwrap_or_else(default_node_id);
+        tracing::info!(node.id = %node_id, %address, %public_url, "listening");
+        Ok(Self {
+            store,
+            listener,
+            public_url,
+            node_id,
+            config,
+        })
+    }
+
+    /// Serves the API (with `extra` routes merged in) and runs the loops until `shutdown`.
+    pub(crate) async fn run(
+        self,
+        extra: Router,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
+        let settings = &self.config.dispatch;
+        let permits = Arc::new(Semaphore::new(settings.concurrency));
+        let (sender, receiver) = mpsc::channel(settings.concurrency);
+        let api = ApiConfig {
+            body_limit: self.config.http.body_limit,
+        };
+        let handoff = Handoff::new(permits.clone(), sender, settings.lease_margin);
+        let state = AppState::new(self.store.clone(), &self.node_id, Some(handoff), &api);
+        let app = pacer_api::router(state).merge(extra);
+        let dispatcher = Dispatcher::new(
+            DispatchConfig {
+                node_id: self.node_id.clone(),
+                public_url: self.public_url.clone(),
+                batch_size: settings.batch_size,
+                poll_interval: settings.poll_interval,
+                lease_margin: settings.lease_margin,
+                drain_timeout: settings.drain_timeout,
+                max_response_bytes: 64 * 1024,
+            },
+            self.store.clone(),
+            pacer_engine::http_client()?,
+            permits,
+            receiver,
+        );
+
+        let mut parts: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
+        let http_shutdown = shutdown.child_token();
+        parts.spawn(async move {
+            let served = axum::serve(self.listener, app)
+                .with_graceful_shutdown(http_shutdown.cancelled_owned())
+                .await
+                .context("the HTTP server failed");
+            ("http", served)
+        });
+        let dispatch_shutdown = shutdown.child_token();
+        parts.spawn(async move {
+            (
+                "dispatcher",
+                dispatcher
+                    .run(dispatch_shutdown)
+                    .await
+                    .context("the dispatcher failed"),
+            )
+        });
+
+        let deadline = settings.drain_timeout.as_duration() + Duration::from_secs(5);
+        supervise(parts, shutdown, deadline).await?;
+        self.store.pool().close().await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Waits for every part. The first to stop unasked stops the others and makes the result an
+/// error; once shutdown begins, the parts get `deadline` to finish.
+async fn supervise(
+    mut parts: JoinSet<(&'static str, anyhow::Result<()>)>,
+    shutdown: CancellationToken,
+    deadline: Duration,
+) -> anyhow::Result<()> {
+    // Biased: once shutdown has begun, parts finishing is expected, not a failure.
+    let failure = tokio::select! {
+        biased;
+        () = shutdown.cancelled() => {
+            tracing::info!("shutting down");
+            None
+        }
+        next = parts.join_next() => {
+            shutdown.cancel();
+            Some(next.map_or_else(|| anyhow::anyhow!("no part was running"), describe_exit))
+        }
+    };
+    let drained = tokio::time::timeout(deadline, async {
+        while let Some(joined) = parts.join_next().await {
+            if let Err(error) = check_exit(joined) {
+                tracing::error!(error = %format!("{error:#}"), "a part failed while stopping");
+            }
+        }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::error!(?deadline, "parts did not stop in time; aborting them");
+        parts.shutdown().await;
+    }
+    match failure {
+        Some(error) => Err(error),
+        None => Ok(()),
+    }
+}
+
+fn check_exit(
+    joined: Result<(&'static str, anyhow::Result<()>), tokio::task::JoinError>,
+) -> anyhow::Result<()> {
+    match joined {
+        Ok((_, Ok(()))) => Ok(()),
+        Ok((name, Err(error))) => Err(error.context(format!("{name} stopped"))),
+        Err(join) => Err(anyhow::anyhow!("a part panicked: {join}")),
+    }
+}
+
+fn describe_exit(
+    joined: Result<(&'static str, anyhow::Result<()>), tokio::task::JoinError>,
+) -> anyhow::Error {
+    match joined {
+        Ok((name, Ok(()))) => anyhow::anyhow!("{name} stopped unexpectedly"),
+        other => match check_exit(other) {
+            Err(error) => error,
+            Ok(()) => anyhow::anyhow!("a part stopped unexpectedly"),
+        },
+    }
+}
+
+/// A token cancelled by the first SIGTERM or Ctrl-C; a second one exits the process at once.
+pub(crate) fn shutdown_on_signals() -> CancellationToken {
+    let token = CancellationToken::new();
+    let trigger = token.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("signal received; draining (send again to exit at once)");
+        trigger.cancel();
+        wait_for_signal().await;
+        tracing::warn!("second signal; exiting now");
+        std::process::exit(130);
+    });
+    token
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
