@@ -59,18 +59,27 @@ pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> 
     serde_path_to_error::deserialize(deserializer).map_err(|error| {
         let path = error.path().to_string();
         let inner = error.into_inner();
-        if inner.is_data()
-            || (inner.is_eof() && !bytes.iter().all(u8::is_ascii_whitespace) && path != ".")
-        {
-            let field = if path == "." { "body".to_owned() } else { path };
-            Error::Validation(ValidationErrors::single(
-                field,
-                strip_position(&inner.to_string()),
-            ))
+        if inner.is_data() {
+            let message = strip_position(&inner.to_string());
+            Error::Validation(ValidationErrors::single(field_of(&path, &message), message))
         } else {
             Error::MalformedJson(inner.to_string())
         }
     })
+}
+
+/// The field a deserialization error is about. For a missing field serde reports the path of
+/// the enclosing object, so the field's own name is taken from the message.
+fn field_of(path: &str, message: &str) -> String {
+    let missing = message
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.split('`').next());
+    match (path, missing) {
+        (".", Some(name)) => name.to_owned(),
+        (".", None) => "body".to_owned(),
+        (path, Some(name)) => format!("{path}.{name}"),
+        (path, None) => path.to_owned(),
+    }
 }
 
 /// serde_json appends "at line 1 column 42"; the field name says more.

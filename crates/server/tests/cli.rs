@@ -1,0 +1,87 @@
+//! The `pacer` command line: its help, clear refusals of bad configuration, and `pacer migrate`
+//! against a fresh database.
+
+use std::process::{Command, Output};
+
+fn pacer(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_pacer"));
+    command.args(args).env_remove("RUST_LOG");
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command.output().expect("pacer runs")
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn help_lists_the_commands() {
+    let output = pacer(&["--help"], &[]);
+    assert!(output.status.success());
+    let text = String::from_utf8_lossy(&output.stdout);
+    for command in ["serve", "dev", "migrate"] {
+        assert!(text.contains(command), "{command} missing from:\n{text}");
+    }
+}
+
+#[test]
+fn bad_configuration_is_refused_with_exit_code_2_naming_the_setting() {
+    let cases: [(&[(&str, &str)], &str); 4] = [
+        (&[("PACER_DISPATCH__CONCURRENCY", "0")], "dispatch.concurrency"),
+        (&[("PACER_DATABASE_URL", "mysql://db/pacer")], "database.url"),
+        (&[("PACER_DISPATCH__POLL_INTERVAL", "soon")], "poll_interval"),
+        (&[("PACER_HTTP__PUBLIC_URL", "ftp://x")], "public_url"),
+    ];
+    for (env, setting) in cases {
+        let output = pacer(&["serve"], env);
+        assert_eq!(output.status.code(), Some(2), "{env:?}: {}", stderr(&output));
+        let message = stderr(&output).to_lowercase();
+        assert!(message.contains(setting), "{env:?}: {message}");
+    }
+
+    let dir = std::env::temp_dir().join(format!("pacer-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let file = dir.join("pacer.toml");
+    std::fs::write(&file, "[dispatch]\nconcurency = 5\n").expect("config file");
+    let output = pacer(&["serve", "--config", file.to_str().expect("utf-8 path")], &[]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr(&output).contains("concurency"), "{}", stderr(&output));
+    let missing = pacer(&["serve", "--config", "/nonexistent/pacer.toml"], &[]);
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(stderr(&missing).contains("does not exist"), "{}", stderr(&missing));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[tokio::test]
+async fn migrate_applies_the_schema_and_is_repeatable() {
+    let server = "postgres://postgres@127.0.0.1:5432";
+    let name = format!("pacer_cli_{}", uuid::Uuid::now_v7().simple());
+    let admin = sqlx::PgPool::connect(&format!("{server}/postgres")).await.expect("postgres");
+    sqlx::query(sqlx::AssertSqlSafe(format!("create database {name}")))
+        .execute(&admin)
+        .await
+        .expect("create database");
+    let url = format!("{server}/{name}");
+
+    for _ in 0..2 {
+        let output = pacer(&["migrate"], &[("PACER_DATABASE_URL", &url)]);
+        assert!(output.status.success(), "{}", stderr(&output));
+    }
+    let db = sqlx::PgPool::connect(&url).await.expect("migrated database");
+    let tables: Vec<String> = sqlx::query_scalar(
+        "select table_name::text from information_schema.tables
+         where table_schema = 'public' and table_name in ('jobs', 'tasks', 'task_attempts')
+         order by 1",
+    )
+    .fetch_all(&db)
+    .await
+    .expect("tables");
+    assert_eq!(tables, ["jobs", "task_attempts", "tasks"]);
+    db.close().await;
+    sqlx::query(sqlx::AssertSqlSafe(format!("drop database {name} with (force)")))
+        .execute(&admin)
+        .await
+        .expect("drop database");
+}

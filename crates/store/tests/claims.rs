@@ -1,0 +1,324 @@
+//! The store's claim and fencing guarantees on the real PostgreSQL: concurrent claimers never
+//! share a task, an expired claim is taken over, and a stale claim token writes nothing.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use pacer_domain::dispatch::{AttemptOutcome, DispatchOutcome, Report};
+use pacer_domain::{
+    CallbackStatus, JobInput, JobName, JobSpec, Span, TaskId, TaskState, after_dispatch,
+};
+use pacer_store::{
+    ClaimedTask, CreatedTask, Job, NewTask, Origin, Outcome, ReleasedClaim, ReportOutcome, Store,
+};
+use serde_json::json;
+use sqlx::PgPool;
+
+async fn job(store: &Store, dispatch_timeout: &str) -> Job {
+    let input: JobInput = serde_json::from_value(json!({
+        "target": { "url": "http://downstream.invalid/run" },
+        "payload": { "from": "job" },
+        "dispatch_timeout": dispatch_timeout,
+        "repoll_interval": "30s",
+    }))
+    .expect("job input");
+    let spec = JobSpec::try_from(input).expect("valid job");
+    let name: JobName = "sync".parse().expect("name");
+    store.put_job(&name, &spec).await.expect("put job").job
+}
+
+fn new_task(key: Option<&str>) -> NewTask {
+    NewTask {
+        id: TaskId::new(),
+        origin: Origin::Api,
+        idempotency_key: key.map(str::to_owned),
+        payload: json!({ "n": 1 }),
+        not_before: None,
+    }
+}
+
+async fn create(store: &Store, job: &Job) -> TaskId {
+    match store
+        .create_task(job, new_task(None), None)
+        .await
+        .expect("create")
+    {
+        CreatedTask::Created { id, claimed: None } => id,
+        other => panic!("expected an unclaimed new task, got {other:?}"),
+    }
+}
+
+fn accepted(task: &ClaimedTask, node: &str) -> Outcome {
+    let outcome = DispatchOutcome::Accepted {
+        status: 202,
+        report: None,
+    };
+    Outcome {
+        decision: after_dispatch(task.state, 0, &task.job, &outcome, 0.5),
+        attempt: AttemptOutcome::Accepted,
+        node: node.to_owned(),
+        http_status: Some(202),
+        error: None,
+        latency: Duration::from_millis(5),
+    }
+}
+
+/// Claims for `node` until a task comes back or the deadline passes.
+async fn claim_when_due(store: &Store, node: &str) -> ClaimedTask {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut claimed = store
+            .claim_due(node, 1, Span::from_millis(0))
+            .await
+            .expect("claim");
+        if let Some(task) = claimed.pop() {
+            return task;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nothing became claimable for {node}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[sqlx::test(migrator = "pacer_store::MIGRATOR")]
+async fn concurrent_claimers_never_get_the_same_task(pool: PgPool) {
+    let store = Store::new(pool);
+    let job = job(&store, "10s").await;
+    let mut created = HashSet::new();
+    for _ in 0..200 {
+        created.insert(create(&store, &job).await);
+    }
+    let claimers = (0..4).map(|n| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let node = format!("node-{n}");
+            let mut mine = Vec::new();
+            loop {
+                let batch = store
+                    .claim_due(&node, 7, Span::from_secs(10))
+                    .await
+                    .expect("claim");
+                if batch.is_empty() {
+                    return mine;
+                }
+                mine.extend(batch.into_iter().map(|t| (t.id, node.clone(), t.attempt)));
+            }
+        })
+    });
+    let mut seen = HashSet::new();
+    for claimer in claimers {
+        for (id, node, attempt) in claimer.await.expect("claimer") {
+            assert!(
+                seen.insert(id),
+                "task {id} claimed twice (second time by {node})"
+            );
+            assert_eq!(attempt, 1);
+        }
+    }
+    assert_eq!(seen, created, "every task claimed exactly once");
+    assert!(
+        store
+            .claim_due("late", 10, Span::from_secs(10))
+            .await
+            .expect("claim")
+            .is_empty()
+    );
+}
+
+#[sqlx::test(migrator = "pacer_store::MIGRATOR")]
+async fn an_expired_claim_is_reclaimed_and_a_stale_owner_writes_nothing(pool: PgPool) {
+    let store = Store::new(pool.clone());
+    let job = job(&store, "200ms").await;
+    let id = create(&store, &job).await;
+
+    let first = claim_when_due(&store, "node-a").await;
+    assert_eq!((first.id, first.attempt), (id, 1));
+    assert!(
+        store
+            .claim_due("node-b", 10, Span::from_millis(0))
+            .await
+            .expect("claim")
+            .is_empty(),
+        "a live claim is not claimable"
+    );
+
+    // node-a goes silent; once its 200 ms lease runs out, node-b takes the task over.
+    let second = claim_when_due(&store, "node-b").await;
+    assert_eq!((second.id, second.attempt), (id, 2));
+    assert_ne!(second.claim_token, first.claim_token);
+    let attempts = store.task_attempts(id).await.expect("attempts");
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(
+        (attempts[0].number, attempts[0].node.as_str()),
+        (1, "node-a")
+    );
+    assert_eq!(attempts[0].outcome, "abandoned");
+
+    // node-a wakes up and reports: its claim token is stale, so the task is left alone...
+    let applied = store
+        .record_outcome(&first, &accepted(&first, "node-a"))
+        .await
+        .expect("record");
+    assert!(!applied, "a stale claim must not write the task");
+    let task = store.get_task(id).await.expect("task");
+    assert_eq!(task.state, TaskState::Pending);
+    assert_eq!(task.claimed_by.as_deref(), Some("node-b"));
+    // ...but what its dispatch actually got is recorded on its attempt.
+    let attempts = store.task_attempts(id).await.expect("attempts");
+    assert_eq!(attempts[0].outcome, "accepted");
+
+    let applied = store
+        .record_outcome(&second, &accepted(&second, "node-b"))
+        .await
+        .expect("record");
+    assert!(applied, "the current claim writes");
+    let task = store.get_task(id).await.expect("task");
+    assert_eq!(task.state, TaskState::Processing);
+    assert_eq!(task.claimed_by, None);
+    assert_eq!(task.attempt, 2);
+}
+
+#[sqlx::test(migrator = "pacer_store::MIGRATOR")]
+async fn a_callback_ending_the_task_fences_off_the_dispatch_in_flight(pool: PgPool) {
+    let store = Store::new(pool);
+    let job = job(&store, "10s").await;
+    let id = create(&store, &job).await;
+    let claimed = claim_when_due(&store, "node-a").await;
+
+    let report = Report {
+        status: CallbackStatus::Completed,
+        progress: None,
+        message: Some("done".into()),
+        result: Some(json!({ "rows": 3 })),
+    };
+    assert_eq!(
+        store.report(id, &report).await.expect("report"),
+        ReportOutcome::Applied(TaskState::Completed)
+    );
+    assert_eq!(
+        store.report(id, &report).await.expect("repeat"),
+        ReportOutcome::Unchanged(TaskState::Completed)
+    );
+    let failed = Report {
+        status: CallbackStatus::Failed,
+        ..report.clone()
+    };
+    assert_eq!(
+        store.report(id, &failed).await.expect("late"),
+        ReportOutcome::Refused(TaskState::Completed)
+    );
+
+    let applied = store
+        .record_outcome(&claimed, &accepted(&claimed, "node-a"))
+        .await
+        .expect("record");
+    assert!(!applied);
+    let task = store.get_task(id).await.expect("task");
+    assert_eq!(task.state, TaskState::Completed);
+    assert_eq!(task.result, Some(json!({ "rows": 3 })));
+    assert_eq!(task.next_dispatch_at, None);
+    assert!(task.finished_at.is_some());
+}
+
+#[sqlx::test(migrator = "pacer_store::MIGRATOR")]
+async fn the_same_idempotency_key_never_creates_a_second_task(pool: PgPool) {
+    let store = Store::new(pool.clone());
+    let job = job(&store, "10s").await;
+    let first = store
+        .create_task(
+            &job,
+            new_task(Some("evt-1")),
+            Some(("node-a", Span::from_secs(5))),
+        )
+        .await;
+    let CreatedTask::Created {
+        id,
+        claimed: Some(claimed),
+    } = first.expect("create")
+    else {
+        panic!("a task due now is created claimed when asked");
+    };
+    assert_eq!(
+        (claimed.id, claimed.attempt, claimed.state),
+        (id, 1, TaskState::Pending)
+    );
+    let again = store
+        .create_task(&job, new_task(Some("evt-1")), None)
+        .await
+        .expect("again");
+    assert!(matches!(again, CreatedTask::Existing { id: existing } if existing == id));
+    let other = store
+        .create_task(&job, new_task(Some("evt-2")), None)
+        .await
+        .expect("other");
+    assert!(matches!(other, CreatedTask::Created { id: other, .. } if other != id));
+    let count: i64 = sqlx::query_scalar("select count(*) from tasks")
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    assert_eq!(count, 2);
+}
+
+#[sqlx::test(migrator = "pacer_store::MIGRATOR")]
+async fn released_claims_are_due_at_once_and_recorded_as_interrupted(pool: PgPool) {
+    let store = Store::new(pool);
+    let job = job(&store, "10s").await;
+    let id = create(&store, &job).await;
+    let claimed = claim_when_due(&store, "node-a").await;
+    let release = ReleasedClaim {
+        id,
+        claim_token: claimed.claim_token,
+        attempt: claimed.attempt,
+        claimed_at: claimed.claimed_at,
+    };
+    assert_eq!(
+        store
+            .release_claims("node-a", &[release])
+            .await
+            .expect("release"),
+        1
+    );
+    assert_eq!(
+        store
+            .release_claims("node-a", &[release])
+            .await
+            .expect("again"),
+        0,
+        "a claim is released once"
+    );
+    let again = store
+        .claim_due("node-b", 10, Span::from_secs(5))
+        .await
+        .expect("claim");
+    assert_eq!(
+        again.len(),
+        1,
+        "released work is claimable without waiting for the lease"
+    );
+    assert_eq!(again[0].attempt, 2);
+    let attempts = store.task_attempts(id).await.expect("attempts");
+    assert_eq!(attempts[0].outcome, "interrupted");
+}
+
+#[sqlx::test(migrator = "pacer_store::MIGRATOR")]
+async fn deleting_a_job_with_open_tasks_needs_consent_and_keeps_history(pool: PgPool) {
+    let store = Store::new(pool);
+    let job = job(&store, "10s").await;
+    let id = create(&store, &job).await;
+    let refused = store.delete_job(&job.name, false).await;
+    assert!(matches!(refused, Err(pacer_store::Error::Conflict { .. })));
+    assert_eq!(
+        store.get_task(id).await.expect("task").state,
+        TaskState::Pending
+    );
+    let deleted = store.delete_job(&job.name, true).await.expect("delete");
+    assert_eq!(deleted.cancelled_tasks, 1);
+    let task = store.get_task(id).await.expect("history stays");
+    assert_eq!(task.state, TaskState::Cancelled);
+    assert!(matches!(
+        store.get_job(&job.name).await,
+        Err(pacer_store::Error::NotFound(_))
+    ));
+}
