@@ -68,13 +68,13 @@ async fn create_task(
         }
         (body, header) => body.or(header),
     };
-    if let Some(key) = &key {
-        if key.is_empty() || key.chars().count() > 255 || key.chars().any(char::is_control) {
-            return Err(Error::field(
-                "idempotency_key",
-                "1 to 255 characters, no control characters",
-            ));
-        }
+    if let Some(key) = &key
+        && (key.is_empty() || key.chars().count() > 255 || key.chars().any(char::is_control))
+    {
+        return Err(Error::field(
+            "idempotency_key",
+            "1 to 255 characters, no control characters",
+        ));
     }
     let name = existing_name(&raw_name)?;
     let job = state.store.get_job(&name).await.map_err(not_found(&name))?;
@@ -110,18 +110,18 @@ async fn create_task(
         })?;
     let (id, status) = match created {
         CreatedTask::Created { id, claimed } => {
-            if let (Some(claimed), Some((handoff, permit))) = (claimed, reserved) {
-                if let Err(unsent) = handoff.sender.try_send((*claimed, permit)) {
-                    // The dispatcher is shutting down: hand the claim back for any node to take.
-                    let (task, _permit) = unsent.into_inner();
-                    let claim = pacer_store::ReleasedClaim {
-                        id: task.id,
-                        claim_token: task.claim_token,
-                        attempt: task.attempt,
-                        claimed_at: task.claimed_at,
-                    };
-                    state.store.release_claims(&state.node_id, &[claim]).await?;
-                }
+            if let (Some(claimed), Some((handoff, permit))) = (claimed, reserved)
+                && let Err(unsent) = handoff.sender.try_send((*claimed, permit))
+            {
+                // The dispatcher is shutting down: hand the claim back for any node to take.
+                let (task, _permit) = unsent.into_inner();
+                let claim = pacer_store::ReleasedClaim {
+                    id: task.id,
+                    claim_token: task.claim_token,
+                    attempt: task.attempt,
+                    claimed_at: task.claimed_at,
+                };
+                state.store.release_claims(&state.node_id, &[claim]).await?;
             }
             (id, StatusCode::ACCEPTED)
         }

@@ -183,10 +183,10 @@ impl Config {
         if !(1024..=64 * 1024 * 1024).contains(&self.http.body_limit) {
             bail!("http.body_limit must be between 1024 and 67108864 bytes");
         }
-        if let Some(url) = &self.http.public_url {
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                bail!("http.public_url must be an http:// or https:// URL");
-            }
+        if let Some(url) = &self.http.public_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            bail!("http.public_url must be an http:// or https:// URL");
         }
         Ok(())
     }

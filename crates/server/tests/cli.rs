@@ -29,14 +29,28 @@ fn help_lists_the_commands() {
 #[test]
 fn bad_configuration_is_refused_with_exit_code_2_naming_the_setting() {
     let cases: [(&[(&str, &str)], &str); 4] = [
-        (&[("PACER_DISPATCH__CONCURRENCY", "0")], "dispatch.concurrency"),
-        (&[("PACER_DATABASE_URL", "mysql://db/pacer")], "database.url"),
-        (&[("PACER_DISPATCH__POLL_INTERVAL", "soon")], "poll_interval"),
+        (
+            &[("PACER_DISPATCH__CONCURRENCY", "0")],
+            "dispatch.concurrency",
+        ),
+        (
+            &[("PACER_DATABASE_URL", "mysql://db/pacer")],
+            "database.url",
+        ),
+        (
+            &[("PACER_DISPATCH__POLL_INTERVAL", "soon")],
+            "poll_interval",
+        ),
         (&[("PACER_HTTP__PUBLIC_URL", "ftp://x")], "public_url"),
     ];
     for (env, setting) in cases {
         let output = pacer(&["serve"], env);
-        assert_eq!(output.status.code(), Some(2), "{env:?}: {}", stderr(&output));
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{env:?}: {}",
+            stderr(&output)
+        );
         let message = stderr(&output).to_lowercase();
         assert!(message.contains(setting), "{env:?}: {message}");
     }
@@ -45,12 +59,23 @@ fn bad_configuration_is_refused_with_exit_code_2_naming_the_setting() {
     std::fs::create_dir_all(&dir).expect("temp dir");
     let file = dir.join("pacer.toml");
     std::fs::write(&file, "[dispatch]\nconcurency = 5\n").expect("config file");
-    let output = pacer(&["serve", "--config", file.to_str().expect("utf-8 path")], &[]);
+    let output = pacer(
+        &["serve", "--config", file.to_str().expect("utf-8 path")],
+        &[],
+    );
     assert_eq!(output.status.code(), Some(2));
-    assert!(stderr(&output).contains("concurency"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("concurency"),
+        "{}",
+        stderr(&output)
+    );
     let missing = pacer(&["serve", "--config", "/nonexistent/pacer.toml"], &[]);
     assert_eq!(missing.status.code(), Some(2));
-    assert!(stderr(&missing).contains("does not exist"), "{}", stderr(&missing));
+    assert!(
+        stderr(&missing).contains("does not exist"),
+        "{}",
+        stderr(&missing)
+    );
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -58,7 +83,9 @@ fn bad_configuration_is_refused_with_exit_code_2_naming_the_setting() {
 async fn migrate_applies_the_schema_and_is_repeatable() {
     let server = "postgres://postgres@127.0.0.1:5432";
     let name = format!("pacer_cli_{}", uuid::Uuid::now_v7().simple());
-    let admin = sqlx::PgPool::connect(&format!("{server}/postgres")).await.expect("postgres");
+    let admin = sqlx::PgPool::connect(&format!("{server}/postgres"))
+        .await
+        .expect("postgres");
     sqlx::query(sqlx::AssertSqlSafe(format!("create database {name}")))
         .execute(&admin)
         .await
@@ -69,7 +96,9 @@ async fn migrate_applies_the_schema_and_is_repeatable() {
         let output = pacer(&["migrate"], &[("PACER_DATABASE_URL", &url)]);
         assert!(output.status.success(), "{}", stderr(&output));
     }
-    let db = sqlx::PgPool::connect(&url).await.expect("migrated database");
+    let db = sqlx::PgPool::connect(&url)
+        .await
+        .expect("migrated database");
     let tables: Vec<String> = sqlx::query_scalar(
         "select table_name::text from information_schema.tables
          where table_schema = 'public' and table_name in ('jobs', 'tasks', 'task_attempts')
@@ -80,8 +109,10 @@ async fn migrate_applies_the_schema_and_is_repeatable() {
     .expect("tables");
     assert_eq!(tables, ["jobs", "task_attempts", "tasks"]);
     db.close().await;
-    sqlx::query(sqlx::AssertSqlSafe(format!("drop database {name} with (force)")))
-        .execute(&admin)
-        .await
-        .expect("drop database");
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "drop database {name} with (force)"
+    )))
+    .execute(&admin)
+    .await
+    .expect("drop database");
 }

@@ -35,25 +35,33 @@ pub struct DeletedJob {
     pub cancelled_tasks: u64,
 }
 
-fn job(
+/// A `jobs` row as selected.
+struct JobRow {
     id: Uuid,
     name: String,
     version: i32,
     spec: Json<JobSpec>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
-) -> Result<Job> {
-    let name = name
-        .parse()
-        .map_err(|_| corrupt(format!("job name {name:?}")))?;
-    Ok(Job {
-        id,
-        name,
-        version,
-        spec: spec.0,
-        created_at,
-        updated_at,
-    })
+}
+
+impl TryFrom<JobRow> for Job {
+    type Error = Error;
+
+    fn try_from(row: JobRow) -> Result<Self> {
+        let name = row
+            .name
+            .parse()
+            .map_err(|_| corrupt(format!("job name {:?}", row.name)))?;
+        Ok(Job {
+            id: row.id,
+            name,
+            version: row.version,
+            spec: row.spec.0,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        })
+    }
 }
 
 impl Store {
@@ -81,43 +89,36 @@ impl Store {
         )
         .fetch_one(&self.pool)
         .await?;
-        let job = job(
-            row.id,
-            row.name,
-            row.version,
-            row.spec,
-            row.created_at,
-            row.updated_at,
-        )?;
-        Ok(PutJob {
-            job,
-            created: row.created,
-        })
+        let created = row.created;
+        let job = Job::try_from(JobRow {
+            id: row.id,
+            name: row.name,
+            version: row.version,
+            spec: row.spec,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        })?;
+        Ok(PutJob { job, created })
     }
 
     /// The job with this name.
     pub async fn get_job(&self, name: &JobName) -> Result<Job> {
-        let row = sqlx::query!(
+        sqlx::query_as!(
+            JobRow,
             r#"select id, name, version, spec as "spec: Json<JobSpec>", created_at, updated_at
                from jobs where name = $1"#,
             name.as_str(),
         )
         .fetch_optional(&self.pool)
         .await?
-        .ok_or(Error::NotFound("job"))?;
-        job(
-            row.id,
-            row.name,
-            row.version,
-            row.spec,
-            row.created_at,
-            row.updated_at,
-        )
+        .ok_or(Error::NotFound("job"))?
+        .try_into()
     }
 
     /// Jobs in name order, after `after` when paging.
     pub async fn list_jobs(&self, after: Option<&str>, limit: i64) -> Result<Vec<Job>> {
-        sqlx::query!(
+        sqlx::query_as!(
+            JobRow,
             r#"select id, name, version, spec as "spec: Json<JobSpec>", created_at, updated_at
                from jobs where ($1::text is null or name > $1) order by name limit $2"#,
             after,
@@ -126,7 +127,7 @@ impl Store {
         .fetch_all(&self.pool)
         .await?
         .into_iter()
-        .map(|r| job(r.id, r.name, r.version, r.spec, r.created_at, r.updated_at))
+        .map(Job::try_from)
         .collect()
     }
 
