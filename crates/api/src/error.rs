@@ -3,7 +3,7 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use pacer_domain::{FieldError, TaskState, ValidationErrors};
+use pacer_domain::{FieldError, SkipReason, TaskId, TaskState, ValidationErrors};
 use serde::Serialize;
 
 use crate::views::TaskView;
@@ -28,6 +28,14 @@ pub enum Error {
     },
     #[error("job {job} has open tasks")]
     JobHasOpenTasks { job: String },
+    #[error("job {job} is paused")]
+    JobPaused { job: String },
+    #[error("job {job} already has an open task")]
+    OverlapSkipped {
+        job: String,
+        reason: SkipReason,
+        open_task: Option<TaskId>,
+    },
     #[error("no such route")]
     RouteNotFound,
     #[error("method not allowed on this route")]
@@ -92,6 +100,12 @@ impl Error {
                 "/problems/task-terminal",
                 "Task already finished",
             ),
+            Error::JobPaused { .. } => (StatusCode::CONFLICT, "/problems/job-paused", "Job paused"),
+            Error::OverlapSkipped { .. } => (
+                StatusCode::CONFLICT,
+                "/problems/overlap-skipped",
+                "Skipped by the overlap policy",
+            ),
             Error::JobHasOpenTasks { .. } => (
                 StatusCode::CONFLICT,
                 "/problems/job-has-open-tasks",
@@ -124,6 +138,22 @@ impl Error {
             Error::TaskTerminal { state, .. } => {
                 format!("the task is already {state}; a finished task never changes")
             }
+            Error::JobPaused { job } => format!("job {job} is paused; resume it to create tasks"),
+            Error::OverlapSkipped {
+                job,
+                reason,
+                open_task,
+            } => match (reason, open_task) {
+                (SkipReason::BufferFull, _) => format!(
+                    "job {job} runs one task at a time and already has one queued; the request was recorded as skipped"
+                ),
+                (_, Some(open)) => format!(
+                    "job {job} runs one task at a time and task {open} is still open; the request was recorded as skipped"
+                ),
+                (_, None) => format!(
+                    "job {job} runs one task at a time; the request was recorded as skipped"
+                ),
+            },
             Error::JobHasOpenTasks { job } => format!(
                 "job {job} has pending or processing tasks; cancel them first or delete with ?cancel_open_tasks=true"
             ),

@@ -23,6 +23,11 @@ pub(crate) fn operator_routes() -> Router<AppState> {
     Router::new()
         .route("/api/v1/jobs", get(list_jobs))
         .route("/api/v1/jobs/{name}", get(get_job))
+        .route("/api/v1/jobs/{name}/pause", axum::routing::post(pause_job))
+        .route(
+            "/api/v1/jobs/{name}/resume",
+            axum::routing::post(resume_job),
+        )
 }
 
 /// A job name from the path; a name that cannot exist is simply not found.
@@ -133,4 +138,45 @@ async fn delete_job(
         "deleted": name.as_str(),
         "cancelled_tasks": deleted.cancelled_tasks,
     })))
+}
+
+/// Pauses a job: its triggers stop firing and it takes no new tasks; open tasks carry on.
+async fn pause_job(
+    State(state): State<AppState>,
+    Path(raw_name): Path<String>,
+) -> Result<JsonResponse<JobView>> {
+    set_paused(&state, &raw_name, true).await
+}
+
+/// Resumes a job; its triggers fire next from now (occurrences while paused are not fired).
+async fn resume_job(
+    State(state): State<AppState>,
+    Path(raw_name): Path<String>,
+) -> Result<JsonResponse<JobView>> {
+    set_paused(&state, &raw_name, false).await
+}
+
+async fn set_paused(
+    state: &AppState,
+    raw_name: &str,
+    paused: bool,
+) -> Result<JsonResponse<JobView>> {
+    let name = existing_name(raw_name)?;
+    let job = state.store.get_job(&name).await.map_err(not_found(&name))?;
+    let mut next_fire = Vec::new();
+    if !paused {
+        for trigger in state.store.list_triggers(&job).await? {
+            next_fire.push((
+                trigger.id,
+                crate::triggers::next_from_now(state, &trigger).await?,
+            ));
+        }
+    }
+    state
+        .store
+        .set_job_paused(&job, paused, &next_fire)
+        .await
+        .map_err(not_found(&name))?;
+    let job = state.store.get_job(&name).await.map_err(not_found(&name))?;
+    Ok(JsonResponse(job.into()))
 }

@@ -1,11 +1,13 @@
 //! Pacer's REST API: the routers, their handlers and the problem+json errors they return.
 //! Handlers parse input into domain types first, so nothing invalid reaches the store.
 
+mod cluster;
 mod error;
 mod extract;
 mod health;
 mod jobs;
 mod tasks;
+mod triggers;
 mod views;
 
 use std::sync::Arc;
@@ -64,6 +66,7 @@ pub struct AppState {
     node_id: Arc<str>,
     handoff: Option<Handoff>,
     body_limit: usize,
+    dead_after: Span,
 }
 
 impl AppState {
@@ -74,6 +77,7 @@ impl AppState {
             node_id: node_id.into(),
             handoff,
             body_limit: config.body_limit,
+            dead_after: config.dead_after,
         }
     }
 }
@@ -83,14 +87,20 @@ impl AppState {
 pub struct ApiConfig {
     /// Largest request body accepted, in bytes.
     pub body_limit: usize,
+    /// A node silent this long is shown as dead.
+    pub dead_after: Span,
 }
 
 /// The whole API, ready to serve.
 pub fn router(state: AppState) -> Router {
-    let admin = Router::new().merge(jobs::admin_routes());
+    let admin = Router::new()
+        .merge(jobs::admin_routes())
+        .merge(triggers::admin_routes());
     let operator = Router::new()
         .merge(jobs::operator_routes())
-        .merge(tasks::operator_routes());
+        .merge(tasks::operator_routes())
+        .merge(triggers::operator_routes())
+        .merge(cluster::operator_routes());
     let upstream = tasks::upstream_routes();
     let downstream = tasks::downstream_routes();
     Router::new()

@@ -78,6 +78,11 @@ async fn create_task(
     }
     let name = existing_name(&raw_name)?;
     let job = state.store.get_job(&name).await.map_err(not_found(&name))?;
+    if job.paused {
+        return Err(Error::JobPaused {
+            job: name.to_string(),
+        });
+    }
     let task = NewTask {
         id: TaskId::new(),
         origin: Origin::Api,
@@ -126,6 +131,13 @@ async fn create_task(
             (id, StatusCode::ACCEPTED)
         }
         CreatedTask::Existing { id } => (id, StatusCode::OK),
+        CreatedTask::Skipped { reason, open_task } => {
+            return Err(Error::OverlapSkipped {
+                job: name.to_string(),
+                reason,
+                open_task,
+            });
+        }
     };
     let task = state.store.get_task(id).await?;
     let location = format!("/api/v1/tasks/{id}");

@@ -1,10 +1,12 @@
 //! The JSON shapes the API returns (DESIGN §12).
 
 use chrono::{DateTime, Utc};
+use pacer_domain::TriggerSpec;
 use pacer_domain::{JobSpec, TaskId, TaskState};
-use pacer_store::{Attempt, Job, Task};
+use pacer_store::{Attempt, Job, Node, SkippedRun, Task, Trigger};
 use serde::Serialize;
 use serde_json::Value;
+use uuid::Uuid;
 
 /// A page of a list: `next_cursor` fetches the next page, null on the last.
 #[derive(Debug, Serialize)]
@@ -20,6 +22,7 @@ pub(crate) struct JobView {
     version: i32,
     #[serde(flatten)]
     spec: JobSpec,
+    paused: bool,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
 }
@@ -30,6 +33,7 @@ impl From<Job> for JobView {
             name: job.name.to_string(),
             version: job.version,
             spec: job.spec,
+            paused: job.paused,
             created_at: job.created_at,
             updated_at: job.updated_at,
         }
@@ -39,6 +43,10 @@ impl From<Job> for JobView {
 #[derive(Debug, Serialize)]
 struct OriginView {
     kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    trigger_id: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scheduled_at: Option<DateTime<Utc>>,
 }
 
 /// A task as returned by the API; `attempts` only in the detail view.
@@ -65,6 +73,8 @@ pub struct TaskView {
     result: Option<Value>,
     last_error: Option<String>,
     failure_reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    waits_for: Option<TaskId>,
     updated_at: DateTime<Utc>,
     #[serde(skip_serializing_if = "Option::is_none")]
     attempts: Option<Vec<AttemptView>>,
@@ -84,7 +94,12 @@ impl From<Task> for TaskView {
             id: t.id,
             job: t.job_name,
             state: t.state,
-            origin: OriginView { kind: t.origin },
+            origin: OriginView {
+                kind: t.origin,
+                trigger_id: t.trigger_id,
+                scheduled_at: t.scheduled_at,
+            },
+            waits_for: t.waits_for,
             idempotency_key: t.idempotency_key,
             payload: t.payload,
             attempt: t.attempt,
@@ -132,6 +147,87 @@ impl From<Attempt> for AttemptView {
             http_status: a.http_status,
             error: a.error,
             latency_ms: a.latency_ms,
+        }
+    }
+}
+
+/// A trigger with its schedule state.
+#[derive(Debug, Serialize)]
+pub(crate) struct TriggerView {
+    id: Uuid,
+    job: String,
+    #[serde(flatten)]
+    spec: TriggerSpec,
+    paused: bool,
+    next_fire_at: Option<DateTime<Utc>>,
+    last_fired_at: Option<DateTime<Utc>>,
+    skipped: i64,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl From<Trigger> for TriggerView {
+    fn from(t: Trigger) -> Self {
+        Self {
+            id: t.id,
+            job: t.job_name,
+            spec: t.spec,
+            paused: t.paused,
+            next_fire_at: t.next_fire_at,
+            last_fired_at: t.last_fired_at,
+            skipped: t.skip_count,
+            created_at: t.created_at,
+            updated_at: t.updated_at,
+        }
+    }
+}
+
+/// A node of the cluster.
+#[derive(Debug, Serialize)]
+pub(crate) struct NodeView {
+    id: String,
+    address: String,
+    version: String,
+    started_at: DateTime<Utc>,
+    last_heartbeat_at: DateTime<Utc>,
+    stopped_at: Option<DateTime<Utc>>,
+    alive: bool,
+}
+
+impl From<Node> for NodeView {
+    fn from(n: Node) -> Self {
+        Self {
+            id: n.id,
+            address: n.address,
+            version: n.version,
+            started_at: n.started_at,
+            last_heartbeat_at: n.last_heartbeat_at,
+            stopped_at: n.stopped_at,
+            alive: n.alive,
+        }
+    }
+}
+
+/// A run that got no task.
+#[derive(Debug, Serialize)]
+pub(crate) struct SkipView {
+    id: Uuid,
+    job: String,
+    trigger_id: Option<Uuid>,
+    scheduled_at: Option<DateTime<Utc>>,
+    reason: String,
+    recorded_at: DateTime<Utc>,
+}
+
+impl From<SkippedRun> for SkipView {
+    fn from(s: SkippedRun) -> Self {
+        Self {
+            id: s.id,
+            job: s.job_name,
+            trigger_id: s.trigger_id,
+            scheduled_at: s.scheduled_at,
+            reason: s.reason,
+            recorded_at: s.recorded_at,
         }
     }
 }

@@ -28,7 +28,10 @@ impl Api {
             Store::new(pool.clone()),
             "test-node",
             None,
-            &ApiConfig { body_limit: 4096 },
+            &ApiConfig {
+                body_limit: 4096,
+                dead_after: pacer_domain::Span::from_secs(10),
+            },
         );
         Self {
             router: pacer_api::router(state),

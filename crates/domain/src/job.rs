@@ -9,6 +9,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::firing::OverlapPolicy;
 use crate::{RetryPolicy, Span, ValidationErrors};
 
 /// A job's name: 1–64 characters of letters, digits, `.`, `_` and `-`, starting with a letter
@@ -84,6 +85,8 @@ pub struct JobSpec {
     pub retry: RetryPolicy,
     pub expect_callback: bool,
     #[serde(default)]
+    pub overlap: OverlapPolicy,
+    #[serde(default)]
     pub labels: BTreeMap<String, String>,
 }
 
@@ -100,6 +103,7 @@ pub struct JobInput {
     pub deadline: Option<Span>,
     pub retry: Option<RetryInput>,
     pub expect_callback: Option<bool>,
+    pub overlap: Option<OverlapPolicy>,
     pub labels: Option<BTreeMap<String, String>>,
 }
 
@@ -322,6 +326,7 @@ impl TryFrom<JobInput> for JobSpec {
             deadline: input.deadline,
             retry,
             expect_callback: input.expect_callback.unwrap_or(true),
+            overlap: input.overlap.unwrap_or_default(),
             labels,
         })
     }

@@ -2,19 +2,25 @@
 //! Nothing here does I/O; the store persists these types and the engine acts on their decisions.
 
 pub mod dispatch;
+pub mod firing;
 pub mod ids;
 pub mod job;
 pub mod retry;
+pub mod schedule;
 pub mod span;
 pub mod task;
+pub mod trigger;
 pub mod validation;
 
 pub use dispatch::{
     AfterDispatch, DispatchOutcome, ResponseClass, after_dispatch, classify_status,
 };
+pub use firing::{MisfirePolicy, OverlapPolicy, SkipReason};
 pub use ids::TaskId;
 pub use job::{HttpTarget, JobInput, JobName, JobSpec};
 pub use retry::RetryPolicy;
+pub use schedule::{Schedule, ScheduleError};
 pub use span::Span;
 pub use task::{CallbackStatus, FailureReason, TaskEvent, TaskState, Transition};
+pub use trigger::{ScheduleSpec, Timetable, TriggerInput, TriggerSpec};
 pub use validation::{FieldError, ValidationErrors};

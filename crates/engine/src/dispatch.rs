@@ -88,7 +88,7 @@ impl Dispatcher {
     /// Runs until `shutdown`; then stops claiming, waits up to the drain timeout for in-flight
     /// dispatches, and hands back the claims of those still running.
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<()> {
-        let mut wakeups = Wakeups::new(self.store.clone());
+        let mut wakeups = Wakeups::new(self.store.clone(), &[pacer_store::TASKS_DUE_CHANNEL]);
         let mut running = JoinSet::new();
         let in_flight: InFlight = Arc::default();
         let poll = self.config.poll_interval.as_duration();
@@ -121,9 +121,11 @@ impl Dispatcher {
     }
 
     /// How long to sleep before looking again: until the next task is due, at most `poll`.
+    /// A task due now that the claim passed over is locked by another claimer or a callback for
+    /// a moment; the floor keeps this loop from spinning on it.
     async fn sleep_for(&self, poll: Duration) -> Duration {
         match self.store.next_due_in().await {
-            Ok(Some(due)) => due.min(poll),
+            Ok(Some(due)) => due.clamp(Duration::from_millis(10), poll),
             Ok(None) => poll,
             Err(error) => {
                 tracing::warn!(%error, "reading the next due time failed");
@@ -343,7 +345,7 @@ impl Attempt {
             task_id: task.id,
             job: &task.job_name,
             attempt: task.attempt,
-            scheduled_at: task.due_at,
+            scheduled_at: task.scheduled_at,
             deadline_at: task.deadline_at,
             last_success_at: task.last_success_at,
             payload: &task.payload,

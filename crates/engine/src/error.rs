@@ -7,6 +7,9 @@ pub enum Error {
     Store(#[from] pacer_store::Error),
     #[error("building the HTTP client failed: {0}")]
     HttpClient(reqwest::Error),
+    /// A leader duty found that its term no longer holds the lease.
+    #[error("the leader term was fenced off")]
+    Fenced,
 }
 
 /// The engine's result type.

@@ -3,10 +3,16 @@
 
 pub mod dispatch;
 mod error;
+mod firing;
+mod heartbeat;
+mod leader;
+mod sweeper;
 mod wakeup;
 
 pub use dispatch::{DispatchConfig, Dispatcher, Handoff};
 pub use error::{Error, Result};
+pub use heartbeat::Heartbeat;
+pub use leader::{Leader, LeaderConfig};
 
 /// Builds the HTTP client Pacer makes outbound calls with: pooled, no redirects followed
 /// (a redirected `POST` would silently become a `GET`), TLS through rustls with the ring provider.

@@ -9,6 +9,7 @@ use tokio::time::Instant;
 /// A NOTIFY subscription that never fails: errors turn into a reconnect later.
 pub(crate) struct Wakeups {
     store: Store,
+    channels: &'static [&'static str],
     listener: Option<Listener>,
     retry_at: Instant,
     backoff: Duration,
@@ -17,9 +18,11 @@ pub(crate) struct Wakeups {
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 impl Wakeups {
-    pub(crate) fn new(store: Store) -> Self {
+    /// Wake-ups on notifications to any of `channels`.
+    pub(crate) fn new(store: Store, channels: &'static [&'static str]) -> Self {
         Self {
             store,
+            channels,
             listener: None,
             retry_at: Instant::now(),
             backoff: Duration::from_millis(250),
@@ -46,7 +49,7 @@ impl Wakeups {
                 },
                 None => {
                     tokio::time::sleep_until(self.retry_at).await;
-                    match self.store.listen_tasks_due().await {
+                    match self.store.listen(self.channels).await {
                         Ok(listener) => {
                             self.listener = Some(listener);
                             // Anything that became due while we were deaf is found by this wake.

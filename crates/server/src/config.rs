@@ -18,6 +18,7 @@ pub(crate) struct Config {
     pub(crate) http: HttpConfig,
     pub(crate) node: NodeConfig,
     pub(crate) dispatch: DispatchSettings,
+    pub(crate) cluster: ClusterSettings,
     pub(crate) log: LogConfig,
 }
 
@@ -62,6 +63,36 @@ pub(crate) struct DispatchSettings {
     pub(crate) lease_margin: Span,
     /// How long a shutdown waits for in-flight dispatches before handing them back.
     pub(crate) drain_timeout: Span,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct ClusterSettings {
+    /// How often this node records its heartbeat.
+    pub(crate) heartbeat_interval: Span,
+    /// A node silent this long is dead: its claims are taken over.
+    pub(crate) dead_after: Span,
+    /// How long the leader lease lasts unless renewed (renewed every third of it).
+    pub(crate) lease_ttl: Span,
+    /// Most triggers fired in one transaction.
+    pub(crate) firing_batch_size: usize,
+    /// Longest sleep of the firing loop when no notification arrives.
+    pub(crate) firing_poll_interval: Span,
+    /// How often the leader sweeps claims of dead nodes and starts queued tasks.
+    pub(crate) sweep_interval: Span,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval: Span::from_secs(2),
+            dead_after: Span::from_secs(10),
+            lease_ttl: Span::from_secs(6),
+            firing_batch_size: 500,
+            firing_poll_interval: Span::from_secs(1),
+            sweep_interval: Span::from_secs(1),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -179,6 +210,26 @@ impl Config {
         }
         if self.dispatch.lease_margin < Span::from_secs(1) {
             bail!("dispatch.lease_margin must be at least 1s");
+        }
+        let cluster = &self.cluster;
+        if cluster.heartbeat_interval < Span::from_millis(100) {
+            bail!("cluster.heartbeat_interval must be at least 100ms");
+        }
+        if cluster.dead_after.as_duration() < cluster.heartbeat_interval.as_duration() * 2 {
+            bail!("cluster.dead_after must be at least twice cluster.heartbeat_interval");
+        }
+        if cluster.lease_ttl < Span::from_millis(600) {
+            bail!("cluster.lease_ttl must be at least 600ms");
+        }
+        if !(1..=10_000).contains(&cluster.firing_batch_size) {
+            bail!("cluster.firing_batch_size must be between 1 and 10000");
+        }
+        if cluster.firing_poll_interval < Span::from_millis(10)
+            || cluster.sweep_interval < Span::from_millis(100)
+        {
+            bail!(
+                "cluster.firing_poll_interval must be at least 10ms and cluster.sweep_interval at least 100ms"
+            );
         }
         if !(1024..=64 * 1024 * 1024).contains(&self.http.body_limit) {
             bail!("http.body_limit must be between 1024 and 67108864 bytes");

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::Router;
 use pacer_api::{ApiConfig, AppState, Handoff};
-use pacer_engine::{DispatchConfig, Dispatcher};
+use pacer_engine::{DispatchConfig, Dispatcher, Heartbeat, Leader, LeaderConfig};
 use pacer_store::Store;
 use secrecy::ExposeSecret;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -121,8 +121,10 @@ impl Node {
         let settings = &self.config.dispatch;
         let permits = Arc::new(Semaphore::new(settings.concurrency));
         let (sender, receiver) = mpsc::channel(settings.concurrency);
+        let cluster = &self.config.cluster;
         let api = ApiConfig {
             body_limit: self.config.http.body_limit,
+            dead_after: cluster.dead_after,
         };
         let handoff = Handoff::new(permits.clone(), sender, settings.lease_margin);
         let state = AppState::new(self.store.clone(), &self.node_id, Some(handoff), &api);
@@ -160,6 +162,44 @@ impl Node {
                     .run(dispatch_shutdown)
                     .await
                     .context("the dispatcher failed"),
+            )
+        });
+
+        let heartbeat = Heartbeat {
+            store: self.store.clone(),
+            node_id: self.node_id.clone(),
+            address: self.public_url.clone(),
+            interval: cluster.heartbeat_interval.as_duration(),
+        };
+        let heartbeat_shutdown = shutdown.child_token();
+        parts.spawn(async move {
+            (
+                "heartbeat",
+                heartbeat
+                    .run(heartbeat_shutdown)
+                    .await
+                    .context("the heartbeat failed"),
+            )
+        });
+        let leader = Leader {
+            store: self.store.clone(),
+            config: LeaderConfig {
+                node_id: self.node_id.clone(),
+                lease_ttl: cluster.lease_ttl,
+                dead_after: cluster.dead_after,
+                firing_batch: cluster.firing_batch_size,
+                firing_poll: cluster.firing_poll_interval,
+                sweep_interval: cluster.sweep_interval,
+            },
+        };
+        let leader_shutdown = shutdown.child_token();
+        parts.spawn(async move {
+            (
+                "leader",
+                leader
+                    .run(leader_shutdown)
+                    .await
+                    .context("the leader loop failed"),
             )
         });
 

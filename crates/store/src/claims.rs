@@ -28,7 +28,8 @@ pub struct ClaimedTask {
     pub attempt: i32,
     pub consecutive_failures: i32,
     pub payload: Value,
-    pub due_at: DateTime<Utc>,
+    /// The occurrence's scheduled time, or when the task became due.
+    pub scheduled_at: DateTime<Utc>,
     pub deadline_at: Option<DateTime<Utc>>,
     pub timeout_at: DateTime<Utc>,
     pub claimed_at: DateTime<Utc>,
@@ -88,7 +89,7 @@ impl Store {
                     attempt: r.attempt,
                     consecutive_failures: r.consecutive_failures,
                     payload: r.payload,
-                    due_at: r.due_at,
+                    scheduled_at: r.scheduled_at,
                     deadline_at: r.deadline_at,
                     timeout_at: r.timeout_at,
                     claimed_at: r.claimed_at,

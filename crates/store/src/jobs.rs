@@ -16,6 +16,8 @@ pub struct Job {
     /// Grows by one each time the definition changes.
     pub version: i32,
     pub spec: JobSpec,
+    /// A paused job's triggers do not fire and it takes no new tasks.
+    pub paused: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -41,6 +43,7 @@ struct JobRow {
     name: String,
     version: i32,
     spec: Json<JobSpec>,
+    paused: bool,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
 }
@@ -58,6 +61,7 @@ impl TryFrom<JobRow> for Job {
             name,
             version: row.version,
             spec: row.spec.0,
+            paused: row.paused,
             created_at: row.created_at,
             updated_at: row.updated_at,
         })
@@ -79,7 +83,7 @@ impl Store {
                 updated_at = case when jobs.spec is distinct from excluded.spec
                                   then now() else jobs.updated_at end
             -- xmax is zero only on a freshly inserted row version
-            returning id, name, version, spec as "spec: Json<JobSpec>", created_at, updated_at,
+            returning id, name, version, spec as "spec: Json<JobSpec>", paused, created_at, updated_at,
                       (xmax = 0) as "created!"
             "#,
             Uuid::now_v7(),
@@ -95,6 +99,7 @@ impl Store {
             name: row.name,
             version: row.version,
             spec: row.spec,
+            paused: row.paused,
             created_at: row.created_at,
             updated_at: row.updated_at,
         })?;
@@ -105,7 +110,7 @@ impl Store {
     pub async fn get_job(&self, name: &JobName) -> Result<Job> {
         sqlx::query_as!(
             JobRow,
-            r#"select id, name, version, spec as "spec: Json<JobSpec>", created_at, updated_at
+            r#"select id, name, version, spec as "spec: Json<JobSpec>", paused, created_at, updated_at
                from jobs where name = $1"#,
             name.as_str(),
         )
@@ -119,7 +124,7 @@ impl Store {
     pub async fn list_jobs(&self, after: Option<&str>, limit: i64) -> Result<Vec<Job>> {
         sqlx::query_as!(
             JobRow,
-            r#"select id, name, version, spec as "spec: Json<JobSpec>", created_at, updated_at
+            r#"select id, name, version, spec as "spec: Json<JobSpec>", paused, created_at, updated_at
                from jobs where ($1::text is null or name > $1) order by name limit $2"#,
             after,
             limit,

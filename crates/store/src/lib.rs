@@ -2,25 +2,34 @@
 //! Times that matter (leases, due times, deadlines) are always taken from the database clock.
 
 mod claims;
+mod cluster;
 mod error;
+mod firing;
 mod jobs;
 mod tasks;
+mod triggers;
 
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 
 pub use claims::{ClaimedTask, Outcome, ReleasedClaim};
+pub use cluster::{LEADER_CHANNEL, Lease, Node, Tenure};
 pub use error::{Error, Result};
+pub use firing::{Fired, Swept};
 pub use jobs::{DeletedJob, Job, PutJob};
 pub use tasks::{
     Attempt, CreatedTask, NewTask, Origin, ReportOutcome, Task, TaskFilter, TaskReport,
 };
+pub use triggers::{SkippedRun, Trigger};
 
 /// The embedded migrations, applied by `pacer migrate` and at start-up.
 pub static MIGRATOR: Migrator = sqlx::migrate!("../../migrations");
 
 /// The channel dispatchers listen on to hear that a task became due now.
 pub const TASKS_DUE_CHANNEL: &str = "pacer_tasks_due";
+
+/// The channel the firing loop listens on to hear that triggers changed.
+pub const TRIGGERS_CHANNEL: &str = "pacer_triggers";
 
 /// A handle on the database; cheap to clone.
 #[derive(Debug, Clone)]
@@ -57,10 +66,10 @@ impl Store {
         Ok(applied >= latest)
     }
 
-    /// Opens a listener subscribed to [`TASKS_DUE_CHANNEL`].
-    pub async fn listen_tasks_due(&self) -> Result<Listener> {
+    /// Opens a listener subscribed to `channels`, on a connection of its own.
+    pub async fn listen(&self, channels: &[&str]) -> Result<Listener> {
         let mut listener = sqlx::postgres::PgListener::connect_with(&self.pool).await?;
-        listener.listen(TASKS_DUE_CHANNEL).await?;
+        listener.listen_all(channels.iter().copied()).await?;
         Ok(Listener(listener))
     }
 }

@@ -4,11 +4,17 @@
 
 use chrono::{DateTime, Utc};
 use pacer_domain::dispatch::Report;
-use pacer_domain::{FailureReason, JobSpec, Span, TaskEvent, TaskId, TaskState, Transition};
+use pacer_domain::firing::Admission;
+use pacer_domain::{
+    FailureReason, JobSpec, OverlapPolicy, SkipReason, Span, TaskEvent, TaskId, TaskState,
+    Transition,
+};
 use serde_json::Value;
 use sqlx::types::Json;
+use uuid::Uuid;
 
 use crate::error::corrupt;
+use crate::firing::open_work;
 use crate::{ClaimedTask, Error, Job, Result, Store};
 
 /// How a task came to be.
@@ -60,6 +66,11 @@ pub enum CreatedTask {
     },
     /// The job already had a task with this idempotency key; nothing was written.
     Existing { id: TaskId },
+    /// The job's overlap policy refused the task; the skip was recorded.
+    Skipped {
+        reason: SkipReason,
+        open_task: Option<TaskId>,
+    },
 }
 
 /// A task as stored.
@@ -74,6 +85,12 @@ pub struct Task {
     pub attempt: i32,
     pub created_at: DateTime<Utc>,
     pub due_at: DateTime<Utc>,
+    /// The trigger whose occurrence created the task.
+    pub trigger_id: Option<Uuid>,
+    /// The occurrence's scheduled time.
+    pub scheduled_at: Option<DateTime<Utc>>,
+    /// The open task this one is queued behind (overlap policy `buffer_one`).
+    pub waits_for: Option<TaskId>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
     pub next_dispatch_at: Option<DateTime<Utc>>,
@@ -127,7 +144,8 @@ pub enum ReportOutcome {
 }
 
 impl Store {
-    /// Creates a task for `job`, or finds the one that already has this idempotency key.
+    /// Creates a task for `job`, or finds the one that already has this idempotency key, under
+    /// the job's overlap policy.
     ///
     /// With `claim_for = Some((node, lease_margin))` and the task due now, the task is created
     /// claimed by `node`, which must dispatch it: creation and claim share one commit.
@@ -137,60 +155,59 @@ impl Store {
         task: NewTask,
         claim_for: Option<(&str, Span)>,
     ) -> Result<CreatedTask> {
-        let (node, margin) = claim_for.unzip();
-        let lease_ms = margin.map(|m| m.as_millis() + job.spec.dispatch_timeout.as_millis());
-        let row = sqlx::query_file!(
-            "src/sql/insert_task.sql",
-            task.id.as_uuid(),
-            job.id,
-            job.name.as_str(),
-            task.origin.as_str(),
-            task.idempotency_key.as_deref(),
-            &task.payload,
-            task.not_before,
-            job.spec.deadline.map(|d| d.as_millis()),
-            job.spec.timeout.as_millis(),
-            node,
-            lease_ms,
-        )
-        .fetch_optional(&self.pool)
-        .await?;
-        let Some(row) = row else {
+        if job.spec.overlap == OverlapPolicy::Allow {
+            return insert_task(&mut *self.pool.acquire().await?, job, task, claim_for, None).await;
+        }
+        let mut tx = self.pool.begin().await?;
+        let open = open_work(&mut tx, &[job.id])
+            .await?
+            .remove(&job.id)
+            .unwrap_or_default();
+        if let Some(key) = task.idempotency_key.as_deref() {
             let existing = sqlx::query_scalar!(
                 "select id from tasks where job_id = $1 and idempotency_key = $2",
                 job.id,
-                task.idempotency_key.as_deref(),
+                key,
             )
-            .fetch_one(&self.pool)
+            .fetch_optional(&mut *tx)
             .await?;
-            return Ok(CreatedTask::Existing {
-                id: existing.into(),
-            });
+            if let Some(id) = existing {
+                return Ok(CreatedTask::Existing { id: id.into() });
+            }
+        }
+        let created = match job.spec.overlap.admit(open.work) {
+            Admission::Refuse(reason) => {
+                sqlx::query!(
+                    "insert into skipped_runs (id, job_id, job_name, reason) values ($1, $2, $3, $4)",
+                    Uuid::now_v7(),
+                    job.id,
+                    job.name.as_str(),
+                    reason.as_str(),
+                )
+                .execute(&mut *tx)
+                .await?;
+                CreatedTask::Skipped {
+                    reason,
+                    open_task: open.running_task.map(TaskId::from),
+                }
+            }
+            Admission::Wait => insert_task(&mut tx, job, task, None, open.running_task).await?,
+            Admission::Replace => {
+                sqlx::query!(
+                    "update tasks set state = 'cancelled', finished_at = now(), next_dispatch_at = null,
+                         claim_token = null, claimed_by = null, claimed_at = null, waits_for = null,
+                         message = 'cancelled: replaced by a newer run (overlap policy replace)', updated_at = now()
+                     where job_id = $1 and state in ('pending', 'processing')",
+                    job.id,
+                )
+                .execute(&mut *tx)
+                .await?;
+                insert_task(&mut tx, job, task, claim_for, None).await?
+            }
+            Admission::Start => insert_task(&mut tx, job, task, claim_for, None).await?,
         };
-        let claimed = match (row.claim_token, row.claimed_at) {
-            (Some(claim_token), Some(claimed_at)) => Some(Box::new(ClaimedTask {
-                id: task.id,
-                claim_token,
-                job_name: job.name.to_string(),
-                job_version: job.version,
-                job: job.spec.clone(),
-                state: TaskState::Pending,
-                attempt: 1,
-                consecutive_failures: 0,
-                payload: task.payload,
-                due_at: row.due_at,
-                deadline_at: row.deadline_at,
-                timeout_at: row.timeout_at,
-                claimed_at,
-                timed_out: false,
-                last_success_at: row.last_success_at,
-            })),
-            _ => None,
-        };
-        Ok(CreatedTask::Created {
-            id: row.id.into(),
-            claimed,
-        })
+        tx.commit().await?;
+        Ok(created)
     }
 
     /// The task with this id.
@@ -233,6 +250,9 @@ impl Store {
                     attempt: r.attempt,
                     created_at: r.created_at,
                     due_at: r.due_at,
+                    trigger_id: r.trigger_id,
+                    scheduled_at: r.scheduled_at,
+                    waits_for: r.waits_for.map(TaskId::from),
                     started_at: r.started_at,
                     finished_at: r.finished_at,
                     next_dispatch_at: r.next_dispatch_at,
@@ -349,4 +369,70 @@ impl Store {
         tx.commit().await?;
         Ok(ReportOutcome::Applied(next))
     }
+}
+
+/// Inserts a task (see `sql/insert_task.sql`), claimed for `claim_for` when due now, or queued
+/// behind `waits_for`.
+async fn insert_task(
+    conn: &mut sqlx::PgConnection,
+    job: &Job,
+    task: NewTask,
+    claim_for: Option<(&str, Span)>,
+    waits_for: Option<Uuid>,
+) -> Result<CreatedTask> {
+    let (node, margin) = claim_for.unzip();
+    let lease_ms = margin.map(|m| m.as_millis() + job.spec.dispatch_timeout.as_millis());
+    let row = sqlx::query_file!(
+        "src/sql/insert_task.sql",
+        task.id.as_uuid(),
+        job.id,
+        job.name.as_str(),
+        task.origin.as_str(),
+        task.idempotency_key.as_deref(),
+        &task.payload,
+        task.not_before,
+        job.spec.deadline.map(|d| d.as_millis()),
+        job.spec.timeout.as_millis(),
+        node,
+        lease_ms,
+        waits_for,
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(row) = row else {
+        let existing = sqlx::query_scalar!(
+            "select id from tasks where job_id = $1 and idempotency_key = $2",
+            job.id,
+            task.idempotency_key.as_deref(),
+        )
+        .fetch_one(&mut *conn)
+        .await?;
+        return Ok(CreatedTask::Existing {
+            id: existing.into(),
+        });
+    };
+    let claimed = match (row.claim_token, row.claimed_at) {
+        (Some(claim_token), Some(claimed_at)) => Some(Box::new(ClaimedTask {
+            id: task.id,
+            claim_token,
+            job_name: job.name.to_string(),
+            job_version: job.version,
+            job: job.spec.clone(),
+            state: TaskState::Pending,
+            attempt: 1,
+            consecutive_failures: 0,
+            payload: task.payload,
+            scheduled_at: row.due_at,
+            deadline_at: row.deadline_at,
+            timeout_at: row.timeout_at,
+            claimed_at,
+            timed_out: false,
+            last_success_at: row.last_success_at,
+        })),
+        _ => None,
+    };
+    Ok(CreatedTask::Created {
+        id: row.id.into(),
+        claimed,
+    })
 }

@@ -1,24 +1,29 @@
 -- Creates a task, or nothing when the job already has a task with this idempotency key.
 -- With a node in $10 and the task due now, the task is created already claimed by that node, so
 -- the node can dispatch it without a separate claim commit. Otherwise, when it is due now,
--- dispatchers are woken; the notification is delivered at commit.
+-- dispatchers are woken; the notification is delivered at commit. With $12, the task is queued
+-- behind that open task (overlap policy `buffer_one`): it is not due before its timeout, and the
+-- leader's sweep makes it due once the task it waits for has finished.
 with new as (
     select coalesce($7::timestamptz, now()) as due_at
 ),
 inserted as (
     insert into tasks (id, job_id, job_name, origin, idempotency_key, payload, due_at,
                        next_dispatch_at, deadline_at, timeout_at,
-                       claim_token, claimed_by, claimed_at, attempt, started_at)
+                       claim_token, claimed_by, claimed_at, attempt, started_at, waits_for)
     select $1, $2, $3, $4, $5, $6, new.due_at,
-           case when claim then now() + $11::bigint * interval '1 millisecond' else new.due_at end,
+           case when claim then now() + $11::bigint * interval '1 millisecond'
+                when $12::uuid is not null then new.due_at + $9::bigint * interval '1 millisecond'
+                else new.due_at end,
            new.due_at + $8::bigint * interval '1 millisecond',
            new.due_at + $9::bigint * interval '1 millisecond',
            case when claim then gen_random_uuid() end,
            case when claim then $10 end,
            case when claim then now() end,
            case when claim then 1 else 0 end,
-           case when claim then now() end
-    from new, lateral (select $10::text is not null and new.due_at <= now() as claim) c
+           case when claim then now() end,
+           $12
+    from new, lateral (select $10::text is not null and $12::uuid is null and new.due_at <= now() as claim) c
     on conflict (job_id, idempotency_key) do nothing
     returning id, claim_token, due_at, deadline_at, timeout_at, claimed_at, next_dispatch_at
 )

@@ -1,0 +1,326 @@
+//! Triggers, pausing and the cluster view through the API, in-process on the real PostgreSQL;
+//! bad trigger definitions are refused naming the field, with nothing written.
+
+use axum::Router;
+use axum::body::{Body, to_bytes};
+use axum::http::{Method, Request, StatusCode};
+use pacer_api::{ApiConfig, AppState};
+use pacer_domain::Span;
+use pacer_store::Store;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use tower::ServiceExt;
+
+struct Api(Router);
+
+impl Api {
+    fn new(pool: PgPool) -> Self {
+        let config = ApiConfig {
+            body_limit: 64 * 1024,
+            dead_after: Span::from_secs(10),
+        };
+        Self(pacer_api::router(AppState::new(
+            Store::new(pool),
+            "test-node",
+            None,
+            &config,
+        )))
+    }
+
+    async fn send(&self, method: Method, uri: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let mut request = Request::builder().method(method).uri(uri);
+        if body.is_some() {
+            request = request.header("content-type", "application/json");
+        }
+        let body = body.map_or_else(Body::empty, |b| Body::from(b.to_string()));
+        let response = self
+            .0
+            .clone()
+            .oneshot(request.body(body).expect("request"))
+            .await
+            .expect("response");
+        let status = response.status();
+        let bytes = to_bytes(response.into_body(), 1 << 20).await.expect("body");
+        (
+            status,
+            if bytes.is_empty() {
+                Value::Null
+            } else {
+                serde_json::from_slice(&bytes).expect("json")
+            },
+        )
+    }
+}
+
+async fn triggers_in_db(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("select count(*) from triggers")
+        .fetch_one(pool)
+        .await
+        .expect("count")
+}
+
+#[sqlx::test(migrator = "pacer_store::MIGRATOR")]
+async fn triggers_are_defined_previewed_paused_and_removed(pool: PgPool) {
+    let api = Api::new(pool.clone());
+    api.send(
+        Method::PUT,
+        "/api/v1/jobs/sync",
+        Some(json!({ "target": { "url": "http://a" } })),
+    )
+    .await;
+
+    let (status, cron) = api
+        .send(
+            Method::POST,
+            "/api/v1/jobs/sync/triggers",
+            Some(json!({ "kind": "cron", "expression": "0 */15 * * * *", "timezone": "Asia/Kolkata" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{cron}");
+    assert_eq!(cron["misfire"], "fire_once");
+    assert_eq!(cron["misfire_grace"], "1m");
+    assert!(cron["next_fire_at"].is_string());
+    let id = cron["id"].as_str().expect("id").to_owned();
+    let base = format!("/api/v1/jobs/sync/triggers/{id}");
+
+    let (status, preview) = api
+        .send(Method::GET, &format!("{base}/preview?count=3"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let times: Vec<chrono::DateTime<chrono::Utc>> =
+        serde_json::from_value(preview["fire_times"].clone()).expect("times");
+    assert_eq!(times.len(), 3);
+    assert!(
+        times.windows(2).all(|w| (w[1] - w[0]).num_minutes() == 15),
+        "{times:?}"
+    );
+    assert!(
+        times.iter().all(|t| t.timestamp() % 900 == 0),
+        "Kolkata is UTC+5:30, so quarters align"
+    );
+
+    let (_, paused) = api.send(Method::POST, &format!("{base}/pause"), None).await;
+    assert_eq!(paused["paused"], true);
+    let (_, resumed) = api
+        .send(Method::POST, &format!("{base}/resume"), None)
+        .await;
+    assert_eq!(resumed["paused"], false);
+    assert!(resumed["next_fire_at"].is_string());
+
+    let (status, replaced) = api
+        .send(
+            Method::PUT,
+            &base,
+            Some(json!({ "kind": "interval", "every": "90s", "misfire": "skip" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{replaced}");
+    assert_eq!(
+        (replaced["kind"].as_str(), replaced["every"].as_str()),
+        (Some("interval"), Some("1m30s"))
+    );
+
+    let (_, once) = api
+        .send(
+            Method::POST,
+            "/api/v1/jobs/sync/triggers",
+            Some(json!({ "kind": "once", "at": "2030-01-01T09:00:00Z" })),
+        )
+        .await;
+    assert_eq!(once["next_fire_at"], "2030-01-01T09:00:00Z");
+    let (_, list) = api
+        .send(Method::GET, "/api/v1/jobs/sync/triggers", None)
+        .await;
+    assert_eq!(list["items"].as_array().map(Vec::len), Some(2));
+
+    let (status, _) = api.send(Method::DELETE, &base, None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = api.send(Method::GET, &base, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(triggers_in_db(&pool).await, 1);
+}
+
+#[sqlx::test(migrator = "pacer_store::MIGRATOR")]
+async fn bad_triggers_are_refused_naming_the_field_and_nothing_is_written(pool: PgPool) {
+    let api = Api::new(pool.clone());
+    api.send(
+        Method::PUT,
+        "/api/v1/jobs/sync",
+        Some(json!({ "target": { "url": "http://a" } })),
+    )
+    .await;
+    let cases = [
+        (
+            json!({ "kind": "cron", "expression": "61 * * * *" }),
+            "expression",
+        ),
+        (
+            json!({ "kind": "cron", "expression": "* * *" }),
+            "expression",
+        ),
+        (
+            json!({ "kind": "cron", "expression": "0 9 * * *", "timezone": "Mars/Olympus" }),
+            "timezone",
+        ),
+        (json!({ "kind": "cron" }), "expression"),
+        (json!({ "kind": "interval", "every": "0s" }), "every"),
+        (json!({ "kind": "interval", "every": "soon" }), "every"),
+        (
+            json!({ "kind": "interval", "every": "1m", "at": "2030-01-01T00:00:00Z" }),
+            "at",
+        ),
+        (json!({ "kind": "once" }), "at"),
+        (
+            json!({ "kind": "interval", "every": "1m", "start_at": "2030-01-02T00:00:00Z", "end_at": "2030-01-01T00:00:00Z" }),
+            "end_at",
+        ),
+        (
+            json!({ "kind": "interval", "every": "1m", "misfire": "sometimes" }),
+            "misfire",
+        ),
+        (
+            json!({ "kind": "interval", "every": "1m", "catch_up_limit": 0 }),
+            "catch_up_limit",
+        ),
+        (json!({ "kind": "weekly" }), "kind"),
+        (
+            json!({ "kind": "interval", "every": "1m", "colour": "red" }),
+            "colour",
+        ),
+    ];
+    for (body, field) in cases {
+        let (status, problem) = api
+            .send(
+                Method::POST,
+                "/api/v1/jobs/sync/triggers",
+                Some(body.clone()),
+            )
+            .await;
+        assert_eq!(
+            status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{body}: {problem}"
+        );
+        assert_eq!(problem["type"], "/problems/validation");
+        let fields: Vec<&str> = problem["errors"]
+            .as_array()
+            .expect("errors")
+            .iter()
+            .filter_map(|e| e["field"].as_str())
+            .collect();
+        assert!(
+            fields.contains(&field),
+            "{body}: expected {field} in {fields:?}"
+        );
+    }
+    let (status, created) = api
+        .send(
+            Method::POST,
+            "/api/v1/jobs/sync/triggers",
+            Some(json!({ "kind": "interval", "every": "1m" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let base = format!(
+        "/api/v1/jobs/sync/triggers/{}",
+        created["id"].as_str().expect("id")
+    );
+    for count in ["0", "101", "many"] {
+        let (status, problem) = api
+            .send(Method::GET, &format!("{base}/preview?count={count}"), None)
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "count={count}");
+        assert_eq!(problem["errors"][0]["field"], "count");
+    }
+    let (status, _) = api
+        .send(
+            Method::PUT,
+            &base,
+            Some(json!({ "kind": "interval", "every": "0s" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let (_, unchanged) = api.send(Method::GET, &base, None).await;
+    assert_eq!(
+        unchanged["every"], "1m",
+        "a refused replace changes nothing"
+    );
+    let (status, _) = api
+        .send(Method::GET, "/api/v1/jobs/sync/triggers/not-a-uuid", None)
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let (status, _) = api
+        .send(
+            Method::POST,
+            "/api/v1/jobs/nope/triggers",
+            Some(json!({ "kind": "interval", "every": "1m" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(triggers_in_db(&pool).await, 1);
+}
+
+#[sqlx::test(migrator = "pacer_store::MIGRATOR")]
+async fn paused_and_single_instance_jobs_refuse_new_tasks_clearly(pool: PgPool) {
+    let api = Api::new(pool.clone());
+    api.send(
+        Method::PUT,
+        "/api/v1/jobs/sync",
+        Some(json!({ "target": { "url": "http://a" }, "overlap": "skip" })),
+    )
+    .await;
+    let (status, first) = api
+        .send(Method::POST, "/api/v1/jobs/sync/tasks", None)
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let (status, problem) = api
+        .send(Method::POST, "/api/v1/jobs/sync/tasks", None)
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(problem["type"], "/problems/overlap-skipped");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .expect("detail")
+            .contains(first["id"].as_str().expect("id"))
+    );
+    let (_, skips) = api.send(Method::GET, "/api/v1/skips?job=sync", None).await;
+    assert_eq!(skips["items"][0]["reason"], "overlap");
+
+    let (_, paused) = api
+        .send(Method::POST, "/api/v1/jobs/sync/pause", None)
+        .await;
+    assert_eq!(paused["paused"], true);
+    let (status, problem) = api
+        .send(Method::POST, "/api/v1/jobs/sync/tasks", None)
+        .await;
+    assert_eq!(
+        (status, problem["type"].as_str()),
+        (StatusCode::CONFLICT, Some("/problems/job-paused"))
+    );
+    let (_, resumed) = api
+        .send(Method::POST, "/api/v1/jobs/sync/resume", None)
+        .await;
+    assert_eq!(resumed["paused"], false);
+
+    let (_, scheduler) = api
+        .send(Method::POST, "/api/v1/scheduler/pause", None)
+        .await;
+    assert_eq!(scheduler["paused"], true);
+    let (_, scheduler) = api.send(Method::GET, "/api/v1/scheduler", None).await;
+    assert_eq!(scheduler["paused"], true);
+    api.send(Method::POST, "/api/v1/scheduler/resume", None)
+        .await;
+    let (_, cluster) = api.send(Method::GET, "/api/v1/cluster", None).await;
+    assert_eq!(
+        cluster["leader"],
+        Value::Null,
+        "no node holds the lease here"
+    );
+    assert_eq!(cluster["nodes"], json!([]));
+    let tasks: i64 = sqlx::query_scalar("select count(*) from tasks")
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    assert_eq!(tasks, 1);
+}

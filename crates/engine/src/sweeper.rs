@@ -1,0 +1,36 @@
+//! The sweep, a leader duty: hands the claims of dead or stopped nodes back at once and starts
+//! tasks queued under `buffer_one` when the task they waited for has finished.
+
+use std::time::Duration;
+
+use pacer_domain::Span;
+use pacer_store::Store;
+use tokio_util::sync::CancellationToken;
+
+use crate::Result;
+
+/// Sweeps every interval while this node leads.
+pub(crate) struct Sweeper {
+    pub(crate) store: Store,
+    pub(crate) dead_after: Span,
+    pub(crate) interval: Duration,
+}
+
+impl Sweeper {
+    pub(crate) async fn run(self, shutdown: CancellationToken) -> Result<()> {
+        let mut ticks = tokio::time::interval(self.interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                _ = ticks.tick() => match self.store.sweep(self.dead_after.as_millis()).await {
+                    Ok(swept) if swept.orphaned_claims + swept.released > 0 => {
+                        tracing::info!(orphaned_claims = swept.orphaned_claims, released = swept.released, "swept");
+                    }
+                    Ok(_) => {}
+                    Err(error) => tracing::warn!(%error, "sweeping failed"),
+                },
+            }
+        }
+    }
+}

@@ -1,0 +1,156 @@
+//! The cluster's shared state: node heartbeats, the leader lease, and scheduler standby.
+//! The lease row is the election: one conditional `UPDATE` under its row lock, no advisory locks.
+
+use chrono::{DateTime, Utc};
+
+use crate::{Result, Store};
+
+/// The channel a resigning leader notifies, so followers take over at once.
+pub const LEADER_CHANNEL: &str = "pacer_leader";
+
+/// A node as it last heartbeat.
+#[derive(Debug, Clone)]
+pub struct Node {
+    pub id: String,
+    pub address: String,
+    pub version: String,
+    pub started_at: DateTime<Utc>,
+    pub last_heartbeat_at: DateTime<Utc>,
+    pub stopped_at: Option<DateTime<Utc>>,
+    /// Heartbeating within the dead threshold and not stopped.
+    pub alive: bool,
+}
+
+/// The leader lease as stored.
+#[derive(Debug, Clone)]
+pub struct Lease {
+    pub holder: Option<String>,
+    pub term: i64,
+    pub acquired_at: Option<DateTime<Utc>>,
+    pub expires_at: DateTime<Utc>,
+    /// The lease is held and unexpired.
+    pub valid: bool,
+}
+
+/// A lease this node holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tenure {
+    pub term: i64,
+    /// True when this call started the tenure (the term just grew).
+    pub new: bool,
+}
+
+impl Store {
+    /// Records a heartbeat for `node` (creating its row on the first one).
+    pub async fn heartbeat(&self, node: &str, address: &str, version: &str) -> Result<()> {
+        sqlx::query!(
+            "insert into nodes (id, address, version) values ($1, $2, $3)
+             on conflict (id) do update set last_heartbeat_at = now(), stopped_at = null,
+                 address = excluded.address, version = excluded.version",
+            node,
+            address,
+            version,
+        )
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Marks `node` as stopped cleanly.
+    pub async fn node_stopped(&self, node: &str) -> Result<()> {
+        sqlx::query!("update nodes set stopped_at = now() where id = $1", node)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Every known node, alive first. A node is alive when it heartbeat within `dead_after_ms`.
+    pub async fn nodes(&self, dead_after_ms: i64) -> Result<Vec<Node>> {
+        Ok(sqlx::query_as!(
+            Node,
+            r#"select id, address, version, started_at, last_heartbeat_at, stopped_at,
+                      (stopped_at is null and last_heartbeat_at > now() - $1::bigint * interval '1 millisecond') as "alive!"
+               from nodes order by 7 desc, id"#,
+            dead_after_ms,
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Takes or renews the lease for `node` for `ttl_ms`. A new tenure (the lease was free or
+    /// expired) grows the term; renewing an unexpired lease keeps it. `None` when another node
+    /// holds an unexpired lease.
+    pub async fn acquire_lease(&self, node: &str, ttl_ms: i64) -> Result<Option<Tenure>> {
+        // The row lock taken by the update is the election: concurrent callers serialise on it,
+        // and each re-evaluates the `where` against the winner's committed row.
+        let row = sqlx::query!(
+            r#"update leader_lease set
+                   term = case when holder = $1 and expires_at > now() then term else term + 1 end,
+                   acquired_at = case when holder = $1 and expires_at > now() then acquired_at else now() end,
+                   holder = $1,
+                   expires_at = now() + $2::bigint * interval '1 millisecond'
+               where id and (holder = $1 or holder is null or expires_at <= now())
+               returning term, (acquired_at = now()) as "new!""#,
+            node,
+            ttl_ms,
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| Tenure {
+            term: r.term,
+            new: r.new,
+        }))
+    }
+
+    /// Gives the lease up at once if `node` holds it under `term`, and tells the followers.
+    pub async fn resign_lease(&self, node: &str, term: i64) -> Result<bool> {
+        let resigned = sqlx::query_scalar!(
+            r#"with resigned as (
+                   update leader_lease set holder = null, expires_at = now()
+                   where id and holder = $1 and term = $2
+                   returning term
+               )
+               select count(*) as "resigned!" from resigned, lateral (select pg_notify($3, '')) n"#,
+            node,
+            term,
+            LEADER_CHANNEL,
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(resigned > 0)
+    }
+
+    /// The lease as stored now.
+    pub async fn lease(&self) -> Result<Lease> {
+        Ok(sqlx::query_as!(
+            Lease,
+            r#"select holder, term, acquired_at, expires_at,
+                      (holder is not null and expires_at > now()) as "valid!"
+               from leader_lease where id"#
+        )
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    /// True while the scheduler is in standby (no trigger fires).
+    pub async fn scheduler_paused(&self) -> Result<bool> {
+        Ok(
+            sqlx::query_scalar!("select paused from scheduler_state where id")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Enters or leaves standby; wakes the firing loop.
+    pub async fn set_scheduler_paused(&self, paused: bool) -> Result<()> {
+        sqlx::query!(
+            "with updated as (update scheduler_state set paused = $1, updated_at = now() where id returning 1)
+             select pg_notify($2, '') from updated",
+            paused,
+            crate::TRIGGERS_CHANNEL,
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,422 @@
+//! Leadership and firing on the real PostgreSQL: the lease elects one leader with a growing term,
+//! a stale term writes nothing, every occurrence gets exactly one outcome, and the overlap
+//! policies hold for fired and requested tasks alike.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use pacer_domain::{JobInput, JobName, JobSpec, Span, TaskId, TriggerInput, TriggerSpec};
+use pacer_store::{CreatedTask, Fired, Job, NewTask, Origin, Store, Tenure};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+
+async fn job(store: &Store, name: &str, extra: Value) -> Job {
+    let mut body = json!({ "target": { "url": "http://downstream.invalid/run" } });
+    if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
+        body.extend(extra.clone());
+    }
+    let input: JobInput = serde_json::from_value(body).expect("job input");
+    let spec = JobSpec::try_from(input).expect("valid job");
+    let name: JobName = name.parse().expect("name");
+    store.put_job(&name, &spec).await.expect("put job").job
+}
+
+fn trigger(body: Value) -> TriggerSpec {
+    let input: TriggerInput = serde_json::from_value(body).expect("trigger input");
+    TriggerSpec::try_from(input).expect("valid trigger")
+}
+
+fn api_task() -> NewTask {
+    NewTask {
+        id: TaskId::new(),
+        origin: Origin::Api,
+        idempotency_key: None,
+        payload: json!({}),
+        not_before: None,
+    }
+}
+
+async fn count(pool: &PgPool, sql: &'static str) -> i64 {
+    sqlx::query_scalar(sql)
+        .fetch_one(pool)
+        .await
+        .expect("count")
+}
+
+/// Whole seconds `ago` before the database's now.
+async fn seconds_ago(store: &Store, ago: i64) -> DateTime<Utc> {
+    let now = store.now().await.expect("now");
+    DateTime::from_timestamp(now.timestamp() - ago, 0).expect("instant")
+}
+
+#[sqlx::test(migrator = "pacer_store::MIGRATOR")]
+async fn the_lease_elects_one_leader_and_every_new_tenure_grows_the_term(pool: PgPool) {
+    let store = Store::new(pool.clone());
+    let first = store.acquire_lease("a", 60_000).await.expect("acquire");
+    assert_eq!(first, Some(Tenure { term: 1, new: true }));
+    assert_eq!(
+        store.acquire_lease("b", 60_000).await.expect("b"),
+        None,
+        "a holds the lease"
+    );
+    assert_eq!(
+        store.acquire_lease("a", 60_000).await.expect("renew"),
+        Some(Tenure {
+            term: 1,
+            new: false
+        })
+    );
+
+    // A resign under a stale term does nothing; under the current term it frees the lease.
+    assert!(!store.resign_lease("a", 0).await.expect("stale resign"));
+    assert!(store.resign_lease("a", 1).await.expect("resign"));
+    assert_eq!(
+        store.acquire_lease("b", 200).await.expect("b"),
+        Some(Tenure { term: 2, new: true })
+    );
+
+    // b lets its 200 ms lease lapse; a takes over with a higher term.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let taken = loop {
+        if let Some(tenure) = store.acquire_lease("a", 60_000).await.expect("a") {
+            break tenure;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the expired lease was never taken over"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(taken, Tenure { term: 3, new: true });
+    let lease = store.lease().await.expect("lease");
+    assert_eq!(
+        (lease.holder.as_deref(), lease.term, lease.valid),
+        (Some("a"), 3, true)
+    );
+}
+
+#[sqlx::test(migrator = "pacer_store::MIGRATOR")]
+async fn a_fenced_term_fires_nothing_and_occurrences_are_never_doubled(pool: PgPool) {
+    let store = Store::new(pool.clone());
+    let job = job(&store, "tick", json!({})).await;
+    let start = seconds_ago(&store, 5).await;
+    let spec = trigger(json!({ "kind": "interval", "every": "1s", "start_at": start }));
+    store
+        .create_trigger(&job, &spec, Some(start))
+        .await
+        .expect("trigger");
+
+    assert_eq!(
+        store.fire_due("a", 1, 100).await.expect("fire"),
+        Fired::Fenced,
+        "no lease, no firing"
+    );
+    assert_eq!(count(&pool, "select count(*) from tasks").await, 0);
+
+    let term = store
+        .acquire_lease("a", 60_000)
+        .await
+        .expect("lease")
+        .expect("held")
+        .term;
+    let Fired::Done {
+        triggers: 1,
+        tasks,
+        skips: 0,
+    } = store.fire_due("a", term, 100).await.expect("fire")
+    else {
+        panic!("one due trigger expected");
+    };
+    assert!(tasks >= 6, "the 5 seconds since start_at and now: {tasks}");
+    let fired_term: i64 = sqlx::query_scalar("select min(fired_term) from tasks")
+        .fetch_one(&pool)
+        .await
+        .expect("term");
+    assert_eq!(fired_term, term);
+
+    // Another node takes over; the old term is fenced off and writes nothing.
+    assert!(store.resign_lease("a", term).await.expect("resign"));
+    let newer = store
+        .acquire_lease("b", 60_000)
+        .await
+        .expect("lease")
+        .expect("held")
+        .term;
+    assert!(newer > term);
+    let before = count(&pool, "select count(*) from tasks").await;
+    assert_eq!(
+        store.fire_due("a", term, 100).await.expect("stale"),
+        Fired::Fenced
+    );
+    assert_eq!(
+        store.fire_due("b", term, 100).await.expect("wrong term"),
+        Fired::Fenced
+    );
+    assert_eq!(count(&pool, "select count(*) from tasks").await, before);
+
+    // Even a replayed occurrence cannot make a second task: the unique key refuses it.
+    sqlx::query("update triggers set next_fire_at = $1")
+        .bind(start)
+        .execute(&pool)
+        .await
+        .expect("rewind");
+    let Fired::Done { tasks: again, .. } = store.fire_due("b", newer, 100).await.expect("fire")
+    else {
+        panic!("the new leader fires");
+    };
+    let total = count(&pool, "select count(*) from tasks").await;
+    assert_eq!(
+        i64::try_from(again).expect("small"),
+        total - before,
+        "only new occurrences count"
+    );
+    let distinct = count(&pool, "select count(distinct scheduled_at) from tasks").await;
+    assert_eq!(distinct, total, "one task per occurrence");
+}
+
+#[sqlx::test(migrator = "pacer_store::MIGRATOR")]
+async fn missed_occurrences_follow_the_misfire_policy_and_are_recorded(pool: PgPool) {
+    let store = Store::new(pool.clone());
+    let term = store
+        .acquire_lease("a", 60_000)
+        .await
+        .expect("lease")
+        .expect("held")
+        .term;
+    let start = seconds_ago(&store, 600).await;
+    for (name, policy) in [
+        ("skip", "skip"),
+        ("once", "fire_once"),
+        ("catch", "catch_up"),
+    ] {
+        let job = job(&store, name, json!({})).await;
+        let spec = trigger(json!({
+            "kind": "interval", "every": "1m", "start_at": start,
+            "misfire": policy, "misfire_grace": "5s", "catch_up_limit": 3,
+        }));
+        store
+            .create_trigger(&job, &spec, Some(start))
+            .await
+            .expect("trigger");
+    }
+    store.fire_due("a", term, 100).await.expect("fire");
+
+    let outcomes = |job: &'static str| {
+        let pool = pool.clone();
+        async move {
+            let tasks: i64 = sqlx::query_scalar("select count(*) from tasks where job_name = $1")
+                .bind(job)
+                .fetch_one(&pool)
+                .await
+                .expect("tasks");
+            let skips: Vec<String> = sqlx::query_scalar(
+                "select reason from skipped_runs where job_name = $1 order by scheduled_at",
+            )
+            .bind(job)
+            .fetch_all(&pool)
+            .await
+            .expect("skips");
+            (tasks, skips)
+        }
+    };
+    // Ten minutes at one a minute: occurrences 0..=10 (the last possibly on time).
+    let (tasks, skips) = outcomes("skip").await;
+    assert!(
+        tasks <= 1 && skips.iter().all(|r| r == "misfire"),
+        "{tasks} {skips:?}"
+    );
+    assert_eq!(tasks + i64::try_from(skips.len()).expect("len"), 11);
+    let (tasks, skips) = outcomes("once").await;
+    assert!(
+        (1..=2).contains(&tasks),
+        "one for all missed (and one on time): {tasks}"
+    );
+    assert!(skips.iter().all(|r| r == "coalesced"));
+    assert_eq!(tasks + i64::try_from(skips.len()).expect("len"), 11);
+    let (tasks, skips) = outcomes("catch").await;
+    assert!(
+        (3..=4).contains(&tasks),
+        "the latest three missed (and one on time): {tasks}"
+    );
+    assert!(skips.iter().all(|r| r == "catch_up_limit"));
+    assert_eq!(tasks + i64::try_from(skips.len()).expect("len"), 11);
+
+    let skipped_total: i64 = sqlx::query_scalar("select sum(skip_count)::bigint from triggers")
+        .fetch_one(&pool)
+        .await
+        .expect("counters");
+    assert_eq!(
+        skipped_total,
+        count(&pool, "select count(*) from skipped_runs").await
+    );
+}
+
+#[sqlx::test(migrator = "pacer_store::MIGRATOR")]
+async fn overlap_policies_hold_for_requested_and_fired_tasks(pool: PgPool) {
+    let store = Store::new(pool.clone());
+    let single = job(&store, "single", json!({ "overlap": "skip" })).await;
+    let CreatedTask::Created { id: first, .. } = store
+        .create_task(&single, api_task(), None)
+        .await
+        .expect("first")
+    else {
+        panic!("the first task starts");
+    };
+    let second = store
+        .create_task(&single, api_task(), None)
+        .await
+        .expect("second");
+    assert!(matches!(second, CreatedTask::Skipped { open_task: Some(open), .. } if open == first));
+
+    let term = store
+        .acquire_lease("a", 60_000)
+        .await
+        .expect("lease")
+        .expect("held")
+        .term;
+    let now = seconds_ago(&store, 0).await;
+    let spec = trigger(json!({ "kind": "interval", "every": "1s", "start_at": now }));
+    store
+        .create_trigger(&single, &spec, Some(now))
+        .await
+        .expect("trigger");
+    store.fire_due("a", term, 100).await.expect("fire");
+    assert_eq!(
+        count(
+            &pool,
+            "select count(*) from tasks where job_name = 'single'"
+        )
+        .await,
+        1
+    );
+    let reasons: Vec<String> =
+        sqlx::query_scalar("select reason from skipped_runs where job_name = 'single'")
+            .fetch_all(&pool)
+            .await
+            .expect("skips");
+    assert!(
+        reasons.len() >= 2 && reasons.iter().all(|r| r == "overlap"),
+        "{reasons:?}"
+    );
+
+    let queued = job(&store, "queued", json!({ "overlap": "buffer_one" })).await;
+    let CreatedTask::Created { id: running, .. } = store
+        .create_task(&queued, api_task(), None)
+        .await
+        .expect("1")
+    else {
+        panic!("starts");
+    };
+    let CreatedTask::Created { id: waiting, .. } = store
+        .create_task(&queued, api_task(), None)
+        .await
+        .expect("2")
+    else {
+        panic!("queues");
+    };
+    let third = store
+        .create_task(&queued, api_task(), None)
+        .await
+        .expect("3");
+    assert!(matches!(
+        third,
+        CreatedTask::Skipped {
+            reason: pacer_domain::SkipReason::BufferFull,
+            ..
+        }
+    ));
+    let task = store.get_task(waiting).await.expect("waiting");
+    assert_eq!(task.waits_for, Some(running));
+    assert!(
+        store
+            .claim_due("n", 10, Span::from_secs(5))
+            .await
+            .expect("claim")
+            .iter()
+            .all(|t| t.id != waiting)
+    );
+    assert_eq!(
+        store.sweep(10_000).await.expect("sweep").released,
+        0,
+        "its predecessor is still open"
+    );
+    store.cancel_task(running).await.expect("cancel");
+    assert_eq!(store.sweep(10_000).await.expect("sweep").released, 1);
+    let task = store.get_task(waiting).await.expect("released");
+    assert_eq!(task.waits_for, None);
+    assert!(
+        store
+            .claim_due("n", 10, Span::from_secs(5))
+            .await
+            .expect("claim")
+            .iter()
+            .any(|t| t.id == waiting)
+    );
+
+    let latest = job(&store, "latest", json!({ "overlap": "replace" })).await;
+    let CreatedTask::Created { id: old, .. } = store
+        .create_task(&latest, api_task(), None)
+        .await
+        .expect("old")
+    else {
+        panic!("starts");
+    };
+    let CreatedTask::Created { id: new, .. } = store
+        .create_task(&latest, api_task(), None)
+        .await
+        .expect("new")
+    else {
+        panic!("replaces");
+    };
+    assert_eq!(
+        store.get_task(old).await.expect("old").state,
+        pacer_domain::TaskState::Cancelled
+    );
+    assert_eq!(
+        store.get_task(new).await.expect("new").state,
+        pacer_domain::TaskState::Pending
+    );
+}
+
+#[sqlx::test(migrator = "pacer_store::MIGRATOR")]
+async fn claims_of_dead_nodes_are_swept_back_at_once(pool: PgPool) {
+    let store = Store::new(pool.clone());
+    let job = job(&store, "work", json!({ "dispatch_timeout": "10m" })).await;
+    store
+        .create_task(&job, api_task(), Some(("ghost", Span::from_secs(60))))
+        .await
+        .expect("claimed");
+    store
+        .heartbeat("ghost", "http://ghost", "0.1.0")
+        .await
+        .expect("beat");
+    assert_eq!(
+        store.sweep(60_000).await.expect("sweep").orphaned_claims,
+        0,
+        "a live node keeps its claims"
+    );
+    assert!(
+        store
+            .claim_due("other", 10, Span::from_secs(5))
+            .await
+            .expect("claim")
+            .is_empty()
+    );
+    sqlx::query("update nodes set last_heartbeat_at = now() - interval '1 minute'")
+        .execute(&pool)
+        .await
+        .expect("age");
+    assert_eq!(store.sweep(10_000).await.expect("sweep").orphaned_claims, 1);
+    let taken = store
+        .claim_due("other", 10, Span::from_secs(5))
+        .await
+        .expect("claim");
+    assert_eq!(
+        taken.len(),
+        1,
+        "the dead node's claim is taken over without waiting 10 minutes"
+    );
+    let nodes = store.nodes(10_000).await.expect("nodes");
+    assert_eq!(nodes.len(), 1);
+    assert!(!nodes[0].alive);
+}
