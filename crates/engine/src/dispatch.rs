@@ -121,9 +121,11 @@ impl Dispatcher {
     }
 
     /// How long to sleep before looking again: until the next task is due, at most `poll`.
+    /// A task due now that the claim passed over is locked by another claimer or a callback for
+    /// a moment; the floor keeps this loop from spinning on it.
     async fn sleep_for(&self, poll: Duration) -> Duration {
         match self.store.next_due_in().await {
-            Ok(Some(due)) => due.min(poll),
+            Ok(Some(due)) => due.clamp(Duration::from_millis(10), poll),
             Ok(None) => poll,
             Err(error) => {
                 tracing::warn!(%error, "reading the next due time failed");
