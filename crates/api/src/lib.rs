@@ -17,6 +17,7 @@ use axum::response::Response;
 use pacer_domain::Span;
 use pacer_store::{ClaimedTask, Store};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
 
 pub use error::{Error, Result};
 
@@ -64,6 +65,7 @@ pub struct AppState {
     node_id: Arc<str>,
     handoff: Option<Handoff>,
     body_limit: usize,
+    shutdown: CancellationToken,
 }
 
 impl AppState {
@@ -74,7 +76,15 @@ impl AppState {
             node_id: node_id.into(),
             handoff,
             body_limit: config.body_limit,
+            shutdown: CancellationToken::new(),
         }
+    }
+
+    /// Reports not ready once `shutdown` is cancelled, so load balancers stop sending new work
+    /// while the node drains and still takes callbacks.
+    pub fn with_shutdown(mut self, shutdown: CancellationToken) -> Self {
+        self.shutdown = shutdown;
+        self
     }
 }
 
