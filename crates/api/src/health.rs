@@ -19,8 +19,12 @@ async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// Ready when the database answers and its migrations are current.
+/// Ready when the database answers and its migrations are current, and not while draining.
 async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
+    if state.shutdown.is_cancelled() {
+        let body = json!({ "status": "draining", "node": &*state.node_id });
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(body));
+    }
     let (ready, database) = match state.store.is_ready().await {
         Ok(true) => (true, json!({ "status": "ok" })),
         Ok(false) => (false, json!({ "status": "migrations pending" })),

@@ -19,6 +19,7 @@ use axum::response::Response;
 use pacer_domain::Span;
 use pacer_store::{ClaimedTask, Store};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
 
 pub use error::{Error, Result};
 
@@ -67,6 +68,7 @@ pub struct AppState {
     handoff: Option<Handoff>,
     body_limit: usize,
     dead_after: Span,
+    shutdown: CancellationToken,
 }
 
 impl AppState {
@@ -78,7 +80,15 @@ impl AppState {
             handoff,
             body_limit: config.body_limit,
             dead_after: config.dead_after,
+            shutdown: CancellationToken::new(),
         }
+    }
+
+    /// Reports not ready once `shutdown` is cancelled, so load balancers stop sending new work
+    /// while the node drains and still takes callbacks.
+    pub fn with_shutdown(mut self, shutdown: CancellationToken) -> Self {
+        self.shutdown = shutdown;
+        self
     }
 }
 

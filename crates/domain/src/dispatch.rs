@@ -111,8 +111,6 @@ pub enum AttemptOutcome {
     AlreadyRunning,
     TransientError,
     PermanentError,
-    /// The task's timeout had passed when it came up for dispatch; nothing was sent.
-    TimedOut,
     /// The node holding the claim vanished; its lease ran out and another node took over.
     Abandoned,
     /// The node shut down before the dispatch finished and released the task.
@@ -127,7 +125,6 @@ impl AttemptOutcome {
             AttemptOutcome::AlreadyRunning => "already_running",
             AttemptOutcome::TransientError => "transient_error",
             AttemptOutcome::PermanentError => "permanent_error",
-            AttemptOutcome::TimedOut => "timed_out",
             AttemptOutcome::Abandoned => "abandoned",
             AttemptOutcome::Interrupted => "interrupted",
         }

@@ -293,7 +293,7 @@ impl Attempt {
         tracing::info!(
             outcome = %outcome.attempt_outcome(),
             http.status = outcome.http_status(),
-            latency_ms = latency.as_millis(),
+            latency_ms = u64::try_from(latency.as_millis()).unwrap_or(u64::MAX),
             error = outcome.error(),
             next_state = decision.state.map(|s| s.as_str()),
             "dispatched"

@@ -32,7 +32,7 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
             .context("creating the database failed")?;
         tracing::info!("created the database");
     }
-    let shutdown = crate::node::shutdown_on_signals();
+    let shutdown = crate::node::shutdown_on_signals()?;
     let node = Node::start(config, &shutdown).await?;
     let base = node.public_url.trim_end_matches('/').to_owned();
     register_example(&node, &base).await?;

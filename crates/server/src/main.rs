@@ -65,7 +65,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Serve => {
-                let shutdown = node::shutdown_on_signals();
+                let shutdown = node::shutdown_on_signals()?;
                 let node = node::Node::start(config, &shutdown).await?;
                 node.run(axum::Router::new(), shutdown).await
             }

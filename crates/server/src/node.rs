@@ -127,7 +127,8 @@ impl Node {
             dead_after: cluster.dead_after,
         };
         let handoff = Handoff::new(permits.clone(), sender, settings.lease_margin);
-        let state = AppState::new(self.store.clone(), &self.node_id, Some(handoff), &api);
+        let state = AppState::new(self.store.clone(), &self.node_id, Some(handoff), &api)
+            .with_shutdown(shutdown.clone());
         let app = pacer_api::router(state).merge(extra);
         let dispatcher = Dispatcher::new(
             DispatchConfig {
@@ -146,23 +147,25 @@ impl Node {
         );
 
         let mut parts: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
-        let http_shutdown = shutdown.child_token();
+        // The HTTP server outlives the dispatcher's drain: downstreams of dispatches still in
+        // flight call back here, and those callbacks must land.
+        let http_stop = CancellationToken::new();
+        let http_stopped = http_stop.clone();
         parts.spawn(async move {
             let served = axum::serve(self.listener, app)
-                .with_graceful_shutdown(http_shutdown.cancelled_owned())
+                .with_graceful_shutdown(http_stopped.cancelled_owned())
                 .await
                 .context("the HTTP server failed");
             ("http", served)
         });
         let dispatch_shutdown = shutdown.child_token();
         parts.spawn(async move {
-            (
-                "dispatcher",
-                dispatcher
-                    .run(dispatch_shutdown)
-                    .await
-                    .context("the dispatcher failed"),
-            )
+            let drained = dispatcher
+                .run(dispatch_shutdown)
+                .await
+                .context("the dispatcher failed");
+            http_stop.cancel();
+            ("dispatcher", drained)
         });
 
         let heartbeat = Heartbeat {
@@ -271,39 +274,26 @@ fn describe_exit(
 }
 
 /// A token cancelled by the first SIGTERM or Ctrl-C; a second one exits the process at once.
-pub(crate) fn shutdown_on_signals() -> CancellationToken {
+pub(crate) fn shutdown_on_signals() -> anyhow::Result<CancellationToken> {
+    use tokio::signal::unix::{SignalKind, signal};
+    // Both streams are registered once, up front, so a second signal is seen whenever it comes.
+    let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let token = CancellationToken::new();
     let trigger = token.clone();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
+        }
         tracing::info!("signal received; draining (send again to exit at once)");
         trigger.cancel();
-        wait_for_signal().await;
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
+        }
         tracing::warn!("second signal; exiting now");
         std::process::exit(130);
     });
-    token
-}
-
-async fn wait_for_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = ctrl_c.await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
+    Ok(token)
 }
