@@ -59,14 +59,24 @@ impl ApiResponse {
 pub struct Api {
     base: String,
     client: reqwest::Client,
+    token: Option<String>,
 }
 
 impl Api {
-    /// A client for the node at `base` (e.g. `http://127.0.0.1:41234`).
+    /// A client for the node at `base` (e.g. `http://127.0.0.1:41234`), calling as an admin.
     pub fn new(base: &str) -> Self {
         Self {
             base: base.trim_end_matches('/').to_owned(),
             client: crate::http_client(),
+            token: Some(crate::token(&["admin"])),
+        }
+    }
+
+    /// The same client calling with `token` instead (`None`: no credentials at all).
+    pub fn with_token(&self, token: Option<String>) -> Self {
+        Self {
+            token,
+            ..self.clone()
         }
     }
 
@@ -80,6 +90,13 @@ impl Api {
     ) -> ApiResponse {
         let url = format!("{}{path}", self.base);
         let mut request = self.client.request(method.clone(), &url);
+        if let Some(token) = &self.token
+            && !headers
+                .iter()
+                .any(|(name, _)| name.eq_ignore_ascii_case("authorization"))
+        {
+            request = request.bearer_auth(token);
+        }
         for (name, value) in headers {
             request = request.header(*name, *value);
         }

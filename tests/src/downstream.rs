@@ -287,14 +287,27 @@ async fn handle(
         tokio::time::sleep(reply.delay).await;
     }
     let callback_url = received.body["callback"]["url"].as_str().map(str::to_owned);
+    // The downstream proves itself with the token Pacer minted for this task alone.
+    let callback_token = received.body["callback"]["token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     for (after, sent) in reply.callbacks {
         let url = callback_url
             .clone()
             .expect("a callback is scripted for a request without callback.url");
         let shared = shared.clone();
+        let token = callback_token.clone();
         tokio::spawn(async move {
             tokio::time::sleep(after).await;
-            let result = match shared.client.post(&url).json(&sent).send().await {
+            let result = match shared
+                .client
+                .post(&url)
+                .bearer_auth(&token)
+                .json(&sent)
+                .send()
+                .await
+            {
                 Ok(response) => {
                     let status = response.status().as_u16();
                     let body = response.json().await.unwrap_or(Value::Null);

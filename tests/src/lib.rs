@@ -6,6 +6,7 @@ mod api;
 mod db;
 mod downstream;
 mod process;
+mod security;
 mod wait;
 
 use std::time::Duration;
@@ -17,6 +18,7 @@ pub use api::{Api, ApiResponse};
 pub use db::TestDb;
 pub use downstream::{CallbackResult, FakeDownstream, Received, Reply};
 pub use process::{NodeSettings, PacerProcess, pacer_binary};
+pub use security::{TEST_SECRET, signing_key_file, token};
 pub use wait::wait_until;
 
 /// An HTTP client for tests. reqwest is built without a default TLS provider, so this installs

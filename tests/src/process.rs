@@ -161,6 +161,8 @@ impl PacerProcess {
             .env("PACER_NODE_ID", &settings.node_id)
             .env("PACER_LOG__FORMAT", "json")
             .env("PACER_LOG__LEVEL", "info,sqlx=warn")
+            .env("PACER_JWT_HS256_SECRET", crate::TEST_SECRET)
+            .env("PACER_SIGNING_KEY_FILE", crate::signing_key_file())
             .envs(settings.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

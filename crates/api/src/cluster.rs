@@ -7,6 +7,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use crate::audit;
+use crate::auth::Actor;
 use crate::extract::{Query, limit};
 use crate::views::{NodeView, Page, SkipView};
 use crate::{AppState, Error, Result};
@@ -49,15 +51,42 @@ async fn get_scheduler(State(state): State<AppState>) -> Result<JsonResponse<Val
 }
 
 /// Standby: no trigger fires until resumed; tasks already created carry on.
-async fn pause_scheduler(State(state): State<AppState>) -> Result<JsonResponse<Value>> {
-    state.store.set_scheduler_paused(true).await?;
-    Ok(JsonResponse(json!({ "paused": true })))
+async fn pause_scheduler(
+    State(state): State<AppState>,
+    actor: Actor,
+) -> Result<JsonResponse<Value>> {
+    set_standby(&state, &actor, true).await
 }
 
 /// Leaves standby; occurrences missed meanwhile follow each trigger's misfire policy.
-async fn resume_scheduler(State(state): State<AppState>) -> Result<JsonResponse<Value>> {
-    state.store.set_scheduler_paused(false).await?;
-    Ok(JsonResponse(json!({ "paused": false })))
+async fn resume_scheduler(
+    State(state): State<AppState>,
+    actor: Actor,
+) -> Result<JsonResponse<Value>> {
+    set_standby(&state, &actor, false).await
+}
+
+async fn set_standby(state: &AppState, actor: &Actor, paused: bool) -> Result<JsonResponse<Value>> {
+    let was = state.store.scheduler_paused().await?;
+    state.store.set_scheduler_paused(paused).await?;
+    if was != paused {
+        let action = if paused {
+            "pause_scheduler"
+        } else {
+            "resume_scheduler"
+        };
+        let (before, after) = (json!({ "paused": was }), json!({ "paused": paused }));
+        audit::record(
+            state,
+            actor,
+            action,
+            "scheduler".into(),
+            Some(before),
+            Some(after),
+        )
+        .await;
+    }
+    Ok(JsonResponse(json!({ "paused": paused })))
 }
 
 #[derive(Debug, Deserialize)]

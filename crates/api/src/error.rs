@@ -36,6 +36,14 @@ pub enum Error {
         reason: SkipReason,
         open_task: Option<TaskId>,
     },
+    #[error("{0}")]
+    Unauthenticated(pacer_auth::AuthError),
+    #[error("{0}")]
+    Forbidden(pacer_auth::AuthError),
+    #[error("too many write requests; retry after {retry_after:?}")]
+    RateLimited { retry_after: std::time::Duration },
+    #[error("the request did not finish within {0:?}")]
+    Timeout(std::time::Duration),
     #[error("no such route")]
     RouteNotFound,
     #[error("method not allowed on this route")]
@@ -110,6 +118,22 @@ impl Error {
                 StatusCode::CONFLICT,
                 "/problems/job-has-open-tasks",
                 "Job has open tasks",
+            ),
+            Error::Unauthenticated(_) => (
+                StatusCode::UNAUTHORIZED,
+                "/problems/unauthenticated",
+                "Unauthenticated",
+            ),
+            Error::Forbidden(_) => (StatusCode::FORBIDDEN, "/problems/forbidden", "Forbidden"),
+            Error::RateLimited { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "/problems/rate-limited",
+                "Too many requests",
+            ),
+            Error::Timeout(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "/problems/timeout",
+                "Request timed out",
             ),
             Error::MethodNotAllowed => (
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -193,6 +217,30 @@ impl IntoResponse for Error {
             task,
         };
         let mut response = (status, axum::Json(problem)).into_response();
+        let challenge = match &self {
+            Error::Unauthenticated(pacer_auth::AuthError::Missing) => {
+                Some(r#"Bearer realm="pacer""#.to_owned())
+            }
+            Error::Unauthenticated(e) => Some(format!(
+                r#"Bearer realm="pacer", error="invalid_token", error_description="{}""#,
+                e.to_string().replace('"', "'")
+            )),
+            Error::Forbidden(_) => {
+                Some(r#"Bearer realm="pacer", error="insufficient_scope""#.to_owned())
+            }
+            _ => None,
+        };
+        if let Some(value) = challenge.and_then(|c| HeaderValue::from_str(&c).ok()) {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, value);
+        }
+        if let Error::RateLimited { retry_after } = &self {
+            let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+        }
         response.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),

@@ -12,6 +12,7 @@ pub(crate) fn routes() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/.well-known/jwks.json", get(jwks))
 }
 
 /// The process is alive and serving.
@@ -40,4 +41,9 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     };
     let body = json!({ "status": if ready { "ready" } else { "not ready" }, "node": &*state.node_id, "database": database });
     (status, Json(body))
+}
+
+/// Pacer's public signing keys, so downstreams can verify the tokens Pacer sends.
+async fn jwks(State(state): State<AppState>) -> Json<Value> {
+    Json(state.auth.keyset.jwks())
 }

@@ -7,7 +7,10 @@ use axum::routing::get;
 use axum::{Json as JsonResponse, Router};
 use pacer_domain::{JobInput, JobName, JobSpec};
 use serde::Deserialize;
+use serde_json::json;
 
+use crate::audit;
+use crate::auth::Actor;
 use crate::extract::{Json, Query, limit};
 use crate::views::{JobView, Page};
 use crate::{AppState, Error, Result};
@@ -52,6 +55,7 @@ pub(crate) fn not_found(name: &JobName) -> impl FnOnce(pacer_store::Error) -> Er
 /// again changes nothing.
 async fn put_job(
     State(state): State<AppState>,
+    actor: Actor,
     Path(raw_name): Path<String>,
     Json(input): Json<JobInput>,
 ) -> Result<Response> {
@@ -59,7 +63,36 @@ async fn put_job(
         .parse()
         .map_err(|e: pacer_domain::job::InvalidJobName| Error::field("name", e.to_string()))?;
     let spec = JobSpec::try_from(input).map_err(Error::Validation)?;
+    if let Some(secret) = spec.target.auth.secret()
+        && !state.secrets.contains(secret)
+    {
+        return Err(Error::field(
+            "target.auth.secret",
+            format!(
+                "no secret named `{secret}` is configured on this cluster (see `secrets` in the configuration)"
+            ),
+        ));
+    }
+    let before = match state.store.get_job(&name).await {
+        Ok(job) => Some(job),
+        Err(pacer_store::Error::NotFound(_)) => None,
+        Err(other) => return Err(other.into()),
+    };
     let put = state.store.put_job(&name, &spec).await?;
+    if before.as_ref().is_none_or(|b| b.version != put.job.version) {
+        let summary =
+            |job: &pacer_store::Job| serde_json::to_value(JobView::from(job.clone())).ok();
+        let after = summary(&put.job);
+        audit::record(
+            &state,
+            &actor,
+            "put_job",
+            format!("job:{name}"),
+            before.as_ref().and_then(summary),
+            after,
+        )
+        .await;
+    }
     let status = if put.created {
         StatusCode::CREATED
     } else {
@@ -120,10 +153,12 @@ struct DeleteJob {
 /// Deletes a job. Its history stays; open tasks are refused (409) unless `cancel_open_tasks`.
 async fn delete_job(
     State(state): State<AppState>,
+    actor: Actor,
     Path(raw_name): Path<String>,
     Query(query): Query<DeleteJob>,
 ) -> Result<JsonResponse<serde_json::Value>> {
     let name = existing_name(&raw_name)?;
+    let before = state.store.get_job(&name).await.map_err(not_found(&name))?;
     let deleted = state
         .store
         .delete_job(&name, query.cancel_open_tasks)
@@ -134,30 +169,44 @@ async fn delete_job(
             },
             other => not_found(&name)(other),
         })?;
-    Ok(JsonResponse(serde_json::json!({
+    let summary = serde_json::json!({
         "deleted": name.as_str(),
         "cancelled_tasks": deleted.cancelled_tasks,
-    })))
+    });
+    let before = serde_json::to_value(JobView::from(before)).ok();
+    audit::record(
+        &state,
+        &actor,
+        "delete_job",
+        format!("job:{name}"),
+        before,
+        Some(summary.clone()),
+    )
+    .await;
+    Ok(JsonResponse(summary))
 }
 
 /// Pauses a job: its triggers stop firing and it takes no new tasks; open tasks carry on.
 async fn pause_job(
     State(state): State<AppState>,
+    actor: Actor,
     Path(raw_name): Path<String>,
 ) -> Result<JsonResponse<JobView>> {
-    set_paused(&state, &raw_name, true).await
+    set_paused(&state, &actor, &raw_name, true).await
 }
 
 /// Resumes a job; its triggers fire next from now (occurrences while paused are not fired).
 async fn resume_job(
     State(state): State<AppState>,
+    actor: Actor,
     Path(raw_name): Path<String>,
 ) -> Result<JsonResponse<JobView>> {
-    set_paused(&state, &raw_name, false).await
+    set_paused(&state, &actor, &raw_name, false).await
 }
 
 async fn set_paused(
     state: &AppState,
+    actor: &Actor,
     raw_name: &str,
     paused: bool,
 ) -> Result<JsonResponse<JobView>> {
@@ -177,6 +226,22 @@ async fn set_paused(
         .set_job_paused(&job, paused, &next_fire)
         .await
         .map_err(not_found(&name))?;
-    let job = state.store.get_job(&name).await.map_err(not_found(&name))?;
-    Ok(JsonResponse(job.into()))
+    let updated = state.store.get_job(&name).await.map_err(not_found(&name))?;
+    if updated.paused != job.paused {
+        let action = if paused { "pause_job" } else { "resume_job" };
+        let (before, after) = (
+            json!({ "paused": job.paused }),
+            json!({ "paused": updated.paused }),
+        );
+        audit::record(
+            state,
+            actor,
+            action,
+            format!("job:{name}"),
+            Some(before),
+            Some(after),
+        )
+        .await;
+    }
+    Ok(JsonResponse(updated.into()))
 }

@@ -1,6 +1,8 @@
 //! Pacer's REST API: the routers, their handlers and the problem+json errors they return.
 //! Handlers parse input into domain types first, so nothing invalid reaches the store.
 
+mod audit;
+mod auth;
 mod cluster;
 mod error;
 mod extract;
@@ -10,31 +12,25 @@ mod tasks;
 mod triggers;
 mod views;
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Request};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use pacer_domain::Span;
 use pacer_store::{ClaimedTask, Store};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
 
+pub use auth::{Auth, RateLimiter};
 pub use error::{Error, Result};
-
-/// Who may call a route. Every route declares its role; the authentication layer checks it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    /// Systems that create tasks and post messages.
-    Upstream,
-    /// Services that report on tasks.
-    Downstream,
-    /// People who read, run, pause, cancel and retry.
-    Operator,
-    /// People who define jobs and triggers; may do everything.
-    Admin,
-}
+pub use pacer_auth::Role;
 
 /// The dispatch capacity of this node that a handler may hand a just-created task to, so a task
 /// created due now is claimed in the same commit that creates it and dispatched at once.
@@ -69,11 +65,20 @@ pub struct AppState {
     body_limit: usize,
     dead_after: Span,
     shutdown: CancellationToken,
+    auth: Auth,
+    secrets: Arc<BTreeSet<String>>,
+    request_timeout: Duration,
 }
 
 impl AppState {
     /// State for a node named `node_id`; with a handoff, tasks due now are dispatched directly.
-    pub fn new(store: Store, node_id: &str, handoff: Option<Handoff>, config: &ApiConfig) -> Self {
+    pub fn new(
+        store: Store,
+        node_id: &str,
+        handoff: Option<Handoff>,
+        config: &ApiConfig,
+        auth: Auth,
+    ) -> Self {
         Self {
             store,
             node_id: node_id.into(),
@@ -81,6 +86,9 @@ impl AppState {
             body_limit: config.body_limit,
             dead_after: config.dead_after,
             shutdown: CancellationToken::new(),
+            auth,
+            secrets: Arc::new(config.secrets.clone()),
+            request_timeout: config.request_timeout,
         }
     }
 
@@ -99,40 +107,72 @@ pub struct ApiConfig {
     pub body_limit: usize,
     /// A node silent this long is shown as dead.
     pub dead_after: Span,
+    /// The names of the secrets jobs may use for outbound auth (never their values).
+    pub secrets: BTreeSet<String>,
+    /// A request still running after this long is answered `503`.
+    pub request_timeout: Duration,
 }
 
 /// The whole API, ready to serve.
 pub fn router(state: AppState) -> Router {
     let admin = Router::new()
         .merge(jobs::admin_routes())
-        .merge(triggers::admin_routes());
+        .merge(triggers::admin_routes())
+        .merge(audit::admin_routes());
     let operator = Router::new()
         .merge(jobs::operator_routes())
         .merge(tasks::operator_routes())
         .merge(triggers::operator_routes())
         .merge(cluster::operator_routes());
-    let upstream = tasks::upstream_routes();
-    let downstream = tasks::downstream_routes();
+    let callbacks = tasks::downstream_routes().route_layer(middleware::from_fn_with_state(
+        state.clone(),
+        auth::authorize_callback,
+    ));
     Router::new()
-        .merge(with_role(Role::Admin, admin))
-        .merge(with_role(Role::Operator, operator))
-        .merge(with_role(Role::Upstream, upstream))
-        .merge(with_role(Role::Downstream, downstream))
+        .merge(with_role(&state, Role::Admin, admin))
+        .merge(with_role(&state, Role::Operator, operator))
+        .merge(with_role(&state, Role::Upstream, tasks::upstream_routes()))
+        .merge(callbacks)
         .merge(health::routes())
         .fallback(error::route_not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(middleware::from_fn_with_state(
+            state.request_timeout,
+            deadline,
+        ))
         .layer(DefaultBodyLimit::max(state.body_limit))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetRequestIdLayer::x_request_id(RequestIdV7))
         .with_state(state)
 }
 
-/// Marks every route of `routes` as needing `role`; the request carries the requirement so the
-/// authentication layer and the request log can see it.
-fn with_role(role: Role, routes: Router<AppState>) -> Router<AppState> {
-    routes.route_layer(middleware::from_fn(
-        move |mut request: Request, next: Next| async move {
-            request.extensions_mut().insert(role);
-            let response: Response = next.run(request).await;
-            response
-        },
+/// Every route of `routes` needs a caller holding `role` (or `admin`).
+fn with_role(state: &AppState, role: Role, routes: Router<AppState>) -> Router<AppState> {
+    routes.route_layer(middleware::from_fn_with_state(
+        (state.clone(), role),
+        auth::authorize,
     ))
+}
+
+/// Answers `503` for a request still running after the configured timeout.
+async fn deadline(
+    State(timeout): State<Duration>,
+    request: Request,
+    next: Next,
+) -> Result<Response> {
+    tokio::time::timeout(timeout, next.run(request))
+        .await
+        .map_err(|_| Error::Timeout(timeout))
+}
+
+/// Request ids are UUIDv7, so they sort by time in logs and the audit log.
+#[derive(Debug, Clone, Copy)]
+struct RequestIdV7;
+
+impl MakeRequestId for RequestIdV7 {
+    fn make_request_id<B>(&mut self, _request: &axum::http::Request<B>) -> Option<RequestId> {
+        axum::http::HeaderValue::from_str(&uuid::Uuid::now_v7().to_string())
+            .ok()
+            .map(RequestId::new)
+    }
 }

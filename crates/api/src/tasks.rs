@@ -14,6 +14,8 @@ use pacer_store::{CreatedTask, NewTask, Origin, ReportOutcome, TaskFilter};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use crate::audit;
+use crate::auth::Actor;
 use crate::extract::{Json, JsonOrEmpty, Query, limit, task_id};
 use crate::jobs::{existing_name, not_found};
 use crate::views::{Page, TaskView};
@@ -234,6 +236,7 @@ async fn list_tasks(
 /// Cancels an open task; cancelling a cancelled task again changes nothing.
 async fn cancel_task(
     State(state): State<AppState>,
+    actor: Actor,
     Path(raw_id): Path<String>,
 ) -> Result<JsonResponse<TaskView>> {
     let id = task_id(&raw_id)?;
@@ -242,6 +245,18 @@ async fn cancel_task(
         .cancel_task(id)
         .await
         .map_err(task_not_found(id))?;
+    if let ReportOutcome::Applied(after) = outcome {
+        let after = serde_json::json!({ "state": after });
+        audit::record(
+            &state,
+            &actor,
+            "cancel_task",
+            format!("task:{id}"),
+            None,
+            Some(after),
+        )
+        .await;
+    }
     respond(&state, id, outcome).await
 }
 

@@ -13,6 +13,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use crate::audit;
+use crate::auth::Actor;
 use crate::extract::{Json, Query};
 use crate::jobs::{existing_name, not_found};
 use crate::views::TriggerView;
@@ -81,6 +83,7 @@ async fn parse(
 /// Adds a trigger to a job: `201` with the trigger and its first fire time.
 async fn create_trigger(
     State(state): State<AppState>,
+    actor: Actor,
     Path(raw_name): Path<String>,
     Json(input): Json<TriggerInput>,
 ) -> Result<Response> {
@@ -98,10 +101,25 @@ async fn create_trigger(
             other => other.into(),
         })?;
     let location = format!("/api/v1/jobs/{}/triggers/{}", job.name, trigger.id);
+    let view = TriggerView::from(trigger);
+    let target = format!(
+        "trigger:{}/{}",
+        job.name,
+        location.rsplit('/').next().unwrap_or_default()
+    );
+    audit::record(
+        &state,
+        &actor,
+        "create_trigger",
+        target,
+        None,
+        serde_json::to_value(&view).ok(),
+    )
+    .await;
     Ok((
         StatusCode::CREATED,
         [(header::LOCATION, location)],
-        JsonResponse(TriggerView::from(trigger)),
+        JsonResponse(view),
     )
         .into_response())
 }
@@ -137,54 +155,92 @@ async fn get_trigger(
     Ok(JsonResponse(trigger.into()))
 }
 
+fn summary(trigger: Trigger) -> Option<Value> {
+    serde_json::to_value(TriggerView::from(trigger)).ok()
+}
+
 /// Replaces a trigger's definition; its next fire time is recomputed from now.
 async fn replace_trigger(
     State(state): State<AppState>,
+    actor: Actor,
     Path((raw_name, raw_id)): Path<(String, String)>,
     Json(input): Json<TriggerInput>,
 ) -> Result<JsonResponse<TriggerView>> {
     let job = job(&state, &raw_name).await?;
     let id = trigger_id(&raw_id)?;
     let (spec, next_fire_at) = parse(&state, input).await?;
+    let before = state
+        .store
+        .get_trigger(&job, id)
+        .await
+        .map_err(trigger_not_found(id))?;
     let trigger = state
         .store
         .replace_trigger(&job, id, &spec, next_fire_at)
         .await
         .map_err(trigger_not_found(id))?;
+    let target = format!("trigger:{}/{id}", job.name);
+    audit::record(
+        &state,
+        &actor,
+        "replace_trigger",
+        target,
+        summary(before),
+        summary(trigger.clone()),
+    )
+    .await;
     Ok(JsonResponse(trigger.into()))
 }
 
 async fn delete_trigger(
     State(state): State<AppState>,
+    actor: Actor,
     Path((raw_name, raw_id)): Path<(String, String)>,
 ) -> Result<StatusCode> {
     let job = job(&state, &raw_name).await?;
     let id = trigger_id(&raw_id)?;
+    let before = state
+        .store
+        .get_trigger(&job, id)
+        .await
+        .map_err(trigger_not_found(id))?;
     state
         .store
         .delete_trigger(&job, id)
         .await
         .map_err(trigger_not_found(id))?;
+    audit::record(
+        &state,
+        &actor,
+        "delete_trigger",
+        format!("trigger:{}/{id}", job.name),
+        summary(before),
+        None,
+    )
+    .await;
     Ok(StatusCode::NO_CONTENT)
 }
 
 async fn pause_trigger(
     State(state): State<AppState>,
+    actor: Actor,
     Path((raw_name, raw_id)): Path<(String, String)>,
 ) -> Result<JsonResponse<TriggerView>> {
-    set_paused(&state, &raw_name, &raw_id, true).await
+    set_paused(&state, &actor, &raw_name, &raw_id, true).await
 }
 
 /// Resumes a trigger; occurrences that fell while it was paused are not fired.
 async fn resume_trigger(
     State(state): State<AppState>,
+    actor: Actor,
     Path((raw_name, raw_id)): Path<(String, String)>,
 ) -> Result<JsonResponse<TriggerView>> {
-    set_paused(&state, &raw_name, &raw_id, false).await
+    set_paused(&state, &actor, &raw_name, &raw_id, false).await
 }
 
 async fn set_paused(
     state: &AppState,
+    actor: &Actor,
     raw_name: &str,
     raw_id: &str,
     paused: bool,
@@ -202,6 +258,26 @@ async fn set_paused(
         .set_trigger_paused(&job, id, paused, next)
         .await
         .map_err(trigger_not_found(id))?;
+    if current.paused != trigger.paused {
+        let action = if paused {
+            "pause_trigger"
+        } else {
+            "resume_trigger"
+        };
+        let (before, after) = (
+            json!({ "paused": current.paused }),
+            json!({ "paused": trigger.paused }),
+        );
+        audit::record(
+            state,
+            actor,
+            action,
+            format!("trigger:{}/{id}", job.name),
+            Some(before),
+            Some(after),
+        )
+        .await;
+    }
     Ok(JsonResponse(trigger.into()))
 }
 

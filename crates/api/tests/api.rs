@@ -1,11 +1,12 @@
 //! The REST API driven in-process against the real PostgreSQL: job and task resources, the
 //! callback rules, and bad input — each refused with a problem naming the field, changing nothing.
 
+#[path = "support/state.rs"]
+mod support;
+
 use axum::Router;
 use axum::body::{Body, to_bytes};
 use axum::http::{Method, Request, StatusCode, header};
-use pacer_api::{ApiConfig, AppState};
-use pacer_store::Store;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use tower::ServiceExt;
@@ -24,15 +25,7 @@ struct Reply {
 
 impl Api {
     fn new(pool: PgPool) -> Self {
-        let state = AppState::new(
-            Store::new(pool.clone()),
-            "test-node",
-            None,
-            &ApiConfig {
-                body_limit: 4096,
-                dead_after: pacer_domain::Span::from_secs(10),
-            },
-        );
+        let (state, _) = support::state(pool.clone(), support::config(), vec![]);
         Self {
             router: pacer_api::router(state),
             pool,
@@ -61,6 +54,15 @@ impl Api {
         headers: &[(&str, &str)],
     ) -> Reply {
         let mut request = Request::builder().method(method).uri(uri);
+        if !headers
+            .iter()
+            .any(|(name, _)| name.eq_ignore_ascii_case("authorization"))
+        {
+            request = request.header(
+                "authorization",
+                format!("Bearer {}", support::token(&["admin"])),
+            );
+        }
         for (name, value) in headers {
             request = request.header(*name, *value);
         }

@@ -1,12 +1,12 @@
 //! Triggers, pausing and the cluster view through the API, in-process on the real PostgreSQL;
 //! bad trigger definitions are refused naming the field, with nothing written.
 
+#[path = "support/state.rs"]
+mod support;
+
 use axum::Router;
 use axum::body::{Body, to_bytes};
 use axum::http::{Method, Request, StatusCode};
-use pacer_api::{ApiConfig, AppState};
-use pacer_domain::Span;
-use pacer_store::Store;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use tower::ServiceExt;
@@ -15,20 +15,18 @@ struct Api(Router);
 
 impl Api {
     fn new(pool: PgPool) -> Self {
-        let config = ApiConfig {
+        let config = pacer_api::ApiConfig {
             body_limit: 64 * 1024,
-            dead_after: Span::from_secs(10),
+            ..support::config()
         };
-        Self(pacer_api::router(AppState::new(
-            Store::new(pool),
-            "test-node",
-            None,
-            &config,
-        )))
+        Self(pacer_api::router(support::state(pool, config, vec![]).0))
     }
 
     async fn send(&self, method: Method, uri: &str, body: Option<Value>) -> (StatusCode, Value) {
-        let mut request = Request::builder().method(method).uri(uri);
+        let mut request = Request::builder().method(method).uri(uri).header(
+            "authorization",
+            format!("Bearer {}", support::token(&["admin"])),
+        );
         if body.is_some() {
             request = request.header("content-type", "application/json");
         }

@@ -68,6 +68,41 @@ pub struct HttpTarget {
     pub url: String,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "OutboundAuth::is_none")]
+    pub auth: OutboundAuth,
+}
+
+/// How a dispatch proves it comes from Pacer. Secrets are named, never written here: their values
+/// live in Pacer's configuration.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum OutboundAuth {
+    /// No credentials.
+    #[default]
+    None,
+    /// `Authorization: Bearer <the secret's value>`.
+    Bearer { secret: String },
+    /// `Authorization: Bearer <a short-lived JWT signed by Pacer>` with this audience; the keys
+    /// are published at `/.well-known/jwks.json`.
+    Jwt { audience: String },
+    /// A `pacer-signature` header: an HMAC-SHA256 over a timestamp and the body, keyed by the
+    /// secret's value.
+    Hmac { secret: String },
+}
+
+impl OutboundAuth {
+    /// True for [`OutboundAuth::None`].
+    pub fn is_none(&self) -> bool {
+        *self == OutboundAuth::None
+    }
+
+    /// The name of the configured secret this needs, if any.
+    pub fn secret(&self) -> Option<&str> {
+        match self {
+            OutboundAuth::Bearer { secret } | OutboundAuth::Hmac { secret } => Some(secret),
+            OutboundAuth::None | OutboundAuth::Jwt { .. } => None,
+        }
+    }
 }
 
 /// A validated job definition, as stored and as returned by the API.
@@ -268,6 +303,22 @@ impl TryFrom<JobInput> for JobSpec {
         }
         check_url(&mut errors, &input.target.url);
         check_headers(&mut errors, &input.target.headers);
+        match &input.target.auth {
+            OutboundAuth::Bearer { secret } | OutboundAuth::Hmac { secret }
+                if secret.parse::<JobName>().is_err() =>
+            {
+                errors.push(
+                    "target.auth.secret",
+                    "a secret name is 1 to 64 letters, digits, '.', '_' or '-'",
+                );
+            }
+            OutboundAuth::Jwt { audience }
+                if audience.is_empty() || audience.chars().count() > 256 =>
+            {
+                errors.push("target.auth.audience", "1 to 256 characters");
+            }
+            _ => {}
+        }
         let payload = input.payload.unwrap_or_else(|| Value::Object(Map::new()));
         if !payload.is_object() {
             errors.push("payload", "must be a JSON object");

@@ -17,7 +17,7 @@ pub use dispatch::{
 };
 pub use firing::{MisfirePolicy, OverlapPolicy, SkipReason};
 pub use ids::TaskId;
-pub use job::{HttpTarget, JobInput, JobName, JobSpec};
+pub use job::{HttpTarget, JobInput, JobName, JobSpec, OutboundAuth};
 pub use retry::RetryPolicy;
 pub use schedule::{Schedule, ScheduleError};
 pub use span::Span;

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::Result;
+use crate::outbound::Outbound;
 use crate::wakeup::Wakeups;
 
 /// A task claimed elsewhere on this node (by the API, at creation) together with the
@@ -50,6 +51,7 @@ pub struct Dispatcher {
     config: DispatchConfig,
     store: Store,
     client: reqwest::Client,
+    outbound: Outbound,
     permits: Arc<Semaphore>,
     handoffs: mpsc::Receiver<Handoff>,
 }
@@ -73,6 +75,7 @@ impl Dispatcher {
         config: DispatchConfig,
         store: Store,
         client: reqwest::Client,
+        outbound: Outbound,
         permits: Arc<Semaphore>,
         handoffs: mpsc::Receiver<Handoff>,
     ) -> Self {
@@ -80,6 +83,7 @@ impl Dispatcher {
             config,
             store,
             client,
+            outbound,
             permits,
             handoffs,
         }
@@ -183,6 +187,7 @@ impl Dispatcher {
         let attempt = Attempt {
             store: self.store.clone(),
             client: self.client.clone(),
+            outbound: self.outbound.clone(),
             config: self.config.clone(),
             in_flight: in_flight.clone(),
         };
@@ -257,12 +262,15 @@ struct DispatchBody<'a> {
 #[derive(Serialize)]
 struct Callback {
     url: String,
+    /// Valid for this task alone, so the downstream can report on it without other credentials.
+    token: String,
 }
 
 /// One dispatch of one claimed task.
 struct Attempt {
     store: Store,
     client: reqwest::Client,
+    outbound: Outbound,
     config: DispatchConfig,
     in_flight: InFlight,
 }
@@ -341,6 +349,15 @@ impl Attempt {
     }
 
     async fn send(&self, task: &ClaimedTask) -> DispatchOutcome {
+        let unsigned = |error: String| DispatchOutcome::Transient {
+            status: None,
+            error,
+            retry_after: None,
+        };
+        let token = match self.outbound.callback_token(task.id, task.timeout_at) {
+            Ok(token) => token,
+            Err(error) => return unsigned(error),
+        };
         let body = DispatchBody {
             task_id: task.id,
             job: &task.job_name,
@@ -355,7 +372,11 @@ impl Attempt {
                     self.config.public_url.trim_end_matches('/'),
                     task.id
                 ),
+                token,
             },
+        };
+        let Ok(body) = serde_json::to_vec(&body) else {
+            return unsigned("the dispatch body could not be serialised".to_owned());
         };
         let mut headers = HeaderMap::new();
         for (name, value) in &task.job.target.headers {
@@ -366,13 +387,18 @@ impl Attempt {
                 headers.insert(name, value);
             }
         }
+        match self.outbound.headers(&task.job.target.auth, task.id, &body) {
+            Ok(signed) => headers.extend(signed),
+            Err(error) => return unsigned(error),
+        }
         let request = self
             .client
             .post(&task.job.target.url)
             .headers(headers)
             .header("idempotency-key", task.id.to_string())
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
             .timeout(task.job.dispatch_timeout.as_duration())
-            .json(&body);
+            .body(body);
         let response = match request.send().await {
             Ok(response) => response,
             Err(error) => {

@@ -6,6 +6,7 @@ mod error;
 mod firing;
 mod heartbeat;
 mod leader;
+mod outbound;
 mod sweeper;
 mod wakeup;
 
@@ -13,6 +14,7 @@ pub use dispatch::{DispatchConfig, Dispatcher, Handoff};
 pub use error::{Error, Result};
 pub use heartbeat::Heartbeat;
 pub use leader::{Leader, LeaderConfig};
+pub use outbound::Outbound;
 
 /// Builds the HTTP client Pacer makes outbound calls with: pooled, no redirects followed
 /// (a redirected `POST` would silently become a `GET`), TLS through rustls with the ring provider.

@@ -1,7 +1,8 @@
 //! Configuration: defaults, then an optional TOML file, then `PACER_…` environment variables
 //! (`database.url` is `PACER_DATABASE__URL`; the common keys also have short forms).
 
-use std::path::Path;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use figment::Figment;
@@ -19,7 +20,92 @@ pub(crate) struct Config {
     pub(crate) node: NodeConfig,
     pub(crate) dispatch: DispatchSettings,
     pub(crate) cluster: ClusterSettings,
+    pub(crate) auth: AuthSettings,
+    pub(crate) signing: SigningSettings,
+    /// Named secrets jobs use for outbound `bearer` and `hmac` auth; never logged or returned.
+    pub(crate) secrets: BTreeMap<String, SecretString>,
     pub(crate) log: LogConfig,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct AuthSettings {
+    /// The token issuers Pacer trusts; `PACER_JWT_HS256_SECRET` adds one named `pacer`.
+    pub(crate) issuers: Vec<IssuerSettings>,
+    /// The claim holding roles: an array (`roles`) or a space-separated string (`scope`).
+    pub(crate) role_claim: String,
+    /// Clock skew allowed on `exp` and `nbf`.
+    pub(crate) leeway: Span,
+    /// Least time between two fetches of one issuer's JWKS.
+    pub(crate) jwks_min_refresh: Span,
+    /// A fetched JWKS is refreshed after this long.
+    pub(crate) jwks_max_age: Span,
+    /// Write requests per second per caller, sustained.
+    pub(crate) rate_limit_per_second: f64,
+    /// Write requests per caller in a burst.
+    pub(crate) rate_limit_burst: u32,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            issuers: Vec::new(),
+            role_claim: "roles".into(),
+            leeway: Span::from_secs(30),
+            jwks_min_refresh: Span::from_secs(30),
+            jwks_max_age: Span::from_secs(600),
+            rate_limit_per_second: 50.0,
+            rate_limit_burst: 100,
+        }
+    }
+}
+
+/// One trusted issuer and its key: exactly one of an HS256 secret, a public key (PEM inline or
+/// in a file, with its algorithm), or a JWKS URL.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct IssuerSettings {
+    pub(crate) issuer: String,
+    #[serde(default = "default_audience")]
+    pub(crate) audience: String,
+    pub(crate) hs256_secret: Option<SecretString>,
+    pub(crate) public_key_pem: Option<String>,
+    pub(crate) public_key_file: Option<PathBuf>,
+    /// `RS256`, `ES256` or `EdDSA`, with a public key.
+    pub(crate) algorithm: Option<String>,
+    pub(crate) jwks_url: Option<String>,
+}
+
+fn default_audience() -> String {
+    "pacer".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct SigningSettings {
+    /// The `iss` of the tokens Pacer signs.
+    pub(crate) issuer: String,
+    /// Pacer's private keys (Ed25519 or RSA, PEM): the first signs, all are published.
+    /// `PACER_SIGNING_KEY_FILE` adds one.
+    pub(crate) keys: Vec<SigningKeySettings>,
+}
+
+impl Default for SigningSettings {
+    fn default() -> Self {
+        Self {
+            issuer: "pacer".into(),
+            keys: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SigningKeySettings {
+    /// Defaults to a digest of the key, so every node names it alike.
+    pub(crate) kid: Option<String>,
+    pub(crate) private_key_pem: Option<SecretString>,
+    pub(crate) private_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -41,6 +127,8 @@ pub(crate) struct HttpConfig {
     pub(crate) public_url: Option<String>,
     /// Largest request body accepted, in bytes.
     pub(crate) body_limit: usize,
+    /// A request still running after this long is answered `503`.
+    pub(crate) request_timeout: Span,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -127,6 +215,7 @@ impl Default for HttpConfig {
             listen: "127.0.0.1:8080".into(),
             public_url: None,
             body_limit: 1024 * 1024,
+            request_timeout: Span::from_secs(30),
         }
     }
 }
@@ -187,6 +276,26 @@ impl Config {
             )
             .extract()
             .context("invalid configuration")?;
+        let mut config = config;
+        // Short forms that add an entry to a list, which environment keys cannot express.
+        if let Ok(secret) = std::env::var("PACER_JWT_HS256_SECRET") {
+            config.auth.issuers.push(IssuerSettings {
+                issuer: "pacer".into(),
+                audience: default_audience(),
+                hs256_secret: Some(SecretString::from(secret)),
+                public_key_pem: None,
+                public_key_file: None,
+                algorithm: None,
+                jwks_url: None,
+            });
+        }
+        if let Ok(file) = std::env::var("PACER_SIGNING_KEY_FILE") {
+            config.signing.keys.push(SigningKeySettings {
+                kid: None,
+                private_key_pem: None,
+                private_key_file: Some(file.into()),
+            });
+        }
         config.check()?;
         Ok(config)
     }

@@ -19,9 +19,18 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::node::Node;
+use crate::security::Security;
+use pacer_auth::Role;
 
 /// Runs the dev node until Ctrl-C.
-pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
+pub(crate) async fn run(config: Config, security: Security) -> anyhow::Result<()> {
+    let token = crate::security::mint(
+        &config,
+        None,
+        &[Role::Admin],
+        "dev",
+        Duration::from_secs(24 * 3600),
+    )?;
     let url = config.database.url.expose_secret().to_owned();
     if !sqlx::Postgres::database_exists(&url)
         .await
@@ -33,7 +42,7 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
         tracing::info!("created the database");
     }
     let shutdown = crate::node::shutdown_on_signals()?;
-    let node = Node::start(config, &shutdown).await?;
+    let node = Node::start(config, security, &shutdown).await?;
     let base = node.public_url.trim_end_matches('/').to_owned();
     register_example(&node, &base).await?;
 
@@ -45,7 +54,7 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
     let routes = Router::new()
         .route("/demo/downstream", post(accept))
         .with_state(demo.clone());
-    print_tour(&base);
+    print_tour(&base, &token);
     let result = node.run(routes, shutdown).await;
     demo.tracker.close();
     let _ = tokio::time::timeout(Duration::from_secs(3), demo.tracker.wait()).await;
@@ -72,16 +81,18 @@ async fn register_example(node: &Node, base: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_tour(base: &str) {
+fn print_tour(base: &str, token: &str) {
     println!(
         "\nPacer dev node ready on {base} with an example job.\n\n\
+         An admin token for this node (valid 24h; `pacer dev` makes new keys at every start):\n  \
+         export PACER_TOKEN={token}\n\n\
          Create a task (the demo downstream completes it about a second later):\n  \
-         curl -s -X POST {base}/api/v1/jobs/example/tasks -H 'content-type: application/json' \
-         -d '{{\"payload\": {{\"name\": \"world\"}}}}'\n\n\
+         curl -s -X POST {base}/api/v1/jobs/example/tasks -H \"authorization: Bearer $PACER_TOKEN\" \
+         -H 'content-type: application/json' -d '{{\"payload\": {{\"name\": \"world\"}}}}'\n\n\
          Show it, with its attempts (use the id printed above):\n  \
-         curl -s {base}/api/v1/tasks/<task-id>\n\n\
+         curl -s {base}/api/v1/tasks/<task-id> -H \"authorization: Bearer $PACER_TOKEN\"\n\n\
          List the example job's tasks:\n  \
-         curl -s '{base}/api/v1/tasks?job=example'\n\n\
+         curl -s '{base}/api/v1/tasks?job=example' -H \"authorization: Bearer $PACER_TOKEN\"\n\n\
          Press Ctrl-C to stop.\n"
     );
 }
@@ -104,6 +115,7 @@ struct Dispatch {
 #[derive(Deserialize)]
 struct CallbackTarget {
     url: String,
+    token: String,
 }
 
 /// Accepts a dispatch and reports the task completed a second later.
@@ -125,7 +137,7 @@ async fn accept(
             "message": format!("said hello to {name}"),
             "result": { "greeted": name },
         });
-        match client.post(&dispatch.callback.url).json(&body).send().await {
+        match client.post(&dispatch.callback.url).bearer_auth(&dispatch.callback.token).json(&body).send().await {
             Ok(response) => tracing::info!(task.id = %dispatch.task_id, status = %response.status(), "demo downstream called back"),
             Err(error) => tracing::warn!(task.id = %dispatch.task_id, %error, "demo callback failed; Pacer will re-dispatch"),
         }

@@ -4,11 +4,13 @@
 mod config;
 mod dev;
 mod node;
+mod security;
 mod telemetry;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
@@ -35,16 +37,84 @@ enum Command {
     Dev,
     /// Apply the database migrations and exit.
     Migrate,
+    /// Mint a token with the configured HS256 secret, for development and scripts.
+    Token {
+        /// A role to grant (upstream, downstream, operator, admin); repeat for several.
+        #[arg(long = "role", required = true, value_parser = parse_role)]
+        roles: Vec<pacer_auth::Role>,
+        /// The token's subject: who it stands for.
+        #[arg(long)]
+        sub: String,
+        /// How long the token lasts, like `1h` or `30m`.
+        #[arg(long, default_value = "1h")]
+        ttl: pacer_domain::Span,
+        /// Which HS256 issuer signs it (default: the first).
+        #[arg(long)]
+        issuer: Option<String>,
+    },
+    /// Print a new Ed25519 signing key (PKCS#8 PEM) for `signing.keys`.
+    Keygen,
+}
+
+fn parse_role(text: &str) -> Result<pacer_auth::Role, String> {
+    pacer_auth::Role::parse(text).ok_or_else(|| {
+        format!("`{text}` is not a role; use upstream, downstream, operator or admin")
+    })
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match Config::load(cli.config.as_deref()) {
+    let mut config = match Config::load(cli.config.as_deref()) {
         Ok(config) => config,
         Err(error) => {
             eprintln!("pacer: {error:#}");
             return ExitCode::from(2);
         }
+    };
+    match &cli.command {
+        Command::Keygen => {
+            print!("{}", pacer_auth::signing::generate_ed25519_pem());
+            return ExitCode::SUCCESS;
+        }
+        Command::Token {
+            roles,
+            sub,
+            ttl,
+            issuer,
+        } => {
+            return match security::mint(&config, issuer.as_deref(), roles, sub, ttl.as_duration()) {
+                Ok(token) => {
+                    println!("{token}");
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("pacer: {error:#}");
+                    ExitCode::from(2)
+                }
+            };
+        }
+        Command::Dev => {
+            if let Err(error) = security::add_dev_keys(&mut config) {
+                eprintln!("pacer: {error:#}");
+                return ExitCode::from(2);
+            }
+        }
+        Command::Serve | Command::Migrate => {}
+    }
+    let security = match &cli.command {
+        Command::Serve | Command::Dev => {
+            match pacer_engine::http_client()
+                .map_err(anyhow::Error::from)
+                .and_then(|http| security::build(&config, http))
+            {
+                Ok(security) => Some(security),
+                Err(error) => {
+                    eprintln!("pacer: {error:#}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        _ => None,
     };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -65,11 +135,15 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Serve => {
+                let security = security.context("security was not configured")?;
                 let shutdown = node::shutdown_on_signals()?;
-                let node = node::Node::start(config, &shutdown).await?;
+                let node = node::Node::start(config, security, &shutdown).await?;
                 node.run(axum::Router::new(), shutdown).await
             }
-            Command::Dev => dev::run(config).await,
+            Command::Dev => {
+                dev::run(config, security.context("security was not configured")?).await
+            }
+            Command::Token { .. } | Command::Keygen => Ok(()),
             Command::Migrate => {
                 let store = node::connect(&config)?;
                 node::migrate(&store, &CancellationToken::new()).await?;

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
-use pacer_api::{ApiConfig, AppState, Handoff};
-use pacer_engine::{DispatchConfig, Dispatcher, Heartbeat, Leader, LeaderConfig};
+use pacer_api::{ApiConfig, AppState, Auth, Handoff, RateLimiter};
+use pacer_engine::{DispatchConfig, Dispatcher, Heartbeat, Leader, LeaderConfig, Outbound};
 use pacer_store::Store;
 use secrecy::ExposeSecret;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -18,6 +18,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::security::Security;
 
 /// Connects a pool for `config` without opening a connection yet.
 pub(crate) fn connect(config: &Config) -> anyhow::Result<Store> {
@@ -81,6 +82,7 @@ pub(crate) struct Node {
     pub(crate) listener: TcpListener,
     pub(crate) public_url: String,
     pub(crate) node_id: String,
+    pub(crate) security: Security,
     config: Config,
 }
 
@@ -88,6 +90,7 @@ impl Node {
     /// Connects, migrates and binds the listener.
     pub(crate) async fn start(
         config: Config,
+        security: Security,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<Self> {
         let store = connect(&config)?;
@@ -108,6 +111,7 @@ impl Node {
             listener,
             public_url,
             node_id,
+            security,
             config,
         })
     }
@@ -125,9 +129,21 @@ impl Node {
         let api = ApiConfig {
             body_limit: self.config.http.body_limit,
             dead_after: cluster.dead_after,
+            secrets: self.security.secrets.keys().cloned().collect(),
+            request_timeout: self.config.http.request_timeout.as_duration(),
         };
+        let auth = Auth {
+            verifier: self.security.verifier.clone(),
+            keyset: self.security.keyset.clone(),
+            leeway: self.config.auth.leeway.as_duration(),
+            limiter: RateLimiter::new(
+                self.config.auth.rate_limit_per_second,
+                self.config.auth.rate_limit_burst,
+            ),
+        };
+        let outbound = Outbound::new(self.security.keyset.clone(), self.security.secrets.clone());
         let handoff = Handoff::new(permits.clone(), sender, settings.lease_margin);
-        let state = AppState::new(self.store.clone(), &self.node_id, Some(handoff), &api)
+        let state = AppState::new(self.store.clone(), &self.node_id, Some(handoff), &api, auth)
             .with_shutdown(shutdown.clone());
         let app = pacer_api::router(state).merge(extra);
         let dispatcher = Dispatcher::new(
@@ -142,6 +158,7 @@ impl Node {
             },
             self.store.clone(),
             pacer_engine::http_client()?,
+            outbound,
             permits,
             receiver,
         );

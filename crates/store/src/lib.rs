@@ -1,6 +1,7 @@
 //! Pacer's PostgreSQL store: every SQL statement Pacer runs lives here, checked at compile time.
 //! Times that matter (leases, due times, deadlines) are always taken from the database clock.
 
+mod audit;
 mod claims;
 mod cluster;
 mod error;
@@ -12,6 +13,7 @@ mod triggers;
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 
+pub use audit::{AuditEntry, NewAuditEntry};
 pub use claims::{ClaimedTask, Outcome, ReleasedClaim};
 pub use cluster::{LEADER_CHANNEL, Lease, Node, Tenure};
 pub use error::{Error, Result};

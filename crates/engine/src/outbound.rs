@@ -1,0 +1,103 @@
+//! What a dispatch carries to prove it comes from Pacer: the job's outbound auth (a configured
+//! bearer secret, a short-lived JWT signed by Pacer, or an HMAC signature over the body), and the
+//! per-task callback token in the body.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use pacer_auth::signing::{Keyset, SIGNATURE_HEADER, hmac_signature};
+use pacer_domain::{OutboundAuth, TaskId};
+use reqwest::header::{AUTHORIZATION, HeaderName, HeaderValue};
+use secrecy::{ExposeSecret, SecretString};
+
+/// How long a JWT on a dispatch stays valid.
+const DISPATCH_TOKEN_TTL: Duration = Duration::from_secs(300);
+
+/// A callback token outlives the task's timeout by this much, so a late callback is answered
+/// `409` with the task's state rather than `401`.
+const CALLBACK_GRACE: chrono::Duration = chrono::Duration::hours(1);
+
+/// Pacer's keys and the named secrets jobs may use; cheap to clone.
+#[derive(Clone)]
+pub struct Outbound {
+    keyset: Keyset,
+    secrets: Arc<HashMap<String, SecretString>>,
+}
+
+impl std::fmt::Debug for Outbound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&String> = self.secrets.keys().collect();
+        f.debug_struct("Outbound")
+            .field("keyset", &self.keyset)
+            .field("secrets", &names)
+            .finish()
+    }
+}
+
+impl Outbound {
+    /// Signs with `keyset`; `secrets` maps names to values.
+    pub fn new(keyset: Keyset, secrets: HashMap<String, SecretString>) -> Self {
+        Self {
+            keyset,
+            secrets: Arc::new(secrets),
+        }
+    }
+
+    /// A callback token for `task`, valid until after its hard timeout.
+    pub(crate) fn callback_token(
+        &self,
+        task: TaskId,
+        timeout_at: DateTime<Utc>,
+    ) -> Result<String, String> {
+        self.keyset
+            .mint_callback_token(task, timeout_at + CALLBACK_GRACE)
+            .map_err(|e| format!("minting the callback token failed: {e}"))
+    }
+
+    /// The headers `auth` adds to a dispatch of `task` whose body is `body`. An error (a secret
+    /// missing from this node's configuration) fails the attempt as transient, so a node
+    /// configured correctly, or this one once fixed, can dispatch it.
+    pub(crate) fn headers(
+        &self,
+        auth: &OutboundAuth,
+        task: TaskId,
+        body: &[u8],
+    ) -> Result<Vec<(HeaderName, HeaderValue)>, String> {
+        let secret = |name: &str| {
+            self.secrets.get(name).ok_or_else(|| {
+                format!("the job's outbound secret `{name}` is not configured on this node")
+            })
+        };
+        let value = |text: String| {
+            HeaderValue::from_str(&text)
+                .map_err(|_| "the outbound credential is not a valid header value".to_owned())
+        };
+        Ok(match auth {
+            OutboundAuth::None => Vec::new(),
+            OutboundAuth::Bearer { secret: name } => {
+                let mut header = value(format!("Bearer {}", secret(name)?.expose_secret()))?;
+                header.set_sensitive(true);
+                vec![(AUTHORIZATION, header)]
+            }
+            OutboundAuth::Jwt { audience } => {
+                let token = self
+                    .keyset
+                    .sign_outbound(audience, &task.to_string(), DISPATCH_TOKEN_TTL)
+                    .map_err(|e| format!("signing the dispatch token failed: {e}"))?;
+                let mut header = value(format!("Bearer {token}"))?;
+                header.set_sensitive(true);
+                vec![(AUTHORIZATION, header)]
+            }
+            OutboundAuth::Hmac { secret: name } => {
+                let signature = hmac_signature(
+                    secret(name)?.expose_secret().as_bytes(),
+                    Utc::now().timestamp(),
+                    body,
+                );
+                vec![(HeaderName::from_static(SIGNATURE_HEADER), value(signature)?)]
+            }
+        })
+    }
+}
