@@ -32,6 +32,8 @@ pub struct Received {
     pub headers: HashMap<String, String>,
     /// The JSON body, or `Value::Null` when it is not JSON.
     pub body: Value,
+    /// The body as sent, byte for byte (signatures are over these bytes).
+    pub raw: Vec<u8>,
     /// When it arrived, for measuring gaps between requests.
     pub at: Instant,
     /// When it arrived on the wall clock, for comparing with timestamps Pacer reports.
@@ -276,6 +278,7 @@ async fn handle(
             path: uri.path().to_owned(),
             headers,
             body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+            raw: body.to_vec(),
             at: Instant::now(),
             received_at: Utc::now(),
         };

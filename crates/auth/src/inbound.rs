@@ -1,0 +1,417 @@
+//! Verifying the bearer tokens callers present. Each configured issuer has exactly one kind of
+//! key, and the token's algorithm must be that key's: an HS256 secret, one public key (RS256,
+//! ES256 or EdDSA), or a JWKS URL (asymmetric keys only, fetched with caching, refreshed when an
+//! unknown `kid` appears, at a bounded rate). `none` is never accepted, and a token can never
+//! pick its own key type.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+
+/// Who may do what. `admin` may do everything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// Systems that create tasks and post messages.
+    Upstream,
+    /// Services that report on tasks.
+    Downstream,
+    /// People who read, run, pause, cancel and retry.
+    Operator,
+    /// People who define jobs and triggers; may do everything.
+    Admin,
+}
+
+impl Role {
+    /// The claim value naming the role.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Upstream => "upstream",
+            Role::Downstream => "downstream",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+        }
+    }
+
+    /// The role a claim value names, if any.
+    pub fn parse(text: &str) -> Option<Role> {
+        [
+            Role::Upstream,
+            Role::Downstream,
+            Role::Operator,
+            Role::Admin,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == text)
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A verified caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// The token's `sub`.
+    pub subject: String,
+    /// The token's `iss`.
+    pub issuer: String,
+    pub roles: Vec<Role>,
+}
+
+impl Principal {
+    /// True when the caller holds `role`, or `admin`.
+    pub fn may(&self, role: Role) -> bool {
+        self.roles.iter().any(|r| *r == role || *r == Role::Admin)
+    }
+}
+
+/// The key of one trusted issuer.
+#[derive(Clone)]
+pub enum IssuerKey {
+    /// A shared HS256 secret.
+    Hs256(SecretString),
+    /// One public key in PEM, used with exactly `algorithm`.
+    PublicKey { algorithm: Algorithm, pem: String },
+    /// Keys published at a JWKS URL.
+    Jwks { url: String },
+}
+
+impl fmt::Debug for IssuerKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            IssuerKey::Hs256(_) => f.write_str("Hs256(<secret>)"),
+            IssuerKey::PublicKey { algorithm, .. } => write!(f, "PublicKey({algorithm:?})"),
+            IssuerKey::Jwks { url } => write!(f, "Jwks({url})"),
+        }
+    }
+}
+
+/// One trusted issuer: tokens must carry this `iss` and this `aud`.
+#[derive(Debug, Clone)]
+pub struct Issuer {
+    pub issuer: String,
+    pub audience: String,
+    pub key: IssuerKey,
+}
+
+/// How tokens are checked.
+#[derive(Debug, Clone)]
+pub struct VerifierConfig {
+    pub issuers: Vec<Issuer>,
+    /// The claim holding roles: an array of role names, or a space-separated string (`scope`).
+    pub role_claim: String,
+    /// Clock skew allowed on `exp` and `nbf`.
+    pub leeway: Duration,
+    /// Least time between two fetches of one JWKS (refreshes on unknown `kid` wait this long).
+    pub jwks_min_refresh: Duration,
+    /// A fetched JWKS is refreshed after this long.
+    pub jwks_max_age: Duration,
+}
+
+/// Why a token was refused. `Display` never includes the token.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("no bearer token: send `Authorization: Bearer <token>`")]
+    Missing,
+    #[error("the token is invalid: {0}")]
+    Invalid(String),
+    #[error("the token does not grant the `{0}` role")]
+    Forbidden(Role),
+    #[error("{0}")]
+    WrongTask(String),
+}
+
+impl AuthError {
+    /// True for 401 (not authenticated), false for 403 (authenticated, not allowed).
+    pub fn is_unauthenticated(&self) -> bool {
+        matches!(self, AuthError::Missing | AuthError::Invalid(_))
+    }
+}
+
+/// A configuration that cannot work.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+enum Keys {
+    Fixed {
+        algorithm: Algorithm,
+        key: DecodingKey,
+    },
+    Jwks(Mutex<JwksCache>),
+}
+
+struct JwksCache {
+    url: String,
+    keys: Option<JwkSet>,
+    fetched_at: Option<Instant>,
+}
+
+struct Trusted {
+    issuer: Issuer,
+    keys: Keys,
+}
+
+/// Verifies bearer tokens; built once at start-up, cheap to clone.
+#[derive(Clone)]
+pub struct Verifier {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    issuers: HashMap<String, Trusted>,
+    config: VerifierConfig,
+    http: reqwest::Client,
+}
+
+impl fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Verifier")
+            .field("issuers", &self.inner.config.issuers)
+            .finish()
+    }
+}
+
+const ASYMMETRIC: [Algorithm; 9] = [
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+    Algorithm::ES256,
+    Algorithm::ES384,
+    Algorithm::EdDSA,
+];
+
+impl Verifier {
+    /// Builds the verifier; fails on a key that does not parse or an issuer listed twice.
+    pub fn new(config: VerifierConfig, http: reqwest::Client) -> Result<Self, ConfigError> {
+        if config.issuers.is_empty() {
+            return Err(ConfigError("no token issuer is configured".into()));
+        }
+        let mut issuers = HashMap::new();
+        for issuer in &config.issuers {
+            let keys = match &issuer.key {
+                IssuerKey::Hs256(secret) => {
+                    if secret.expose_secret().len() < 32 {
+                        return Err(ConfigError(format!(
+                            "the HS256 secret of issuer {} must be at least 32 characters",
+                            issuer.issuer
+                        )));
+                    }
+                    Keys::Fixed {
+                        algorithm: Algorithm::HS256,
+                        key: DecodingKey::from_secret(secret.expose_secret().as_bytes()),
+                    }
+                }
+                IssuerKey::PublicKey { algorithm, pem } => {
+                    let key = match algorithm {
+                        Algorithm::RS256 => DecodingKey::from_rsa_pem(pem.as_bytes()),
+                        Algorithm::ES256 => DecodingKey::from_ec_pem(pem.as_bytes()),
+                        Algorithm::EdDSA => DecodingKey::from_ed_pem(pem.as_bytes()),
+                        other => {
+                            return Err(ConfigError(format!(
+                                "issuer {}: algorithm {other:?} is not supported for a public key; use RS256, ES256 or EdDSA",
+                                issuer.issuer
+                            )));
+                        }
+                    }
+                    .map_err(|e| ConfigError(format!("issuer {}: the public key does not parse: {e}", issuer.issuer)))?;
+                    Keys::Fixed {
+                        algorithm: *algorithm,
+                        key,
+                    }
+                }
+                IssuerKey::Jwks { url } => Keys::Jwks(Mutex::new(JwksCache {
+                    url: url.clone(),
+                    keys: None,
+                    fetched_at: None,
+                })),
+            };
+            let trusted = Trusted {
+                issuer: issuer.clone(),
+                keys,
+            };
+            if issuers.insert(issuer.issuer.clone(), trusted).is_some() {
+                return Err(ConfigError(format!(
+                    "issuer {} is configured twice",
+                    issuer.issuer
+                )));
+            }
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                issuers,
+                config,
+                http,
+            }),
+        })
+    }
+
+    /// Verifies `token` and returns who presented it.
+    pub async fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+        let invalid = |why: &str| AuthError::Invalid(why.to_owned());
+        let header = jsonwebtoken::decode_header(token).map_err(|_| invalid("malformed token"))?;
+        // The issuer only routes to the key to check against; nothing is trusted before the
+        // signature has been verified with that key.
+        let unverified: UnverifiedClaims = jsonwebtoken::dangerous::insecure_decode_claims(token)
+            .map_err(|_| invalid("malformed token"))?;
+        let iss = unverified
+            .iss
+            .ok_or_else(|| invalid("the token has no `iss`"))?;
+        let trusted = self
+            .inner
+            .issuers
+            .get(&iss)
+            .ok_or_else(|| invalid("the token's issuer is not trusted"))?;
+        let (algorithm, key) = match &trusted.keys {
+            Keys::Fixed { algorithm, key } => {
+                if header.alg != *algorithm {
+                    return Err(invalid(
+                        "the token's algorithm is not the one configured for its issuer",
+                    ));
+                }
+                (*algorithm, key.clone())
+            }
+            Keys::Jwks(cache) => {
+                if !ASYMMETRIC.contains(&header.alg) {
+                    return Err(invalid(
+                        "the token's algorithm is not allowed for a JWKS issuer",
+                    ));
+                }
+                let kid = header
+                    .kid
+                    .as_deref()
+                    .ok_or_else(|| invalid("the token has no `kid`"))?;
+                (header.alg, self.jwks_key(cache, kid, header.alg).await?)
+            }
+        };
+        let config = &self.inner.config;
+        let mut validation = Validation::new(algorithm);
+        validation.leeway = config.leeway.as_secs();
+        validation.validate_nbf = true;
+        validation.set_issuer(&[&trusted.issuer.issuer]);
+        validation.set_audience(&[&trusted.issuer.audience]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        let data =
+            jsonwebtoken::decode::<serde_json::Value>(token, &key, &validation).map_err(|e| {
+                use jsonwebtoken::errors::ErrorKind as K;
+                let why = match e.kind() {
+                    K::ExpiredSignature => "the token has expired",
+                    K::ImmatureSignature => "the token is not valid yet (nbf)",
+                    K::InvalidIssuer => "the token's issuer is not trusted",
+                    K::InvalidAudience => "the token is not meant for Pacer (aud)",
+                    K::InvalidSignature => "the token's signature does not verify",
+                    K::MissingRequiredClaim(_) => {
+                        "the token lacks a required claim (exp, iss, aud, sub)"
+                    }
+                    K::InvalidAlgorithm => "the token's algorithm is not allowed",
+                    _ => "the token does not verify",
+                };
+                invalid(why)
+            })?;
+        let claims = data.claims;
+        let subject = claims
+            .get("sub")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        let roles = match claims.get(&config.role_claim) {
+            Some(serde_json::Value::Array(items)) => items
+                .iter()
+                .filter_map(serde_json::Value::as_str)
+                .filter_map(Role::parse)
+                .collect(),
+            Some(serde_json::Value::String(text)) => {
+                text.split_whitespace().filter_map(Role::parse).collect()
+            }
+            _ => Vec::new(),
+        };
+        Ok(Principal {
+            subject,
+            issuer: iss,
+            roles,
+        })
+    }
+
+    async fn jwks_key(
+        &self,
+        cache: &Mutex<JwksCache>,
+        kid: &str,
+        algorithm: Algorithm,
+    ) -> Result<DecodingKey, AuthError> {
+        let config = &self.inner.config;
+        let mut cache = cache.lock().await;
+        let stale = cache
+            .fetched_at
+            .is_none_or(|at| at.elapsed() >= config.jwks_max_age);
+        let unknown = cache
+            .keys
+            .as_ref()
+            .is_none_or(|set| set.find(kid).is_none());
+        let may_fetch = cache
+            .fetched_at
+            .is_none_or(|at| at.elapsed() >= config.jwks_min_refresh);
+        if (stale || unknown) && may_fetch {
+            match self.fetch(&cache.url).await {
+                Ok(keys) => {
+                    cache.keys = Some(keys);
+                    cache.fetched_at = Some(Instant::now());
+                }
+                Err(error) => {
+                    // Keep serving the keys we have; try again after the refresh interval.
+                    tracing::warn!(url = %cache.url, %error, "fetching the JWKS failed");
+                    cache.fetched_at = Some(Instant::now());
+                }
+            }
+        }
+        let jwk = cache
+            .keys
+            .as_ref()
+            .and_then(|set| set.find(kid))
+            .ok_or_else(|| {
+                AuthError::Invalid("the token's key (kid) is not published by its issuer".into())
+            })?;
+        // A key that names its algorithm is used with that algorithm only.
+        if let Some(declared) = jwk.common.key_algorithm
+            && format!("{declared:?}") != format!("{algorithm:?}")
+        {
+            return Err(AuthError::Invalid(
+                "the token's algorithm does not match its key".into(),
+            ));
+        }
+        DecodingKey::from_jwk(jwk)
+            .map_err(|_| AuthError::Invalid("the issuer's key cannot be used".into()))
+    }
+
+    async fn fetch(&self, url: &str) -> Result<JwkSet, String> {
+        let response = self
+            .inner
+            .http
+            .get(url)
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?
+            .error_for_status()
+            .map_err(|e| e.to_string())?;
+        response.json::<JwkSet>().await.map_err(|e| e.to_string())
+    }
+}
+
+#[derive(Deserialize)]
+struct UnverifiedClaims {
+    iss: Option<String>,
+}
