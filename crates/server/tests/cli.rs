@@ -6,6 +6,12 @@ use std::process::{Command, Output};
 fn pacer(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_pacer"));
     command.args(args).env_remove("RUST_LOG");
+    // Only what each case sets may configure the command.
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("PACER_") {
+            command.env_remove(key);
+        }
+    }
     for (key, value) in env {
         command.env(key, value);
     }
@@ -115,4 +121,105 @@ async fn migrate_applies_the_schema_and_is_repeatable() {
     .execute(&admin)
     .await
     .expect("drop database");
+}
+
+#[test]
+fn serve_refuses_to_start_without_keys() {
+    let output = pacer(&["serve"], &[]);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("no token issuer is configured"),
+        "{}",
+        stderr(&output)
+    );
+
+    let with_issuer = [(
+        "PACER_JWT_HS256_SECRET",
+        "a-cli-test-secret-that-is-long-enough",
+    )];
+    let output = pacer(&["serve"], &with_issuer);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("pacer keygen"),
+        "{}",
+        stderr(&output)
+    );
+
+    let short = [
+        ("PACER_JWT_HS256_SECRET", "short"),
+        ("PACER_SIGNING_KEY_FILE", "/nonexistent"),
+    ];
+    let output = pacer(&["serve"], &short);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("at least 32"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn token_mints_a_verifiable_token_and_keygen_prints_a_key() {
+    let secret = "a-cli-test-secret-that-is-long-enough";
+    let output = pacer(
+        &[
+            "token", "--role", "operator", "--role", "upstream", "--sub", "alice", "--ttl", "1h",
+        ],
+        &[("PACER_JWT_HS256_SECRET", secret)],
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    let token = String::from_utf8(output.stdout).expect("utf-8");
+    let parts: Vec<&str> = token.trim().split('.').collect();
+    assert_eq!(parts.len(), 3);
+    let decode = |part: &str| {
+        use base64::Engine;
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(part)
+            .expect("base64url");
+        serde_json::from_slice::<serde_json::Value>(&bytes).expect("json")
+    };
+    assert_eq!(decode(parts[0])["alg"], "HS256");
+    let claims = decode(parts[1]);
+    assert_eq!(claims["sub"], "alice");
+    assert_eq!(claims["iss"], "pacer");
+    assert_eq!(claims["aud"], "pacer");
+    assert_eq!(claims["roles"], serde_json::json!(["operator", "upstream"]));
+    let ttl = claims["exp"].as_i64().expect("exp") - claims["iat"].as_i64().expect("iat");
+    assert_eq!(ttl, 3600);
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
+    let signature =
+        base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, parts[2])
+            .expect("sig");
+    ring::hmac::verify(
+        &key,
+        format!("{}.{}", parts[0], parts[1]).as_bytes(),
+        &signature,
+    )
+    .expect("signed with the secret");
+
+    let output = pacer(&["token", "--role", "operator", "--sub", "alice"], &[]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("PACER_JWT_HS256_SECRET"),
+        "{}",
+        stderr(&output)
+    );
+    let output = pacer(
+        &["token", "--role", "wizard", "--sub", "alice"],
+        &[("PACER_JWT_HS256_SECRET", secret)],
+    );
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("not a role"),
+        "{}",
+        stderr(&output)
+    );
+
+    let output = pacer(&["keygen"], &[]);
+    assert!(output.status.success());
+    let pem = String::from_utf8(output.stdout).expect("utf-8");
+    assert!(
+        pem.starts_with("-----BEGIN PRIVATE KEY-----")
+            && pem.trim_end().ends_with("-----END PRIVATE KEY-----")
+    );
 }
