@@ -415,3 +415,100 @@ impl Verifier {
 struct UnverifiedClaims {
     iss: Option<String>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "a-unit-test-secret-long-enough-for-hs256";
+
+    fn verifier(role_claim: &str) -> Verifier {
+        let issuer = Issuer {
+            issuer: "idp".into(),
+            audience: "pacer".into(),
+            key: IssuerKey::Hs256(SECRET.to_owned().into()),
+        };
+        let config = VerifierConfig {
+            issuers: vec![issuer],
+            role_claim: role_claim.into(),
+            leeway: Duration::from_secs(5),
+            jwks_min_refresh: Duration::from_secs(30),
+            jwks_max_age: Duration::from_secs(600),
+        };
+        Verifier::new(config, reqwest::Client::new()).expect("verifier")
+    }
+
+    fn token(claims: serde_json::Value) -> String {
+        let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes());
+        jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).expect("token")
+    }
+
+    fn claims(extra: serde_json::Value) -> serde_json::Value {
+        let now = chrono::Utc::now().timestamp();
+        let mut claims =
+            serde_json::json!({ "iss": "idp", "aud": "pacer", "sub": "alice", "exp": now + 60 });
+        if let (Some(claims), Some(extra)) = (claims.as_object_mut(), extra.as_object()) {
+            claims.extend(extra.clone());
+        }
+        claims
+    }
+
+    #[tokio::test]
+    async fn roles_come_from_an_array_or_a_space_separated_scope() {
+        let array = verifier("roles")
+            .verify(&token(claims(
+                serde_json::json!({ "roles": ["operator", "wizard"] }),
+            )))
+            .await;
+        assert_eq!(
+            array.expect("valid").roles,
+            [Role::Operator],
+            "unknown role names are ignored"
+        );
+        let scope = verifier("scope")
+            .verify(&token(claims(
+                serde_json::json!({ "scope": "upstream admin" }),
+            )))
+            .await;
+        let principal = scope.expect("valid");
+        assert_eq!(principal.roles, [Role::Upstream, Role::Admin]);
+        assert!(principal.may(Role::Downstream), "admin may do everything");
+        let none = verifier("roles")
+            .verify(&token(claims(serde_json::json!({}))))
+            .await
+            .expect("valid");
+        assert!(
+            !none.may(Role::Operator),
+            "a token without roles grants nothing"
+        );
+    }
+
+    #[test]
+    fn a_short_secret_or_a_twice_listed_issuer_is_refused() {
+        let issuer = |secret: &str| Issuer {
+            issuer: "idp".into(),
+            audience: "pacer".into(),
+            key: IssuerKey::Hs256(secret.to_owned().into()),
+        };
+        let config = |issuers| VerifierConfig {
+            issuers,
+            role_claim: "roles".into(),
+            leeway: Duration::ZERO,
+            jwks_min_refresh: Duration::ZERO,
+            jwks_max_age: Duration::ZERO,
+        };
+        assert!(Verifier::new(config(vec![issuer("short")]), reqwest::Client::new()).is_err());
+        assert!(
+            Verifier::new(
+                config(vec![issuer(SECRET), issuer(SECRET)]),
+                reqwest::Client::new()
+            )
+            .is_err()
+        );
+        assert!(Verifier::new(config(vec![]), reqwest::Client::new()).is_err());
+        assert!(
+            format!("{:?}", issuer(SECRET)).contains("<secret>"),
+            "Debug hides the secret"
+        );
+    }
+}
