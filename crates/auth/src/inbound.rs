@@ -422,6 +422,11 @@ mod tests {
 
     const SECRET: &str = "a-unit-test-secret-long-enough-for-hs256";
 
+    fn client() -> reqwest::Client {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        reqwest::Client::new()
+    }
+
     fn verifier(role_claim: &str) -> Verifier {
         let issuer = Issuer {
             issuer: "idp".into(),
@@ -435,7 +440,7 @@ mod tests {
             jwks_min_refresh: Duration::from_secs(30),
             jwks_max_age: Duration::from_secs(600),
         };
-        Verifier::new(config, reqwest::Client::new()).expect("verifier")
+        Verifier::new(config, client()).expect("verifier")
     }
 
     fn token(claims: serde_json::Value) -> String {
@@ -497,15 +502,15 @@ mod tests {
             jwks_min_refresh: Duration::ZERO,
             jwks_max_age: Duration::ZERO,
         };
-        assert!(Verifier::new(config(vec![issuer("short")]), reqwest::Client::new()).is_err());
+        assert!(Verifier::new(config(vec![issuer("short")]), client()).is_err());
         assert!(
             Verifier::new(
                 config(vec![issuer(SECRET), issuer(SECRET)]),
-                reqwest::Client::new()
+                client()
             )
             .is_err()
         );
-        assert!(Verifier::new(config(vec![]), reqwest::Client::new()).is_err());
+        assert!(Verifier::new(config(vec![]), client()).is_err());
         assert!(
             format!("{:?}", issuer(SECRET)).contains("<secret>"),
             "Debug hides the secret"
