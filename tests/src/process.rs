@@ -258,11 +258,16 @@ impl PacerProcess {
 
     /// Sends SIGTERM: the node drains and exits on its own (see [`Self::wait_exit`]).
     pub fn terminate(&self) {
+        self.signal("TERM");
+    }
+
+    /// Sends `signal` (a name as `kill(1)` takes it: `TERM`, `STOP`, `CONT`) to the process.
+    pub fn signal(&self, signal: &str) {
         let status = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
+            .args([&format!("-{signal}"), &self.pid().to_string()])
             .status()
             .expect("kill(1) runs");
-        assert!(status.success(), "kill -TERM {} failed", self.pid());
+        assert!(status.success(), "kill -{signal} {} failed", self.pid());
     }
 
     /// Waits up to `timeout` for the process to exit and returns its status; panics with the

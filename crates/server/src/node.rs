@@ -28,10 +28,17 @@ pub(crate) fn connect(config: &Config) -> anyhow::Result<Store> {
         .expose_secret()
         .parse()
         .context("database.url is not a valid postgres URL")?;
+    // A node paused or cut off inside a transaction must not hold its locks (the lease row's
+    // among them) for longer than half a lease: the server ends such a session.
+    let idle_limit = (config.cluster.lease_ttl.as_millis() / 2).max(500);
+    let options = options.application_name("pacer").options([(
+        "idle_in_transaction_session_timeout",
+        format!("{idle_limit}ms"),
+    )]);
     let pool = PgPoolOptions::new()
         .max_connections(config.database.max_connections)
         .acquire_timeout(config.database.acquire_timeout.as_duration())
-        .connect_lazy_with(options.application_name("pacer"));
+        .connect_lazy_with(options);
     Ok(Store::new(pool))
 }
 

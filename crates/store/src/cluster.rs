@@ -82,15 +82,19 @@ impl Store {
     /// holds an unexpired lease.
     pub async fn acquire_lease(&self, node: &str, ttl_ms: i64) -> Result<Option<Tenure>> {
         // The row lock taken by the update is the election: concurrent callers serialise on it,
-        // and each re-evaluates the `where` against the winner's committed row.
+        // and each re-evaluates the `where` against the winner's committed row. The clock is read
+        // once per row, after the lock is held, so a statement that waited for the lock (behind a
+        // leader paused inside a firing transaction) still computes its lease from the present.
         let row = sqlx::query!(
-            r#"update leader_lease set
-                   term = case when holder = $1 and expires_at > now() then term else term + 1 end,
-                   acquired_at = case when holder = $1 and expires_at > now() then acquired_at else now() end,
-                   holder = $1,
-                   expires_at = now() + $2::bigint * interval '1 millisecond'
-               where id and (holder = $1 or holder is null or expires_at <= now())
-               returning term, (acquired_at = now()) as "new!""#,
+            r#"update leader_lease l set (term, acquired_at, holder, expires_at) = (
+                   select case when l.holder = $1 and l.expires_at > c.now then l.term else l.term + 1 end,
+                          case when l.holder = $1 and l.expires_at > c.now then l.acquired_at else c.now end,
+                          $1,
+                          c.now + $2::bigint * interval '1 millisecond'
+                   from (select clock_timestamp() as now) c
+               )
+               where l.id and (l.holder = $1 or l.holder is null or l.expires_at <= clock_timestamp())
+               returning l.term, (l.acquired_at = l.expires_at - $2::bigint * interval '1 millisecond') as "new!""#,
             node,
             ttl_ms,
         )

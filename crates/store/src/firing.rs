@@ -135,7 +135,7 @@ impl Store {
         // the lease over meanwhile, and a stale term or an expired lease finds no row at all.
         let now = sqlx::query_scalar!(
             r#"select now() as "now!" from leader_lease
-               where id and holder = $1 and term = $2 and expires_at > now() for share"#,
+               where id and holder = $1 and term = $2 and expires_at > clock_timestamp() for share"#,
             node,
             term,
         )

@@ -420,3 +420,61 @@ async fn claims_of_dead_nodes_are_swept_back_at_once(pool: PgPool) {
     assert_eq!(nodes.len(), 1);
     assert!(!nodes[0].alive);
 }
+
+#[sqlx::test(migrator = "pacer_store::MIGRATOR")]
+async fn a_leader_stuck_inside_a_firing_transaction_cannot_block_a_takeover(pool: PgPool) {
+    use sqlx::Connection;
+    let store = Store::new(pool.clone());
+    let term = store
+        .acquire_lease("a", 300)
+        .await
+        .expect("lease")
+        .expect("held")
+        .term;
+
+    // Node a's session, as Pacer connects it, stops inside a firing transaction while holding
+    // the share lock on the lease row (the process was paused, or the network cut).
+    let options = (*pool.connect_options())
+        .clone()
+        .options([("idle_in_transaction_session_timeout", "500ms")]);
+    let mut stuck = sqlx::PgConnection::connect_with(&options)
+        .await
+        .expect("connect");
+    sqlx::query("begin")
+        .execute(&mut stuck)
+        .await
+        .expect("begin");
+    sqlx::query("select 1 from leader_lease where id for share")
+        .execute(&mut stuck)
+        .await
+        .expect("lock");
+
+    let started = tokio::time::Instant::now();
+    let deadline = started + Duration::from_secs(10);
+    let taken = loop {
+        if let Some(tenure) = store.acquire_lease("b", 60_000).await.expect("b") {
+            break tenure;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stuck session blocked the takeover"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(taken.term > term && taken.new);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "taken over after {:?}",
+        started.elapsed()
+    );
+    let lease = store.lease().await.expect("lease");
+    assert!(
+        lease.valid,
+        "a lease computed after waiting for the lock is not born expired"
+    );
+    assert_eq!(lease.holder.as_deref(), Some("b"));
+    assert!(
+        sqlx::query("select 1").execute(&mut stuck).await.is_err(),
+        "the server ended the stuck session"
+    );
+}
