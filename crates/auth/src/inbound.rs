@@ -503,13 +503,7 @@ mod tests {
             jwks_max_age: Duration::ZERO,
         };
         assert!(Verifier::new(config(vec![issuer("short")]), client()).is_err());
-        assert!(
-            Verifier::new(
-                config(vec![issuer(SECRET), issuer(SECRET)]),
-                client()
-            )
-            .is_err()
-        );
+        assert!(Verifier::new(config(vec![issuer(SECRET), issuer(SECRET)]), client()).is_err());
         assert!(Verifier::new(config(vec![]), client()).is_err());
         assert!(
             format!("{:?}", issuer(SECRET)).contains("<secret>"),
