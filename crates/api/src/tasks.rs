@@ -130,6 +130,7 @@ async fn create_task(
                 };
                 state.store.release_claims(&state.node_id, &[claim]).await?;
             }
+            metrics::counter!("pacer_tasks_created_total", "origin" => "api").increment(1);
             (id, StatusCode::ACCEPTED)
         }
         CreatedTask::Existing { id } => (id, StatusCode::OK),
@@ -294,6 +295,16 @@ async fn report_task(
         .report(id, &report)
         .await
         .map_err(task_not_found(id))?;
+    let result = match outcome {
+        ReportOutcome::Applied(_) => "applied",
+        ReportOutcome::Unchanged(_) => "unchanged",
+        ReportOutcome::Refused(_) => "refused",
+    };
+    let status = serde_json::to_value(report.status)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned));
+    metrics::counter!("pacer_callbacks_total", "status" => status.unwrap_or_default(), "result" => result)
+        .increment(1);
     respond(&state, id, outcome).await
 }
 

@@ -306,6 +306,14 @@ impl Attempt {
             next_state = decision.state.map(|s| s.as_str()),
             "dispatched"
         );
+        // Job names are defined by operators, so the label stays bounded; task ids never appear.
+        let labels = [
+            ("job", task.job_name.clone()),
+            ("outcome", outcome.attempt_outcome().as_str().to_owned()),
+        ];
+        metrics::counter!("pacer_dispatches_total", &labels).increment(1);
+        metrics::histogram!("pacer_dispatch_duration_seconds", &labels)
+            .record(latency.as_secs_f64());
         let record = Outcome {
             attempt: outcome.attempt_outcome(),
             node: self.config.node_id.clone(),

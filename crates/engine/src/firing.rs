@@ -31,10 +31,13 @@ impl Firing {
                     triggers,
                     tasks,
                     skips,
+                    lateness,
+                    skip_reasons,
                 }) => {
                     if triggers > 0 {
                         tracing::debug!(triggers, tasks, skips, "fired");
                     }
+                    record_firing(&lateness, &skip_reasons);
                     if triggers == self.batch_size {
                         continue;
                     }
@@ -64,5 +67,20 @@ impl Firing {
                 self.poll
             }
         }
+    }
+}
+
+/// Counts fired occurrences and skips, and records how late each task was created.
+fn record_firing(lateness: &[f64], skips: &[(pacer_domain::SkipReason, usize)]) {
+    let fired = u64::try_from(lateness.len()).unwrap_or(u64::MAX);
+    metrics::counter!("pacer_occurrences_fired_total").increment(fired);
+    metrics::counter!("pacer_tasks_created_total", "origin" => "trigger").increment(fired);
+    let histogram = metrics::histogram!("pacer_firing_lateness_seconds");
+    for seconds in lateness {
+        histogram.record(*seconds);
+    }
+    for (reason, count) in skips {
+        metrics::counter!("pacer_skips_total", "reason" => reason.as_str())
+            .increment(u64::try_from(*count).unwrap_or(u64::MAX));
     }
 }

@@ -23,13 +23,21 @@ impl Heartbeat {
         let version = env!("CARGO_PKG_VERSION");
         let mut ticks = tokio::time::interval(self.interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_beat = tokio::time::Instant::now();
+        metrics::gauge!("pacer_leader").set(0.0);
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 _ = ticks.tick() => {
-                    if let Err(error) = self.store.heartbeat(&self.node_id, &self.address, version).await {
-                        tracing::warn!(%error, "heartbeat failed");
+                    match self.store.heartbeat(&self.node_id, &self.address, version).await {
+                        Ok(()) => last_beat = tokio::time::Instant::now(),
+                        Err(error) => tracing::warn!(%error, "heartbeat failed"),
                     }
+                    metrics::gauge!("pacer_heartbeat_age_seconds").set(last_beat.elapsed().as_secs_f64());
+                    let pool = self.store.pool_stats();
+                    metrics::gauge!("pacer_db_pool_connections", "state" => "idle").set(f64::from(pool.idle));
+                    metrics::gauge!("pacer_db_pool_connections", "state" => "in_use").set(f64::from(pool.in_use));
+                    metrics::gauge!("pacer_db_pool_max_connections").set(f64::from(pool.max));
                 }
             }
         }

@@ -121,6 +121,9 @@ impl Leader {
     }
 
     fn lead(&self, term: i64, trusted_until: Instant) -> Tenure {
+        metrics::gauge!("pacer_leader").set(1.0);
+        #[allow(clippy::cast_precision_loss)]
+        metrics::gauge!("pacer_leader_term").set(term as f64);
         let duties = CancellationToken::new();
         let mut running = JoinSet::new();
         let firing = Firing {
@@ -166,6 +169,7 @@ async fn join_next(
 /// duty that does not stop in time cannot write under the old term.
 async fn step_down(tenure: Option<Tenure>) {
     let Some(mut tenure) = tenure else { return };
+    metrics::gauge!("pacer_leader").set(0.0);
     tenure.duties.cancel();
     if tokio::time::timeout(Duration::from_secs(5), async {
         while tenure.running.join_next().await.is_some() {}

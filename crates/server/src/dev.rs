@@ -42,7 +42,7 @@ pub(crate) async fn run(config: Config, security: Security) -> anyhow::Result<()
         tracing::info!("created the database");
     }
     let shutdown = crate::node::shutdown_on_signals()?;
-    let node = Node::start(config, security, &shutdown).await?;
+    let node = Node::start(config, security, crate::telemetry::metrics()?, &shutdown).await?;
     let base = node.public_url.trim_end_matches('/').to_owned();
     register_example(&node, &base).await?;
 

@@ -137,7 +137,8 @@ fn main() -> ExitCode {
             Command::Serve => {
                 let security = security.context("security was not configured")?;
                 let shutdown = node::shutdown_on_signals()?;
-                let node = node::Node::start(config, security, &shutdown).await?;
+                let node =
+                    node::Node::start(config, security, telemetry::metrics()?, &shutdown).await?;
                 node.run(axum::Router::new(), shutdown).await
             }
             Command::Dev => {

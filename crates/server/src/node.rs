@@ -17,6 +17,8 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use metrics_exporter_prometheus::PrometheusHandle;
+
 use crate::config::Config;
 use crate::security::Security;
 
@@ -90,6 +92,7 @@ pub(crate) struct Node {
     pub(crate) public_url: String,
     pub(crate) node_id: String,
     pub(crate) security: Security,
+    metrics: PrometheusHandle,
     config: Config,
 }
 
@@ -98,6 +101,7 @@ impl Node {
     pub(crate) async fn start(
         config: Config,
         security: Security,
+        metrics: PrometheusHandle,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<Self> {
         let store = connect(&config)?;
@@ -119,6 +123,7 @@ impl Node {
             public_url,
             node_id,
             security,
+            metrics,
             config,
         })
     }
@@ -152,7 +157,20 @@ impl Node {
         let handoff = Handoff::new(permits.clone(), sender, settings.lease_margin);
         let state = AppState::new(self.store.clone(), &self.node_id, Some(handoff), &api, auth)
             .with_shutdown(shutdown.clone());
-        let app = pacer_api::router(state).merge(extra);
+        let metrics = self.metrics.clone();
+        let scrape = axum::routing::get(move || {
+            let metrics = metrics.clone();
+            async move {
+                let headers = [(
+                    axum::http::header::CONTENT_TYPE,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                )];
+                (headers, metrics.render())
+            }
+        });
+        let app = pacer_api::router(state)
+            .merge(extra)
+            .route("/metrics", scrape);
         let dispatcher = Dispatcher::new(
             DispatchConfig {
                 node_id: self.node_id.clone(),

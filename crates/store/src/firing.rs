@@ -12,7 +12,7 @@ use uuid::Uuid;
 use crate::{Result, Store, TASKS_DUE_CHANNEL};
 
 /// What one firing pass did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Fired {
     /// The term is no longer the lease's: nothing was written.
     Fenced,
@@ -23,6 +23,10 @@ pub enum Fired {
         triggers: usize,
         tasks: usize,
         skips: usize,
+        /// How late each created task was: created − scheduled, in seconds (database clock).
+        lateness: Vec<f64>,
+        /// The skips by reason.
+        skip_reasons: Vec<(SkipReason, usize)>,
     },
 }
 
@@ -65,7 +69,7 @@ struct Skips {
     job_names: Vec<String>,
     trigger_ids: Vec<Uuid>,
     scheduled: Vec<DateTime<Utc>>,
-    reasons: Vec<String>,
+    reasons: Vec<SkipReason>,
 }
 
 impl Skips {
@@ -75,7 +79,7 @@ impl Skips {
         self.job_names.push(trigger.job_name.clone());
         self.trigger_ids.push(trigger.id);
         self.scheduled.push(at);
-        self.reasons.push(reason.as_str().to_owned());
+        self.reasons.push(reason);
     }
 }
 
@@ -178,6 +182,8 @@ impl Store {
                 triggers: 0,
                 tasks: 0,
                 skips: 0,
+                lateness: vec![],
+                skip_reasons: vec![],
             });
         }
 
@@ -282,9 +288,10 @@ impl Store {
                                $6::jsonb[], $7::bigint[], $8::bigint[], $9::uuid[])
                         as n(id, job_id, job_name, trigger_id, scheduled_at, payload, deadline_ms, timeout_ms, waits_for)
                    on conflict on constraint tasks_occurrence_key do nothing
-                   returning waits_for
+                   returning waits_for, extract(epoch from now() - scheduled_at)::float8 as lateness
                )
-               select count(*) as "created!" from inserted
+               select coalesce(array_agg(inserted.lateness), '{}') as "lateness!: Vec<f64>"
+               from inserted
                cross join lateral (
                    select case when inserted.waits_for is null then pg_notify($11, '') end
                ) n"#,
@@ -313,7 +320,7 @@ impl Store {
             &skips.job_names,
             &skips.trigger_ids,
             &skips.scheduled,
-            &skips.reasons,
+            &skips.reasons.iter().map(|r| r.as_str().to_owned()).collect::<Vec<_>>(),
             term,
         )
         .execute(&mut *tx)
@@ -333,10 +340,19 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
+        let mut skip_reasons: Vec<(SkipReason, usize)> = Vec::new();
+        for reason in &skips.reasons {
+            match skip_reasons.iter_mut().find(|(r, _)| r == reason) {
+                Some((_, count)) => *count += 1,
+                None => skip_reasons.push((*reason, 1)),
+            }
+        }
         Ok(Fired::Done {
             triggers: due.len(),
-            tasks: usize::try_from(created).unwrap_or_default(),
+            tasks: created.len(),
             skips: skips.ids.len(),
+            lateness: created,
+            skip_reasons,
         })
     }
 

@@ -50,6 +50,38 @@ impl Store {
         &self.pool
     }
 
+    /// How the connection pool is used right now.
+    pub fn pool_stats(&self) -> PoolStats {
+        let size = self.pool.size();
+        let idle = u32::try_from(self.pool.num_idle()).unwrap_or(size);
+        PoolStats {
+            idle,
+            in_use: size.saturating_sub(idle),
+            max: self.pool.options().get_max_connections(),
+        }
+    }
+
+    /// Open tasks by state (`pending`, `processing`), both always present.
+    pub async fn open_task_counts(&self) -> Result<Vec<(&'static str, i64)>> {
+        let rows = sqlx::query!(
+            r#"select state as "state!", count(*) as "count!" from tasks
+               where next_dispatch_at is not null group by state"#
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(["pending", "processing"]
+            .into_iter()
+            .map(|state| {
+                (
+                    state,
+                    rows.iter()
+                        .find(|r| r.state == state)
+                        .map_or(0, |r| r.count),
+                )
+            })
+            .collect())
+    }
+
     /// Applies any migration not yet applied.
     pub async fn migrate(&self) -> Result<()> {
         MIGRATOR.run(&self.pool).await?;
@@ -74,6 +106,14 @@ impl Store {
         listener.listen_all(channels.iter().copied()).await?;
         Ok(Listener(listener))
     }
+}
+
+/// Connection pool usage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStats {
+    pub idle: u32,
+    pub in_use: u32,
+    pub max: u32,
 }
 
 /// A LISTEN subscription on its own connection.

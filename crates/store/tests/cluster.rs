@@ -123,11 +123,22 @@ async fn a_fenced_term_fires_nothing_and_occurrences_are_never_doubled(pool: PgP
         triggers: 1,
         tasks,
         skips: 0,
+        ref lateness,
+        ..
     } = store.fire_due("a", term, 100).await.expect("fire")
     else {
         panic!("one due trigger expected");
     };
     assert!(tasks >= 6, "the 5 seconds since start_at and now: {tasks}");
+    assert_eq!(
+        lateness.len(),
+        tasks,
+        "one lateness sample per created task"
+    );
+    assert!(
+        lateness.iter().all(|l| (0.0..60.0).contains(l)),
+        "{lateness:?}"
+    );
     let fired_term: i64 = sqlx::query_scalar("select min(fired_term) from tasks")
         .fetch_one(&pool)
         .await
