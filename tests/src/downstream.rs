@@ -295,22 +295,22 @@ async fn handle(
         .as_str()
         .unwrap_or_default()
         .to_owned();
+    // A well-behaved downstream continues the trace it was dispatched under.
+    let traceparent = received.header("traceparent").map(str::to_owned);
     for (after, sent) in reply.callbacks {
         let url = callback_url
             .clone()
             .expect("a callback is scripted for a request without callback.url");
         let shared = shared.clone();
         let token = callback_token.clone();
+        let traceparent = traceparent.clone();
         tokio::spawn(async move {
             tokio::time::sleep(after).await;
-            let result = match shared
-                .client
-                .post(&url)
-                .bearer_auth(&token)
-                .json(&sent)
-                .send()
-                .await
-            {
+            let mut request = shared.client.post(&url).bearer_auth(&token).json(&sent);
+            if let Some(traceparent) = &traceparent {
+                request = request.header("traceparent", traceparent);
+            }
+            let result = match request.send().await {
                 Ok(response) => {
                     let status = response.status().as_u16();
                     let body = response.json().await.unwrap_or(Value::Null);

@@ -8,6 +8,7 @@ mod error;
 mod extract;
 mod health;
 mod jobs;
+mod observe;
 mod tasks;
 mod triggers;
 mod views;
@@ -136,7 +137,7 @@ pub fn router(state: AppState) -> Router {
         .merge(health::routes())
         .fallback(error::route_not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
-        .layer(middleware::from_fn(http_metrics))
+        .layer(middleware::from_fn(observe::observe))
         .layer(middleware::from_fn_with_state(
             state.request_timeout,
             deadline,
@@ -153,24 +154,6 @@ fn with_role(state: &AppState, role: Role, routes: Router<AppState>) -> Router<A
         (state.clone(), role),
         auth::authorize,
     ))
-}
-
-/// Counts requests and their latency by method, route template and status. The route is the
-/// matched template (`/api/v1/tasks/{id}`), never the raw path, so label values stay bounded.
-async fn http_metrics(request: Request, next: Next) -> Response {
-    let method = request.method().as_str().to_owned();
-    let route = request
-        .extensions()
-        .get::<axum::extract::MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
-    let started = std::time::Instant::now();
-    let response = next.run(request).await;
-    let status = response.status().as_u16().to_string();
-    metrics::histogram!("pacer_http_request_duration_seconds", "method" => method.clone(), "route" => route.clone())
-        .record(started.elapsed().as_secs_f64());
-    metrics::counter!("pacer_http_requests_total", "method" => method, "route" => route, "status" => status)
-        .increment(1);
-    response
 }
 
 /// Answers `503` for a request still running after the configured timeout.

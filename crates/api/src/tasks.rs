@@ -91,6 +91,7 @@ async fn create_task(
         idempotency_key: key,
         payload: job.spec.task_payload(request.payload.as_ref()),
         not_before: request.not_before,
+        trace_context: crate::observe::current_traceparent(),
     };
     // A free dispatch slot on this node means the task can be claimed as it is created.
     let reserved = state.handoff.as_ref().and_then(|h| {

@@ -18,6 +18,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::Result;
 use crate::outbound::Outbound;
@@ -183,7 +184,21 @@ impl Dispatcher {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(task.id, claim);
-        let span = tracing::info_span!("dispatch", task.id = %task.id, job.name = %task.job_name, task.attempt = task.attempt);
+        let span = tracing::info_span!(
+            "dispatch",
+            otel.name = "dispatch",
+            otel.kind = "client",
+            task.id = %task.id,
+            job.name = %task.job_name,
+            task.attempt = task.attempt,
+            node.id = %self.config.node_id,
+        );
+        // The dispatch continues the trace of the request that created the task.
+        if let Some(traceparent) = &task.trace_context {
+            let carrier = HashMap::from([("traceparent".to_owned(), traceparent.clone())]);
+            let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&carrier));
+            let _ = span.set_parent(parent);
+        }
         let attempt = Attempt {
             store: self.store.clone(),
             client: self.client.clone(),
@@ -387,6 +402,14 @@ impl Attempt {
             return unsigned("the dispatch body could not be serialised".to_owned());
         };
         let mut headers = HeaderMap::new();
+        // W3C trace context of this dispatch, so the downstream's work and callback join the trace.
+        let context = tracing::Span::current().context();
+        opentelemetry::global::get_text_map_propagator(|p| {
+            p.inject_context(
+                &context,
+                &mut opentelemetry_http::HeaderInjector(&mut headers),
+            );
+        });
         for (name, value) in &task.job.target.headers {
             // Validated when the job was defined; a header that still fails to convert is skipped.
             if let (Ok(name), Ok(value)) =

@@ -19,8 +19,7 @@ pub use outbound::Outbound;
 /// Builds the HTTP client Pacer makes outbound calls with: pooled, no redirects followed
 /// (a redirected `POST` would silently become a `GET`), TLS through rustls with the ring provider.
 pub fn http_client() -> Result<reqwest::Client> {
-    // Installing fails only when a provider is already installed, which is what we want.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    install_crypto_provider();
     reqwest::Client::builder()
         .user_agent(concat!("pacer/", env!("CARGO_PKG_VERSION")))
         .redirect(reqwest::redirect::Policy::none())
@@ -28,4 +27,10 @@ pub fn http_client() -> Result<reqwest::Client> {
         .connect_timeout(std::time::Duration::from_secs(5))
         .build()
         .map_err(Error::HttpClient)
+}
+
+/// Makes ring the process's TLS crypto provider (every HTTPS client needs one chosen).
+pub fn install_crypto_provider() {
+    // Installing fails only when a provider is already installed, which is what we want.
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }

@@ -128,7 +128,7 @@ fn main() -> ExitCode {
     } else {
         LogFormat::Json
     };
-    telemetry::init(
+    let telemetry = telemetry::init(
         config.log.format.unwrap_or(default_format),
         &config.log.level,
     );
@@ -153,10 +153,14 @@ fn main() -> ExitCode {
             }
         }
     });
+    if let Err(error) = &result {
+        tracing::error!(error = %format!("{error:#}"), "pacer stopped with an error");
+    }
+    drop(runtime);
+    telemetry.shutdown();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            tracing::error!(error = %format!("{error:#}"), "pacer stopped with an error");
             eprintln!("pacer: {error:#}");
             ExitCode::FAILURE
         }

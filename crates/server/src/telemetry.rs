@@ -1,28 +1,90 @@
-//! Logging: JSON lines for `serve`, readable lines for `dev`; the filter from `RUST_LOG` or the
-//! configuration.
+//! Logging and tracing: JSON lines for `serve`, readable lines for `dev`, the filter from
+//! `RUST_LOG` or the configuration; OpenTelemetry traces over OTLP/HTTP when
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` is set (the standard `OTEL_*` variables apply), flushed on exit.
+//! Also the Prometheus metrics recorder.
 
 use anyhow::Context;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use tracing_subscriber::EnvFilter;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::config::LogFormat;
 
-/// Installs the global subscriber. Logs go to standard output.
-pub(crate) fn init(format: LogFormat, level: &str) {
+/// Keeps the trace exporter alive; [`Telemetry::shutdown`] flushes what is buffered.
+pub(crate) struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Exports the spans still buffered. Call outside the async runtime.
+    pub(crate) fn shutdown(self) {
+        if let Some(provider) = self.provider
+            && let Err(error) = provider.shutdown()
+        {
+            eprintln!("pacer: flushing traces failed: {error}");
+        }
+    }
+}
+
+/// Installs the global subscriber (logs to standard output) and, when configured, the OTLP trace
+/// pipeline. Call before entering the async runtime.
+pub(crate) fn init(format: LogFormat, level: &str) -> Telemetry {
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false);
-    match format {
-        LogFormat::Json => builder
+    let logs = match format {
+        LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
             .flatten_event(true)
             .with_current_span(true)
-            .init(),
-        LogFormat::Pretty => builder.compact().init(),
+            .with_target(false)
+            .boxed(),
+        LogFormat::Pretty => tracing_subscriber::fmt::layer()
+            .compact()
+            .with_target(false)
+            .boxed(),
+    };
+    let provider =
+        std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").and_then(|_| match tracer_provider() {
+            Ok(provider) => Some(provider),
+            Err(error) => {
+                eprintln!("pacer: trace export is off: {error:#}");
+                None
+            }
+        });
+    let traces = provider
+        .as_ref()
+        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("pacer")));
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(logs)
+        .with(traces)
+        .init();
+    Telemetry { provider }
+}
+
+fn tracer_provider() -> anyhow::Result<SdkTracerProvider> {
+    pacer_engine::install_crypto_provider();
+    // Endpoint, protocol (http/protobuf or http/json), headers and timeout come from the
+    // standard OTEL_EXPORTER_OTLP_* variables.
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .build()
+        .context("building the OTLP exporter")?;
+    let mut resource = Resource::builder();
+    if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
+        resource = resource.with_service_name("pacer");
     }
+    Ok(SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(resource.build())
+        .build())
 }
 
 /// Latency buckets, in seconds, for every `*_seconds` histogram: from a millisecond (firing

@@ -37,6 +37,8 @@ pub struct ClaimedTask {
     pub timed_out: bool,
     /// The start of the job's latest completed task.
     pub last_success_at: Option<DateTime<Utc>>,
+    /// The W3C `traceparent` the task was created under.
+    pub trace_context: Option<String>,
 }
 
 /// What one dispatch came to, ready to record.
@@ -95,6 +97,7 @@ impl Store {
                     claimed_at: r.claimed_at,
                     timed_out: r.timed_out,
                     last_success_at: r.last_success_at,
+                    trace_context: r.trace_context,
                 })
             })
             .collect()

@@ -54,6 +54,8 @@ pub struct NewTask {
     pub payload: Value,
     /// Not dispatched before this instant; now when absent.
     pub not_before: Option<DateTime<Utc>>,
+    /// The W3C `traceparent` of the request creating it.
+    pub trace_context: Option<String>,
 }
 
 /// What creating a task did.
@@ -396,6 +398,7 @@ async fn insert_task(
         node,
         lease_ms,
         waits_for,
+        task.trace_context.as_deref(),
     )
     .fetch_optional(&mut *conn)
     .await?;
@@ -428,6 +431,7 @@ async fn insert_task(
             claimed_at,
             timed_out: false,
             last_success_at: row.last_success_at,
+            trace_context: task.trace_context.clone(),
         })),
         _ => None,
     };

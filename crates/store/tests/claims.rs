@@ -34,6 +34,7 @@ fn new_task(key: Option<&str>) -> NewTask {
         idempotency_key: key.map(str::to_owned),
         payload: json!({ "n": 1 }),
         not_before: None,
+        trace_context: None,
     }
 }
 

@@ -33,6 +33,7 @@ fn api_task() -> NewTask {
         idempotency_key: None,
         payload: json!({}),
         not_before: None,
+        trace_context: None,
     }
 }
 

@@ -10,7 +10,8 @@ with new as (
 inserted as (
     insert into tasks (id, job_id, job_name, origin, idempotency_key, payload, due_at,
                        next_dispatch_at, deadline_at, timeout_at,
-                       claim_token, claimed_by, claimed_at, attempt, started_at, waits_for)
+                       claim_token, claimed_by, claimed_at, attempt, started_at, waits_for,
+                       trace_context)
     select $1, $2, $3, $4, $5, $6, new.due_at,
            case when claim then now() + $11::bigint * interval '1 millisecond'
                 when $12::uuid is not null then new.due_at + $9::bigint * interval '1 millisecond'
@@ -22,7 +23,8 @@ inserted as (
            case when claim then now() end,
            case when claim then 1 else 0 end,
            case when claim then now() end,
-           $12
+           $12,
+           $13
     from new, lateral (select $10::text is not null and $12::uuid is null and new.due_at <= now() as claim) c
     on conflict (job_id, idempotency_key) do nothing
     returning id, claim_token, due_at, deadline_at, timeout_at, claimed_at, next_dispatch_at
