@@ -98,6 +98,21 @@ fn limit(state: &AppState, method: &Method, caller: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// The caller a token stands for, if it verifies and grants `role` (or `admin`).
+async fn verified(state: &AppState, token: &str, role: Role) -> Result<Principal, Error> {
+    let principal = state
+        .auth
+        .verifier
+        .verify(token)
+        .await
+        .map_err(Error::Unauthenticated)?;
+    if principal.may(role) {
+        Ok(principal)
+    } else {
+        Err(Error::Forbidden(AuthError::Forbidden(role)))
+    }
+}
+
 /// Checks that the caller holds `role` (or `admin`).
 pub(crate) async fn authorize(
     State((state, role)): State<(AppState, Role)>,
@@ -105,15 +120,7 @@ pub(crate) async fn authorize(
     next: Next,
 ) -> Result<Response, Error> {
     let token = bearer(request.headers()).map_err(Error::Unauthenticated)?;
-    let principal = state
-        .auth
-        .verifier
-        .verify(token)
-        .await
-        .map_err(Error::Unauthenticated)?;
-    if !principal.may(role) {
-        return Err(Error::Forbidden(AuthError::Forbidden(role)));
-    }
+    let principal = verified(&state, token, role).await?;
     limit(&state, request.method(), &principal.subject)?;
     request.extensions_mut().insert(principal);
     Ok(next.run(request).await)
@@ -155,16 +162,7 @@ pub(crate) async fn authorize_callback(
             roles: vec![],
         }
     } else {
-        let principal = state
-            .auth
-            .verifier
-            .verify(token)
-            .await
-            .map_err(Error::Unauthenticated)?;
-        if !principal.may(Role::Downstream) {
-            return Err(Error::Forbidden(AuthError::Forbidden(Role::Downstream)));
-        }
-        principal
+        verified(&state, token, Role::Downstream).await?
     };
     limit(&state, request.method(), &principal.subject)?;
     request.extensions_mut().insert(principal);

@@ -145,6 +145,11 @@ impl Store {
         )
         .fetch_one(&self.pool)
         .await?;
+        self.updated_trigger(job, id, updated).await
+    }
+
+    /// The trigger after an update that matched `updated` rows.
+    async fn updated_trigger(&self, job: &Job, id: Uuid, updated: i64) -> Result<Trigger> {
         if updated == 0 {
             return Err(Error::NotFound("trigger"));
         }
@@ -193,10 +198,7 @@ impl Store {
         )
         .fetch_one(&self.pool)
         .await?;
-        if updated == 0 {
-            return Err(Error::NotFound("trigger"));
-        }
-        self.get_trigger(job, id).await
+        self.updated_trigger(job, id, updated).await
     }
 
     /// Pauses a job (its triggers do not fire and it takes no new tasks) or resumes it, moving
