@@ -81,7 +81,7 @@ impl Leader {
                 () = tokio::time::sleep_until(next_try) => {
                     let sent = Instant::now();
                     next_try = sent + renew_every;
-                    match self.store.acquire_lease(&self.config.node_id, ttl_ms).await {
+                    match self.store.acquire_lease(&self.config.node_id, ttl_ms, tenure.is_none()).await {
                         Ok(Some(held)) => match &mut tenure {
                             Some(current) if current.term == held.term => current.trusted_until = sent + trust,
                             _ => {

@@ -78,17 +78,23 @@ impl Store {
     }
 
     /// Takes or renews the lease for `node` for `ttl_ms`. A new tenure (the lease was free or
-    /// expired) grows the term; renewing an unexpired lease keeps it. `None` when another node
-    /// holds an unexpired lease.
-    pub async fn acquire_lease(&self, node: &str, ttl_ms: i64) -> Result<Option<Tenure>> {
+    /// expired, or `fresh`: the caller holds no tenure, say after a restart under the same node
+    /// id) grows the term; renewing an unexpired lease keeps it. `None` when another node holds
+    /// an unexpired lease.
+    pub async fn acquire_lease(
+        &self,
+        node: &str,
+        ttl_ms: i64,
+        fresh: bool,
+    ) -> Result<Option<Tenure>> {
         // The row lock taken by the update is the election: concurrent callers serialise on it,
         // and each re-evaluates the `where` against the winner's committed row. The clock is read
         // once per row, after the lock is held, so a statement that waited for the lock (behind a
         // leader paused inside a firing transaction) still computes its lease from the present.
         let row = sqlx::query!(
             r#"update leader_lease l set (term, acquired_at, holder, expires_at) = (
-                   select case when l.holder = $1 and l.expires_at > c.now then l.term else l.term + 1 end,
-                          case when l.holder = $1 and l.expires_at > c.now then l.acquired_at else c.now end,
+                   select case when l.holder = $1 and l.expires_at > c.now and not $3 then l.term else l.term + 1 end,
+                          case when l.holder = $1 and l.expires_at > c.now and not $3 then l.acquired_at else c.now end,
                           $1,
                           c.now + $2::bigint * interval '1 millisecond'
                    from (select clock_timestamp() as now) c
@@ -97,6 +103,7 @@ impl Store {
                returning l.term, (l.acquired_at = l.expires_at - $2::bigint * interval '1 millisecond') as "new!""#,
             node,
             ttl_ms,
+            fresh,
         )
         .fetch_optional(&self.pool)
         .await?;

@@ -53,33 +53,47 @@ async fn seconds_ago(store: &Store, ago: i64) -> DateTime<Utc> {
 #[sqlx::test(migrator = "pacer_store::MIGRATOR")]
 async fn the_lease_elects_one_leader_and_every_new_tenure_grows_the_term(pool: PgPool) {
     let store = Store::new(pool.clone());
-    let first = store.acquire_lease("a", 60_000).await.expect("acquire");
+    let first = store
+        .acquire_lease("a", 60_000, false)
+        .await
+        .expect("acquire");
     assert_eq!(first, Some(Tenure { term: 1, new: true }));
     assert_eq!(
-        store.acquire_lease("b", 60_000).await.expect("b"),
+        store.acquire_lease("b", 60_000, false).await.expect("b"),
         None,
         "a holds the lease"
     );
     assert_eq!(
-        store.acquire_lease("a", 60_000).await.expect("renew"),
+        store
+            .acquire_lease("a", 60_000, true)
+            .await
+            .expect("restarted"),
+        Some(Tenure { term: 2, new: true }),
+        "a process that holds no tenure starts a new term, even under the same node id"
+    );
+    assert_eq!(
+        store
+            .acquire_lease("a", 60_000, false)
+            .await
+            .expect("renew"),
         Some(Tenure {
-            term: 1,
+            term: 2,
             new: false
         })
     );
 
     // A resign under a stale term does nothing; under the current term it frees the lease.
-    assert!(!store.resign_lease("a", 0).await.expect("stale resign"));
-    assert!(store.resign_lease("a", 1).await.expect("resign"));
+    assert!(!store.resign_lease("a", 1).await.expect("stale resign"));
+    assert!(store.resign_lease("a", 2).await.expect("resign"));
     assert_eq!(
-        store.acquire_lease("b", 200).await.expect("b"),
-        Some(Tenure { term: 2, new: true })
+        store.acquire_lease("b", 200, false).await.expect("b"),
+        Some(Tenure { term: 3, new: true })
     );
 
     // b lets its 200 ms lease lapse; a takes over with a higher term.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let taken = loop {
-        if let Some(tenure) = store.acquire_lease("a", 60_000).await.expect("a") {
+        if let Some(tenure) = store.acquire_lease("a", 60_000, false).await.expect("a") {
             break tenure;
         }
         assert!(
@@ -88,11 +102,11 @@ async fn the_lease_elects_one_leader_and_every_new_tenure_grows_the_term(pool: P
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    assert_eq!(taken, Tenure { term: 3, new: true });
+    assert_eq!(taken, Tenure { term: 4, new: true });
     let lease = store.lease().await.expect("lease");
     assert_eq!(
         (lease.holder.as_deref(), lease.term, lease.valid),
-        (Some("a"), 3, true)
+        (Some("a"), 4, true)
     );
 }
 
@@ -115,7 +129,7 @@ async fn a_fenced_term_fires_nothing_and_occurrences_are_never_doubled(pool: PgP
     assert_eq!(count(&pool, "select count(*) from tasks").await, 0);
 
     let term = store
-        .acquire_lease("a", 60_000)
+        .acquire_lease("a", 60_000, false)
         .await
         .expect("lease")
         .expect("held")
@@ -149,7 +163,7 @@ async fn a_fenced_term_fires_nothing_and_occurrences_are_never_doubled(pool: PgP
     // Another node takes over; the old term is fenced off and writes nothing.
     assert!(store.resign_lease("a", term).await.expect("resign"));
     let newer = store
-        .acquire_lease("b", 60_000)
+        .acquire_lease("b", 60_000, false)
         .await
         .expect("lease")
         .expect("held")
@@ -190,7 +204,7 @@ async fn a_fenced_term_fires_nothing_and_occurrences_are_never_doubled(pool: PgP
 async fn missed_occurrences_follow_the_misfire_policy_and_are_recorded(pool: PgPool) {
     let store = Store::new(pool.clone());
     let term = store
-        .acquire_lease("a", 60_000)
+        .acquire_lease("a", 60_000, false)
         .await
         .expect("lease")
         .expect("held")
@@ -281,7 +295,7 @@ async fn overlap_policies_hold_for_requested_and_fired_tasks(pool: PgPool) {
     assert!(matches!(second, CreatedTask::Skipped { open_task: Some(open), .. } if open == first));
 
     let term = store
-        .acquire_lease("a", 60_000)
+        .acquire_lease("a", 60_000, false)
         .await
         .expect("lease")
         .expect("held")
@@ -438,7 +452,7 @@ async fn a_leader_stuck_inside_a_firing_transaction_cannot_block_a_takeover(pool
     use sqlx::Connection;
     let store = Store::new(pool.clone());
     let term = store
-        .acquire_lease("a", 300)
+        .acquire_lease("a", 300, false)
         .await
         .expect("lease")
         .expect("held")
@@ -464,7 +478,7 @@ async fn a_leader_stuck_inside_a_firing_transaction_cannot_block_a_takeover(pool
     let started = tokio::time::Instant::now();
     let deadline = started + Duration::from_secs(10);
     let taken = loop {
-        if let Some(tenure) = store.acquire_lease("b", 60_000).await.expect("b") {
+        if let Some(tenure) = store.acquire_lease("b", 60_000, false).await.expect("b") {
             break tenure;
         }
         assert!(
