@@ -289,6 +289,12 @@ impl PacerProcess {
         }
     }
 
+    /// The exit status once the process has exited on its own or been killed; `None` while it
+    /// runs.
+    pub fn exit_status(&mut self) -> Option<ExitStatus> {
+        self.try_exit()
+    }
+
     fn try_exit(&mut self) -> Option<ExitStatus> {
         if self.exit.is_none() {
             self.exit = self.child.try_wait().expect("the child can be polled");
