@@ -38,11 +38,15 @@ const DOCUMENTED: &[(&str, Kind, &[&str])] = &[
     ("pacer_occurrences_fired_total", Kind::Counter, &[]),
     ("pacer_firing_lateness_seconds", Kind::Histogram, &[]),
     ("pacer_skips_total", Kind::Counter, &["reason"]),
-    ("pacer_dispatches_total", Kind::Counter, &["job", "outcome"]),
+    (
+        "pacer_dispatches_total",
+        Kind::Counter,
+        &["pacer_job", "outcome"],
+    ),
     (
         "pacer_dispatch_duration_seconds",
         Kind::Histogram,
-        &["job", "outcome"],
+        &["pacer_job", "outcome"],
     ),
     (
         "pacer_callbacks_total",
@@ -243,15 +247,15 @@ async fn metrics_are_strict_prometheus_text_that_counts_tasks_and_firings_with_b
         Series::new("pacer_firing_lateness_seconds_count", &[]).grew_at_least(2.0),
         Series::new(
             "pacer_dispatches_total",
-            &[("job", "obs-cycle"), ("outcome", "accepted")],
+            &[("pacer_job", "obs-cycle"), ("outcome", "accepted")],
         )
         .grew_by(1.0),
         Series::new(
             "pacer_dispatch_duration_seconds_count",
-            &[("job", "obs-cycle"), ("outcome", "accepted")],
+            &[("pacer_job", "obs-cycle"), ("outcome", "accepted")],
         )
         .grew_by(1.0),
-        Series::new("pacer_dispatches_total", &[("job", "obs-tick")]).grew_at_least(2.0),
+        Series::new("pacer_dispatches_total", &[("pacer_job", "obs-tick")]).grew_at_least(2.0),
         Series::new(
             "pacer_callbacks_total",
             &[("status", "completed"), ("result", "applied")],
@@ -513,7 +517,7 @@ fn assert_bounded_labels<'a>(exposition: &'a Exposition, forbidden: &[&str]) -> 
                     value.len() == 3 && value.bytes().all(|b| b.is_ascii_digit()),
                     "{what} is not an HTTP status"
                 );
-            } else if label == "job" && family.starts_with("pacer_dispatch") {
+            } else if label == "pacer_job" && family.starts_with("pacer_dispatch") {
                 assert!(
                     ["obs-cycle", "obs-tick", "obs-solo"].contains(&value.as_str()),
                     "{what} names no job"

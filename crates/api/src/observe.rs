@@ -14,7 +14,12 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// The request span and metrics around every handler.
 pub(crate) async fn observe(request: Request, next: Next) -> Response {
-    let method = request.method().as_str().to_owned();
+    // Only the methods the API serves become label values; anything else a client sends is `other`.
+    let method = match request.method().as_str() {
+        known @ ("GET" | "HEAD" | "POST" | "PUT" | "DELETE" | "PATCH" | "OPTIONS") => known,
+        _ => "other",
+    }
+    .to_owned();
     let route = request
         .extensions()
         .get::<MatchedPath>()

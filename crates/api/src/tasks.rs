@@ -136,6 +136,7 @@ async fn create_task(
         }
         CreatedTask::Existing { id } => (id, StatusCode::OK),
         CreatedTask::Skipped { reason, open_task } => {
+            metrics::counter!("pacer_skips_total", "reason" => reason.as_str()).increment(1);
             return Err(Error::OverlapSkipped {
                 job: name.to_string(),
                 reason,

@@ -322,8 +322,9 @@ impl Attempt {
             "dispatched"
         );
         // Job names are defined by operators, so the label stays bounded; task ids never appear.
+        // The label is `pacer_job`: Prometheus keeps `job` for the scrape job.
         let labels = [
-            ("job", task.job_name.clone()),
+            ("pacer_job", task.job_name.clone()),
             ("outcome", outcome.attempt_outcome().as_str().to_owned()),
         ];
         metrics::counter!("pacer_dispatches_total", &labels).increment(1);

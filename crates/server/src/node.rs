@@ -67,7 +67,13 @@ fn is_unavailable(error: &pacer_store::Error) -> bool {
     match error {
         pacer_store::Error::Unavailable(_) => true,
         pacer_store::Error::Migrate(sqlx::migrate::MigrateError::Execute(e)) => {
-            matches!(e, sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut)
+            matches!(
+                e,
+                sqlx::Error::Io(_)
+                    | sqlx::Error::PoolTimedOut
+                    | sqlx::Error::Protocol(_)
+                    | sqlx::Error::Tls(_)
+            )
         }
         _ => false,
     }

@@ -37,9 +37,13 @@ impl From<sqlx::Error> for Error {
                     constraint: db.constraint().unwrap_or("unknown").to_owned(),
                 }
             }
-            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
-                Error::Unavailable(error)
-            }
+            // A server that hangs up mid-handshake (a pooler in front of a stopped database) shows
+            // up as a protocol or TLS error: the database is unavailable, not broken.
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::Tls(_) => Error::Unavailable(error),
             _ => Error::Database(error),
         }
     }
