@@ -1,0 +1,215 @@
+//! The fake downstream: an HTTP server in the harness that records every dispatch (task id and
+//! arrival time) and answers 202. On `/callback` it then reports the
+//! task `completed` on the dispatch's `callback.url` with the task's own `callback.token`,
+//! immediately or after `--callback-delay`; on `/accept` it does nothing more (for jobs with
+//! `expect_callback: false`).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{StatusCode, Uri};
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+use tokio::task::JoinHandle;
+
+/// One dispatch as it arrived.
+#[derive(Debug, Clone)]
+pub(crate) struct Dispatch {
+    pub(crate) task_id: String,
+    pub(crate) received_at: DateTime<Utc>,
+}
+
+/// What became of the callbacks made so far.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct CallbackCounts {
+    /// Answered 2xx.
+    pub(crate) answered: u64,
+    /// Answered 409: the task had already finished (a repeated dispatch).
+    pub(crate) conflicts: u64,
+    /// Gave up after retries, or answered another status.
+    pub(crate) failed: u64,
+    /// Tries beyond the first (the node was gone or busy).
+    pub(crate) retries: u64,
+}
+
+impl CallbackCounts {
+    /// The callbacks made since `earlier`.
+    pub(crate) fn since(self, earlier: Self) -> Self {
+        Self {
+            answered: self.answered - earlier.answered,
+            conflicts: self.conflicts - earlier.conflicts,
+            failed: self.failed - earlier.failed,
+            retries: self.retries - earlier.retries,
+        }
+    }
+
+    pub(crate) fn to_json(self) -> Value {
+        json!({
+            "answered": self.answered,
+            "conflicts": self.conflicts,
+            "failed": self.failed,
+            "retries": self.retries,
+        })
+    }
+}
+
+struct Shared {
+    dispatches: Mutex<Vec<Dispatch>>,
+    client: reqwest::Client,
+    delay: Duration,
+    answered: AtomicU64,
+    conflicts: AtomicU64,
+    failed: AtomicU64,
+    retries: AtomicU64,
+}
+
+/// The running downstream; stops when dropped.
+pub(crate) struct Downstream {
+    base: String,
+    shared: Arc<Shared>,
+    server: JoinHandle<()>,
+}
+
+impl Downstream {
+    /// Listens on `host`, port 0; calls back `delay` after each dispatch on `/callback`.
+    pub(crate) async fn start(host: &str, delay: Duration) -> Result<Self> {
+        let listener = tokio::net::TcpListener::bind((host, 0))
+            .await
+            .with_context(|| format!("binding the fake downstream on {host}"))?;
+        let address: SocketAddr = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            dispatches: Mutex::new(Vec::with_capacity(64 * 1024)),
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()?,
+            delay,
+            answered: AtomicU64::new(0),
+            conflicts: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+        });
+        let app = Router::new().fallback(receive).with_state(shared.clone());
+        let server = tokio::spawn(async move {
+            if let Err(error) = axum::serve(listener, app).await {
+                eprintln!("pacer-bench: the fake downstream stopped: {error}");
+            }
+        });
+        Ok(Self {
+            base: format!("http://{address}"),
+            shared,
+            server,
+        })
+    }
+
+    /// The target URL for jobs that expect a callback.
+    pub(crate) fn callback_url(&self) -> String {
+        format!("{}/callback", self.base)
+    }
+
+    /// The target URL for jobs completed by the dispatch's 2xx alone.
+    pub(crate) fn accept_url(&self) -> String {
+        format!("{}/accept", self.base)
+    }
+
+    /// Every dispatch received so far, in arrival order.
+    pub(crate) fn dispatches(&self) -> Vec<Dispatch> {
+        self.shared
+            .dispatches
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The first arrival of each task.
+    pub(crate) fn first_dispatches(&self) -> HashMap<String, Dispatch> {
+        let mut first = HashMap::new();
+        for dispatch in self.dispatches() {
+            first.entry(dispatch.task_id.clone()).or_insert(dispatch);
+        }
+        first
+    }
+
+    pub(crate) fn callbacks(&self) -> CallbackCounts {
+        CallbackCounts {
+            answered: self.shared.answered.load(Ordering::Relaxed),
+            conflicts: self.shared.conflicts.load(Ordering::Relaxed),
+            failed: self.shared.failed.load(Ordering::Relaxed),
+            retries: self.shared.retries.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl Drop for Downstream {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+async fn receive(State(shared): State<Arc<Shared>>, uri: Uri, body: Bytes) -> StatusCode {
+    let received_at = Utc::now();
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let dispatch = Dispatch {
+        task_id: body["task_id"].as_str().unwrap_or_default().to_owned(),
+        received_at,
+    };
+    shared
+        .dispatches
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .push(dispatch);
+    if uri.path() == "/callback"
+        && let (Some(url), Some(token)) = (
+            body["callback"]["url"].as_str(),
+            body["callback"]["token"].as_str(),
+        )
+    {
+        let (url, token) = (url.to_owned(), token.to_owned());
+        tokio::spawn(call_back(shared, url, token));
+    }
+    StatusCode::ACCEPTED
+}
+
+/// Reports the task completed, retrying while the node is unreachable or busy: during a
+/// failover the node that dispatched may be gone.
+async fn call_back(shared: Arc<Shared>, url: String, token: String) {
+    if !shared.delay.is_zero() {
+        tokio::time::sleep(shared.delay).await;
+    }
+    let body = json!({"status": "completed", "result": {"by": "pacer-bench"}});
+    let mut backoff = Duration::from_millis(100);
+    for attempt in 0..6 {
+        if attempt > 0 {
+            shared.retries.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(backoff).await;
+            backoff *= 2;
+        }
+        let sent = shared
+            .client
+            .post(&url)
+            .bearer_auth(&token)
+            .json(&body)
+            .send()
+            .await;
+        match sent.map(|r| r.status()) {
+            Ok(status) if status.is_success() => {
+                shared.answered.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            Ok(StatusCode::CONFLICT) => {
+                shared.conflicts.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            Ok(status) if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS => {}
+            Ok(_) => break,
+            Err(_) => {}
+        }
+    }
+    shared.failed.fetch_add(1, Ordering::Relaxed);
+}

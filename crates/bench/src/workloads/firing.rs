@@ -1,0 +1,355 @@
+//! `firing`: S interval triggers at 1 s on a cluster for D seconds. Every occurrence in the
+//! steady window is checked against the tasks and skips recorded for it; lateness is task
+//! created − scheduled (the database's `created_at`, the firing transaction's start) and
+//! dispatch received − scheduled (the fake downstream's clock, the same machine's).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
+
+use anyhow::Result;
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+use super::{
+    Bench, BenchJob, CpuUse, FiringArgs, Occurrences, Sampler, ceil_second, create_triggers,
+    define_job, floor_second, millis, positive, wait_for,
+};
+use crate::cluster::Target;
+use crate::database::DbCounters;
+use crate::downstream::Downstream;
+use crate::report::{Report, Row};
+use crate::stats::{Distribution, json_of, round};
+
+/// The DESIGN §11 target for firing lateness.
+pub(crate) const P99_TARGET_MS: f64 = 50.0;
+
+pub(crate) async fn run(bench: &Bench, args: &FiringArgs) -> Result<Report> {
+    positive("--duration", args.duration)?;
+    let target = bench.target("firing", 3).await?;
+    bench
+        .run_on(target, async |target| {
+            let environment = bench.environment(target).await?;
+            let downstream =
+                Downstream::start(&bench.common.downstream_host, bench.common.callback_delay)
+                    .await?;
+            let setup =
+                Setup::create(target, &downstream, args.triggers, !args.no_callback).await?;
+            eprintln!(
+                "pacer-bench: firing: {} triggers created in {:.1} s; firing for {} s",
+                args.triggers,
+                setup.creation.as_secs_f64(),
+                args.duration.as_secs()
+            );
+            let before = DbCounters::read(&target.stats, &target.pool, &target.database).await?;
+            let pids = node_pids(target);
+            let cpu = CpuUse::start(target, &pids).await;
+            let sampler = Sampler::start(pids);
+            tokio::time::sleep(args.duration).await;
+            let cpu = cpu.finish(target).await;
+            let ended = Utc::now();
+            let timeline = sampler.finish().await;
+            let after = DbCounters::read(&target.stats, &target.pool, &target.database).await?;
+            let measured =
+                Measured::collect(target, &downstream, &setup, ended, args.warmup).await?;
+            let mut report = Report::new(
+                "firing",
+                environment,
+                json!({
+                    "triggers": args.triggers,
+                    "every": "1s",
+                    "duration_s": args.duration.as_secs_f64(),
+                    "warmup_s": args.warmup.as_secs_f64(),
+                    "expect_callback": !args.no_callback,
+                    "callback_delay_ms": bench.common.callback_delay.as_millis(),
+                }),
+            );
+            report.measured = format!(
+                "{} interval triggers firing every second for {} s; every occurrence of the \
+                 steady window (from {} s after start to the last whole second) checked against \
+                 tasks + skipped_runs; lateness = tasks.created_at − scheduled_at and first \
+                 dispatch received − scheduled_at; {}.",
+                args.triggers,
+                args.duration.as_secs(),
+                args.warmup.as_secs(),
+                if args.no_callback {
+                    "tasks complete on the dispatch's 2xx (expect_callback: false)"
+                } else {
+                    "the downstream answers 202 and calls back `completed` at once"
+                }
+            );
+            measured.fill(&mut report, true);
+            let commits = after.since(&before);
+            report.rows.push(Row::info(
+                "commits/s in the bench database (±10 s of stats lag)",
+                format!(
+                    "{:.0}",
+                    commits.xact_commit as f64 / args.duration.as_secs_f64()
+                ),
+            ));
+            report.results["cpu"] = cpu.clone();
+            report.results["callbacks"] = downstream.callbacks().to_json();
+            report.results["database"] = commits.to_json();
+            report.rows.push(cpu_row(&cpu));
+            report.raw["timeline"] = Value::Array(timeline);
+            Ok(report)
+        })
+        .await
+}
+
+/// The nodes' ids and process ids, when the harness started them.
+pub(crate) fn node_pids(target: &Target) -> Vec<(String, u32)> {
+    target
+        .managed
+        .as_ref()
+        .map(|m| m.nodes.iter().map(|n| (n.id.clone(), n.pid())).collect())
+        .unwrap_or_default()
+}
+
+/// A table row summing up CPU use: cores used by the nodes and the machine's busy share.
+pub(crate) fn cpu_row(cpu: &Value) -> Row {
+    let node_cores: Vec<f64> = cpu["processes"]
+        .as_object()
+        .map(|p| {
+            p.iter()
+                .filter(|(id, _)| id.starts_with("node-"))
+                .filter_map(|(_, v)| v["cores"].as_f64())
+                .collect()
+        })
+        .unwrap_or_default();
+    // Nodes replaced during the run (failover) are not followed: they count as everything else.
+    let nodes = if node_cores.is_empty() {
+        "—".to_owned()
+    } else {
+        format!("{:.2}", node_cores.iter().sum::<f64>())
+    };
+    let cores = |name: &str| cpu["processes"][name]["cores"].as_f64().unwrap_or(0.0);
+    Row::info(
+        "CPU cores: nodes / postgres backends / harness / everything else",
+        format!(
+            "{nodes} / {:.2} / {:.2} / {:.2} (machine {}% busy)",
+            cores("postgres backends"),
+            cores("pacer-bench"),
+            cpu["everything_else_cores"].as_f64().unwrap_or(0.0),
+            cpu["machine_busy_percent"].as_f64().unwrap_or(0.0)
+        ),
+    )
+}
+
+/// The job and its triggers, created before the clock starts.
+pub(crate) struct Setup {
+    pub(crate) job: BenchJob,
+    /// When the last trigger was created: occurrences after this are all expected.
+    pub(crate) started: DateTime<Utc>,
+    pub(crate) creation: Duration,
+}
+
+impl Setup {
+    /// Defines the job and `triggers` interval triggers of 1 s.
+    pub(crate) async fn create(
+        target: &Target,
+        downstream: &Downstream,
+        triggers: usize,
+        expect_callback: bool,
+    ) -> Result<Self> {
+        let job = define_job(target, downstream, "bench-firing", expect_callback).await?;
+        let specs = vec![json!({"kind": "interval", "every": "1s"}); triggers];
+        let began = Instant::now();
+        create_triggers(target, &job, specs, 16).await?;
+        Ok(Self {
+            job,
+            started: Utc::now(),
+            creation: began.elapsed(),
+        })
+    }
+}
+
+/// What the steady window of a firing run shows.
+pub(crate) struct Measured {
+    pub(crate) first: DateTime<Utc>,
+    pub(crate) last: DateTime<Utc>,
+    pub(crate) occurrences: Occurrences,
+    pub(crate) created: Option<Distribution>,
+    pub(crate) dispatched: Option<Distribution>,
+    /// Tasks of the window never dispatched within the wait.
+    pub(crate) undispatched: u64,
+    /// Dispatches beyond the first of a task (at-least-once re-sends).
+    pub(crate) repeated_dispatches: u64,
+    pub(crate) raw: Value,
+}
+
+impl Measured {
+    /// Waits (up to 30 s each) for every occurrence of the window to have an outcome and every
+    /// task to reach the downstream, then reads and measures them.
+    pub(crate) async fn collect(
+        target: &Target,
+        downstream: &Downstream,
+        setup: &Setup,
+        ended: DateTime<Utc>,
+        warmup: Duration,
+    ) -> Result<Self> {
+        let first = ceil_second(setup.started + chrono::Duration::from_std(warmup)?);
+        let last = floor_second(ended) - chrono::Duration::seconds(1);
+        let triggers: i64 = sqlx::query_scalar("select count(*) from triggers where job_id = $1")
+            .bind(setup.job.id)
+            .fetch_one(&target.pool)
+            .await?;
+        let seconds = (last - first).num_seconds() + 1;
+        let expected = u64::try_from(triggers * seconds.max(0)).unwrap_or_default();
+        wait_for(
+            Duration::from_secs(30),
+            Duration::from_millis(250),
+            || async {
+                let have = Occurrences::count_outcomes(&target.pool, &setup.job, first, last)
+                    .await
+                    .ok()?;
+                (have >= expected).then_some(())
+            },
+        )
+        .await;
+        let occurrences = Occurrences::read(&target.pool, &setup.job, first, last).await?;
+        let ids: HashSet<String> = occurrences.tasks.iter().map(|t| t.id.to_string()).collect();
+        wait_for(
+            Duration::from_secs(30),
+            Duration::from_millis(250),
+            || async {
+                let seen = downstream.first_dispatches();
+                ids.iter().all(|id| seen.contains_key(id)).then_some(())
+            },
+        )
+        .await;
+        let dispatches = downstream.dispatches();
+        let mut first_seen: HashMap<&str, DateTime<Utc>> = HashMap::new();
+        let mut repeated = 0;
+        for d in &dispatches {
+            if !ids.contains(&d.task_id) {
+                continue;
+            }
+            if first_seen.contains_key(d.task_id.as_str()) {
+                repeated += 1;
+            } else {
+                first_seen.insert(&d.task_id, d.received_at);
+            }
+        }
+        let mut created_ms = Vec::with_capacity(occurrences.tasks.len());
+        let mut dispatched_ms = Vec::with_capacity(occurrences.tasks.len());
+        let mut per_second: BTreeMap<i64, Vec<f64>> = BTreeMap::new();
+        let mut undispatched = 0;
+        for task in &occurrences.tasks {
+            let late = millis(task.created_at, task.scheduled_at);
+            created_ms.push(late);
+            per_second
+                .entry(task.scheduled_at.timestamp())
+                .or_default()
+                .push(late);
+            match first_seen.get(task.id.to_string().as_str()) {
+                Some(at) => dispatched_ms.push(millis(*at, task.scheduled_at)),
+                None => undispatched += 1,
+            }
+        }
+        let per_second: Vec<Value> = per_second
+            .into_iter()
+            .map(|(second, samples)| {
+                let d = Distribution::of(&samples);
+                json!({
+                    "second": second - first.timestamp(),
+                    "tasks": samples.len(),
+                    "created_p99_ms": d.map(|d| round(d.p99)),
+                    "created_max_ms": d.map(|d| round(d.max)),
+                })
+            })
+            .collect();
+        let raw = json!({
+            "created_minus_scheduled_ms": created_ms.iter().map(|v| round(*v)).collect::<Vec<_>>(),
+            "dispatched_minus_scheduled_ms": dispatched_ms.iter().map(|v| round(*v)).collect::<Vec<_>>(),
+            "per_second": per_second,
+        });
+        Ok(Self {
+            first,
+            last,
+            created: Distribution::of(&created_ms),
+            dispatched: Distribution::of(&dispatched_ms),
+            occurrences,
+            undispatched,
+            repeated_dispatches: repeated,
+            raw,
+        })
+    }
+
+    /// Adds the rows, results and failures of the window to `report`; with `lateness_target`,
+    /// lateness is held against the firing target (p99 ≤ 50 ms).
+    pub(crate) fn fill(&self, report: &mut Report, lateness_target: bool) {
+        let o = &self.occurrences;
+        let seconds = (self.last - self.first).num_seconds() + 1;
+        report.rows.push(Row::info(
+            "occurrences in the steady window",
+            format!("{} ({} s)", o.expected, seconds),
+        ));
+        report.rows.push(Row::check(
+            "missing (neither task nor skip)",
+            o.missing.to_string(),
+            "0",
+            o.missing == 0,
+        ));
+        report.rows.push(Row::check(
+            "duplicate outcomes",
+            o.duplicates.to_string(),
+            "0",
+            o.duplicates == 0,
+        ));
+        report.rows.push(Row::info(
+            "skipped by misfire/overlap policy",
+            if o.skips.is_empty() {
+                "0".to_owned()
+            } else {
+                format!("{:?}", o.skips)
+            },
+        ));
+        for (measure, distribution) in [
+            ("task created − scheduled, p50 / p99 / max", self.created),
+            (
+                "dispatch received − scheduled, p50 / p99 / max",
+                self.dispatched,
+            ),
+        ] {
+            let value = distribution.map_or_else(|| "—".to_owned(), |d| d.brief("ms"));
+            report.rows.push(if lateness_target {
+                Row::check(
+                    measure,
+                    value,
+                    "p99 ≤ 50 ms",
+                    distribution.is_some_and(|d| d.p99 <= P99_TARGET_MS),
+                )
+            } else {
+                Row::info(measure, value)
+            });
+        }
+        report.rows.push(Row::check(
+            "tasks never dispatched (30 s wait)",
+            self.undispatched.to_string(),
+            "0",
+            self.undispatched == 0,
+        ));
+        report.rows.push(Row::info(
+            "repeated dispatches (at-least-once)",
+            self.repeated_dispatches.to_string(),
+        ));
+        report.require_zero("missing occurrences", o.missing);
+        report.require_zero("duplicate occurrences", o.duplicates);
+        report.require_zero("tasks never dispatched", self.undispatched);
+        report.results = json!({
+            "window": {"first": self.first.to_rfc3339(), "last": self.last.to_rfc3339(), "seconds": seconds},
+            "occurrences": o.expected,
+            "tasks": o.tasks.len(),
+            "skipped": o.skipped(),
+            "skips": o.skips,
+            "missing": o.missing,
+            "duplicates": o.duplicates,
+            "undispatched": self.undispatched,
+            "repeated_dispatches": self.repeated_dispatches,
+            "created_minus_scheduled_ms": json_of(self.created),
+            "dispatched_minus_scheduled_ms": json_of(self.dispatched),
+        });
+        report.raw = self.raw.clone();
+    }
+}
