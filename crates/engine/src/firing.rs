@@ -38,7 +38,7 @@ impl Firing {
                         tracing::debug!(triggers, tasks, skips, "fired");
                     }
                     record_firing(&lateness, &skip_reasons);
-                    if triggers == self.batch_size {
+                    if triggers == self.batch_size && !shutdown.is_cancelled() {
                         continue;
                     }
                     self.until_next().await

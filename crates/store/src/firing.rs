@@ -134,6 +134,21 @@ pub(crate) async fn open_work(
 impl Store {
     /// Fires up to `limit` due triggers as leader `node` under `term`.
     pub async fn fire_due(&self, node: &str, term: i64, limit: i64) -> Result<Fired> {
+        // A plain read first: with nothing due, an idle leader takes no lock and writes nothing.
+        let due_now = sqlx::query_scalar!(
+            r#"select exists (select 1 from triggers where next_fire_at <= now() and not paused) as "due!""#
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        if !due_now {
+            return Ok(Fired::Done {
+                triggers: 0,
+                tasks: 0,
+                skips: 0,
+                lateness: vec![],
+                skip_reasons: vec![],
+            });
+        }
         let mut tx = self.pool.begin().await?;
         // Fencing: the share lock on the lease row lasts until commit, so no other node can take
         // the lease over meanwhile, and a stale term or an expired lease finds no row at all.

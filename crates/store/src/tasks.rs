@@ -145,6 +145,69 @@ pub enum ReportOutcome {
     Refused(TaskState),
 }
 
+/// A `tasks` row as the task queries select it.
+struct TaskRow {
+    id: Uuid,
+    job_name: String,
+    state: String,
+    origin: String,
+    idempotency_key: Option<String>,
+    payload: Value,
+    attempt: i32,
+    created_at: DateTime<Utc>,
+    due_at: DateTime<Utc>,
+    trigger_id: Option<Uuid>,
+    scheduled_at: Option<DateTime<Utc>>,
+    waits_for: Option<Uuid>,
+    started_at: Option<DateTime<Utc>>,
+    finished_at: Option<DateTime<Utc>>,
+    next_dispatch_at: Option<DateTime<Utc>>,
+    deadline_at: Option<DateTime<Utc>>,
+    timeout_at: DateTime<Utc>,
+    claimed_by: Option<String>,
+    progress: Option<Value>,
+    message: Option<String>,
+    result: Option<Value>,
+    last_error: Option<String>,
+    failure_reason: Option<String>,
+    updated_at: DateTime<Utc>,
+    overdue: bool,
+}
+
+impl TryFrom<TaskRow> for Task {
+    type Error = Error;
+
+    fn try_from(r: TaskRow) -> Result<Self> {
+        Ok(Task {
+            id: r.id.into(),
+            job_name: r.job_name,
+            state: r.state.parse().map_err(corrupt)?,
+            origin: r.origin,
+            idempotency_key: r.idempotency_key,
+            payload: r.payload,
+            attempt: r.attempt,
+            created_at: r.created_at,
+            due_at: r.due_at,
+            trigger_id: r.trigger_id,
+            scheduled_at: r.scheduled_at,
+            waits_for: r.waits_for.map(TaskId::from),
+            started_at: r.started_at,
+            finished_at: r.finished_at,
+            next_dispatch_at: r.next_dispatch_at,
+            deadline_at: r.deadline_at,
+            timeout_at: r.timeout_at,
+            claimed_by: r.claimed_by,
+            overdue: r.overdue,
+            progress: r.progress,
+            message: r.message,
+            result: r.result,
+            last_error: r.last_error,
+            failure_reason: r.failure_reason,
+            updated_at: r.updated_at,
+        })
+    }
+}
+
 impl Store {
     /// Creates a task for `job`, or finds the one that already has this idempotency key, under
     /// the job's overlap policy.
@@ -214,63 +277,28 @@ impl Store {
 
     /// The task with this id.
     pub async fn get_task(&self, id: TaskId) -> Result<Task> {
-        let filter = TaskFilter {
-            limit: 1,
-            ..TaskFilter::default()
-        };
-        self.select_tasks(Some(id), &filter)
+        sqlx::query_file_as!(TaskRow, "src/sql/select_task.sql", id.as_uuid())
+            .fetch_optional(&self.pool)
             .await?
-            .pop()
-            .ok_or(Error::NotFound("task"))
+            .ok_or(Error::NotFound("task"))?
+            .try_into()
     }
 
     /// Tasks matching `filter`, newest first.
     pub async fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<Task>> {
-        self.select_tasks(None, filter).await
-    }
-
-    async fn select_tasks(&self, id: Option<TaskId>, filter: &TaskFilter) -> Result<Vec<Task>> {
-        let rows = sqlx::query_file!(
+        sqlx::query_file_as!(
+            TaskRow,
             "src/sql/select_tasks.sql",
-            id.map(|id| id.as_uuid()),
             filter.job.as_deref(),
             filter.state.map(TaskState::as_str),
             filter.before.map(|id| id.as_uuid()),
             filter.limit,
         )
         .fetch_all(&self.pool)
-        .await?;
-        rows.into_iter()
-            .map(|r| {
-                Ok(Task {
-                    id: r.id.into(),
-                    job_name: r.job_name,
-                    state: r.state.parse().map_err(corrupt)?,
-                    origin: r.origin,
-                    idempotency_key: r.idempotency_key,
-                    payload: r.payload,
-                    attempt: r.attempt,
-                    created_at: r.created_at,
-                    due_at: r.due_at,
-                    trigger_id: r.trigger_id,
-                    scheduled_at: r.scheduled_at,
-                    waits_for: r.waits_for.map(TaskId::from),
-                    started_at: r.started_at,
-                    finished_at: r.finished_at,
-                    next_dispatch_at: r.next_dispatch_at,
-                    deadline_at: r.deadline_at,
-                    timeout_at: r.timeout_at,
-                    claimed_by: r.claimed_by,
-                    overdue: r.overdue,
-                    progress: r.progress,
-                    message: r.message,
-                    result: r.result,
-                    last_error: r.last_error,
-                    failure_reason: r.failure_reason,
-                    updated_at: r.updated_at,
-                })
-            })
-            .collect()
+        .await?
+        .into_iter()
+        .map(Task::try_from)
+        .collect()
     }
 
     /// The task's attempts in order.
