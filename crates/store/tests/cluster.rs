@@ -169,6 +169,12 @@ async fn a_fenced_term_fires_nothing_and_occurrences_are_never_doubled(pool: PgP
         .expect("held")
         .term;
     assert!(newer > term);
+    // Rewind the trigger so work is due: what stops the old term is the fence, not idleness.
+    sqlx::query("update triggers set next_fire_at = $1")
+        .bind(start)
+        .execute(&pool)
+        .await
+        .expect("rewind");
     let before = count(&pool, "select count(*) from tasks").await;
     assert_eq!(
         store.fire_due("a", term, 100).await.expect("stale"),
@@ -181,11 +187,6 @@ async fn a_fenced_term_fires_nothing_and_occurrences_are_never_doubled(pool: PgP
     assert_eq!(count(&pool, "select count(*) from tasks").await, before);
 
     // Even a replayed occurrence cannot make a second task: the unique key refuses it.
-    sqlx::query("update triggers set next_fire_at = $1")
-        .bind(start)
-        .execute(&pool)
-        .await
-        .expect("rewind");
     let Fired::Done { tasks: again, .. } = store.fire_due("b", newer, 100).await.expect("fire")
     else {
         panic!("the new leader fires");
