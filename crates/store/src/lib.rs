@@ -82,9 +82,13 @@ impl Store {
             .collect())
     }
 
-    /// Applies any migration not yet applied.
+    /// Applies any migration not yet applied. Migrations this release does not know (applied by
+    /// a newer one) are left alone, so nodes of the previous release keep starting during a
+    /// rolling upgrade and after a rollback.
     pub async fn migrate(&self) -> Result<()> {
-        MIGRATOR.run(&self.pool).await?;
+        let mut migrator = sqlx::migrate!("../../migrations");
+        migrator.set_ignore_missing(true);
+        migrator.run(&self.pool).await?;
         Ok(())
     }
 
