@@ -87,6 +87,18 @@ async fn every_second_triggers(
     .expect("the triggers are readable")
 }
 
+/// Share locks held on the lease row: a firing transaction is open.
+async fn lease_locks(db: &TestDb) -> i64 {
+    // `select … for share` holds a RowShareLock on the table until its transaction ends.
+    sqlx::query_scalar(
+        "select count(*) from pg_locks
+         where relation = 'leader_lease'::regclass and mode = 'RowShareLock' and granted",
+    )
+    .fetch_one(db.pool())
+    .await
+    .expect("the locks are readable")
+}
+
 /// The database clock.
 async fn db_now(db: &TestDb) -> DateTime<Utc> {
     sqlx::query_scalar("select now()")
@@ -95,11 +107,13 @@ async fn db_now(db: &TestDb) -> DateTime<Utc> {
         .expect("the database answers")
 }
 
-/// Lets time pass until `at` on the database clock.
-async fn sleep_until_db(db: &TestDb, at: DateTime<Utc>) {
-    if let Ok(left) = (at - db_now(db).await).to_std() {
-        tokio::time::sleep(left).await;
-    }
+/// Waits until the leader has fired every occurrence up to `seconds` whole seconds from now (on
+/// the database clock), and returns that second: time passes with the leader at work.
+async fn fire_on_for(db: &TestDb, seconds: i64) -> DateTime<Utc> {
+    let now = db_now(db).await;
+    let to = DateTime::from_timestamp(now.timestamp() + seconds, 0).expect("an instant");
+    wait_until_fired_through(db, to).await;
+    to
 }
 
 /// The last whole second that has fully passed on the database clock.
@@ -126,7 +140,9 @@ async fn current_leader(db: &TestDb) -> (String, i64) {
 /// Waits until the leader has fired every occurrence up to `to`: no trigger is due by then.
 async fn wait_until_fired_through(db: &TestDb, to: DateTime<Utc>) {
     let what = format!("every occurrence up to {to} to be fired");
-    wait_until(&what, SETTLE, || async {
+    // `to` may still lie ahead: the deadline counts from it.
+    let ahead = (to - db_now(db).await).to_std().unwrap_or_default();
+    wait_until(&what, ahead + SETTLE, || async {
         let behind: i64 =
             sqlx::query_scalar("select count(*) from triggers where next_fire_at <= $1")
                 .bind(to)
@@ -497,7 +513,7 @@ async fn every_occurrence_fires_exactly_once_while_leaders_are_killed_and_stoppe
         .enumerate()
     {
         // Let the leader of the moment fire for a while first.
-        tokio::time::sleep(Duration::from_secs(5)).await;
+        fire_on_for(&db, 5).await;
         let (holder, term) = current_leader(&db).await;
         let index = nodes
             .iter()
@@ -542,8 +558,7 @@ async fn every_occurrence_fires_exactly_once_while_leaders_are_killed_and_stoppe
     }
 
     // At least 30 s observed in all, then everything up to the last whole second is checked.
-    sleep_until_db(&db, from + chrono::TimeDelta::seconds(32)).await;
-    let to = last_whole_second(&db).await;
+    let to = from + chrono::TimeDelta::seconds(32);
     wait_until_fired_through(&db, to).await;
     let (tasks, skips) = assert_exactly_once(&db, triggers, from, to).await;
     assert_eq!(
@@ -638,9 +653,8 @@ async fn every_occurrence_fires_exactly_once_while_leaders_are_killed_and_stoppe
 
 /// Freezes `node` with SIGSTOP half-way between two whole seconds, while its firing loop sleeps,
 /// and returns when the signal was sent. Frozen inside a firing transaction, the node would keep
-/// its share lock on the lease row and no other node could take over until it is thawed (a
-/// liveness gap of the product, not the fencing this test checks); if that happens anyway it is
-/// thawed and frozen again half a second later.
+/// its share lock on the lease row until the server ends its idle session (a different path from
+/// the fencing this test checks); if that happens it is thawed and frozen again.
 async fn freeze_between_firing_passes(db: &TestDb, node: &PacerProcess) -> Instant {
     for _ in 0..5 {
         let millis: i64 = sqlx::query_scalar(
@@ -650,19 +664,14 @@ async fn freeze_between_firing_passes(db: &TestDb, node: &PacerProcess) -> Insta
         .await
         .expect("the database answers");
         let to_half = u64::try_from((1500 - millis) % 1000).expect("a positive remainder");
+        // Freeze at mid-second, between firing passes (which start on whole seconds).
         tokio::time::sleep(Duration::from_millis(to_half)).await;
         let sent = Instant::now();
         node.signal("STOP");
+        // Not a wait for an outcome: a statement the node sent just before it froze may still be
+        // on its way; the lock check below decides, and a wrong guess is retried.
         tokio::time::sleep(Duration::from_millis(100)).await;
-        // `select … for share` holds a RowShareLock on the table until its transaction ends.
-        let held: i64 = sqlx::query_scalar(
-            "select count(*) from pg_locks
-             where relation = 'leader_lease'::regclass and mode = 'RowShareLock' and granted",
-        )
-        .fetch_one(db.pool())
-        .await
-        .expect("the locks are readable");
-        if held == 0 {
+        if lease_locks(db).await == 0 {
             return sent;
         }
         eprintln!(
@@ -670,7 +679,12 @@ async fn freeze_between_firing_passes(db: &TestDb, node: &PacerProcess) -> Insta
             node.node_id()
         );
         node.signal("CONT");
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        wait_until(
+            "the thawed node to end its firing transaction",
+            SETTLE,
+            || async { (lease_locks(db).await == 0).then_some(()) },
+        )
+        .await;
     }
     panic!(
         "{} could not be frozen between firing passes",
@@ -770,8 +784,8 @@ async fn a_frozen_leader_writes_nothing_once_another_node_has_taken_over() {
     );
 
     // Fenced: nothing was written under the old term once the lease had passed to the successor,
-    // before or after the thaw.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // before or after the thaw, while the successor fires on.
+    fire_on_for(&db, 2).await;
     let after_thaw = written_by_old_term().await;
     assert_eq!(
         after_thaw, before_thaw,
@@ -905,9 +919,7 @@ async fn a_leader_that_shuts_down_resigns_and_its_follower_takes_over_at_once() 
     assert_eq!(entry(follower.node_id())["alive"], true, "{view:#}");
 
     // The follower fires on from where the stopped leader left off, exactly once.
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let to = last_whole_second(&db).await;
-    wait_until_fired_through(&db, to).await;
+    let to = fire_on_for(&db, 3).await;
     let (_, skips) = assert_exactly_once(&db, triggers, from, to).await;
     assert_eq!(skips, 0, "no occurrence came anywhere near the 60 s grace");
     assert_eq!(watch.assert_terms_increase(), [old_term, old_term + 1]);
