@@ -24,7 +24,6 @@ impl Heartbeat {
         let mut ticks = tokio::time::interval(self.interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_beat = tokio::time::Instant::now();
-        metrics::gauge!("pacer_leader").set(0.0);
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => break,

@@ -57,6 +57,7 @@ impl Leader {
         let trust = ttl - ttl / 6;
         let ttl_ms = self.config.lease_ttl.as_millis();
         let mut wakeups = Wakeups::new(self.store.clone(), &[LEADER_CHANNEL]);
+        metrics::gauge!("pacer_leader").set(0.0);
         let mut tenure: Option<Tenure> = None;
         let mut next_try = Instant::now();
         loop {

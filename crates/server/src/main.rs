@@ -93,12 +93,7 @@ fn main() -> ExitCode {
                 }
             };
         }
-        Command::Dev => {
-            if let Err(error) = security::add_dev_keys(&mut config) {
-                eprintln!("pacer: {error:#}");
-                return ExitCode::from(2);
-            }
-        }
+        Command::Dev => security::add_dev_keys(&mut config),
         Command::Serve | Command::Migrate => {}
     }
     let security = match &cli.command {

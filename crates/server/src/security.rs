@@ -123,12 +123,15 @@ pub(crate) fn build(config: &Config, http: reqwest::Client) -> anyhow::Result<Se
 }
 
 /// Gives a development configuration what it lacks: an HS256 issuer and a signing key, both
-/// random. Returns the issuer's secret.
-pub(crate) fn add_dev_keys(config: &mut Config) -> anyhow::Result<()> {
+/// random.
+pub(crate) fn add_dev_keys(config: &mut Config) {
     if config.auth.issuers.is_empty() {
-        let secret: String = (0..4)
-            .map(|_| uuid::Uuid::now_v7().simple().to_string())
-            .collect();
+        let mut bytes = [0u8; 32];
+        // The system generator only fails when the OS has no randomness; a fixed fallback would
+        // be worse than the process refusing to run.
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+            .expect("the operating system provides random numbers");
+        let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
         config.auth.issuers.push(IssuerSettings {
             issuer: "pacer".into(),
             audience: "pacer".into(),
@@ -148,7 +151,6 @@ pub(crate) fn add_dev_keys(config: &mut Config) -> anyhow::Result<()> {
             private_key_file: None,
         });
     }
-    Ok(())
 }
 
 #[derive(Serialize)]

@@ -6,11 +6,9 @@ use chrono::{DateTime, Utc};
 use pacer_domain::dispatch::Report;
 use pacer_domain::firing::Admission;
 use pacer_domain::{
-    FailureReason, JobSpec, OverlapPolicy, SkipReason, Span, TaskEvent, TaskId, TaskState,
-    Transition,
+    FailureReason, OverlapPolicy, SkipReason, Span, TaskEvent, TaskId, TaskState, Transition,
 };
 use serde_json::Value;
-use sqlx::types::Json;
 use uuid::Uuid;
 
 use crate::error::corrupt;
@@ -332,7 +330,7 @@ impl Store {
     ) -> Result<ReportOutcome> {
         let mut tx = self.pool.begin().await?;
         let row = sqlx::query!(
-            r#"select t.state, j.spec as "spec?: Json<JobSpec>"
+            r#"select t.state, j.spec ->> 'repoll_interval' as repoll_interval
                from tasks t left join jobs j on j.id = t.job_id
                where t.id = $1 for update of t"#,
             id.as_uuid()
@@ -373,11 +371,11 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         } else {
+            // Only the re-poll interval is needed, not the whole definition.
             let repoll = row
-                .spec
-                .map_or(pacer_domain::job::defaults::REPOLL_INTERVAL, |s| {
-                    s.0.repoll_interval
-                });
+                .repoll_interval
+                .and_then(|text| text.parse::<Span>().ok())
+                .unwrap_or(pacer_domain::job::defaults::REPOLL_INTERVAL);
             // While a dispatch holds the claim, `next_dispatch_at` is its lease and must stay.
             sqlx::query!(
                 "update tasks set state = $2,
