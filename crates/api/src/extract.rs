@@ -2,7 +2,8 @@
 //! path of the offending field), query strings, and ids in the path.
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::path::ErrorKind;
+use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::StatusCode;
 use axum::http::header::CONTENT_TYPE;
@@ -17,7 +18,7 @@ use crate::{AppState, Error};
 /// when `T` allows it (see [`JsonOrEmpty`]).
 pub(crate) struct Json<T>(pub(crate) T);
 
-/// Like [`Json`], but an empty body is the default value.
+/// Like [`Json`], but an empty body (or `null`) is the default value.
 pub(crate) struct JsonOrEmpty<T>(pub(crate) T);
 
 fn check_content_type(request: &Request) -> Result<(), Error> {
@@ -113,7 +114,8 @@ impl<T: DeserializeOwned + Default> FromRequest<AppState> for JsonOrEmpty<T> {
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(JsonOrEmpty(T::default()));
         }
-        parse_json(&bytes).map(JsonOrEmpty)
+        // `null` says as much as no body.
+        parse_json::<Option<T>>(&bytes).map(|value| JsonOrEmpty(value.unwrap_or_default()))
     }
 }
 
@@ -141,6 +143,29 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
                     error.into_inner().to_string(),
                 ))
             })
+    }
+}
+
+/// Path parameters. A segment that cannot be read (invalid UTF-8 once percent-decoded, say)
+/// becomes a 422 naming the parameter instead of axum's plain-text rejection.
+pub(crate) struct Path<T>(pub(crate) T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for Path<T> {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(value)) => Ok(Path(value)),
+            Err(PathRejection::FailedToDeserializePathParams(e)) => {
+                let field = match e.kind() {
+                    ErrorKind::InvalidUtf8InPathParam { key }
+                    | ErrorKind::ParseErrorAtKey { key, .. } => key.clone(),
+                    _ => "path".to_owned(),
+                };
+                Err(Error::field(&field, e.body_text()))
+            }
+            Err(other) => Err(Error::Internal(other.body_text().into())),
+        }
     }
 }
 

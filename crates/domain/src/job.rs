@@ -62,6 +62,7 @@ impl<'de> Deserialize<'de> for JobName {
 }
 
 /// Where a job's tasks are dispatched: an HTTP endpoint taking a `POST`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpTarget {
@@ -75,6 +76,7 @@ pub struct HttpTarget {
 /// How a dispatch proves it comes from Pacer. Secrets are named, never written here: their values
 /// live in Pacer's configuration.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum OutboundAuth {
     /// No credentials.
@@ -106,11 +108,13 @@ impl OutboundAuth {
 }
 
 /// A validated job definition, as stored and as returned by the API.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
     pub target: HttpTarget,
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub payload: Value,
     pub repoll_interval: Span,
     pub dispatch_timeout: Span,
@@ -126,11 +130,24 @@ pub struct JobSpec {
 }
 
 /// A job definition as a client writes it: everything but the target is optional.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", schema(example = json!({
+    "description": "Pull master data deltas",
+    "target": { "url": "http://registry:8080/sync/masterdata", "headers": { "X-Tenant": "a" },
+                "auth": { "kind": "jwt", "audience": "registry" } },
+    "payload": { "tables": ["centers"] },
+    "repoll_interval": "30s", "dispatch_timeout": "10s", "timeout": "2h", "deadline": "15m",
+    "retry": { "max_attempts": 10, "initial_backoff": "1s", "max_backoff": "5m", "multiplier": 2.0, "jitter": 0.2 },
+    "expect_callback": true, "overlap": "skip",
+    "labels": { "team": "registration" }
+})))]
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JobInput {
     pub description: Option<String>,
     pub target: HttpTarget,
+    /// A JSON object; a task's own payload is laid over it key by key.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     pub payload: Option<Value>,
     pub repoll_interval: Option<Span>,
     pub dispatch_timeout: Option<Span>,
@@ -143,6 +160,7 @@ pub struct JobInput {
 }
 
 /// A retry policy as a client writes it; omitted fields take the defaults.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetryInput {

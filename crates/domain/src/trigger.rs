@@ -9,6 +9,7 @@ use crate::schedule::{Schedule, ScheduleError};
 use crate::{Span, ValidationErrors};
 
 /// The schedule part of a trigger, as written.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ScheduleSpec {
@@ -30,6 +31,7 @@ fn utc() -> String {
 }
 
 /// The kinds of trigger.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TriggerKind {
@@ -40,6 +42,12 @@ pub enum TriggerKind {
 
 /// A trigger as a client writes it: `kind` says which of `expression` (with `timezone`),
 /// `every` or `at` it needs.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", schema(examples(
+    json!({ "kind": "cron", "expression": "0 */15 * * * *", "timezone": "Asia/Kolkata", "misfire": "fire_once" }),
+    json!({ "kind": "interval", "every": "1s", "start_at": "2026-12-01T00:00:00Z", "misfire": "catch_up" }),
+    json!({ "kind": "once", "at": "2026-12-01T09:00:00Z" }),
+)))]
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TriggerInput {
@@ -118,6 +126,7 @@ impl TriggerInput {
 }
 
 /// A validated trigger definition, as stored and returned.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TriggerSpec {
     #[serde(flatten)]
