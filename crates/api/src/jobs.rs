@@ -35,7 +35,10 @@ pub(crate) fn operator_routes() -> OpenApiRouter<AppState> {
 #[into_params(parameter_in = Path)]
 pub(crate) struct JobPath {
     /// The job's name: 1–64 letters, digits, `.`, `_` or `-`, starting with a letter or digit.
-    #[param(example = "master-data-sync")]
+    #[param(
+        example = "master-data-sync",
+        pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+    )]
     #[allow(dead_code)]
     name: String,
 }

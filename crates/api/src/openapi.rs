@@ -29,6 +29,7 @@ use axum::Router;
 use pacer_auth::Role;
 use pacer_domain::FieldError;
 use serde_json::{Value, json};
+use utoipa::openapi::link::LinkBuilder;
 use utoipa::openapi::path::{Operation, PathItem};
 use utoipa::openapi::response::{Response, ResponseBuilder};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
@@ -261,7 +262,85 @@ pub fn document() -> OpenApi {
         complete(item, Access::Public);
     }
     document.merge(metrics);
+    add_links(&mut document);
     document
+}
+
+/// `{name}` from a job in the response body.
+const JOB_NAME: &[(&str, &str)] = &[("name", "$response.body#/name")];
+/// `{name}` and `{id}` from a trigger in the response body.
+const TRIGGER: &[(&str, &str)] = &[
+    ("name", "$response.body#/job"),
+    ("id", "$response.body#/id"),
+];
+/// `{id}` from a task in the response body.
+const TASK_ID: &[(&str, &str)] = &[("id", "$response.body#/id")];
+
+/// Links from a response to the operations that take what it returns, as operation ids: the
+/// statuses of `from` that carry the resource, and the operations it leads to. They tell a reader
+/// (and schemathesis' stateful phase) how the resources chain.
+const LINKS: &[(&str, &[&str], &[(&str, &str)], &[&str])] = &[
+    (
+        "put_job",
+        &["200", "201"],
+        JOB_NAME,
+        &[
+            "get_job",
+            "delete_job",
+            "pause_job",
+            "resume_job",
+            "create_trigger",
+            "list_triggers",
+            "create_task",
+        ],
+    ),
+    (
+        "create_trigger",
+        &["201"],
+        TRIGGER,
+        &[
+            "get_trigger",
+            "replace_trigger",
+            "delete_trigger",
+            "pause_trigger",
+            "resume_trigger",
+            "preview_trigger",
+        ],
+    ),
+    (
+        "create_task",
+        &["200", "202"],
+        TASK_ID,
+        &["get_task", "cancel_task", "report_task"],
+    ),
+];
+
+fn add_links(document: &mut OpenApi) {
+    for (from, statuses, parameters, targets) in LINKS {
+        let operation = document
+            .paths
+            .paths
+            .values_mut()
+            .flat_map(operations)
+            .map(|(_, operation)| operation)
+            .find(|operation| operation.operation_id.as_deref() == Some(*from));
+        let Some(operation) = operation else { continue };
+        for status in *statuses {
+            let Some(RefOr::T(response)) = operation.responses.responses.get_mut(*status) else {
+                continue;
+            };
+            for target in *targets {
+                let link = parameters
+                    .iter()
+                    .fold(
+                        LinkBuilder::new().operation_id(*target),
+                        |link, (name, value)| link.parameter(*name, *value),
+                    )
+                    .build();
+                response.links.insert((*target).to_owned(), link.into());
+            }
+        }
+    }
 }
 
 /// The document as `pacer openapi` prints it and `openapi/openapi.json` holds it.

@@ -43,7 +43,10 @@ pub(crate) fn operator_routes() -> OpenApiRouter<AppState> {
 #[into_params(parameter_in = Path)]
 struct TriggerPath {
     /// The job's name.
-    #[param(example = "master-data-sync")]
+    #[param(
+        example = "master-data-sync",
+        pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+    )]
     #[allow(dead_code)]
     name: String,
     /// The trigger's id.

@@ -253,6 +253,37 @@ async fn odd_input_gets_a_problem(pool: PgPool) {
             Some("null"),
             StatusCode::ACCEPTED,
         ),
+        // PostgreSQL stores no NUL character: refused up front, not failed on at the insert.
+        (
+            Method::GET,
+            "/api/v1/skips?job=a%00b",
+            None,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            Method::GET,
+            "/api/v1/jobs?cursor=%00",
+            None,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            Method::PUT,
+            "/api/v1/jobs/sync",
+            Some(r#"{"target": {"url": "http://a"}, "description": "a\u0000b"}"#),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            Method::POST,
+            "/api/v1/jobs/sync/tasks",
+            Some(r#"{"payload": {"list": ["ok", "\u0000"]}}"#),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            Method::POST,
+            "/api/v1/jobs/sync/tasks",
+            Some(r#"{"payload": {"escaped": "\\u0000 is text"}}"#),
+            StatusCode::ACCEPTED,
+        ),
     ] {
         let reply = call(&router, method.clone(), uri, admin, body).await;
         assert_eq!(reply.status, status, "{method} {uri}: {:?}", reply.json());
@@ -264,4 +295,13 @@ async fn odd_input_gets_a_problem(pool: PgPool) {
             assert_eq!(reply.json()["status"], status.as_u16(), "{method} {uri}");
         }
     }
+    let reply = call(
+        &router,
+        Method::POST,
+        "/api/v1/jobs/sync/tasks",
+        admin,
+        Some(r#"{"payload": {"list": ["ok", "\u0000"]}}"#),
+    )
+    .await;
+    assert_eq!(reply.json()["errors"][0]["field"], "payload.list.1");
 }

@@ -66,6 +66,15 @@ impl<'de> Deserialize<'de> for JobName {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpTarget {
+    /// An `http` or `https` URL with a host, at most 2048 characters.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            max_length = 2048,
+            pattern = r"^https?://[^/?#\s]+([/?#]\S*)?$",
+            example = "http://registry:8080/sync/masterdata"
+        )
+    )]
     pub url: String,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, String>,
