@@ -18,7 +18,7 @@ use uuid::Uuid;
 use crate::audit;
 use crate::auth::Actor;
 use crate::error::Problem;
-use crate::extract::{Json, Path, Query};
+use crate::extract::{Json, Path, Query, limit};
 use crate::jobs::{JobPath, existing_name, not_found};
 use crate::views::{Page, PreviewView, TriggerView};
 use crate::{AppState, Error, Result};
@@ -147,34 +147,54 @@ async fn create_trigger(
         .into_response())
 }
 
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct ListTriggers {
+    /// Most triggers to return.
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 1000, default = 100)]
+    limit: Option<String>,
+    /// The `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
 /// List a job's triggers
 ///
-/// Every trigger of the job, on one page (`next_cursor` is always null).
+/// The job's triggers in id order, a page at a time: pass `next_cursor` back as `cursor` for the
+/// next page.
 #[utoipa::path(
     get,
     path = "/api/v1/jobs/{name}/triggers",
     tag = "triggers",
-    params(JobPath),
+    params(JobPath, ListTriggers),
     responses(
-        (status = 200, description = "The job's triggers.", body = Page<TriggerView>),
+        (status = 200, description = "A page of the job's triggers.", body = Page<TriggerView>),
         (status = 404, description = "No such job.", body = Problem),
     )
 )]
 async fn list_triggers(
     State(state): State<AppState>,
     Path(raw_name): Path<String>,
+    Query(query): Query<ListTriggers>,
 ) -> Result<JsonResponse<Page<TriggerView>>> {
+    let limit = limit(query.limit.as_deref(), 100)?;
+    let after = query
+        .cursor
+        .as_deref()
+        .map(|c| {
+            c.parse::<Uuid>()
+                .map_err(|_| Error::field("cursor", "not a cursor returned by this API"))
+        })
+        .transpose()?;
     let job = job(&state, &raw_name).await?;
-    let triggers: Vec<TriggerView> = state
-        .store
-        .list_triggers(&job)
-        .await?
-        .into_iter()
-        .map(TriggerView::from)
-        .collect();
+    let triggers = state.store.list_triggers_page(&job, after, limit).await?;
+    let full = i64::try_from(triggers.len()).unwrap_or(i64::MAX) == limit;
+    let next_cursor = full
+        .then(|| triggers.last().map(|t| t.id.to_string()))
+        .flatten();
     Ok(JsonResponse(Page {
-        items: triggers,
-        next_cursor: None,
+        items: triggers.into_iter().map(TriggerView::from).collect(),
+        next_cursor,
     }))
 }
 
