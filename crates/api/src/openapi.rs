@@ -266,6 +266,15 @@ pub fn document() -> OpenApi {
     document
 }
 
+/// Links of one operation: its id, the statuses whose body carries the resource, the target's
+/// parameters as runtime expressions, and the target operations.
+type Link = (
+    &'static str,
+    &'static [&'static str],
+    &'static [(&'static str, &'static str)],
+    &'static [&'static str],
+);
+
 /// `{name}` from a job in the response body.
 const JOB_NAME: &[(&str, &str)] = &[("name", "$response.body#/name")];
 /// `{name}` and `{id}` from a trigger in the response body.
@@ -279,7 +288,7 @@ const TASK_ID: &[(&str, &str)] = &[("id", "$response.body#/id")];
 /// Links from a response to the operations that take what it returns, as operation ids: the
 /// statuses of `from` that carry the resource, and the operations it leads to. They tell a reader
 /// (and schemathesis' stateful phase) how the resources chain.
-const LINKS: &[(&str, &[&str], &[(&str, &str)], &[&str])] = &[
+const LINKS: &[Link] = &[
     (
         "put_job",
         &["200", "201"],
