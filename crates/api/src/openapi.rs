@@ -35,7 +35,7 @@ use utoipa::openapi::response::{Response, ResponseBuilder};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{Components, ContentBuilder, HeaderBuilder, OpenApi, Ref, RefOr, schema};
 use utoipa::{Modify, OpenApi as _};
-use utoipa_swagger_ui::SwaggerUi;
+use utoipa_swagger_ui::{Config, SwaggerUi};
 
 use crate::AppState;
 use crate::error::Problem;
@@ -363,8 +363,11 @@ pub fn document_json() -> String {
 
 /// The document at [`DOCUMENT_PATH`] and the Swagger UI at [`DOCS_PATH`], both without a token.
 pub(crate) fn routes(document: OpenApi) -> Router<AppState> {
+    // No validator badge: it would send the document to swagger.io from the reader's browser.
+    let config = Config::new([DOCUMENT_PATH]).validator_url("none");
     SwaggerUi::new(DOCS_PATH)
         .url(DOCUMENT_PATH, document)
+        .config(config)
         .into()
 }
 

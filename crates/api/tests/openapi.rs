@@ -137,6 +137,10 @@ async fn the_docs_ui_is_served_from_the_binary(pool: PgPool) {
     assert_eq!(initializer.status, StatusCode::OK);
     let script = String::from_utf8_lossy(&initializer.body);
     assert!(script.contains("/api/openapi.json"), "{script}");
+    assert!(
+        script.contains(r#""validatorUrl": "none""#),
+        "the UI would send the document to an online validator: {script}"
+    );
 }
 
 /// Every operation is reachable at its documented path and method, refuses a call without a
