@@ -17,7 +17,14 @@
 //!    same path go in one `routes!`) in an `OpenApiRouter` of its module, and merge that router
 //!    into the group of its role in `groups()` in lib.rs. A route added with a plain `.route(...)`
 //!    is served but missing from the document, so don't.
-//! 4. Run `cargo run -- openapi --output openapi/openapi.json` and commit the result.
+//! 4. Run `cargo run -- openapi --output openapi/openapi.json` and commit the result, then
+//!    `scripts/schemathesis` (with `--include-path-regex` to fuzz just the new routes).
+//!
+//! A response that is not JSON names its media type (`content_type = "text/event-stream"` for
+//! server-sent events). schemathesis reads at most 20 events of a stream and otherwise waits up
+//! to its request timeout, so give a stream a short per-operation `request-timeout` in the
+//! configuration `scripts/schemathesis` writes. A route that creates or returns a resource other
+//! routes take by id gets an entry in `LINKS` below.
 //!
 //! What every operation shares is added here, from its group and its shape, so handlers don't
 //! repeat it: the security requirement and the role note (from the group), `401`/`403` (routes
@@ -26,6 +33,7 @@
 //! is `application/problem+json` with the [`Problem`] schema.
 
 use axum::Router;
+use axum::response::IntoResponse;
 use pacer_auth::Role;
 use pacer_domain::FieldError;
 use serde_json::{Value, json};
@@ -365,10 +373,20 @@ pub fn document_json() -> String {
 pub(crate) fn routes(document: OpenApi) -> Router<AppState> {
     // No validator badge: it would send the document to swagger.io from the reader's browser.
     let config = Config::new([DOCUMENT_PATH]).validator_url("none");
-    SwaggerUi::new(DOCS_PATH)
+    let docs: Router<AppState> = SwaggerUi::new(DOCS_PATH)
         .url(DOCUMENT_PATH, document)
         .config(config)
-        .into()
+        .into();
+    // An unknown file under /docs is a 404 like any other: a problem, not an empty body.
+    docs.layer(axum::middleware::map_response(
+        |response: axum::response::Response| async move {
+            if response.status() == axum::http::StatusCode::NOT_FOUND {
+                crate::Error::RouteNotFound.into_response()
+            } else {
+                response
+            }
+        },
+    ))
 }
 
 fn operations(item: &mut PathItem) -> impl Iterator<Item = (&'static str, &mut Operation)> {

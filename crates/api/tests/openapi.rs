@@ -137,6 +137,9 @@ async fn the_docs_ui_is_served_from_the_binary(pool: PgPool) {
     assert_eq!(initializer.status, StatusCode::OK);
     let script = String::from_utf8_lossy(&initializer.body);
     assert!(script.contains("/api/openapi.json"), "{script}");
+    let missing = call(&router, Method::GET, "/docs/no-such-asset.js", None, None).await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    assert_eq!(missing.content_type, "application/problem+json");
     assert!(
         script.contains(r#""validatorUrl": "none""#),
         "the UI would send the document to an online validator: {script}"
