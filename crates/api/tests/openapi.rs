@@ -70,6 +70,33 @@ async fn call(
     }
 }
 
+/// Only the status of an authorized call: the body is never read, so a stream does not hold the
+/// test up.
+async fn status(
+    router: &Router,
+    method: Method,
+    uri: &str,
+    token: &str,
+    body: Option<&str>,
+) -> StatusCode {
+    let mut request = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header(header::AUTHORIZATION, format!("Bearer {token}"));
+    if body.is_some() {
+        request = request.header(header::CONTENT_TYPE, "application/json");
+    }
+    let request = request
+        .body(body.map_or_else(Body::empty, |b| Body::from(b.to_owned())))
+        .expect("request");
+    router
+        .clone()
+        .oneshot(request)
+        .await
+        .expect("response")
+        .status()
+}
+
 #[sqlx::test(migrator = "pacer_store::MIGRATOR")]
 async fn the_served_document_is_the_generated_one_and_the_committed_one(pool: PgPool) {
     let router = router(pool);
@@ -182,14 +209,13 @@ async fn every_documented_operation_is_served_with_the_documented_security(pool:
                 assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{method} {path}");
                 assert_eq!(reply.content_type, "application/problem+json");
                 let admin = support::token(&["admin"]);
-                let reply = call(&router, method.clone(), &uri, Some(&admin), body).await;
+                let status = status(&router, method.clone(), &uri, &admin, body).await;
                 assert!(
                     operation["responses"]
                         .as_object()
                         .expect("responses")
-                        .contains_key(reply.status.as_str()),
-                    "{method} {path} with a token answered an undocumented {}",
-                    reply.status
+                        .contains_key(status.as_str()),
+                    "{method} {path} with a token answered an undocumented {status}"
                 );
             } else {
                 assert_ne!(reply.status, StatusCode::UNAUTHORIZED, "{method} {path}");
