@@ -9,7 +9,9 @@
 //!    and query parameters (`params(...)`; a query struct derives `IntoParams`), its
 //!    `request_body`, its success responses with their bodies and headers, and the errors that are
 //!    its own (`404` for what it looks up, `409` for a conflict), each with `body = Problem`.
-//!    Write the doc comment as the operation's summary (first line) and description.
+//!    Write the doc comment as the operation's summary (first line) and description. Take input
+//!    through `crate::extract` (`Json`, `JsonOrEmpty`, `Query`, `Path`), whose rejections are
+//!    problems, never axum's own extractors (plain-text rejections).
 //! 2. Give every type that appears in a body a schema: `#[derive(utoipa::ToSchema)]` with an
 //!    `example` in the shapes of DESIGN §12 (domain types derive it behind pacer-domain's `openapi`
 //!    feature, see `#[cfg_attr(feature = "openapi", ...)]` there).
@@ -29,8 +31,8 @@
 //! What every operation shares is added here, from its group and its shape, so handlers don't
 //! repeat it: the security requirement and the role note (from the group), `401`/`403` (routes
 //! behind a token), `429` (writes behind a token), `400`/`413`/`415` (a request body), `422`
-//! (a body or any parameter), and `500`/`503` (everything). Every response of status 400 or more
-//! is `application/problem+json` with the [`Problem`] schema.
+//! (a body or any parameter), and `500`/`503` (everything). A response of status 400 or more with
+//! `body = Problem` is documented as `application/problem+json`.
 
 use axum::Router;
 use axum::response::IntoResponse;
