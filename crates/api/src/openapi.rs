@@ -20,7 +20,8 @@
 //!    into the group of its role in `groups()` in lib.rs. A route added with a plain `.route(...)`
 //!    is served but missing from the document, so don't.
 //! 4. Run `cargo run -- openapi --output openapi/openapi.json` and commit the result, then
-//!    `scripts/schemathesis` (with `--include-path-regex` to fuzz just the new routes).
+//!    `scripts/schemathesis` (`--include-path-regex … --phases examples,coverage,fuzzing`
+//!    fuzzes just the new routes).
 //!
 //! A response that is not JSON names its media type (`content_type = "text/event-stream"` for
 //! server-sent events). schemathesis reads at most 20 events of a stream and otherwise waits up

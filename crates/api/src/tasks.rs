@@ -49,6 +49,16 @@ struct TaskPath {
     id: Uuid,
 }
 
+/// The `Idempotency-Key` header of task creation.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Header)]
+struct IdempotencyHeader {
+    /// Same as `idempotency_key` in the body; when both are sent they must be equal.
+    #[param(rename = "Idempotency-Key", value_type = String, required = false, min_length = 1, max_length = 255, pattern = r"^[ -~]+$")]
+    #[allow(dead_code)]
+    idempotency_key: Option<String>,
+}
+
 /// A new task; every field is optional, and so is the body.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -76,10 +86,7 @@ struct CreateTaskRequest {
     post,
     path = "/api/v1/jobs/{name}/tasks",
     tag = "tasks",
-    params(
-        JobPath,
-        ("Idempotency-Key" = Option<String>, Header, description = "Same as `idempotency_key` in the body; when both are sent they must be equal."),
-    ),
+    params(JobPath, IdempotencyHeader),
     request_body(content = Option<CreateTaskRequest>, description = "Optional: an empty body creates a task with the job's payload."),
     responses(
         (status = 200, description = "A task with this idempotency key already exists; it is returned unchanged.", body = TaskView,
