@@ -39,6 +39,10 @@ pub struct Leader {
     pub config: LeaderConfig,
 }
 
+/// How long after the holder's lease runs out a follower campaigns: enough for the expiry to
+/// have passed on the database clock, too little to matter for failover.
+const EXPIRY_SLACK: Duration = Duration::from_millis(25);
+
 /// This node's current tenure.
 struct Tenure {
     term: i64,
@@ -95,6 +99,14 @@ impl Leader {
                             if tenure.is_some() {
                                 tracing::warn!("another node holds the lease; stepping down");
                                 step_down(tenure.take()).await;
+                            }
+                            // Campaign again the moment the holder's lease runs out when that is
+                            // sooner than the next period, so a crashed leader is replaced at its
+                            // lease's expiry, not up to a period later.
+                            if let Ok(remaining) = self.store.lease_remaining().await
+                                && remaining < renew_every
+                            {
+                                next_try = Instant::now() + remaining + EXPIRY_SLACK;
                             }
                         }
                         Err(error) => {

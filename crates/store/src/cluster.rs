@@ -143,6 +143,17 @@ impl Store {
         .await?)
     }
 
+    /// How long the lease has left on the database clock: zero when it is free or expired.
+    pub async fn lease_remaining(&self) -> Result<std::time::Duration> {
+        let ms = sqlx::query_scalar!(
+            r#"select greatest(0, ceil(extract(epoch from expires_at - clock_timestamp()) * 1000))::bigint as "ms!"
+               from leader_lease where id"#
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(std::time::Duration::from_millis(ms.max(0).unsigned_abs()))
+    }
+
     /// True while the scheduler is in standby (no trigger fires).
     pub async fn scheduler_paused(&self) -> Result<bool> {
         Ok(
