@@ -12,7 +12,6 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, LogFormat};
 
@@ -36,7 +35,11 @@ enum Command {
     /// with a demo downstream, and prints how to try it.
     Dev,
     /// Apply the database migrations and exit.
-    Migrate,
+    Migrate {
+        /// How long to wait for an unreachable database before giving up, like `2m`.
+        #[arg(long, default_value = "2m")]
+        wait: pacer_domain::Span,
+    },
     /// Mint a token with the configured HS256 secret, for development and scripts.
     Token {
         /// A role to grant (upstream, downstream, operator, admin); repeat for several.
@@ -94,7 +97,7 @@ fn main() -> ExitCode {
             };
         }
         Command::Dev => security::add_dev_keys(&mut config),
-        Command::Serve | Command::Migrate => {}
+        Command::Serve | Command::Migrate { .. } => {}
     }
     let security = match &cli.command {
         Command::Serve | Command::Dev => {
@@ -140,9 +143,17 @@ fn main() -> ExitCode {
                 dev::run(config, security.context("security was not configured")?).await
             }
             Command::Token { .. } | Command::Keygen => Ok(()),
-            Command::Migrate => {
+            Command::Migrate { wait } => {
                 let store = node::connect(&config)?;
-                node::migrate(&store, &CancellationToken::new()).await?;
+                let give_up = node::shutdown_on_signals()?;
+                let timer = give_up.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(wait.as_duration()).await;
+                    timer.cancel();
+                });
+                node::migrate(&store, &give_up).await.with_context(|| {
+                    format!("gave up waiting for the database (--wait {wait}, or a signal)")
+                })?;
                 tracing::info!("migrations applied");
                 Ok(())
             }

@@ -223,3 +223,27 @@ fn token_mints_a_verifiable_token_and_keygen_prints_a_key() {
             && pem.trim_end().ends_with("-----END PRIVATE KEY-----")
     );
 }
+
+#[test]
+fn migrate_gives_up_on_an_unreachable_database_after_its_wait() {
+    // Nothing listens on port 1: the database stays unreachable.
+    let started = std::time::Instant::now();
+    let output = pacer(
+        &["migrate", "--wait", "1s"],
+        &[(
+            "PACER_DATABASE_URL",
+            "postgres://postgres@127.0.0.1:1/pacer",
+        )],
+    );
+    assert!(!output.status.success(), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("gave up waiting for the database (--wait 1s"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "gave up after {:?}",
+        started.elapsed()
+    );
+}
