@@ -350,6 +350,19 @@ async fn a_killed_node_is_reported_lost_and_a_stopped_one_is_not() {
     stopped.terminate();
     stopped.wait_exit(SETTLE).await;
     let mut killed = PacerProcess::start_with(db.url(), settings("node-c")).await;
+    // Killed only once it has heartbeat: a node the cluster never saw cannot be lost.
+    wait_until("node-c to heartbeat", SETTLE, || async {
+        let cluster = api.request(Method::GET, "/api/v1/cluster", None, &[]).await;
+        let nodes = cluster.body["nodes"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        nodes
+            .iter()
+            .any(|n| n["id"] == "node-c" && n["alive"] == true)
+            .then_some(())
+    })
+    .await;
     killed.kill();
 
     let lost = wait_for_alerts(&api, "kind=node_lost", 1).await;
