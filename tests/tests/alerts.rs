@@ -72,9 +72,16 @@ fn signature_is_valid(header: &str, body: &[u8]) -> bool {
 async fn an_overdue_task_opens_one_alert_with_one_delivery_and_a_late_completion_resolves_it() {
     let db = TestDb::create().await;
     let sink = FakeDownstream::start(|_| Reply::status(204)).await;
+    let watchers = FakeDownstream::start(|_| Reply::status(200)).await;
     // The downstream takes the task and never calls back.
     let downstream = FakeDownstream::start(|_| Reply::accept()).await;
-    let node = PacerProcess::start_with(db.url(), with_sink("node-a", &sink.url("/hooks"))).await;
+    let sinks = format!(
+        r#"[{{name="ops", url="{}", secret="sink_secret"}}, {{name="watchers", kind="slack", url="{}", all_alerts=false}}]"#,
+        sink.url("/hooks"),
+        watchers.url("/slack"),
+    );
+    let settings = with_sink("node-a", "").env("PACER_ALERTS__SINKS", &sinks);
+    let node = PacerProcess::start_with(db.url(), settings).await;
     let api = node.api();
     api.put_job(
         "nightly",
@@ -82,7 +89,11 @@ async fn an_overdue_task_opens_one_alert_with_one_delivery_and_a_late_completion
             "target": { "url": downstream.url("/run") },
             "deadline": "1s",
             "repoll_interval": "1m",
-            "alerts": { "on_overdue": ["ops"], "severity": { "overdue": "critical" } },
+            "alerts": {
+                "on_overdue": ["ops"],
+                "on_success": ["watchers"],
+                "severity": { "overdue": "critical" },
+            },
         }),
     )
     .await;
@@ -124,10 +135,29 @@ async fn an_overdue_task_opens_one_alert_with_one_delivery_and_a_late_completion
         "{signature}"
     );
 
-    // The task carries on and completes late: the alert resolves itself.
-    api.callback(&id, &json!({ "status": "completed" }))
-        .await
-        .expect_status(200);
+    // The task carries on and completes late: the alert resolves itself, and the job's
+    // watchers hear about the completion in one line.
+    api.callback(
+        &id,
+        &json!({ "status": "completed", "message": "synced 42 records" }),
+    )
+    .await
+    .expect_status(200);
+    let told = wait_until(
+        "the success notice at the watchers' sink",
+        SETTLE,
+        || async {
+            let received = watchers.requests();
+            (!received.is_empty()).then_some(received)
+        },
+    )
+    .await;
+    assert_eq!(told.len(), 1, "{told:#?}");
+    assert_eq!(told[0].header("pacer-event"), Some("task.completed"));
+    assert_eq!(
+        told[0].body,
+        json!({ "text": format!("job nightly: task {id} completed: synced 42 records") })
+    );
     let alert_uri = format!("/api/v1/alerts/{}", alert["id"].as_str().expect("id"));
     let resolved = wait_until("the overdue alert to resolve", SETTLE, || async {
         let detail = api.request(Method::GET, &alert_uri, None, &[]).await;
@@ -146,6 +176,99 @@ async fn an_overdue_task_opens_one_alert_with_one_delivery_and_a_late_completion
         1,
         "no second alert"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeats_count_into_the_open_alert_and_notify_again_only_after_the_interval_until_acked() {
+    let db = TestDb::create().await;
+    let sink = FakeDownstream::start(|_| Reply::status(204)).await;
+    let downstream = FakeDownstream::start(|_| Reply::accept()).await;
+    let settings =
+        with_sink("node-a", &sink.url("/hooks")).env("PACER_ALERTS__RENOTIFY_INTERVAL", "2s");
+    let node = PacerProcess::start_with(db.url(), settings).await;
+    let api = node.api();
+    api.put_job(
+        "single",
+        &json!({ "target": { "url": downstream.url("/run") }, "overlap": "skip" }),
+    )
+    .await;
+    api.create_task_id("single", &json!({})).await;
+    // Each further request is skipped by the overlap policy while the first task is open.
+    let skip = || async {
+        api.create_task("single", &json!({}))
+            .await
+            .expect_problem(409);
+    };
+    skip().await;
+    let opened = wait_for_alerts(&api, "kind=missed&job=single", 1).await;
+    assert_eq!(
+        opened[0]["subject"],
+        json!({ "task": null, "job": "single" })
+    );
+    assert_eq!(opened[0]["severity"], "warning");
+    let alert_uri = format!("/api/v1/alerts/{}", opened[0]["id"].as_str().expect("id"));
+    let events = || {
+        sink.requests()
+            .iter()
+            .map(|r| r.header("pacer-event").unwrap_or_default().to_owned())
+            .collect::<Vec<_>>()
+    };
+    wait_until("the first notification", SETTLE, || async {
+        (events() == ["alert.opened"]).then_some(())
+    })
+    .await;
+
+    // Repeats count into the same alert; once the interval has passed, one of them notifies.
+    wait_until("a re-notification", SETTLE, || async {
+        skip().await;
+        events()
+            .contains(&"alert.renotified".to_owned())
+            .then_some(())
+    })
+    .await;
+    let before = api.request(Method::GET, &alert_uri, None, &[]).await.body;
+    assert!(
+        before["count"].as_i64().is_some_and(|c| c >= 2),
+        "{before:#}"
+    );
+    assert_eq!(
+        alerts(&api, "kind=missed").await.len(),
+        1,
+        "never a second alert"
+    );
+
+    // Acknowledged: repeats are still counted, but nobody is told again.
+    api.request(
+        Method::POST,
+        &format!("{alert_uri}/ack"),
+        Some(&json!({ "note": "on it" })),
+        &[],
+    )
+    .await
+    .expect_status(200);
+    let told = events().len();
+    let seen = before["count"].as_i64().unwrap_or_default();
+    let counted = wait_until("repeats after the acknowledgement", SETTLE, || async {
+        skip().await;
+        let alert = api.request(Method::GET, &alert_uri, None, &[]).await.body;
+        let count = alert["count"].as_i64().unwrap_or_default();
+        // Longer than the re-notify interval since the last notification.
+        let quiet = chrono::Utc::now() - timestamp(&alert["notified_at"]);
+        (count >= seen + 3 && quiet > chrono::Duration::seconds(3)).then_some(alert)
+    })
+    .await;
+    assert_eq!(counted["state"], "acked");
+    assert_eq!(events().len(), told, "no notification once acknowledged");
+    // Every skip is counted into the alert exactly once.
+    wait_until("every skip to be counted", SETTLE, || async {
+        let skips: i64 = sqlx::query_scalar("select count(*) from skipped_runs")
+            .fetch_one(db.pool())
+            .await
+            .expect("skips are countable");
+        let alert = api.request(Method::GET, &alert_uri, None, &[]).await.body;
+        (alert["count"].as_i64() == Some(skips)).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -446,7 +446,8 @@ impl Alerting {
             if *log {
                 tracing::warn!(
                     alert.id = %alert.id, alert.kind = %alert.kind, alert.severity = %alert.severity,
-                    job.name = alert.job_name.as_deref(), task.id = ?alert.task_id,
+                    job.name = alert.job_name.as_deref(),
+                    task.id = alert.task_id.map(tracing::field::display),
                     node.id = alert.node_id.as_deref(), summary = %alert.summary,
                     "alert opened"
                 );
