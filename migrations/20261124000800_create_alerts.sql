@@ -95,9 +95,12 @@ create index tasks_outcome_watch_idx on tasks (finished_at)
 alter table skipped_runs add column noticed boolean not null default true;
 alter table skipped_runs alter column noticed set default false;
 create index skipped_runs_watch_idx on skipped_runs (recorded_at) where not noticed;
--- Nodes: when the leader last raised `node_lost` for a node (cleared by nothing; a node that
--- heartbeats after it is alive again, and is lost again only by a newer silence).
+-- Nodes: when the leader last raised `node_lost` for a node. A node that heartbeats after it is
+-- alive again, and is lost again only by a newer silence. Nodes already long silent when alerting
+-- arrives are history, not news.
 alter table nodes add column lost_noticed_at timestamptz;
+update nodes set lost_noticed_at = now()
+where stopped_at is null and last_heartbeat_at < now() - interval '1 minute';
 
 -- Consecutive transient dispatch errors per job: written with the dispatch outcome, reset by a
 -- dispatch the downstream took. `noticed` is how many the alert evaluation has seen.

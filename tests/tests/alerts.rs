@@ -504,3 +504,91 @@ async fn a_killed_node_is_reported_lost_and_a_stopped_one_is_not() {
         "the log sink wrote it: {logged:#?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_is_missed_or_raised_twice_when_the_leader_is_killed() {
+    let db = TestDb::create().await;
+    let sink = FakeDownstream::start(|_| Reply::status(204)).await;
+    let refusing = FakeDownstream::start(|_| Reply::status(400)).await;
+    let settings = |id: &str| {
+        with_sink(id, &sink.url("/hooks"))
+            .env("PACER_CLUSTER__HEARTBEAT_INTERVAL", "300ms")
+            .env("PACER_CLUSTER__DEAD_AFTER", "2s")
+            .env("PACER_CLUSTER__LEASE_TTL", "2s")
+    };
+    let mut leader = PacerProcess::start_with(db.url(), settings("node-a")).await;
+    wait_until("node-a to lead", SETTLE, || async {
+        let cluster = leader
+            .api()
+            .request(Method::GET, "/api/v1/cluster", None, &[])
+            .await;
+        (cluster.body["leader"]["node"] == "node-a").then_some(())
+    })
+    .await;
+    let follower = PacerProcess::start_with(db.url(), settings("node-b")).await;
+    let api = follower.api();
+    api.put_job(
+        "strict",
+        &json!({ "target": { "url": refusing.url("/run") } }),
+    )
+    .await;
+
+    // Tasks fail on node-b before, while and after the leader dies.
+    let mut failed = Vec::new();
+    for round in 0..12 {
+        if round == 4 {
+            leader.kill();
+        }
+        let id = api.create_task_id("strict", &json!({})).await;
+        api.wait_for_state(&id, "failed", SETTLE).await;
+        failed.push(id);
+    }
+
+    let found = wait_for_alerts(&api, "kind=failed&limit=100", failed.len()).await;
+    let mut subjects: Vec<&str> = found
+        .iter()
+        .map(|a| a["subject"]["task"].as_str().expect("task"))
+        .collect();
+    subjects.sort_unstable();
+    let mut expected: Vec<&str> = failed.iter().map(String::as_str).collect();
+    expected.sort_unstable();
+    assert_eq!(subjects, expected, "exactly one alert per failed task");
+    assert!(found.iter().all(|a| a["count"] == 1), "{found:#?}");
+    wait_for_alerts(&api, "kind=node_lost", 1).await;
+
+    // One delivery per alert, each delivered once.
+    let per_alert: Vec<(String, i64, i64)> =
+        wait_until("every delivery to arrive", SETTLE, || async {
+            let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+                "select a.id::text, count(d.id), count(d.id) filter (where d.state = 'delivered')
+             from alerts a left join alert_deliveries d on d.alert_id = a.id
+             group by a.id",
+            )
+            .fetch_all(db.pool())
+            .await
+            .expect("deliveries are countable");
+            rows.iter()
+                .all(|(_, _, delivered)| *delivered == 1)
+                .then_some(rows)
+        })
+        .await;
+    assert!(
+        per_alert.iter().all(|(_, queued, _)| *queued == 1),
+        "{per_alert:?}"
+    );
+    let mut delivery_ids: Vec<String> = sink
+        .requests()
+        .iter()
+        .map(|r| r.header("pacer-delivery-id").unwrap_or_default().to_owned())
+        .collect();
+    let arrived = delivery_ids.len();
+    delivery_ids.sort();
+    delivery_ids.dedup();
+    // Only a delivery in flight on the killed node may arrive twice (same id); none is lost.
+    assert_eq!(
+        delivery_ids.len(),
+        per_alert.len(),
+        "every notification arrived"
+    );
+    assert!(arrived <= delivery_ids.len() + 1, "{arrived} requests");
+}
