@@ -60,6 +60,7 @@ const DOCUMENTED: &[(&str, Kind, &[&str])] = &[
     ("pacer_db_pool_connections", Kind::Gauge, &["state"]),
     ("pacer_db_pool_max_connections", Kind::Gauge, &[]),
     ("pacer_build_info", Kind::Gauge, &["version"]),
+    ("pacer_alerts_open", Kind::Gauge, &["kind"]),
 ];
 
 const OUTCOMES: &[&str] = &[
@@ -106,6 +107,17 @@ const ENUMERATED: &[(&str, &str, &[&str])] = &[
         &["applied", "unchanged", "refused"],
     ),
     ("pacer_tasks_open", "state", &["pending", "processing"]),
+    (
+        "pacer_alerts_open",
+        "kind",
+        &[
+            "overdue",
+            "failed",
+            "missed",
+            "dispatch_errors",
+            "node_lost",
+        ],
+    ),
     ("pacer_db_pool_connections", "state", &["idle", "in_use"]),
     ("pacer_http_requests_total", "method", METHODS),
     ("pacer_http_request_duration_seconds", "method", METHODS),

@@ -26,6 +26,8 @@ pub enum Error {
         state: TaskState,
         task: Box<TaskView>,
     },
+    #[error("alert {id} is resolved")]
+    AlertResolved { id: String },
     #[error("job {job} has open tasks")]
     JobHasOpenTasks { job: String },
     #[error("job {job} is paused")]
@@ -109,6 +111,11 @@ impl Error {
                 "Task already finished",
             ),
             Error::JobPaused { .. } => (StatusCode::CONFLICT, "/problems/job-paused", "Job paused"),
+            Error::AlertResolved { .. } => (
+                StatusCode::CONFLICT,
+                "/problems/alert-resolved",
+                "Alert already resolved",
+            ),
             Error::OverlapSkipped { .. } => (
                 StatusCode::CONFLICT,
                 "/problems/overlap-skipped",
@@ -163,6 +170,9 @@ impl Error {
                 format!("the task is already {state}; a finished task never changes")
             }
             Error::JobPaused { job } => format!("job {job} is paused; resume it to create tasks"),
+            Error::AlertResolved { id } => format!(
+                "alert {id} is resolved, which is final; a repeat of its problem opens a new alert"
+            ),
             Error::OverlapSkipped {
                 job,
                 reason,

@@ -1,6 +1,7 @@
 //! Pacer's REST API: the routers, their handlers and the problem+json errors they return.
 //! Handlers parse input into domain types first, so nothing invalid reaches the store.
 
+mod alerts;
 mod audit;
 mod auth;
 mod cluster;
@@ -69,6 +70,7 @@ pub struct AppState {
     auth: Auth,
     secrets: Arc<BTreeSet<String>>,
     request_timeout: Duration,
+    alert_sinks: Arc<BTreeSet<String>>,
 }
 
 impl AppState {
@@ -90,7 +92,16 @@ impl AppState {
             auth,
             secrets: Arc::new(config.secrets.clone()),
             request_timeout: config.request_timeout,
+            alert_sinks: Arc::new([pacer_domain::alert::LOG_SINK.to_owned()].into()),
         }
+    }
+
+    /// The alert sinks jobs may route to (their names), besides `log`.
+    pub fn with_alert_sinks(mut self, names: BTreeSet<String>) -> Self {
+        let mut names = names;
+        names.insert(pacer_domain::alert::LOG_SINK.to_owned());
+        self.alert_sinks = Arc::new(names);
+        self
     }
 
     /// Reports not ready once `shutdown` is cancelled, so load balancers stop sending new work
@@ -124,7 +135,8 @@ pub fn router(state: AppState) -> Router {
         .merge(jobs::operator_routes())
         .merge(tasks::operator_routes())
         .merge(triggers::operator_routes())
-        .merge(cluster::operator_routes());
+        .merge(cluster::operator_routes())
+        .merge(alerts::operator_routes());
     let callbacks = tasks::downstream_routes().route_layer(middleware::from_fn_with_state(
         state.clone(),
         auth::authorize_callback,

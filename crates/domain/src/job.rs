@@ -9,6 +9,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::alert::JobAlerts;
 use crate::firing::OverlapPolicy;
 use crate::{RetryPolicy, Span, ValidationErrors};
 
@@ -123,6 +124,9 @@ pub struct JobSpec {
     pub overlap: OverlapPolicy,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Where the job's alerts and success notices go; absent when it routes nothing.
+    #[serde(default, skip_serializing_if = "JobAlerts::is_empty")]
+    pub alerts: JobAlerts,
 }
 
 /// A job definition as a client writes it: everything but the target is optional.
@@ -140,6 +144,7 @@ pub struct JobInput {
     pub expect_callback: Option<bool>,
     pub overlap: Option<OverlapPolicy>,
     pub labels: Option<BTreeMap<String, String>>,
+    pub alerts: Option<JobAlerts>,
 }
 
 /// A retry policy as a client writes it; omitted fields take the defaults.
@@ -367,6 +372,8 @@ impl TryFrom<JobInput> for JobSpec {
         };
         let labels = input.labels.unwrap_or_default();
         check_labels(&mut errors, &labels);
+        let alerts = input.alerts.unwrap_or_default();
+        alerts.check(&mut errors);
         errors.into_result(JobSpec {
             description: input.description,
             target: input.target,
@@ -379,6 +386,7 @@ impl TryFrom<JobInput> for JobSpec {
             expect_callback: input.expect_callback.unwrap_or(true),
             overlap: input.overlap.unwrap_or_default(),
             labels,
+            alerts,
         })
     }
 }

@@ -1,6 +1,7 @@
 //! Pacer's domain: the types and rules of jobs, tasks and their lifecycle.
 //! Nothing here does I/O; the store persists these types and the engine acts on their decisions.
 
+pub mod alert;
 pub mod dispatch;
 pub mod firing;
 pub mod ids;
@@ -12,6 +13,7 @@ pub mod task;
 pub mod trigger;
 pub mod validation;
 
+pub use alert::{AlertKind, AlertState, JobAlerts, Severity};
 pub use dispatch::{
     AfterDispatch, DispatchOutcome, ResponseClass, after_dispatch, classify_status,
 };

@@ -1,9 +1,10 @@
 //! Leader election by the lease row. Every node tries to take or renew the lease every TTL/3; the
-//! holder runs the cluster-wide duties (firing, sweeping) under its term. It stops them the moment
+//! holder runs the cluster-wide duties (firing, sweeping, alerting) under its term. It stops them the moment
 //! a renewal fails, another node holds the lease, or its own monotonic clock says the lease might
 //! have lapsed (the trust window, shorter than the lease), whichever comes first. A clean
 //! shutdown resigns and notifies, so a follower takes over at once.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use pacer_domain::Span;
@@ -12,6 +13,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::alerting::{Alerting, AlertsConfig};
 use crate::firing::Firing;
 use crate::sweeper::Sweeper;
 use crate::wakeup::Wakeups;
@@ -31,6 +33,8 @@ pub struct LeaderConfig {
     pub firing_poll: Span,
     /// How often the sweep runs.
     pub sweep_interval: Span,
+    /// What the alert evaluation raises and where it sends it.
+    pub alerts: Arc<AlertsConfig>,
 }
 
 /// Runs for leadership until shut down.
@@ -153,6 +157,14 @@ impl Leader {
             interval: self.config.sweep_interval.as_duration(),
         };
         running.spawn(sweeper.run(duties.child_token()));
+        let alerting = Alerting {
+            store: self.store.clone(),
+            node_id: self.config.node_id.clone(),
+            term,
+            dead_after: self.config.dead_after,
+            config: self.config.alerts.clone(),
+        };
+        running.spawn(alerting.run(duties.child_token()));
         Tenure {
             term,
             trusted_until,

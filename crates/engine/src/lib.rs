@@ -1,6 +1,8 @@
 //! Pacer's background loops. Each loop is a value with `run(self, shutdown)`, spawned and
 //! supervised by the server; none spawns work it does not also wait for.
 
+mod alerting;
+mod delivery;
 pub mod dispatch;
 mod error;
 mod firing;
@@ -10,6 +12,8 @@ mod outbound;
 mod sweeper;
 mod wakeup;
 
+pub use alerting::{AlertEvent, AlertsConfig, SinkConfig, SinkKind, alert_changed, alert_json};
+pub use delivery::{DELIVERY_ID_HEADER, Deliverer, DeliveryConfig, EVENT_HEADER};
 pub use dispatch::{DispatchConfig, Dispatcher, Handoff};
 pub use error::{Error, Result};
 pub use heartbeat::Heartbeat;

@@ -8,7 +8,10 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::Router;
 use pacer_api::{ApiConfig, AppState, Auth, Handoff, RateLimiter};
-use pacer_engine::{DispatchConfig, Dispatcher, Heartbeat, Leader, LeaderConfig, Outbound};
+use pacer_engine::{
+    Deliverer, DeliveryConfig, DispatchConfig, Dispatcher, Heartbeat, Leader, LeaderConfig,
+    Outbound,
+};
 use pacer_store::Store;
 use secrecy::ExposeSecret;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -161,8 +164,10 @@ impl Node {
         };
         let outbound = Outbound::new(self.security.keyset.clone(), self.security.secrets.clone());
         let handoff = Handoff::new(permits.clone(), sender, settings.lease_margin);
+        let alerts = Arc::new(self.config.alerts.engine());
         let state = AppState::new(self.store.clone(), &self.node_id, Some(handoff), &api, auth)
-            .with_shutdown(shutdown.clone());
+            .with_shutdown(shutdown.clone())
+            .with_alert_sinks(alerts.sink_names());
         let metrics = self.metrics.clone();
         let scrape = axum::routing::get(move || {
             let metrics = metrics.clone();
@@ -241,6 +246,7 @@ impl Node {
                 firing_batch: cluster.firing_batch_size,
                 firing_poll: cluster.firing_poll_interval,
                 sweep_interval: cluster.sweep_interval,
+                alerts,
             },
         };
         let leader_shutdown = shutdown.child_token();
@@ -251,6 +257,36 @@ impl Node {
                     .run(leader_shutdown)
                     .await
                     .context("the leader loop failed"),
+            )
+        });
+
+        let settings_alerts = &self.config.alerts;
+        let deliverer = Deliverer {
+            config: DeliveryConfig {
+                node_id: self.node_id.clone(),
+                timeout: settings_alerts.delivery_timeout,
+                poll_interval: settings_alerts.delivery_poll_interval,
+                batch_size: 16,
+                backoff: pacer_domain::RetryPolicy {
+                    max_attempts: settings_alerts.delivery_max_attempts,
+                    initial_backoff: settings_alerts.delivery_initial_backoff,
+                    max_backoff: settings_alerts.delivery_max_backoff,
+                    multiplier: 2.0,
+                    jitter: 0.2,
+                },
+            },
+            store: self.store.clone(),
+            client: pacer_engine::http_client()?,
+            secrets: Arc::new(self.security.secrets.clone()),
+        };
+        let delivery_shutdown = shutdown.child_token();
+        parts.spawn(async move {
+            (
+                "alert deliveries",
+                deliverer
+                    .run(delivery_shutdown)
+                    .await
+                    .context("the alert delivery loop failed"),
             )
         });
 

@@ -154,4 +154,16 @@ fn describe() {
         "The database pool's size limit"
     );
     describe_gauge!("pacer_build_info", "The running version");
+    describe_gauge!(
+        "pacer_alerts_open",
+        "Open and acknowledged alerts by kind (exported by the leader)"
+    );
+    describe_counter!(
+        "pacer_alerts_raised_total",
+        "Alerts raised by the leader's evaluation, opened or repeated, by kind"
+    );
+    describe_counter!(
+        "pacer_alert_deliveries_total",
+        "Alert delivery attempts by sink kind and outcome (delivered, retry, failed, lost)"
+    );
 }

@@ -1,6 +1,7 @@
 //! Pacer's PostgreSQL store: every SQL statement Pacer runs lives here, checked at compile time.
 //! Times that matter (leases, due times, deadlines) are always taken from the database clock.
 
+mod alerts;
 mod audit;
 mod claims;
 mod cluster;
@@ -13,6 +14,11 @@ mod triggers;
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 
+pub use alerts::{
+    ALERTS_CHANNEL, Alert, AlertChange, AlertFilter, AlertTx, ClaimedDelivery, Delivery,
+    DeliveryAttempt, DeliveryOutcome, DeliveryState, NewAlert, NewDelivery, Raised, SkipNotice,
+    StreakNotice, TaskNotice,
+};
 pub use audit::{AuditEntry, NewAuditEntry};
 pub use claims::{ClaimedTask, Outcome, ReleasedClaim};
 pub use cluster::{LEADER_CHANNEL, Lease, Node, Tenure};
