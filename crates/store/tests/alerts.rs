@@ -297,3 +297,49 @@ async fn each_delivery_goes_to_one_claimer_and_every_attempt_is_recorded(pool: P
         [("delivered", 1, 1), ("failed", 2, 2), ("pending", 2, 1)]
     );
 }
+
+#[sqlx::test(migrator = "pacer_store::MIGRATOR")]
+async fn a_completed_task_needs_evaluation_only_when_its_job_has_success_watchers(pool: PgPool) {
+    let store = Store::new(pool.clone());
+    let mut noticed = Vec::new();
+    for (name, alerts) in [
+        ("plain", json!({})),
+        ("watched", json!({ "on_success": ["log"] })),
+    ] {
+        let input: JobInput = serde_json::from_value(json!({
+            "target": { "url": "http://downstream.invalid/run" },
+            "alerts": alerts,
+        }))
+        .expect("job input");
+        let spec = JobSpec::try_from(input).expect("valid job");
+        let job_name: JobName = name.parse().expect("name");
+        let job = store.put_job(&job_name, &spec).await.expect("put job").job;
+        let task = NewTask {
+            id: TaskId::new(),
+            origin: Origin::Api,
+            idempotency_key: None,
+            payload: json!({}),
+            not_before: None,
+            trace_context: None,
+        };
+        let CreatedTask::Created { id, .. } =
+            store.create_task(&job, task, None).await.expect("task")
+        else {
+            panic!("created");
+        };
+        let report: pacer_store::TaskReport =
+            serde_json::from_value(json!({ "status": "completed" })).expect("report");
+        store.report(id, &report).await.expect("report");
+        let seen: bool = sqlx::query_scalar("select outcome_noticed from tasks where id = $1")
+            .bind(id.as_uuid())
+            .fetch_one(&pool)
+            .await
+            .expect("row");
+        noticed.push(seen);
+    }
+    assert_eq!(
+        noticed,
+        [true, false],
+        "only the watched job's completion waits for the leader"
+    );
+}
