@@ -85,7 +85,9 @@ alter table tasks add column overdue_noticed_at timestamptz;
 create index tasks_deadline_watch_idx on tasks (deadline_at)
     where deadline_at is not null and overdue_noticed_at is null and next_dispatch_at is not null;
 -- Ended tasks whose outcome (failed, completed with errors, completed for `on_success`) has not
--- been evaluated. Rows that existed before alerting count as seen; open ones are watched.
+-- been evaluated. Rows that existed before alerting count as seen; open ones are watched. A task
+-- that completes for a job without `on_success` is marked seen by the statement completing it,
+-- so the happy path costs the leader nothing.
 alter table tasks add column outcome_noticed boolean not null default true;
 alter table tasks alter column outcome_noticed set default false;
 update tasks set outcome_noticed = false where next_dispatch_at is not null;

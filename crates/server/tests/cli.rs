@@ -85,6 +85,49 @@ fn bad_configuration_is_refused_with_exit_code_2_naming_the_setting() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+#[test]
+fn bad_alert_settings_are_refused_with_exit_code_2_naming_the_setting() {
+    let cases: [(&[(&str, &str)], &str); 5] = [
+        (
+            &[(
+                "PACER_ALERTS__SINKS",
+                r#"[{name="ops", kind="email", url="http://hooks.example"}]"#,
+            )],
+            "alerts.sinks[0].kind",
+        ),
+        (
+            &[(
+                "PACER_ALERTS__SINKS",
+                r#"[{name="ops", url="http://hooks.example", secret="nope"}]"#,
+            )],
+            "alerts.sinks[0].secret",
+        ),
+        (
+            &[(
+                "PACER_ALERTS__SINKS",
+                r#"[{name="log", url="http://hooks.example"}]"#,
+            )],
+            "alerts.sinks[0].name",
+        ),
+        (
+            &[("PACER_ALERTS__DISPATCH_ERRORS_THRESHOLD", "0")],
+            "alerts.dispatch_errors_threshold",
+        ),
+        (&[("PACER_ALERTS__SEVERITY__OVERDUE", "loud")], "severity"),
+    ];
+    for (env, setting) in cases {
+        let output = pacer(&["serve"], env);
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{env:?}: {}",
+            stderr(&output)
+        );
+        let message = stderr(&output).to_lowercase();
+        assert!(message.contains(setting), "{env:?}: {message}");
+    }
+}
+
 #[tokio::test]
 async fn migrate_applies_the_schema_and_is_repeatable() {
     let server = "postgres://postgres@127.0.0.1:5432";

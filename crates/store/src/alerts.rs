@@ -879,6 +879,12 @@ impl AlertTx {
         Ok(())
     }
 
+    /// Abandons the evaluation: nothing it marked, raised or queued is kept.
+    pub async fn rollback(self) -> Result<()> {
+        self.tx.rollback().await?;
+        Ok(())
+    }
+
     /// Commits the evaluation, waking the delivery loops when something was queued.
     pub async fn commit(mut self) -> Result<()> {
         if self.queued > 0 {

@@ -359,7 +359,9 @@ impl Store {
                      claim_token = null, claimed_by = null, claimed_at = null,
                      progress = coalesce($3, progress), message = coalesce($4, message),
                      result = coalesce($5, result), failure_reason = $6,
-                     last_heartbeat_at = now(), updated_at = now()
+                     last_heartbeat_at = now(), updated_at = now(),
+                     outcome_noticed = $2 = 'completed' and not exists (
+                         select 1 from jobs j where j.id = tasks.job_id and j.spec -> 'alerts' ? 'on_success')
                  where id = $1",
                 id.as_uuid(),
                 next.as_str(),

@@ -17,6 +17,9 @@ with updated as (
         progress = coalesce($8, progress),
         message = coalesce($9, message),
         result = coalesce($10, result),
+        -- A task completed for a job nobody watches for success needs no alert evaluation.
+        outcome_noticed = outcome_noticed or coalesce($3::text = 'completed' and not exists (
+            select 1 from jobs j where j.id = tasks.job_id and j.spec -> 'alerts' ? 'on_success'), false),
         claim_token = null,
         claimed_by = null,
         claimed_at = null,
