@@ -1,6 +1,7 @@
 //! Pacer's REST API: the routers, their handlers and the problem+json errors they return.
 //! Handlers parse input into domain types first, so nothing invalid reaches the store.
 
+mod actions;
 mod audit;
 mod auth;
 mod cluster;
@@ -123,6 +124,7 @@ pub fn router(state: AppState) -> Router {
     let operator = Router::new()
         .merge(jobs::operator_routes())
         .merge(tasks::operator_routes())
+        .merge(actions::operator_routes())
         .merge(triggers::operator_routes())
         .merge(cluster::operator_routes());
     let callbacks = tasks::downstream_routes().route_layer(middleware::from_fn_with_state(
