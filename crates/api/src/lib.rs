@@ -6,6 +6,7 @@ mod audit;
 mod auth;
 mod cluster;
 mod error;
+mod events;
 mod extract;
 mod health;
 mod jobs;
@@ -24,7 +25,7 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use pacer_domain::Span;
 use pacer_store::{ClaimedTask, Store};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
@@ -70,6 +71,7 @@ pub struct AppState {
     auth: Auth,
     secrets: Arc<BTreeSet<String>>,
     request_timeout: Duration,
+    event_wakeups: Option<watch::Receiver<u64>>,
 }
 
 impl AppState {
@@ -91,7 +93,15 @@ impl AppState {
             auth,
             secrets: Arc::new(config.secrets.clone()),
             request_timeout: config.request_timeout,
+            event_wakeups: None,
         }
+    }
+
+    /// Wakes event streams when the event log grows (a NOTIFY relay on `pacer_events`); without
+    /// it, streams poll.
+    pub fn with_event_wakeups(mut self, wakeups: watch::Receiver<u64>) -> Self {
+        self.event_wakeups = Some(wakeups);
+        self
     }
 
     /// Reports not ready once `shutdown` is cancelled, so load balancers stop sending new work
@@ -125,6 +135,7 @@ pub fn router(state: AppState) -> Router {
         .merge(jobs::operator_routes())
         .merge(tasks::operator_routes())
         .merge(actions::operator_routes())
+        .merge(events::operator_routes())
         .merge(triggers::operator_routes())
         .merge(cluster::operator_routes());
     let callbacks = tasks::downstream_routes().route_layer(middleware::from_fn_with_state(
