@@ -23,8 +23,9 @@ create index events_task_idx on events (task_id, id) where task_id is not null;
 create index events_at_idx on events using brin (at);
 
 -- Every state change of a task is recorded in the transaction that makes it, whichever code path
--- makes it (API, dispatcher, sweeper, firing), and wakes the event readers at commit. Identical
--- notifications within a transaction are folded into one by PostgreSQL.
+-- makes it (API, dispatcher, sweeper, firing). No NOTIFY: a notifying commit takes a cluster-wide
+-- lock, and the task cycle's commits must not queue on it; readers poll the log's tail instead,
+-- an index range scan that finds nothing when nothing happened.
 create function pacer_task_created_events() returns trigger language plpgsql as $$
 begin
     insert into events (kind, job_name, task_id, data)
@@ -32,7 +33,6 @@ begin
            jsonb_build_object('state', n.state, 'attempt', n.attempt, 'origin', n.origin)
     from inserted n
     order by n.id;
-    perform pg_notify('pacer_events', '');
     return null;
 end $$;
 
@@ -44,7 +44,6 @@ begin
                 'state', new.state, 'previous', old.state, 'attempt', new.attempt,
                 'origin', new.origin, 'message', new.message, 'failure_reason', new.failure_reason,
                 'last_error', new.last_error)));
-    perform pg_notify('pacer_events', '');
     return null;
 end $$;
 

@@ -25,7 +25,7 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use pacer_domain::Span;
 use pacer_store::{ClaimedTask, Store};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
@@ -71,7 +71,6 @@ pub struct AppState {
     auth: Auth,
     secrets: Arc<BTreeSet<String>>,
     request_timeout: Duration,
-    event_wakeups: Option<watch::Receiver<u64>>,
 }
 
 impl AppState {
@@ -93,15 +92,7 @@ impl AppState {
             auth,
             secrets: Arc::new(config.secrets.clone()),
             request_timeout: config.request_timeout,
-            event_wakeups: None,
         }
-    }
-
-    /// Wakes event streams when the event log grows (a NOTIFY relay on `pacer_events`); without
-    /// it, streams poll.
-    pub fn with_event_wakeups(mut self, wakeups: watch::Receiver<u64>) -> Self {
-        self.event_wakeups = Some(wakeups);
-        self
     }
 
     /// Reports not ready once `shutdown` is cancelled, so load balancers stop sending new work

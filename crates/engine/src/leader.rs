@@ -12,7 +12,9 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::events::{EventWebhook, WebhookConfig};
 use crate::firing::Firing;
+use crate::outbound::Outbound;
 use crate::sweeper::Sweeper;
 use crate::wakeup::Wakeups;
 use crate::{Error, Result};
@@ -31,12 +33,24 @@ pub struct LeaderConfig {
     pub firing_poll: Span,
     /// How often the sweep runs.
     pub sweep_interval: Span,
+    /// Events older than this are pruned from the event log.
+    pub event_retention: Span,
 }
 
 /// Runs for leadership until shut down.
 pub struct Leader {
     pub store: Store,
     pub config: LeaderConfig,
+    /// Pushes the event log to a webhook while this node leads, when configured.
+    pub webhook: Option<EventPush>,
+}
+
+/// What the event webhook duty needs.
+#[derive(Debug, Clone)]
+pub struct EventPush {
+    pub config: WebhookConfig,
+    pub client: reqwest::Client,
+    pub outbound: Outbound,
 }
 
 /// This node's current tenure.
@@ -139,8 +153,18 @@ impl Leader {
             store: self.store.clone(),
             dead_after: self.config.dead_after,
             interval: self.config.sweep_interval.as_duration(),
+            event_retention: self.config.event_retention,
         };
         running.spawn(sweeper.run(duties.child_token()));
+        if let Some(push) = &self.webhook {
+            let webhook = EventWebhook {
+                store: self.store.clone(),
+                client: push.client.clone(),
+                outbound: push.outbound.clone(),
+                config: push.config.clone(),
+            };
+            running.spawn(webhook.run(duties.child_token()));
+        }
         Tenure {
             term,
             trusted_until,

@@ -1,8 +1,10 @@
 //! Pacer's background loops. Each loop is a value with `run(self, shutdown)`, spawned and
 //! supervised by the server; none spawns work it does not also wait for.
 
+mod cancel;
 pub mod dispatch;
 mod error;
+mod events;
 mod firing;
 mod heartbeat;
 mod leader;
@@ -10,10 +12,12 @@ mod outbound;
 mod sweeper;
 mod wakeup;
 
+pub use cancel::CancelNotifier;
 pub use dispatch::{DispatchConfig, Dispatcher, Handoff};
 pub use error::{Error, Result};
+pub use events::WebhookConfig;
 pub use heartbeat::Heartbeat;
-pub use leader::{Leader, LeaderConfig};
+pub use leader::{EventPush, Leader, LeaderConfig};
 pub use outbound::Outbound;
 
 /// Builds the HTTP client Pacer makes outbound calls with: pooled, no redirects followed

@@ -8,7 +8,10 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::Router;
 use pacer_api::{ApiConfig, AppState, Auth, Handoff, RateLimiter};
-use pacer_engine::{DispatchConfig, Dispatcher, Heartbeat, Leader, LeaderConfig, Outbound};
+use pacer_engine::{
+    CancelNotifier, DispatchConfig, Dispatcher, EventPush, Heartbeat, Leader, LeaderConfig,
+    Outbound, WebhookConfig,
+};
 use pacer_store::Store;
 use secrecy::ExposeSecret;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -177,6 +180,22 @@ impl Node {
         let app = pacer_api::router(state)
             .merge(extra)
             .route("/metrics", scrape);
+        let client = pacer_engine::http_client()?;
+        let cancels = CancelNotifier {
+            store: self.store.clone(),
+            client: client.clone(),
+            outbound: outbound.clone(),
+        };
+        let webhook = self.config.events.webhook.as_ref().map(|w| EventPush {
+            config: WebhookConfig {
+                url: w.url.clone(),
+                batch_size: w.batch_size,
+                timeout: w.timeout.as_duration(),
+                auth: w.auth.clone(),
+            },
+            client: client.clone(),
+            outbound: outbound.clone(),
+        });
         let dispatcher = Dispatcher::new(
             DispatchConfig {
                 node_id: self.node_id.clone(),
@@ -188,7 +207,7 @@ impl Node {
                 max_response_bytes: 64 * 1024,
             },
             self.store.clone(),
-            pacer_engine::http_client()?,
+            client,
             outbound,
             permits,
             receiver,
@@ -232,8 +251,19 @@ impl Node {
                     .context("the heartbeat failed"),
             )
         });
+        let cancels_shutdown = shutdown.child_token();
+        parts.spawn(async move {
+            (
+                "cancel notifier",
+                cancels
+                    .run(cancels_shutdown)
+                    .await
+                    .context("the cancel notifier failed"),
+            )
+        });
         let leader = Leader {
             store: self.store.clone(),
+            webhook,
             config: LeaderConfig {
                 node_id: self.node_id.clone(),
                 lease_ttl: cluster.lease_ttl,
@@ -241,6 +271,7 @@ impl Node {
                 firing_batch: cluster.firing_batch_size,
                 firing_poll: cluster.firing_poll_interval,
                 sweep_interval: cluster.sweep_interval,
+                event_retention: self.config.events.retention,
             },
         };
         let leader_shutdown = shutdown.child_token();

@@ -110,13 +110,10 @@ impl Store {
                    from acquired a where a.new
                    returning id
                )
-               select a.term as "term!", a.new as "new!",
-                      (select count(*) from recorded r, lateral (select pg_notify($4, '')) n) as "events!"
-               from acquired a"#,
+               select a.term as "term!", a.new as "new!" from acquired a"#,
             node,
             ttl_ms,
             fresh,
-            crate::EVENTS_CHANNEL,
         )
         .fetch_optional(&self.pool)
         .await?;
@@ -141,11 +138,10 @@ impl Store {
                    returning id
                )
                select count(*) as "resigned!"
-               from resigned, lateral (select pg_notify($3, ''), pg_notify($4, '')) n"#,
+               from resigned, lateral (select pg_notify($3, '')) n"#,
             node,
             term,
             LEADER_CHANNEL,
-            crate::EVENTS_CHANNEL,
         )
         .fetch_one(&self.pool)
         .await?;

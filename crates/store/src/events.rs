@@ -12,9 +12,6 @@ use uuid::Uuid;
 
 use crate::{Result, Store};
 
-/// The channel notified at the commit of every transaction that appends an event.
-pub const EVENTS_CHANNEL: &str = "pacer_events";
-
 /// One recorded event.
 #[derive(Debug, Clone)]
 pub struct Event {
@@ -104,20 +101,17 @@ pub struct EventBatch {
     pub held_back: bool,
 }
 
-/// Appends an event inside the caller's transaction (or on its own); readers are woken at commit.
+/// Appends an event inside the caller's transaction (or on its own). Readers find it by polling
+/// the log's tail; nothing is notified, so an append adds no contention to the caller's commit.
 pub async fn append_event(conn: &mut sqlx::PgConnection, event: &NewEvent<'_>) -> Result<()> {
     sqlx::query!(
-        "with recorded as (
-             insert into events (kind, job_name, task_id, data) values ($1, $2, $3, $4) returning id
-         )
-         select pg_notify($5, '') from recorded",
+        "insert into events (kind, job_name, task_id, data) values ($1, $2, $3, $4)",
         event.kind,
         event.job_name,
         event.task_id.map(|id| id.as_uuid()),
         &event.data,
-        EVENTS_CHANNEL,
     )
-    .fetch_all(&mut *conn)
+    .execute(&mut *conn)
     .await?;
     Ok(())
 }

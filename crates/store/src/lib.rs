@@ -20,8 +20,7 @@ pub use claims::{ClaimedTask, Outcome, ReleasedClaim};
 pub use cluster::{LEADER_CHANNEL, Lease, Node, Tenure};
 pub use error::{Error, Result};
 pub use events::{
-    EVENTS_CHANNEL, Event, EventBatch, EventCursor, EventFilter, InvalidEventCursor, NewEvent,
-    append_event,
+    Event, EventBatch, EventCursor, EventFilter, InvalidEventCursor, NewEvent, append_event,
 };
 pub use firing::{Fired, Swept};
 pub use jobs::{DeletedJob, Job, PutJob};
