@@ -472,6 +472,21 @@ mod tests {
     }
 
     #[test]
+    fn a_cancel_url_may_name_the_task_and_must_be_an_http_url() {
+        let spec = parse(json!({ "target": {
+            "url": "http://svc/run", "cancel_url": "http://svc/runs/{task_id}" } }))
+        .expect("a placeholder is allowed");
+        assert_eq!(
+            spec.target.cancel_url.as_deref(),
+            Some("http://svc/runs/{task_id}")
+        );
+        let errors =
+            parse(json!({ "target": { "url": "http://svc/run", "cancel_url": "ftp://svc" } }))
+                .expect_err("not http");
+        assert_eq!(fields(&errors), ["target.cancel_url"]);
+    }
+
+    #[test]
     fn unknown_fields_are_refused() {
         let result: Result<JobInput, _> =
             serde_json::from_value(json!({ "target": { "url": "http://a" }, "colour": "red" }));
