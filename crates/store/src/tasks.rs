@@ -300,10 +300,13 @@ impl Store {
             }
             Admission::Wait => insert_task(&mut tx, job, task, None, open.running_task).await?,
             Admission::Replace => {
+                // A replaced task that reached its downstream is withdrawn there too: the cancel
+                // notifiers' poll finds the notice.
                 sqlx::query!(
                     "update tasks set state = 'cancelled', finished_at = now(), next_dispatch_at = null,
                          claim_token = null, claimed_by = null, claimed_at = null, waits_for = null,
-                         message = 'cancelled: replaced by a newer run (overlap policy replace)', updated_at = now()
+                         message = 'cancelled: replaced by a newer run (overlap policy replace)', updated_at = now(),
+                         cancel_notice_at = case when attempt > 0 then now() end
                      where job_id = $1 and state in ('pending', 'processing')",
                     job.id,
                 )
