@@ -30,6 +30,10 @@ pub enum Error {
     AlertResolved { id: String },
     #[error("job {job} has open tasks")]
     JobHasOpenTasks { job: String },
+    #[error("task {task} is still {state}")]
+    TaskOpen { task: TaskId, state: TaskState },
+    #[error("task {task} holds no claim")]
+    TaskNotClaimed { task: TaskId, state: TaskState },
     #[error("job {job} is paused")]
     JobPaused { job: String },
     #[error("job {job} already has an open task")]
@@ -126,6 +130,16 @@ impl Error {
                 "/problems/job-has-open-tasks",
                 "Job has open tasks",
             ),
+            Error::TaskOpen { .. } => (
+                StatusCode::CONFLICT,
+                "/problems/task-open",
+                "Task still open",
+            ),
+            Error::TaskNotClaimed { .. } => (
+                StatusCode::CONFLICT,
+                "/problems/task-not-claimed",
+                "Task not claimed",
+            ),
             Error::Unauthenticated(_) => (
                 StatusCode::UNAUTHORIZED,
                 "/problems/unauthenticated",
@@ -188,6 +202,12 @@ impl Error {
                     "job {job} runs one task at a time; the request was recorded as skipped"
                 ),
             },
+            Error::TaskOpen { task, state } => format!(
+                "task {task} is still {state}; only a finished task can be retried (cancel it first)"
+            ),
+            Error::TaskNotClaimed { task, state } => format!(
+                "task {task} is {state} and no node holds a claim on it; there is nothing to release"
+            ),
             Error::JobHasOpenTasks { job } => format!(
                 "job {job} has pending or processing tasks; cancel them first or delete with ?cancel_open_tasks=true"
             ),
@@ -211,6 +231,9 @@ impl IntoResponse for Error {
         }
         let (state, task) = match &self {
             Error::TaskTerminal { state, task } => (Some(*state), Some(task.as_ref())),
+            Error::TaskOpen { state, .. } | Error::TaskNotClaimed { state, .. } => {
+                (Some(*state), None)
+            }
             _ => (None, None),
         };
         let errors = match &self {

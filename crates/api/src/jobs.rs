@@ -146,7 +146,7 @@ async fn list_jobs(
     State(state): State<AppState>,
     Query(query): Query<ListJobs>,
 ) -> Result<JsonResponse<Page<JobView>>> {
-    let limit = limit(query.limit.as_deref(), 100)?;
+    let limit = limit(query.limit.as_deref(), 50)?;
     let jobs = state
         .store
         .list_jobs(query.cursor.as_deref(), limit)

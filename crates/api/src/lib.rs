@@ -1,11 +1,13 @@
 //! Pacer's REST API: the routers, their handlers and the problem+json errors they return.
 //! Handlers parse input into domain types first, so nothing invalid reaches the store.
 
+mod actions;
 mod alerts;
 mod audit;
 mod auth;
 mod cluster;
 mod error;
+mod events;
 mod extract;
 mod health;
 mod jobs;
@@ -134,6 +136,8 @@ pub fn router(state: AppState) -> Router {
     let operator = Router::new()
         .merge(jobs::operator_routes())
         .merge(tasks::operator_routes())
+        .merge(actions::operator_routes())
+        .merge(events::operator_routes())
         .merge(triggers::operator_routes())
         .merge(cluster::operator_routes())
         .merge(alerts::operator_routes());

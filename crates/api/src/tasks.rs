@@ -9,7 +9,7 @@ use axum::routing::{get, post};
 use axum::{Json as JsonResponse, Router};
 use chrono::{DateTime, Utc};
 use pacer_domain::dispatch::Report;
-use pacer_domain::{CallbackStatus, TaskId, TaskState, ValidationErrors};
+use pacer_domain::{CallbackStatus, SkipReason, TaskId, TaskState, ValidationErrors};
 use pacer_store::{CreatedTask, NewTask, Origin, ReportOutcome, TaskFilter};
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -34,6 +34,11 @@ pub(crate) fn operator_routes() -> Router<AppState> {
         .route("/api/v1/tasks", get(list_tasks))
         .route("/api/v1/tasks/{id}", get(get_task))
         .route("/api/v1/tasks/{id}/cancel", post(cancel_task))
+        .route("/api/v1/tasks/{id}/retry", post(crate::actions::retry_task))
+        .route(
+            "/api/v1/tasks/{id}/release",
+            post(crate::actions::release_task),
+        )
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -92,51 +97,13 @@ async fn create_task(
         payload: job.spec.task_payload(request.payload.as_ref()),
         not_before: request.not_before,
         trace_context: crate::observe::current_traceparent(),
+        actor: None,
+        retry_of: None,
     };
-    // A free dispatch slot on this node means the task can be claimed as it is created.
-    let reserved = state.handoff.as_ref().and_then(|h| {
-        h.permits
-            .clone()
-            .try_acquire_owned()
-            .ok()
-            .map(|permit| (h, permit))
-    });
-    let claim_for = reserved
-        .as_ref()
-        .map(|(h, _)| (&*state.node_id, h.lease_margin));
-    let created = state
-        .store
-        .create_task(&job, task, claim_for)
-        .await
-        .map_err(|e| match e {
-            // The job was deleted between reading it and inserting the task.
-            pacer_store::Error::Conflict { .. } => Error::NotFound {
-                what: "job",
-                id: name.to_string(),
-            },
-            other => other.into(),
-        })?;
-    let (id, status) = match created {
-        CreatedTask::Created { id, claimed } => {
-            if let (Some(claimed), Some((handoff, permit))) = (claimed, reserved)
-                && let Err(unsent) = handoff.sender.try_send((*claimed, permit))
-            {
-                // The dispatcher is shutting down: hand the claim back for any node to take.
-                let (task, _permit) = unsent.into_inner();
-                let claim = pacer_store::ReleasedClaim {
-                    id: task.id,
-                    claim_token: task.claim_token,
-                    attempt: task.attempt,
-                    claimed_at: task.claimed_at,
-                };
-                state.store.release_claims(&state.node_id, &[claim]).await?;
-            }
-            metrics::counter!("pacer_tasks_created_total", "origin" => "api").increment(1);
-            (id, StatusCode::ACCEPTED)
-        }
-        CreatedTask::Existing { id } => (id, StatusCode::OK),
-        CreatedTask::Skipped { reason, open_task } => {
-            metrics::counter!("pacer_skips_total", "reason" => reason.as_str()).increment(1);
+    let (id, status) = match start_task(&state, &job, task, "api").await? {
+        Started::Created(id) => (id, StatusCode::ACCEPTED),
+        Started::Existing(id) => (id, StatusCode::OK),
+        Started::Skipped { reason, open_task } => {
             return Err(Error::OverlapSkipped {
                 job: name.to_string(),
                 reason,
@@ -154,7 +121,78 @@ async fn create_task(
         .into_response())
 }
 
-fn task_not_found(id: TaskId) -> impl FnOnce(pacer_store::Error) -> Error {
+/// What starting a task came to.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Started {
+    /// A new task.
+    Created(TaskId),
+    /// The job already had a task with this idempotency key.
+    Existing(TaskId),
+    /// The job's overlap policy refused the task; the skip was recorded.
+    Skipped {
+        reason: SkipReason,
+        open_task: Option<TaskId>,
+    },
+}
+
+/// Creates a task for `job` under its overlap policy. A free dispatch slot on this node means
+/// the task is claimed as it is created and handed straight to the dispatcher. `origin` labels
+/// the metrics.
+pub(crate) async fn start_task(
+    state: &AppState,
+    job: &pacer_store::Job,
+    task: NewTask,
+    origin: &'static str,
+) -> Result<Started> {
+    let reserved = state.handoff.as_ref().and_then(|h| {
+        h.permits
+            .clone()
+            .try_acquire_owned()
+            .ok()
+            .map(|permit| (h, permit))
+    });
+    let claim_for = reserved
+        .as_ref()
+        .map(|(h, _)| (&*state.node_id, h.lease_margin));
+    let created = state
+        .store
+        .create_task(job, task, claim_for)
+        .await
+        .map_err(|e| match e {
+            // The job was deleted between reading it and inserting the task.
+            pacer_store::Error::Conflict { .. } => Error::NotFound {
+                what: "job",
+                id: job.name.to_string(),
+            },
+            other => other.into(),
+        })?;
+    Ok(match created {
+        CreatedTask::Created { id, claimed } => {
+            if let (Some(claimed), Some((handoff, permit))) = (claimed, reserved)
+                && let Err(unsent) = handoff.sender.try_send((*claimed, permit))
+            {
+                // The dispatcher is shutting down: hand the claim back for any node to take.
+                let (task, _permit) = unsent.into_inner();
+                let claim = pacer_store::ReleasedClaim {
+                    id: task.id,
+                    claim_token: task.claim_token,
+                    attempt: task.attempt,
+                    claimed_at: task.claimed_at,
+                };
+                state.store.release_claims(&state.node_id, &[claim]).await?;
+            }
+            metrics::counter!("pacer_tasks_created_total", "origin" => origin).increment(1);
+            Started::Created(id)
+        }
+        CreatedTask::Existing { id } => Started::Existing(id),
+        CreatedTask::Skipped { reason, open_task } => {
+            metrics::counter!("pacer_skips_total", "reason" => reason.as_str()).increment(1);
+            Started::Skipped { reason, open_task }
+        }
+    })
+}
+
+pub(crate) fn task_not_found(id: TaskId) -> impl FnOnce(pacer_store::Error) -> Error {
     move |error| match error {
         pacer_store::Error::NotFound(_) => Error::NotFound {
             what: "task",
@@ -164,7 +202,7 @@ fn task_not_found(id: TaskId) -> impl FnOnce(pacer_store::Error) -> Error {
     }
 }
 
-/// One task with its attempts.
+/// One task with its run history: attempts, and its state changes and callbacks in order.
 async fn get_task(
     State(state): State<AppState>,
     Path(raw_id): Path<String>,
@@ -172,7 +210,11 @@ async fn get_task(
     let id = task_id(&raw_id)?;
     let task = state.store.get_task(id).await.map_err(task_not_found(id))?;
     let attempts = state.store.task_attempts(id).await?;
-    Ok(JsonResponse(TaskView::with_attempts(task, attempts)))
+    let history = state.store.task_history(id).await?;
+    let retries = state.store.retries_of(id).await?;
+    Ok(JsonResponse(TaskView::detail(
+        task, attempts, history, retries,
+    )))
 }
 
 #[derive(Debug, Deserialize)]
@@ -180,23 +222,85 @@ async fn get_task(
 struct ListTasks {
     job: Option<String>,
     state: Option<String>,
+    origin: Option<String>,
+    created_after: Option<String>,
+    created_before: Option<String>,
+    finished_after: Option<String>,
+    finished_before: Option<String>,
+    overdue: Option<String>,
     limit: Option<String>,
     cursor: Option<String>,
 }
 
-/// Tasks newest first, by job and state; `cursor` is the `next_cursor` of the previous page.
+/// An RFC 3339 instant from the query, or a field error.
+fn instant(errors: &mut ValidationErrors, field: &str, raw: Option<&str>) -> Option<DateTime<Utc>> {
+    let raw = raw?;
+    match DateTime::parse_from_rfc3339(raw) {
+        Ok(at) => Some(at.with_timezone(&Utc)),
+        Err(_) => {
+            errors.push(
+                field,
+                format!("`{raw}` is not an RFC 3339 instant like 2026-12-01T09:00:00Z"),
+            );
+            None
+        }
+    }
+}
+
+/// Tasks newest first, filtered by job, state (one or several, comma-separated), origin,
+/// creation and finish time ranges, and overdue; `cursor` is the `next_cursor` of the previous
+/// page. Paging is keyset on the task id, so pages neither repeat nor skip a task while new ones
+/// are created.
 async fn list_tasks(
     State(state): State<AppState>,
     Query(query): Query<ListTasks>,
 ) -> Result<JsonResponse<Page<TaskView>>> {
     let mut errors = ValidationErrors::new();
-    let task_state = match query.state.as_deref().map(str::parse::<TaskState>) {
+    let mut states = Vec::new();
+    for raw in query
+        .state
+        .as_deref()
+        .into_iter()
+        .flat_map(|s| s.split(','))
+    {
+        match raw.trim().parse::<TaskState>() {
+            Ok(parsed) if !states.contains(&parsed) => states.push(parsed),
+            Ok(_) => {}
+            Err(e) => errors.push("state", e.to_string()),
+        }
+    }
+    let origin = match query.origin.as_deref().map(str::parse::<Origin>) {
         Some(Err(e)) => {
-            errors.push("state", e.to_string());
+            errors.push("origin", e);
             None
         }
         other => other.and_then(Result::ok),
     };
+    let overdue = match query.overdue.as_deref() {
+        None => None,
+        Some("true") => Some(true),
+        Some("false") => Some(false),
+        Some(other) => {
+            errors.push("overdue", format!("must be true or false, got `{other}`"));
+            None
+        }
+    };
+    let created_after = instant(&mut errors, "created_after", query.created_after.as_deref());
+    let created_before = instant(
+        &mut errors,
+        "created_before",
+        query.created_before.as_deref(),
+    );
+    let finished_after = instant(
+        &mut errors,
+        "finished_after",
+        query.finished_after.as_deref(),
+    );
+    let finished_before = instant(
+        &mut errors,
+        "finished_before",
+        query.finished_before.as_deref(),
+    );
     let before = match query.cursor.as_deref().map(str::parse::<TaskId>) {
         Some(Err(_)) => {
             errors.push("cursor", "not a cursor returned by this API");
@@ -221,7 +325,13 @@ async fn list_tasks(
     errors.into_result(()).map_err(Error::Validation)?;
     let filter = TaskFilter {
         job: query.job,
-        state: task_state,
+        states,
+        origin,
+        created_after,
+        created_before,
+        finished_after,
+        finished_before,
+        overdue,
         before,
         limit,
     };

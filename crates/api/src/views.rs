@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use pacer_domain::TriggerSpec;
 use pacer_domain::{JobSpec, TaskId, TaskState};
-use pacer_store::{Attempt, Job, Node, SkippedRun, Task, Trigger};
+use pacer_store::{Attempt, Event, Job, Node, SkippedRun, Task, Trigger};
 use serde::Serialize;
 use serde_json::Value;
 use uuid::Uuid;
@@ -40,6 +40,8 @@ impl From<Job> for JobView {
     }
 }
 
+/// How a task came to be: `{kind: "trigger", trigger_id, scheduled_at}`,
+/// `{kind: "manual", actor}`, `{kind: "retry", task_id}`, or just the kind.
 #[derive(Debug, Serialize)]
 struct OriginView {
     kind: String,
@@ -47,6 +49,11 @@ struct OriginView {
     trigger_id: Option<Uuid>,
     #[serde(skip_serializing_if = "Option::is_none")]
     scheduled_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    actor: Option<String>,
+    /// The task this one retries.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    task_id: Option<TaskId>,
 }
 
 /// A task as returned by the API; `attempts` only in the detail view.
@@ -78,13 +85,54 @@ pub struct TaskView {
     updated_at: DateTime<Utc>,
     #[serde(skip_serializing_if = "Option::is_none")]
     attempts: Option<Vec<AttemptView>>,
+    /// State changes and callbacks in the order they happened (detail view only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    history: Option<Vec<EventView>>,
+    /// The tasks that retry this one (detail view only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retries: Option<Vec<TaskId>>,
 }
 
 impl TaskView {
-    pub(crate) fn with_attempts(task: Task, attempts: Vec<Attempt>) -> Self {
+    /// The detail view: the task with its attempts, its history and its retries.
+    pub(crate) fn detail(
+        task: Task,
+        attempts: Vec<Attempt>,
+        history: Vec<Event>,
+        retries: Vec<TaskId>,
+    ) -> Self {
         let mut view = Self::from(task);
         view.attempts = Some(attempts.into_iter().map(AttemptView::from).collect());
+        view.history = Some(history.into_iter().map(EventView::from).collect());
+        view.retries = Some(retries);
         view
+    }
+}
+
+/// One event of the event log, as the task history and the event stream show it.
+#[derive(Debug, Serialize)]
+pub(crate) struct EventView {
+    /// Opaque and ordered: the event stream's `id`, and what `Last-Event-ID` takes back.
+    pub(crate) id: String,
+    pub(crate) at: DateTime<Utc>,
+    pub(crate) kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) job: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) task: Option<TaskId>,
+    pub(crate) data: Value,
+}
+
+impl From<Event> for EventView {
+    fn from(e: Event) -> Self {
+        Self {
+            id: e.cursor().to_string(),
+            at: e.at,
+            kind: e.kind,
+            job: e.job_name,
+            task: e.task_id,
+            data: e.data,
+        }
     }
 }
 
@@ -98,6 +146,8 @@ impl From<Task> for TaskView {
                 kind: t.origin,
                 trigger_id: t.trigger_id,
                 scheduled_at: t.scheduled_at,
+                actor: t.actor,
+                task_id: t.retry_of,
             },
             waits_for: t.waits_for,
             idempotency_key: t.idempotency_key,
@@ -119,6 +169,8 @@ impl From<Task> for TaskView {
             failure_reason: t.failure_reason,
             updated_at: t.updated_at,
             attempts: None,
+            history: None,
+            retries: None,
         }
     }
 }

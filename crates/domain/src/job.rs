@@ -71,6 +71,10 @@ pub struct HttpTarget {
     pub headers: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "OutboundAuth::is_none")]
     pub auth: OutboundAuth,
+    /// Where a cancellation is sent (`DELETE`, best effort); `url` when absent. `{task_id}` in it
+    /// is replaced by the task's id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancel_url: Option<String>,
 }
 
 /// How a dispatch proves it comes from Pacer. Secrets are named, never written here: their values
@@ -217,17 +221,17 @@ fn check_headers(errors: &mut ValidationErrors, headers: &BTreeMap<String, Strin
     }
 }
 
-fn check_url(errors: &mut ValidationErrors, raw: &str) {
+fn check_url(errors: &mut ValidationErrors, field: &str, raw: &str) {
     match url::Url::parse(raw) {
-        _ if raw.len() > 2048 => errors.push("target.url", "at most 2048 characters"),
+        _ if raw.len() > 2048 => errors.push(field, "at most 2048 characters"),
         Ok(url) if !matches!(url.scheme(), "http" | "https") => {
-            errors.push("target.url", "must be an http or https URL")
+            errors.push(field, "must be an http or https URL")
         }
         Ok(url) if url.host_str().is_none_or(str::is_empty) => {
-            errors.push("target.url", "must name a host")
+            errors.push(field, "must name a host")
         }
         Ok(_) => {}
-        Err(e) => errors.push("target.url", format!("not a valid URL: {e}")),
+        Err(e) => errors.push(field, format!("not a valid URL: {e}")),
     }
 }
 
@@ -306,7 +310,15 @@ impl TryFrom<JobInput> for JobSpec {
         {
             errors.push("description", "at most 1000 characters");
         }
-        check_url(&mut errors, &input.target.url);
+        check_url(&mut errors, "target.url", &input.target.url);
+        if let Some(cancel_url) = &input.target.cancel_url {
+            // The placeholder is not URL syntax; check the URL around it.
+            check_url(
+                &mut errors,
+                "target.cancel_url",
+                &cancel_url.replace("{task_id}", "task"),
+            );
+        }
         check_headers(&mut errors, &input.target.headers);
         match &input.target.auth {
             OutboundAuth::Bearer { secret } | OutboundAuth::Hmac { secret }
@@ -465,6 +477,21 @@ mod tests {
             let errors = parse(json!({ "target": { "url": url } })).expect_err(url);
             assert_eq!(fields(&errors), ["target.url"], "{url}");
         }
+    }
+
+    #[test]
+    fn a_cancel_url_may_name_the_task_and_must_be_an_http_url() {
+        let spec = parse(json!({ "target": {
+            "url": "http://svc/run", "cancel_url": "http://svc/runs/{task_id}" } }))
+        .expect("a placeholder is allowed");
+        assert_eq!(
+            spec.target.cancel_url.as_deref(),
+            Some("http://svc/runs/{task_id}")
+        );
+        let errors =
+            parse(json!({ "target": { "url": "http://svc/run", "cancel_url": "ftp://svc" } }))
+                .expect_err("not http");
+        assert_eq!(fields(&errors), ["target.cancel_url"]);
     }
 
     #[test]

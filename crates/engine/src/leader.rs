@@ -14,7 +14,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::alerting::{Alerting, AlertsConfig};
+use crate::events::{EventWebhook, WebhookConfig};
 use crate::firing::Firing;
+use crate::outbound::Outbound;
 use crate::sweeper::Sweeper;
 use crate::wakeup::Wakeups;
 use crate::{Error, Result};
@@ -35,12 +37,24 @@ pub struct LeaderConfig {
     pub sweep_interval: Span,
     /// What the alert evaluation raises and where it sends it.
     pub alerts: Arc<AlertsConfig>,
+    /// Events older than this are pruned from the event log.
+    pub event_retention: Span,
 }
 
 /// Runs for leadership until shut down.
 pub struct Leader {
     pub store: Store,
     pub config: LeaderConfig,
+    /// Pushes the event log to a webhook while this node leads, when configured.
+    pub webhook: Option<EventPush>,
+}
+
+/// What the event webhook duty needs.
+#[derive(Debug, Clone)]
+pub struct EventPush {
+    pub config: WebhookConfig,
+    pub client: reqwest::Client,
+    pub outbound: Outbound,
 }
 
 /// How long after the holder's lease runs out a follower campaigns: enough for the expiry to
@@ -155,6 +169,7 @@ impl Leader {
             store: self.store.clone(),
             dead_after: self.config.dead_after,
             interval: self.config.sweep_interval.as_duration(),
+            event_retention: self.config.event_retention,
         };
         running.spawn(sweeper.run(duties.child_token()));
         let alerting = Alerting {
@@ -165,6 +180,15 @@ impl Leader {
             config: self.config.alerts.clone(),
         };
         running.spawn(alerting.run(duties.child_token()));
+        if let Some(push) = &self.webhook {
+            let webhook = EventWebhook {
+                store: self.store.clone(),
+                client: push.client.clone(),
+                outbound: push.outbound.clone(),
+                config: push.config.clone(),
+            };
+            running.spawn(webhook.run(duties.child_token()));
+        }
         Tenure {
             term,
             trusted_until,

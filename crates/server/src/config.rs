@@ -26,6 +26,49 @@ pub(crate) struct Config {
     pub(crate) secrets: BTreeMap<String, SecretString>,
     pub(crate) log: LogConfig,
     pub(crate) alerts: AlertSettings,
+    pub(crate) events: EventsSettings,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct EventsSettings {
+    /// Events older than this are pruned from the event log by the leader.
+    pub(crate) retention: Span,
+    /// Where the event log is pushed, when set.
+    pub(crate) webhook: Option<WebhookSettings>,
+}
+
+impl Default for EventsSettings {
+    fn default() -> Self {
+        Self {
+            retention: Span::from_secs(7 * 24 * 3600),
+            webhook: None,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct WebhookSettings {
+    /// An http(s) URL that takes a JSON `POST` of `{"events": [...]}`.
+    pub(crate) url: String,
+    /// Most events in one `POST`.
+    pub(crate) batch_size: i64,
+    /// How long one `POST` may take.
+    pub(crate) timeout: Span,
+    /// Credentials, as a job's `target.auth` (`bearer`/`hmac` name a secret, `jwt` an audience).
+    pub(crate) auth: pacer_domain::OutboundAuth,
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            batch_size: 100,
+            timeout: Span::from_secs(10),
+            auth: pacer_domain::OutboundAuth::None,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -448,7 +491,8 @@ impl Config {
         {
             bail!("http.public_url must be an http:// or https:// URL");
         }
-        self.check_alerts()
+        self.check_alerts()?;
+        self.check_events()
     }
 
     fn check_alerts(&self) -> anyhow::Result<()> {
@@ -496,6 +540,26 @@ impl Config {
         }
         if alerts.delivery_poll_interval < Span::from_millis(10) {
             bail!("alerts.delivery_poll_interval must be at least 10ms");
+        }
+        Ok(())
+    }
+
+    fn check_events(&self) -> anyhow::Result<()> {
+        if self.events.retention < Span::from_secs(60) {
+            bail!("events.retention must be at least 1m");
+        }
+        if let Some(webhook) = &self.events.webhook {
+            if !(webhook.url.starts_with("http://") || webhook.url.starts_with("https://")) {
+                bail!("events.webhook.url must be an http:// or https:// URL");
+            }
+            if !(1..=1000).contains(&webhook.batch_size) {
+                bail!("events.webhook.batch_size must be between 1 and 1000");
+            }
+            if let Some(secret) = webhook.auth.secret()
+                && !self.secrets.contains_key(secret)
+            {
+                bail!("events.webhook.auth names the secret `{secret}`, which is not configured");
+            }
         }
         Ok(())
     }

@@ -9,8 +9,8 @@ use anyhow::Context;
 use axum::Router;
 use pacer_api::{ApiConfig, AppState, Auth, Handoff, RateLimiter};
 use pacer_engine::{
-    Deliverer, DeliveryConfig, DispatchConfig, Dispatcher, Heartbeat, Leader, LeaderConfig,
-    Outbound,
+    CancelNotifier, Deliverer, DeliveryConfig, DispatchConfig, Dispatcher, EventPush, Heartbeat,
+    Leader, LeaderConfig, Outbound, WebhookConfig,
 };
 use pacer_store::Store;
 use secrecy::ExposeSecret;
@@ -182,6 +182,22 @@ impl Node {
         let app = pacer_api::router(state)
             .merge(extra)
             .route("/metrics", scrape);
+        let client = pacer_engine::http_client()?;
+        let cancels = CancelNotifier {
+            store: self.store.clone(),
+            client: client.clone(),
+            outbound: outbound.clone(),
+        };
+        let webhook = self.config.events.webhook.as_ref().map(|w| EventPush {
+            config: WebhookConfig {
+                url: w.url.clone(),
+                batch_size: w.batch_size,
+                timeout: w.timeout.as_duration(),
+                auth: w.auth.clone(),
+            },
+            client: client.clone(),
+            outbound: outbound.clone(),
+        });
         let dispatcher = Dispatcher::new(
             DispatchConfig {
                 node_id: self.node_id.clone(),
@@ -193,7 +209,7 @@ impl Node {
                 max_response_bytes: 64 * 1024,
             },
             self.store.clone(),
-            pacer_engine::http_client()?,
+            client,
             outbound,
             permits,
             receiver,
@@ -237,8 +253,19 @@ impl Node {
                     .context("the heartbeat failed"),
             )
         });
+        let cancels_shutdown = shutdown.child_token();
+        parts.spawn(async move {
+            (
+                "cancel notifier",
+                cancels
+                    .run(cancels_shutdown)
+                    .await
+                    .context("the cancel notifier failed"),
+            )
+        });
         let leader = Leader {
             store: self.store.clone(),
+            webhook,
             config: LeaderConfig {
                 node_id: self.node_id.clone(),
                 lease_ttl: cluster.lease_ttl,
@@ -247,6 +274,7 @@ impl Node {
                 firing_poll: cluster.firing_poll_interval,
                 sweep_interval: cluster.sweep_interval,
                 alerts,
+                event_retention: self.config.events.retention,
             },
         };
         let leader_shutdown = shutdown.child_token();

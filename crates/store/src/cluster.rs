@@ -92,7 +92,8 @@ impl Store {
         // once per row, after the lock is held, so a statement that waited for the lock (behind a
         // leader paused inside a firing transaction) still computes its lease from the present.
         let row = sqlx::query!(
-            r#"update leader_lease l set (term, acquired_at, holder, expires_at) = (
+            r#"with acquired as (
+               update leader_lease l set (term, acquired_at, holder, expires_at) = (
                    select case when l.holder = $1 and l.expires_at > c.now and not $3 then l.term else l.term + 1 end,
                           case when l.holder = $1 and l.expires_at > c.now and not $3 then l.acquired_at else c.now end,
                           $1,
@@ -100,7 +101,16 @@ impl Store {
                    from (select clock_timestamp() as now) c
                )
                where l.id and (l.holder = $1 or l.holder is null or l.expires_at <= clock_timestamp())
-               returning l.term, (l.acquired_at = l.expires_at - $2::bigint * interval '1 millisecond') as "new!""#,
+               returning l.term, l.holder, (l.acquired_at = l.expires_at - $2::bigint * interval '1 millisecond') as new
+               ),
+               -- A new tenure is a leader change: recorded in the same statement, never otherwise.
+               recorded as (
+                   insert into events (kind, data)
+                   select 'leader.changed', jsonb_build_object('node', a.holder, 'term', a.term)
+                   from acquired a where a.new
+                   returning id
+               )
+               select a.term as "term!", a.new as "new!" from acquired a"#,
             node,
             ttl_ms,
             fresh,
@@ -120,8 +130,15 @@ impl Store {
                    update leader_lease set holder = null, expires_at = now()
                    where id and holder = $1 and term = $2
                    returning term
+               ),
+               recorded as (
+                   insert into events (kind, data)
+                   select 'leader.resigned', jsonb_build_object('node', $1::text, 'term', term)
+                   from resigned
+                   returning id
                )
-               select count(*) as "resigned!" from resigned, lateral (select pg_notify($3, '')) n"#,
+               select count(*) as "resigned!"
+               from resigned, lateral (select pg_notify($3, '')) n"#,
             node,
             term,
             LEADER_CHANNEL,

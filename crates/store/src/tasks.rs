@@ -12,8 +12,9 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::error::corrupt;
+use crate::events::{NewEvent, append_event};
 use crate::firing::open_work;
-use crate::{ClaimedTask, Error, Job, Result, Store};
+use crate::{CANCELS_CHANNEL, ClaimedTask, Error, Job, Result, Store};
 
 /// How a task came to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +29,25 @@ pub enum Origin {
     Message,
     /// A retry of an earlier task.
     Retry,
+}
+
+impl std::str::FromStr for Origin {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "api" => Origin::Api,
+            "manual" => Origin::Manual,
+            "trigger" => Origin::Trigger,
+            "message" => Origin::Message,
+            "retry" => Origin::Retry,
+            other => {
+                return Err(format!(
+                    "unknown origin `{other}`; one of api, manual, trigger, message, retry"
+                ));
+            }
+        })
+    }
 }
 
 impl Origin {
@@ -54,6 +74,10 @@ pub struct NewTask {
     pub not_before: Option<DateTime<Utc>>,
     /// The W3C `traceparent` of the request creating it.
     pub trace_context: Option<String>,
+    /// The operator who ran it now (origin `manual`).
+    pub actor: Option<String>,
+    /// The task it retries (origin `retry`).
+    pub retry_of: Option<TaskId>,
 }
 
 /// What creating a task did.
@@ -91,6 +115,10 @@ pub struct Task {
     pub scheduled_at: Option<DateTime<Utc>>,
     /// The open task this one is queued behind (overlap policy `buffer_one`).
     pub waits_for: Option<TaskId>,
+    /// The operator who ran it now (origin `manual`).
+    pub actor: Option<String>,
+    /// The task it retries (origin `retry`).
+    pub retry_of: Option<TaskId>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
     pub next_dispatch_at: Option<DateTime<Utc>>,
@@ -119,11 +147,23 @@ pub struct Attempt {
     pub latency_ms: Option<i64>,
 }
 
-/// Which tasks to list, newest first.
+/// Which tasks to list, newest first. Every filter is optional; they combine with `and`.
 #[derive(Debug, Clone, Default)]
 pub struct TaskFilter {
     pub job: Option<String>,
-    pub state: Option<TaskState>,
+    /// Tasks in any of these states; all states when empty.
+    pub states: Vec<TaskState>,
+    pub origin: Option<Origin>,
+    /// Created at or after this instant.
+    pub created_after: Option<DateTime<Utc>>,
+    /// Created before this instant.
+    pub created_before: Option<DateTime<Utc>>,
+    /// Finished at or after this instant.
+    pub finished_after: Option<DateTime<Utc>>,
+    /// Finished before this instant.
+    pub finished_before: Option<DateTime<Utc>>,
+    /// Only tasks past (true) or within (false) their deadline.
+    pub overdue: Option<bool>,
     /// Keyset cursor: only tasks older than this one.
     pub before: Option<TaskId>,
     pub limit: i64,
@@ -157,6 +197,8 @@ struct TaskRow {
     trigger_id: Option<Uuid>,
     scheduled_at: Option<DateTime<Utc>>,
     waits_for: Option<Uuid>,
+    actor: Option<String>,
+    retry_of: Option<Uuid>,
     started_at: Option<DateTime<Utc>>,
     finished_at: Option<DateTime<Utc>>,
     next_dispatch_at: Option<DateTime<Utc>>,
@@ -189,6 +231,8 @@ impl TryFrom<TaskRow> for Task {
             trigger_id: r.trigger_id,
             scheduled_at: r.scheduled_at,
             waits_for: r.waits_for.map(TaskId::from),
+            actor: r.actor,
+            retry_of: r.retry_of.map(TaskId::from),
             started_at: r.started_at,
             finished_at: r.finished_at,
             next_dispatch_at: r.next_dispatch_at,
@@ -256,10 +300,13 @@ impl Store {
             }
             Admission::Wait => insert_task(&mut tx, job, task, None, open.running_task).await?,
             Admission::Replace => {
+                // A replaced task that reached its downstream is withdrawn there too: the cancel
+                // notifiers' poll finds the notice.
                 sqlx::query!(
                     "update tasks set state = 'cancelled', finished_at = now(), next_dispatch_at = null,
                          claim_token = null, claimed_by = null, claimed_at = null, waits_for = null,
-                         message = 'cancelled: replaced by a newer run (overlap policy replace)', updated_at = now()
+                         message = 'cancelled: replaced by a newer run (overlap policy replace)', updated_at = now(),
+                         cancel_notice_at = case when attempt > 0 then now() end
                      where job_id = $1 and state in ('pending', 'processing')",
                     job.id,
                 )
@@ -284,19 +331,43 @@ impl Store {
 
     /// Tasks matching `filter`, newest first.
     pub async fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<Task>> {
-        sqlx::query_file_as!(
+        let (one_state, states) = match filter.states.as_slice() {
+            [] => (None, None),
+            [one] => (Some(one.as_str()), None),
+            many => (
+                None,
+                Some(
+                    many.iter()
+                        .map(|s| s.as_str().to_owned())
+                        .collect::<Vec<_>>(),
+                ),
+            ),
+        };
+        let mut tx = self.pool.begin().await?;
+        // The filters are optional parameters: a cached generic plan could use no index for them,
+        // so this statement is planned with the values given, every time.
+        sqlx::query!("set local plan_cache_mode = force_custom_plan")
+            .execute(&mut *tx)
+            .await?;
+        let rows = sqlx::query_file_as!(
             TaskRow,
             "src/sql/select_tasks.sql",
             filter.job.as_deref(),
-            filter.state.map(TaskState::as_str),
+            one_state,
             filter.before.map(|id| id.as_uuid()),
             filter.limit,
+            filter.origin.map(Origin::as_str),
+            filter.created_after,
+            filter.created_before,
+            filter.finished_after,
+            filter.finished_before,
+            filter.overdue,
+            states.as_deref(),
         )
-        .fetch_all(&self.pool)
-        .await?
-        .into_iter()
-        .map(Task::try_from)
-        .collect()
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        rows.into_iter().map(Task::try_from).collect()
     }
 
     /// The task's attempts in order.
@@ -330,7 +401,7 @@ impl Store {
     ) -> Result<ReportOutcome> {
         let mut tx = self.pool.begin().await?;
         let row = sqlx::query!(
-            r#"select t.state, j.spec ->> 'repoll_interval' as repoll_interval
+            r#"select t.state, t.attempt, t.job_name, j.spec ->> 'repoll_interval' as repoll_interval
                from tasks t left join jobs j on j.id = t.job_id
                where t.id = $1 for update of t"#,
             id.as_uuid()
@@ -350,6 +421,9 @@ impl Store {
             _ => report.and_then(|r| r.message.as_deref()),
         };
         let result = report.and_then(|r| r.result.as_ref());
+        // A task cancelled after a dispatch reached its downstream: the downstream is told, best
+        // effort, by whichever node's cancel notifier takes the notice.
+        let notice = event == TaskEvent::Cancel && row.attempt > 0;
         if next.is_terminal() {
             let reason = (next == TaskState::Failed).then_some(FailureReason::Reported.as_str());
             // Clearing the claim fences off a dispatch still in flight: its outcome will find
@@ -359,6 +433,7 @@ impl Store {
                      claim_token = null, claimed_by = null, claimed_at = null,
                      progress = coalesce($3, progress), message = coalesce($4, message),
                      result = coalesce($5, result), failure_reason = $6,
+                     cancel_notice_at = case when $7 then now() end,
                      last_heartbeat_at = now(), updated_at = now(),
                      outcome_noticed = $2 = 'completed' and not exists (
                          select 1 from jobs j where j.id = tasks.job_id and j.spec -> 'alerts' ? 'on_success')
@@ -369,9 +444,15 @@ impl Store {
                 message,
                 result,
                 reason,
+                notice,
             )
             .execute(&mut *tx)
             .await?;
+            if notice {
+                sqlx::query!("select pg_notify($1, '')", CANCELS_CHANNEL)
+                    .execute(&mut *tx)
+                    .await?;
+            }
         } else {
             // Only the re-poll interval is needed, not the whole definition.
             let repoll = row
@@ -395,6 +476,22 @@ impl Store {
             )
             .execute(&mut *tx)
             .await?;
+        }
+        if let Some(report) = report {
+            // The callback itself, beside the state change it made (or, for progress, instead).
+            let data = serde_json::json!({
+                "status": report.status,
+                "progress": report.progress,
+                "message": report.message,
+                "result": report.result,
+            });
+            let event = NewEvent {
+                kind: "task.callback",
+                job_name: Some(&row.job_name),
+                task_id: Some(id),
+                data: strip_nulls(data),
+            };
+            append_event(&mut tx, &event).await?;
         }
         tx.commit().await?;
         Ok(ReportOutcome::Applied(next))
@@ -427,6 +524,8 @@ async fn insert_task(
         lease_ms,
         waits_for,
         task.trace_context.as_deref(),
+        task.actor.as_deref(),
+        task.retry_of.map(|id| id.as_uuid()),
     )
     .fetch_optional(&mut *conn)
     .await?;
@@ -467,4 +566,14 @@ async fn insert_task(
         id: row.id.into(),
         claimed,
     })
+}
+
+/// An object without its null members.
+fn strip_nulls(value: Value) -> Value {
+    match value {
+        Value::Object(map) => {
+            Value::Object(map.into_iter().filter(|(_, v)| !v.is_null()).collect())
+        }
+        other => other,
+    }
 }

@@ -29,6 +29,8 @@ async fn overdue_task(store: &Store, pool: &PgPool) -> Uuid {
         payload: json!({}),
         not_before: None,
         trace_context: None,
+        actor: None,
+        retry_of: None,
     };
     let CreatedTask::Created { id, .. } = store.create_task(&job, task, None).await.expect("task")
     else {
@@ -321,6 +323,8 @@ async fn a_completed_task_needs_evaluation_only_when_its_job_has_success_watcher
             payload: json!({}),
             not_before: None,
             trace_context: None,
+            actor: None,
+            retry_of: None,
         };
         let CreatedTask::Created { id, .. } =
             store.create_task(&job, task, None).await.expect("task")
