@@ -1,6 +1,9 @@
 //! The `pacer` binary: `serve` runs a node, `dev` a local node with an example, `migrate`
 //! applies the database migrations.
 
+mod apply;
+mod cli;
+mod client;
 mod config;
 mod dev;
 mod node;
@@ -54,6 +57,8 @@ enum Command {
     },
     /// Print a new Ed25519 signing key (PKCS#8 PEM) for `signing.keys`.
     Keygen,
+    #[command(flatten)]
+    Remote(cli::Remote),
 }
 
 fn parse_role(text: &str) -> Result<pacer_auth::Role, String> {
@@ -64,6 +69,11 @@ fn parse_role(text: &str) -> Result<pacer_auth::Role, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The verbs over the REST API need no node configuration.
+    let cli = match cli.command {
+        Command::Remote(remote) => return cli::run(remote),
+        command => Cli { command, ..cli },
+    };
     let mut config = match Config::load(cli.config.as_deref()) {
         Ok(config) => config,
         Err(error) => {
@@ -94,7 +104,7 @@ fn main() -> ExitCode {
             };
         }
         Command::Dev => security::add_dev_keys(&mut config),
-        Command::Serve | Command::Migrate => {}
+        Command::Serve | Command::Migrate | Command::Remote(_) => {}
     }
     let security = match &cli.command {
         Command::Serve | Command::Dev => {
@@ -139,7 +149,7 @@ fn main() -> ExitCode {
             Command::Dev => {
                 dev::run(config, security.context("security was not configured")?).await
             }
-            Command::Token { .. } | Command::Keygen => Ok(()),
+            Command::Token { .. } | Command::Keygen | Command::Remote(_) => Ok(()),
             Command::Migrate => {
                 let store = node::connect(&config)?;
                 node::migrate(&store, &CancellationToken::new()).await?;
