@@ -5,7 +5,9 @@
 //! `triggers:` (each the body of `POST …/triggers`). Definitions stay JSON values on their way
 //! to the server, so fields this client does not know pass through unchanged; the domain types
 //! are used only to validate them before anything is written and to compare them with what the
-//! server holds, defaults filled in on both sides.
+//! server holds, defaults filled in on both sides. What only the server can check (the secrets
+//! it has) it checks with `PUT …?dry_run=true` for every job to be written, before the first
+//! write, so a refused file changes nothing.
 //!
 //! Triggers have ids the server assigns, so a declared trigger is matched to an existing one
 //! of its job by content (its whole definition, defaults filled in). A declared trigger left
@@ -746,10 +748,69 @@ fn stopped(done: usize, error: Error) -> Error {
     error
 }
 
+/// Has the server validate every job definition to be written (`?dry_run=true`), for what only
+/// it can check (such as the secrets it has), so a refused file changes nothing.
+async fn vet(client: &Client, declared: &[Declared], plans: &[JobPlan]) -> Result<()> {
+    let mut problems = Vec::new();
+    for plan in plans {
+        let (JobAction::Create | JobAction::Update(_), Some(body)) = (&plan.action, &plan.body)
+        else {
+            continue;
+        };
+        let path = format!("/api/v1/jobs/{}", segment(&plan.name));
+        let query = [("dry_run", "true".to_owned())];
+        let refusal = match client.send(Method::PUT, &path, &query, Some(body)).await {
+            Ok(_) => continue,
+            Err(error) if error.exit_code() == crate::client::exit::INVALID => error,
+            Err(error) => return Err(error),
+        };
+        let file = declared
+            .iter()
+            .find(|d| d.name == plan.name)
+            .map(|d| d.file.clone())
+            .unwrap_or_default();
+        let problem = |field: Option<String>, message: String| Problem {
+            file: file.clone(),
+            job: Some(plan.name.clone()),
+            field,
+            message,
+        };
+        let Error::Status { problem: body, .. } = &refusal else {
+            problems.push(problem(None, refusal.to_string()));
+            continue;
+        };
+        let fields = body.get("errors").and_then(Value::as_array);
+        match fields {
+            Some(fields) if !fields.is_empty() => {
+                for field in fields {
+                    let text = |key: &str| {
+                        field
+                            .get(key)
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .to_owned()
+                    };
+                    problems.push(problem(Some(text("field")), text("message")));
+                }
+            }
+            _ => problems.push(problem(None, refusal.to_string())),
+        }
+    }
+    if problems.is_empty() {
+        return Ok(());
+    }
+    let lines: Vec<String> = problems.iter().map(Problem::to_string).collect();
+    Err(Error::Invalid(format!(
+        "the server refused job definitions; nothing was changed:\n  {}",
+        lines.join("\n  ")
+    )))
+}
+
 /// `pacer apply`: validates every file, shows the changes, and (unless a dry run) makes them.
 pub(crate) async fn apply(client: &Client, path: &Path, options: &Options) -> Result<()> {
     let declared = load(path)?;
     let plans = plan(client, &declared, options.prune).await?;
+    vet(client, &declared, &plans).await?;
     if options.json {
         println!(
             "{}",

@@ -121,8 +121,12 @@ impl fmt::Display for Error {
                 url,
                 source,
             } => {
-                write!(f, "{method} {url}: {source}")?;
+                // reqwest's own message repeats the URL; its causes say what went wrong.
+                write!(f, "{method} {url}: cannot reach the server")?;
                 let mut cause = std::error::Error::source(source);
+                if cause.is_none() {
+                    write!(f, ": {source}")?;
+                }
                 while let Some(inner) = cause {
                     write!(f, ": {inner}")?;
                     cause = inner.source();
