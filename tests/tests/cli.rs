@@ -6,6 +6,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use std::sync::{Arc, Mutex, PoisonError};
+
+use axum::Router;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
 use pacer_tests::{Api, FakeDownstream, PacerProcess, Reply, TestDb, pacer_binary, token};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -122,7 +129,7 @@ async fn job_names(api: &Api) -> Vec<String> {
         .unwrap_or_default()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn apply_export_apply_changes_nothing_prune_deletes_and_a_bad_file_changes_nothing() {
     let db = TestDb::create().await;
     let node = PacerProcess::start(db.url(), "cli-apply").await;
@@ -288,7 +295,7 @@ async fn apply_export_apply_changes_nothing_prune_deletes_and_a_bad_file_changes
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_verbs_print_tables_or_json_and_exit_with_a_code_per_kind_of_failure() {
     let db = TestDb::create().await;
     let downstream = FakeDownstream::start(|_| Reply::accept()).await;
@@ -451,4 +458,183 @@ async fn the_verbs_print_tables_or_json_and_exit_with_a_code_per_kind_of_failure
     assert_eq!(usage.code, 2, "{usage:#?}");
     let bad_url = self::pacer("not a url", Some(&admin), &["jobs", "list"]);
     assert_eq!(bad_url.code, 2, "{bad_url:#?}");
+}
+
+/// One request the stand-in server received.
+#[derive(Debug, Clone)]
+struct Seen {
+    route: String,
+    query: Option<String>,
+    last_event_id: Option<String>,
+    body: Value,
+}
+
+type Log = Arc<Mutex<Vec<Seen>>>;
+
+fn record(log: &Log, uri: &Uri, query: Option<String>, headers: &HeaderMap, body: &str) {
+    log.lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .push(Seen {
+            route: uri.path().to_owned(),
+            query,
+            last_event_id: headers
+                .get("last-event-id")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+            body: serde_json::from_str(body).unwrap_or(Value::Null),
+        });
+}
+
+async fn stand_in(
+    State(log): State<Log>,
+    uri: Uri,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
+    record(&log, &uri, query, &headers, &body);
+    let task = |id: &str, origin: &str| {
+        json!({ "id": id, "job": "sync", "state": "pending", "origin": { "kind": origin },
+                "attempt": 0, "created_at": "2026-12-01T09:00:00.123Z", "finished_at": null,
+                "overdue": false })
+    };
+    let alert = |state: &str| {
+        json!({ "id": "a1", "kind": "failed", "severity": "critical",
+                "subject": { "task": "t1", "job": "sync" }, "state": state, "count": 2,
+                "opened_at": "2026-12-01T09:00:00Z", "last_seen_at": "2026-12-01T09:05:00Z",
+                "acked_by": null })
+    };
+    let json_reply = |status: StatusCode, value: Value| {
+        (
+            status,
+            [(header::CONTENT_TYPE, "application/json")],
+            value.to_string(),
+        )
+            .into_response()
+    };
+    match uri.path() {
+        "/api/v1/jobs/sync/run" => json_reply(StatusCode::ACCEPTED, task("t2", "manual")),
+        "/api/v1/tasks/t1/retry" => json_reply(StatusCode::ACCEPTED, task("t3", "retry")),
+        "/api/v1/tasks" => json_reply(
+            StatusCode::OK,
+            json!({ "items": [task("t1", "manual")], "next_cursor": "c2" }),
+        ),
+        "/api/v1/alerts" => json_reply(
+            StatusCode::OK,
+            json!({ "items": [alert("open")], "next_cursor": null }),
+        ),
+        "/api/v1/alerts/a1/ack" => json_reply(StatusCode::OK, alert("acked")),
+        "/api/v1/events" if headers.get("last-event-id").is_none() => (
+            [(header::CONTENT_TYPE, "text/event-stream")],
+            ": hello\n\nid: 1\nevent: task.created\ndata: {\"task\":\"t1\",\"at\":\"2026-12-01T09:00:00Z\"}\n\n\
+             id: 2\nevent: task.completed\ndata: {\"task\":\"t1\"}\n\n",
+        )
+            .into_response(),
+        _ => (
+            StatusCode::UNAUTHORIZED,
+            [(header::CONTENT_TYPE, "application/problem+json")],
+            json!({ "type": "/problems/unauthenticated", "title": "Unauthenticated",
+                    "status": 401, "detail": "the token expired" })
+            .to_string(),
+        )
+            .into_response(),
+    }
+}
+
+/// The routes other parts of the API are adding (run, retry, the origin filter, alerts, the
+/// event stream) exercised against a stand-in that answers with their documented shapes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verbs_over_routes_of_the_operator_api_send_and_read_the_documented_shapes() {
+    let log: Log = Arc::default();
+    let app = Router::new()
+        .route("/api/v1/jobs/sync/run", post(stand_in))
+        .route("/api/v1/tasks/t1/retry", post(stand_in))
+        .route("/api/v1/tasks", get(stand_in))
+        .route("/api/v1/alerts", get(stand_in))
+        .route("/api/v1/alerts/a1/ack", post(stand_in))
+        .route("/api/v1/events", get(stand_in))
+        .with_state(log.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("address"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let pacer = |args: &[&str]| pacer(&url, Some("t0ken"), args);
+    let seen = |route: &str| -> Vec<Seen> {
+        log.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter(|s| s.route == route)
+            .cloned()
+            .collect()
+    };
+
+    let run = pacer(&[
+        "jobs",
+        "run",
+        "sync",
+        "--payload",
+        r#"{"since": "2026-12-01"}"#,
+    ])
+    .ok();
+    assert_eq!(run.stdout.trim(), "task t2 created for job sync (pending)");
+    assert_eq!(
+        seen("/api/v1/jobs/sync/run")[0].body,
+        json!({ "payload": { "since": "2026-12-01" } })
+    );
+    let bad_payload = pacer(&["jobs", "run", "sync", "--payload", "[1]"]);
+    assert_eq!(bad_payload.code, 2, "{bad_payload:#?}");
+
+    let retry = pacer(&["tasks", "retry", "t1", "--output", "json"])
+        .ok()
+        .json();
+    assert_eq!(retry["id"], "t3");
+
+    let tasks = pacer(&["tasks", "list", "--origin", "manual", "--state", "failed"]).ok();
+    assert_eq!(
+        seen("/api/v1/tasks")[0].query.as_deref(),
+        Some("state=failed&origin=manual")
+    );
+    assert!(tasks.stdout.contains("t1  sync"), "{tasks:#?}");
+    assert!(tasks.stdout.contains("2026-12-01T09:00:00Z"), "{tasks:#?}");
+    assert!(
+        tasks.stdout.ends_with("(more: --cursor c2)\n"),
+        "{tasks:#?}"
+    );
+
+    let alerts = pacer(&["alerts", "list", "--state", "open", "--job", "sync"]).ok();
+    assert_eq!(
+        seen("/api/v1/alerts")[0].query.as_deref(),
+        Some("state=open&job=sync")
+    );
+    let header_row = alerts.stdout.lines().next().unwrap_or_default();
+    assert!(
+        header_row.starts_with("ID") && header_row.contains("SEVERITY"),
+        "{alerts:#?}"
+    );
+    assert!(alerts.stdout.contains("failed") && alerts.stdout.contains("critical"));
+    let ack = pacer(&["alerts", "ack", "a1", "--note", "looking"]).ok();
+    assert_eq!(ack.stdout.trim(), "alert a1 (failed) is acked");
+    assert_eq!(
+        seen("/api/v1/alerts/a1/ack")[0].body,
+        json!({ "note": "looking" })
+    );
+
+    // The stream: two events, then the connection ends; the CLI resumes after event 2 and
+    // stops at the refusal of its token.
+    let events = pacer(&["events", "--output", "json"]);
+    assert_eq!(events.code, 6, "{events:#?}");
+    let lines: Vec<Value> = events
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert_eq!(lines.len(), 2, "{events:#?}");
+    assert_eq!(lines[0]["event"], "task.created");
+    assert_eq!(lines[0]["data"]["task"], "t1");
+    assert_eq!(lines[1]["id"], "2");
+    let connections = seen("/api/v1/events");
+    assert_eq!(connections.len(), 2);
+    assert_eq!(connections[1].last_event_id.as_deref(), Some("2"));
+    assert!(events.stderr.contains("401 Unauthorized"), "{events:#?}");
 }
