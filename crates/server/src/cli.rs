@@ -41,10 +41,16 @@ pub(crate) enum Output {
     Json,
 }
 
+/// Shown under every verb's `--help`.
+const EXIT_CODES: &str = "Exit codes: 0 done, 1 server or network failure, 2 usage, \
+3 not found (404), 4 invalid request or jobs file (400, 413, 415, 422), 5 conflict (409), \
+6 unauthenticated or forbidden (401, 403).";
+
 /// The verbs that talk to a running cluster.
 #[derive(Debug, Subcommand)]
 pub(crate) enum Remote {
     /// List, show, run, pause and resume jobs.
+    #[command(after_help = EXIT_CODES)]
     Jobs {
         #[command(flatten)]
         connection: Connection,
@@ -52,6 +58,7 @@ pub(crate) enum Remote {
         verb: JobsVerb,
     },
     /// List, show, cancel and retry tasks.
+    #[command(after_help = EXIT_CODES)]
     Tasks {
         #[command(flatten)]
         connection: Connection,
@@ -59,6 +66,7 @@ pub(crate) enum Remote {
         verb: TasksVerb,
     },
     /// List a job's triggers and preview their next fire times.
+    #[command(after_help = EXIT_CODES)]
     Triggers {
         #[command(flatten)]
         connection: Connection,
@@ -66,6 +74,7 @@ pub(crate) enum Remote {
         verb: TriggersVerb,
     },
     /// List and acknowledge alerts.
+    #[command(after_help = EXIT_CODES)]
     Alerts {
         #[command(flatten)]
         connection: Connection,
@@ -73,6 +82,7 @@ pub(crate) enum Remote {
         verb: AlertsVerb,
     },
     /// The cluster: its leader and nodes.
+    #[command(after_help = EXIT_CODES)]
     Cluster {
         #[command(flatten)]
         connection: Connection,
@@ -80,6 +90,7 @@ pub(crate) enum Remote {
         verb: ClusterVerb,
     },
     /// Follow the cluster's event stream until interrupted (reconnects where it left off).
+    #[command(after_help = EXIT_CODES)]
     Events {
         #[command(flatten)]
         connection: Connection,
@@ -89,6 +100,7 @@ pub(crate) enum Remote {
     },
     /// Make jobs and their triggers match a jobs file (or every `.yaml`, `.yml` and `.json`
     /// file of a directory): shows the changes, then makes them.
+    #[command(after_help = EXIT_CODES)]
     Apply {
         #[command(flatten)]
         connection: Connection,
@@ -108,6 +120,7 @@ pub(crate) enum Remote {
     },
     /// Print the current job definitions and triggers in the format `apply` reads (YAML; JSON
     /// with `--output json`).
+    #[command(after_help = EXIT_CODES)]
     Export {
         #[command(flatten)]
         connection: Connection,

@@ -1,5 +1,5 @@
 //! The `pacer` binary: `serve` runs a node, `dev` a local node with an example, `migrate`
-//! applies the database migrations.
+//! applies the database migrations; the operator verbs (`jobs`, `apply`, …) are in `cli`.
 
 mod apply;
 mod cli;
