@@ -173,7 +173,16 @@ fn parse_file(file: &Path, text: &str) -> (Vec<Declared>, Vec<Problem>) {
     let document: std::result::Result<Value, String> = if json {
         serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))
     } else {
-        serde_saphyr::from_str(text).map_err(|e| format!("not valid YAML: {e}"))
+        serde_saphyr::from_str(text).map_err(|e| {
+            let text = e.to_string();
+            // An unquoted cron expression starting with `*` reads as a YAML alias.
+            let hint = if text.contains("anchor or alias") {
+                "\n(quote cron expressions: `expression: \"* * * * *\"`)"
+            } else {
+                ""
+            };
+            format!("not valid YAML: {text}{hint}")
+        })
     };
     let items = match document {
         Err(message) => return (Vec::new(), vec![problem(None, None, message)]),
@@ -594,7 +603,7 @@ fn render(plans: &[JobPlan]) -> String {
                     out.push_str(&format!("      {line}\n"));
                 }
             }
-            JobAction::Keep => out.push_str(&format!("  job {} (triggers)\n", plan.name)),
+            JobAction::Keep => out.push_str(&format!("~ job {}\n", plan.name)),
             JobAction::Delete => out.push_str(&format!("- job {}\n", plan.name)),
         }
         for trigger in &plan.triggers {
