@@ -964,6 +964,18 @@ mod tests {
         );
         let (jobs, problems) = parse("");
         assert!(jobs.is_empty() && problems.is_empty());
+        let (jobs, problems) = parse_file(
+            Path::new("jobs.json"),
+            r#"[{"name": "j", "target": {"url": "http://x"}, "triggers": [{"kind": "once", "at": "2027-01-01T00:00:00Z"}]}]"#,
+        );
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(jobs[0].triggers.len(), 1);
+        let (_, problems) = parse_file(Path::new("jobs.json"), "[{");
+        assert!(
+            problems[0]
+                .to_string()
+                .starts_with("jobs.json: not valid JSON")
+        );
     }
 
     #[test]
