@@ -83,14 +83,15 @@ async fn put_job(
             ),
         ));
     }
-    if query.dry_run {
-        return Ok(StatusCode::NO_CONTENT.into_response());
-    }
     let before = match state.store.get_job(&name).await {
         Ok(job) => Some(job),
         Err(pacer_store::Error::NotFound(_)) => None,
         Err(other) => return Err(other.into()),
     };
+    // Every check is above this line, so a dry run answers what a real one would.
+    if query.dry_run {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
     let put = state.store.put_job(&name, &spec).await?;
     if before.as_ref().is_none_or(|b| b.version != put.job.version) {
         let summary =

@@ -82,6 +82,7 @@ fn main() -> ExitCode {
         }
     };
     match &cli.command {
+        Command::Remote(_) => {}
         Command::Keygen => {
             print!("{}", pacer_auth::signing::generate_ed25519_pem());
             return ExitCode::SUCCESS;
@@ -104,7 +105,7 @@ fn main() -> ExitCode {
             };
         }
         Command::Dev => security::add_dev_keys(&mut config),
-        Command::Serve | Command::Migrate | Command::Remote(_) => {}
+        Command::Serve | Command::Migrate => {}
     }
     let security = match &cli.command {
         Command::Serve | Command::Dev => {
@@ -139,6 +140,7 @@ fn main() -> ExitCode {
     );
     let result = runtime.block_on(async move {
         match cli.command {
+            Command::Remote(_) => Ok(()),
             Command::Serve => {
                 let security = security.context("security was not configured")?;
                 let shutdown = node::shutdown_on_signals()?;
@@ -149,7 +151,7 @@ fn main() -> ExitCode {
             Command::Dev => {
                 dev::run(config, security.context("security was not configured")?).await
             }
-            Command::Token { .. } | Command::Keygen | Command::Remote(_) => Ok(()),
+            Command::Token { .. } | Command::Keygen => Ok(()),
             Command::Migrate => {
                 let store = node::connect(&config)?;
                 node::migrate(&store, &CancellationToken::new()).await?;
