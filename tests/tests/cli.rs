@@ -501,6 +501,7 @@ async fn stand_in(
     let alert = |state: &str| {
         json!({ "id": "a1", "kind": "failed", "severity": "critical",
                 "subject": { "task": "t1", "job": "sync" }, "state": state, "count": 2,
+                "summary": "task t1 of sync failed",
                 "opened_at": "2026-12-01T09:00:00Z", "last_seen_at": "2026-12-01T09:05:00Z",
                 "acked_by": null })
     };
@@ -524,6 +525,7 @@ async fn stand_in(
             json!({ "items": [alert("open")], "next_cursor": null }),
         ),
         "/api/v1/alerts/a1/ack" => json_reply(StatusCode::OK, alert("acked")),
+        "/api/v1/alerts/a1/resolve" => json_reply(StatusCode::OK, alert("resolved")),
         "/api/v1/events" if headers.get("last-event-id").is_none() => (
             [(header::CONTENT_TYPE, "text/event-stream")],
             ": hello\n\nid: 1\nevent: task.created\ndata: {\"task\":\"t1\",\"at\":\"2026-12-01T09:00:00Z\"}\n\n\
@@ -552,6 +554,7 @@ async fn verbs_over_routes_of_the_operator_api_send_and_read_the_documented_shap
         .route("/api/v1/tasks", get(stand_in))
         .route("/api/v1/alerts", get(stand_in))
         .route("/api/v1/alerts/a1/ack", post(stand_in))
+        .route("/api/v1/alerts/a1/resolve", post(stand_in))
         .route("/api/v1/events", get(stand_in))
         .with_state(log.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -613,11 +616,24 @@ async fn verbs_over_routes_of_the_operator_api_send_and_read_the_documented_shap
         "{alerts:#?}"
     );
     assert!(alerts.stdout.contains("failed") && alerts.stdout.contains("critical"));
+    assert!(
+        alerts.stdout.contains("job sync, task t1")
+            && alerts.stdout.contains("task t1 of sync failed"),
+        "{alerts:#?}"
+    );
     let ack = pacer(&["alerts", "ack", "a1", "--note", "looking"]).ok();
     assert_eq!(ack.stdout.trim(), "alert a1 (failed) is acked");
     assert_eq!(
         seen("/api/v1/alerts/a1/ack")[0].body,
         json!({ "note": "looking" })
+    );
+    let resolved = pacer(&["alerts", "resolve", "a1", "--output", "json"])
+        .ok()
+        .json();
+    assert_eq!(resolved["state"], "resolved");
+    assert_eq!(
+        seen("/api/v1/alerts/a1/resolve")[0].body,
+        json!({ "note": null })
     );
 
     // The stream: two events, then the connection ends; the CLI resumes after event 2 and

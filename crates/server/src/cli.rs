@@ -73,7 +73,7 @@ pub(crate) enum Remote {
         #[command(subcommand)]
         verb: TriggersVerb,
     },
-    /// List and acknowledge alerts.
+    /// List, acknowledge and resolve alerts.
     #[command(after_help = EXIT_CODES)]
     Alerts {
         #[command(flatten)]
@@ -210,8 +210,15 @@ pub(crate) enum AlertsVerb {
         #[arg(long)]
         job: Option<String>,
     },
-    /// Acknowledge an alert.
+    /// Acknowledge an alert: it stays open but notifies no one again.
     Ack {
+        id: String,
+        /// Why, for the record.
+        #[arg(long)]
+        note: Option<String>,
+    },
+    /// Resolve an alert.
+    Resolve {
         id: String,
         /// Why, for the record.
         #[arg(long)]
@@ -556,6 +563,22 @@ async fn triggers(connection: &Connection, verb: TriggersVerb) -> Result<()> {
     Ok(())
 }
 
+/// What an alert is about: `job sync, task 01a2…`, or `node pacer-2`.
+fn subject(alert: &Value) -> String {
+    let parts: Vec<String> = ["job", "task", "node"]
+        .iter()
+        .filter_map(|key| {
+            let value = alert.pointer(&format!("/subject/{key}"))?.as_str()?;
+            Some(format!("{key} {value}"))
+        })
+        .collect();
+    if parts.is_empty() {
+        "-".to_owned()
+    } else {
+        parts.join(", ")
+    }
+}
+
 async fn alerts(connection: &Connection, verb: AlertsVerb) -> Result<()> {
     let client = connection.client()?;
     match verb {
@@ -571,12 +594,12 @@ async fn alerts(connection: &Connection, verb: AlertsVerb) -> Result<()> {
                     "KIND",
                     "SEVERITY",
                     "STATE",
-                    "JOB",
-                    "TASK",
+                    "SUBJECT",
                     "COUNT",
                     "OPENED",
                     "LAST SEEN",
                     "ACKED BY",
+                    "SUMMARY",
                 ]);
                 page(v, table, |alert| {
                     vec![
@@ -584,31 +607,47 @@ async fn alerts(connection: &Connection, verb: AlertsVerb) -> Result<()> {
                         output::text(alert, "/kind"),
                         output::text(alert, "/severity"),
                         output::text(alert, "/state"),
-                        output::text(alert, "/subject/job"),
-                        output::text(alert, "/subject/task"),
+                        subject(alert),
                         output::text(alert, "/count"),
                         output::time(alert, "/opened_at"),
                         output::time(alert, "/last_seen_at"),
                         output::text(alert, "/acked_by"),
+                        output::text(alert, "/summary"),
                     ]
                 })
             });
         }
-        AlertsVerb::Ack { id, note } => {
-            let body = json!({ "note": note });
-            let alert = client
-                .post(&format!("/api/v1/alerts/{}/ack", segment(&id)), Some(&body))
-                .await?;
-            connection.print(&alert, |a| {
-                format!(
-                    "alert {} ({}) is {}",
-                    output::text(a, "/id"),
-                    output::text(a, "/kind"),
-                    output::text(a, "/state")
-                )
-            });
+        AlertsVerb::Ack { id, note } => alert_action(connection, &client, "ack", &id, note).await?,
+        AlertsVerb::Resolve { id, note } => {
+            alert_action(connection, &client, "resolve", &id, note).await?;
         }
     }
+    Ok(())
+}
+
+/// `ack` or `resolve` an alert, with an optional note.
+async fn alert_action(
+    connection: &Connection,
+    client: &Client,
+    action: &str,
+    id: &str,
+    note: Option<String>,
+) -> Result<()> {
+    let body = json!({ "note": note });
+    let alert = client
+        .post(
+            &format!("/api/v1/alerts/{}/{action}", segment(id)),
+            Some(&body),
+        )
+        .await?;
+    connection.print(&alert, |a| {
+        format!(
+            "alert {} ({}) is {}",
+            output::text(a, "/id"),
+            output::text(a, "/kind"),
+            output::text(a, "/state")
+        )
+    });
     Ok(())
 }
 
