@@ -2,12 +2,12 @@
 //! `pacer export` writes the current definitions in the same format.
 //!
 //! A file is a list of jobs, each its `name`, the fields of `PUT /api/v1/jobs/{name}` and
-//! `triggers:` (each the body of `POST …/triggers`). Definitions stay JSON values on their way
-//! to the server, so fields this client does not know pass through unchanged; the domain types
-//! are used only to validate them before anything is written and to compare them with what the
-//! server holds, defaults filled in on both sides. What only the server can check (the secrets
-//! it has) it checks with `PUT …?dry_run=true` for every job to be written, before the first
-//! write, so a refused file changes nothing.
+//! `triggers:` (each the body of `POST …/triggers`). Definitions stay JSON values: what a file
+//! says is sent to the server as written. The domain types are used to validate them before
+//! anything is written, and to compare them with what the server holds, defaults filled in on
+//! both sides; of a view from the server, the definition is the fields the input type reads.
+//! What only the server can check (the secrets it has) it checks with `PUT …?dry_run=true` for
+//! every job to be written, before the first write, so a refused file changes nothing.
 //!
 //! Triggers have ids the server assigns, so a declared trigger is matched to an existing one
 //! of its job by content (its whole definition, defaults filled in). A declared trigger left
@@ -335,23 +335,71 @@ fn normalize_trigger(body: &Value) -> std::result::Result<Value, FieldErrors> {
     serde_json::to_value(spec).map_err(|e| vec![("definition".into(), e.to_string())])
 }
 
-/// A view without the fields the server manages: the definition as a client writes it.
-fn definition(view: &Value, server_fields: &[&str]) -> Map<String, Value> {
-    let mut fields = view.as_object().cloned().unwrap_or_default();
-    for field in server_fields {
-        fields.remove(*field);
+/// The field names a struct reads: serde hands them to `deserialize_struct`, which is all this
+/// deserializer answers.
+fn struct_fields<T: DeserializeOwned>() -> &'static [&'static str] {
+    use serde::de::{Error as _, Visitor};
+
+    struct Fields<'a>(&'a std::cell::Cell<&'static [&'static str]>);
+
+    impl<'de> serde::Deserializer<'de> for Fields<'_> {
+        type Error = serde::de::value::Error;
+
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+            Err(Self::Error::custom("not a struct"))
+        }
+
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Self::Error> {
+            self.0.set(fields);
+            Err(Self::Error::custom("fields read"))
+        }
+
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+            byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map enum
+            identifier ignored_any
+        }
     }
+
+    let fields = std::cell::Cell::new(&[][..]);
+    let _ = T::deserialize(Fields(&fields));
+    fields.get()
+}
+
+/// A view without the fields the server manages: the definition as a client writes it. Only
+/// fields the input type reads are kept (when it is a struct), so a field a newer server adds
+/// to its views is not mistaken for part of the definition.
+fn definition<T: DeserializeOwned>(view: &Value, server_fields: &[&str]) -> Map<String, Value> {
+    let input_fields = struct_fields::<T>();
+    let mut fields = view.as_object().cloned().unwrap_or_default();
+    fields.retain(|key, _| {
+        !server_fields.contains(&key.as_str())
+            && (input_fields.is_empty() || input_fields.contains(&key.as_str()))
+    });
     fields
+}
+
+fn job_definition(view: &Value) -> Map<String, Value> {
+    definition::<JobInput>(view, &JOB_SERVER_FIELDS)
+}
+
+fn trigger_definition(view: &Value) -> Map<String, Value> {
+    definition::<TriggerInput>(view, &TRIGGER_SERVER_FIELDS)
 }
 
 /// What the server holds, normalized as a declared definition is (or as it is, when this client
 /// cannot read it: then it differs and is rewritten).
 fn normalized_view(
     view: &Value,
-    server_fields: &[&str],
+    definition: fn(&Value) -> Map<String, Value>,
     normalize: fn(&Value) -> std::result::Result<Value, FieldErrors>,
 ) -> Value {
-    let definition = Value::Object(definition(view, server_fields));
+    let definition = Value::Object(definition(view));
     normalize(&definition).unwrap_or(definition)
 }
 
@@ -447,7 +495,7 @@ fn plan_triggers(existing: &[Value], declared: &[DeclaredTrigger]) -> Vec<Trigge
                 .and_then(Value::as_str)
                 .unwrap_or_default()
                 .to_owned();
-            let normalized = normalized_view(view, &TRIGGER_SERVER_FIELDS, normalize_trigger);
+            let normalized = normalized_view(view, trigger_definition, normalize_trigger);
             (id, normalized, view.clone())
         })
         .collect();
@@ -526,7 +574,7 @@ async fn plan(client: &Client, declared: &[Declared], prune: bool) -> Result<Vec
             });
             continue;
         };
-        let current = normalized_view(view, &JOB_SERVER_FIELDS, normalize_job);
+        let current = normalized_view(view, job_definition, normalize_job);
         let mut lines = Vec::new();
         diff("", &current, &job.normalized, &mut lines);
         let action = if lines.is_empty() {
@@ -877,11 +925,8 @@ pub(crate) async fn export(client: &Client, names: &[String], json: bool) -> Res
             .await?;
         exported.push(Exported {
             name,
-            definition: definition(&job, &JOB_SERVER_FIELDS),
-            triggers: triggers
-                .iter()
-                .map(|t| definition(t, &TRIGGER_SERVER_FIELDS))
-                .collect(),
+            definition: job_definition(&job),
+            triggers: triggers.iter().map(trigger_definition).collect(),
         });
     }
     if json {
@@ -999,9 +1044,13 @@ mod tests {
         view.insert("name".into(), json!("sync"));
         view.insert("version".into(), json!(3));
         view.insert("paused".into(), json!(true));
+        // A field a newer server adds to its views is not part of the definition.
+        view.insert("open_tasks".into(), json!(2));
         let view = Value::Object(view);
+        assert!(struct_fields::<JobInput>().contains(&"target"));
+        assert!(!job_definition(&view).contains_key("open_tasks"));
         assert_eq!(
-            normalized_view(&view, &JOB_SERVER_FIELDS, normalize_job),
+            normalized_view(&view, job_definition, normalize_job),
             job.normalized
         );
         let triggers: Vec<Value> = job
@@ -1020,11 +1069,8 @@ mod tests {
         // Export writes it as YAML that reads back the same.
         let exported = vec![Exported {
             name: "sync".into(),
-            definition: definition(&view, &JOB_SERVER_FIELDS),
-            triggers: triggers
-                .iter()
-                .map(|t| definition(t, &TRIGGER_SERVER_FIELDS))
-                .collect(),
+            definition: job_definition(&view),
+            triggers: triggers.iter().map(trigger_definition).collect(),
         }];
         let text = serde_saphyr::to_string(&exported).expect("yaml");
         let (again, problems) = parse(&text);
