@@ -25,6 +25,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
 
+use crate::cli::output::emit;
 use crate::client::{Client, Error, Result, segment};
 
 /// Fields of a job view the server manages; everything else is the definition.
@@ -869,22 +870,22 @@ pub(crate) async fn apply(client: &Client, path: &Path, options: &Options) -> Re
     let plans = plan(client, &declared, options.prune).await?;
     vet(client, &declared, &plans).await?;
     if options.json {
-        println!(
-            "{}",
-            crate::cli::output::json(&plan_json(&plans, options.dry_run))
-        );
+        emit(&crate::cli::output::json(&plan_json(
+            &plans,
+            options.dry_run,
+        )));
     } else {
-        print!("{}", render(&plans));
+        emit(&render(&plans));
     }
     if options.dry_run {
         if !options.json {
-            println!("Dry run: nothing was changed.");
+            emit("Dry run: nothing was changed.");
         }
         return Ok(());
     }
     let done = execute(client, &plans, options).await?;
     if !options.json && done > 0 {
-        println!("Applied {done} change(s).");
+        emit(&format!("Applied {done} change(s)."));
     }
     Ok(())
 }

@@ -288,7 +288,7 @@ async fn dispatch(remote: Remote) -> Result<()> {
                 connection.output == Output::Json,
             )
             .await?;
-            print!("{text}");
+            output::emit(&text);
             Ok(())
         }
     }
@@ -305,11 +305,7 @@ impl Connection {
             Output::Json => output::json(value),
             Output::Table => human(value),
         };
-        if text.ends_with('\n') {
-            print!("{text}");
-        } else {
-            println!("{text}");
-        }
+        output::emit(&text);
     }
 }
 

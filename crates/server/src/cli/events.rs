@@ -123,7 +123,9 @@ pub(crate) async fn follow(client: &Client, job: Option<String>, output: Output)
                                 if event.id.is_some() {
                                     last_id.clone_from(&event.id);
                                 }
-                                println!("{}", render(&event, output));
+                                if !super::output::emit(&render(&event, output)) {
+                                    return Ok(());
+                                }
                             }
                         }
                         Ok(None) => {

@@ -128,6 +128,19 @@ pub(crate) fn yaml(value: &Value) -> String {
     })
 }
 
+/// Writes to standard output, ending with a newline. False when it is gone (a closed pipe, as
+/// in `pacer events | head`), which ends the command quietly instead of a panic.
+pub(crate) fn emit(text: &str) -> bool {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let newline = if text.ends_with('\n') { "" } else { "\n" };
+    stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.write_all(newline.as_bytes()))
+        .and_then(|()| stdout.flush())
+        .is_ok()
+}
+
 /// Pretty JSON for `--output json`.
 pub(crate) fn json(value: &Value) -> String {
     serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
