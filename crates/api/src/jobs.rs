@@ -51,12 +51,22 @@ pub(crate) fn not_found(name: &JobName) -> impl FnOnce(pacer_store::Error) -> Er
     }
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PutJob {
+    /// Validate only: `204` when the definition would be accepted, the problem otherwise.
+    #[serde(default)]
+    dry_run: bool,
+}
+
 /// Creates the job (201) or replaces its definition (200). Idempotent: the same definition
-/// again changes nothing.
+/// again changes nothing. With `?dry_run=true` it only validates, including the checks against
+/// this cluster's configuration, so `pacer apply` can vet every job before writing any.
 async fn put_job(
     State(state): State<AppState>,
     actor: Actor,
     Path(raw_name): Path<String>,
+    Query(query): Query<PutJob>,
     Json(input): Json<JobInput>,
 ) -> Result<Response> {
     let name: JobName = raw_name
@@ -96,6 +106,10 @@ async fn put_job(
         Err(pacer_store::Error::NotFound(_)) => None,
         Err(other) => return Err(other.into()),
     };
+    // Every check is above this line, so a dry run answers what a real one would.
+    if query.dry_run {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
     let put = state.store.put_job(&name, &spec).await?;
     if before.as_ref().is_none_or(|b| b.version != put.job.version) {
         let summary =

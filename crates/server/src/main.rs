@@ -1,6 +1,9 @@
 //! The `pacer` binary: `serve` runs a node, `dev` a local node with an example, `migrate`
-//! applies the database migrations.
+//! applies the database migrations; the operator verbs (`jobs`, `apply`, …) are in `cli`.
 
+mod apply;
+mod cli;
+mod client;
 mod config;
 mod dev;
 mod node;
@@ -57,6 +60,8 @@ enum Command {
     },
     /// Print a new Ed25519 signing key (PKCS#8 PEM) for `signing.keys`.
     Keygen,
+    #[command(flatten)]
+    Remote(cli::Remote),
 }
 
 fn parse_role(text: &str) -> Result<pacer_auth::Role, String> {
@@ -67,6 +72,11 @@ fn parse_role(text: &str) -> Result<pacer_auth::Role, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The verbs over the REST API need no node configuration.
+    let cli = match cli.command {
+        Command::Remote(remote) => return cli::run(remote),
+        command => Cli { command, ..cli },
+    };
     let mut config = match Config::load(cli.config.as_deref()) {
         Ok(config) => config,
         Err(error) => {
@@ -75,6 +85,7 @@ fn main() -> ExitCode {
         }
     };
     match &cli.command {
+        Command::Remote(_) => {}
         Command::Keygen => {
             print!("{}", pacer_auth::signing::generate_ed25519_pem());
             return ExitCode::SUCCESS;
@@ -132,6 +143,7 @@ fn main() -> ExitCode {
     );
     let result = runtime.block_on(async move {
         match cli.command {
+            Command::Remote(_) => Ok(()),
             Command::Serve => {
                 let security = security.context("security was not configured")?;
                 let shutdown = node::shutdown_on_signals()?;

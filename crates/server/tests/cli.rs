@@ -27,7 +27,10 @@ fn help_lists_the_commands() {
     let output = pacer(&["--help"], &[]);
     assert!(output.status.success());
     let text = String::from_utf8_lossy(&output.stdout);
-    for command in ["serve", "dev", "migrate"] {
+    for command in [
+        "serve", "dev", "migrate", "jobs", "tasks", "triggers", "alerts", "cluster", "events",
+        "apply", "export",
+    ] {
         assert!(text.contains(command), "{command} missing from:\n{text}");
     }
 }
