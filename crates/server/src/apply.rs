@@ -556,7 +556,7 @@ fn plan_triggers(existing: &[Value], declared: &[DeclaredTrigger]) -> Vec<Trigge
 /// The changes that make the cluster match the declared jobs.
 async fn plan(client: &Client, declared: &[Declared], prune: bool) -> Result<Vec<JobPlan>> {
     let existing: BTreeMap<String, Value> = client
-        .all_items("/api/v1/jobs", Some(1000))
+        .all_items("/api/v1/jobs", Some(500))
         .await?
         .into_iter()
         .filter_map(|job| {
@@ -902,7 +902,7 @@ struct Exported {
 /// `pacer export`: the named jobs (all when none is named) in the format `apply` reads.
 pub(crate) async fn export(client: &Client, names: &[String], json: bool) -> Result<String> {
     let jobs = if names.is_empty() {
-        client.all_items("/api/v1/jobs", Some(1000)).await?
+        client.all_items("/api/v1/jobs", Some(500)).await?
     } else {
         let mut jobs = Vec::new();
         for name in names {

@@ -133,7 +133,7 @@ pub(crate) enum Remote {
 pub(crate) enum JobsVerb {
     /// Jobs in name order.
     List {
-        /// At most this many (1–1000).
+        /// At most this many (1–500).
         #[arg(long)]
         limit: Option<u32>,
         /// The `next_cursor` of the previous page.
@@ -168,7 +168,7 @@ pub(crate) enum TasksVerb {
         /// Only tasks of this origin (trigger, api, manual, retry, message, …).
         #[arg(long)]
         origin: Option<String>,
-        /// At most this many (1–1000, default 50).
+        /// At most this many (1–500, default 50).
         #[arg(long)]
         limit: Option<u32>,
         /// The `next_cursor` of the previous page.
