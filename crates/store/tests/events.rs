@@ -47,8 +47,14 @@ async fn a_new_leader_term_and_a_resignation_are_events_and_a_renewal_is_not(poo
     assert_eq!(
         kinds(&batch.events),
         [
-            ("leader.changed".to_owned(), json!({ "node": "a", "term": tenure.term })),
-            ("leader.resigned".to_owned(), json!({ "node": "a", "term": tenure.term })),
+            (
+                "leader.changed".to_owned(),
+                json!({ "node": "a", "term": tenure.term })
+            ),
+            (
+                "leader.resigned".to_owned(),
+                json!({ "node": "a", "term": tenure.term })
+            ),
         ]
     );
 }
@@ -64,7 +70,9 @@ async fn an_event_is_held_back_until_every_older_transaction_has_finished(pool: 
     };
     // `early` takes its transaction id (and its event id) first but commits last.
     let mut early = pool.begin().await.expect("begin");
-    append_event(&mut early, &event("early")).await.expect("append");
+    append_event(&mut early, &event("early"))
+        .await
+        .expect("append");
     store.append_event(&event("late")).await.expect("append");
     let all = EventFilter::default();
     let held = store
@@ -72,7 +80,10 @@ async fn an_event_is_held_back_until_every_older_transaction_has_finished(pool: 
         .await
         .expect("read");
     assert!(held.events.is_empty(), "{:?}", held.events);
-    assert!(held.held_back, "a committed event waits for the older transaction");
+    assert!(
+        held.held_back,
+        "a committed event waits for the older transaction"
+    );
     early.commit().await.expect("commit");
     let batch = read_settled(&store, held.next, &all).await;
     let order: Vec<&str> = batch.events.iter().map(|e| e.kind.as_str()).collect();
@@ -98,13 +109,22 @@ async fn an_event_is_held_back_until_every_older_transaction_has_finished(pool: 
 
     // A consumer's stored position never moves back.
     let last = batch.events[1].cursor();
-    store.save_event_cursor("webhook", last).await.expect("save");
+    store
+        .save_event_cursor("webhook", last)
+        .await
+        .expect("save");
     store
         .save_event_cursor("webhook", EventCursor::START)
         .await
         .expect("save");
-    assert_eq!(store.event_cursor("webhook").await.expect("read"), Some(last));
-    assert_eq!(last.to_string().parse::<EventCursor>().expect("parse"), last);
+    assert_eq!(
+        store.event_cursor("webhook").await.expect("read"),
+        Some(last)
+    );
+    assert_eq!(
+        last.to_string().parse::<EventCursor>().expect("parse"),
+        last
+    );
     assert!("12".parse::<EventCursor>().is_err());
 
     // Retention: only events older than it are pruned.
