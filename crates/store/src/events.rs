@@ -232,13 +232,17 @@ impl Store {
         })
     }
 
-    /// A task's events (state changes and callbacks) in the order they happened.
-    pub async fn task_history(&self, id: TaskId) -> Result<Vec<Event>> {
+    /// A task's latest `limit` events (state changes and callbacks) in the order they happened.
+    pub async fn task_history(&self, id: TaskId, limit: i64) -> Result<Vec<Event>> {
         Ok(sqlx::query_as!(
             EventRow,
-            "select id, tx, at, kind, job_name, task_id, data from events
-             where task_id = $1 order by id",
-            id.as_uuid()
+            r#"select id as "id!", tx as "tx!", at as "at!", kind as "kind!", job_name, task_id,
+                      data as "data!"
+               from (select id, tx, at, kind, job_name, task_id, data from events
+                     where task_id = $1 order by id desc limit $2) latest
+               order by id"#,
+            id.as_uuid(),
+            limit,
         )
         .fetch_all(&self.pool)
         .await?
