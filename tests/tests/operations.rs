@@ -1,6 +1,6 @@
-//! End-to-end: operator actions on a real node — a cancel told to the downstream with a `DELETE`,
+//! End-to-end: operator actions on real nodes — a cancel told to the downstream with a `DELETE`,
 //! whose next callback is refused — and the event log pushed to a webhook (retried until accepted)
-//! and streamed to a client as Server-Sent Events.
+//! and streamed to a client as Server-Sent Events, resumed on another node.
 
 use std::time::Duration;
 
@@ -175,9 +175,10 @@ async fn events_are_streamed_to_clients_and_pushed_to_the_webhook() {
     assert_eq!(leader["data"]["node"], "node-a");
     assert!(leader["data"]["term"].as_i64().is_some_and(|t| t >= 1));
 
-    // A resume after the last event seen waits for the next one.
+    // A resume after the last event seen, on another node, waits for the next one.
+    let other = PacerProcess::start(db.url(), "node-b").await;
     let mut resumed = connect(
-        &node,
+        &other,
         &format!("?job=sync&kind=task.state&last_event_id={last_id}"),
     )
     .await;

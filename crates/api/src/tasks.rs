@@ -210,7 +210,8 @@ async fn get_task(
     let id = task_id(&raw_id)?;
     let task = state.store.get_task(id).await.map_err(task_not_found(id))?;
     let attempts = state.store.task_attempts(id).await?;
-    let history = state.store.task_history(id).await?;
+    // A task reporting progress for days has a long history; its latest part is what matters.
+    let history = state.store.task_history(id, 1000).await?;
     let retries = state.store.retries_of(id).await?;
     Ok(JsonResponse(TaskView::detail(
         task, attempts, history, retries,

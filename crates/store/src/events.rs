@@ -116,6 +116,26 @@ pub async fn append_event(conn: &mut sqlx::PgConnection, event: &NewEvent<'_>) -
     Ok(())
 }
 
+/// The first transaction id whose events may not all be visible yet: the oldest transaction of
+/// this database still running, or the next id to be assigned. Only transactions connected to
+/// this database can write its event log, so those of other databases on the server (which the
+/// snapshot's own `xmin` would count) hold nothing back. A running transaction's 32-bit id is
+/// widened to 64 bits against the snapshot's `xmax`, which it is at most 2^31 behind.
+async fn read_horizon(conn: &mut sqlx::PgConnection) -> Result<i64> {
+    Ok(sqlx::query_scalar!(
+        r#"with s as (select pg_snapshot_xmax(pg_current_snapshot())::text::bigint as xmax)
+           select least(
+               s.xmax,
+               (select min(s.xmax - ((s.xmax % 4294967296 - a.backend_xid::text::bigint + 4294967296) % 4294967296))
+                from pg_stat_activity a
+                where a.datname = current_database() and a.backend_xid is not null)
+           ) as "horizon!"
+           from s"#
+    )
+    .fetch_one(conn)
+    .await?)
+}
+
 struct EventRow {
     id: i64,
     tx: i64,
@@ -149,20 +169,17 @@ impl Store {
     /// The position just before the events not yet safe to read: a reader starting here sees
     /// everything that commits from now on.
     pub async fn event_horizon(&self) -> Result<EventCursor> {
-        let xmin = sqlx::query_scalar!(
-            r#"select pg_snapshot_xmin(pg_current_snapshot())::text::bigint as "xmin!""#
-        )
-        .fetch_one(&self.pool)
-        .await?;
+        let horizon = read_horizon(&mut *self.pool.acquire().await?).await?;
         Ok(EventCursor {
-            tx: xmin - 1,
+            tx: horizon - 1,
             id: i64::MAX,
         })
     }
 
     /// Up to `limit` events after `after` matching `filter`, in delivery order. Only events of
-    /// transactions older than every transaction still running are returned: a transaction that
-    /// took a smaller id but commits later is then already visible, so nothing is ever skipped.
+    /// transactions older than every transaction of this database still running are returned: a
+    /// transaction that took a smaller id but commits later is then already visible, so nothing is
+    /// ever skipped.
     pub async fn events_after(
         &self,
         after: EventCursor,
@@ -170,16 +187,10 @@ impl Store {
         limit: i64,
     ) -> Result<EventBatch> {
         let kinds = (!filter.kinds.is_empty()).then_some(filter.kinds.as_slice());
-        let mut tx = self.pool.begin().await?;
-        // One snapshot for both statements, so the horizon and the rows agree.
-        sqlx::query!("set transaction isolation level repeatable read, read only")
-            .execute(&mut *tx)
-            .await?;
-        let xmin = sqlx::query_scalar!(
-            r#"select pg_snapshot_xmin(pg_current_snapshot())::text::bigint as "xmin!""#
-        )
-        .fetch_one(&mut *tx)
-        .await?;
+        let mut conn = self.pool.acquire().await?;
+        // Separate statements, each with its own snapshot taken after the horizon was computed:
+        // every transaction below the horizon had finished by then, so its events are visible.
+        let horizon = read_horizon(&mut conn).await?;
         let rows = sqlx::query_as!(
             EventRow,
             "select id, tx, at, kind, job_name, task_id, data from events
@@ -190,27 +201,26 @@ impl Store {
              limit $6",
             after.tx,
             after.id,
-            xmin,
+            horizon,
             filter.job.as_deref(),
             kinds,
             limit,
         )
-        .fetch_all(&mut *tx)
+        .fetch_all(&mut *conn)
         .await?;
         let held_back = sqlx::query_scalar!(
             r#"select exists (select 1 from events where tx >= $1) as "held!""#,
-            xmin
+            horizon
         )
-        .fetch_one(&mut *tx)
+        .fetch_one(&mut *conn)
         .await?;
-        tx.commit().await?;
         let full = i64::try_from(rows.len()).unwrap_or(i64::MAX) >= limit;
         let events: Vec<Event> = rows.into_iter().map(Event::from).collect();
         let next = match events.last() {
             Some(last) => last.cursor(),
             // Nothing matched below the horizon: the reader may move up to it.
             None if !full => after.max(EventCursor {
-                tx: xmin - 1,
+                tx: horizon - 1,
                 id: i64::MAX,
             }),
             None => after,
@@ -222,13 +232,17 @@ impl Store {
         })
     }
 
-    /// A task's events (state changes and callbacks) in the order they happened.
-    pub async fn task_history(&self, id: TaskId) -> Result<Vec<Event>> {
+    /// A task's latest `limit` events (state changes and callbacks) in the order they happened.
+    pub async fn task_history(&self, id: TaskId, limit: i64) -> Result<Vec<Event>> {
         Ok(sqlx::query_as!(
             EventRow,
-            "select id, tx, at, kind, job_name, task_id, data from events
-             where task_id = $1 order by id",
-            id.as_uuid()
+            r#"select id as "id!", tx as "tx!", at as "at!", kind as "kind!", job_name, task_id,
+                      data as "data!"
+               from (select id, tx, at, kind, job_name, task_id, data from events
+                     where task_id = $1 order by id desc limit $2) latest
+               order by id"#,
+            id.as_uuid(),
+            limit,
         )
         .fetch_all(&self.pool)
         .await?
