@@ -83,24 +83,17 @@ async fn put_job(
             ),
         ));
     }
-    let unknown: Vec<_> = spec
-        .alerts
-        .sink_names()
-        .filter(|(_, sink)| !state.alert_sinks.contains(*sink))
-        .map(|(field, sink)| {
-            (
+    // Routes name sinks of this cluster's configuration; a typo would silence an alert.
+    let mut unknown = pacer_domain::ValidationErrors::new();
+    for (field, sink) in spec.alerts.sink_names() {
+        if !state.alert_sinks.contains(sink) {
+            unknown.push(
                 field,
                 format!("no alert sink named `{sink}` is configured on this cluster (see `alerts.sinks`)"),
-            )
-        })
-        .collect();
-    if !unknown.is_empty() {
-        let mut errors = pacer_domain::ValidationErrors::new();
-        for (field, message) in unknown {
-            errors.push(field, message);
+            );
         }
-        return Err(Error::Validation(errors));
     }
+    unknown.into_result(()).map_err(Error::Validation)?;
     let before = match state.store.get_job(&name).await {
         Ok(job) => Some(job),
         Err(pacer_store::Error::NotFound(_)) => None,

@@ -99,8 +99,7 @@ impl AppState {
     }
 
     /// The alert sinks jobs may route to (their names), besides `log`.
-    pub fn with_alert_sinks(mut self, names: BTreeSet<String>) -> Self {
-        let mut names = names;
+    pub fn with_alert_sinks(mut self, mut names: BTreeSet<String>) -> Self {
         names.insert(pacer_domain::alert::LOG_SINK.to_owned());
         self.alert_sinks = Arc::new(names);
         self

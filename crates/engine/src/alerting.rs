@@ -89,7 +89,7 @@ impl Default for AlertsConfig {
             dispatch_errors_threshold: 5,
             evaluation_interval: Span::from_secs(1),
             severity: BTreeMap::new(),
-            batch_size: 500,
+            batch_size: 100,
             delivery_max_attempts: 100,
         }
     }
@@ -194,7 +194,10 @@ impl Alerting {
         let skips = tx.take_skips(limit).await?;
         let streaks = tx.take_streaks(threshold).await?;
         let lost = tx.take_lost_nodes(dead_after_ms).await?;
-        let full = overdue.len() == config.batch_size || ended.len() == config.batch_size;
+        let skipped: i64 = skips.iter().map(|s| s.count).sum();
+        let full = overdue.len() == config.batch_size
+            || ended.len() == config.batch_size
+            || skipped == limit;
         let mut deliveries = Vec::new();
 
         for task in &overdue {

@@ -386,7 +386,8 @@ impl AlertSettings {
             dispatch_errors_threshold: self.dispatch_errors_threshold,
             evaluation_interval: self.evaluation_interval,
             severity: self.severity.clone(),
-            batch_size: 500,
+            // Small enough that a pass holds the lease row's share lock only briefly.
+            batch_size: 100,
             delivery_max_attempts: self.delivery_max_attempts,
         }
     }

@@ -288,17 +288,18 @@ impl Node {
             )
         });
 
-        let settings_alerts = &self.config.alerts;
+        // Every node delivers queued alert notifications; the leader only queues them.
+        let alert_settings = &self.config.alerts;
         let deliverer = Deliverer {
             config: DeliveryConfig {
                 node_id: self.node_id.clone(),
-                timeout: settings_alerts.delivery_timeout,
-                poll_interval: settings_alerts.delivery_poll_interval,
+                timeout: alert_settings.delivery_timeout,
+                poll_interval: alert_settings.delivery_poll_interval,
                 batch_size: 16,
                 backoff: pacer_domain::RetryPolicy {
-                    max_attempts: settings_alerts.delivery_max_attempts,
-                    initial_backoff: settings_alerts.delivery_initial_backoff,
-                    max_backoff: settings_alerts.delivery_max_backoff,
+                    max_attempts: alert_settings.delivery_max_attempts,
+                    initial_backoff: alert_settings.delivery_initial_backoff,
+                    max_backoff: alert_settings.delivery_max_backoff,
                     multiplier: 2.0,
                     jitter: 0.2,
                 },
