@@ -8,6 +8,7 @@ mod error;
 mod extract;
 mod health;
 mod jobs;
+mod messages;
 mod observe;
 mod tasks;
 mod triggers;
@@ -21,9 +22,9 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use pacer_domain::Span;
+use pacer_domain::{ConsumerStatus, Span};
 use pacer_store::{ClaimedTask, Store};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
@@ -69,6 +70,8 @@ pub struct AppState {
     auth: Auth,
     secrets: Arc<BTreeSet<String>>,
     request_timeout: Duration,
+    /// This node's RabbitMQ consumer, as the engine reports it.
+    consumer: watch::Receiver<ConsumerStatus>,
 }
 
 impl AppState {
@@ -90,7 +93,15 @@ impl AppState {
             auth,
             secrets: Arc::new(config.secrets.clone()),
             request_timeout: config.request_timeout,
+            consumer: watch::channel(ConsumerStatus::disabled()).1,
         }
+    }
+
+    /// Reports the state of this node's RabbitMQ consumer in `/readyz` and the cluster view,
+    /// and allows jobs with an `amqp` target while it is not disabled.
+    pub fn with_consumer(mut self, consumer: watch::Receiver<ConsumerStatus>) -> Self {
+        self.consumer = consumer;
+        self
     }
 
     /// Reports not ready once `shutdown` is cancelled, so load balancers stop sending new work
@@ -124,7 +135,8 @@ pub fn router(state: AppState) -> Router {
         .merge(jobs::operator_routes())
         .merge(tasks::operator_routes())
         .merge(triggers::operator_routes())
-        .merge(cluster::operator_routes());
+        .merge(cluster::operator_routes())
+        .merge(messages::operator_routes());
     let callbacks = tasks::downstream_routes().route_layer(middleware::from_fn_with_state(
         state.clone(),
         auth::authorize_callback,
@@ -133,6 +145,11 @@ pub fn router(state: AppState) -> Router {
         .merge(with_role(&state, Role::Admin, admin))
         .merge(with_role(&state, Role::Operator, operator))
         .merge(with_role(&state, Role::Upstream, tasks::upstream_routes()))
+        .merge(with_role(
+            &state,
+            Role::Upstream,
+            messages::upstream_routes(),
+        ))
         .merge(callbacks)
         .merge(health::routes())
         .fallback(error::route_not_found)

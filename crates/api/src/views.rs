@@ -47,6 +47,10 @@ struct OriginView {
     trigger_id: Option<Uuid>,
     #[serde(skip_serializing_if = "Option::is_none")]
     scheduled_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message_id: Option<String>,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    message_type: Option<String>,
 }
 
 /// A task as returned by the API; `attempts` only in the detail view.
@@ -98,6 +102,8 @@ impl From<Task> for TaskView {
                 kind: t.origin,
                 trigger_id: t.trigger_id,
                 scheduled_at: t.scheduled_at,
+                message_id: t.message_id,
+                message_type: t.message_type,
             },
             waits_for: t.waits_for,
             idempotency_key: t.idempotency_key,

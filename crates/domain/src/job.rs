@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::firing::OverlapPolicy;
+use crate::message::{MessageType, parse_subscriptions};
 use crate::{RetryPolicy, Span, ValidationErrors};
 
 /// A job's name: 1–64 characters of letters, digits, `.`, `_` and `-`, starting with a letter
@@ -72,6 +73,95 @@ pub struct HttpTarget {
     pub auth: OutboundAuth,
 }
 
+/// Where a job's tasks are dispatched: an HTTP endpoint (written without a `kind`, or with
+/// `"kind": "http"`), or a RabbitMQ exchange (`"kind": "amqp"`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Target {
+    Http(HttpTarget),
+    Amqp(AmqpTarget),
+}
+
+/// Where a job's tasks are published: a RabbitMQ exchange and routing key, with publisher
+/// confirms. The empty exchange is the broker's default one (the routing key names a queue).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpTarget {
+    pub exchange: String,
+    pub routing_key: String,
+    /// Static headers on every published message.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+}
+
+impl Target {
+    /// The HTTP target, if this is one.
+    pub fn http(&self) -> Option<&HttpTarget> {
+        match self {
+            Target::Http(http) => Some(http),
+            Target::Amqp(_) => None,
+        }
+    }
+
+    /// The outbound auth of the target (AMQP targets carry none: the broker authenticates).
+    pub fn auth(&self) -> &OutboundAuth {
+        static NONE: OutboundAuth = OutboundAuth::None;
+        match self {
+            Target::Http(http) => &http.auth,
+            Target::Amqp(_) => &NONE,
+        }
+    }
+
+    /// The target's static headers.
+    pub fn headers(&self) -> &BTreeMap<String, String> {
+        match self {
+            Target::Http(http) => &http.headers,
+            Target::Amqp(amqp) => &amqp.headers,
+        }
+    }
+}
+
+// An HTTP target is written as it always was, without a `kind`, so stored definitions and their
+// versions stay as they are.
+impl Serialize for Target {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Target::Http(http) => http.serialize(serializer),
+            Target::Amqp(amqp) => {
+                #[derive(Serialize)]
+                struct Tagged<'a> {
+                    kind: &'static str,
+                    #[serde(flatten)]
+                    amqp: &'a AmqpTarget,
+                }
+                Tagged { kind: "amqp", amqp }.serialize(serializer)
+            }
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Target {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let mut fields = Map::deserialize(deserializer)?;
+        let kind = match fields.remove("kind") {
+            None => None,
+            Some(Value::String(kind)) => Some(kind),
+            Some(_) => return Err(D::Error::custom("`kind` must be `http` or `amqp`")),
+        };
+        match kind.as_deref() {
+            None | Some("http") => HttpTarget::deserialize(Value::Object(fields))
+                .map(Target::Http)
+                .map_err(D::Error::custom),
+            Some("amqp") => AmqpTarget::deserialize(Value::Object(fields))
+                .map(Target::Amqp)
+                .map_err(D::Error::custom),
+            Some(other) => Err(D::Error::custom(format!(
+                "unknown target kind `{other}`, expected `http` or `amqp`"
+            ))),
+        }
+    }
+}
+
 /// How a dispatch proves it comes from Pacer. Secrets are named, never written here: their values
 /// live in Pacer's configuration.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -110,7 +200,7 @@ impl OutboundAuth {
 pub struct JobSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
-    pub target: HttpTarget,
+    pub target: Target,
     pub payload: Value,
     pub repoll_interval: Span,
     pub dispatch_timeout: Span,
@@ -123,6 +213,9 @@ pub struct JobSpec {
     pub overlap: OverlapPolicy,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Message types this job subscribes to: each such message creates a task.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub on_messages: Vec<MessageType>,
 }
 
 /// A job definition as a client writes it: everything but the target is optional.
@@ -130,7 +223,7 @@ pub struct JobSpec {
 #[serde(deny_unknown_fields)]
 pub struct JobInput {
     pub description: Option<String>,
-    pub target: HttpTarget,
+    pub target: Target,
     pub payload: Option<Value>,
     pub repoll_interval: Option<Span>,
     pub dispatch_timeout: Option<Span>,
@@ -140,6 +233,7 @@ pub struct JobInput {
     pub expect_callback: Option<bool>,
     pub overlap: Option<OverlapPolicy>,
     pub labels: Option<BTreeMap<String, String>>,
+    pub on_messages: Option<Vec<String>>,
 }
 
 /// A retry policy as a client writes it; omitted fields take the defaults.
@@ -181,6 +275,29 @@ fn check_range(errors: &mut ValidationErrors, field: &str, value: Span, min: Spa
         errors.push(
             field,
             format!("must be between {min} and {max}, got {value}"),
+        );
+    }
+}
+
+fn check_amqp(errors: &mut ValidationErrors, target: &AmqpTarget) {
+    // AMQP short strings: at most 255 bytes; exchange names are also limited by RabbitMQ.
+    let name = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':' | '/');
+    if target.exchange.len() > 127 || !target.exchange.chars().all(name) {
+        errors.push(
+            "target.exchange",
+            "at most 127 letters, digits, '.', '_', '-', ':' or '/' (empty: the default exchange)",
+        );
+    }
+    if target.routing_key.len() > 255 || target.routing_key.chars().any(char::is_control) {
+        errors.push(
+            "target.routing_key",
+            "at most 255 bytes, no control characters",
+        );
+    }
+    if target.exchange.is_empty() && target.routing_key.is_empty() {
+        errors.push(
+            "target.routing_key",
+            "the default exchange routes by queue name: name the queue",
         );
     }
 }
@@ -301,9 +418,12 @@ impl TryFrom<JobInput> for JobSpec {
         {
             errors.push("description", "at most 1000 characters");
         }
-        check_url(&mut errors, &input.target.url);
-        check_headers(&mut errors, &input.target.headers);
-        match &input.target.auth {
+        match &input.target {
+            Target::Http(http) => check_url(&mut errors, &http.url),
+            Target::Amqp(amqp) => check_amqp(&mut errors, amqp),
+        }
+        check_headers(&mut errors, input.target.headers());
+        match input.target.auth() {
             OutboundAuth::Bearer { secret } | OutboundAuth::Hmac { secret }
                 if secret.parse::<JobName>().is_err() =>
             {
@@ -367,6 +487,7 @@ impl TryFrom<JobInput> for JobSpec {
         };
         let labels = input.labels.unwrap_or_default();
         check_labels(&mut errors, &labels);
+        let on_messages = parse_subscriptions(&mut errors, input.on_messages);
         errors.into_result(JobSpec {
             description: input.description,
             target: input.target,
@@ -379,6 +500,7 @@ impl TryFrom<JobInput> for JobSpec {
             expect_callback: input.expect_callback.unwrap_or(true),
             overlap: input.overlap.unwrap_or_default(),
             labels,
+            on_messages,
         })
     }
 }
@@ -464,6 +586,60 @@ mod tests {
         let result: Result<JobInput, _> =
             serde_json::from_value(json!({ "target": { "url": "http://a" }, "colour": "red" }));
         assert!(result.is_err());
+    }
+
+    #[test]
+    fn an_amqp_target_is_written_with_its_kind_and_an_http_one_without() {
+        let spec = parse(json!({
+            "target": { "kind": "amqp", "exchange": "pacer.jobs", "routing_key": "sync", "headers": { "x-tenant": "a" } },
+            "on_messages": ["masterdata.changed"],
+        }))
+        .expect("valid");
+        assert_eq!(
+            spec.target,
+            Target::Amqp(AmqpTarget {
+                exchange: "pacer.jobs".into(),
+                routing_key: "sync".into(),
+                headers: BTreeMap::from([("x-tenant".into(), "a".into())]),
+            })
+        );
+        let written = serde_json::to_value(&spec).expect("serialises");
+        assert_eq!(written["target"]["kind"], "amqp");
+        assert_eq!(written["on_messages"], json!(["masterdata.changed"]));
+        let read: JobSpec = serde_json::from_value(written).expect("reads back");
+        assert_eq!(read, spec);
+
+        let http =
+            parse(json!({ "target": { "kind": "http", "url": "http://a" } })).expect("valid");
+        let written = serde_json::to_value(&http).expect("serialises");
+        assert_eq!(written["target"], json!({ "url": "http://a" }));
+        assert!(written.get("on_messages").is_none());
+    }
+
+    #[test]
+    fn bad_amqp_targets_and_subscriptions_are_named() {
+        let errors = parse(json!({
+            "target": { "kind": "amqp", "exchange": "", "routing_key": "", "headers": { "traceparent": "x" } },
+            "on_messages": ["ok", "not ok"],
+        }))
+        .expect_err("invalid");
+        assert_eq!(
+            fields(&errors),
+            [
+                "target.routing_key",
+                "target.headers.traceparent",
+                "on_messages[1]"
+            ]
+        );
+        for target in [
+            json!({ "kind": "smtp", "url": "http://a" }),
+            json!({ "kind": "amqp", "url": "http://a" }),
+            json!({ "kind": "amqp", "exchange": "x", "routing_key": "y", "auth": { "kind": "none" } }),
+        ] {
+            let result: Result<JobInput, _> =
+                serde_json::from_value(json!({ "target": target.clone() }));
+            assert!(result.is_err(), "{target}");
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Pacer's background loops. Each loop is a value with `run(self, shutdown)`, spawned and
 //! supervised by the server; none spawns work it does not also wait for.
 
+pub mod amqp;
 pub mod dispatch;
 mod error;
 mod firing;
@@ -10,6 +11,7 @@ mod outbound;
 mod sweeper;
 mod wakeup;
 
+pub use amqp::{AmqpConfig, Consumer, Publisher};
 pub use dispatch::{DispatchConfig, Dispatcher, Handoff};
 pub use error::{Error, Result};
 pub use heartbeat::Heartbeat;

@@ -8,12 +8,16 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::Router;
 use pacer_api::{ApiConfig, AppState, Auth, Handoff, RateLimiter};
-use pacer_engine::{DispatchConfig, Dispatcher, Heartbeat, Leader, LeaderConfig, Outbound};
+use pacer_domain::ConsumerStatus;
+use pacer_engine::{
+    AmqpConfig, Consumer, DispatchConfig, Dispatcher, Heartbeat, Leader, LeaderConfig, Outbound,
+    Publisher,
+};
 use pacer_store::Store;
 use secrecy::ExposeSecret;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -161,8 +165,11 @@ impl Node {
         };
         let outbound = Outbound::new(self.security.keyset.clone(), self.security.secrets.clone());
         let handoff = Handoff::new(permits.clone(), sender, settings.lease_margin);
+        let amqp = &self.config.amqp;
+        let (consumer_status, consumer_seen) = watch::channel(ConsumerStatus::disabled());
         let state = AppState::new(self.store.clone(), &self.node_id, Some(handoff), &api, auth)
-            .with_shutdown(shutdown.clone());
+            .with_shutdown(shutdown.clone())
+            .with_consumer(consumer_seen);
         let metrics = self.metrics.clone();
         let scrape = axum::routing::get(move || {
             let metrics = metrics.clone();
@@ -192,7 +199,8 @@ impl Node {
             outbound,
             permits,
             receiver,
-        );
+        )
+        .with_publisher(Publisher::new(amqp.url.clone(), &self.node_id));
 
         let mut parts: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
         // The HTTP server outlives the dispatcher's drain: downstreams of dispatches still in
@@ -253,6 +261,36 @@ impl Node {
                     .context("the leader loop failed"),
             )
         });
+
+        if let Some(url) = &amqp.url {
+            let consumer = Consumer::new(
+                AmqpConfig {
+                    url: url.clone(),
+                    exchange: amqp.exchange.clone(),
+                    queue: amqp.queue.clone(),
+                    binding_key: amqp.binding_key.clone(),
+                    dead_letter_queue: amqp.dead_letter_queue.clone(),
+                    declare: amqp.declare,
+                    prefetch: amqp.prefetch,
+                    max_message_bytes: amqp.max_message_bytes,
+                    reconnect_initial: amqp.reconnect_initial,
+                    reconnect_max: amqp.reconnect_max,
+                    node_id: self.node_id.clone(),
+                },
+                self.store.clone(),
+                consumer_status,
+            );
+            let consumer_shutdown = shutdown.child_token();
+            parts.spawn(async move {
+                (
+                    "amqp consumer",
+                    consumer
+                        .run(consumer_shutdown)
+                        .await
+                        .context("the RabbitMQ consumer failed"),
+                )
+            });
+        }
 
         let deadline = settings.drain_timeout.as_duration() + Duration::from_secs(5);
         supervise(parts, shutdown, deadline).await?;

@@ -7,6 +7,7 @@ mod cluster;
 mod error;
 mod firing;
 mod jobs;
+mod messages;
 mod tasks;
 mod triggers;
 
@@ -19,6 +20,7 @@ pub use cluster::{LEADER_CHANNEL, Lease, Node, Tenure};
 pub use error::{Error, Result};
 pub use firing::{Fired, Swept};
 pub use jobs::{DeletedJob, Job, PutJob};
+pub use messages::{Ingested, MessageFilter, Route, StoredMessage};
 pub use tasks::{
     Attempt, CreatedTask, NewTask, Origin, ReportOutcome, Task, TaskFilter, TaskReport,
 };
