@@ -313,7 +313,10 @@ async fn three_nodes_configured_as_in_docker_compose_form_a_cluster_and_serve() 
         let stand_ins = [
             ("PACER_DATABASE_URL", db.url().to_owned()),
             // No broker: the consumer keeps reconnecting, and the node serves meanwhile.
-            ("PACER_AMQP_URL", "amqp://guest:guest@127.0.0.1:1/%2f".to_owned()),
+            (
+                "PACER_AMQP_URL",
+                "amqp://guest:guest@127.0.0.1:1/%2f".to_owned(),
+            ),
             (
                 "PACER_JWT_HS256_SECRET",
                 pacer_tests::TEST_SECRET.to_owned(),

@@ -190,6 +190,23 @@ async fn broker_messages_create_tasks_once_and_malformed_ones_are_dead_lettered(
         "connected",
         "malformed messages do not disturb the consumer"
     );
+    let metrics = pacer_tests::http_client()
+        .get(format!("{}/metrics", node.url()))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    for line in [
+        r#"pacer_messages_total{source="amqp",result="rejected"} 3"#,
+        r#"pacer_messages_total{source="amqp",result="duplicate"} 2"#,
+        r#"pacer_messages_total{source="amqp",result="routed"} 2"#,
+        r#"pacer_tasks_created_total{origin="message"} 3"#,
+        "pacer_amqp_consumer_connected 1",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    }
     let cluster = api.request(Method::GET, "/api/v1/cluster", None, &[]).await;
     assert_eq!(
         cluster.expect_status(200)["amqp"]["consumer"]["state"],

@@ -106,6 +106,13 @@ impl Consumer {
     }
 
     fn report(&self, state: ConsumerState, last_error: Option<String>) {
+        metrics::gauge!("pacer_amqp_consumer_connected").set(
+            if state == ConsumerState::Connected {
+                1.0
+            } else {
+                0.0
+            },
+        );
         let queue = Some(self.config.queue.clone());
         self.status.send_if_modified(|status| {
             let error = last_error.clone().or_else(|| status.last_error.clone());
@@ -291,12 +298,23 @@ impl Consumer {
             Ok(message) => message,
             Err(reason) => return self.dead_letter(delivery, &reason, dead_letters).await,
         };
+        // An upstream that sends a W3C `traceparent` header keeps its tasks in its trace.
+        let traceparent = delivery
+            .properties
+            .headers()
+            .as_ref()
+            .and_then(|h| match h.inner().get("traceparent") {
+                Some(AMQPValue::LongString(value)) => Some(value.to_string()),
+                Some(AMQPValue::ShortString(value)) => Some(value.to_string()),
+                _ => None,
+            })
+            .filter(|value| value.len() <= 128 && value.is_ascii());
         let mut backoff = Duration::from_millis(200);
         let mut failures = 0;
         loop {
             match self
                 .store
-                .ingest_message(&message, MessageSource::Amqp, None)
+                .ingest_message(&message, MessageSource::Amqp, traceparent.as_deref())
                 .await
             {
                 Ok(ingested) => {
