@@ -139,22 +139,53 @@ impl Serialize for Target {
     }
 }
 
+/// Every field a target may have, so an unknown one is refused with its path
+/// (`target.verb`), before the kind decides which of them belong.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TargetFields {
+    kind: Option<String>,
+    url: Option<String>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    auth: Option<OutboundAuth>,
+    exchange: Option<String>,
+    routing_key: Option<String>,
+}
+
 impl<'de> Deserialize<'de> for Target {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         use serde::de::Error as _;
-        let mut fields = Map::deserialize(deserializer)?;
-        let kind = match fields.remove("kind") {
-            None => None,
-            Some(Value::String(kind)) => Some(kind),
-            Some(_) => return Err(D::Error::custom("`kind` must be `http` or `amqp`")),
-        };
-        match kind.as_deref() {
-            None | Some("http") => HttpTarget::deserialize(Value::Object(fields))
-                .map(Target::Http)
-                .map_err(D::Error::custom),
-            Some("amqp") => AmqpTarget::deserialize(Value::Object(fields))
-                .map(Target::Amqp)
-                .map_err(D::Error::custom),
+        let fields = TargetFields::deserialize(deserializer)?;
+        match fields.kind.as_deref() {
+            None | Some("http") => {
+                if fields.exchange.is_some() || fields.routing_key.is_some() {
+                    return Err(D::Error::custom(
+                        "`exchange` and `routing_key` belong to an `amqp` target (`\"kind\": \"amqp\"`)",
+                    ));
+                }
+                Ok(Target::Http(HttpTarget {
+                    url: fields.url.ok_or_else(|| D::Error::missing_field("url"))?,
+                    headers: fields.headers,
+                    auth: fields.auth.unwrap_or_default(),
+                }))
+            }
+            Some("amqp") => {
+                if fields.url.is_some() || fields.auth.is_some() {
+                    return Err(D::Error::custom(
+                        "`url` and `auth` belong to an HTTP target; an `amqp` target has `exchange` and `routing_key`",
+                    ));
+                }
+                Ok(Target::Amqp(AmqpTarget {
+                    exchange: fields
+                        .exchange
+                        .ok_or_else(|| D::Error::missing_field("exchange"))?,
+                    routing_key: fields
+                        .routing_key
+                        .ok_or_else(|| D::Error::missing_field("routing_key"))?,
+                    headers: fields.headers,
+                }))
+            }
             Some(other) => Err(D::Error::custom(format!(
                 "unknown target kind `{other}`, expected `http` or `amqp`"
             ))),
