@@ -308,20 +308,47 @@ impl Default for Topology {
 }
 
 /// A TCP proxy in front of the broker. [`BrokerProxy::cut`] drops every connection through it
-/// and refuses new ones until [`BrokerProxy::restore`].
+/// and refuses new ones until [`BrokerProxy::restore`]; [`BrokerProxy::hold_upstream`] keeps
+/// connections open but holds back what clients send (their acknowledgements among it).
 pub struct BrokerProxy {
     port: u16,
     open: watch::Sender<bool>,
+    upstream: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
 
+/// Copies `from` to `to` while `gate` is open; what arrives while it is closed waits.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut gate: watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buffer = vec![0_u8; 16 * 1024];
+    loop {
+        let read = match from.read(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(read) => read,
+        };
+        while !*gate.borrow_and_update() {
+            if gate.changed().await.is_err() {
+                return;
+            }
+        }
+        if to.write_all(&buffer[..read]).await.is_err() {
+            return;
+        }
+    }
+}
+
 impl BrokerProxy {
-    /// Listens on a free port of 127.0.0.1 and forwards to the broker's host and port.
+    /// Listens on a free port of 127.0.0.1 and forwards to the broker on 127.0.0.1:5672.
     pub async fn start() -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let port = listener.local_addr().expect("address").port();
         let (open, mut open_seen) = watch::channel(true);
-        let upstream = "127.0.0.1:5672";
+        let (upstream, upstream_seen) = watch::channel(true);
+        let broker = "127.0.0.1:5672";
         let task = tokio::spawn(async move {
             let mut pipes = JoinSet::new();
             loop {
@@ -332,10 +359,20 @@ impl BrokerProxy {
                             drop(client);
                             continue;
                         }
+                        let upstream_gate = upstream_seen.clone();
                         pipes.spawn(async move {
-                            let Ok(server) = TcpStream::connect(upstream).await else { return };
-                            let (mut client, mut server) = (client, server);
-                            let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                            let Ok(server) = TcpStream::connect(broker).await else { return };
+                            let (client_read, client_write) = client.into_split();
+                            let (server_read, server_write) = server.into_split();
+                            let (downstream_gate, downstream_seen) = watch::channel(true);
+                            let up = pump(client_read, server_write, upstream_gate);
+                            let down = pump(server_read, client_write, downstream_seen);
+                            // Either direction ending ends the connection.
+                            tokio::select! {
+                                () = up => {}
+                                () = down => {}
+                            }
+                            drop(downstream_gate);
                         });
                     }
                     changed = open_seen.changed() => {
@@ -350,7 +387,12 @@ impl BrokerProxy {
                 }
             }
         });
-        Self { port, open, task }
+        Self {
+            port,
+            open,
+            upstream,
+            task,
+        }
     }
 
     /// The broker URL through this proxy.
@@ -363,9 +405,16 @@ impl BrokerProxy {
         let _ = self.open.send(false);
     }
 
-    /// Accepts connections again.
+    /// Accepts connections again (and forwards what clients send).
     pub fn restore(&self) {
+        let _ = self.upstream.send(true);
         let _ = self.open.send(true);
+    }
+
+    /// Keeps connections open but stops forwarding what clients send to the broker: a node's
+    /// acknowledgements never arrive, while deliveries still reach it.
+    pub fn hold_upstream(&self) {
+        let _ = self.upstream.send(false);
     }
 }
 

@@ -294,6 +294,89 @@ async fn a_node_killed_while_consuming_loses_and_doubles_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_committed_but_never_acknowledged_is_redelivered_and_creates_nothing_more() {
+    let db = TestDb::create().await;
+    let broker = Broker::connect().await;
+    let topology = Topology::new();
+    let proxy = BrokerProxy::start().await;
+    let mut first =
+        PacerProcess::start_with(db.url(), settings("msg-held", &topology, &proxy.url())).await;
+    first
+        .api()
+        .put_job("sync", &subscriber(&["masterdata.changed"]))
+        .await;
+    first
+        .api()
+        .put_job("audit", &subscriber(&["masterdata.changed"]))
+        .await;
+    wait_until("the consumer to connect", WAIT, || async {
+        (consumer_state(&first).await["state"] == "connected").then_some(())
+    })
+    .await;
+
+    // The node gets the delivery and commits its tasks, but its acknowledgement never reaches
+    // the broker; then the node dies.
+    proxy.hold_upstream();
+    let body = json!({ "type": "masterdata.changed", "id": "evt-held" });
+    broker
+        .publish(
+            &topology.exchange,
+            "m",
+            &json_message(&body),
+            BasicProperties::default(),
+        )
+        .await;
+    wait_until("the tasks to be committed", WAIT, || async {
+        (scalar(db.pool(), "select count(*) from tasks").await == 2).then_some(())
+    })
+    .await;
+    wait_until(
+        "the node to have sent its acknowledgement",
+        WAIT,
+        || async {
+            first
+                .logs_with_message("message received")
+                .iter()
+                .any(|line| line["result"] == "routed")
+                .then_some(())
+        },
+    )
+    .await;
+    first.kill();
+    proxy.cut();
+
+    // The broker redelivers it to the next node, which recognises it.
+    let second =
+        PacerProcess::start_with(db.url(), settings("msg-next", &topology, &amqp_url())).await;
+    wait_until(
+        "the redelivery to be recognised as a duplicate",
+        WAIT,
+        || async {
+            second
+                .logs_with_message("message received")
+                .iter()
+                .any(|line| line["result"] == "duplicate" && line["message.id"] == "evt-held")
+                .then_some(())
+        },
+    )
+    .await;
+    wait_until("the broker queue to drain", WAIT, || async {
+        (broker.depth(&topology.queue).await == 0).then_some(())
+    })
+    .await;
+    assert_eq!(scalar(db.pool(), "select count(*) from messages").await, 1);
+    assert_eq!(
+        scalar(db.pool(), "select count(*) from tasks").await,
+        2,
+        "exactly one task per subscribing job"
+    );
+
+    drop(second);
+    drop(topology);
+    broker.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_consumer_reconnects_when_the_broker_goes_away() {
     let db = TestDb::create().await;
     let broker = Broker::connect().await;
