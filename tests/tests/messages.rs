@@ -212,6 +212,18 @@ async fn broker_messages_create_tasks_once_and_malformed_ones_are_dead_lettered(
         cluster.expect_status(200)["amqp"]["consumer"]["state"],
         "connected"
     );
+    // Each node's consumer is in the node list too, as its heartbeat recorded it.
+    let listed = wait_until("the node list to show the consumer", WAIT, || async {
+        let cluster = api.request(Method::GET, "/api/v1/cluster", None, &[]).await;
+        let node = cluster.body["nodes"]
+            .as_array()?
+            .iter()
+            .find(|n| n["id"] == "msg-1")?
+            .clone();
+        (node["amqp"]["state"] == "connected").then_some(node)
+    })
+    .await;
+    assert_eq!(listed["amqp"]["queue"], topology.queue.as_str());
 
     drop(node);
     drop(topology);

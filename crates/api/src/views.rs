@@ -198,6 +198,9 @@ pub(crate) struct NodeView {
     last_heartbeat_at: DateTime<Utc>,
     stopped_at: Option<DateTime<Utc>>,
     alive: bool,
+    /// Its RabbitMQ consumer, when it has a broker configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    amqp: Option<Value>,
 }
 
 impl From<Node> for NodeView {
@@ -210,6 +213,7 @@ impl From<Node> for NodeView {
             last_heartbeat_at: n.last_heartbeat_at,
             stopped_at: n.stopped_at,
             alive: n.alive,
+            amqp: n.amqp_consumer,
         }
     }
 }

@@ -229,6 +229,7 @@ impl Node {
             node_id: self.node_id.clone(),
             address: self.public_url.clone(),
             interval: cluster.heartbeat_interval.as_duration(),
+            consumer: amqp.url.is_some().then(|| consumer_status.subscribe()),
         };
         let heartbeat_shutdown = shutdown.child_token();
         parts.spawn(async move {
