@@ -213,8 +213,10 @@ impl Consumer {
                 Err(error) => break Ended::Lost(describe(&error)),
             }
         };
-        // Closing hands every unacknowledged delivery back to the queue.
-        let _ = connection.close(200, "pacer stopping".into()).await;
+        // Closing hands every unacknowledged delivery back to the queue (as does a connection
+        // that simply drops, if the broker does not answer in time).
+        let closing = connection.close(200, "pacer stopping".into());
+        let _ = tokio::time::timeout(Duration::from_secs(2), closing).await;
         Ok(ended)
     }
 
@@ -337,6 +339,15 @@ impl Consumer {
                     if ingested.created > 0 {
                         metrics::counter!("pacer_tasks_created_total", "origin" => "message")
                             .increment(u64::try_from(ingested.created).unwrap_or(u64::MAX));
+                    }
+                    let skips = ingested
+                        .message
+                        .routes
+                        .iter()
+                        .filter_map(|r| r.skipped.as_deref());
+                    for reason in skips.filter(|r| !ingested.duplicate && *r != "job_paused") {
+                        metrics::counter!("pacer_skips_total", "reason" => reason.to_owned())
+                            .increment(1);
                     }
                     // Only now: a crash before this line means a redelivery, which the
                     // message's deduplication key makes harmless.
