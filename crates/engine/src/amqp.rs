@@ -176,6 +176,23 @@ impl Consumer {
                 connection_properties(&config.node_id, "consumer"),
             ) => connected?,
         };
+        let ended = self.consume(&connection, shutdown, backoff).await;
+        // Closing hands every unacknowledged delivery back to the queue (as does a connection
+        // that simply drops, if the broker does not answer in time).
+        let closing = connection.close(200, "pacer stopping".into());
+        let _ = tokio::time::timeout(Duration::from_secs(2), closing).await;
+        ended
+    }
+
+    /// Declares (or checks) the topology on `connection` and consumes until the connection
+    /// ends or shutdown.
+    async fn consume(
+        &self,
+        connection: &Connection,
+        shutdown: &CancellationToken,
+        backoff: &mut Duration,
+    ) -> lapin::Result<Ended> {
+        let config = &self.config;
         let channel = connection.create_channel().await?;
         self.topology(&channel).await?;
         channel
@@ -187,10 +204,12 @@ impl Consumer {
         dead_letters
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
+        // A tag naming the node, when it fits in an AMQP short string; else the broker picks one.
+        let tag = ShortString::try_new(format!("pacer-{}", config.node_id)).unwrap_or_default();
         let mut deliveries = channel
             .basic_consume(
                 config.queue.as_str().into(),
-                format!("pacer-{}", config.node_id).into(),
+                tag,
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
             )
@@ -198,7 +217,7 @@ impl Consumer {
         tracing::info!(queue = %config.queue, "consuming messages from RabbitMQ");
         self.report(ConsumerState::Connected, None);
         *backoff = config.reconnect_initial.as_duration();
-        let ended = loop {
+        Ok(loop {
             let delivery = tokio::select! {
                 () = shutdown.cancelled() => break Ended::Stopped,
                 next = deliveries.next() => next,
@@ -208,16 +227,10 @@ impl Consumer {
                 Some(Err(error)) => break Ended::Lost(describe(&error)),
                 None => break Ended::Lost("the broker cancelled the consumer".into()),
             };
-            match self.handle(delivery, &dead_letters, shutdown).await {
-                Ok(()) => {}
-                Err(error) => break Ended::Lost(describe(&error)),
+            if let Err(error) = self.handle(delivery, &dead_letters, shutdown).await {
+                break Ended::Lost(describe(&error));
             }
-        };
-        // Closing hands every unacknowledged delivery back to the queue (as does a connection
-        // that simply drops, if the broker does not answer in time).
-        let closing = connection.close(200, "pacer stopping".into());
-        let _ = tokio::time::timeout(Duration::from_secs(2), closing).await;
-        Ok(ended)
+        })
     }
 
     async fn topology(&self, channel: &Channel) -> lapin::Result<()> {
