@@ -462,6 +462,56 @@ async fn the_consumer_reconnects_when_the_broker_goes_away() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_declaring_the_consumer_waits_for_its_queues_to_exist() {
+    let db = TestDb::create().await;
+    let broker = Broker::connect().await;
+    let topology = Topology::new();
+    let node = PacerProcess::start_with(
+        db.url(),
+        settings("msg-expect", &topology, &amqp_url()).env("PACER_AMQP__DECLARE", "false"),
+    )
+    .await;
+    node.api()
+        .put_job("sync", &subscriber(&["masterdata.changed"]))
+        .await;
+    let missing = wait_until("the consumer to report the missing queue", WAIT, || async {
+        let state = consumer_state(&node).await;
+        (state["state"] == "connecting" && state["last_error"].is_string()).then_some(state)
+    })
+    .await;
+    assert!(
+        missing["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("NOT_FOUND") || e.contains("no queue")),
+        "{missing}"
+    );
+
+    // Once an operator has made the queues, the consumer finds them by itself.
+    topology.declare_messages(&broker).await;
+    wait_until("the consumer to connect", WAIT, || async {
+        (consumer_state(&node).await["state"] == "connected").then_some(())
+    })
+    .await;
+    let body = json!({ "type": "masterdata.changed", "id": "evt-expected" });
+    broker
+        .publish(
+            &topology.exchange,
+            "m",
+            &json_message(&body),
+            BasicProperties::default(),
+        )
+        .await;
+    wait_until("the message's task", WAIT, || async {
+        (scalar(db.pool(), "select count(*) from tasks").await == 1).then_some(())
+    })
+    .await;
+
+    drop(node);
+    drop(topology);
+    broker.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_amqp_target_is_published_confirmed_and_completed_by_callback() {
     let db = TestDb::create().await;
     let broker = Broker::connect().await;
