@@ -76,7 +76,17 @@ const METHODS: &[&str] = &[
 /// The values each enumerated label of a documented family may take. `job` (bounded by the jobs
 /// that exist) and `route` (a template) are checked on their own.
 const ENUMERATED: &[(&str, &str, &[&str])] = &[
-    ("pacer_tasks_created_total", "origin", &["api", "trigger"]),
+    (
+        "pacer_tasks_created_total",
+        "origin",
+        &["api", "trigger", "message"],
+    ),
+    ("pacer_messages_total", "source", &["api", "amqp"]),
+    (
+        "pacer_messages_total",
+        "result",
+        &["routed", "unrouted", "duplicate", "rejected"],
+    ),
     (
         "pacer_skips_total",
         "reason",

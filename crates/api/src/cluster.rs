@@ -40,8 +40,10 @@ async fn get_cluster(State(state): State<AppState>) -> Result<JsonResponse<Value
             "lease_expires_at": lease.expires_at,
         })
     });
+    // The RabbitMQ consumer of the node answering; each node reports its own in `/readyz`.
+    let amqp = json!({ "node": &*state.node_id, "consumer": state.consumer.borrow().clone() });
     Ok(JsonResponse(
-        json!({ "leader": leader, "term": lease.term, "nodes": nodes }),
+        json!({ "leader": leader, "term": lease.term, "nodes": nodes, "amqp": amqp }),
     ))
 }
 

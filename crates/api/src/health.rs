@@ -20,7 +20,8 @@ async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// Ready when the database answers and its migrations are current, and not while draining.
+/// Ready when the database answers and its migrations are current, and not while draining. The
+/// detail also shows this node's RabbitMQ consumer.
 async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     if state.shutdown.is_cancelled() {
         let body = json!({ "status": "draining", "node": &*state.node_id });
@@ -39,7 +40,10 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let body = json!({ "status": if ready { "ready" } else { "not ready" }, "node": &*state.node_id, "database": database });
+    // The broker going away is normal (the consumer reconnects by itself), so it is reported
+    // but never makes the node unready.
+    let amqp = state.consumer.borrow().clone();
+    let body = json!({ "status": if ready { "ready" } else { "not ready" }, "node": &*state.node_id, "database": database, "amqp": amqp });
     (status, Json(body))
 }
 

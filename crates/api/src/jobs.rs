@@ -73,7 +73,15 @@ async fn put_job(
         .parse()
         .map_err(|e: pacer_domain::job::InvalidJobName| Error::field("name", e.to_string()))?;
     let spec = JobSpec::try_from(input).map_err(Error::Validation)?;
-    if let Some(secret) = spec.target.auth.secret()
+    if matches!(spec.target, pacer_domain::Target::Amqp(_))
+        && state.consumer.borrow().state == pacer_domain::ConsumerState::Disabled
+    {
+        return Err(Error::field(
+            "target.kind",
+            "no RabbitMQ broker is configured on this cluster (see `amqp.url` in the configuration)",
+        ));
+    }
+    if let Some(secret) = spec.target.auth().secret()
         && !state.secrets.contains(secret)
     {
         return Err(Error::field(

@@ -11,6 +11,7 @@ mod events;
 mod extract;
 mod health;
 mod jobs;
+mod messages;
 mod observe;
 mod tasks;
 mod triggers;
@@ -24,9 +25,9 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use pacer_domain::Span;
+use pacer_domain::{ConsumerStatus, Span};
 use pacer_store::{ClaimedTask, Store};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
@@ -73,6 +74,8 @@ pub struct AppState {
     secrets: Arc<BTreeSet<String>>,
     request_timeout: Duration,
     alert_sinks: Arc<BTreeSet<String>>,
+    /// This node's RabbitMQ consumer, as the engine reports it.
+    consumer: watch::Receiver<ConsumerStatus>,
 }
 
 impl AppState {
@@ -95,6 +98,7 @@ impl AppState {
             secrets: Arc::new(config.secrets.clone()),
             request_timeout: config.request_timeout,
             alert_sinks: Arc::new([pacer_domain::alert::LOG_SINK.to_owned()].into()),
+            consumer: watch::channel(ConsumerStatus::disabled()).1,
         }
     }
 
@@ -102,6 +106,13 @@ impl AppState {
     pub fn with_alert_sinks(mut self, mut names: BTreeSet<String>) -> Self {
         names.insert(pacer_domain::alert::LOG_SINK.to_owned());
         self.alert_sinks = Arc::new(names);
+        self
+    }
+
+    /// Reports the state of this node's RabbitMQ consumer in `/readyz` and the cluster view,
+    /// and allows jobs with an `amqp` target while it is not disabled.
+    pub fn with_consumer(mut self, consumer: watch::Receiver<ConsumerStatus>) -> Self {
+        self.consumer = consumer;
         self
     }
 
@@ -139,7 +150,8 @@ pub fn router(state: AppState) -> Router {
         .merge(events::operator_routes())
         .merge(triggers::operator_routes())
         .merge(cluster::operator_routes())
-        .merge(alerts::operator_routes());
+        .merge(alerts::operator_routes())
+        .merge(messages::operator_routes());
     let callbacks = tasks::downstream_routes().route_layer(middleware::from_fn_with_state(
         state.clone(),
         auth::authorize_callback,
@@ -148,6 +160,11 @@ pub fn router(state: AppState) -> Router {
         .merge(with_role(&state, Role::Admin, admin))
         .merge(with_role(&state, Role::Operator, operator))
         .merge(with_role(&state, Role::Upstream, tasks::upstream_routes()))
+        .merge(with_role(
+            &state,
+            Role::Upstream,
+            messages::upstream_routes(),
+        ))
         .merge(callbacks)
         .merge(health::routes())
         .fallback(error::route_not_found)

@@ -54,6 +54,9 @@ struct OriginView {
     /// The task this one retries.
     #[serde(skip_serializing_if = "Option::is_none")]
     task_id: Option<TaskId>,
+    message_id: Option<String>,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    message_type: Option<String>,
 }
 
 /// A task as returned by the API; `attempts` only in the detail view.
@@ -148,6 +151,8 @@ impl From<Task> for TaskView {
                 scheduled_at: t.scheduled_at,
                 actor: t.actor,
                 task_id: t.retry_of,
+                message_id: t.message_id,
+                message_type: t.message_type,
             },
             waits_for: t.waits_for,
             idempotency_key: t.idempotency_key,
@@ -244,6 +249,9 @@ pub(crate) struct NodeView {
     last_heartbeat_at: DateTime<Utc>,
     stopped_at: Option<DateTime<Utc>>,
     alive: bool,
+    /// Its RabbitMQ consumer, when it has a broker configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    amqp: Option<Value>,
 }
 
 impl From<Node> for NodeView {
@@ -256,6 +264,7 @@ impl From<Node> for NodeView {
             last_heartbeat_at: n.last_heartbeat_at,
             stopped_at: n.stopped_at,
             alive: n.alive,
+            amqp: n.amqp_consumer,
         }
     }
 }

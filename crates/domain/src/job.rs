@@ -11,6 +11,7 @@ use serde_json::{Map, Value};
 
 use crate::alert::JobAlerts;
 use crate::firing::OverlapPolicy;
+use crate::message::{MessageType, parse_subscriptions};
 use crate::{RetryPolicy, Span, ValidationErrors};
 
 /// A job's name: 1–64 characters of letters, digits, `.`, `_` and `-`, starting with a letter
@@ -77,6 +78,128 @@ pub struct HttpTarget {
     pub cancel_url: Option<String>,
 }
 
+/// Where a job's tasks are dispatched: an HTTP endpoint (written without a `kind`, or with
+/// `"kind": "http"`), or a RabbitMQ exchange (`"kind": "amqp"`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Target {
+    Http(HttpTarget),
+    Amqp(AmqpTarget),
+}
+
+/// Where a job's tasks are published: a RabbitMQ exchange and routing key, with publisher
+/// confirms. The empty exchange is the broker's default one (the routing key names a queue).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpTarget {
+    pub exchange: String,
+    pub routing_key: String,
+    /// Static headers on every published message.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+}
+
+impl Target {
+    /// The HTTP target, if this is one.
+    pub fn http(&self) -> Option<&HttpTarget> {
+        match self {
+            Target::Http(http) => Some(http),
+            Target::Amqp(_) => None,
+        }
+    }
+
+    /// The outbound auth of the target (AMQP targets carry none: the broker authenticates).
+    pub fn auth(&self) -> &OutboundAuth {
+        static NONE: OutboundAuth = OutboundAuth::None;
+        match self {
+            Target::Http(http) => &http.auth,
+            Target::Amqp(_) => &NONE,
+        }
+    }
+
+    /// The target's static headers.
+    pub fn headers(&self) -> &BTreeMap<String, String> {
+        match self {
+            Target::Http(http) => &http.headers,
+            Target::Amqp(amqp) => &amqp.headers,
+        }
+    }
+}
+
+// An HTTP target is written as it always was, without a `kind`, so stored definitions and their
+// versions stay as they are.
+impl Serialize for Target {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Target::Http(http) => http.serialize(serializer),
+            Target::Amqp(amqp) => {
+                #[derive(Serialize)]
+                struct Tagged<'a> {
+                    kind: &'static str,
+                    #[serde(flatten)]
+                    amqp: &'a AmqpTarget,
+                }
+                Tagged { kind: "amqp", amqp }.serialize(serializer)
+            }
+        }
+    }
+}
+
+/// Every field a target may have, so an unknown one is refused with its path
+/// (`target.verb`), before the kind decides which of them belong.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TargetFields {
+    kind: Option<String>,
+    url: Option<String>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    auth: Option<OutboundAuth>,
+    cancel_url: Option<String>,
+    exchange: Option<String>,
+    routing_key: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for Target {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let fields = TargetFields::deserialize(deserializer)?;
+        match fields.kind.as_deref() {
+            None | Some("http") => {
+                if fields.exchange.is_some() || fields.routing_key.is_some() {
+                    return Err(D::Error::custom(
+                        "`exchange` and `routing_key` belong to an `amqp` target (`\"kind\": \"amqp\"`)",
+                    ));
+                }
+                Ok(Target::Http(HttpTarget {
+                    url: fields.url.ok_or_else(|| D::Error::missing_field("url"))?,
+                    headers: fields.headers,
+                    auth: fields.auth.unwrap_or_default(),
+                    cancel_url: fields.cancel_url,
+                }))
+            }
+            Some("amqp") => {
+                if fields.url.is_some() || fields.auth.is_some() || fields.cancel_url.is_some() {
+                    return Err(D::Error::custom(
+                        "`url`, `auth` and `cancel_url` belong to an HTTP target; an `amqp` target has `exchange` and `routing_key`",
+                    ));
+                }
+                Ok(Target::Amqp(AmqpTarget {
+                    exchange: fields
+                        .exchange
+                        .ok_or_else(|| D::Error::missing_field("exchange"))?,
+                    routing_key: fields
+                        .routing_key
+                        .ok_or_else(|| D::Error::missing_field("routing_key"))?,
+                    headers: fields.headers,
+                }))
+            }
+            Some(other) => Err(D::Error::custom(format!(
+                "unknown target kind `{other}`, expected `http` or `amqp`"
+            ))),
+        }
+    }
+}
+
 /// How a dispatch proves it comes from Pacer. Secrets are named, never written here: their values
 /// live in Pacer's configuration.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -115,7 +238,7 @@ impl OutboundAuth {
 pub struct JobSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
-    pub target: HttpTarget,
+    pub target: Target,
     pub payload: Value,
     pub repoll_interval: Span,
     pub dispatch_timeout: Span,
@@ -131,6 +254,9 @@ pub struct JobSpec {
     /// Where the job's alerts and success notices go; absent when it routes nothing.
     #[serde(default, skip_serializing_if = "JobAlerts::is_empty")]
     pub alerts: JobAlerts,
+    /// Message types this job subscribes to: each such message creates a task.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub on_messages: Vec<MessageType>,
 }
 
 /// A job definition as a client writes it: everything but the target is optional.
@@ -138,7 +264,7 @@ pub struct JobSpec {
 #[serde(deny_unknown_fields)]
 pub struct JobInput {
     pub description: Option<String>,
-    pub target: HttpTarget,
+    pub target: Target,
     pub payload: Option<Value>,
     pub repoll_interval: Option<Span>,
     pub dispatch_timeout: Option<Span>,
@@ -149,6 +275,7 @@ pub struct JobInput {
     pub overlap: Option<OverlapPolicy>,
     pub labels: Option<BTreeMap<String, String>>,
     pub alerts: Option<JobAlerts>,
+    pub on_messages: Option<Vec<String>>,
 }
 
 /// A retry policy as a client writes it; omitted fields take the defaults.
@@ -190,6 +317,29 @@ fn check_range(errors: &mut ValidationErrors, field: &str, value: Span, min: Spa
         errors.push(
             field,
             format!("must be between {min} and {max}, got {value}"),
+        );
+    }
+}
+
+fn check_amqp(errors: &mut ValidationErrors, target: &AmqpTarget) {
+    // AMQP short strings: at most 255 bytes; exchange names are also limited by RabbitMQ.
+    let name = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':' | '/');
+    if target.exchange.len() > 127 || !target.exchange.chars().all(name) {
+        errors.push(
+            "target.exchange",
+            "at most 127 letters, digits, '.', '_', '-', ':' or '/' (empty: the default exchange)",
+        );
+    }
+    if target.routing_key.len() > 255 || target.routing_key.chars().any(char::is_control) {
+        errors.push(
+            "target.routing_key",
+            "at most 255 bytes, no control characters",
+        );
+    }
+    if target.exchange.is_empty() && target.routing_key.is_empty() {
+        errors.push(
+            "target.routing_key",
+            "the default exchange routes by queue name: name the queue",
         );
     }
 }
@@ -310,17 +460,22 @@ impl TryFrom<JobInput> for JobSpec {
         {
             errors.push("description", "at most 1000 characters");
         }
-        check_url(&mut errors, "target.url", &input.target.url);
-        if let Some(cancel_url) = &input.target.cancel_url {
-            // The placeholder is not URL syntax; check the URL around it.
-            check_url(
-                &mut errors,
-                "target.cancel_url",
-                &cancel_url.replace("{task_id}", "task"),
-            );
+        match &input.target {
+            Target::Http(http) => {
+                check_url(&mut errors, "target.url", &http.url);
+                if let Some(cancel_url) = &http.cancel_url {
+                    // The placeholder is not URL syntax; check the URL around it.
+                    check_url(
+                        &mut errors,
+                        "target.cancel_url",
+                        &cancel_url.replace("{task_id}", "task"),
+                    );
+                }
+            }
+            Target::Amqp(amqp) => check_amqp(&mut errors, amqp),
         }
-        check_headers(&mut errors, &input.target.headers);
-        match &input.target.auth {
+        check_headers(&mut errors, input.target.headers());
+        match input.target.auth() {
             OutboundAuth::Bearer { secret } | OutboundAuth::Hmac { secret }
                 if secret.parse::<JobName>().is_err() =>
             {
@@ -386,6 +541,7 @@ impl TryFrom<JobInput> for JobSpec {
         check_labels(&mut errors, &labels);
         let alerts = input.alerts.unwrap_or_default();
         alerts.check(&mut errors);
+        let on_messages = parse_subscriptions(&mut errors, input.on_messages);
         errors.into_result(JobSpec {
             description: input.description,
             target: input.target,
@@ -399,6 +555,7 @@ impl TryFrom<JobInput> for JobSpec {
             overlap: input.overlap.unwrap_or_default(),
             labels,
             alerts,
+            on_messages,
         })
     }
 }
@@ -485,7 +642,7 @@ mod tests {
             "url": "http://svc/run", "cancel_url": "http://svc/runs/{task_id}" } }))
         .expect("a placeholder is allowed");
         assert_eq!(
-            spec.target.cancel_url.as_deref(),
+            spec.target.http().and_then(|t| t.cancel_url.as_deref()),
             Some("http://svc/runs/{task_id}")
         );
         let errors =
@@ -499,6 +656,60 @@ mod tests {
         let result: Result<JobInput, _> =
             serde_json::from_value(json!({ "target": { "url": "http://a" }, "colour": "red" }));
         assert!(result.is_err());
+    }
+
+    #[test]
+    fn an_amqp_target_is_written_with_its_kind_and_an_http_one_without() {
+        let spec = parse(json!({
+            "target": { "kind": "amqp", "exchange": "pacer.jobs", "routing_key": "sync", "headers": { "x-tenant": "a" } },
+            "on_messages": ["masterdata.changed"],
+        }))
+        .expect("valid");
+        assert_eq!(
+            spec.target,
+            Target::Amqp(AmqpTarget {
+                exchange: "pacer.jobs".into(),
+                routing_key: "sync".into(),
+                headers: BTreeMap::from([("x-tenant".into(), "a".into())]),
+            })
+        );
+        let written = serde_json::to_value(&spec).expect("serialises");
+        assert_eq!(written["target"]["kind"], "amqp");
+        assert_eq!(written["on_messages"], json!(["masterdata.changed"]));
+        let read: JobSpec = serde_json::from_value(written).expect("reads back");
+        assert_eq!(read, spec);
+
+        let http =
+            parse(json!({ "target": { "kind": "http", "url": "http://a" } })).expect("valid");
+        let written = serde_json::to_value(&http).expect("serialises");
+        assert_eq!(written["target"], json!({ "url": "http://a" }));
+        assert!(written.get("on_messages").is_none());
+    }
+
+    #[test]
+    fn bad_amqp_targets_and_subscriptions_are_named() {
+        let errors = parse(json!({
+            "target": { "kind": "amqp", "exchange": "", "routing_key": "", "headers": { "traceparent": "x" } },
+            "on_messages": ["ok", "not ok"],
+        }))
+        .expect_err("invalid");
+        assert_eq!(
+            fields(&errors),
+            [
+                "target.routing_key",
+                "target.headers.traceparent",
+                "on_messages[1]"
+            ]
+        );
+        for target in [
+            json!({ "kind": "smtp", "url": "http://a" }),
+            json!({ "kind": "amqp", "url": "http://a" }),
+            json!({ "kind": "amqp", "exchange": "x", "routing_key": "y", "auth": { "kind": "none" } }),
+        ] {
+            let result: Result<JobInput, _> =
+                serde_json::from_value(json!({ "target": target.clone() }));
+            assert!(result.is_err(), "{target}");
+        }
     }
 
     #[test]

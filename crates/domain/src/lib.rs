@@ -6,6 +6,7 @@ pub mod dispatch;
 pub mod firing;
 pub mod ids;
 pub mod job;
+pub mod message;
 pub mod retry;
 pub mod schedule;
 pub mod span;
@@ -19,7 +20,10 @@ pub use dispatch::{
 };
 pub use firing::{MisfirePolicy, OverlapPolicy, SkipReason};
 pub use ids::TaskId;
-pub use job::{HttpTarget, JobInput, JobName, JobSpec, OutboundAuth};
+pub use job::{AmqpTarget, HttpTarget, JobInput, JobName, JobSpec, OutboundAuth, Target};
+pub use message::{
+    ConsumerState, ConsumerStatus, Message, MessageInput, MessageSource, MessageType,
+};
 pub use retry::RetryPolicy;
 pub use schedule::{Schedule, ScheduleError};
 pub use span::Span;

@@ -71,18 +71,20 @@ impl CancelNotifier {
 }
 
 /// The URL a cancellation of `task` goes to.
-fn cancel_url(notice: &CancelNotice, spec: &pacer_domain::JobSpec) -> String {
-    let url = spec
-        .target
-        .cancel_url
-        .as_deref()
-        .unwrap_or(&spec.target.url);
+fn cancel_url(notice: &CancelNotice, target: &pacer_domain::HttpTarget) -> String {
+    let url = target.cancel_url.as_deref().unwrap_or(&target.url);
     url.replace("{task_id}", &notice.id.to_string())
 }
 
 async fn send(client: &reqwest::Client, outbound: &Outbound, notice: CancelNotice) {
     let Some(spec) = &notice.job else {
         tracing::info!(task.id = %notice.id, "the cancelled task's job is gone; no one to tell");
+        return;
+    };
+    let Some(target) = spec.target.http() else {
+        // A message on a queue cannot be withdrawn; the downstream learns of the cancellation
+        // from its next callback's `409`.
+        tracing::debug!(task.id = %notice.id, "the cancelled task's job publishes to RabbitMQ; no cancel notice");
         return;
     };
     let body = CancelBody {
@@ -94,12 +96,12 @@ async fn send(client: &reqwest::Client, outbound: &Outbound, notice: CancelNotic
         return;
     };
     let mut headers = reqwest::header::HeaderMap::new();
-    for (name, value) in &spec.target.headers {
+    for (name, value) in &target.headers {
         if let (Ok(name), Ok(value)) = (HeaderName::try_from(name), HeaderValue::try_from(value)) {
             headers.insert(name, value);
         }
     }
-    match outbound.headers(&spec.target.auth, notice.id, &body) {
+    match outbound.headers(&target.auth, notice.id, &body) {
         Ok(signed) => headers.extend(signed),
         Err(error) => {
             tracing::warn!(task.id = %notice.id, %error, "cannot sign the cancel notice; not sent");
@@ -107,7 +109,7 @@ async fn send(client: &reqwest::Client, outbound: &Outbound, notice: CancelNotic
             return;
         }
     }
-    let url = cancel_url(&notice, spec);
+    let url = cancel_url(&notice, target);
     let sent = client
         .delete(&url)
         .headers(headers)

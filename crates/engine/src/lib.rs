@@ -2,6 +2,7 @@
 //! supervised by the server; none spawns work it does not also wait for.
 
 mod alerting;
+pub mod amqp;
 mod cancel;
 mod delivery;
 pub mod dispatch;
@@ -15,6 +16,7 @@ mod sweeper;
 mod wakeup;
 
 pub use alerting::{AlertEvent, AlertsConfig, SinkConfig, SinkKind, alert_changed, alert_json};
+pub use amqp::{AmqpConfig, Consumer, Publisher};
 pub use cancel::CancelNotifier;
 pub use delivery::{DELIVERY_ID_HEADER, Deliverer, DeliveryConfig, EVENT_HEADER};
 pub use dispatch::{DispatchConfig, Dispatcher, Handoff};

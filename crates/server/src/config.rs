@@ -27,6 +27,7 @@ pub(crate) struct Config {
     pub(crate) log: LogConfig,
     pub(crate) alerts: AlertSettings,
     pub(crate) events: EventsSettings,
+    pub(crate) amqp: AmqpSettings,
 }
 
 #[derive(Debug, Deserialize)]
@@ -67,6 +68,48 @@ impl Default for WebhookSettings {
             batch_size: 100,
             timeout: Span::from_secs(10),
             auth: pacer_domain::OutboundAuth::None,
+        }
+    }
+}
+
+/// RabbitMQ: off unless `url` names a broker. Every node consumes upstream messages from `queue`
+/// and publishes the dispatches of jobs with an `amqp` target.
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct AmqpSettings {
+    /// `amqp://user:password@host:5672/vhost` (or `amqps://`); never logged.
+    pub(crate) url: Option<SecretString>,
+    /// The exchange upstreams publish messages to (a durable topic exchange when declared).
+    pub(crate) exchange: String,
+    /// The queue Pacer consumes, bound to the exchange with `binding_key`.
+    pub(crate) queue: String,
+    pub(crate) binding_key: String,
+    /// Where malformed messages go, with the reason in the `x-pacer-reject-reason` header.
+    pub(crate) dead_letter_queue: String,
+    /// Declare the exchange and queues at each connection; `false` expects them to exist.
+    pub(crate) declare: bool,
+    /// Most unacknowledged messages delivered to one node at once.
+    pub(crate) prefetch: u16,
+    /// Larger messages are dead-lettered.
+    pub(crate) max_message_bytes: usize,
+    /// First wait before reconnecting to a broker that went away; doubles up to `reconnect_max`.
+    pub(crate) reconnect_initial: Span,
+    pub(crate) reconnect_max: Span,
+}
+
+impl Default for AmqpSettings {
+    fn default() -> Self {
+        Self {
+            url: None,
+            exchange: "pacer.messages".into(),
+            queue: "pacer.messages".into(),
+            binding_key: "#".into(),
+            dead_letter_queue: "pacer.messages.dead".into(),
+            declare: true,
+            prefetch: 32,
+            max_message_bytes: 256 * 1024,
+            reconnect_initial: Span::from_millis(500),
+            reconnect_max: Span::from_secs(30),
         }
     }
 }
@@ -355,8 +398,9 @@ impl Default for LogConfig {
 }
 
 /// Short environment names for the keys everyone sets.
-const SHORT_FORMS: [(&str, &str); 4] = [
+const SHORT_FORMS: [(&str, &str); 5] = [
     ("PACER_DATABASE_URL", "database.url"),
+    ("PACER_AMQP_URL", "amqp.url"),
     ("PACER_LISTEN", "http.listen"),
     ("PACER_PUBLIC_URL", "http.public_url"),
     ("PACER_NODE_ID", "node.id"),
@@ -486,6 +530,38 @@ impl Config {
         }
         if !(1024..=64 * 1024 * 1024).contains(&self.http.body_limit) {
             bail!("http.body_limit must be between 1024 and 67108864 bytes");
+        }
+        let amqp = &self.amqp;
+        if let Some(url) = &amqp.url {
+            let url = url.expose_secret();
+            if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
+                bail!("amqp.url must be an amqp:// or amqps:// URL");
+            }
+        }
+        let name_ok = |name: &str| !name.is_empty() && name.len() <= 255;
+        if !name_ok(&amqp.queue) || !name_ok(&amqp.dead_letter_queue) || amqp.exchange.len() > 255 {
+            bail!(
+                "amqp.queue and amqp.dead_letter_queue must be 1 to 255 bytes, amqp.exchange at most 255"
+            );
+        }
+        if amqp.queue == amqp.dead_letter_queue {
+            bail!("amqp.dead_letter_queue must differ from amqp.queue");
+        }
+        if amqp.binding_key.len() > 255 {
+            bail!("amqp.binding_key must be at most 255 bytes");
+        }
+        if amqp.prefetch == 0 {
+            bail!("amqp.prefetch must be at least 1");
+        }
+        if !(64..=64 * 1024 * 1024).contains(&amqp.max_message_bytes) {
+            bail!("amqp.max_message_bytes must be between 64 and 67108864");
+        }
+        if amqp.reconnect_initial < Span::from_millis(10)
+            || amqp.reconnect_max < amqp.reconnect_initial
+        {
+            bail!(
+                "amqp.reconnect_initial must be at least 10ms and amqp.reconnect_max at least that"
+            );
         }
         if let Some(url) = &self.http.public_url
             && !(url.starts_with("http://") || url.starts_with("https://"))

@@ -8,15 +8,16 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::Router;
 use pacer_api::{ApiConfig, AppState, Auth, Handoff, RateLimiter};
+use pacer_domain::ConsumerStatus;
 use pacer_engine::{
-    CancelNotifier, Deliverer, DeliveryConfig, DispatchConfig, Dispatcher, EventPush, Heartbeat,
-    Leader, LeaderConfig, Outbound, WebhookConfig,
+    AmqpConfig, CancelNotifier, Consumer, Deliverer, DeliveryConfig, DispatchConfig, Dispatcher,
+    EventPush, Heartbeat, Leader, LeaderConfig, Outbound, Publisher, WebhookConfig,
 };
 use pacer_store::Store;
 use secrecy::ExposeSecret;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -165,9 +166,12 @@ impl Node {
         let outbound = Outbound::new(self.security.keyset.clone(), self.security.secrets.clone());
         let handoff = Handoff::new(permits.clone(), sender, settings.lease_margin);
         let alerts = Arc::new(self.config.alerts.engine());
+        let amqp = &self.config.amqp;
+        let (consumer_status, consumer_seen) = watch::channel(ConsumerStatus::disabled());
         let state = AppState::new(self.store.clone(), &self.node_id, Some(handoff), &api, auth)
             .with_shutdown(shutdown.clone())
-            .with_alert_sinks(alerts.sink_names());
+            .with_alert_sinks(alerts.sink_names())
+            .with_consumer(consumer_seen);
         let metrics = self.metrics.clone();
         let scrape = axum::routing::get(move || {
             let metrics = metrics.clone();
@@ -213,7 +217,8 @@ impl Node {
             outbound,
             permits,
             receiver,
-        );
+        )
+        .with_publisher(Publisher::new(amqp.url.clone(), &self.node_id));
 
         let mut parts: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
         // The HTTP server outlives the dispatcher's drain: downstreams of dispatches still in
@@ -242,6 +247,7 @@ impl Node {
             node_id: self.node_id.clone(),
             address: self.public_url.clone(),
             interval: cluster.heartbeat_interval.as_duration(),
+            consumer: amqp.url.is_some().then(|| consumer_status.subscribe()),
         };
         let heartbeat_shutdown = shutdown.child_token();
         parts.spawn(async move {
@@ -318,6 +324,35 @@ impl Node {
                     .context("the alert delivery loop failed"),
             )
         });
+        if let Some(url) = &amqp.url {
+            let consumer = Consumer::new(
+                AmqpConfig {
+                    url: url.clone(),
+                    exchange: amqp.exchange.clone(),
+                    queue: amqp.queue.clone(),
+                    binding_key: amqp.binding_key.clone(),
+                    dead_letter_queue: amqp.dead_letter_queue.clone(),
+                    declare: amqp.declare,
+                    prefetch: amqp.prefetch,
+                    max_message_bytes: amqp.max_message_bytes,
+                    reconnect_initial: amqp.reconnect_initial,
+                    reconnect_max: amqp.reconnect_max,
+                    node_id: self.node_id.clone(),
+                },
+                self.store.clone(),
+                consumer_status,
+            );
+            let consumer_shutdown = shutdown.child_token();
+            parts.spawn(async move {
+                (
+                    "amqp consumer",
+                    consumer
+                        .run(consumer_shutdown)
+                        .await
+                        .context("the RabbitMQ consumer failed"),
+                )
+            });
+        }
 
         let deadline = settings.drain_timeout.as_duration() + Duration::from_secs(5);
         supervise(parts, shutdown, deadline).await?;

@@ -118,6 +118,14 @@ fn describe() {
     );
     describe_counter!("pacer_tasks_created_total", "Tasks created, by origin");
     describe_counter!(
+        "pacer_messages_total",
+        "Upstream messages received, by source and result"
+    );
+    describe_gauge!(
+        "pacer_amqp_consumer_connected",
+        "1 while this node's RabbitMQ consumer is connected, 0 otherwise"
+    );
+    describe_counter!(
         "pacer_occurrences_fired_total",
         "Trigger occurrences turned into tasks"
     );

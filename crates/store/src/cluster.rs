@@ -19,6 +19,8 @@ pub struct Node {
     pub stopped_at: Option<DateTime<Utc>>,
     /// Heartbeating within the dead threshold and not stopped.
     pub alive: bool,
+    /// Its RabbitMQ consumer's state as it last reported it; `None` without a broker.
+    pub amqp_consumer: Option<serde_json::Value>,
 }
 
 /// The leader lease as stored.
@@ -56,6 +58,20 @@ impl Store {
         Ok(())
     }
 
+    /// Records the state of `node`'s RabbitMQ consumer; false when the node has no row yet
+    /// (before its first heartbeat).
+    pub async fn record_consumer(&self, node: &str, status: &serde_json::Value) -> Result<bool> {
+        let updated = sqlx::query!(
+            "update nodes set amqp_consumer = $2 where id = $1",
+            node,
+            status,
+        )
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(updated > 0)
+    }
+
     /// Marks `node` as stopped cleanly.
     pub async fn node_stopped(&self, node: &str) -> Result<()> {
         sqlx::query!("update nodes set stopped_at = now() where id = $1", node)
@@ -69,7 +85,8 @@ impl Store {
         Ok(sqlx::query_as!(
             Node,
             r#"select id, address, version, started_at, last_heartbeat_at, stopped_at,
-                      (stopped_at is null and last_heartbeat_at > now() - $1::bigint * interval '1 millisecond') as "alive!"
+                      (stopped_at is null and last_heartbeat_at > now() - $1::bigint * interval '1 millisecond') as "alive!",
+                      amqp_consumer
                from nodes order by 7 desc, id"#,
             dead_after_ms,
         )

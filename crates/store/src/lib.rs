@@ -9,6 +9,7 @@ mod error;
 mod events;
 mod firing;
 mod jobs;
+mod messages;
 mod operations;
 mod tasks;
 mod triggers;
@@ -30,6 +31,7 @@ pub use events::{
 };
 pub use firing::{Fired, Swept};
 pub use jobs::{DeletedJob, Job, PutJob};
+pub use messages::{Ingested, MessageFilter, Route, StoredMessage};
 pub use operations::{CancelNotice, JobStats, Released, RetryCandidate, TaskBrief};
 pub use tasks::{
     Attempt, CreatedTask, NewTask, Origin, ReportOutcome, Task, TaskFilter, TaskReport,

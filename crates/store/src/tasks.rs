@@ -119,6 +119,9 @@ pub struct Task {
     pub actor: Option<String>,
     /// The task it retries (origin `retry`).
     pub retry_of: Option<TaskId>,
+    /// The message that created the task (origin `message`): its id and type.
+    pub message_id: Option<String>,
+    pub message_type: Option<String>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
     pub next_dispatch_at: Option<DateTime<Utc>>,
@@ -199,6 +202,8 @@ struct TaskRow {
     waits_for: Option<Uuid>,
     actor: Option<String>,
     retry_of: Option<Uuid>,
+    message_id: Option<String>,
+    message_type: Option<String>,
     started_at: Option<DateTime<Utc>>,
     finished_at: Option<DateTime<Utc>>,
     next_dispatch_at: Option<DateTime<Utc>>,
@@ -233,6 +238,8 @@ impl TryFrom<TaskRow> for Task {
             waits_for: r.waits_for.map(TaskId::from),
             actor: r.actor,
             retry_of: r.retry_of.map(TaskId::from),
+            message_id: r.message_id,
+            message_type: r.message_type,
             started_at: r.started_at,
             finished_at: r.finished_at,
             next_dispatch_at: r.next_dispatch_at,
@@ -263,59 +270,18 @@ impl Store {
         claim_for: Option<(&str, Span)>,
     ) -> Result<CreatedTask> {
         if job.spec.overlap == OverlapPolicy::Allow {
-            return insert_task(&mut *self.pool.acquire().await?, job, task, claim_for, None).await;
+            return insert_task(
+                &mut *self.pool.acquire().await?,
+                job,
+                task,
+                claim_for,
+                None,
+                None,
+            )
+            .await;
         }
         let mut tx = self.pool.begin().await?;
-        let open = open_work(&mut tx, &[job.id])
-            .await?
-            .remove(&job.id)
-            .unwrap_or_default();
-        if let Some(key) = task.idempotency_key.as_deref() {
-            let existing = sqlx::query_scalar!(
-                "select id from tasks where job_id = $1 and idempotency_key = $2",
-                job.id,
-                key,
-            )
-            .fetch_optional(&mut *tx)
-            .await?;
-            if let Some(id) = existing {
-                return Ok(CreatedTask::Existing { id: id.into() });
-            }
-        }
-        let created = match job.spec.overlap.admit(open.work) {
-            Admission::Refuse(reason) => {
-                sqlx::query!(
-                    "insert into skipped_runs (id, job_id, job_name, reason) values ($1, $2, $3, $4)",
-                    Uuid::now_v7(),
-                    job.id,
-                    job.name.as_str(),
-                    reason.as_str(),
-                )
-                .execute(&mut *tx)
-                .await?;
-                CreatedTask::Skipped {
-                    reason,
-                    open_task: open.running_task.map(TaskId::from),
-                }
-            }
-            Admission::Wait => insert_task(&mut tx, job, task, None, open.running_task).await?,
-            Admission::Replace => {
-                // A replaced task that reached its downstream is withdrawn there too: the cancel
-                // notifiers' poll finds the notice.
-                sqlx::query!(
-                    "update tasks set state = 'cancelled', finished_at = now(), next_dispatch_at = null,
-                         claim_token = null, claimed_by = null, claimed_at = null, waits_for = null,
-                         message = 'cancelled: replaced by a newer run (overlap policy replace)', updated_at = now(),
-                         cancel_notice_at = case when attempt > 0 then now() end
-                     where job_id = $1 and state in ('pending', 'processing')",
-                    job.id,
-                )
-                .execute(&mut *tx)
-                .await?;
-                insert_task(&mut tx, job, task, claim_for, None).await?
-            }
-            Admission::Start => insert_task(&mut tx, job, task, claim_for, None).await?,
-        };
+        let created = admit_task(&mut tx, job, task, claim_for, None).await?;
         tx.commit().await?;
         Ok(created)
     }
@@ -498,14 +464,86 @@ impl Store {
     }
 }
 
+/// The message a task is created for: its id (the deduplication key) and type.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FromMessage<'a> {
+    pub(crate) id: &'a str,
+    pub(crate) kind: &'a str,
+}
+
+/// Creates a task for a job whose overlap policy is not `allow`, inside the caller's transaction:
+/// the job's row is locked first, so every creation of a task of this job (here, in firing, on
+/// any node) sees the open work of the others.
+pub(crate) async fn admit_task(
+    tx: &mut sqlx::PgConnection,
+    job: &Job,
+    task: NewTask,
+    claim_for: Option<(&str, Span)>,
+    message: Option<FromMessage<'_>>,
+) -> Result<CreatedTask> {
+    let open = open_work(&mut *tx, &[job.id])
+        .await?
+        .remove(&job.id)
+        .unwrap_or_default();
+    if let Some(key) = task.idempotency_key.as_deref() {
+        let existing = sqlx::query_scalar!(
+            "select id from tasks where job_id = $1 and idempotency_key = $2",
+            job.id,
+            key,
+        )
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(id) = existing {
+            return Ok(CreatedTask::Existing { id: id.into() });
+        }
+    }
+    Ok(match job.spec.overlap.admit(open.work) {
+        Admission::Refuse(reason) => {
+            sqlx::query!(
+                "insert into skipped_runs (id, job_id, job_name, reason) values ($1, $2, $3, $4)",
+                Uuid::now_v7(),
+                job.id,
+                job.name.as_str(),
+                reason.as_str(),
+            )
+            .execute(&mut *tx)
+            .await?;
+            CreatedTask::Skipped {
+                reason,
+                open_task: open.running_task.map(TaskId::from),
+            }
+        }
+        Admission::Wait => {
+            insert_task(&mut *tx, job, task, None, open.running_task, message).await?
+        }
+        Admission::Replace => {
+            // A replaced task that reached its downstream is withdrawn there too: the cancel
+            // notifiers' poll finds the notice.
+            sqlx::query!(
+                "update tasks set state = 'cancelled', finished_at = now(), next_dispatch_at = null,
+                     claim_token = null, claimed_by = null, claimed_at = null, waits_for = null,
+                     message = 'cancelled: replaced by a newer run (overlap policy replace)', updated_at = now(),
+                     cancel_notice_at = case when attempt > 0 then now() end
+                 where job_id = $1 and state in ('pending', 'processing')",
+                job.id,
+            )
+            .execute(&mut *tx)
+            .await?;
+            insert_task(&mut *tx, job, task, claim_for, None, message).await?
+        }
+        Admission::Start => insert_task(&mut *tx, job, task, claim_for, None, message).await?,
+    })
+}
+
 /// Inserts a task (see `sql/insert_task.sql`), claimed for `claim_for` when due now, or queued
 /// behind `waits_for`.
-async fn insert_task(
+pub(crate) async fn insert_task(
     conn: &mut sqlx::PgConnection,
     job: &Job,
     task: NewTask,
     claim_for: Option<(&str, Span)>,
     waits_for: Option<Uuid>,
+    message: Option<FromMessage<'_>>,
 ) -> Result<CreatedTask> {
     let (node, margin) = claim_for.unzip();
     let lease_ms = margin.map(|m| m.as_millis() + job.spec.dispatch_timeout.as_millis());
@@ -526,6 +564,8 @@ async fn insert_task(
         task.trace_context.as_deref(),
         task.actor.as_deref(),
         task.retry_of.map(|id| id.as_uuid()),
+        message.map(|m| m.id),
+        message.map(|m| m.kind),
     )
     .fetch_optional(&mut *conn)
     .await?;
