@@ -408,6 +408,7 @@ async fn get_job_summary(
     })?;
     let job = job_by_name(&state, &raw_name).await?;
     let stats = state.store.job_stats(&job, window).await?;
+    let open_alerts = state.store.open_job_alerts(job.name.as_str()).await?;
     let mut next_fire: Vec<(DateTime<Utc>, uuid::Uuid)> = Vec::new();
     if !job.paused {
         for trigger in state.store.list_triggers(&job).await? {
@@ -448,6 +449,10 @@ async fn get_job_summary(
             "p95_ms": stats.p95_ms,
         },
         "open": { "pending": stats.pending, "processing": stats.processing },
+        "open_alerts": {
+            "total": open_alerts.iter().map(|(_, n)| n).sum::<i64>(),
+            "by_kind": open_alerts.into_iter().map(|(kind, n)| (kind, Value::from(n))).collect::<serde_json::Map<String, Value>>(),
+        },
         "next_fire_times": next_fire
             .into_iter()
             .map(|(at, trigger)| json!({ "at": at, "trigger": trigger }))

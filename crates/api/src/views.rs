@@ -41,7 +41,8 @@ impl From<Job> for JobView {
 }
 
 /// How a task came to be: `{kind: "trigger", trigger_id, scheduled_at}`,
-/// `{kind: "manual", actor}`, `{kind: "retry", task_id}`, or just the kind.
+/// `{kind: "manual", actor}`, `{kind: "retry", task_id}`, `{kind: "message", message_id, type}`,
+/// or just the kind.
 #[derive(Debug, Serialize)]
 struct OriginView {
     kind: String,
@@ -54,6 +55,8 @@ struct OriginView {
     /// The task this one retries.
     #[serde(skip_serializing_if = "Option::is_none")]
     task_id: Option<TaskId>,
+    /// The message that created it.
+    #[serde(skip_serializing_if = "Option::is_none")]
     message_id: Option<String>,
     #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
     message_type: Option<String>,

@@ -631,9 +631,28 @@ async fn a_task_reads_as_its_run_history_and_a_job_as_its_summary(pool: PgPool) 
     let p95 = body["recent"]["p95_ms"].as_f64().expect("p95");
     assert!(p50 > 0.0 && p95 >= p50, "{body}");
     assert_eq!(body["open"], json!({ "pending": 0, "processing": 0 }));
+    assert_eq!(body["open_alerts"], json!({ "total": 0, "by_kind": {} }));
     let fires = body["next_fire_times"].as_array().expect("fires");
     assert_eq!(fires.len(), 5);
     assert_eq!(fires[0]["trigger"], trigger.body["id"]);
+    // The failed task's alert, open, and an older one already resolved, which does not count.
+    api.sql(
+        "insert into alerts (id, kind, severity, subject_key, task_id, job_name, summary)
+         values (gen_random_uuid(), 'failed', 'critical', 'task:' || $1::text, $1, 'sync', 'failed')",
+        &failed,
+    )
+    .await;
+    api.sql(
+        "insert into alerts (id, kind, severity, subject_key, job_name, summary, state, resolved_at)
+         values ($1, 'missed', 'warning', 'job:sync', 'sync', 'missed', 'resolved', now())",
+        &uuid::Uuid::now_v7().to_string(),
+    )
+    .await;
+    let summary = api.get("/api/v1/jobs/sync/summary").await;
+    assert_eq!(
+        summary.body["open_alerts"],
+        json!({ "total": 1, "by_kind": { "failed": 1 } })
+    );
     let missing = api.get("/api/v1/jobs/nope/summary").await;
     problem_fields(&missing, StatusCode::NOT_FOUND, "/problems/not-found");
     let bad = api.get("/api/v1/jobs/sync/summary?window=0").await;

@@ -330,6 +330,21 @@ impl Store {
         }))
     }
 
+    /// How many alerts about `job` are open or acknowledged, by kind.
+    pub async fn open_job_alerts(&self, job: &str) -> Result<Vec<(String, i64)>> {
+        Ok(sqlx::query!(
+            r#"select kind, count(*) as "open!" from alerts
+               where job_name = $1 and state in ('open', 'acked')
+               group by kind order by kind"#,
+            job,
+        )
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .map(|r| (r.kind, r.open))
+        .collect())
+    }
+
     /// Alerts matching `filter`, newest first.
     pub async fn list_alerts(&self, filter: &AlertFilter) -> Result<Vec<Alert>> {
         sqlx::query_as!(
