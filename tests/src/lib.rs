@@ -1,7 +1,9 @@
 //! Test support for Pacer's end-to-end tests: a fresh database per test ([`TestDb`]), real
 //! `pacer serve` processes ([`PacerProcess`]), a scriptable fake downstream ([`FakeDownstream`]),
-//! a small client for the REST API ([`Api`]) and waiting on conditions with deadlines.
+//! a small client for the REST API ([`Api`]), RabbitMQ helpers ([`amqp`]) and waiting on
+//! conditions with deadlines.
 
+pub mod amqp;
 mod api;
 mod db;
 mod downstream;

@@ -841,9 +841,10 @@ async fn a_leader_that_shuts_down_resigns_and_its_follower_takes_over_at_once() 
     let db = TestDb::create().await;
     let watch = LeaseWatch::start(db.pool().clone());
     let downstream = FakeDownstream::start(|_| Reply::status(200)).await;
-    // The default 6 s lease: only the resignation explains a takeover within a second.
-    let mut node_a = PacerProcess::start_with(db.url(), node("node-a")).await;
-    let mut node_b = PacerProcess::start_with(db.url(), node("node-b")).await;
+    // A 10 s lease: only the resignation explains a takeover within a second.
+    let slow = |id| node(id).env("PACER_CLUSTER__LEASE_TTL", "10s");
+    let mut node_a = PacerProcess::start_with(db.url(), slow("node-a")).await;
+    let mut node_b = PacerProcess::start_with(db.url(), slow("node-b")).await;
     let from = every_second_triggers(&node_a.api(), &db, &downstream, 2, 5).await;
     let triggers = 10;
 
@@ -875,7 +876,7 @@ async fn a_leader_that_shuts_down_resigns_and_its_follower_takes_over_at_once() 
     assert!(
         took <= Duration::from_secs(1) && logged <= Duration::from_secs(1),
         "the follower leads within 1 s of the SIGTERM (lease row after {took:?}, log after \
-         {logged:?}), not after the 6 s lease: {:#?}",
+         {logged:?}), not after the 10 s lease: {:#?}",
         watch.history()
     );
 

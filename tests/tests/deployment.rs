@@ -22,8 +22,9 @@ const SETTLE: Duration = Duration::from_secs(30);
 
 /// Settings whose container values name other containers, files in volumes, secrets from
 /// `.env`, or ports; the test gives each a local value. Every other value runs as it is.
-const STAND_INS: [&str; 6] = [
+const STAND_INS: [&str; 7] = [
     "PACER_DATABASE_URL",
+    "PACER_AMQP_URL",
     "PACER_JWT_HS256_SECRET",
     "PACER_SIGNING_KEY_FILE",
     "PACER_LISTEN",
@@ -311,6 +312,11 @@ async fn three_nodes_configured_as_in_docker_compose_form_a_cluster_and_serve() 
         public_urls.insert(node_id.clone(), public_url.clone());
         let stand_ins = [
             ("PACER_DATABASE_URL", db.url().to_owned()),
+            // No broker: the consumer keeps reconnecting, and the node serves meanwhile.
+            (
+                "PACER_AMQP_URL",
+                "amqp://guest:guest@127.0.0.1:1/%2f".to_owned(),
+            ),
             (
                 "PACER_JWT_HS256_SECRET",
                 pacer_tests::TEST_SECRET.to_owned(),

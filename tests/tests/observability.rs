@@ -60,6 +60,7 @@ const DOCUMENTED: &[(&str, Kind, &[&str])] = &[
     ("pacer_db_pool_connections", Kind::Gauge, &["state"]),
     ("pacer_db_pool_max_connections", Kind::Gauge, &[]),
     ("pacer_build_info", Kind::Gauge, &["version"]),
+    ("pacer_alerts_open", Kind::Gauge, &["kind"]),
 ];
 
 const OUTCOMES: &[&str] = &[
@@ -75,7 +76,17 @@ const METHODS: &[&str] = &[
 /// The values each enumerated label of a documented family may take. `job` (bounded by the jobs
 /// that exist) and `route` (a template) are checked on their own.
 const ENUMERATED: &[(&str, &str, &[&str])] = &[
-    ("pacer_tasks_created_total", "origin", &["api", "trigger"]),
+    (
+        "pacer_tasks_created_total",
+        "origin",
+        &["api", "trigger", "message"],
+    ),
+    ("pacer_messages_total", "source", &["api", "amqp"]),
+    (
+        "pacer_messages_total",
+        "result",
+        &["routed", "unrouted", "duplicate", "rejected"],
+    ),
     (
         "pacer_skips_total",
         "reason",
@@ -106,6 +117,17 @@ const ENUMERATED: &[(&str, &str, &[&str])] = &[
         &["applied", "unchanged", "refused"],
     ),
     ("pacer_tasks_open", "state", &["pending", "processing"]),
+    (
+        "pacer_alerts_open",
+        "kind",
+        &[
+            "overdue",
+            "failed",
+            "missed",
+            "dispatch_errors",
+            "node_lost",
+        ],
+    ),
     ("pacer_db_pool_connections", "state", &["idle", "in_use"]),
     ("pacer_http_requests_total", "method", METHODS),
     ("pacer_http_request_duration_seconds", "method", METHODS),

@@ -89,7 +89,7 @@ struct ListAudit {
     /// Only this action, like `put_job` or `pause_trigger`.
     action: Option<String>,
     /// Most entries to return.
-    #[param(value_type = Option<i64>, minimum = 1, maximum = 1000, default = 50)]
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 500, default = 50)]
     limit: Option<String>,
     /// The `next_cursor` of the previous page.
     cursor: Option<String>,

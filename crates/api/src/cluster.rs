@@ -12,7 +12,7 @@ use uuid::Uuid;
 use crate::audit;
 use crate::auth::Actor;
 use crate::extract::{Query, limit};
-use crate::views::{ClusterView, LeaderView, NodeView, Page, SchedulerView, SkipView};
+use crate::views::{AmqpView, ClusterView, LeaderView, NodeView, Page, SchedulerView, SkipView};
 use crate::{AppState, Error, Result};
 
 pub(crate) fn operator_routes() -> OpenApiRouter<AppState> {
@@ -49,10 +49,16 @@ async fn get_cluster(State(state): State<AppState>) -> Result<JsonResponse<Clust
         since: lease.acquired_at,
         lease_expires_at: lease.expires_at,
     });
+    // The RabbitMQ consumer of the node answering; each node reports its own in `/readyz`.
+    let amqp = AmqpView {
+        node: state.node_id.to_string(),
+        consumer: state.consumer.borrow().clone(),
+    };
     Ok(JsonResponse(ClusterView {
         leader,
         term: lease.term,
         nodes,
+        amqp,
     }))
 }
 
@@ -139,7 +145,7 @@ struct ListSkips {
     #[param(value_type = Option<Uuid>)]
     trigger: Option<String>,
     /// Most skips to return.
-    #[param(value_type = Option<i64>, minimum = 1, maximum = 1000, default = 50)]
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 500, default = 50)]
     limit: Option<String>,
     /// The `next_cursor` of the previous page.
     cursor: Option<String>,

@@ -27,8 +27,14 @@ pub enum Error {
         state: TaskState,
         task: Box<TaskView>,
     },
+    #[error("alert {id} is resolved")]
+    AlertResolved { id: String },
     #[error("job {job} has open tasks")]
     JobHasOpenTasks { job: String },
+    #[error("task {task} is still {state}")]
+    TaskOpen { task: TaskId, state: TaskState },
+    #[error("task {task} holds no claim")]
+    TaskNotClaimed { task: TaskId, state: TaskState },
     #[error("job {job} is paused")]
     JobPaused { job: String },
     #[error("job {job} already has an open task")]
@@ -82,7 +88,8 @@ pub(crate) struct Problem<'a> {
     #[serde(skip_serializing_if = "<[FieldError]>::is_empty")]
     #[schema(value_type = Vec<FieldError>)]
     errors: &'a [FieldError],
-    /// `/problems/task-terminal`: the task's current state.
+    /// `/problems/task-terminal`, `/problems/task-open`, `/problems/task-not-claimed`: the
+    /// task's current state.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     state: Option<TaskState>,
@@ -129,6 +136,11 @@ impl Error {
                 "Task already finished",
             ),
             Error::JobPaused { .. } => (StatusCode::CONFLICT, "/problems/job-paused", "Job paused"),
+            Error::AlertResolved { .. } => (
+                StatusCode::CONFLICT,
+                "/problems/alert-resolved",
+                "Alert already resolved",
+            ),
             Error::OverlapSkipped { .. } => (
                 StatusCode::CONFLICT,
                 "/problems/overlap-skipped",
@@ -138,6 +150,16 @@ impl Error {
                 StatusCode::CONFLICT,
                 "/problems/job-has-open-tasks",
                 "Job has open tasks",
+            ),
+            Error::TaskOpen { .. } => (
+                StatusCode::CONFLICT,
+                "/problems/task-open",
+                "Task still open",
+            ),
+            Error::TaskNotClaimed { .. } => (
+                StatusCode::CONFLICT,
+                "/problems/task-not-claimed",
+                "Task not claimed",
             ),
             Error::Unauthenticated(_) => (
                 StatusCode::UNAUTHORIZED,
@@ -183,6 +205,9 @@ impl Error {
                 format!("the task is already {state}; a finished task never changes")
             }
             Error::JobPaused { job } => format!("job {job} is paused; resume it to create tasks"),
+            Error::AlertResolved { id } => format!(
+                "alert {id} is resolved, which is final; a repeat of its problem opens a new alert"
+            ),
             Error::OverlapSkipped {
                 job,
                 reason,
@@ -198,6 +223,12 @@ impl Error {
                     "job {job} runs one task at a time; the request was recorded as skipped"
                 ),
             },
+            Error::TaskOpen { task, state } => format!(
+                "task {task} is still {state}; only a finished task can be retried (cancel it first)"
+            ),
+            Error::TaskNotClaimed { task, state } => format!(
+                "task {task} is {state} and no node holds a claim on it; there is nothing to release"
+            ),
             Error::JobHasOpenTasks { job } => format!(
                 "job {job} has pending or processing tasks; cancel them first or delete with ?cancel_open_tasks=true"
             ),
@@ -221,6 +252,9 @@ impl IntoResponse for Error {
         }
         let (state, task) = match &self {
             Error::TaskTerminal { state, task } => (Some(*state), Some(task.as_ref())),
+            Error::TaskOpen { state, .. } | Error::TaskNotClaimed { state, .. } => {
+                (Some(*state), None)
+            }
             _ => (None, None),
         };
         let errors = match &self {

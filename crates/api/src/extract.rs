@@ -248,15 +248,18 @@ pub(crate) fn task_id(raw: &str) -> Result<TaskId, Error> {
     })
 }
 
-/// A page size: 1 to 1000, `default` when absent.
+/// The largest page any list returns.
+pub(crate) const MAX_LIMIT: i64 = 500;
+
+/// A page size: 1 to [`MAX_LIMIT`], `default` when absent.
 pub(crate) fn limit(raw: Option<&str>, default: i64) -> Result<i64, Error> {
     match raw {
         None => Ok(default),
         Some(text) => match text.parse::<i64>() {
-            Ok(n) if (1..=1000).contains(&n) => Ok(n),
+            Ok(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
             _ => Err(Error::field(
                 "limit",
-                format!("must be a whole number from 1 to 1000, got `{text}`"),
+                format!("must be a whole number from 1 to {MAX_LIMIT}, got `{text}`"),
             )),
         },
     }

@@ -3,6 +3,7 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
+use pacer_domain::ConsumerStatus;
 use serde::Serialize;
 use serde_json::{Value, json};
 use utoipa::ToSchema;
@@ -27,7 +28,8 @@ pub(crate) struct Health {
 
 /// The answer of `/readyz`: `ready`, or `not ready` / `draining` with the failing check.
 #[derive(Debug, Serialize, ToSchema)]
-#[schema(example = json!({ "status": "ready", "node": "pacer-1", "database": { "status": "ok" } }))]
+#[schema(example = json!({ "status": "ready", "node": "pacer-1", "database": { "status": "ok" },
+    "amqp": { "state": "connected", "since": "2026-11-24T08:00:00Z", "queue": "pacer.messages" } }))]
 pub(crate) struct Readiness {
     /// `ready`, `not ready` or `draining`.
     status: &'static str,
@@ -37,6 +39,9 @@ pub(crate) struct Readiness {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Object, required = false)]
     database: Option<Value>,
+    /// This node's RabbitMQ consumer. The broker going away is normal (the consumer reconnects
+    /// by itself), so it is reported but never makes the node unready.
+    amqp: ConsumerStatus,
 }
 
 /// Liveness
@@ -55,7 +60,7 @@ async fn healthz() -> Json<Health> {
 /// Readiness
 ///
 /// Ready when the database answers and its migrations are current, and not while the node
-/// drains during a shutdown.
+/// drains during a shutdown. The answer also shows this node's RabbitMQ consumer.
 #[utoipa::path(
     get,
     path = "/readyz",
@@ -63,7 +68,8 @@ async fn healthz() -> Json<Health> {
     responses(
         (status = 200, description = "Ready.", body = Readiness),
         (status = 503, description = "Not ready: the database is unreachable or behind on migrations, or the node is draining.", body = Readiness,
-            example = json!({ "status": "draining", "node": "pacer-1" })),
+            example = json!({ "status": "draining", "node": "pacer-1",
+                "amqp": { "state": "disabled", "since": "2026-11-24T08:00:00Z" } })),
     )
 )]
 async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
@@ -73,6 +79,7 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) 
             status: "draining",
             node,
             database: None,
+            amqp: state.consumer.borrow().clone(),
         };
         return (StatusCode::SERVICE_UNAVAILABLE, Json(body));
     }
@@ -93,6 +100,7 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) 
         status: text,
         node,
         database: Some(database),
+        amqp: state.consumer.borrow().clone(),
     };
     (status, Json(body))
 }

@@ -61,34 +61,59 @@ pub(crate) fn not_found(name: &JobName) -> impl FnOnce(pacer_store::Error) -> Er
     }
 }
 
+/// The query of `PUT /api/v1/jobs/{name}`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct PutJob {
+    /// Validate only: `204` when the definition would be accepted, the problem otherwise.
+    #[serde(default)]
+    #[param(default = false)]
+    dry_run: bool,
+}
+
 /// Create or replace a job
 ///
 /// Creates the job (`201`) or replaces its definition (`200`). Idempotent: the same definition
-/// again changes nothing, not even the `version`. Only `target.url` is required.
+/// again changes nothing, not even the `version`. Only the target is required: `url` for an HTTP
+/// target, `kind: "amqp"` with `exchange` and `routing_key` for a RabbitMQ one. With
+/// `?dry_run=true` it only validates, including the checks against this cluster's configuration
+/// (secrets, alert sinks, a RabbitMQ broker), and answers `204`, so `pacer apply` can vet every
+/// job before writing any.
 #[utoipa::path(
     put,
     path = "/api/v1/jobs/{name}",
     tag = "jobs",
-    params(JobPath),
+    params(JobPath, PutJob),
     request_body = JobInput,
     responses(
         (status = 200, description = "The definition was replaced (or was already this one).", body = JobView,
             headers(("Location" = String, description = "The job's URL."))),
         (status = 201, description = "The job was created.", body = JobView,
             headers(("Location" = String, description = "The job's URL."))),
+        (status = 204, description = "Dry run: the definition would be accepted; nothing was written."),
     )
 )]
 async fn put_job(
     State(state): State<AppState>,
     actor: Actor,
     Path(raw_name): Path<String>,
+    Query(query): Query<PutJob>,
     Json(input): Json<JobInput>,
 ) -> Result<Response> {
     let name: JobName = raw_name
         .parse()
         .map_err(|e: pacer_domain::job::InvalidJobName| Error::field("name", e.to_string()))?;
     let spec = JobSpec::try_from(input).map_err(Error::Validation)?;
-    if let Some(secret) = spec.target.auth.secret()
+    if matches!(spec.target, pacer_domain::Target::Amqp(_))
+        && state.consumer.borrow().state == pacer_domain::ConsumerState::Disabled
+    {
+        return Err(Error::field(
+            "target.kind",
+            "no RabbitMQ broker is configured on this cluster (see `amqp.url` in the configuration)",
+        ));
+    }
+    if let Some(secret) = spec.target.auth().secret()
         && !state.secrets.contains(secret)
     {
         return Err(Error::field(
@@ -98,11 +123,26 @@ async fn put_job(
             ),
         ));
     }
+    // Routes name sinks of this cluster's configuration; a typo would silence an alert.
+    let mut unknown = pacer_domain::ValidationErrors::new();
+    for (field, sink) in spec.alerts.sink_names() {
+        if !state.alert_sinks.contains(sink) {
+            unknown.push(
+                field,
+                format!("no alert sink named `{sink}` is configured on this cluster (see `alerts.sinks`)"),
+            );
+        }
+    }
+    unknown.into_result(()).map_err(Error::Validation)?;
     let before = match state.store.get_job(&name).await {
         Ok(job) => Some(job),
         Err(pacer_store::Error::NotFound(_)) => None,
         Err(other) => return Err(other.into()),
     };
+    // Every check is above this line, so a dry run answers what a real one would.
+    if query.dry_run {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
     let put = state.store.put_job(&name, &spec).await?;
     if before.as_ref().is_none_or(|b| b.version != put.job.version) {
         let summary =
@@ -157,7 +197,7 @@ async fn get_job(
 #[into_params(parameter_in = Query)]
 struct ListJobs {
     /// Most jobs to return.
-    #[param(value_type = Option<i64>, minimum = 1, maximum = 1000, default = 100)]
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 500, default = 100)]
     limit: Option<String>,
     /// The `next_cursor` of the previous page.
     cursor: Option<String>,
@@ -177,7 +217,7 @@ async fn list_jobs(
     State(state): State<AppState>,
     Query(query): Query<ListJobs>,
 ) -> Result<JsonResponse<Page<JobView>>> {
-    let limit = limit(query.limit.as_deref(), 100)?;
+    let limit = limit(query.limit.as_deref(), 50)?;
     let jobs = state
         .store
         .list_jobs(query.cursor.as_deref(), limit)

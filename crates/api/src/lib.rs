@@ -1,13 +1,17 @@
 //! Pacer's REST API: the routers, their handlers and the problem+json errors they return.
 //! Handlers parse input into domain types first, so nothing invalid reaches the store.
 
+mod actions;
+mod alerts;
 mod audit;
 mod auth;
 mod cluster;
 mod error;
+mod events;
 mod extract;
 mod health;
 mod jobs;
+mod messages;
 mod observe;
 mod openapi;
 mod tasks;
@@ -22,9 +26,9 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use pacer_domain::Span;
+use pacer_domain::{ConsumerStatus, Span};
 use pacer_store::{ClaimedTask, Store};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::openapi::Access;
@@ -74,6 +78,9 @@ pub struct AppState {
     auth: Auth,
     secrets: Arc<BTreeSet<String>>,
     request_timeout: Duration,
+    alert_sinks: Arc<BTreeSet<String>>,
+    /// This node's RabbitMQ consumer, as the engine reports it.
+    consumer: watch::Receiver<ConsumerStatus>,
 }
 
 impl AppState {
@@ -95,7 +102,23 @@ impl AppState {
             auth,
             secrets: Arc::new(config.secrets.clone()),
             request_timeout: config.request_timeout,
+            alert_sinks: Arc::new([pacer_domain::alert::LOG_SINK.to_owned()].into()),
+            consumer: watch::channel(ConsumerStatus::disabled()).1,
         }
+    }
+
+    /// The alert sinks jobs may route to (their names), besides `log`.
+    pub fn with_alert_sinks(mut self, mut names: BTreeSet<String>) -> Self {
+        names.insert(pacer_domain::alert::LOG_SINK.to_owned());
+        self.alert_sinks = Arc::new(names);
+        self
+    }
+
+    /// Reports the state of this node's RabbitMQ consumer in `/readyz` and the cluster view,
+    /// and allows jobs with an `amqp` target while it is not disabled.
+    pub fn with_consumer(mut self, consumer: watch::Receiver<ConsumerStatus>) -> Self {
+        self.consumer = consumer;
+        self
     }
 
     /// Reports not ready once `shutdown` is cancelled, so load balancers stop sending new work
@@ -164,10 +187,19 @@ fn groups() -> [(Access, OpenApiRouter<AppState>); 5] {
             OpenApiRouter::new()
                 .merge(jobs::operator_routes())
                 .merge(tasks::operator_routes())
+                .merge(actions::operator_routes())
+                .merge(events::operator_routes())
                 .merge(triggers::operator_routes())
-                .merge(cluster::operator_routes()),
+                .merge(cluster::operator_routes())
+                .merge(alerts::operator_routes())
+                .merge(messages::operator_routes()),
         ),
-        (Access::Role(Role::Upstream), tasks::upstream_routes()),
+        (
+            Access::Role(Role::Upstream),
+            OpenApiRouter::new()
+                .merge(tasks::upstream_routes())
+                .merge(messages::upstream_routes()),
+        ),
         (Access::Callback, tasks::downstream_routes()),
         (Access::Public, health::routes()),
     ]

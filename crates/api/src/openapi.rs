@@ -90,7 +90,10 @@ pub(crate) enum Access {
         (name = "jobs", description = "Named definitions of work: where to dispatch, with what payload and policy."),
         (name = "triggers", description = "When a job fires: cron, interval or once."),
         (name = "tasks", description = "Runs of a job, their attempts, and the downstream's callbacks."),
-        (name = "cluster", description = "Nodes, leadership, scheduler standby and skipped runs."),
+        (name = "messages", description = "Notices from upstreams, each creating a task for every job subscribed to its type."),
+        (name = "alerts", description = "Late or failing work, raised once per problem: list, acknowledge, resolve."),
+        (name = "events", description = "The event log as a live stream of server-sent events."),
+        (name = "cluster", description = "Nodes, leadership, scheduler standby, running every job, and skipped runs."),
         (name = "audit", description = "Every change an admin or operator made."),
         (name = "health", description = "Liveness, readiness, metrics and Pacer's public keys (no token)."),
     ),
@@ -293,8 +296,16 @@ const TRIGGER: &[(&str, &str)] = &[
     ("name", "$response.body#/job"),
     ("id", "$response.body#/id"),
 ];
-/// `{id}` from a task in the response body.
-const TASK_ID: &[(&str, &str)] = &[("id", "$response.body#/id")];
+/// `{id}` from a task, a message or an alert in the response body.
+const ID: &[(&str, &str)] = &[("id", "$response.body#/id")];
+/// What may be done with a task by its id.
+const TASK_OPERATIONS: &[&str] = &[
+    "get_task",
+    "cancel_task",
+    "report_task",
+    "retry_task",
+    "release_task",
+];
 
 /// Links from a response to the operations that take what it returns, as operation ids: the
 /// statuses of `from` that carry the resource, and the operations it leads to. They tell a reader
@@ -312,6 +323,9 @@ const LINKS: &[Link] = &[
             "create_trigger",
             "list_triggers",
             "create_task",
+            "run_job",
+            "retry_failed_tasks",
+            "get_job_summary",
         ],
     ),
     (
@@ -327,12 +341,11 @@ const LINKS: &[Link] = &[
             "preview_trigger",
         ],
     ),
-    (
-        "create_task",
-        &["200", "202"],
-        TASK_ID,
-        &["get_task", "cancel_task", "report_task"],
-    ),
+    ("create_task", &["200", "202"], ID, TASK_OPERATIONS),
+    ("run_job", &["202"], ID, TASK_OPERATIONS),
+    ("retry_task", &["200", "202"], ID, TASK_OPERATIONS),
+    ("create_message", &["200", "202"], ID, &["get_message"]),
+    ("get_alert", &["200"], ID, &["ack_alert", "resolve_alert"]),
 ];
 
 fn add_links(document: &mut OpenApi) {

@@ -8,7 +8,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use pacer_domain::dispatch::Report;
-use pacer_domain::{CallbackStatus, TaskId, TaskState, ValidationErrors};
+use pacer_domain::{CallbackStatus, SkipReason, TaskId, TaskState, ValidationErrors};
 use pacer_store::{CreatedTask, NewTask, Origin, ReportOutcome, TaskFilter};
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -43,7 +43,7 @@ pub(crate) fn operator_routes() -> OpenApiRouter<AppState> {
 /// The `{id}` path parameter of the task routes.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Path)]
-struct TaskPath {
+pub(crate) struct TaskPath {
     /// The task's id.
     #[allow(dead_code)]
     id: Uuid,
@@ -143,51 +143,13 @@ async fn create_task(
         payload: job.spec.task_payload(request.payload.as_ref()),
         not_before: request.not_before,
         trace_context: crate::observe::current_traceparent(),
+        actor: None,
+        retry_of: None,
     };
-    // A free dispatch slot on this node means the task can be claimed as it is created.
-    let reserved = state.handoff.as_ref().and_then(|h| {
-        h.permits
-            .clone()
-            .try_acquire_owned()
-            .ok()
-            .map(|permit| (h, permit))
-    });
-    let claim_for = reserved
-        .as_ref()
-        .map(|(h, _)| (&*state.node_id, h.lease_margin));
-    let created = state
-        .store
-        .create_task(&job, task, claim_for)
-        .await
-        .map_err(|e| match e {
-            // The job was deleted between reading it and inserting the task.
-            pacer_store::Error::Conflict { .. } => Error::NotFound {
-                what: "job",
-                id: name.to_string(),
-            },
-            other => other.into(),
-        })?;
-    let (id, status) = match created {
-        CreatedTask::Created { id, claimed } => {
-            if let (Some(claimed), Some((handoff, permit))) = (claimed, reserved)
-                && let Err(unsent) = handoff.sender.try_send((*claimed, permit))
-            {
-                // The dispatcher is shutting down: hand the claim back for any node to take.
-                let (task, _permit) = unsent.into_inner();
-                let claim = pacer_store::ReleasedClaim {
-                    id: task.id,
-                    claim_token: task.claim_token,
-                    attempt: task.attempt,
-                    claimed_at: task.claimed_at,
-                };
-                state.store.release_claims(&state.node_id, &[claim]).await?;
-            }
-            metrics::counter!("pacer_tasks_created_total", "origin" => "api").increment(1);
-            (id, StatusCode::ACCEPTED)
-        }
-        CreatedTask::Existing { id } => (id, StatusCode::OK),
-        CreatedTask::Skipped { reason, open_task } => {
-            metrics::counter!("pacer_skips_total", "reason" => reason.as_str()).increment(1);
+    let (id, status) = match start_task(&state, &job, task, "api").await? {
+        Started::Created(id) => (id, StatusCode::ACCEPTED),
+        Started::Existing(id) => (id, StatusCode::OK),
+        Started::Skipped { reason, open_task } => {
             return Err(Error::OverlapSkipped {
                 job: name.to_string(),
                 reason,
@@ -205,7 +167,78 @@ async fn create_task(
         .into_response())
 }
 
-fn task_not_found(id: TaskId) -> impl FnOnce(pacer_store::Error) -> Error {
+/// What starting a task came to.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Started {
+    /// A new task.
+    Created(TaskId),
+    /// The job already had a task with this idempotency key.
+    Existing(TaskId),
+    /// The job's overlap policy refused the task; the skip was recorded.
+    Skipped {
+        reason: SkipReason,
+        open_task: Option<TaskId>,
+    },
+}
+
+/// Creates a task for `job` under its overlap policy. A free dispatch slot on this node means
+/// the task is claimed as it is created and handed straight to the dispatcher. `origin` labels
+/// the metrics.
+pub(crate) async fn start_task(
+    state: &AppState,
+    job: &pacer_store::Job,
+    task: NewTask,
+    origin: &'static str,
+) -> Result<Started> {
+    let reserved = state.handoff.as_ref().and_then(|h| {
+        h.permits
+            .clone()
+            .try_acquire_owned()
+            .ok()
+            .map(|permit| (h, permit))
+    });
+    let claim_for = reserved
+        .as_ref()
+        .map(|(h, _)| (&*state.node_id, h.lease_margin));
+    let created = state
+        .store
+        .create_task(job, task, claim_for)
+        .await
+        .map_err(|e| match e {
+            // The job was deleted between reading it and inserting the task.
+            pacer_store::Error::Conflict { .. } => Error::NotFound {
+                what: "job",
+                id: job.name.to_string(),
+            },
+            other => other.into(),
+        })?;
+    Ok(match created {
+        CreatedTask::Created { id, claimed } => {
+            if let (Some(claimed), Some((handoff, permit))) = (claimed, reserved)
+                && let Err(unsent) = handoff.sender.try_send((*claimed, permit))
+            {
+                // The dispatcher is shutting down: hand the claim back for any node to take.
+                let (task, _permit) = unsent.into_inner();
+                let claim = pacer_store::ReleasedClaim {
+                    id: task.id,
+                    claim_token: task.claim_token,
+                    attempt: task.attempt,
+                    claimed_at: task.claimed_at,
+                };
+                state.store.release_claims(&state.node_id, &[claim]).await?;
+            }
+            metrics::counter!("pacer_tasks_created_total", "origin" => origin).increment(1);
+            Started::Created(id)
+        }
+        CreatedTask::Existing { id } => Started::Existing(id),
+        CreatedTask::Skipped { reason, open_task } => {
+            metrics::counter!("pacer_skips_total", "reason" => reason.as_str()).increment(1);
+            Started::Skipped { reason, open_task }
+        }
+    })
+}
+
+pub(crate) fn task_not_found(id: TaskId) -> impl FnOnce(pacer_store::Error) -> Error {
     move |error| match error {
         pacer_store::Error::NotFound(_) => Error::NotFound {
             what: "task",
@@ -217,14 +250,15 @@ fn task_not_found(id: TaskId) -> impl FnOnce(pacer_store::Error) -> Error {
 
 /// Get a task
 ///
-/// The task with every attempt so far.
+/// The task with every attempt so far, its latest 1000 state changes and callbacks in order
+/// (`history`), and the tasks that retry it (`retries`).
 #[utoipa::path(
     get,
     path = "/api/v1/tasks/{id}",
     tag = "tasks",
     params(TaskPath),
     responses(
-        (status = 200, description = "The task with its attempts.", body = TaskView),
+        (status = 200, description = "The task with its attempts, history and retries.", body = TaskView),
         (status = 404, description = "No such task.", body = Problem),
     )
 )]
@@ -235,7 +269,12 @@ async fn get_task(
     let id = task_id(&raw_id)?;
     let task = state.store.get_task(id).await.map_err(task_not_found(id))?;
     let attempts = state.store.task_attempts(id).await?;
-    Ok(JsonResponse(TaskView::with_attempts(task, attempts)))
+    // A task reporting progress for days has a long history; its latest part is what matters.
+    let history = state.store.task_history(id, 1000).await?;
+    let retries = state.store.retries_of(id).await?;
+    Ok(JsonResponse(TaskView::detail(
+        task, attempts, history, retries,
+    )))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -244,39 +283,116 @@ async fn get_task(
 struct ListTasks {
     /// Only the tasks of this job.
     job: Option<String>,
-    /// Only the tasks in this state.
-    #[param(value_type = Option<TaskState>)]
+    /// Only the tasks in these states: one state, or several separated by commas.
+    #[param(
+        value_type = Option<String>,
+        pattern = r"^ *(pending|processing|completed|completed_with_errors|failed|cancelled) *(, *(pending|processing|completed|completed_with_errors|failed|cancelled) *)*$",
+        example = "failed,completed_with_errors"
+    )]
     state: Option<String>,
+    /// Only the tasks that came to be this way.
+    #[param(value_type = Option<String>, pattern = r"^(api|manual|trigger|message|retry)$", example = "manual")]
+    origin: Option<String>,
+    /// Only the tasks created at or after this instant (RFC 3339).
+    #[param(value_type = Option<DateTime<Utc>>)]
+    created_after: Option<String>,
+    /// Only the tasks created before this instant (RFC 3339).
+    #[param(value_type = Option<DateTime<Utc>>)]
+    created_before: Option<String>,
+    /// Only the tasks finished at or after this instant (RFC 3339).
+    #[param(value_type = Option<DateTime<Utc>>)]
+    finished_after: Option<String>,
+    /// Only the tasks finished before this instant (RFC 3339).
+    #[param(value_type = Option<DateTime<Utc>>)]
+    finished_before: Option<String>,
+    /// Only the tasks past their deadline (`true`) or not (`false`).
+    #[param(value_type = Option<bool>)]
+    overdue: Option<String>,
     /// Most tasks to return.
-    #[param(value_type = Option<i64>, minimum = 1, maximum = 1000, default = 50)]
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 500, default = 50)]
     limit: Option<String>,
     /// The `next_cursor` of the previous page.
     cursor: Option<String>,
 }
 
+/// An RFC 3339 instant from the query, or a field error.
+fn instant(errors: &mut ValidationErrors, field: &str, raw: Option<&str>) -> Option<DateTime<Utc>> {
+    let raw = raw?;
+    match DateTime::parse_from_rfc3339(raw) {
+        Ok(at) => Some(at.with_timezone(&Utc)),
+        Err(_) => {
+            errors.push(
+                field,
+                format!("`{raw}` is not an RFC 3339 instant like 2026-12-01T09:00:00Z"),
+            );
+            None
+        }
+    }
+}
+
 /// List tasks
 ///
-/// Tasks newest first, by job and state, a page at a time: pass `next_cursor` back as `cursor`
-/// for the next page.
+/// Tasks newest first, filtered by job, state (one or several, comma-separated), origin,
+/// creation and finish time ranges, and overdue; `cursor` is the `next_cursor` of the previous
+/// page. Paging is keyset on the task id, so pages neither repeat nor skip a task while new ones
+/// are created.
 #[utoipa::path(
     get,
     path = "/api/v1/tasks",
     tag = "tasks",
     params(ListTasks),
-    responses((status = 200, description = "A page of tasks (without their attempts).", body = Page<TaskView>))
+    responses((status = 200, description = "A page of tasks (without their attempts and history).", body = Page<TaskView>))
 )]
 async fn list_tasks(
     State(state): State<AppState>,
     Query(query): Query<ListTasks>,
 ) -> Result<JsonResponse<Page<TaskView>>> {
     let mut errors = ValidationErrors::new();
-    let task_state = match query.state.as_deref().map(str::parse::<TaskState>) {
+    let mut states = Vec::new();
+    for raw in query
+        .state
+        .as_deref()
+        .into_iter()
+        .flat_map(|s| s.split(','))
+    {
+        match raw.trim().parse::<TaskState>() {
+            Ok(parsed) if !states.contains(&parsed) => states.push(parsed),
+            Ok(_) => {}
+            Err(e) => errors.push("state", e.to_string()),
+        }
+    }
+    let origin = match query.origin.as_deref().map(str::parse::<Origin>) {
         Some(Err(e)) => {
-            errors.push("state", e.to_string());
+            errors.push("origin", e);
             None
         }
         other => other.and_then(Result::ok),
     };
+    let overdue = match query.overdue.as_deref() {
+        None => None,
+        Some("true") => Some(true),
+        Some("false") => Some(false),
+        Some(other) => {
+            errors.push("overdue", format!("must be true or false, got `{other}`"));
+            None
+        }
+    };
+    let created_after = instant(&mut errors, "created_after", query.created_after.as_deref());
+    let created_before = instant(
+        &mut errors,
+        "created_before",
+        query.created_before.as_deref(),
+    );
+    let finished_after = instant(
+        &mut errors,
+        "finished_after",
+        query.finished_after.as_deref(),
+    );
+    let finished_before = instant(
+        &mut errors,
+        "finished_before",
+        query.finished_before.as_deref(),
+    );
     let before = match query.cursor.as_deref().map(str::parse::<TaskId>) {
         Some(Err(_)) => {
             errors.push("cursor", "not a cursor returned by this API");
@@ -301,7 +417,13 @@ async fn list_tasks(
     errors.into_result(()).map_err(Error::Validation)?;
     let filter = TaskFilter {
         job: query.job,
-        state: task_state,
+        states,
+        origin,
+        created_after,
+        created_before,
+        finished_after,
+        finished_before,
+        overdue,
         before,
         limit,
     };

@@ -152,7 +152,7 @@ async fn create_trigger(
 #[into_params(parameter_in = Query)]
 struct ListTriggers {
     /// Most triggers to return.
-    #[param(value_type = Option<i64>, minimum = 1, maximum = 1000, default = 100)]
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 500, default = 100)]
     limit: Option<String>,
     /// The `next_cursor` of the previous page.
     cursor: Option<String>,

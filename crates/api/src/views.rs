@@ -2,8 +2,8 @@
 
 use chrono::{DateTime, Utc};
 use pacer_domain::TriggerSpec;
-use pacer_domain::{FailureReason, JobSpec, SkipReason, TaskId, TaskState};
-use pacer_store::{Attempt, Job, Node, SkippedRun, Task, Trigger};
+use pacer_domain::{ConsumerStatus, FailureReason, JobSpec, SkipReason, TaskId, TaskState};
+use pacer_store::{Attempt, Event, Job, Node, SkippedRun, Task, Trigger};
 use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -51,16 +51,28 @@ impl From<Job> for JobView {
     }
 }
 
-/// What created a task: `api`, or `trigger` with the trigger and the occurrence it fired for.
+/// How a task came to be: `{kind: "trigger", trigger_id, scheduled_at}`,
+/// `{kind: "manual", actor}`, `{kind: "retry", task_id}`, `{kind: "message", message_id, type}`,
+/// or just the kind.
 #[derive(Debug, Serialize, ToSchema)]
 #[schema(as = TaskOrigin)]
 struct OriginView {
-    #[schema(examples("trigger", "api"))]
+    #[schema(value_type = String, pattern = "^(api|manual|trigger|message|retry)$", examples("trigger", "manual"))]
     kind: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     trigger_id: Option<Uuid>,
     #[serde(skip_serializing_if = "Option::is_none")]
     scheduled_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    actor: Option<String>,
+    /// The task this one retries.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    task_id: Option<TaskId>,
+    /// The message that created it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message_id: Option<String>,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    message_type: Option<String>,
 }
 
 /// A task as returned by the API; `attempts` only in the detail view.
@@ -109,13 +121,66 @@ pub struct TaskView {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     attempts: Option<Vec<AttemptView>>,
+    /// State changes and callbacks in the order they happened, the latest 1000; only in
+    /// `GET /api/v1/tasks/{id}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    history: Option<Vec<EventView>>,
+    /// The tasks that retry this one; only in `GET /api/v1/tasks/{id}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    retries: Option<Vec<TaskId>>,
 }
 
 impl TaskView {
-    pub(crate) fn with_attempts(task: Task, attempts: Vec<Attempt>) -> Self {
+    /// The detail view: the task with its attempts, its history and its retries.
+    pub(crate) fn detail(
+        task: Task,
+        attempts: Vec<Attempt>,
+        history: Vec<Event>,
+        retries: Vec<TaskId>,
+    ) -> Self {
         let mut view = Self::from(task);
         view.attempts = Some(attempts.into_iter().map(AttemptView::from).collect());
+        view.history = Some(history.into_iter().map(EventView::from).collect());
+        view.retries = Some(retries);
         view
+    }
+}
+
+/// One event of the event log, as the task history and the event stream show it.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Event, example = json!({
+    "id": "48213-1042", "at": "2026-11-24T09:00:30Z", "kind": "task.state", "job": "master-data-sync",
+    "task": "0193a5c4-7f2e-7c1a-9d3e-2b1f4a6c8e01", "data": { "from": "pending", "to": "processing" }
+}))]
+pub(crate) struct EventView {
+    /// Opaque and ordered: the event stream's `id`, and what `Last-Event-ID` takes back.
+    pub(crate) id: String,
+    pub(crate) at: DateTime<Utc>,
+    /// What happened: `task.state`, `task.callback`, `leader.changed`, `leader.resigned`, …
+    pub(crate) kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub(crate) job: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub(crate) task: Option<TaskId>,
+    /// What the event carries; its shape depends on `kind`.
+    #[schema(value_type = Object)]
+    pub(crate) data: Value,
+}
+
+impl From<Event> for EventView {
+    fn from(e: Event) -> Self {
+        Self {
+            id: e.cursor().to_string(),
+            at: e.at,
+            kind: e.kind,
+            job: e.job_name,
+            task: e.task_id,
+            data: e.data,
+        }
     }
 }
 
@@ -129,6 +194,10 @@ impl From<Task> for TaskView {
                 kind: t.origin,
                 trigger_id: t.trigger_id,
                 scheduled_at: t.scheduled_at,
+                actor: t.actor,
+                task_id: t.retry_of,
+                message_id: t.message_id,
+                message_type: t.message_type,
             },
             waits_for: t.waits_for,
             idempotency_key: t.idempotency_key,
@@ -150,6 +219,8 @@ impl From<Task> for TaskView {
             failure_reason: t.failure_reason,
             updated_at: t.updated_at,
             attempts: None,
+            history: None,
+            retries: None,
         }
     }
 }
@@ -236,6 +307,10 @@ pub(crate) struct NodeView {
     last_heartbeat_at: DateTime<Utc>,
     stopped_at: Option<DateTime<Utc>>,
     alive: bool,
+    /// Its RabbitMQ consumer, when it has a broker configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<ConsumerStatus>, nullable = false)]
+    amqp: Option<Value>,
 }
 
 impl From<Node> for NodeView {
@@ -248,6 +323,7 @@ impl From<Node> for NodeView {
             last_heartbeat_at: n.last_heartbeat_at,
             stopped_at: n.stopped_at,
             alive: n.alive,
+            amqp: n.amqp_consumer,
         }
     }
 }
@@ -296,12 +372,25 @@ pub(crate) struct LeaderView {
     "term": 7,
     "nodes": [ { "id": "pacer-1", "address": "10.0.0.5:8080", "version": "0.1.0",
                  "started_at": "2026-11-24T08:00:00Z", "last_heartbeat_at": "2026-11-24T09:00:02Z",
-                 "stopped_at": null, "alive": true } ]
+                 "stopped_at": null, "alive": true,
+                 "amqp": { "state": "connected", "since": "2026-11-24T08:00:01Z", "queue": "pacer.messages" } } ],
+    "amqp": { "node": "pacer-1",
+              "consumer": { "state": "connected", "since": "2026-11-24T08:00:01Z", "queue": "pacer.messages" } }
 }))]
 pub(crate) struct ClusterView {
     pub(crate) leader: Option<LeaderView>,
     pub(crate) term: i64,
     pub(crate) nodes: Vec<NodeView>,
+    /// The RabbitMQ consumer of the node that answered; each node reports its own in `/readyz`.
+    pub(crate) amqp: AmqpView,
+}
+
+/// A node's RabbitMQ consumer.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = NodeConsumer)]
+pub(crate) struct AmqpView {
+    pub(crate) node: String,
+    pub(crate) consumer: ConsumerStatus,
 }
 
 /// Whether the scheduler is in standby.

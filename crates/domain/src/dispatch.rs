@@ -60,6 +60,9 @@ impl Report {
 pub enum DispatchOutcome {
     /// 2xx, with the report its body carried, if any.
     Accepted { status: u16, report: Option<Report> },
+    /// The message broker confirmed a published dispatch (an `amqp` target): accepted, as a
+    /// 2xx without a report.
+    Published,
     /// 409.
     AlreadyRunning,
     /// 408, 429, 5xx, a timeout or a connection error.
@@ -79,6 +82,7 @@ impl DispatchOutcome {
             DispatchOutcome::Accepted { status, .. }
             | DispatchOutcome::Permanent { status, .. } => Some(*status),
             DispatchOutcome::AlreadyRunning => Some(409),
+            DispatchOutcome::Published => None,
             DispatchOutcome::Transient { status, .. } => *status,
         }
     }
@@ -86,7 +90,9 @@ impl DispatchOutcome {
     /// The attempt's recorded outcome.
     pub fn attempt_outcome(&self) -> AttemptOutcome {
         match self {
-            DispatchOutcome::Accepted { .. } => AttemptOutcome::Accepted,
+            DispatchOutcome::Accepted { .. } | DispatchOutcome::Published => {
+                AttemptOutcome::Accepted
+            }
             DispatchOutcome::AlreadyRunning => AttemptOutcome::AlreadyRunning,
             DispatchOutcome::Transient { .. } => AttemptOutcome::TransientError,
             DispatchOutcome::Permanent { .. } => AttemptOutcome::PermanentError,
@@ -174,12 +180,14 @@ pub fn after_dispatch(
             };
             (report.event(), next, 0, Some(report.clone()))
         }
-        DispatchOutcome::Accepted { report: None, .. } if !job.expect_callback => {
+        DispatchOutcome::Accepted { report: None, .. } | DispatchOutcome::Published
+            if !job.expect_callback =>
+        {
             (TaskEvent::DispatchCompleted, None, 0, None)
         }
-        DispatchOutcome::Accepted { report: None, .. } | DispatchOutcome::AlreadyRunning => {
-            (TaskEvent::DispatchAccepted, repoll, 0, None)
-        }
+        DispatchOutcome::Accepted { report: None, .. }
+        | DispatchOutcome::Published
+        | DispatchOutcome::AlreadyRunning => (TaskEvent::DispatchAccepted, repoll, 0, None),
         DispatchOutcome::Transient { retry_after, .. } => {
             let failures = failures.saturating_add(1);
             if failures >= job.retry.max_attempts {
@@ -289,6 +297,33 @@ mod tests {
         );
         assert_eq!(after.state, Some(TaskState::Completed));
         assert_eq!(after.next_dispatch_in, None);
+    }
+
+    #[test]
+    fn a_publisher_confirm_counts_as_an_accepted_dispatch() {
+        let processing = after_dispatch(
+            TaskState::Pending,
+            2,
+            &job(true, 5),
+            &DispatchOutcome::Published,
+            0.5,
+        );
+        assert_eq!(processing.state, Some(TaskState::Processing));
+        assert_eq!(processing.next_dispatch_in, Some(Duration::from_secs(30)));
+        assert_eq!(processing.consecutive_failures, 0);
+        let completed = after_dispatch(
+            TaskState::Pending,
+            0,
+            &job(false, 5),
+            &DispatchOutcome::Published,
+            0.5,
+        );
+        assert_eq!(completed.state, Some(TaskState::Completed));
+        assert_eq!(DispatchOutcome::Published.http_status(), None);
+        assert_eq!(
+            DispatchOutcome::Published.attempt_outcome(),
+            AttemptOutcome::Accepted
+        );
     }
 
     #[test]

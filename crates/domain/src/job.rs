@@ -9,7 +9,9 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::alert::JobAlerts;
 use crate::firing::OverlapPolicy;
+use crate::message::{MessageType, parse_subscriptions};
 use crate::{RetryPolicy, Span, ValidationErrors};
 
 /// A job's name: 1–64 characters of letters, digits, `.`, `_` and `-`, starting with a letter
@@ -80,6 +82,240 @@ pub struct HttpTarget {
     pub headers: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "OutboundAuth::is_none")]
     pub auth: OutboundAuth,
+    /// Where a cancellation is sent (`DELETE`, best effort); `url` when absent. `{task_id}` in it
+    /// is replaced by the task's id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancel_url: Option<String>,
+}
+
+/// Where a job's tasks are dispatched: an HTTP endpoint (written without a `kind`, or with
+/// `"kind": "http"`), or a RabbitMQ exchange (`"kind": "amqp"`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Target {
+    Http(HttpTarget),
+    Amqp(AmqpTarget),
+}
+
+/// Where a job's tasks are published: a RabbitMQ exchange and routing key, with publisher
+/// confirms. The empty exchange is the broker's default one (the routing key names a queue).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpTarget {
+    pub exchange: String,
+    pub routing_key: String,
+    /// Static headers on every published message.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+}
+
+impl Target {
+    /// The HTTP target, if this is one.
+    pub fn http(&self) -> Option<&HttpTarget> {
+        match self {
+            Target::Http(http) => Some(http),
+            Target::Amqp(_) => None,
+        }
+    }
+
+    /// The outbound auth of the target (AMQP targets carry none: the broker authenticates).
+    pub fn auth(&self) -> &OutboundAuth {
+        static NONE: OutboundAuth = OutboundAuth::None;
+        match self {
+            Target::Http(http) => &http.auth,
+            Target::Amqp(_) => &NONE,
+        }
+    }
+
+    /// The target's static headers.
+    pub fn headers(&self) -> &BTreeMap<String, String> {
+        match self {
+            Target::Http(http) => &http.headers,
+            Target::Amqp(amqp) => &amqp.headers,
+        }
+    }
+}
+
+/// The schema says which fields each kind takes (one object per kind), while an HTTP target is
+/// still written without a `kind`.
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for Target {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::ToSchema;
+        use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, OneOfBuilder, Type};
+        use utoipa::openapi::{Ref, RefOr, Schema};
+
+        let string = || ObjectBuilder::new().schema_type(Type::String);
+        let headers = || {
+            ObjectBuilder::new()
+                .schema_type(Type::Object)
+                .additional_properties(Some(string()))
+                .description(Some(
+                    "Static headers on every dispatch: at most 32, values of visible ASCII.",
+                ))
+        };
+        let url = |description: &str| {
+            string()
+                .max_length(Some(2048))
+                .pattern(Some(r"^https?://[^/?#\s]+([/?#]\S*)?$"))
+                .description(Some(description))
+        };
+        let http = ObjectBuilder::new()
+            .title(Some("HttpTarget"))
+            .description(Some("An HTTP endpoint taking a `POST` of each task."))
+            .property(
+                "kind",
+                string()
+                    .enum_values(Some(["http"]))
+                    .description(Some("Optional for an HTTP target.")),
+            )
+            .property(
+                "url",
+                url("An `http` or `https` URL with a host.")
+                    .examples(["http://registry:8080/sync/masterdata"]),
+            )
+            .required("url")
+            .property("headers", headers())
+            .property(
+                "auth",
+                RefOr::<Schema>::Ref(Ref::from_schema_name(OutboundAuth::name())),
+            )
+            .property(
+                "cancel_url",
+                url(
+                    "Where a cancellation is sent (`DELETE`, best effort); `url` when absent. \
+                     `{task_id}` in it is replaced by the task's id.",
+                ),
+            )
+            .additional_properties(Some(AdditionalProperties::FreeForm(false)));
+        let amqp = ObjectBuilder::new()
+            .title(Some("AmqpTarget"))
+            .description(Some(
+                "A RabbitMQ exchange and routing key, with publisher confirms; the cluster needs \
+                 `amqp.url`. The empty exchange is the broker's default one (the routing key names \
+                 a queue).",
+            ))
+            .property("kind", string().enum_values(Some(["amqp"])))
+            .required("kind")
+            .property(
+                "exchange",
+                string()
+                    .max_length(Some(127))
+                    .pattern(Some(r"^[A-Za-z0-9._:/-]*$"))
+                    .examples(["pacer.tasks"]),
+            )
+            .required("exchange")
+            .property(
+                "routing_key",
+                string().max_length(Some(255)).examples(["masterdata.sync"]),
+            )
+            .required("routing_key")
+            .property("headers", headers())
+            .additional_properties(Some(AdditionalProperties::FreeForm(false)));
+        OneOfBuilder::new()
+            .item(http)
+            .item(amqp)
+            .description(Some(
+                "Where a job's tasks are dispatched: an HTTP endpoint (without a `kind`, or with \
+                 `\"kind\": \"http\"`), or a RabbitMQ exchange (`\"kind\": \"amqp\"`).",
+            ))
+            .examples([
+                serde_json::json!({ "url": "http://registry:8080/sync/masterdata",
+                    "auth": { "kind": "jwt", "audience": "registry" },
+                    "cancel_url": "http://registry:8080/sync/{task_id}" }),
+                serde_json::json!({ "kind": "amqp", "exchange": "pacer.tasks",
+                    "routing_key": "masterdata.sync" }),
+            ])
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for Target {
+    fn schemas(
+        schemas: &mut Vec<(
+            String,
+            utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+        )>,
+    ) {
+        use utoipa::PartialSchema;
+        schemas.push((OutboundAuth::name().into(), OutboundAuth::schema()));
+    }
+}
+
+// An HTTP target is written as it always was, without a `kind`, so stored definitions and their
+// versions stay as they are.
+impl Serialize for Target {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Target::Http(http) => http.serialize(serializer),
+            Target::Amqp(amqp) => {
+                #[derive(Serialize)]
+                struct Tagged<'a> {
+                    kind: &'static str,
+                    #[serde(flatten)]
+                    amqp: &'a AmqpTarget,
+                }
+                Tagged { kind: "amqp", amqp }.serialize(serializer)
+            }
+        }
+    }
+}
+
+/// Every field a target may have, so an unknown one is refused with its path
+/// (`target.verb`), before the kind decides which of them belong.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TargetFields {
+    kind: Option<String>,
+    url: Option<String>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    auth: Option<OutboundAuth>,
+    cancel_url: Option<String>,
+    exchange: Option<String>,
+    routing_key: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for Target {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let fields = TargetFields::deserialize(deserializer)?;
+        match fields.kind.as_deref() {
+            None | Some("http") => {
+                if fields.exchange.is_some() || fields.routing_key.is_some() {
+                    return Err(D::Error::custom(
+                        "`exchange` and `routing_key` belong to an `amqp` target (`\"kind\": \"amqp\"`)",
+                    ));
+                }
+                Ok(Target::Http(HttpTarget {
+                    url: fields.url.ok_or_else(|| D::Error::missing_field("url"))?,
+                    headers: fields.headers,
+                    auth: fields.auth.unwrap_or_default(),
+                    cancel_url: fields.cancel_url,
+                }))
+            }
+            Some("amqp") => {
+                if fields.url.is_some() || fields.auth.is_some() || fields.cancel_url.is_some() {
+                    return Err(D::Error::custom(
+                        "`url`, `auth` and `cancel_url` belong to an HTTP target; an `amqp` target has `exchange` and `routing_key`",
+                    ));
+                }
+                Ok(Target::Amqp(AmqpTarget {
+                    exchange: fields
+                        .exchange
+                        .ok_or_else(|| D::Error::missing_field("exchange"))?,
+                    routing_key: fields
+                        .routing_key
+                        .ok_or_else(|| D::Error::missing_field("routing_key"))?,
+                    headers: fields.headers,
+                }))
+            }
+            Some(other) => Err(D::Error::custom(format!(
+                "unknown target kind `{other}`, expected `http` or `amqp`"
+            ))),
+        }
+    }
 }
 
 /// How a dispatch proves it comes from Pacer. Secrets are named, never written here: their values
@@ -122,7 +358,7 @@ impl OutboundAuth {
 pub struct JobSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
-    pub target: HttpTarget,
+    pub target: Target,
     #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub payload: Value,
     pub repoll_interval: Span,
@@ -136,6 +372,12 @@ pub struct JobSpec {
     pub overlap: OverlapPolicy,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Where the job's alerts and success notices go; absent when it routes nothing.
+    #[serde(default, skip_serializing_if = "JobAlerts::is_empty")]
+    pub alerts: JobAlerts,
+    /// Message types this job subscribes to: each such message creates a task.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub on_messages: Vec<MessageType>,
 }
 
 /// A job definition as a client writes it: everything but the target is optional.
@@ -154,7 +396,7 @@ pub struct JobSpec {
 #[serde(deny_unknown_fields)]
 pub struct JobInput {
     pub description: Option<String>,
-    pub target: HttpTarget,
+    pub target: Target,
     /// A JSON object; a task's own payload is laid over it key by key.
     #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     pub payload: Option<Value>,
@@ -166,6 +408,10 @@ pub struct JobInput {
     pub expect_callback: Option<bool>,
     pub overlap: Option<OverlapPolicy>,
     pub labels: Option<BTreeMap<String, String>>,
+    pub alerts: Option<JobAlerts>,
+    /// Message types this job subscribes to: each such message creates a task.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Vec<MessageType>>))]
+    pub on_messages: Option<Vec<String>>,
 }
 
 /// A retry policy as a client writes it; omitted fields take the defaults.
@@ -212,6 +458,29 @@ fn check_range(errors: &mut ValidationErrors, field: &str, value: Span, min: Spa
     }
 }
 
+fn check_amqp(errors: &mut ValidationErrors, target: &AmqpTarget) {
+    // AMQP short strings: at most 255 bytes; exchange names are also limited by RabbitMQ.
+    let name = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':' | '/');
+    if target.exchange.len() > 127 || !target.exchange.chars().all(name) {
+        errors.push(
+            "target.exchange",
+            "at most 127 letters, digits, '.', '_', '-', ':' or '/' (empty: the default exchange)",
+        );
+    }
+    if target.routing_key.len() > 255 || target.routing_key.chars().any(char::is_control) {
+        errors.push(
+            "target.routing_key",
+            "at most 255 bytes, no control characters",
+        );
+    }
+    if target.exchange.is_empty() && target.routing_key.is_empty() {
+        errors.push(
+            "target.routing_key",
+            "the default exchange routes by queue name: name the queue",
+        );
+    }
+}
+
 fn check_headers(errors: &mut ValidationErrors, headers: &BTreeMap<String, String>) {
     if headers.len() > 32 {
         errors.push("target.headers", "at most 32 headers");
@@ -239,17 +508,17 @@ fn check_headers(errors: &mut ValidationErrors, headers: &BTreeMap<String, Strin
     }
 }
 
-fn check_url(errors: &mut ValidationErrors, raw: &str) {
+fn check_url(errors: &mut ValidationErrors, field: &str, raw: &str) {
     match url::Url::parse(raw) {
-        _ if raw.len() > 2048 => errors.push("target.url", "at most 2048 characters"),
+        _ if raw.len() > 2048 => errors.push(field, "at most 2048 characters"),
         Ok(url) if !matches!(url.scheme(), "http" | "https") => {
-            errors.push("target.url", "must be an http or https URL")
+            errors.push(field, "must be an http or https URL")
         }
         Ok(url) if url.host_str().is_none_or(str::is_empty) => {
-            errors.push("target.url", "must name a host")
+            errors.push(field, "must name a host")
         }
         Ok(_) => {}
-        Err(e) => errors.push("target.url", format!("not a valid URL: {e}")),
+        Err(e) => errors.push(field, format!("not a valid URL: {e}")),
     }
 }
 
@@ -328,9 +597,22 @@ impl TryFrom<JobInput> for JobSpec {
         {
             errors.push("description", "at most 1000 characters");
         }
-        check_url(&mut errors, &input.target.url);
-        check_headers(&mut errors, &input.target.headers);
-        match &input.target.auth {
+        match &input.target {
+            Target::Http(http) => {
+                check_url(&mut errors, "target.url", &http.url);
+                if let Some(cancel_url) = &http.cancel_url {
+                    // The placeholder is not URL syntax; check the URL around it.
+                    check_url(
+                        &mut errors,
+                        "target.cancel_url",
+                        &cancel_url.replace("{task_id}", "task"),
+                    );
+                }
+            }
+            Target::Amqp(amqp) => check_amqp(&mut errors, amqp),
+        }
+        check_headers(&mut errors, input.target.headers());
+        match input.target.auth() {
             OutboundAuth::Bearer { secret } | OutboundAuth::Hmac { secret }
                 if secret.parse::<JobName>().is_err() =>
             {
@@ -394,6 +676,9 @@ impl TryFrom<JobInput> for JobSpec {
         };
         let labels = input.labels.unwrap_or_default();
         check_labels(&mut errors, &labels);
+        let alerts = input.alerts.unwrap_or_default();
+        alerts.check(&mut errors);
+        let on_messages = parse_subscriptions(&mut errors, input.on_messages);
         errors.into_result(JobSpec {
             description: input.description,
             target: input.target,
@@ -406,6 +691,8 @@ impl TryFrom<JobInput> for JobSpec {
             expect_callback: input.expect_callback.unwrap_or(true),
             overlap: input.overlap.unwrap_or_default(),
             labels,
+            alerts,
+            on_messages,
         })
     }
 }
@@ -487,10 +774,79 @@ mod tests {
     }
 
     #[test]
+    fn a_cancel_url_may_name_the_task_and_must_be_an_http_url() {
+        let spec = parse(json!({ "target": {
+            "url": "http://svc/run", "cancel_url": "http://svc/runs/{task_id}" } }))
+        .expect("a placeholder is allowed");
+        assert_eq!(
+            spec.target.http().and_then(|t| t.cancel_url.as_deref()),
+            Some("http://svc/runs/{task_id}")
+        );
+        let errors =
+            parse(json!({ "target": { "url": "http://svc/run", "cancel_url": "ftp://svc" } }))
+                .expect_err("not http");
+        assert_eq!(fields(&errors), ["target.cancel_url"]);
+    }
+
+    #[test]
     fn unknown_fields_are_refused() {
         let result: Result<JobInput, _> =
             serde_json::from_value(json!({ "target": { "url": "http://a" }, "colour": "red" }));
         assert!(result.is_err());
+    }
+
+    #[test]
+    fn an_amqp_target_is_written_with_its_kind_and_an_http_one_without() {
+        let spec = parse(json!({
+            "target": { "kind": "amqp", "exchange": "pacer.jobs", "routing_key": "sync", "headers": { "x-tenant": "a" } },
+            "on_messages": ["masterdata.changed"],
+        }))
+        .expect("valid");
+        assert_eq!(
+            spec.target,
+            Target::Amqp(AmqpTarget {
+                exchange: "pacer.jobs".into(),
+                routing_key: "sync".into(),
+                headers: BTreeMap::from([("x-tenant".into(), "a".into())]),
+            })
+        );
+        let written = serde_json::to_value(&spec).expect("serialises");
+        assert_eq!(written["target"]["kind"], "amqp");
+        assert_eq!(written["on_messages"], json!(["masterdata.changed"]));
+        let read: JobSpec = serde_json::from_value(written).expect("reads back");
+        assert_eq!(read, spec);
+
+        let http =
+            parse(json!({ "target": { "kind": "http", "url": "http://a" } })).expect("valid");
+        let written = serde_json::to_value(&http).expect("serialises");
+        assert_eq!(written["target"], json!({ "url": "http://a" }));
+        assert!(written.get("on_messages").is_none());
+    }
+
+    #[test]
+    fn bad_amqp_targets_and_subscriptions_are_named() {
+        let errors = parse(json!({
+            "target": { "kind": "amqp", "exchange": "", "routing_key": "", "headers": { "traceparent": "x" } },
+            "on_messages": ["ok", "not ok"],
+        }))
+        .expect_err("invalid");
+        assert_eq!(
+            fields(&errors),
+            [
+                "target.routing_key",
+                "target.headers.traceparent",
+                "on_messages[1]"
+            ]
+        );
+        for target in [
+            json!({ "kind": "smtp", "url": "http://a" }),
+            json!({ "kind": "amqp", "url": "http://a" }),
+            json!({ "kind": "amqp", "exchange": "x", "routing_key": "y", "auth": { "kind": "none" } }),
+        ] {
+            let result: Result<JobInput, _> =
+                serde_json::from_value(json!({ "target": target.clone() }));
+            assert!(result.is_err(), "{target}");
+        }
     }
 
     #[test]

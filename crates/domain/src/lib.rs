@@ -1,10 +1,12 @@
 //! Pacer's domain: the types and rules of jobs, tasks and their lifecycle.
 //! Nothing here does I/O; the store persists these types and the engine acts on their decisions.
 
+pub mod alert;
 pub mod dispatch;
 pub mod firing;
 pub mod ids;
 pub mod job;
+pub mod message;
 pub mod retry;
 pub mod schedule;
 pub mod span;
@@ -12,12 +14,16 @@ pub mod task;
 pub mod trigger;
 pub mod validation;
 
+pub use alert::{AlertKind, AlertState, JobAlerts, Severity};
 pub use dispatch::{
     AfterDispatch, DispatchOutcome, ResponseClass, after_dispatch, classify_status,
 };
 pub use firing::{MisfirePolicy, OverlapPolicy, SkipReason};
 pub use ids::TaskId;
-pub use job::{HttpTarget, JobInput, JobName, JobSpec, OutboundAuth};
+pub use job::{AmqpTarget, HttpTarget, JobInput, JobName, JobSpec, OutboundAuth, Target};
+pub use message::{
+    ConsumerState, ConsumerStatus, Message, MessageInput, MessageSource, MessageType,
+};
 pub use retry::RetryPolicy;
 pub use schedule::{Schedule, ScheduleError};
 pub use span::Span;

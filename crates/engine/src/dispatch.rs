@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use pacer_domain::dispatch::{DispatchOutcome, Report, ResponseClass};
-use pacer_domain::{Span, TaskId, after_dispatch, classify_status};
+use pacer_domain::{AmqpTarget, Span, Target, TaskId, after_dispatch, classify_status};
 use pacer_store::{ClaimedTask, Outcome, ReleasedClaim, Store};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 use serde::Serialize;
@@ -21,6 +21,7 @@ use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::Result;
+use crate::amqp::Publisher;
 use crate::outbound::Outbound;
 use crate::wakeup::Wakeups;
 
@@ -53,6 +54,7 @@ pub struct Dispatcher {
     store: Store,
     client: reqwest::Client,
     outbound: Outbound,
+    publisher: Publisher,
     permits: Arc<Semaphore>,
     handoffs: mpsc::Receiver<Handoff>,
 }
@@ -80,14 +82,23 @@ impl Dispatcher {
         permits: Arc<Semaphore>,
         handoffs: mpsc::Receiver<Handoff>,
     ) -> Self {
+        let publisher = Publisher::new(None, &config.node_id);
         Self {
             config,
             store,
             client,
             outbound,
+            publisher,
             permits,
             handoffs,
         }
+    }
+
+    /// Publishes the tasks of jobs with an `amqp` target through `publisher` (without one,
+    /// their dispatches fail as transient errors).
+    pub fn with_publisher(mut self, publisher: Publisher) -> Self {
+        self.publisher = publisher;
+        self
     }
 
     /// Runs until `shutdown`; then stops claiming, waits up to the drain timeout for in-flight
@@ -203,6 +214,7 @@ impl Dispatcher {
             store: self.store.clone(),
             client: self.client.clone(),
             outbound: self.outbound.clone(),
+            publisher: self.publisher.clone(),
             config: self.config.clone(),
             in_flight: in_flight.clone(),
         };
@@ -286,6 +298,7 @@ struct Attempt {
     store: Store,
     client: reqwest::Client,
     outbound: Outbound,
+    publisher: Publisher,
     config: DispatchConfig,
     in_flight: InFlight,
 }
@@ -411,7 +424,11 @@ impl Attempt {
                 &mut opentelemetry_http::HeaderInjector(&mut headers),
             );
         });
-        for (name, value) in &task.job.target.headers {
+        let target = match &task.job.target {
+            Target::Http(http) => http,
+            Target::Amqp(amqp) => return self.publish(task, amqp, &headers, &body).await,
+        };
+        for (name, value) in &target.headers {
             // Validated when the job was defined; a header that still fails to convert is skipped.
             if let (Ok(name), Ok(value)) =
                 (HeaderName::try_from(name), HeaderValue::try_from(value))
@@ -419,13 +436,13 @@ impl Attempt {
                 headers.insert(name, value);
             }
         }
-        match self.outbound.headers(&task.job.target.auth, task.id, &body) {
+        match self.outbound.headers(&target.auth, task.id, &body) {
             Ok(signed) => headers.extend(signed),
             Err(error) => return unsigned(error),
         }
         let request = self
             .client
-            .post(&task.job.target.url)
+            .post(&target.url)
             .headers(headers)
             .header("idempotency-key", task.id.to_string())
             .header(reqwest::header::CONTENT_TYPE, "application/json")
@@ -481,6 +498,36 @@ impl Attempt {
                 error: summary(),
             },
         }
+    }
+}
+
+impl Attempt {
+    /// Publishes the dispatch to the job's exchange: the same body, and as AMQP headers the
+    /// trace context, the job's static headers and `idempotency-key`.
+    async fn publish(
+        &self,
+        task: &ClaimedTask,
+        target: &AmqpTarget,
+        trace: &HeaderMap,
+        body: &[u8],
+    ) -> DispatchOutcome {
+        let mut headers: Vec<(String, String)> = trace
+            .iter()
+            .filter_map(|(name, value)| {
+                Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned()))
+            })
+            .collect();
+        headers.extend(target.headers.iter().map(|(n, v)| (n.clone(), v.clone())));
+        headers.push(("idempotency-key".into(), task.id.to_string()));
+        self.publisher
+            .publish(
+                target,
+                headers,
+                &task.id.to_string(),
+                body,
+                task.job.dispatch_timeout.as_duration(),
+            )
+            .await
     }
 }
 

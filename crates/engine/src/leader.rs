@@ -1,9 +1,10 @@
 //! Leader election by the lease row. Every node tries to take or renew the lease every TTL/3; the
-//! holder runs the cluster-wide duties (firing, sweeping) under its term. It stops them the moment
+//! holder runs the cluster-wide duties (firing, sweeping, alerting) under its term. It stops them the moment
 //! a renewal fails, another node holds the lease, or its own monotonic clock says the lease might
 //! have lapsed (the trust window, shorter than the lease), whichever comes first. A clean
 //! shutdown resigns and notifies, so a follower takes over at once.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use pacer_domain::Span;
@@ -12,7 +13,10 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::alerting::{Alerting, AlertsConfig};
+use crate::events::{EventWebhook, WebhookConfig};
 use crate::firing::Firing;
+use crate::outbound::Outbound;
 use crate::sweeper::Sweeper;
 use crate::wakeup::Wakeups;
 use crate::{Error, Result};
@@ -31,13 +35,31 @@ pub struct LeaderConfig {
     pub firing_poll: Span,
     /// How often the sweep runs.
     pub sweep_interval: Span,
+    /// What the alert evaluation raises and where it sends it.
+    pub alerts: Arc<AlertsConfig>,
+    /// Events older than this are pruned from the event log.
+    pub event_retention: Span,
 }
 
 /// Runs for leadership until shut down.
 pub struct Leader {
     pub store: Store,
     pub config: LeaderConfig,
+    /// Pushes the event log to a webhook while this node leads, when configured.
+    pub webhook: Option<EventPush>,
 }
+
+/// What the event webhook duty needs.
+#[derive(Debug, Clone)]
+pub struct EventPush {
+    pub config: WebhookConfig,
+    pub client: reqwest::Client,
+    pub outbound: Outbound,
+}
+
+/// How long after the holder's lease runs out a follower campaigns: enough for the expiry to
+/// have passed on the database clock, too little to matter for failover.
+const EXPIRY_SLACK: Duration = Duration::from_millis(25);
 
 /// This node's current tenure.
 struct Tenure {
@@ -96,6 +118,14 @@ impl Leader {
                                 tracing::warn!("another node holds the lease; stepping down");
                                 step_down(tenure.take()).await;
                             }
+                            // Campaign again the moment the holder's lease runs out when that is
+                            // sooner than the next period, so a crashed leader is replaced at its
+                            // lease's expiry, not up to a period later.
+                            if let Ok(remaining) = self.store.lease_remaining().await
+                                && remaining < renew_every
+                            {
+                                next_try = Instant::now() + remaining + EXPIRY_SLACK;
+                            }
                         }
                         Err(error) => {
                             if tenure.is_some() {
@@ -139,8 +169,26 @@ impl Leader {
             store: self.store.clone(),
             dead_after: self.config.dead_after,
             interval: self.config.sweep_interval.as_duration(),
+            event_retention: self.config.event_retention,
         };
         running.spawn(sweeper.run(duties.child_token()));
+        let alerting = Alerting {
+            store: self.store.clone(),
+            node_id: self.config.node_id.clone(),
+            term,
+            dead_after: self.config.dead_after,
+            config: self.config.alerts.clone(),
+        };
+        running.spawn(alerting.run(duties.child_token()));
+        if let Some(push) = &self.webhook {
+            let webhook = EventWebhook {
+                store: self.store.clone(),
+                client: push.client.clone(),
+                outbound: push.outbound.clone(),
+                config: push.config.clone(),
+            };
+            running.spawn(webhook.run(duties.child_token()));
+        }
         Tenure {
             term,
             trusted_until,

@@ -1,8 +1,13 @@
 //! Pacer's background loops. Each loop is a value with `run(self, shutdown)`, spawned and
 //! supervised by the server; none spawns work it does not also wait for.
 
+mod alerting;
+pub mod amqp;
+mod cancel;
+mod delivery;
 pub mod dispatch;
 mod error;
+mod events;
 mod firing;
 mod heartbeat;
 mod leader;
@@ -10,10 +15,15 @@ mod outbound;
 mod sweeper;
 mod wakeup;
 
+pub use alerting::{AlertEvent, AlertsConfig, SinkConfig, SinkKind, alert_changed, alert_json};
+pub use amqp::{AmqpConfig, Consumer, Publisher};
+pub use cancel::CancelNotifier;
+pub use delivery::{DELIVERY_ID_HEADER, Deliverer, DeliveryConfig, EVENT_HEADER};
 pub use dispatch::{DispatchConfig, Dispatcher, Handoff};
 pub use error::{Error, Result};
+pub use events::WebhookConfig;
 pub use heartbeat::Heartbeat;
-pub use leader::{Leader, LeaderConfig};
+pub use leader::{EventPush, Leader, LeaderConfig};
 pub use outbound::Outbound;
 
 /// Builds the HTTP client Pacer makes outbound calls with: pooled, no redirects followed

@@ -65,6 +65,17 @@ impl Outbound {
         task: TaskId,
         body: &[u8],
     ) -> Result<Vec<(HeaderName, HeaderValue)>, String> {
+        self.headers_for(auth, &task.to_string(), body)
+    }
+
+    /// Like [`Outbound::headers`], for a call about `subject` rather than a task (a signed JWT
+    /// names it as its `sub`).
+    pub(crate) fn headers_for(
+        &self,
+        auth: &OutboundAuth,
+        subject: &str,
+        body: &[u8],
+    ) -> Result<Vec<(HeaderName, HeaderValue)>, String> {
         let secret = |name: &str| {
             self.secrets.get(name).ok_or_else(|| {
                 format!("the job's outbound secret `{name}` is not configured on this node")
@@ -84,7 +95,7 @@ impl Outbound {
             OutboundAuth::Jwt { audience } => {
                 let token = self
                     .keyset
-                    .sign_outbound(audience, &task.to_string(), DISPATCH_TOKEN_TTL)
+                    .sign_outbound(audience, subject, DISPATCH_TOKEN_TTL)
                     .map_err(|e| format!("signing the dispatch token failed: {e}"))?;
                 let mut header = value(format!("Bearer {token}"))?;
                 header.set_sensitive(true);

@@ -25,6 +25,93 @@ pub(crate) struct Config {
     /// Named secrets jobs use for outbound `bearer` and `hmac` auth; never logged or returned.
     pub(crate) secrets: BTreeMap<String, SecretString>,
     pub(crate) log: LogConfig,
+    pub(crate) alerts: AlertSettings,
+    pub(crate) events: EventsSettings,
+    pub(crate) amqp: AmqpSettings,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct EventsSettings {
+    /// Events older than this are pruned from the event log by the leader.
+    pub(crate) retention: Span,
+    /// Where the event log is pushed, when set.
+    pub(crate) webhook: Option<WebhookSettings>,
+}
+
+impl Default for EventsSettings {
+    fn default() -> Self {
+        Self {
+            retention: Span::from_secs(7 * 24 * 3600),
+            webhook: None,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct WebhookSettings {
+    /// An http(s) URL that takes a JSON `POST` of `{"events": [...]}`.
+    pub(crate) url: String,
+    /// Most events in one `POST`.
+    pub(crate) batch_size: i64,
+    /// How long one `POST` may take.
+    pub(crate) timeout: Span,
+    /// Credentials, as a job's `target.auth` (`bearer`/`hmac` name a secret, `jwt` an audience).
+    pub(crate) auth: pacer_domain::OutboundAuth,
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            batch_size: 100,
+            timeout: Span::from_secs(10),
+            auth: pacer_domain::OutboundAuth::None,
+        }
+    }
+}
+
+/// RabbitMQ: off unless `url` names a broker. Every node consumes upstream messages from `queue`
+/// and publishes the dispatches of jobs with an `amqp` target.
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct AmqpSettings {
+    /// `amqp://user:password@host:5672/vhost` (or `amqps://`); never logged.
+    pub(crate) url: Option<SecretString>,
+    /// The exchange upstreams publish messages to (a durable topic exchange when declared).
+    pub(crate) exchange: String,
+    /// The queue Pacer consumes, bound to the exchange with `binding_key`.
+    pub(crate) queue: String,
+    pub(crate) binding_key: String,
+    /// Where malformed messages go, with the reason in the `x-pacer-reject-reason` header.
+    pub(crate) dead_letter_queue: String,
+    /// Declare the exchange and queues at each connection; `false` expects them to exist.
+    pub(crate) declare: bool,
+    /// Most unacknowledged messages delivered to one node at once.
+    pub(crate) prefetch: u16,
+    /// Larger messages are dead-lettered.
+    pub(crate) max_message_bytes: usize,
+    /// First wait before reconnecting to a broker that went away; doubles up to `reconnect_max`.
+    pub(crate) reconnect_initial: Span,
+    pub(crate) reconnect_max: Span,
+}
+
+impl Default for AmqpSettings {
+    fn default() -> Self {
+        Self {
+            url: None,
+            exchange: "pacer.messages".into(),
+            queue: "pacer.messages".into(),
+            binding_key: "#".into(),
+            dead_letter_queue: "pacer.messages.dead".into(),
+            declare: true,
+            prefetch: 32,
+            max_message_bytes: 256 * 1024,
+            reconnect_initial: Span::from_millis(500),
+            reconnect_max: Span::from_secs(30),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -175,12 +262,81 @@ impl Default for ClusterSettings {
         Self {
             heartbeat_interval: Span::from_secs(2),
             dead_after: Span::from_secs(10),
-            lease_ttl: Span::from_secs(6),
+            lease_ttl: Span::from_millis(2500),
             firing_batch_size: 500,
             firing_poll_interval: Span::from_secs(1),
             sweep_interval: Span::from_secs(1),
         }
     }
+}
+
+/// Where alerts go and how they are evaluated and delivered.
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct AlertSettings {
+    /// Webhook and Slack sinks; jobs name them in their `alerts` routes.
+    pub(crate) sinks: Vec<SinkSettings>,
+    /// Write every alert and success notice to the log (the built-in `log` sink).
+    pub(crate) log: bool,
+    /// A repeat of an open, unacknowledged alert notifies again after this; `0s` never does.
+    pub(crate) renotify_interval: Span,
+    /// Transient dispatch errors in a row, for one job, that raise `dispatch_errors`.
+    pub(crate) dispatch_errors_threshold: u32,
+    /// Longest time between two evaluations on the leader.
+    pub(crate) evaluation_interval: Span,
+    /// Severity per kind (`info`, `warning`, `critical`) where not the default.
+    pub(crate) severity: BTreeMap<pacer_domain::AlertKind, pacer_domain::Severity>,
+    /// How long one request to a sink may take.
+    pub(crate) delivery_timeout: Span,
+    /// Attempts per notification before it is given up.
+    pub(crate) delivery_max_attempts: u32,
+    /// The wait before the second attempt; it doubles up to `delivery_max_backoff`.
+    pub(crate) delivery_initial_backoff: Span,
+    pub(crate) delivery_max_backoff: Span,
+    /// Longest sleep of the delivery loop when no notification arrives.
+    pub(crate) delivery_poll_interval: Span,
+}
+
+impl Default for AlertSettings {
+    fn default() -> Self {
+        Self {
+            sinks: Vec::new(),
+            log: true,
+            renotify_interval: Span::from_secs(3600),
+            dispatch_errors_threshold: 5,
+            evaluation_interval: Span::from_secs(1),
+            severity: BTreeMap::new(),
+            delivery_timeout: Span::from_secs(10),
+            delivery_max_attempts: 100,
+            delivery_initial_backoff: Span::from_secs(1),
+            delivery_max_backoff: Span::from_secs(300),
+            delivery_poll_interval: Span::from_secs(1),
+        }
+    }
+}
+
+/// One alert sink.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SinkSettings {
+    pub(crate) name: String,
+    /// `webhook` (JSON, signed with `secret`) or `slack` (an incoming webhook).
+    #[serde(default = "default_sink_kind")]
+    pub(crate) kind: String,
+    pub(crate) url: String,
+    /// The name of an entry of `secrets` that signs each request (`pacer-signature`).
+    pub(crate) secret: Option<String>,
+    /// Hear every alert (true), or only those jobs route here (false).
+    #[serde(default = "default_true")]
+    pub(crate) all_alerts: bool,
+}
+
+fn default_sink_kind() -> String {
+    "webhook".into()
+}
+
+fn default_true() -> bool {
+    true
 }
 
 #[derive(Debug, Deserialize)]
@@ -242,12 +398,44 @@ impl Default for LogConfig {
 }
 
 /// Short environment names for the keys everyone sets.
-const SHORT_FORMS: [(&str, &str); 4] = [
+const SHORT_FORMS: [(&str, &str); 5] = [
     ("PACER_DATABASE_URL", "database.url"),
+    ("PACER_AMQP_URL", "amqp.url"),
     ("PACER_LISTEN", "http.listen"),
     ("PACER_PUBLIC_URL", "http.public_url"),
     ("PACER_NODE_ID", "node.id"),
 ];
+
+impl AlertSettings {
+    /// The engine's view of these settings.
+    pub(crate) fn engine(&self) -> pacer_engine::AlertsConfig {
+        pacer_engine::AlertsConfig {
+            sinks: self
+                .sinks
+                .iter()
+                .map(|s| pacer_engine::SinkConfig {
+                    name: s.name.clone(),
+                    kind: if s.kind == "slack" {
+                        pacer_engine::SinkKind::Slack
+                    } else {
+                        pacer_engine::SinkKind::Webhook
+                    },
+                    url: s.url.clone(),
+                    secret: s.secret.clone(),
+                    all_alerts: s.all_alerts,
+                })
+                .collect(),
+            log: self.log,
+            renotify_interval: self.renotify_interval,
+            dispatch_errors_threshold: self.dispatch_errors_threshold,
+            evaluation_interval: self.evaluation_interval,
+            severity: self.severity.clone(),
+            // Small enough that a pass holds the lease row's share lock only briefly.
+            batch_size: 100,
+            delivery_max_attempts: self.delivery_max_attempts,
+        }
+    }
+}
 
 impl Config {
     /// Loads the configuration: defaults, then `file` when given, then the environment.
@@ -343,10 +531,112 @@ impl Config {
         if !(1024..=64 * 1024 * 1024).contains(&self.http.body_limit) {
             bail!("http.body_limit must be between 1024 and 67108864 bytes");
         }
+        let amqp = &self.amqp;
+        if let Some(url) = &amqp.url {
+            let url = url.expose_secret();
+            if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
+                bail!("amqp.url must be an amqp:// or amqps:// URL");
+            }
+        }
+        let name_ok = |name: &str| !name.is_empty() && name.len() <= 255;
+        if !name_ok(&amqp.queue) || !name_ok(&amqp.dead_letter_queue) || amqp.exchange.len() > 255 {
+            bail!(
+                "amqp.queue and amqp.dead_letter_queue must be 1 to 255 bytes, amqp.exchange at most 255"
+            );
+        }
+        if amqp.queue == amqp.dead_letter_queue {
+            bail!("amqp.dead_letter_queue must differ from amqp.queue");
+        }
+        if amqp.binding_key.len() > 255 {
+            bail!("amqp.binding_key must be at most 255 bytes");
+        }
+        if amqp.prefetch == 0 {
+            bail!("amqp.prefetch must be at least 1");
+        }
+        if !(64..=64 * 1024 * 1024).contains(&amqp.max_message_bytes) {
+            bail!("amqp.max_message_bytes must be between 64 and 67108864");
+        }
+        if amqp.reconnect_initial < Span::from_millis(10)
+            || amqp.reconnect_max < amqp.reconnect_initial
+        {
+            bail!(
+                "amqp.reconnect_initial must be at least 10ms and amqp.reconnect_max at least that"
+            );
+        }
         if let Some(url) = &self.http.public_url
             && !(url.starts_with("http://") || url.starts_with("https://"))
         {
             bail!("http.public_url must be an http:// or https:// URL");
+        }
+        self.check_alerts()?;
+        self.check_events()
+    }
+
+    fn check_alerts(&self) -> anyhow::Result<()> {
+        let alerts = &self.alerts;
+        let mut names = std::collections::BTreeSet::new();
+        for (i, sink) in alerts.sinks.iter().enumerate() {
+            if sink.name.parse::<pacer_domain::JobName>().is_err() || sink.name == "log" {
+                bail!(
+                    "alerts.sinks[{i}].name must be 1 to 64 letters, digits, '.', '_' or '-' (and not `log`)"
+                );
+            }
+            if !names.insert(sink.name.as_str()) {
+                bail!("alerts.sinks: the name `{}` is used twice", sink.name);
+            }
+            if !matches!(sink.kind.as_str(), "webhook" | "slack") {
+                bail!("alerts.sinks[{i}].kind must be `webhook` or `slack`");
+            }
+            if !(sink.url.starts_with("http://") || sink.url.starts_with("https://")) {
+                bail!("alerts.sinks[{i}].url must be an http:// or https:// URL");
+            }
+            if let Some(secret) = &sink.secret
+                && !self.secrets.contains_key(secret)
+            {
+                bail!("alerts.sinks[{i}].secret names `{secret}`, which is not in `secrets`");
+            }
+        }
+        if alerts.dispatch_errors_threshold < 1 {
+            bail!("alerts.dispatch_errors_threshold must be at least 1");
+        }
+        if alerts.evaluation_interval < Span::from_millis(100) {
+            bail!("alerts.evaluation_interval must be at least 100ms");
+        }
+        if alerts.delivery_timeout < Span::from_millis(100) {
+            bail!("alerts.delivery_timeout must be at least 100ms");
+        }
+        if !(1..=10_000).contains(&alerts.delivery_max_attempts) {
+            bail!("alerts.delivery_max_attempts must be between 1 and 10000");
+        }
+        if alerts.delivery_initial_backoff < Span::from_millis(10)
+            || alerts.delivery_max_backoff < alerts.delivery_initial_backoff
+        {
+            bail!(
+                "alerts.delivery_initial_backoff must be at least 10ms and alerts.delivery_max_backoff at least as long"
+            );
+        }
+        if alerts.delivery_poll_interval < Span::from_millis(10) {
+            bail!("alerts.delivery_poll_interval must be at least 10ms");
+        }
+        Ok(())
+    }
+
+    fn check_events(&self) -> anyhow::Result<()> {
+        if self.events.retention < Span::from_secs(60) {
+            bail!("events.retention must be at least 1m");
+        }
+        if let Some(webhook) = &self.events.webhook {
+            if !(webhook.url.starts_with("http://") || webhook.url.starts_with("https://")) {
+                bail!("events.webhook.url must be an http:// or https:// URL");
+            }
+            if !(1..=1000).contains(&webhook.batch_size) {
+                bail!("events.webhook.batch_size must be between 1 and 1000");
+            }
+            if let Some(secret) = webhook.auth.secret()
+                && !self.secrets.contains_key(secret)
+            {
+                bail!("events.webhook.auth names the secret `{secret}`, which is not configured");
+            }
         }
         Ok(())
     }

@@ -1,6 +1,10 @@
 //! The `pacer` binary: `serve` runs a node, `dev` a local node with an example, `migrate`
-//! applies the database migrations, `openapi` prints the API's OpenAPI document.
+//! applies the database migrations, `openapi` prints the API's OpenAPI document; the operator
+//! verbs (`jobs`, `apply`, …) are in `cli`.
 
+mod apply;
+mod cli;
+mod client;
 mod config;
 mod dev;
 mod node;
@@ -12,7 +16,6 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, LogFormat};
 
@@ -36,7 +39,11 @@ enum Command {
     /// with a demo downstream, and prints how to try it.
     Dev,
     /// Apply the database migrations and exit.
-    Migrate,
+    Migrate {
+        /// How long to wait for an unreachable database before giving up, like `2m`.
+        #[arg(long, default_value = "2m")]
+        wait: pacer_domain::Span,
+    },
     /// Mint a token with the configured HS256 secret, for development and scripts.
     Token {
         /// A role to grant (upstream, downstream, operator, admin); repeat for several.
@@ -60,6 +67,8 @@ enum Command {
         #[arg(long)]
         output: Option<PathBuf>,
     },
+    #[command(flatten)]
+    Remote(cli::Remote),
 }
 
 fn write_openapi(output: Option<&std::path::Path>) -> ExitCode {
@@ -95,6 +104,11 @@ fn main() -> ExitCode {
     if let Command::Openapi { output } = &cli.command {
         return write_openapi(output.as_deref());
     }
+    // The verbs over the REST API need no node configuration.
+    let cli = match cli.command {
+        Command::Remote(remote) => return cli::run(remote),
+        command => Cli { command, ..cli },
+    };
     let mut config = match Config::load(cli.config.as_deref()) {
         Ok(config) => config,
         Err(error) => {
@@ -103,6 +117,7 @@ fn main() -> ExitCode {
         }
     };
     match &cli.command {
+        Command::Remote(_) => {}
         Command::Keygen => {
             print!("{}", pacer_auth::signing::generate_ed25519_pem());
             return ExitCode::SUCCESS;
@@ -125,7 +140,7 @@ fn main() -> ExitCode {
             };
         }
         Command::Dev => security::add_dev_keys(&mut config),
-        Command::Serve | Command::Migrate | Command::Openapi { .. } => {}
+        Command::Serve | Command::Migrate { .. } | Command::Openapi { .. } => {}
     }
     let security = match &cli.command {
         Command::Serve | Command::Dev => {
@@ -160,6 +175,7 @@ fn main() -> ExitCode {
     );
     let result = runtime.block_on(async move {
         match cli.command {
+            Command::Remote(_) => Ok(()),
             Command::Serve => {
                 let security = security.context("security was not configured")?;
                 let shutdown = node::shutdown_on_signals()?;
@@ -171,9 +187,17 @@ fn main() -> ExitCode {
                 dev::run(config, security.context("security was not configured")?).await
             }
             Command::Token { .. } | Command::Keygen | Command::Openapi { .. } => Ok(()),
-            Command::Migrate => {
+            Command::Migrate { wait } => {
                 let store = node::connect(&config)?;
-                node::migrate(&store, &CancellationToken::new()).await?;
+                let give_up = node::shutdown_on_signals()?;
+                let timer = give_up.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(wait.as_duration()).await;
+                    timer.cancel();
+                });
+                node::migrate(&store, &give_up).await.with_context(|| {
+                    format!("gave up waiting for the database (--wait {wait}, or a signal)")
+                })?;
                 tracing::info!("migrations applied");
                 Ok(())
             }

@@ -8,12 +8,16 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::Router;
 use pacer_api::{ApiConfig, AppState, Auth, Handoff, RateLimiter};
-use pacer_engine::{DispatchConfig, Dispatcher, Heartbeat, Leader, LeaderConfig, Outbound};
+use pacer_domain::ConsumerStatus;
+use pacer_engine::{
+    AmqpConfig, CancelNotifier, Consumer, Deliverer, DeliveryConfig, DispatchConfig, Dispatcher,
+    EventPush, Heartbeat, Leader, LeaderConfig, Outbound, Publisher, WebhookConfig,
+};
 use pacer_store::Store;
 use secrecy::ExposeSecret;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -161,8 +165,13 @@ impl Node {
         };
         let outbound = Outbound::new(self.security.keyset.clone(), self.security.secrets.clone());
         let handoff = Handoff::new(permits.clone(), sender, settings.lease_margin);
+        let alerts = Arc::new(self.config.alerts.engine());
+        let amqp = &self.config.amqp;
+        let (consumer_status, consumer_seen) = watch::channel(ConsumerStatus::disabled());
         let state = AppState::new(self.store.clone(), &self.node_id, Some(handoff), &api, auth)
-            .with_shutdown(shutdown.clone());
+            .with_shutdown(shutdown.clone())
+            .with_alert_sinks(alerts.sink_names())
+            .with_consumer(consumer_seen);
         let metrics = self.metrics.clone();
         let scrape = axum::routing::get(move || {
             let metrics = metrics.clone();
@@ -177,6 +186,22 @@ impl Node {
         let app = pacer_api::router(state)
             .merge(extra)
             .route("/metrics", scrape);
+        let client = pacer_engine::http_client()?;
+        let cancels = CancelNotifier {
+            store: self.store.clone(),
+            client: client.clone(),
+            outbound: outbound.clone(),
+        };
+        let webhook = self.config.events.webhook.as_ref().map(|w| EventPush {
+            config: WebhookConfig {
+                url: w.url.clone(),
+                batch_size: w.batch_size,
+                timeout: w.timeout.as_duration(),
+                auth: w.auth.clone(),
+            },
+            client: client.clone(),
+            outbound: outbound.clone(),
+        });
         let dispatcher = Dispatcher::new(
             DispatchConfig {
                 node_id: self.node_id.clone(),
@@ -188,11 +213,12 @@ impl Node {
                 max_response_bytes: 64 * 1024,
             },
             self.store.clone(),
-            pacer_engine::http_client()?,
+            client,
             outbound,
             permits,
             receiver,
-        );
+        )
+        .with_publisher(Publisher::new(amqp.url.clone(), &self.node_id));
 
         let mut parts: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
         // The HTTP server outlives the dispatcher's drain: downstreams of dispatches still in
@@ -221,6 +247,7 @@ impl Node {
             node_id: self.node_id.clone(),
             address: self.public_url.clone(),
             interval: cluster.heartbeat_interval.as_duration(),
+            consumer: amqp.url.is_some().then(|| consumer_status.subscribe()),
         };
         let heartbeat_shutdown = shutdown.child_token();
         parts.spawn(async move {
@@ -232,8 +259,19 @@ impl Node {
                     .context("the heartbeat failed"),
             )
         });
+        let cancels_shutdown = shutdown.child_token();
+        parts.spawn(async move {
+            (
+                "cancel notifier",
+                cancels
+                    .run(cancels_shutdown)
+                    .await
+                    .context("the cancel notifier failed"),
+            )
+        });
         let leader = Leader {
             store: self.store.clone(),
+            webhook,
             config: LeaderConfig {
                 node_id: self.node_id.clone(),
                 lease_ttl: cluster.lease_ttl,
@@ -241,6 +279,8 @@ impl Node {
                 firing_batch: cluster.firing_batch_size,
                 firing_poll: cluster.firing_poll_interval,
                 sweep_interval: cluster.sweep_interval,
+                alerts,
+                event_retention: self.config.events.retention,
             },
         };
         let leader_shutdown = shutdown.child_token();
@@ -253,6 +293,66 @@ impl Node {
                     .context("the leader loop failed"),
             )
         });
+
+        // Every node delivers queued alert notifications; the leader only queues them.
+        let alert_settings = &self.config.alerts;
+        let deliverer = Deliverer {
+            config: DeliveryConfig {
+                node_id: self.node_id.clone(),
+                timeout: alert_settings.delivery_timeout,
+                poll_interval: alert_settings.delivery_poll_interval,
+                batch_size: 16,
+                backoff: pacer_domain::RetryPolicy {
+                    max_attempts: alert_settings.delivery_max_attempts,
+                    initial_backoff: alert_settings.delivery_initial_backoff,
+                    max_backoff: alert_settings.delivery_max_backoff,
+                    multiplier: 2.0,
+                    jitter: 0.2,
+                },
+            },
+            store: self.store.clone(),
+            client: pacer_engine::http_client()?,
+            secrets: Arc::new(self.security.secrets.clone()),
+        };
+        let delivery_shutdown = shutdown.child_token();
+        parts.spawn(async move {
+            (
+                "alert deliveries",
+                deliverer
+                    .run(delivery_shutdown)
+                    .await
+                    .context("the alert delivery loop failed"),
+            )
+        });
+        if let Some(url) = &amqp.url {
+            let consumer = Consumer::new(
+                AmqpConfig {
+                    url: url.clone(),
+                    exchange: amqp.exchange.clone(),
+                    queue: amqp.queue.clone(),
+                    binding_key: amqp.binding_key.clone(),
+                    dead_letter_queue: amqp.dead_letter_queue.clone(),
+                    declare: amqp.declare,
+                    prefetch: amqp.prefetch,
+                    max_message_bytes: amqp.max_message_bytes,
+                    reconnect_initial: amqp.reconnect_initial,
+                    reconnect_max: amqp.reconnect_max,
+                    node_id: self.node_id.clone(),
+                },
+                self.store.clone(),
+                consumer_status,
+            );
+            let consumer_shutdown = shutdown.child_token();
+            parts.spawn(async move {
+                (
+                    "amqp consumer",
+                    consumer
+                        .run(consumer_shutdown)
+                        .await
+                        .context("the RabbitMQ consumer failed"),
+                )
+            });
+        }
 
         let deadline = settings.drain_timeout.as_duration() + Duration::from_secs(5);
         supervise(parts, shutdown, deadline).await?;

@@ -118,6 +118,14 @@ fn describe() {
     );
     describe_counter!("pacer_tasks_created_total", "Tasks created, by origin");
     describe_counter!(
+        "pacer_messages_total",
+        "Upstream messages received, by source and result"
+    );
+    describe_gauge!(
+        "pacer_amqp_consumer_connected",
+        "1 while this node's RabbitMQ consumer is connected, 0 otherwise"
+    );
+    describe_counter!(
         "pacer_occurrences_fired_total",
         "Trigger occurrences turned into tasks"
     );
@@ -154,4 +162,16 @@ fn describe() {
         "The database pool's size limit"
     );
     describe_gauge!("pacer_build_info", "The running version");
+    describe_gauge!(
+        "pacer_alerts_open",
+        "Open and acknowledged alerts by kind (exported by the leader)"
+    );
+    describe_counter!(
+        "pacer_alerts_raised_total",
+        "Alerts raised by the leader's evaluation, opened or repeated, by kind"
+    );
+    describe_counter!(
+        "pacer_alert_deliveries_total",
+        "Alert delivery attempts by sink kind and outcome (delivered, retry, failed, lost)"
+    );
 }

@@ -27,14 +27,17 @@ fn help_lists_the_commands() {
     let output = pacer(&["--help"], &[]);
     assert!(output.status.success());
     let text = String::from_utf8_lossy(&output.stdout);
-    for command in ["serve", "dev", "migrate"] {
+    for command in [
+        "serve", "dev", "migrate", "jobs", "tasks", "triggers", "alerts", "cluster", "events",
+        "apply", "export",
+    ] {
         assert!(text.contains(command), "{command} missing from:\n{text}");
     }
 }
 
 #[test]
 fn bad_configuration_is_refused_with_exit_code_2_naming_the_setting() {
-    let cases: [(&[(&str, &str)], &str); 4] = [
+    let cases: [(&[(&str, &str)], &str); 6] = [
         (
             &[("PACER_DISPATCH__CONCURRENCY", "0")],
             "dispatch.concurrency",
@@ -48,6 +51,8 @@ fn bad_configuration_is_refused_with_exit_code_2_naming_the_setting() {
             "poll_interval",
         ),
         (&[("PACER_HTTP__PUBLIC_URL", "ftp://x")], "public_url"),
+        (&[("PACER_AMQP_URL", "http://broker:5672")], "amqp.url"),
+        (&[("PACER_AMQP__PREFETCH", "0")], "amqp.prefetch"),
     ];
     for (env, setting) in cases {
         let output = pacer(&["serve"], env);
@@ -83,6 +88,49 @@ fn bad_configuration_is_refused_with_exit_code_2_naming_the_setting() {
         stderr(&missing)
     );
     std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn bad_alert_settings_are_refused_with_exit_code_2_naming_the_setting() {
+    let cases: [(&[(&str, &str)], &str); 5] = [
+        (
+            &[(
+                "PACER_ALERTS__SINKS",
+                r#"[{name="ops", kind="email", url="http://hooks.example"}]"#,
+            )],
+            "alerts.sinks[0].kind",
+        ),
+        (
+            &[(
+                "PACER_ALERTS__SINKS",
+                r#"[{name="ops", url="http://hooks.example", secret="nope"}]"#,
+            )],
+            "alerts.sinks[0].secret",
+        ),
+        (
+            &[(
+                "PACER_ALERTS__SINKS",
+                r#"[{name="log", url="http://hooks.example"}]"#,
+            )],
+            "alerts.sinks[0].name",
+        ),
+        (
+            &[("PACER_ALERTS__DISPATCH_ERRORS_THRESHOLD", "0")],
+            "alerts.dispatch_errors_threshold",
+        ),
+        (&[("PACER_ALERTS__SEVERITY__OVERDUE", "loud")], "severity"),
+    ];
+    for (env, setting) in cases {
+        let output = pacer(&["serve"], env);
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{env:?}: {}",
+            stderr(&output)
+        );
+        let message = stderr(&output).to_lowercase();
+        assert!(message.contains(setting), "{env:?}: {message}");
+    }
 }
 
 #[tokio::test]
@@ -221,5 +269,29 @@ fn token_mints_a_verifiable_token_and_keygen_prints_a_key() {
     assert!(
         pem.starts_with("-----BEGIN PRIVATE KEY-----")
             && pem.trim_end().ends_with("-----END PRIVATE KEY-----")
+    );
+}
+
+#[test]
+fn migrate_gives_up_on_an_unreachable_database_after_its_wait() {
+    // Nothing listens on port 1: the database stays unreachable.
+    let started = std::time::Instant::now();
+    let output = pacer(
+        &["migrate", "--wait", "1s"],
+        &[(
+            "PACER_DATABASE_URL",
+            "postgres://postgres@127.0.0.1:1/pacer",
+        )],
+    );
+    assert!(!output.status.success(), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("gave up waiting for the database (--wait 1s"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "gave up after {:?}",
+        started.elapsed()
     );
 }

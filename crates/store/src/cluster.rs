@@ -19,6 +19,8 @@ pub struct Node {
     pub stopped_at: Option<DateTime<Utc>>,
     /// Heartbeating within the dead threshold and not stopped.
     pub alive: bool,
+    /// Its RabbitMQ consumer's state as it last reported it; `None` without a broker.
+    pub amqp_consumer: Option<serde_json::Value>,
 }
 
 /// The leader lease as stored.
@@ -56,6 +58,20 @@ impl Store {
         Ok(())
     }
 
+    /// Records the state of `node`'s RabbitMQ consumer; false when the node has no row yet
+    /// (before its first heartbeat).
+    pub async fn record_consumer(&self, node: &str, status: &serde_json::Value) -> Result<bool> {
+        let updated = sqlx::query!(
+            "update nodes set amqp_consumer = $2 where id = $1",
+            node,
+            status,
+        )
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(updated > 0)
+    }
+
     /// Marks `node` as stopped cleanly.
     pub async fn node_stopped(&self, node: &str) -> Result<()> {
         sqlx::query!("update nodes set stopped_at = now() where id = $1", node)
@@ -69,7 +85,8 @@ impl Store {
         Ok(sqlx::query_as!(
             Node,
             r#"select id, address, version, started_at, last_heartbeat_at, stopped_at,
-                      (stopped_at is null and last_heartbeat_at > now() - $1::bigint * interval '1 millisecond') as "alive!"
+                      (stopped_at is null and last_heartbeat_at > now() - $1::bigint * interval '1 millisecond') as "alive!",
+                      amqp_consumer
                from nodes order by 7 desc, id"#,
             dead_after_ms,
         )
@@ -92,7 +109,8 @@ impl Store {
         // once per row, after the lock is held, so a statement that waited for the lock (behind a
         // leader paused inside a firing transaction) still computes its lease from the present.
         let row = sqlx::query!(
-            r#"update leader_lease l set (term, acquired_at, holder, expires_at) = (
+            r#"with acquired as (
+               update leader_lease l set (term, acquired_at, holder, expires_at) = (
                    select case when l.holder = $1 and l.expires_at > c.now and not $3 then l.term else l.term + 1 end,
                           case when l.holder = $1 and l.expires_at > c.now and not $3 then l.acquired_at else c.now end,
                           $1,
@@ -100,7 +118,16 @@ impl Store {
                    from (select clock_timestamp() as now) c
                )
                where l.id and (l.holder = $1 or l.holder is null or l.expires_at <= clock_timestamp())
-               returning l.term, (l.acquired_at = l.expires_at - $2::bigint * interval '1 millisecond') as "new!""#,
+               returning l.term, l.holder, (l.acquired_at = l.expires_at - $2::bigint * interval '1 millisecond') as new
+               ),
+               -- A new tenure is a leader change: recorded in the same statement, never otherwise.
+               recorded as (
+                   insert into events (kind, data)
+                   select 'leader.changed', jsonb_build_object('node', a.holder, 'term', a.term)
+                   from acquired a where a.new
+                   returning id
+               )
+               select a.term as "term!", a.new as "new!" from acquired a"#,
             node,
             ttl_ms,
             fresh,
@@ -120,8 +147,15 @@ impl Store {
                    update leader_lease set holder = null, expires_at = now()
                    where id and holder = $1 and term = $2
                    returning term
+               ),
+               recorded as (
+                   insert into events (kind, data)
+                   select 'leader.resigned', jsonb_build_object('node', $1::text, 'term', term)
+                   from resigned
+                   returning id
                )
-               select count(*) as "resigned!" from resigned, lateral (select pg_notify($3, '')) n"#,
+               select count(*) as "resigned!"
+               from resigned, lateral (select pg_notify($3, '')) n"#,
             node,
             term,
             LEADER_CHANNEL,
@@ -141,6 +175,17 @@ impl Store {
         )
         .fetch_one(&self.pool)
         .await?)
+    }
+
+    /// How long the lease has left on the database clock: zero when it is free or expired.
+    pub async fn lease_remaining(&self) -> Result<std::time::Duration> {
+        let ms = sqlx::query_scalar!(
+            r#"select greatest(0, ceil(extract(epoch from expires_at - clock_timestamp()) * 1000))::bigint as "ms!"
+               from leader_lease where id"#
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(std::time::Duration::from_millis(ms.max(0).unsigned_abs()))
     }
 
     /// True while the scheduler is in standby (no trigger fires).

@@ -277,11 +277,13 @@ impl Store {
         }
 
         if !replace_jobs.is_empty() {
-            // Replace cancels what was open before this pass; tasks created below are new.
+            // Replace cancels what was open before this pass; tasks created below are new. A
+            // cancelled task that reached its downstream is withdrawn there (cancel notice).
             sqlx::query!(
                 "update tasks set state = 'cancelled', finished_at = now(), next_dispatch_at = null,
                      claim_token = null, claimed_by = null, claimed_at = null, waits_for = null,
-                     message = 'cancelled: replaced by a newer run (overlap policy replace)', updated_at = now()
+                     message = 'cancelled: replaced by a newer run (overlap policy replace)', updated_at = now(),
+                         cancel_notice_at = case when attempt > 0 then now() end
                  where job_id = any($1) and state in ('pending', 'processing')",
                 &replace_jobs,
             )

@@ -38,14 +38,14 @@ pub struct DeletedJob {
 }
 
 /// A `jobs` row as selected.
-struct JobRow {
-    id: Uuid,
-    name: String,
-    version: i32,
-    spec: Json<JobSpec>,
-    paused: bool,
-    created_at: DateTime<Utc>,
-    updated_at: DateTime<Utc>,
+pub(crate) struct JobRow {
+    pub(crate) id: Uuid,
+    pub(crate) name: String,
+    pub(crate) version: i32,
+    pub(crate) spec: Json<JobSpec>,
+    pub(crate) paused: bool,
+    pub(crate) created_at: DateTime<Utc>,
+    pub(crate) updated_at: DateTime<Utc>,
 }
 
 impl TryFrom<JobRow> for Job {

@@ -1,24 +1,38 @@
 //! Pacer's PostgreSQL store: every SQL statement Pacer runs lives here, checked at compile time.
 //! Times that matter (leases, due times, deadlines) are always taken from the database clock.
 
+mod alerts;
 mod audit;
 mod claims;
 mod cluster;
 mod error;
+mod events;
 mod firing;
 mod jobs;
+mod messages;
+mod operations;
 mod tasks;
 mod triggers;
 
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 
+pub use alerts::{
+    ALERTS_CHANNEL, Alert, AlertChange, AlertFilter, AlertTx, ClaimedDelivery, Delivery,
+    DeliveryAttempt, DeliveryOutcome, DeliveryState, NewAlert, NewDelivery, Raised, SkipNotice,
+    StreakNotice, TaskNotice,
+};
 pub use audit::{AuditEntry, NewAuditEntry};
 pub use claims::{ClaimedTask, Outcome, ReleasedClaim};
 pub use cluster::{LEADER_CHANNEL, Lease, Node, Tenure};
 pub use error::{Error, Result};
+pub use events::{
+    Event, EventBatch, EventCursor, EventFilter, InvalidEventCursor, NewEvent, append_event,
+};
 pub use firing::{Fired, Swept};
 pub use jobs::{DeletedJob, Job, PutJob};
+pub use messages::{Ingested, MessageFilter, Route, StoredMessage};
+pub use operations::{CancelNotice, JobStats, Released, RetryCandidate, TaskBrief};
 pub use tasks::{
     Attempt, CreatedTask, NewTask, Origin, ReportOutcome, Task, TaskFilter, TaskReport,
 };
@@ -29,6 +43,9 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("../../migrations");
 
 /// The channel dispatchers listen on to hear that a task became due now.
 pub const TASKS_DUE_CHANNEL: &str = "pacer_tasks_due";
+
+/// The channel cancel notifiers listen on to hear that a cancelled task's downstream is to be told.
+pub const CANCELS_CHANNEL: &str = "pacer_cancels";
 
 /// The channel the firing loop listens on to hear that triggers changed.
 pub const TRIGGERS_CHANNEL: &str = "pacer_triggers";

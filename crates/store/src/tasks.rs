@@ -12,8 +12,9 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::error::corrupt;
+use crate::events::{NewEvent, append_event};
 use crate::firing::open_work;
-use crate::{ClaimedTask, Error, Job, Result, Store};
+use crate::{CANCELS_CHANNEL, ClaimedTask, Error, Job, Result, Store};
 
 /// How a task came to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +29,25 @@ pub enum Origin {
     Message,
     /// A retry of an earlier task.
     Retry,
+}
+
+impl std::str::FromStr for Origin {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "api" => Origin::Api,
+            "manual" => Origin::Manual,
+            "trigger" => Origin::Trigger,
+            "message" => Origin::Message,
+            "retry" => Origin::Retry,
+            other => {
+                return Err(format!(
+                    "unknown origin `{other}`; one of api, manual, trigger, message, retry"
+                ));
+            }
+        })
+    }
 }
 
 impl Origin {
@@ -54,6 +74,10 @@ pub struct NewTask {
     pub not_before: Option<DateTime<Utc>>,
     /// The W3C `traceparent` of the request creating it.
     pub trace_context: Option<String>,
+    /// The operator who ran it now (origin `manual`).
+    pub actor: Option<String>,
+    /// The task it retries (origin `retry`).
+    pub retry_of: Option<TaskId>,
 }
 
 /// What creating a task did.
@@ -91,6 +115,13 @@ pub struct Task {
     pub scheduled_at: Option<DateTime<Utc>>,
     /// The open task this one is queued behind (overlap policy `buffer_one`).
     pub waits_for: Option<TaskId>,
+    /// The operator who ran it now (origin `manual`).
+    pub actor: Option<String>,
+    /// The task it retries (origin `retry`).
+    pub retry_of: Option<TaskId>,
+    /// The message that created the task (origin `message`): its id and type.
+    pub message_id: Option<String>,
+    pub message_type: Option<String>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
     pub next_dispatch_at: Option<DateTime<Utc>>,
@@ -119,11 +150,23 @@ pub struct Attempt {
     pub latency_ms: Option<i64>,
 }
 
-/// Which tasks to list, newest first.
+/// Which tasks to list, newest first. Every filter is optional; they combine with `and`.
 #[derive(Debug, Clone, Default)]
 pub struct TaskFilter {
     pub job: Option<String>,
-    pub state: Option<TaskState>,
+    /// Tasks in any of these states; all states when empty.
+    pub states: Vec<TaskState>,
+    pub origin: Option<Origin>,
+    /// Created at or after this instant.
+    pub created_after: Option<DateTime<Utc>>,
+    /// Created before this instant.
+    pub created_before: Option<DateTime<Utc>>,
+    /// Finished at or after this instant.
+    pub finished_after: Option<DateTime<Utc>>,
+    /// Finished before this instant.
+    pub finished_before: Option<DateTime<Utc>>,
+    /// Only tasks past (true) or within (false) their deadline.
+    pub overdue: Option<bool>,
     /// Keyset cursor: only tasks older than this one.
     pub before: Option<TaskId>,
     pub limit: i64,
@@ -157,6 +200,10 @@ struct TaskRow {
     trigger_id: Option<Uuid>,
     scheduled_at: Option<DateTime<Utc>>,
     waits_for: Option<Uuid>,
+    actor: Option<String>,
+    retry_of: Option<Uuid>,
+    message_id: Option<String>,
+    message_type: Option<String>,
     started_at: Option<DateTime<Utc>>,
     finished_at: Option<DateTime<Utc>>,
     next_dispatch_at: Option<DateTime<Utc>>,
@@ -189,6 +236,10 @@ impl TryFrom<TaskRow> for Task {
             trigger_id: r.trigger_id,
             scheduled_at: r.scheduled_at,
             waits_for: r.waits_for.map(TaskId::from),
+            actor: r.actor,
+            retry_of: r.retry_of.map(TaskId::from),
+            message_id: r.message_id,
+            message_type: r.message_type,
             started_at: r.started_at,
             finished_at: r.finished_at,
             next_dispatch_at: r.next_dispatch_at,
@@ -219,56 +270,18 @@ impl Store {
         claim_for: Option<(&str, Span)>,
     ) -> Result<CreatedTask> {
         if job.spec.overlap == OverlapPolicy::Allow {
-            return insert_task(&mut *self.pool.acquire().await?, job, task, claim_for, None).await;
+            return insert_task(
+                &mut *self.pool.acquire().await?,
+                job,
+                task,
+                claim_for,
+                None,
+                None,
+            )
+            .await;
         }
         let mut tx = self.pool.begin().await?;
-        let open = open_work(&mut tx, &[job.id])
-            .await?
-            .remove(&job.id)
-            .unwrap_or_default();
-        if let Some(key) = task.idempotency_key.as_deref() {
-            let existing = sqlx::query_scalar!(
-                "select id from tasks where job_id = $1 and idempotency_key = $2",
-                job.id,
-                key,
-            )
-            .fetch_optional(&mut *tx)
-            .await?;
-            if let Some(id) = existing {
-                return Ok(CreatedTask::Existing { id: id.into() });
-            }
-        }
-        let created = match job.spec.overlap.admit(open.work) {
-            Admission::Refuse(reason) => {
-                sqlx::query!(
-                    "insert into skipped_runs (id, job_id, job_name, reason) values ($1, $2, $3, $4)",
-                    Uuid::now_v7(),
-                    job.id,
-                    job.name.as_str(),
-                    reason.as_str(),
-                )
-                .execute(&mut *tx)
-                .await?;
-                CreatedTask::Skipped {
-                    reason,
-                    open_task: open.running_task.map(TaskId::from),
-                }
-            }
-            Admission::Wait => insert_task(&mut tx, job, task, None, open.running_task).await?,
-            Admission::Replace => {
-                sqlx::query!(
-                    "update tasks set state = 'cancelled', finished_at = now(), next_dispatch_at = null,
-                         claim_token = null, claimed_by = null, claimed_at = null, waits_for = null,
-                         message = 'cancelled: replaced by a newer run (overlap policy replace)', updated_at = now()
-                     where job_id = $1 and state in ('pending', 'processing')",
-                    job.id,
-                )
-                .execute(&mut *tx)
-                .await?;
-                insert_task(&mut tx, job, task, claim_for, None).await?
-            }
-            Admission::Start => insert_task(&mut tx, job, task, claim_for, None).await?,
-        };
+        let created = admit_task(&mut tx, job, task, claim_for, None).await?;
         tx.commit().await?;
         Ok(created)
     }
@@ -284,19 +297,43 @@ impl Store {
 
     /// Tasks matching `filter`, newest first.
     pub async fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<Task>> {
-        sqlx::query_file_as!(
+        let (one_state, states) = match filter.states.as_slice() {
+            [] => (None, None),
+            [one] => (Some(one.as_str()), None),
+            many => (
+                None,
+                Some(
+                    many.iter()
+                        .map(|s| s.as_str().to_owned())
+                        .collect::<Vec<_>>(),
+                ),
+            ),
+        };
+        let mut tx = self.pool.begin().await?;
+        // The filters are optional parameters: a cached generic plan could use no index for them,
+        // so this statement is planned with the values given, every time.
+        sqlx::query!("set local plan_cache_mode = force_custom_plan")
+            .execute(&mut *tx)
+            .await?;
+        let rows = sqlx::query_file_as!(
             TaskRow,
             "src/sql/select_tasks.sql",
             filter.job.as_deref(),
-            filter.state.map(TaskState::as_str),
+            one_state,
             filter.before.map(|id| id.as_uuid()),
             filter.limit,
+            filter.origin.map(Origin::as_str),
+            filter.created_after,
+            filter.created_before,
+            filter.finished_after,
+            filter.finished_before,
+            filter.overdue,
+            states.as_deref(),
         )
-        .fetch_all(&self.pool)
-        .await?
-        .into_iter()
-        .map(Task::try_from)
-        .collect()
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        rows.into_iter().map(Task::try_from).collect()
     }
 
     /// The task's attempts in order.
@@ -330,7 +367,7 @@ impl Store {
     ) -> Result<ReportOutcome> {
         let mut tx = self.pool.begin().await?;
         let row = sqlx::query!(
-            r#"select t.state, j.spec ->> 'repoll_interval' as repoll_interval
+            r#"select t.state, t.attempt, t.job_name, j.spec ->> 'repoll_interval' as repoll_interval
                from tasks t left join jobs j on j.id = t.job_id
                where t.id = $1 for update of t"#,
             id.as_uuid()
@@ -350,6 +387,9 @@ impl Store {
             _ => report.and_then(|r| r.message.as_deref()),
         };
         let result = report.and_then(|r| r.result.as_ref());
+        // A task cancelled after a dispatch reached its downstream: the downstream is told, best
+        // effort, by whichever node's cancel notifier takes the notice.
+        let notice = event == TaskEvent::Cancel && row.attempt > 0;
         if next.is_terminal() {
             let reason = (next == TaskState::Failed).then_some(FailureReason::Reported.as_str());
             // Clearing the claim fences off a dispatch still in flight: its outcome will find
@@ -359,7 +399,10 @@ impl Store {
                      claim_token = null, claimed_by = null, claimed_at = null,
                      progress = coalesce($3, progress), message = coalesce($4, message),
                      result = coalesce($5, result), failure_reason = $6,
-                     last_heartbeat_at = now(), updated_at = now()
+                     cancel_notice_at = case when $7 then now() end,
+                     last_heartbeat_at = now(), updated_at = now(),
+                     outcome_noticed = $2 = 'completed' and not exists (
+                         select 1 from jobs j where j.id = tasks.job_id and j.spec -> 'alerts' ? 'on_success')
                  where id = $1",
                 id.as_uuid(),
                 next.as_str(),
@@ -367,9 +410,15 @@ impl Store {
                 message,
                 result,
                 reason,
+                notice,
             )
             .execute(&mut *tx)
             .await?;
+            if notice {
+                sqlx::query!("select pg_notify($1, '')", CANCELS_CHANNEL)
+                    .execute(&mut *tx)
+                    .await?;
+            }
         } else {
             // Only the re-poll interval is needed, not the whole definition.
             let repoll = row
@@ -394,19 +443,107 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
+        if let Some(report) = report {
+            // The callback itself, beside the state change it made (or, for progress, instead).
+            let data = serde_json::json!({
+                "status": report.status,
+                "progress": report.progress,
+                "message": report.message,
+                "result": report.result,
+            });
+            let event = NewEvent {
+                kind: "task.callback",
+                job_name: Some(&row.job_name),
+                task_id: Some(id),
+                data: strip_nulls(data),
+            };
+            append_event(&mut tx, &event).await?;
+        }
         tx.commit().await?;
         Ok(ReportOutcome::Applied(next))
     }
 }
 
+/// The message a task is created for: its id (the deduplication key) and type.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FromMessage<'a> {
+    pub(crate) id: &'a str,
+    pub(crate) kind: &'a str,
+}
+
+/// Creates a task for a job whose overlap policy is not `allow`, inside the caller's transaction:
+/// the job's row is locked first, so every creation of a task of this job (here, in firing, on
+/// any node) sees the open work of the others.
+pub(crate) async fn admit_task(
+    tx: &mut sqlx::PgConnection,
+    job: &Job,
+    task: NewTask,
+    claim_for: Option<(&str, Span)>,
+    message: Option<FromMessage<'_>>,
+) -> Result<CreatedTask> {
+    let open = open_work(&mut *tx, &[job.id])
+        .await?
+        .remove(&job.id)
+        .unwrap_or_default();
+    if let Some(key) = task.idempotency_key.as_deref() {
+        let existing = sqlx::query_scalar!(
+            "select id from tasks where job_id = $1 and idempotency_key = $2",
+            job.id,
+            key,
+        )
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(id) = existing {
+            return Ok(CreatedTask::Existing { id: id.into() });
+        }
+    }
+    Ok(match job.spec.overlap.admit(open.work) {
+        Admission::Refuse(reason) => {
+            sqlx::query!(
+                "insert into skipped_runs (id, job_id, job_name, reason) values ($1, $2, $3, $4)",
+                Uuid::now_v7(),
+                job.id,
+                job.name.as_str(),
+                reason.as_str(),
+            )
+            .execute(&mut *tx)
+            .await?;
+            CreatedTask::Skipped {
+                reason,
+                open_task: open.running_task.map(TaskId::from),
+            }
+        }
+        Admission::Wait => {
+            insert_task(&mut *tx, job, task, None, open.running_task, message).await?
+        }
+        Admission::Replace => {
+            // A replaced task that reached its downstream is withdrawn there too: the cancel
+            // notifiers' poll finds the notice.
+            sqlx::query!(
+                "update tasks set state = 'cancelled', finished_at = now(), next_dispatch_at = null,
+                     claim_token = null, claimed_by = null, claimed_at = null, waits_for = null,
+                     message = 'cancelled: replaced by a newer run (overlap policy replace)', updated_at = now(),
+                     cancel_notice_at = case when attempt > 0 then now() end
+                 where job_id = $1 and state in ('pending', 'processing')",
+                job.id,
+            )
+            .execute(&mut *tx)
+            .await?;
+            insert_task(&mut *tx, job, task, claim_for, None, message).await?
+        }
+        Admission::Start => insert_task(&mut *tx, job, task, claim_for, None, message).await?,
+    })
+}
+
 /// Inserts a task (see `sql/insert_task.sql`), claimed for `claim_for` when due now, or queued
 /// behind `waits_for`.
-async fn insert_task(
+pub(crate) async fn insert_task(
     conn: &mut sqlx::PgConnection,
     job: &Job,
     task: NewTask,
     claim_for: Option<(&str, Span)>,
     waits_for: Option<Uuid>,
+    message: Option<FromMessage<'_>>,
 ) -> Result<CreatedTask> {
     let (node, margin) = claim_for.unzip();
     let lease_ms = margin.map(|m| m.as_millis() + job.spec.dispatch_timeout.as_millis());
@@ -425,6 +562,10 @@ async fn insert_task(
         lease_ms,
         waits_for,
         task.trace_context.as_deref(),
+        task.actor.as_deref(),
+        task.retry_of.map(|id| id.as_uuid()),
+        message.map(|m| m.id),
+        message.map(|m| m.kind),
     )
     .fetch_optional(&mut *conn)
     .await?;
@@ -465,4 +606,14 @@ async fn insert_task(
         id: row.id.into(),
         claimed,
     })
+}
+
+/// An object without its null members.
+fn strip_nulls(value: Value) -> Value {
+    match value {
+        Value::Object(map) => {
+            Value::Object(map.into_iter().filter(|(_, v)| !v.is_null()).collect())
+        }
+        other => other,
+    }
 }

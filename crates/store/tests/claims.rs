@@ -35,6 +35,8 @@ fn new_task(key: Option<&str>) -> NewTask {
         payload: json!({ "n": 1 }),
         not_before: None,
         trace_context: None,
+        actor: None,
+        retry_of: None,
     }
 }
 

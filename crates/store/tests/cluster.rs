@@ -34,6 +34,8 @@ fn api_task() -> NewTask {
         payload: json!({}),
         not_before: None,
         trace_context: None,
+        actor: None,
+        retry_of: None,
     }
 }
 

@@ -90,7 +90,7 @@ pub(crate) async fn run(bench: &Bench, args: &IdleArgs) -> Result<Report> {
                 .collect();
             let other_total: i64 = other_rows.iter().map(|(_, n)| n).sum();
             let heartbeat = node_setting(bench, "PACER_CLUSTER__HEARTBEAT_INTERVAL", 2.0);
-            let lease_ttl = node_setting(bench, "PACER_CLUSTER__LEASE_TTL", 6.0);
+            let lease_ttl = node_setting(bench, "PACER_CLUSTER__LEASE_TTL", 2.5);
             let expected = 60.0 / heartbeat + 60.0 / (lease_ttl / 3.0);
             let rss = Distribution::of(&rss_mb);
             let last_rss = rss_mb.last().copied().unwrap_or_default();

@@ -3,6 +3,8 @@
 -- lease ran out and another node reclaimed it, the update matches nothing and newer state stands.
 -- The attempt row is written either way, since the dispatch did happen; it replaces an
 -- `abandoned` row another node may have written for the same attempt.
+-- The job's streak of transient dispatch errors grows with a transient error and ends with any
+-- answer that shows the downstream up; ending a streak that is already zero writes nothing.
 with updated as (
     update tasks set
         state = coalesce($3, state),
@@ -15,6 +17,9 @@ with updated as (
         progress = coalesce($8, progress),
         message = coalesce($9, message),
         result = coalesce($10, result),
+        -- A task completed for a job nobody watches for success needs no alert evaluation.
+        outcome_noticed = outcome_noticed or coalesce($3::text = 'completed' and not exists (
+            select 1 from jobs j where j.id = tasks.job_id and j.spec -> 'alerts' ? 'on_success'), false),
         claim_token = null,
         claimed_by = null,
         claimed_at = null,
@@ -29,5 +34,16 @@ recorded as (
         node = excluded.node, started_at = excluded.started_at, finished_at = now(),
         outcome = excluded.outcome, http_status = excluded.http_status,
         error = excluded.error, latency_ms = excluded.latency_ms
+),
+streak_grown as (
+    insert into dispatch_streaks (job_id, errors, last_error)
+    select job_id, 1, $7 from tasks where id = $1 and job_id is not null and $14 = 'transient_error'
+    on conflict (job_id) do update set
+        errors = dispatch_streaks.errors + 1, last_error = excluded.last_error, updated_at = now()
+),
+streak_ended as (
+    update dispatch_streaks set errors = 0, noticed = 0, updated_at = now()
+    where job_id = (select job_id from tasks where id = $1) and errors > 0
+      and $14 in ('accepted', 'already_running', 'permanent_error')
 )
 select exists (select 1 from updated) as "applied!"

@@ -1,0 +1,199 @@
+//! `GET /api/v1/events`: the event log as Server-Sent Events — task state changes, callbacks,
+//! leader changes — filterable by job and kind, resumable exactly with `Last-Event-ID`. Each
+//! connection reads the log from the database by position, polling its tail, so any node serves
+//! any client and a resume survives a switch of node.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures_util::stream::{self, Stream};
+use pacer_domain::ValidationErrors;
+use pacer_store::{EventCursor, EventFilter, Store};
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::extract::Query;
+use crate::views::EventView;
+use crate::{AppState, Error, Result};
+
+/// Most events read from the database at once.
+const BATCH: i64 = 200;
+/// How often a stream looks for new events. The log is not NOTIFY-ed (that would serialise the
+/// task cycle's commits); a look at its tail is an index range scan.
+const POLL: Duration = Duration::from_millis(250);
+/// How soon to look again while committed events wait for older transactions to finish.
+const HELD_BACK: Duration = Duration::from_millis(50);
+/// Comment lines keep proxies from closing an idle stream.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+pub(crate) fn operator_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(stream_events))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct EventsQuery {
+    /// Only the events of this job.
+    job: Option<String>,
+    /// Comma-separated kinds (`task.state,leader.changed`); all when absent. At most 20 kinds
+    /// of at most 64 characters each.
+    #[param(example = "task.state,task.callback")]
+    kind: Option<String>,
+    /// For clients that cannot set the `Last-Event-ID` header on their first request; the header
+    /// wins when both are sent.
+    #[param(pattern = r"^\s*\+?[0-9]+-\+?[0-9]+\s*$", example = "48213-1042")]
+    last_event_id: Option<String>,
+}
+
+/// The `Last-Event-ID` header of the event stream.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Header)]
+struct LastEventIdHeader {
+    /// The `id` of the last event received: the stream resumes right after it (`0-0` replays
+    /// the whole retained log).
+    #[param(rename = "Last-Event-ID", value_type = String, required = false, pattern = r"^\s*\+?[0-9]+-\+?[0-9]+\s*$", example = "48213-1042")]
+    #[allow(dead_code)]
+    last_event_id: Option<String>,
+}
+
+/// Follow the event stream
+///
+/// The event log as server-sent events: task state changes, callbacks, leader changes, alerts.
+/// Each event has an `id` (what `Last-Event-ID` takes back), an `event` line with its kind and a
+/// `data` line with the event as JSON (the `Event` schema). Without `Last-Event-ID` the stream
+/// starts at the present; with it, right after that event (`0-0` replays the whole retained
+/// log). It never ends on its own: a client reconnects with its `Last-Event-ID` when the node
+/// closes it (at shutdown, or when the database fails), on any node.
+#[utoipa::path(
+    get,
+    path = "/api/v1/events",
+    tag = "events",
+    params(EventsQuery, LastEventIdHeader),
+    responses(
+        (status = 200, description = "The stream of events, as `text/event-stream`; each `data` is an `Event`.",
+            content_type = "text/event-stream", body = String,
+            example = json!("id: 48213-1042\nevent: task.state\ndata: {\"id\":\"48213-1042\",\"at\":\"2026-11-24T09:00:30Z\",\"kind\":\"task.state\",\"job\":\"master-data-sync\",\"task\":\"0193a5c4-7f2e-7c1a-9d3e-2b1f4a6c8e01\",\"data\":{\"from\":\"pending\",\"to\":\"processing\"}}\n\n")),
+    )
+)]
+async fn stream_events(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(query): Query<EventsQuery>,
+) -> Result<Response> {
+    let mut errors = ValidationErrors::new();
+    let header = match headers.get("last-event-id").map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(text)) => Some(text.to_owned()),
+        Some(Err(_)) => {
+            errors.push("Last-Event-ID", "must be visible ASCII");
+            None
+        }
+    };
+    let resume = match header.or(query.last_event_id) {
+        None => None,
+        Some(text) => match text.parse::<EventCursor>() {
+            Ok(cursor) => Some(cursor),
+            Err(e) => {
+                errors.push("Last-Event-ID", e.to_string());
+                None
+            }
+        },
+    };
+    let kinds: Vec<String> = query
+        .kind
+        .as_deref()
+        .into_iter()
+        .flat_map(|k| k.split(','))
+        .map(|k| k.trim().to_owned())
+        .filter(|k| !k.is_empty())
+        .collect();
+    if kinds.iter().any(|k| k.len() > 64) || kinds.len() > 20 {
+        errors.push("kind", "at most 20 kinds of at most 64 characters each");
+    }
+    errors.into_result(()).map_err(Error::Validation)?;
+    let cursor = match resume {
+        Some(cursor) => cursor,
+        None => state.store.event_horizon().await?,
+    };
+    let reader = Reader {
+        store: state.store.clone(),
+        filter: EventFilter {
+            job: query.job,
+            kinds,
+        },
+        cursor,
+        pending: VecDeque::new(),
+        shutdown: state.shutdown.clone(),
+    };
+    let sse = Sse::new(events(reader)).keep_alive(KeepAlive::new().interval(KEEP_ALIVE));
+    Ok(sse.into_response())
+}
+
+/// One client's position in the log.
+struct Reader {
+    store: Store,
+    filter: EventFilter,
+    cursor: EventCursor,
+    pending: VecDeque<pacer_store::Event>,
+    shutdown: CancellationToken,
+}
+
+impl Reader {
+    /// The next event, waiting for one; `None` ends the stream (the node is shutting down or the
+    /// database failed), and the client reconnects with its `Last-Event-ID`.
+    async fn next(&mut self) -> Option<pacer_store::Event> {
+        loop {
+            if let Some(event) = self.pending.pop_front() {
+                return Some(event);
+            }
+            if self.shutdown.is_cancelled() {
+                return None;
+            }
+            let batch = match self
+                .store
+                .events_after(self.cursor, &self.filter, BATCH)
+                .await
+            {
+                Ok(batch) => batch,
+                Err(error) => {
+                    tracing::warn!(%error, "reading the event log failed; ending the stream");
+                    return None;
+                }
+            };
+            self.cursor = batch.next;
+            self.pending.extend(batch.events);
+            if !self.pending.is_empty() {
+                continue;
+            }
+            let wait = if batch.held_back { HELD_BACK } else { POLL };
+            tokio::select! {
+                () = self.shutdown.cancelled() => return None,
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+}
+
+fn events(reader: Reader) -> impl Stream<Item = Result<SseEvent, Infallible>> {
+    stream::unfold(reader, |mut reader| async move {
+        let event = reader.next().await?;
+        let id = event.cursor().to_string();
+        let kind = event.kind.clone();
+        let view = EventView::from(event);
+        let sse = SseEvent::default()
+            .id(id)
+            .event(kind)
+            .json_data(&view)
+            .unwrap_or_else(|_| SseEvent::default().comment("an event could not be serialised"));
+        Some((Ok(sse), reader))
+    })
+}

@@ -1,0 +1,211 @@
+//! The delivery loop, on every node: claims queued notifications with `for update skip locked`,
+//! POSTs each to its sink, and records every attempt. A failed attempt is retried with backoff;
+//! a node that dies mid-delivery loses nothing, since its claim's lease runs out and any node
+//! takes the delivery over.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use pacer_auth::signing::{SIGNATURE_HEADER, hmac_signature};
+use pacer_domain::{RetryPolicy, Span};
+use pacer_store::{ALERTS_CHANNEL, ClaimedDelivery, DeliveryOutcome, DeliveryState, Store};
+use secrecy::{ExposeSecret, SecretString};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::Result;
+use crate::wakeup::Wakeups;
+
+/// The header carrying the delivery's id: the same on every retry of one notification, so a
+/// sink can drop a repeat after an ambiguous failure (a timeout after it had processed it).
+pub const DELIVERY_ID_HEADER: &str = "pacer-delivery-id";
+
+/// The header naming the notification's event (`alert.opened`, `alert.renotified`,
+/// `task.completed`).
+pub const EVENT_HEADER: &str = "pacer-event";
+
+/// The delivery loop's settings.
+#[derive(Debug, Clone)]
+pub struct DeliveryConfig {
+    pub node_id: String,
+    /// How long one request to a sink may take.
+    pub timeout: Span,
+    /// Longest sleep between looks for due deliveries when no notification arrives.
+    pub poll_interval: Span,
+    /// Most deliveries claimed (and sent concurrently) at once.
+    pub batch_size: usize,
+    /// The wait between attempts.
+    pub backoff: RetryPolicy,
+}
+
+/// Delivers queued notifications until shut down.
+pub struct Deliverer {
+    pub config: DeliveryConfig,
+    pub store: Store,
+    pub client: reqwest::Client,
+    /// Named secrets that sign webhook requests.
+    pub secrets: Arc<HashMap<String, SecretString>>,
+}
+
+impl Deliverer {
+    /// Claims and sends until `shutdown`; deliveries in flight then finish (each is bounded by
+    /// the sink timeout).
+    pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
+        let mut wakeups = Wakeups::new(self.store.clone(), &[ALERTS_CHANNEL]);
+        let poll = self.config.poll_interval.as_duration();
+        let limit = i64::try_from(self.config.batch_size).unwrap_or(i64::MAX);
+        // The lease outlasts the request with room to record its outcome.
+        let lease_ms = self.config.timeout.as_millis() + 10_000;
+        loop {
+            let sleep = match self
+                .store
+                .claim_deliveries(&self.config.node_id, limit, lease_ms)
+                .await
+            {
+                Ok(claimed) if !claimed.is_empty() => {
+                    let full = claimed.len() == self.config.batch_size;
+                    self.deliver_all(claimed).await;
+                    if full && !shutdown.is_cancelled() {
+                        continue;
+                    }
+                    self.until_next(poll).await
+                }
+                Ok(_) => self.until_next(poll).await,
+                Err(error) => {
+                    tracing::warn!(%error, "claiming alert deliveries failed; retrying");
+                    Duration::from_secs(1)
+                }
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                () = wakeups.next() => {}
+                () = tokio::time::sleep_until(Instant::now() + sleep) => {}
+            }
+        }
+    }
+
+    async fn until_next(&self, poll: Duration) -> Duration {
+        match self.store.next_delivery_in().await {
+            Ok(Some(due)) => due.clamp(Duration::from_millis(10), poll),
+            Ok(None) => poll,
+            Err(error) => {
+                tracing::warn!(%error, "reading the next delivery time failed");
+                poll
+            }
+        }
+    }
+
+    async fn deliver_all(&self, claimed: Vec<ClaimedDelivery>) {
+        let mut running = JoinSet::new();
+        for delivery in claimed {
+            let client = self.client.clone();
+            let secrets = self.secrets.clone();
+            let timeout = self.config.timeout.as_duration();
+            running.spawn(async move {
+                let started = Instant::now();
+                let sent = send(&client, &secrets, &delivery, timeout).await;
+                (delivery, sent, started.elapsed())
+            });
+        }
+        while let Some(joined) = running.join_next().await {
+            let Ok((delivery, sent, latency)) = joined else {
+                continue;
+            };
+            self.record(&delivery, sent, latency).await;
+        }
+    }
+
+    async fn record(
+        &self,
+        delivery: &ClaimedDelivery,
+        sent: std::result::Result<u16, (Option<u16>, String)>,
+        latency: Duration,
+    ) {
+        let failures = u32::try_from(delivery.attempt).unwrap_or(1).max(1);
+        let (delivered, http_status, error) = match sent {
+            Ok(status) => (true, Some(status), None),
+            Err((status, error)) => (false, status, Some(error)),
+        };
+        let outcome = DeliveryOutcome {
+            node: self.config.node_id.clone(),
+            delivered,
+            http_status,
+            error: error.clone(),
+            latency,
+            retry_in: self.config.backoff.backoff(failures, rand::random()),
+        };
+        let state = match self.store.record_delivery(delivery, &outcome).await {
+            Ok(state) => state,
+            Err(error) => {
+                // The claim's lease runs out and the delivery is tried again; the sink may see
+                // it twice, which the delivery id header lets it detect.
+                tracing::warn!(%error, delivery.id = %delivery.id, "recording a delivery failed");
+                return;
+            }
+        };
+        let label = match state {
+            DeliveryState::Delivered => "delivered",
+            DeliveryState::Pending => "retry",
+            DeliveryState::Failed => "failed",
+            DeliveryState::Lost => "lost",
+        };
+        metrics::counter!("pacer_alert_deliveries_total", "sink_kind" => delivery.sink_kind.clone(), "outcome" => label)
+            .increment(1);
+        match state {
+            DeliveryState::Delivered => tracing::debug!(
+                delivery.id = %delivery.id, sink = %delivery.sink, event = %delivery.event,
+                attempt = delivery.attempt, "delivered"
+            ),
+            DeliveryState::Failed => tracing::error!(
+                delivery.id = %delivery.id, sink = %delivery.sink, attempt = delivery.attempt,
+                error = error.as_deref(), "alert delivery failed for good"
+            ),
+            DeliveryState::Pending | DeliveryState::Lost => tracing::warn!(
+                delivery.id = %delivery.id, sink = %delivery.sink, attempt = delivery.attempt,
+                error = error.as_deref(), retry_in = ?outcome.retry_in, "alert delivery failed; will retry"
+            ),
+        }
+    }
+}
+
+/// POSTs one delivery. `Ok(status)` on a 2xx; otherwise the status (if any) and what went wrong.
+async fn send(
+    client: &reqwest::Client,
+    secrets: &HashMap<String, SecretString>,
+    delivery: &ClaimedDelivery,
+    timeout: Duration,
+) -> std::result::Result<u16, (Option<u16>, String)> {
+    let body = serde_json::to_vec(&delivery.body).map_err(|e| (None, e.to_string()))?;
+    let mut request = client
+        .post(&delivery.url)
+        .timeout(timeout)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .header(DELIVERY_ID_HEADER, delivery.id.to_string())
+        .header(EVENT_HEADER, &delivery.event);
+    if let Some(name) = &delivery.secret {
+        let secret = secrets.get(name).ok_or_else(|| {
+            (
+                None,
+                format!("the sink's secret `{name}` is not configured on this node"),
+            )
+        })?;
+        let signature = hmac_signature(
+            secret.expose_secret().as_bytes(),
+            Utc::now().timestamp(),
+            &body,
+        );
+        request = request.header(SIGNATURE_HEADER, signature);
+    }
+    match request.body(body).send().await {
+        Ok(response) if response.status().is_success() => Ok(response.status().as_u16()),
+        Ok(response) => {
+            let status = response.status();
+            Err((Some(status.as_u16()), format!("the sink answered {status}")))
+        }
+        Err(error) if error.is_timeout() => Err((None, format!("no answer within {timeout:?}"))),
+        Err(error) => Err((None, format!("the request failed: {error}"))),
+    }
+}

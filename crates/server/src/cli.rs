@@ -1,0 +1,686 @@
+//! The operator verbs of `pacer` over the REST API (`jobs`, `tasks`, `triggers`, `alerts`,
+//! `cluster`, `events`, `apply`, `export`): human tables by default, the API's JSON unchanged
+//! with `--output json`, and exit codes scripts can rely on (see [`crate::client::exit`]).
+
+mod events;
+pub(crate) mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand, ValueEnum};
+use serde_json::{Value, json};
+
+use crate::apply;
+use crate::client::{Client, Error, Result, exit, segment};
+use output::Table;
+
+/// Where the API is and who is calling; every verb takes these.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct Connection {
+    /// The base URL of any node of the cluster.
+    #[arg(
+        long,
+        env = "PACER_URL",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
+    url: String,
+    /// A bearer token (`pacer token` mints one for development).
+    #[arg(long, env = "PACER_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+    /// `table` for people, `json` for scripts (the API's JSON, unchanged).
+    #[arg(long, value_enum, default_value_t = Output::Table, global = true)]
+    output: Output,
+}
+
+/// How a verb prints its result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Output {
+    Table,
+    Json,
+}
+
+/// Shown under every verb's `--help`.
+const EXIT_CODES: &str = "Exit codes: 0 done, 1 server or network failure, 2 usage, \
+3 not found (404), 4 invalid request or jobs file (400, 413, 415, 422), 5 conflict (409), \
+6 unauthenticated or forbidden (401, 403).";
+
+/// The verbs that talk to a running cluster.
+#[derive(Debug, Subcommand)]
+pub(crate) enum Remote {
+    /// List, show, run, pause and resume jobs.
+    #[command(after_help = EXIT_CODES)]
+    Jobs {
+        #[command(flatten)]
+        connection: Connection,
+        #[command(subcommand)]
+        verb: JobsVerb,
+    },
+    /// List, show, cancel and retry tasks.
+    #[command(after_help = EXIT_CODES)]
+    Tasks {
+        #[command(flatten)]
+        connection: Connection,
+        #[command(subcommand)]
+        verb: TasksVerb,
+    },
+    /// List a job's triggers and preview their next fire times.
+    #[command(after_help = EXIT_CODES)]
+    Triggers {
+        #[command(flatten)]
+        connection: Connection,
+        #[command(subcommand)]
+        verb: TriggersVerb,
+    },
+    /// List, acknowledge and resolve alerts.
+    #[command(after_help = EXIT_CODES)]
+    Alerts {
+        #[command(flatten)]
+        connection: Connection,
+        #[command(subcommand)]
+        verb: AlertsVerb,
+    },
+    /// The cluster: its leader and nodes.
+    #[command(after_help = EXIT_CODES)]
+    Cluster {
+        #[command(flatten)]
+        connection: Connection,
+        #[command(subcommand)]
+        verb: ClusterVerb,
+    },
+    /// Follow the cluster's event stream until interrupted (reconnects where it left off).
+    #[command(after_help = EXIT_CODES)]
+    Events {
+        #[command(flatten)]
+        connection: Connection,
+        /// Only the events of this job.
+        #[arg(long)]
+        job: Option<String>,
+    },
+    /// Make jobs and their triggers match a jobs file (or every `.yaml`, `.yml` and `.json`
+    /// file of a directory): shows the changes, then makes them.
+    #[command(after_help = EXIT_CODES)]
+    Apply {
+        #[command(flatten)]
+        connection: Connection,
+        /// The jobs file or directory.
+        #[arg(short = 'f', long = "file")]
+        path: PathBuf,
+        /// Show the changes without making them.
+        #[arg(long)]
+        dry_run: bool,
+        /// Also delete the jobs the files do not name.
+        #[arg(long)]
+        prune: bool,
+        /// With `--prune`, cancel the open tasks of the jobs it deletes (otherwise such a job is
+        /// refused with exit code 5).
+        #[arg(long, requires = "prune")]
+        cancel_open_tasks: bool,
+    },
+    /// Print the current job definitions and triggers in the format `apply` reads (YAML; JSON
+    /// with `--output json`).
+    #[command(after_help = EXIT_CODES)]
+    Export {
+        #[command(flatten)]
+        connection: Connection,
+        /// Only these jobs (default: all).
+        jobs: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum JobsVerb {
+    /// Jobs in name order.
+    List {
+        /// At most this many (1–500).
+        #[arg(long)]
+        limit: Option<u32>,
+        /// The `next_cursor` of the previous page.
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+    /// One job's definition.
+    Get { name: String },
+    /// Run a job now: creates a task and prints it.
+    Run {
+        name: String,
+        /// A JSON object laid over the job's payload for this task.
+        #[arg(long)]
+        payload: Option<String>,
+    },
+    /// Pause a job: its triggers stop and it takes no new tasks.
+    Pause { name: String },
+    /// Resume a paused job.
+    Resume { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum TasksVerb {
+    /// Tasks, newest first.
+    List {
+        /// Only this job's tasks.
+        #[arg(long)]
+        job: Option<String>,
+        /// Only tasks in this state (pending, processing, completed, …).
+        #[arg(long)]
+        state: Option<String>,
+        /// Only tasks of this origin (trigger, api, manual, retry, message, …).
+        #[arg(long)]
+        origin: Option<String>,
+        /// At most this many (1–500, default 50).
+        #[arg(long)]
+        limit: Option<u32>,
+        /// The `next_cursor` of the previous page.
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+    /// One task with its attempts.
+    Get { id: String },
+    /// Cancel an open task.
+    Cancel { id: String },
+    /// Retry a finished task: a new task linked to it.
+    Retry { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum TriggersVerb {
+    /// A job's triggers.
+    List { job: String },
+    /// A trigger's next fire times.
+    Preview {
+        job: String,
+        id: String,
+        /// How many (1–100).
+        #[arg(long, default_value_t = 10)]
+        count: u32,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum AlertsVerb {
+    /// Alerts, filtered by state, kind and job.
+    List {
+        /// open, acked or resolved.
+        #[arg(long)]
+        state: Option<String>,
+        /// overdue, failed, missed, dispatch_errors, node_lost, …
+        #[arg(long)]
+        kind: Option<String>,
+        #[arg(long)]
+        job: Option<String>,
+    },
+    /// Acknowledge an alert: it stays open but notifies no one again.
+    Ack {
+        id: String,
+        /// Why, for the record.
+        #[arg(long)]
+        note: Option<String>,
+    },
+    /// Resolve an alert.
+    Resolve {
+        id: String,
+        /// Why, for the record.
+        #[arg(long)]
+        note: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ClusterVerb {
+    /// The leader and every node.
+    Status,
+}
+
+/// Runs a verb and returns the process exit code; errors go to standard error.
+pub(crate) fn run(remote: Remote) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("pacer: cannot start the runtime: {error}");
+            return ExitCode::from(exit::FAILURE);
+        }
+    };
+    match runtime.block_on(dispatch(remote)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("pacer: {error}");
+            ExitCode::from(error.exit_code())
+        }
+    }
+}
+
+async fn dispatch(remote: Remote) -> Result<()> {
+    match remote {
+        Remote::Jobs { connection, verb } => jobs(&connection, verb).await,
+        Remote::Tasks { connection, verb } => tasks(&connection, verb).await,
+        Remote::Triggers { connection, verb } => triggers(&connection, verb).await,
+        Remote::Alerts { connection, verb } => alerts(&connection, verb).await,
+        Remote::Cluster {
+            connection,
+            verb: ClusterVerb::Status,
+        } => cluster_status(&connection).await,
+        Remote::Events { connection, job } => {
+            events::follow(&connection.client()?, job, connection.output).await
+        }
+        Remote::Apply {
+            connection,
+            path,
+            dry_run,
+            prune,
+            cancel_open_tasks,
+        } => {
+            let options = apply::Options {
+                dry_run,
+                prune,
+                cancel_open_tasks,
+                json: connection.output == Output::Json,
+            };
+            apply::apply(&connection.client()?, &path, &options).await
+        }
+        Remote::Export { connection, jobs } => {
+            let text = apply::export(
+                &connection.client()?,
+                &jobs,
+                connection.output == Output::Json,
+            )
+            .await?;
+            output::emit(&text);
+            Ok(())
+        }
+    }
+}
+
+impl Connection {
+    fn client(&self) -> Result<Client> {
+        Client::new(&self.url, self.token.clone())
+    }
+
+    /// Prints `value` as JSON, or hands it to `human` for the table form.
+    fn print(&self, value: &Value, human: impl FnOnce(&Value) -> String) {
+        let text = match self.output {
+            Output::Json => output::json(value),
+            Output::Table => human(value),
+        };
+        output::emit(&text);
+    }
+}
+
+fn page_query(limit: Option<u32>, cursor: Option<String>) -> Vec<(&'static str, String)> {
+    let mut query = Vec::new();
+    if let Some(limit) = limit {
+        query.push(("limit", limit.to_string()));
+    }
+    if let Some(cursor) = cursor {
+        query.push(("cursor", cursor));
+    }
+    query
+}
+
+/// A table of a page's items, with a hint when there is a next page.
+fn page(value: &Value, mut table: Table, row: impl Fn(&Value) -> Vec<String>) -> String {
+    for item in value["items"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+    {
+        table.row(row(item));
+    }
+    let mut text = table.render();
+    if let Some(next) = value["next_cursor"].as_str() {
+        text.push_str(&format!("(more: --cursor {next})\n"));
+    }
+    text
+}
+
+async fn jobs(connection: &Connection, verb: JobsVerb) -> Result<()> {
+    let client = connection.client()?;
+    match verb {
+        JobsVerb::List { limit, cursor } => {
+            let value = client
+                .get("/api/v1/jobs", &page_query(limit, cursor))
+                .await?;
+            connection.print(&value, |v| {
+                let table =
+                    Table::new(&["NAME", "TARGET", "OVERLAP", "PAUSED", "VERSION", "UPDATED"]);
+                page(v, table, |job| {
+                    vec![
+                        output::text(job, "/name"),
+                        output::target(job),
+                        output::text(job, "/overlap"),
+                        output::flag(job, "/paused"),
+                        output::text(job, "/version"),
+                        output::time(job, "/updated_at"),
+                    ]
+                })
+            });
+        }
+        JobsVerb::Get { name } => {
+            let value = client
+                .get(&format!("/api/v1/jobs/{}", segment(&name)), &[])
+                .await?;
+            connection.print(&value, output::yaml);
+        }
+        JobsVerb::Run { name, payload } => {
+            let body = match payload {
+                None => None,
+                Some(text) => {
+                    let payload: Value = serde_json::from_str(&text)
+                        .map_err(|e| Error::Usage(format!("--payload is not JSON: {e}")))?;
+                    if !payload.is_object() {
+                        return Err(Error::Usage("--payload must be a JSON object".into()));
+                    }
+                    Some(json!({ "payload": payload }))
+                }
+            };
+            let task = client
+                .post(
+                    &format!("/api/v1/jobs/{}/run", segment(&name)),
+                    body.as_ref(),
+                )
+                .await?;
+            connection.print(&task, |t| {
+                format!(
+                    "task {} created for job {} ({})",
+                    output::text(t, "/id"),
+                    output::text(t, "/job"),
+                    output::text(t, "/state")
+                )
+            });
+        }
+        JobsVerb::Pause { name } => set_job_paused(connection, &client, &name, true).await?,
+        JobsVerb::Resume { name } => set_job_paused(connection, &client, &name, false).await?,
+    }
+    Ok(())
+}
+
+async fn set_job_paused(
+    connection: &Connection,
+    client: &Client,
+    name: &str,
+    paused: bool,
+) -> Result<()> {
+    let verb = if paused { "pause" } else { "resume" };
+    let job = client
+        .post(&format!("/api/v1/jobs/{}/{verb}", segment(name)), None)
+        .await?;
+    connection.print(&job, |j| {
+        let state = if j["paused"] == Value::Bool(true) {
+            "paused"
+        } else {
+            "active"
+        };
+        format!("job {} is {state}", output::text(j, "/name"))
+    });
+    Ok(())
+}
+
+/// One task in a line, for the verbs that change one.
+fn task_line(task: &Value) -> String {
+    format!(
+        "task {} of job {}: {}",
+        output::text(task, "/id"),
+        output::text(task, "/job"),
+        output::text(task, "/state")
+    )
+}
+
+/// Where a task came from, in a word or two.
+fn origin(task: &Value) -> String {
+    let kind = output::text(task, "/origin/kind");
+    match task.pointer("/origin/scheduled_at").and_then(Value::as_str) {
+        Some(at) => format!("{kind} @{}", output::format_time(at)),
+        None => kind,
+    }
+}
+
+async fn tasks(connection: &Connection, verb: TasksVerb) -> Result<()> {
+    let client = connection.client()?;
+    match verb {
+        TasksVerb::List {
+            job,
+            state,
+            origin: origin_filter,
+            limit,
+            cursor,
+        } => {
+            let mut query = page_query(limit, cursor);
+            // Only filters that were given: a server without a filter refuses it by name.
+            for (key, value) in [("job", job), ("state", state), ("origin", origin_filter)] {
+                if let Some(value) = value {
+                    query.push((key, value));
+                }
+            }
+            let value = client.get("/api/v1/tasks", &query).await?;
+            connection.print(&value, |v| {
+                let table = Table::new(&[
+                    "ID", "JOB", "STATE", "ORIGIN", "ATTEMPT", "CREATED", "FINISHED",
+                ]);
+                page(v, table, |task| {
+                    let mut state = output::text(task, "/state");
+                    if task["overdue"] == Value::Bool(true) {
+                        state.push_str(" (overdue)");
+                    }
+                    vec![
+                        output::text(task, "/id"),
+                        output::text(task, "/job"),
+                        state,
+                        origin(task),
+                        output::text(task, "/attempt"),
+                        output::time(task, "/created_at"),
+                        output::time(task, "/finished_at"),
+                    ]
+                })
+            });
+        }
+        TasksVerb::Get { id } => {
+            let value = client
+                .get(&format!("/api/v1/tasks/{}", segment(&id)), &[])
+                .await?;
+            connection.print(&value, output::yaml);
+        }
+        TasksVerb::Cancel { id } => {
+            let task = client
+                .post(&format!("/api/v1/tasks/{}/cancel", segment(&id)), None)
+                .await?;
+            connection.print(&task, task_line);
+        }
+        TasksVerb::Retry { id } => {
+            let task = client
+                .post(&format!("/api/v1/tasks/{}/retry", segment(&id)), None)
+                .await?;
+            connection.print(&task, |t| format!("retried as {}", task_line(t)));
+        }
+    }
+    Ok(())
+}
+
+async fn triggers(connection: &Connection, verb: TriggersVerb) -> Result<()> {
+    let client = connection.client()?;
+    match verb {
+        TriggersVerb::List { job } => {
+            let value = client
+                .get(&format!("/api/v1/jobs/{}/triggers", segment(&job)), &[])
+                .await?;
+            connection.print(&value, |v| {
+                let table = Table::new(&[
+                    "ID",
+                    "SCHEDULE",
+                    "MISFIRE",
+                    "PAUSED",
+                    "NEXT FIRE",
+                    "LAST FIRED",
+                    "SKIPPED",
+                ]);
+                page(v, table, |trigger| {
+                    vec![
+                        output::text(trigger, "/id"),
+                        output::schedule(trigger),
+                        output::text(trigger, "/misfire"),
+                        output::flag(trigger, "/paused"),
+                        output::time(trigger, "/next_fire_at"),
+                        output::time(trigger, "/last_fired_at"),
+                        output::text(trigger, "/skipped"),
+                    ]
+                })
+            });
+        }
+        TriggersVerb::Preview { job, id, count } => {
+            let value = client
+                .get(
+                    &format!(
+                        "/api/v1/jobs/{}/triggers/{}/preview",
+                        segment(&job),
+                        segment(&id)
+                    ),
+                    &[("count", count.to_string())],
+                )
+                .await?;
+            connection.print(&value, |v| {
+                let mut text = String::new();
+                for at in v["fire_times"]
+                    .as_array()
+                    .map(Vec::as_slice)
+                    .unwrap_or_default()
+                {
+                    text.push_str(&output::format_time(at.as_str().unwrap_or_default()));
+                    text.push('\n');
+                }
+                if text.is_empty() {
+                    text.push_str("(no further fire times)\n");
+                }
+                text
+            });
+        }
+    }
+    Ok(())
+}
+
+/// What an alert is about: `job sync, task 01a2…`, or `node pacer-2`.
+fn subject(alert: &Value) -> String {
+    let parts: Vec<String> = ["job", "task", "node"]
+        .iter()
+        .filter_map(|key| {
+            let value = alert.pointer(&format!("/subject/{key}"))?.as_str()?;
+            Some(format!("{key} {value}"))
+        })
+        .collect();
+    if parts.is_empty() {
+        "-".to_owned()
+    } else {
+        parts.join(", ")
+    }
+}
+
+async fn alerts(connection: &Connection, verb: AlertsVerb) -> Result<()> {
+    let client = connection.client()?;
+    match verb {
+        AlertsVerb::List { state, kind, job } => {
+            let query: Vec<(&str, String)> = [("state", state), ("kind", kind), ("job", job)]
+                .into_iter()
+                .filter_map(|(key, value)| value.map(|v| (key, v)))
+                .collect();
+            let value = client.get("/api/v1/alerts", &query).await?;
+            connection.print(&value, |v| {
+                let table = Table::new(&[
+                    "ID",
+                    "KIND",
+                    "SEVERITY",
+                    "STATE",
+                    "SUBJECT",
+                    "COUNT",
+                    "OPENED",
+                    "LAST SEEN",
+                    "ACKED BY",
+                    "SUMMARY",
+                ]);
+                page(v, table, |alert| {
+                    vec![
+                        output::text(alert, "/id"),
+                        output::text(alert, "/kind"),
+                        output::text(alert, "/severity"),
+                        output::text(alert, "/state"),
+                        subject(alert),
+                        output::text(alert, "/count"),
+                        output::time(alert, "/opened_at"),
+                        output::time(alert, "/last_seen_at"),
+                        output::text(alert, "/acked_by"),
+                        output::text(alert, "/summary"),
+                    ]
+                })
+            });
+        }
+        AlertsVerb::Ack { id, note } => alert_action(connection, &client, "ack", &id, note).await?,
+        AlertsVerb::Resolve { id, note } => {
+            alert_action(connection, &client, "resolve", &id, note).await?;
+        }
+    }
+    Ok(())
+}
+
+/// `ack` or `resolve` an alert, with an optional note.
+async fn alert_action(
+    connection: &Connection,
+    client: &Client,
+    action: &str,
+    id: &str,
+    note: Option<String>,
+) -> Result<()> {
+    let body = json!({ "note": note });
+    let alert = client
+        .post(
+            &format!("/api/v1/alerts/{}/{action}", segment(id)),
+            Some(&body),
+        )
+        .await?;
+    connection.print(&alert, |a| {
+        format!(
+            "alert {} ({}) is {}",
+            output::text(a, "/id"),
+            output::text(a, "/kind"),
+            output::text(a, "/state")
+        )
+    });
+    Ok(())
+}
+
+async fn cluster_status(connection: &Connection) -> Result<()> {
+    let client = connection.client()?;
+    let value = client.get("/api/v1/cluster", &[]).await?;
+    connection.print(&value, |v| {
+        let mut text = match v.get("leader") {
+            Some(leader) if leader.is_object() => format!(
+                "leader: {} (term {}, since {}, lease until {})\n\n",
+                output::text(leader, "/node"),
+                output::text(leader, "/term"),
+                output::time(leader, "/since"),
+                output::time(leader, "/lease_expires_at"),
+            ),
+            _ => "leader: none\n\n".to_owned(),
+        };
+        let mut table = Table::new(&[
+            "NODE",
+            "ADDRESS",
+            "VERSION",
+            "STARTED",
+            "LAST HEARTBEAT",
+            "ALIVE",
+        ]);
+        for node in v["nodes"].as_array().map(Vec::as_slice).unwrap_or_default() {
+            table.row(vec![
+                output::text(node, "/id"),
+                output::text(node, "/address"),
+                output::text(node, "/version"),
+                output::time(node, "/started_at"),
+                output::time(node, "/last_heartbeat_at"),
+                output::flag(node, "/alive"),
+            ]);
+        }
+        text.push_str(&table.render());
+        text
+    });
+    Ok(())
+}

@@ -1,0 +1,139 @@
+//! The event log: leader changes recorded with the lease, commit-safe reading order, the stored
+//! consumer position, and retention.
+
+use pacer_store::{EventCursor, EventFilter, NewEvent, Store, append_event};
+use serde_json::json;
+use sqlx::PgPool;
+
+fn kinds(events: &[pacer_store::Event]) -> Vec<(String, serde_json::Value)> {
+    events
+        .iter()
+        .map(|e| (e.kind.clone(), e.data.clone()))
+        .collect()
+}
+
+/// Reads once nothing is held back any more. Transactions of other databases on the same server
+/// (other tests) hold events back for a moment too.
+async fn read_settled(
+    store: &Store,
+    after: EventCursor,
+    filter: &EventFilter,
+) -> pacer_store::EventBatch {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let batch = store.events_after(after, filter, 100).await.expect("read");
+        if !batch.held_back || tokio::time::Instant::now() >= deadline {
+            return batch;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[sqlx::test(migrator = "pacer_store::MIGRATOR")]
+async fn a_new_leader_term_and_a_resignation_are_events_and_a_renewal_is_not(pool: PgPool) {
+    let store = Store::new(pool);
+    let tenure = store
+        .acquire_lease("a", 60_000, false)
+        .await
+        .expect("acquire")
+        .expect("free lease");
+    store
+        .acquire_lease("a", 60_000, false)
+        .await
+        .expect("renew")
+        .expect("held");
+    assert!(store.resign_lease("a", tenure.term).await.expect("resign"));
+    let batch = read_settled(&store, EventCursor::START, &EventFilter::default()).await;
+    assert_eq!(
+        kinds(&batch.events),
+        [
+            (
+                "leader.changed".to_owned(),
+                json!({ "node": "a", "term": tenure.term })
+            ),
+            (
+                "leader.resigned".to_owned(),
+                json!({ "node": "a", "term": tenure.term })
+            ),
+        ]
+    );
+}
+
+#[sqlx::test(migrator = "pacer_store::MIGRATOR")]
+async fn an_event_is_held_back_until_every_older_transaction_has_finished(pool: PgPool) {
+    let store = Store::new(pool.clone());
+    let event = |kind: &'static str| NewEvent {
+        kind,
+        job_name: Some("sync"),
+        task_id: None,
+        data: json!({}),
+    };
+    // `early` takes its transaction id (and its event id) first but commits last.
+    let mut early = pool.begin().await.expect("begin");
+    append_event(&mut early, &event("early"))
+        .await
+        .expect("append");
+    store.append_event(&event("late")).await.expect("append");
+    let all = EventFilter::default();
+    let held = store
+        .events_after(EventCursor::START, &all, 100)
+        .await
+        .expect("read");
+    assert!(held.events.is_empty(), "{:?}", held.events);
+    assert!(
+        held.held_back,
+        "a committed event waits for the older transaction"
+    );
+    early.commit().await.expect("commit");
+    let batch = read_settled(&store, held.next, &all).await;
+    let order: Vec<&str> = batch.events.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(order, ["early", "late"]);
+    assert!(batch.events[0].id < batch.events[1].id);
+    let after = store
+        .events_after(batch.next, &all, 100)
+        .await
+        .expect("read");
+    assert!(after.events.is_empty(), "nothing is delivered twice");
+    let only = EventFilter {
+        job: Some("other".into()),
+        kinds: vec![],
+    };
+    assert!(
+        store
+            .events_after(EventCursor::START, &only, 100)
+            .await
+            .expect("read")
+            .events
+            .is_empty()
+    );
+
+    // A consumer's stored position never moves back.
+    let last = batch.events[1].cursor();
+    store
+        .save_event_cursor("webhook", last)
+        .await
+        .expect("save");
+    store
+        .save_event_cursor("webhook", EventCursor::START)
+        .await
+        .expect("save");
+    assert_eq!(
+        store.event_cursor("webhook").await.expect("read"),
+        Some(last)
+    );
+    assert_eq!(
+        last.to_string().parse::<EventCursor>().expect("parse"),
+        last
+    );
+    assert!("12".parse::<EventCursor>().is_err());
+
+    // Retention: only events older than it are pruned.
+    sqlx::query("update events set at = now() - interval '2 hours' where kind = 'early'")
+        .execute(&pool)
+        .await
+        .expect("age");
+    assert_eq!(store.prune_events(3_600_000, 100).await.expect("prune"), 1);
+    let left = read_settled(&store, EventCursor::START, &all).await;
+    let left: Vec<&str> = left.events.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(left, ["late"]);
+}

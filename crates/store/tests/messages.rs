@@ -1,0 +1,99 @@
+//! Message ingest on the real PostgreSQL: the same message arriving on several nodes at once is
+//! recorded once and creates its tasks once, and concurrent messages respect each job's overlap
+//! policy.
+
+use pacer_domain::{JobInput, JobName, JobSpec, Message, MessageInput, MessageSource};
+use pacer_store::Store;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+
+async fn put_job(store: &Store, name: &str, spec: Value) {
+    let input: JobInput = serde_json::from_value(spec).expect("job input");
+    let spec = JobSpec::try_from(input).expect("valid job");
+    let name: JobName = name.parse().expect("name");
+    store.put_job(&name, &spec).await.expect("put job");
+}
+
+fn message(body: Value) -> Message {
+    let input: MessageInput = serde_json::from_value(body).expect("message input");
+    Message::try_from(input).expect("valid message")
+}
+
+async fn scalar(pool: &PgPool, sql: &'static str) -> i64 {
+    sqlx::query_scalar(sql)
+        .fetch_one(pool)
+        .await
+        .expect("query")
+}
+
+#[sqlx::test(migrator = "pacer_store::MIGRATOR")]
+async fn the_same_message_arriving_at_once_everywhere_creates_its_tasks_once(pool: PgPool) {
+    let store = Store::new(pool.clone());
+    let subscribed = |overlap: &str| {
+        json!({
+            "target": { "url": "http://downstream.invalid/run" },
+            "overlap": overlap,
+            "on_messages": ["masterdata.changed"],
+        })
+    };
+    put_job(&store, "free", subscribed("allow")).await;
+    put_job(&store, "single", subscribed("skip")).await;
+
+    let same = message(json!({ "type": "masterdata.changed", "id": "evt-1" }));
+    let mut arrivals = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let (store, same) = (store.clone(), same.clone());
+        arrivals.spawn(async move {
+            store
+                .ingest_message(&same, MessageSource::Amqp, None)
+                .await
+                .expect("ingest")
+        });
+    }
+    let results = arrivals.join_all().await;
+    let firsts: Vec<_> = results.iter().filter(|r| !r.duplicate).collect();
+    assert_eq!(firsts.len(), 1, "exactly one arrival records the message");
+    assert_eq!(firsts[0].created, 2);
+    for duplicate in results.iter().filter(|r| r.duplicate) {
+        assert_eq!(duplicate.message.routes, firsts[0].message.routes);
+        assert_eq!(duplicate.created, 0);
+    }
+    assert_eq!(scalar(&pool, "select count(*) from messages").await, 1);
+    assert_eq!(scalar(&pool, "select count(*) from tasks").await, 2);
+
+    // Different messages at once: `free` gets a task for each, `single` (overlap skip) keeps
+    // its one open task and records a skip for each of the others.
+    let mut arrivals = tokio::task::JoinSet::new();
+    for n in 0..6 {
+        let store = store.clone();
+        let different = message(json!({ "type": "masterdata.changed", "id": format!("evt-x{n}") }));
+        arrivals.spawn(async move {
+            store
+                .ingest_message(&different, MessageSource::Api, None)
+                .await
+                .expect("ingest")
+        });
+    }
+    let results = arrivals.join_all().await;
+    assert!(results.iter().all(|r| !r.duplicate && r.created == 1));
+    assert_eq!(
+        scalar(&pool, "select count(*) from tasks where job_name = 'free'").await,
+        7
+    );
+    assert_eq!(
+        scalar(
+            &pool,
+            "select count(*) from tasks where job_name = 'single'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        scalar(
+            &pool,
+            "select count(*) from skipped_runs where job_name = 'single' and reason = 'overlap'"
+        )
+        .await,
+        6
+    );
+}

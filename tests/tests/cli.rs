@@ -1,0 +1,656 @@
+//! The `pacer` CLI against a running node: `apply` and `export` round trips (no change and no
+//! write the second time, `--prune`, a bad file changes nothing), and the verbs over the REST
+//! API with their tables, their JSON, their error output and their exit codes.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use axum::Router;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use pacer_tests::{Api, FakeDownstream, PacerProcess, Reply, TestDb, pacer_binary, token};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+const SETTLE: Duration = Duration::from_secs(20);
+
+/// What one `pacer` command did.
+#[derive(Debug)]
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn ok(self) -> Self {
+        assert_eq!(self.code, 0, "expected success: {self:#?}");
+        self
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self:#?}"))
+    }
+}
+
+/// Runs `pacer args…` against `url` with `token` (nothing else from the environment).
+fn pacer(url: &str, token: Option<&str>, args: &[&str]) -> Run {
+    let mut command = Command::new(pacer_binary());
+    command.args(args);
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        if key.starts_with("PACER_") || key == "RUST_LOG" {
+            command.env_remove(&*key);
+        }
+    }
+    command.env("PACER_URL", url);
+    if let Some(token) = token {
+        command.env("PACER_TOKEN", token);
+    }
+    let output = command.output().expect("pacer runs");
+    Run {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// A scratch directory for jobs files, removed at the end of the test.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "pacer-cli-{name}-{}",
+            uuid::Uuid::now_v7().simple()
+        ));
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        Self(dir)
+    }
+
+    fn write(&self, file: &str, text: &str) -> String {
+        let path = self.0.join(file);
+        std::fs::write(&path, text).expect("write jobs file");
+        path.to_string_lossy().into_owned()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn example() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/jobs.yaml")
+}
+
+/// How many admin and operator actions the audit log holds: every write the API makes.
+async fn writes(api: &Api) -> usize {
+    let page = api
+        .request(Method::GET, "/api/v1/audit?limit=500", None, &[])
+        .await;
+    page.expect_status(200)["items"]
+        .as_array()
+        .map_or(0, Vec::len)
+}
+
+async fn triggers(api: &Api, job: &str) -> Vec<Value> {
+    let page = api
+        .request(
+            Method::GET,
+            &format!("/api/v1/jobs/{job}/triggers"),
+            None,
+            &[],
+        )
+        .await;
+    page.expect_status(200)["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+async fn job_names(api: &Api) -> Vec<String> {
+    let page = api.request(Method::GET, "/api/v1/jobs", None, &[]).await;
+    page.expect_status(200)["items"]
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .map(|j| j["name"].as_str().unwrap_or_default().to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_export_apply_changes_nothing_prune_deletes_and_a_bad_file_changes_nothing() {
+    let db = TestDb::create().await;
+    let node = PacerProcess::start(db.url(), "cli-apply").await;
+    let api = node.api();
+    let admin = token(&["admin"]);
+    let url = node.url();
+    let pacer = |args: &[&str]| pacer(url, Some(&admin), args);
+    let scratch = Scratch::new("apply");
+    let example = example();
+    let example = example.to_str().expect("utf-8 path");
+
+    // The committed example applies: three jobs and their four triggers.
+    let first = pacer(&["apply", "-f", example]).ok();
+    assert!(
+        first.stdout.contains("+ job master-data-sync"),
+        "{first:#?}"
+    );
+    assert!(
+        first
+            .stdout
+            .contains("7 to create, 0 to change, 0 to delete"),
+        "{first:#?}"
+    );
+    let mut names = job_names(&api).await;
+    names.sort();
+    assert_eq!(
+        names,
+        ["heartbeat-webhook", "master-data-sync", "nightly-item-sync"]
+    );
+    assert_eq!(triggers(&api, "nightly-item-sync").await.len(), 2);
+
+    // Export, apply the export, apply the example again: no change reported, no write made.
+    let exported = pacer(&["export"]).ok();
+    assert!(
+        exported.stdout.contains("name: master-data-sync"),
+        "{exported:#?}"
+    );
+    let export_file = scratch.write("exported.yaml", &exported.stdout);
+    let before = writes(&api).await;
+    let trigger_before = triggers(&api, "heartbeat-webhook").await;
+    for file in [export_file.as_str(), example] {
+        let again = pacer(&["apply", "-f", file]).ok();
+        assert!(
+            again.stdout.contains("No changes: 3 job(s) already match."),
+            "{file}: {again:#?}"
+        );
+    }
+    assert_eq!(writes(&api).await, before, "a second apply writes nothing");
+    assert_eq!(triggers(&api, "heartbeat-webhook").await, trigger_before);
+    let as_json = pacer(&["export", "--output", "json"]).ok().json();
+    assert_eq!(as_json.as_array().map(Vec::len), Some(3));
+    let again = pacer(&["apply", "-f", example, "--output", "json"])
+        .ok()
+        .json();
+    assert_eq!(again["changes"], json!([]));
+    assert_eq!(again["counts"]["unchanged_jobs"], 3);
+
+    // A changed file: the dry run shows the changes field by field and makes none; applying
+    // changes the trigger in place (same id).
+    let example_text = std::fs::read_to_string(example).expect("example");
+    let changed = scratch.write(
+        "changed.yaml",
+        &example_text
+            .replace("every: 5m", "every: 10m")
+            .replace("timeout: 6h", "timeout: 8h"),
+    );
+    let dry = pacer(&["apply", "-f", &changed, "--dry-run"]).ok();
+    assert!(dry.stdout.contains(r#"timeout: "6h" → "8h""#), "{dry:#?}");
+    assert!(dry.stdout.contains(r#"every: "5m" → "10m""#), "{dry:#?}");
+    assert!(dry.stdout.contains("0 to create, 2 to change, 0 to delete"));
+    assert_eq!(writes(&api).await, before, "a dry run writes nothing");
+    pacer(&["apply", "-f", &changed]).ok();
+    let trigger_after = triggers(&api, "heartbeat-webhook").await;
+    assert_eq!(trigger_after.len(), 1);
+    assert_eq!(trigger_after[0]["id"], trigger_before[0]["id"]);
+    assert_eq!(trigger_after[0]["every"], "10m");
+    let job = api
+        .request(Method::GET, "/api/v1/jobs/nightly-item-sync", None, &[])
+        .await;
+    assert_eq!(job.expect_status(200)["timeout"], "8h");
+
+    // A file naming one job: without --prune the others stay; with it they go.
+    let one = pacer(&["export", "master-data-sync"]).ok();
+    let one_file = scratch.write("one.yaml", &one.stdout);
+    let kept = pacer(&["apply", "-f", &one_file]).ok();
+    assert!(kept.stdout.contains("No changes: 1 job(s)"), "{kept:#?}");
+    let dry_prune = pacer(&["apply", "-f", &one_file, "--prune", "--dry-run"]).ok();
+    assert!(
+        dry_prune.stdout.contains("- job heartbeat-webhook")
+            && dry_prune.stdout.contains("- job nightly-item-sync"),
+        "{dry_prune:#?}"
+    );
+    assert_eq!(job_names(&api).await.len(), 3);
+    pacer(&["apply", "-f", &one_file, "--prune"]).ok();
+    assert_eq!(job_names(&api).await, ["master-data-sync"]);
+
+    // Bad files change nothing and name the file, the job and the field.
+    let before = writes(&api).await;
+    let invalid = scratch.write(
+        "invalid.yaml",
+        r#"
+- name: fresh
+  target: { url: "http://127.0.0.1:9/x" }
+- name: master-data-sync
+  target: { url: "http://127.0.0.1:9/x" }
+  colour: blue
+  triggers:
+    - { kind: cron, expression: "61 * * * *" }
+"#,
+    );
+    let refused = pacer(&["apply", "-f", &invalid]);
+    assert_eq!(refused.code, 4, "{refused:#?}");
+    assert!(
+        refused
+            .stderr
+            .contains("invalid.yaml: job `master-data-sync`: colour: unknown field `colour`"),
+        "{refused:#?}"
+    );
+    assert!(
+        refused
+            .stderr
+            .contains("invalid.yaml: job `master-data-sync`: triggers[0].expression: "),
+        "{refused:#?}"
+    );
+    // Only the server knows its secrets: it vets every job before the first write.
+    let secret = scratch.write(
+        "secret.yaml",
+        r#"
+- name: fresh
+  target: { url: "http://127.0.0.1:9/x" }
+- name: master-data-sync
+  target: { url: "http://127.0.0.1:9/x", auth: { kind: bearer, secret: not_configured } }
+"#,
+    );
+    let refused = pacer(&["apply", "-f", &secret]);
+    assert_eq!(refused.code, 4, "{refused:#?}");
+    assert!(
+        refused.stderr.contains(
+            "secret.yaml: job `master-data-sync`: target.auth.secret: no secret named `not_configured`"
+        ),
+        "{refused:#?}"
+    );
+    let broken = scratch.write("broken.yaml", "- name: [unclosed\n");
+    let refused = pacer(&["apply", "-f", &broken]);
+    assert_eq!(refused.code, 4, "{refused:#?}");
+    assert!(refused.stderr.contains("broken.yaml: not valid YAML"));
+    let missing = pacer(&["apply", "-f", "/nonexistent/jobs.yaml"]);
+    assert_eq!(missing.code, 2, "{missing:#?}");
+    assert_eq!(writes(&api).await, before, "a refused file writes nothing");
+    assert_eq!(job_names(&api).await, ["master-data-sync"]);
+
+    // A directory applies all its files.
+    let dir = Scratch::new("apply-dir");
+    dir.write("a.yaml", &one.stdout);
+    dir.write(
+        "b.yml",
+        "- name: from-b\n  target: { url: \"http://127.0.0.1:9/b\" }\n",
+    );
+    let applied = pacer(&["apply", "-f", &dir.0.to_string_lossy()]).ok();
+    assert!(
+        applied.stdout.contains("+ job from-b") && !applied.stdout.contains("master-data-sync"),
+        "{applied:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_verbs_print_tables_or_json_and_exit_with_a_code_per_kind_of_failure() {
+    let db = TestDb::create().await;
+    let downstream = FakeDownstream::start(|_| Reply::accept()).await;
+    let node = PacerProcess::start(db.url(), "cli-verbs").await;
+    let api = node.api();
+    let admin = token(&["admin"]);
+    let url = node.url();
+    let pacer = |args: &[&str]| pacer(url, Some(&admin), args);
+    let scratch = Scratch::new("verbs");
+    let jobs = scratch.write(
+        "jobs.yaml",
+        &format!(
+            "- name: sync\n  target: {{ url: \"{}\" }}\n  triggers:\n    - {{ kind: cron, expression: \"0 0 9 * * *\", timezone: Europe/Berlin }}\n",
+            downstream.url("/sync")
+        ),
+    );
+    pacer(&["apply", "-f", &jobs]).ok();
+
+    // Jobs: a table with a header row, JSON unchanged, pause and resume.
+    let list = pacer(&["jobs", "list"]).ok();
+    let lines: Vec<&str> = list.stdout.lines().collect();
+    assert!(
+        lines[0].starts_with("NAME") && lines[0].contains("TARGET"),
+        "{list:#?}"
+    );
+    assert!(
+        lines[1].starts_with("sync ") && lines[1].contains("/sync"),
+        "{list:#?}"
+    );
+    let list = pacer(&["jobs", "list", "--output", "json"]).ok().json();
+    assert_eq!(list["items"][0]["name"], "sync");
+    assert!(list["next_cursor"].is_null());
+    let get = pacer(&["jobs", "get", "sync"]).ok();
+    assert!(get.stdout.contains("name: sync"), "{get:#?}");
+    assert_eq!(
+        pacer(&["jobs", "get", "sync", "--output", "json"])
+            .ok()
+            .json()["version"],
+        1
+    );
+    let paused = pacer(&["jobs", "pause", "sync"]).ok();
+    assert_eq!(paused.stdout.trim(), "job sync is paused");
+    let resumed = pacer(&["jobs", "resume", "sync", "--output", "json"])
+        .ok()
+        .json();
+    assert_eq!(resumed["paused"], false);
+
+    // Triggers: the list and a preview of the next fire times.
+    let listed = pacer(&["triggers", "list", "sync"]).ok();
+    assert!(
+        listed.stdout.contains("cron 0 0 9 * * * (Europe/Berlin)"),
+        "{listed:#?}"
+    );
+    let trigger = pacer(&["triggers", "list", "sync", "--output", "json"])
+        .ok()
+        .json()["items"][0]["id"]
+        .as_str()
+        .expect("trigger id")
+        .to_owned();
+    let preview = pacer(&["triggers", "preview", "sync", &trigger, "--count", "3"]).ok();
+    let times: Vec<&str> = preview.stdout.lines().collect();
+    assert_eq!(times.len(), 3, "{preview:#?}");
+    assert!(
+        times
+            .iter()
+            .all(|t| t.ends_with(":00:00Z") && t.len() == 20),
+        "{preview:#?}"
+    );
+
+    // Tasks: listed, shown, cancelled; cancelling a finished one is a conflict (exit 5).
+    let open = api.create_task_id("sync", &json!({})).await;
+    let done = api.create_task_id("sync", &json!({})).await;
+    api.wait_for_state(&done, "processing", SETTLE).await;
+    api.callback(&done, &json!({ "status": "completed" }))
+        .await
+        .expect_status(200);
+    let tasks = pacer(&["tasks", "list", "--job", "sync"]).ok();
+    assert!(
+        tasks
+            .stdout
+            .lines()
+            .next()
+            .is_some_and(|h| h.starts_with("ID"))
+    );
+    assert!(
+        tasks.stdout.contains(&open) && tasks.stdout.contains(&done),
+        "{tasks:#?}"
+    );
+    let completed = pacer(&["tasks", "list", "--state", "completed", "--output", "json"])
+        .ok()
+        .json();
+    assert_eq!(completed["items"].as_array().map(Vec::len), Some(1));
+    assert_eq!(completed["items"][0]["id"], done.as_str());
+    let shown = pacer(&["tasks", "get", &done, "--output", "json"])
+        .ok()
+        .json();
+    assert_eq!(shown["state"], "completed");
+    let cancelled = pacer(&["tasks", "cancel", &open]).ok();
+    assert!(cancelled.stdout.contains("cancelled"), "{cancelled:#?}");
+    let conflict = pacer(&["tasks", "cancel", &done]);
+    assert_eq!(conflict.code, 5, "{conflict:#?}");
+    assert!(conflict.stderr.contains("409 Conflict"), "{conflict:#?}");
+    assert!(
+        conflict.stderr.contains("current state: completed"),
+        "{conflict:#?}"
+    );
+    assert!(conflict.stdout.is_empty());
+
+    // The cluster.
+    let status = pacer(&["cluster", "status"]).ok();
+    assert!(
+        status.stdout.starts_with("leader: cli-verbs (term "),
+        "{status:#?}"
+    );
+    let status = pacer(&["cluster", "status", "--output", "json"])
+        .ok()
+        .json();
+    assert_eq!(status["nodes"][0]["id"], "cli-verbs");
+
+    // Errors: the HTTP status and the problem on stderr, and an exit code per kind.
+    let missing = pacer(&["jobs", "get", "nope"]);
+    assert_eq!(missing.code, 3, "{missing:#?}");
+    assert_eq!(
+        missing.stderr,
+        "pacer: GET /api/v1/jobs/nope: 404 Not Found (Not found) [/problems/not-found]\n  job nope not found\n"
+    );
+    let invalid = pacer(&["tasks", "get", "not-a-uuid"]);
+    assert_eq!(invalid.code, 4, "{invalid:#?}");
+    assert!(
+        invalid.stderr.contains("422 Unprocessable Entity")
+            && invalid
+                .stderr
+                .contains("\n  id: `not-a-uuid` is not a task id"),
+        "{invalid:#?}"
+    );
+    let preview = pacer(&["triggers", "preview", "sync", &trigger, "--count", "1000"]);
+    assert_eq!(preview.code, 4, "{preview:#?}");
+    assert!(preview.stderr.contains("count: must be"), "{preview:#?}");
+    let anonymous = self::pacer(url, None, &["jobs", "list"]);
+    assert_eq!(anonymous.code, 6, "{anonymous:#?}");
+    assert!(
+        anonymous.stderr.contains("401 Unauthorized"),
+        "{anonymous:#?}"
+    );
+    let operator = token(&["operator"]);
+    let moved = scratch.write(
+        "moved.yaml",
+        "- name: sync\n  target: { url: \"http://127.0.0.1:9/moved\" }\n",
+    );
+    let forbidden = self::pacer(url, Some(&operator), &["apply", "-f", &moved]);
+    assert_eq!(forbidden.code, 6, "{forbidden:#?}");
+    assert!(forbidden.stderr.contains("403 Forbidden"), "{forbidden:#?}");
+    let unreachable = self::pacer("http://127.0.0.1:1", Some(&admin), &["jobs", "list"]);
+    assert_eq!(unreachable.code, 1, "{unreachable:#?}");
+    assert!(
+        unreachable.stderr.contains("cannot reach the server"),
+        "{unreachable:#?}"
+    );
+    let usage = pacer(&["jobs", "frobnicate"]);
+    assert_eq!(usage.code, 2, "{usage:#?}");
+    let bad_url = self::pacer("not a url", Some(&admin), &["jobs", "list"]);
+    assert_eq!(bad_url.code, 2, "{bad_url:#?}");
+}
+
+/// One request the stand-in server received.
+#[derive(Debug, Clone)]
+struct Seen {
+    route: String,
+    query: Option<String>,
+    last_event_id: Option<String>,
+    body: Value,
+}
+
+type Log = Arc<Mutex<Vec<Seen>>>;
+
+fn record(log: &Log, uri: &Uri, query: Option<String>, headers: &HeaderMap, body: &str) {
+    log.lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .push(Seen {
+            route: uri.path().to_owned(),
+            query,
+            last_event_id: headers
+                .get("last-event-id")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+            body: serde_json::from_str(body).unwrap_or(Value::Null),
+        });
+}
+
+async fn stand_in(
+    State(log): State<Log>,
+    uri: Uri,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
+    record(&log, &uri, query, &headers, &body);
+    let task = |id: &str, origin: &str| {
+        json!({ "id": id, "job": "sync", "state": "pending", "origin": { "kind": origin },
+                "attempt": 0, "created_at": "2026-12-01T09:00:00.123Z", "finished_at": null,
+                "overdue": false })
+    };
+    let alert = |state: &str| {
+        json!({ "id": "a1", "kind": "failed", "severity": "critical",
+                "subject": { "task": "t1", "job": "sync" }, "state": state, "count": 2,
+                "summary": "task t1 of sync failed",
+                "opened_at": "2026-12-01T09:00:00Z", "last_seen_at": "2026-12-01T09:05:00Z",
+                "acked_by": null })
+    };
+    let json_reply = |status: StatusCode, value: Value| {
+        (
+            status,
+            [(header::CONTENT_TYPE, "application/json")],
+            value.to_string(),
+        )
+            .into_response()
+    };
+    match uri.path() {
+        "/api/v1/jobs/sync/run" => json_reply(StatusCode::ACCEPTED, task("t2", "manual")),
+        "/api/v1/tasks/t1/retry" => json_reply(StatusCode::ACCEPTED, task("t3", "retry")),
+        "/api/v1/tasks" => json_reply(
+            StatusCode::OK,
+            json!({ "items": [task("t1", "manual")], "next_cursor": "c2" }),
+        ),
+        "/api/v1/alerts" => json_reply(
+            StatusCode::OK,
+            json!({ "items": [alert("open")], "next_cursor": null }),
+        ),
+        "/api/v1/alerts/a1/ack" => json_reply(StatusCode::OK, alert("acked")),
+        "/api/v1/alerts/a1/resolve" => json_reply(StatusCode::OK, alert("resolved")),
+        "/api/v1/events" if headers.get("last-event-id").is_none() => (
+            [(header::CONTENT_TYPE, "text/event-stream")],
+            ": hello\n\nid: 1\nevent: task.created\ndata: {\"task\":\"t1\",\"at\":\"2026-12-01T09:00:00Z\"}\n\n\
+             id: 2\nevent: task.completed\ndata: {\"task\":\"t1\"}\n\n",
+        )
+            .into_response(),
+        _ => (
+            StatusCode::UNAUTHORIZED,
+            [(header::CONTENT_TYPE, "application/problem+json")],
+            json!({ "type": "/problems/unauthenticated", "title": "Unauthenticated",
+                    "status": 401, "detail": "the token expired" })
+            .to_string(),
+        )
+            .into_response(),
+    }
+}
+
+/// The routes other parts of the API are adding (run, retry, the origin filter, alerts, the
+/// event stream) exercised against a stand-in that answers with their documented shapes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verbs_over_routes_of_the_operator_api_send_and_read_the_documented_shapes() {
+    let log: Log = Arc::default();
+    let app = Router::new()
+        .route("/api/v1/jobs/sync/run", post(stand_in))
+        .route("/api/v1/tasks/t1/retry", post(stand_in))
+        .route("/api/v1/tasks", get(stand_in))
+        .route("/api/v1/alerts", get(stand_in))
+        .route("/api/v1/alerts/a1/ack", post(stand_in))
+        .route("/api/v1/alerts/a1/resolve", post(stand_in))
+        .route("/api/v1/events", get(stand_in))
+        .with_state(log.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("address"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let pacer = |args: &[&str]| pacer(&url, Some("t0ken"), args);
+    let seen = |route: &str| -> Vec<Seen> {
+        log.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter(|s| s.route == route)
+            .cloned()
+            .collect()
+    };
+
+    let run = pacer(&[
+        "jobs",
+        "run",
+        "sync",
+        "--payload",
+        r#"{"since": "2026-12-01"}"#,
+    ])
+    .ok();
+    assert_eq!(run.stdout.trim(), "task t2 created for job sync (pending)");
+    assert_eq!(
+        seen("/api/v1/jobs/sync/run")[0].body,
+        json!({ "payload": { "since": "2026-12-01" } })
+    );
+    let bad_payload = pacer(&["jobs", "run", "sync", "--payload", "[1]"]);
+    assert_eq!(bad_payload.code, 2, "{bad_payload:#?}");
+
+    let retry = pacer(&["tasks", "retry", "t1", "--output", "json"])
+        .ok()
+        .json();
+    assert_eq!(retry["id"], "t3");
+
+    let tasks = pacer(&["tasks", "list", "--origin", "manual", "--state", "failed"]).ok();
+    assert_eq!(
+        seen("/api/v1/tasks")[0].query.as_deref(),
+        Some("state=failed&origin=manual")
+    );
+    assert!(tasks.stdout.contains("t1  sync"), "{tasks:#?}");
+    assert!(tasks.stdout.contains("2026-12-01T09:00:00Z"), "{tasks:#?}");
+    assert!(
+        tasks.stdout.ends_with("(more: --cursor c2)\n"),
+        "{tasks:#?}"
+    );
+
+    let alerts = pacer(&["alerts", "list", "--state", "open", "--job", "sync"]).ok();
+    assert_eq!(
+        seen("/api/v1/alerts")[0].query.as_deref(),
+        Some("state=open&job=sync")
+    );
+    let header_row = alerts.stdout.lines().next().unwrap_or_default();
+    assert!(
+        header_row.starts_with("ID") && header_row.contains("SEVERITY"),
+        "{alerts:#?}"
+    );
+    assert!(alerts.stdout.contains("failed") && alerts.stdout.contains("critical"));
+    assert!(
+        alerts.stdout.contains("job sync, task t1")
+            && alerts.stdout.contains("task t1 of sync failed"),
+        "{alerts:#?}"
+    );
+    let ack = pacer(&["alerts", "ack", "a1", "--note", "looking"]).ok();
+    assert_eq!(ack.stdout.trim(), "alert a1 (failed) is acked");
+    assert_eq!(
+        seen("/api/v1/alerts/a1/ack")[0].body,
+        json!({ "note": "looking" })
+    );
+    let resolved = pacer(&["alerts", "resolve", "a1", "--output", "json"])
+        .ok()
+        .json();
+    assert_eq!(resolved["state"], "resolved");
+    assert_eq!(
+        seen("/api/v1/alerts/a1/resolve")[0].body,
+        json!({ "note": null })
+    );
+
+    // The stream: two events, then the connection ends; the CLI resumes after event 2 and
+    // stops at the refusal of its token.
+    let events = pacer(&["events", "--output", "json"]);
+    assert_eq!(events.code, 6, "{events:#?}");
+    let lines: Vec<Value> = events
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert_eq!(lines.len(), 2, "{events:#?}");
+    assert_eq!(lines[0]["event"], "task.created");
+    assert_eq!(lines[0]["data"]["task"], "t1");
+    assert_eq!(lines[1]["id"], "2");
+    let connections = seen("/api/v1/events");
+    assert_eq!(connections.len(), 2);
+    assert_eq!(connections[1].last_event_id.as_deref(), Some("2"));
+    assert!(events.stderr.contains("401 Unauthorized"), "{events:#?}");
+}
