@@ -16,7 +16,7 @@ use pacer_domain::ValidationErrors;
 use pacer_store::{EventCursor, EventFilter, Store};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
-use utoipa::IntoParams;
+use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -65,6 +65,24 @@ struct LastEventIdHeader {
     last_event_id: Option<String>,
 }
 
+/// One server-sent event of the stream, as its `id:`, `event:` and `data:` lines read.
+#[derive(ToSchema)]
+#[schema(as = ServerSentEvent, example = json!({
+    "id": "48213-1042", "event": "task.state",
+    "data": "{\"id\":\"48213-1042\",\"at\":\"2026-11-24T09:00:30Z\",\"kind\":\"task.state\",\"job\":\"master-data-sync\",\"task\":\"0193a5c4-7f2e-7c1a-9d3e-2b1f4a6c8e01\",\"data\":{\"from\":\"pending\",\"to\":\"processing\"}}"
+}))]
+#[allow(dead_code)]
+struct StreamedEvent {
+    /// The event's id, what `Last-Event-ID` takes back.
+    #[schema(example = "48213-1042")]
+    id: String,
+    /// The event's kind, such as `task.state`.
+    #[schema(example = "task.state")]
+    event: String,
+    /// The event as JSON: an `Event`.
+    data: String,
+}
+
 /// Follow the event stream
 ///
 /// The event log as server-sent events: task state changes, callbacks, leader changes, alerts.
@@ -79,9 +97,8 @@ struct LastEventIdHeader {
     tag = "events",
     params(EventsQuery, LastEventIdHeader),
     responses(
-        (status = 200, description = "The stream of events, as `text/event-stream`; each `data` is an `Event`.",
-            content_type = "text/event-stream", body = String,
-            example = json!("id: 48213-1042\nevent: task.state\ndata: {\"id\":\"48213-1042\",\"at\":\"2026-11-24T09:00:30Z\",\"kind\":\"task.state\",\"job\":\"master-data-sync\",\"task\":\"0193a5c4-7f2e-7c1a-9d3e-2b1f4a6c8e01\",\"data\":{\"from\":\"pending\",\"to\":\"processing\"}}\n\n")),
+        (status = 200, description = "The stream of events, as `text/event-stream`; the schema describes one event, whose `data` is an `Event`.",
+            content_type = "text/event-stream", body = StreamedEvent),
     )
 )]
 async fn stream_events(

@@ -142,10 +142,22 @@ impl Target {
 impl utoipa::PartialSchema for Target {
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
         use utoipa::ToSchema;
-        use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, OneOfBuilder, Type};
-        use utoipa::openapi::{Ref, RefOr, Schema};
+        use utoipa::openapi::Ref;
+        use utoipa::openapi::schema::{
+            AdditionalProperties, ObjectBuilder, OneOfBuilder, SchemaType, Type,
+        };
 
         let string = || ObjectBuilder::new().schema_type(Type::String);
+        let nullable =
+            |types: [Type; 1]| SchemaType::from_iter(types.into_iter().chain([Type::Null]));
+        // A field of the other kind may be sent as null: it counts as absent.
+        let null = || {
+            ObjectBuilder::new()
+                .schema_type(Type::Null)
+                .description(Some(
+                    "Belongs to the other kind of target; null counts as absent.",
+                ))
+        };
         let headers = || {
             ObjectBuilder::new()
                 .schema_type(Type::Object)
@@ -154,39 +166,50 @@ impl utoipa::PartialSchema for Target {
                     "Static headers on every dispatch: at most 32, values of visible ASCII.",
                 ))
         };
-        let url = |description: &str| {
-            string()
+        let url = || {
+            ObjectBuilder::new()
                 .max_length(Some(2048))
                 .pattern(Some(r"^https?://[^/?#\s]+([/?#]\S*)?$"))
-                .description(Some(description))
         };
         let http = ObjectBuilder::new()
             .title(Some("HttpTarget"))
             .description(Some("An HTTP endpoint taking a `POST` of each task."))
             .property(
                 "kind",
-                string()
-                    .enum_values(Some(["http"]))
+                ObjectBuilder::new()
+                    .schema_type(nullable([Type::String]))
+                    .enum_values(Some([serde_json::json!("http"), serde_json::Value::Null]))
                     .description(Some("Optional for an HTTP target.")),
             )
             .property(
                 "url",
-                url("An `http` or `https` URL with a host.")
+                url()
+                    .schema_type(Type::String)
+                    .description(Some("An `http` or `https` URL with a host."))
                     .examples(["http://registry:8080/sync/masterdata"]),
             )
             .required("url")
             .property("headers", headers())
             .property(
                 "auth",
-                RefOr::<Schema>::Ref(Ref::from_schema_name(OutboundAuth::name())),
+                OneOfBuilder::new()
+                    .item(Ref::from_schema_name(OutboundAuth::name()))
+                    .item(ObjectBuilder::new().schema_type(Type::Null))
+                    .description(Some(
+                        "How a dispatch proves it comes from Pacer (default none).",
+                    )),
             )
             .property(
                 "cancel_url",
-                url(
-                    "Where a cancellation is sent (`DELETE`, best effort); `url` when absent. \
+                url()
+                    .schema_type(nullable([Type::String]))
+                    .description(Some(
+                        "Where a cancellation is sent (`DELETE`, best effort); `url` when absent. \
                      `{task_id}` in it is replaced by the task's id.",
-                ),
+                    )),
             )
+            .property("exchange", null())
+            .property("routing_key", null())
             .additional_properties(Some(AdditionalProperties::FreeForm(false)));
         let amqp = ObjectBuilder::new()
             .title(Some("AmqpTarget"))
@@ -211,6 +234,9 @@ impl utoipa::PartialSchema for Target {
             )
             .required("routing_key")
             .property("headers", headers())
+            .property("url", null())
+            .property("auth", null())
+            .property("cancel_url", null())
             .additional_properties(Some(AdditionalProperties::FreeForm(false)));
         OneOfBuilder::new()
             .item(http)
