@@ -48,9 +48,9 @@ struct EventsQuery {
     /// of at most 64 characters each.
     #[param(example = "task.state,task.callback")]
     kind: Option<String>,
-    /// For clients that cannot set the `Last-Event-ID` header on their first request; the header
-    /// wins when both are sent.
-    #[param(pattern = r"^\s*\+?[0-9]+-\+?[0-9]+\s*$", example = "48213-1042")]
+    /// For clients that cannot set the `Last-Event-ID` header on their first request: an event's
+    /// `id`. Ignored when the header is sent.
+    #[param(example = "48213-1042")]
     last_event_id: Option<String>,
 }
 
