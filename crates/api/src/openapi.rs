@@ -24,9 +24,11 @@
 //!    fuzzes just the new routes).
 //!
 //! A response that is not JSON names its media type (`content_type = "text/event-stream"` for
-//! server-sent events). schemathesis reads at most 20 events of a stream and otherwise waits up
-//! to its request timeout, so give a stream a short per-operation `request-timeout` in the
-//! configuration `scripts/schemathesis` writes. A route that creates or returns a resource other
+//! server-sent events); in OpenAPI 3.1 the schema of an event stream describes one event (its
+//! `id`, `event` and `data` fields, see `ServerSentEvent` in events.rs), and schemathesis checks
+//! every event it reads against it. It reads at most 20 events of a stream and otherwise waits up
+//! to its request timeout, so give a stream a short per-operation `request-timeout` (and fewer
+//! cases) in the configuration `scripts/schemathesis` writes. A route that creates or returns a resource other
 //! routes take by id gets an entry in `LINKS` below.
 //!
 //! What every operation shares is added here, from its group and its shape, so handlers don't
