@@ -97,3 +97,26 @@ async fn the_same_message_arriving_at_once_everywhere_creates_its_tasks_once(poo
         6
     );
 }
+
+#[sqlx::test(migrator = "pacer_store::MIGRATOR")]
+async fn a_message_the_database_refuses_as_data_is_invalid_and_writes_nothing(pool: PgPool) {
+    let store = Store::new(pool.clone());
+    put_job(
+        &store,
+        "free",
+        json!({
+            "target": { "url": "http://downstream.invalid/run" },
+            "on_messages": ["masterdata.changed"],
+        }),
+    )
+    .await;
+    // PostgreSQL's jsonb has no place for a NUL character.
+    let bad = message(json!({ "type": "masterdata.changed", "payload": { "name": "a\u{0}b" } }));
+    let refused = store.ingest_message(&bad, MessageSource::Amqp, None).await;
+    assert!(
+        matches!(refused, Err(pacer_store::Error::InvalidData(_))),
+        "{refused:?}"
+    );
+    assert_eq!(scalar(&pool, "select count(*) from messages").await, 0);
+    assert_eq!(scalar(&pool, "select count(*) from tasks").await, 0);
+}
