@@ -296,7 +296,8 @@ impl Store {
                 or exists (select 1 from nodes where stopped_at is null
                            and last_heartbeat_at < now() - $2::bigint * interval '1 millisecond'
                            and (lost_noticed_at is null or lost_noticed_at < last_heartbeat_at))
-                or exists (select 1 from alerts a where a.state in ('open', 'acked') and (
+                or exists (select 1 from alerts a where a.state in ('open', 'acked')
+                           and a.kind in ('overdue', 'dispatch_errors', 'node_lost') and (
                            (a.kind = 'overdue' and exists (select 1 from tasks t where t.id = a.task_id and t.next_dispatch_at is null))
                         or (a.kind = 'dispatch_errors' and not exists (select 1 from dispatch_streaks s join jobs j on j.id = s.job_id
                                                                        where j.name = a.job_name and s.errors > 0))
@@ -513,16 +514,23 @@ impl Store {
             r#"with due as (
                    select id from alert_deliveries
                    where next_attempt_at <= now()
-                   order by next_attempt_at limit $2
+                   order by next_attempt_at, id limit $2
                    for update skip locked
+               ),
+               claimed as (
+                   update alert_deliveries d set
+                       claim_token = gen_random_uuid(), claimed_by = $1, attempts = d.attempts + 1,
+                       next_attempt_at = now() + $3::bigint * interval '1 millisecond'
+                   from due where d.id = due.id
+                   returning d.id, d.claim_token, d.attempts as attempt, d.max_attempts,
+                             d.event, d.sink, d.sink_kind, d.url, d.secret, d.body
                )
-               update alert_deliveries d set
-                   claim_token = gen_random_uuid(), claimed_by = $1, attempts = d.attempts + 1,
-                   next_attempt_at = now() + $3::bigint * interval '1 millisecond'
-               from due where d.id = due.id
-               returning d.id, d.claim_token as "claim_token!", d.attempts as attempt, d.max_attempts,
-                         d.event, d.sink, d.sink_kind, d.url, d.secret, d.body,
-                         now() as "claimed_at!""#,
+               -- Oldest first, as they were queued.
+               select id as "id!", claim_token as "claim_token!", attempt as "attempt!",
+                      max_attempts as "max_attempts!", event as "event!", sink as "sink!",
+                      sink_kind as "sink_kind!", url as "url!", secret, body as "body!",
+                      now() as "claimed_at!"
+               from claimed order by id"#,
             node,
             limit,
             lease_ms,
@@ -790,7 +798,11 @@ impl AlertTx {
                      when 'overdue' then 'the task ended'
                      when 'dispatch_errors' then 'a dispatch succeeded'
                      else 'the node is back' end
-             where a.state in ('open', 'acked') and (
+             where a.state in ('open', 'acked')
+               -- Only these kinds clear by themselves; naming them keeps the scan to them (the
+               -- open-alert index leads with the kind), however many failed or missed alerts
+               -- stay open.
+               and a.kind in ('overdue', 'dispatch_errors', 'node_lost') and (
                    (a.kind = 'overdue' and exists (select 1 from tasks t where t.id = a.task_id and t.next_dispatch_at is null))
                 or (a.kind = 'dispatch_errors' and not exists (select 1 from dispatch_streaks s join jobs j on j.id = s.job_id
                                                                where j.name = a.job_name and s.errors > 0))
