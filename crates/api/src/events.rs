@@ -13,7 +13,7 @@ use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use futures_util::stream::{self, Stream};
+use futures_util::stream::{self, Stream, StreamExt};
 use pacer_domain::ValidationErrors;
 use pacer_store::{EventCursor, EventFilter, Store};
 use serde::Deserialize;
@@ -85,9 +85,15 @@ async fn stream_events(
         errors.push("kind", "at most 20 kinds of at most 64 characters each");
     }
     errors.into_result(()).map_err(Error::Validation)?;
-    let cursor = match resume {
-        Some(cursor) => cursor,
-        None => state.store.event_horizon().await?,
+    // A stream that starts at the present first tells the client where that is (an `id:` line
+    // alone, which sets the client's last event id without an event), so a client that drops
+    // before the first event resumes from there instead of missing what happened meanwhile.
+    let (cursor, start) = match resume {
+        Some(cursor) => (cursor, None),
+        None => {
+            let horizon = state.store.event_horizon().await?;
+            (horizon, Some(horizon))
+        }
     };
     let reader = Reader {
         store: state.store.clone(),
@@ -99,7 +105,9 @@ async fn stream_events(
         pending: VecDeque::new(),
         shutdown: state.shutdown.clone(),
     };
-    let sse = Sse::new(events(reader)).keep_alive(KeepAlive::new().interval(KEEP_ALIVE));
+    let position = stream::iter(start.map(|at| Ok(SseEvent::default().id(at.to_string()))));
+    let sse =
+        Sse::new(position.chain(events(reader))).keep_alive(KeepAlive::new().interval(KEEP_ALIVE));
     Ok(sse.into_response())
 }
 
