@@ -273,6 +273,35 @@ pub enum DeliveryState {
     Lost,
 }
 
+/// A task as the evaluation reads it, with its job's alert routes still as stored.
+struct TaskNoticeRow {
+    id: Uuid,
+    job_name: String,
+    state: String,
+    failure_reason: Option<String>,
+    message: Option<String>,
+    last_error: Option<String>,
+    result: Option<Value>,
+    deadline_at: Option<DateTime<Utc>>,
+    alerts: Option<Value>,
+}
+
+impl From<TaskNoticeRow> for TaskNotice {
+    fn from(r: TaskNoticeRow) -> Self {
+        Self {
+            task_id: r.id,
+            job_name: r.job_name,
+            state: r.state,
+            failure_reason: r.failure_reason,
+            message: r.message,
+            last_error: r.last_error,
+            result: r.result,
+            deadline_at: r.deadline_at,
+            alerts: job_alerts(r.alerts),
+        }
+    }
+}
+
 fn job_alerts(spec: Option<Value>) -> JobAlerts {
     // A stored definition was validated on write; routes that fail to read route nothing.
     spec.and_then(|v| serde_json::from_value(v).ok())
@@ -645,7 +674,8 @@ impl AlertTx {
     pub async fn take_overdue(&mut self, limit: i64) -> Result<Vec<TaskNotice>> {
         // The range scan runs on the partial deadline index; `skip locked` passes over a task a
         // dispatcher or callback holds for a moment: it is found again on the next pass.
-        let rows = sqlx::query!(
+        let rows = sqlx::query_as!(
+            TaskNoticeRow,
             r#"with due as (
                    select id from tasks
                    where deadline_at <= now() and deadline_at is not null
@@ -662,26 +692,14 @@ impl AlertTx {
         )
         .fetch_all(&mut *self.tx)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| TaskNotice {
-                task_id: r.id,
-                job_name: r.job_name,
-                state: r.state,
-                failure_reason: r.failure_reason,
-                message: r.message,
-                last_error: r.last_error,
-                result: r.result,
-                deadline_at: r.deadline_at,
-                alerts: job_alerts(r.alerts),
-            })
-            .collect())
+        Ok(rows.into_iter().map(TaskNotice::from).collect())
     }
 
     /// Tasks that ended `failed`, `completed_with_errors` or `completed` and were not yet
     /// evaluated, at most `limit`, marked evaluated.
     pub async fn take_ended(&mut self, limit: i64) -> Result<Vec<TaskNotice>> {
-        let rows = sqlx::query!(
+        let rows = sqlx::query_as!(
+            TaskNoticeRow,
             r#"with ended as (
                    select id from tasks
                    where not outcome_noticed and state in ('completed', 'completed_with_errors', 'failed')
@@ -697,20 +715,7 @@ impl AlertTx {
         )
         .fetch_all(&mut *self.tx)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| TaskNotice {
-                task_id: r.id,
-                job_name: r.job_name,
-                state: r.state,
-                failure_reason: r.failure_reason,
-                message: r.message,
-                last_error: r.last_error,
-                result: r.result,
-                deadline_at: r.deadline_at,
-                alerts: job_alerts(r.alerts),
-            })
-            .collect())
+        Ok(rows.into_iter().map(TaskNotice::from).collect())
     }
 
     /// Skips not yet counted, at most `limit`, marked counted, grouped by job.
