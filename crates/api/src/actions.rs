@@ -174,6 +174,29 @@ struct RunAllSummary {
 )]
 async fn run_all_jobs(State(state): State<AppState>, actor: Actor) -> Result<Response> {
     let mut summary = RunAllSummary::default();
+    let outcome = run_all(&state, &actor, &mut summary).await;
+    // What was started stays started, so it is audited even when a later job failed.
+    audit::record(
+        &state,
+        &actor,
+        "run_all_jobs",
+        "scheduler".to_owned(),
+        None,
+        Some(json!({
+            "started": summary.started.len(),
+            "skipped": summary.skipped.len(),
+            "paused": summary.paused.len(),
+            "completed": outcome.is_ok(),
+        })),
+    )
+    .await;
+    outcome?;
+    Ok((StatusCode::OK, JsonResponse(summary)).into_response())
+}
+
+/// Starts a task of every job that is not paused, noting each in `summary`; stops at the first
+/// error other than a job deleted meanwhile.
+async fn run_all(state: &AppState, actor: &Actor, summary: &mut RunAllSummary) -> Result<()> {
     let mut after: Option<String> = None;
     loop {
         let jobs = state.store.list_jobs(after.as_deref(), MAX_LIMIT).await?;
@@ -184,8 +207,8 @@ async fn run_all_jobs(State(state): State<AppState>, actor: Actor) -> Result<Res
                 summary.paused.push(job.name.to_string());
                 continue;
             }
-            let task = manual_task(&job, &actor, None);
-            match start_task(&state, &job, task, "manual").await {
+            let task = manual_task(&job, actor, None);
+            match start_task(state, &job, task, "manual").await {
                 Ok(Started::Created(id) | Started::Existing(id)) => {
                     summary.started.push(StartedRun {
                         job: job.name.to_string(),
@@ -203,23 +226,9 @@ async fn run_all_jobs(State(state): State<AppState>, actor: Actor) -> Result<Res
             }
         }
         if !full {
-            break;
+            return Ok(());
         }
     }
-    audit::record(
-        &state,
-        &actor,
-        "run_all_jobs",
-        "scheduler".to_owned(),
-        None,
-        Some(json!({
-            "started": summary.started.len(),
-            "skipped": summary.skipped.len(),
-            "paused": summary.paused.len(),
-        })),
-    )
-    .await;
-    Ok((StatusCode::OK, JsonResponse(summary)).into_response())
 }
 
 /// The idempotency key of the retry of `task`: retrying the same task twice finds the first

@@ -11,7 +11,7 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use futures_util::stream::{self, Stream};
+use futures_util::stream::{self, Stream, StreamExt};
 use pacer_domain::ValidationErrors;
 use pacer_store::{EventCursor, EventFilter, Store};
 use serde::Deserialize;
@@ -88,8 +88,9 @@ struct StreamedEvent {
 /// The event log as server-sent events: task state changes, callbacks, leader changes, alerts.
 /// Each event has an `id` (what `Last-Event-ID` takes back), an `event` line with its kind and a
 /// `data` line with the event as JSON (the `Event` schema). Without `Last-Event-ID` the stream
-/// starts at the present; with it, right after that event (`0-0` replays the whole retained
-/// log). It never ends on its own: a client reconnects with its `Last-Event-ID` when the node
+/// starts at the present, and first tells the client where that is with an `id:` line alone
+/// (no event), so a client that drops before the first event resumes from there; with it, the
+/// stream starts right after that event (`0-0` replays the whole retained log). It never ends on its own: a client reconnects with its `Last-Event-ID` when the node
 /// closes it (at shutdown, or when the database fails), on any node.
 #[utoipa::path(
     get,
@@ -137,9 +138,15 @@ async fn stream_events(
         errors.push("kind", "at most 20 kinds of at most 64 characters each");
     }
     errors.into_result(()).map_err(Error::Validation)?;
-    let cursor = match resume {
-        Some(cursor) => cursor,
-        None => state.store.event_horizon().await?,
+    // A stream that starts at the present first tells the client where that is (an `id:` line
+    // alone, which sets the client's last event id without an event), so a client that drops
+    // before the first event resumes from there instead of missing what happened meanwhile.
+    let (cursor, start) = match resume {
+        Some(cursor) => (cursor, None),
+        None => {
+            let horizon = state.store.event_horizon().await?;
+            (horizon, Some(horizon))
+        }
     };
     let reader = Reader {
         store: state.store.clone(),
@@ -151,7 +158,9 @@ async fn stream_events(
         pending: VecDeque::new(),
         shutdown: state.shutdown.clone(),
     };
-    let sse = Sse::new(events(reader)).keep_alive(KeepAlive::new().interval(KEEP_ALIVE));
+    let position = stream::iter(start.map(|at| Ok(SseEvent::default().id(at.to_string()))));
+    let sse =
+        Sse::new(position.chain(events(reader))).keep_alive(KeepAlive::new().interval(KEEP_ALIVE));
     Ok(sse.into_response())
 }
 

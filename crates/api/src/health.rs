@@ -39,9 +39,11 @@ pub(crate) struct Readiness {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Object, required = false)]
     database: Option<Value>,
-    /// This node's RabbitMQ consumer. The broker going away is normal (the consumer reconnects
-    /// by itself), so it is reported but never makes the node unready.
-    amqp: ConsumerStatus,
+    /// This node's RabbitMQ consumer (not while draining). The broker going away is normal (the
+    /// consumer reconnects by itself), so it is reported but never makes the node unready.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    amqp: Option<ConsumerStatus>,
 }
 
 /// Liveness
@@ -68,8 +70,7 @@ async fn healthz() -> Json<Health> {
     responses(
         (status = 200, description = "Ready.", body = Readiness),
         (status = 503, description = "Not ready: the database is unreachable or behind on migrations, or the node is draining.", body = Readiness,
-            example = json!({ "status": "draining", "node": "pacer-1",
-                "amqp": { "state": "disabled", "since": "2026-11-24T08:00:00Z" } })),
+            example = json!({ "status": "draining", "node": "pacer-1" })),
     )
 )]
 async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
@@ -79,7 +80,7 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) 
             status: "draining",
             node,
             database: None,
-            amqp: state.consumer.borrow().clone(),
+            amqp: None,
         };
         return (StatusCode::SERVICE_UNAVAILABLE, Json(body));
     }
@@ -100,7 +101,7 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) 
         status: text,
         node,
         database: Some(database),
-        amqp: state.consumer.borrow().clone(),
+        amqp: Some(state.consumer.borrow().clone()),
     };
     (status, Json(body))
 }

@@ -25,7 +25,8 @@ pub(crate) struct Page<T> {
     "payload": { "tables": ["centers"] },
     "repoll_interval": "30s", "dispatch_timeout": "10s", "timeout": "2h", "deadline": "15m",
     "retry": { "max_attempts": 10, "initial_backoff": "1s", "max_backoff": "5m", "multiplier": 2.0, "jitter": 0.2 },
-    "expect_callback": true, "overlap": "skip", "labels": { "team": "registration" },
+    "expect_callback": true, "overlap": "skip", "on_messages": ["masterdata.changed"],
+    "labels": { "team": "registration" },
     "paused": false, "created_at": "2026-11-24T08:00:00Z", "updated_at": "2026-11-24T08:00:00Z"
 }))]
 pub(crate) struct JobView {

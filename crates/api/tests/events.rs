@@ -34,6 +34,8 @@ struct Received {
 struct Stream {
     body: BodyDataStream,
     buffer: String,
+    /// The last position announced without an event (`id:` alone).
+    position: Option<String>,
 }
 
 impl Stream {
@@ -55,6 +57,9 @@ impl Stream {
                         }
                     }
                     if data.is_empty() {
+                        if !id.is_empty() && event.is_empty() {
+                            self.position = Some(id);
+                        }
                         continue;
                     }
                     return Received {
@@ -75,6 +80,36 @@ impl Stream {
         })
         .await
         .expect("an event before the deadline")
+    }
+
+    /// The position a stream started at the present announces before any event.
+    async fn position(&mut self) -> String {
+        tokio::time::timeout(DEADLINE, async {
+            loop {
+                if let Some(position) = self.position.take() {
+                    return position;
+                }
+                if let Some(end) = self.buffer.find("\n\n") {
+                    let frame: String = self.buffer.drain(..end + 2).collect();
+                    let id = frame.lines().find_map(|l| l.strip_prefix("id:"));
+                    let bare = frame.lines().all(|l| l.starts_with("id:") || l.is_empty());
+                    if let (Some(id), true) = (id, bare) {
+                        return id.trim().to_owned();
+                    }
+                    continue;
+                }
+                let chunk = self
+                    .body
+                    .next()
+                    .await
+                    .expect("the stream stays open")
+                    .expect("chunk");
+                self.buffer
+                    .push_str(std::str::from_utf8(&chunk).expect("utf-8"));
+            }
+        })
+        .await
+        .expect("a position before the deadline")
     }
 
     /// The next event of `task`, skipping others.
@@ -146,6 +181,7 @@ impl Client {
         Stream {
             body: response.into_body().into_data_stream(),
             buffer: String::new(),
+            position: None,
         }
     }
 
@@ -331,4 +367,21 @@ async fn a_client_resumes_with_last_event_id_and_misses_nothing(pool: PgPool) {
     let later = client.create("sync").await;
     let first = fresh.next().await;
     assert_eq!(first.data["task"], later.as_str());
+}
+
+#[sqlx::test(migrator = "pacer_store::MIGRATOR")]
+async fn a_client_that_drops_before_any_event_resumes_from_the_announced_start(pool: PgPool) {
+    let client = Client::new(pool);
+    client.setup().await;
+    let mut stream = client.connect("?job=sync&kind=task.state", None).await;
+    let start = stream.position().await;
+    drop(stream);
+    // Created while the client is away.
+    let task = client.create("sync").await;
+    let mut resumed = client
+        .connect("?job=sync&kind=task.state", Some(&start))
+        .await;
+    let event = resumed.next().await;
+    assert_eq!(event.data["task"], task.as_str());
+    assert_eq!(event.data["data"]["state"], "pending");
 }

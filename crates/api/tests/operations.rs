@@ -538,7 +538,7 @@ async fn retry_errors_and_run_all_start_one_task_each_and_report_what_they_did(p
     assert_eq!(audit.len(), 1);
     assert_eq!(
         audit[0]["after"],
-        json!({ "started": 1, "skipped": 1, "paused": 1 })
+        json!({ "started": 1, "skipped": 1, "paused": 1, "completed": true })
     );
 
     let paused_retry = api.post("/api/v1/jobs/idle/retry-failed").await;

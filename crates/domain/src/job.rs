@@ -415,7 +415,7 @@ pub struct JobSpec {
     "payload": { "tables": ["centers"] },
     "repoll_interval": "30s", "dispatch_timeout": "10s", "timeout": "2h", "deadline": "15m",
     "retry": { "max_attempts": 10, "initial_backoff": "1s", "max_backoff": "5m", "multiplier": 2.0, "jitter": 0.2 },
-    "expect_callback": true, "overlap": "skip",
+    "expect_callback": true, "overlap": "skip", "on_messages": ["masterdata.changed"],
     "labels": { "team": "registration" }
 })))]
 #[derive(Debug, Clone, Deserialize)]

@@ -325,7 +325,6 @@ impl Consumer {
             })
             .filter(|value| value.len() <= 128 && value.is_ascii());
         let mut backoff = Duration::from_millis(200);
-        let mut failures = 0;
         loop {
             match self
                 .store
@@ -367,15 +366,16 @@ impl Consumer {
                     delivery.ack(BasicAckOptions::default()).await?;
                     return Ok(());
                 }
+                Err(pacer_store::Error::InvalidData(refused)) => {
+                    // The message itself is at fault (a NUL character, say): recording it again
+                    // would fail again.
+                    let reason = format!("the message could not be recorded: {refused}");
+                    return self.dead_letter(delivery, &reason, dead_letters).await;
+                }
                 Err(error) => {
-                    let unavailable = matches!(error, pacer_store::Error::Unavailable(_));
-                    if !unavailable {
-                        failures += 1;
-                    }
-                    if failures >= 3 {
-                        let reason = format!("the message could not be recorded: {error}");
-                        return self.dead_letter(delivery, &reason, dead_letters).await;
-                    }
+                    // Anything else (the database away, a deadlock, a failover, a timeout) says
+                    // nothing about the message: keep it, unacknowledged, and try again. A
+                    // well-formed message is never dead-lettered.
                     tracing::warn!(%error, retry_in = ?backoff, "recording a message failed; retrying");
                     tokio::select! {
                         // Left unacknowledged: the broker redelivers it when the connection closes.

@@ -39,6 +39,8 @@ pub struct LeaderConfig {
     pub alerts: Arc<AlertsConfig>,
     /// Events older than this are pruned from the event log.
     pub event_retention: Span,
+    /// Upstream messages older than this are pruned, and their deduplication ends.
+    pub message_retention: Span,
 }
 
 /// Runs for leadership until shut down.
@@ -170,6 +172,7 @@ impl Leader {
             dead_after: self.config.dead_after,
             interval: self.config.sweep_interval.as_duration(),
             event_retention: self.config.event_retention,
+            message_retention: self.config.message_retention,
         };
         running.spawn(sweeper.run(duties.child_token()));
         let alerting = Alerting {

@@ -1,6 +1,6 @@
 //! The sweep, a leader duty: hands the claims of dead or stopped nodes back at once, starts
 //! tasks queued under `buffer_one` when the task they waited for has finished, keeps the
-//! open-task gauges current, and prunes the event log past its retention.
+//! open-task gauges current, and prunes the event log and upstream messages past their retention.
 
 use std::time::Duration;
 
@@ -24,6 +24,7 @@ pub(crate) struct Sweeper {
     pub(crate) dead_after: Span,
     pub(crate) interval: Duration,
     pub(crate) event_retention: Span,
+    pub(crate) message_retention: Span,
 }
 
 impl Sweeper {
@@ -62,19 +63,26 @@ impl Sweeper {
             }
             if Instant::now() >= prune_due {
                 prune_due = Instant::now() + PRUNE_INTERVAL;
-                self.prune_events(&shutdown).await;
+                self.prune("events", self.event_retention, &shutdown).await;
+                self.prune("messages", self.message_retention, &shutdown)
+                    .await;
             }
         }
     }
 }
 
 impl Sweeper {
-    /// Deletes events past the retention, a batch at a time, until none is left or shutdown.
-    async fn prune_events(&self, shutdown: &CancellationToken) {
-        let retention = self.event_retention.as_millis();
+    /// Deletes the events or messages past `retention`, a batch at a time, until none is left
+    /// or shutdown.
+    async fn prune(&self, what: &'static str, retention: Span, shutdown: &CancellationToken) {
+        let retention = retention.as_millis();
         let mut pruned = 0;
         while !shutdown.is_cancelled() {
-            match self.store.prune_events(retention, PRUNE_BATCH).await {
+            let batch = match what {
+                "events" => self.store.prune_events(retention, PRUNE_BATCH).await,
+                _ => self.store.prune_messages(retention, PRUNE_BATCH).await,
+            };
+            match batch {
                 Ok(deleted) => {
                     pruned += deleted;
                     if deleted < u64::try_from(PRUNE_BATCH).unwrap_or(u64::MAX) {
@@ -82,13 +90,13 @@ impl Sweeper {
                     }
                 }
                 Err(error) => {
-                    tracing::warn!(%error, "pruning the event log failed");
+                    tracing::warn!(%error, what, "pruning failed");
                     break;
                 }
             }
         }
         if pruned > 0 {
-            tracing::info!(pruned, "pruned the event log");
+            tracing::info!(pruned, what, "pruned past the retention");
         }
     }
 }

@@ -27,7 +27,25 @@ pub(crate) struct Config {
     pub(crate) log: LogConfig,
     pub(crate) alerts: AlertSettings,
     pub(crate) events: EventsSettings,
+    pub(crate) messages: MessagesSettings,
     pub(crate) amqp: AmqpSettings,
+}
+
+/// Upstream messages, over REST or RabbitMQ.
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct MessagesSettings {
+    /// Messages older than this are pruned by the leader; a message's deduplication lasts as
+    /// long as it is kept.
+    pub(crate) retention: Span,
+}
+
+impl Default for MessagesSettings {
+    fn default() -> Self {
+        Self {
+            retention: Span::from_secs(30 * 24 * 3600),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -624,6 +642,9 @@ impl Config {
     fn check_events(&self) -> anyhow::Result<()> {
         if self.events.retention < Span::from_secs(60) {
             bail!("events.retention must be at least 1m");
+        }
+        if self.messages.retention < Span::from_secs(60) {
+            bail!("messages.retention must be at least 1m");
         }
         if let Some(webhook) = &self.events.webhook {
             if !(webhook.url.starts_with("http://") || webhook.url.starts_with("https://")) {

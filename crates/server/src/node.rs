@@ -281,6 +281,7 @@ impl Node {
                 sweep_interval: cluster.sweep_interval,
                 alerts,
                 event_retention: self.config.events.retention,
+                message_retention: self.config.messages.retention,
             },
         };
         let leader_shutdown = shutdown.child_token();

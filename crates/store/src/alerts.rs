@@ -273,6 +273,35 @@ pub enum DeliveryState {
     Lost,
 }
 
+/// A task as the evaluation reads it, with its job's alert routes still as stored.
+struct TaskNoticeRow {
+    id: Uuid,
+    job_name: String,
+    state: String,
+    failure_reason: Option<String>,
+    message: Option<String>,
+    last_error: Option<String>,
+    result: Option<Value>,
+    deadline_at: Option<DateTime<Utc>>,
+    alerts: Option<Value>,
+}
+
+impl From<TaskNoticeRow> for TaskNotice {
+    fn from(r: TaskNoticeRow) -> Self {
+        Self {
+            task_id: r.id,
+            job_name: r.job_name,
+            state: r.state,
+            failure_reason: r.failure_reason,
+            message: r.message,
+            last_error: r.last_error,
+            result: r.result,
+            deadline_at: r.deadline_at,
+            alerts: job_alerts(r.alerts),
+        }
+    }
+}
+
 fn job_alerts(spec: Option<Value>) -> JobAlerts {
     // A stored definition was validated on write; routes that fail to read route nothing.
     spec.and_then(|v| serde_json::from_value(v).ok())
@@ -296,7 +325,8 @@ impl Store {
                 or exists (select 1 from nodes where stopped_at is null
                            and last_heartbeat_at < now() - $2::bigint * interval '1 millisecond'
                            and (lost_noticed_at is null or lost_noticed_at < last_heartbeat_at))
-                or exists (select 1 from alerts a where a.state in ('open', 'acked') and (
+                or exists (select 1 from alerts a where a.state in ('open', 'acked')
+                           and a.kind in ('overdue', 'dispatch_errors', 'node_lost') and (
                            (a.kind = 'overdue' and exists (select 1 from tasks t where t.id = a.task_id and t.next_dispatch_at is null))
                         or (a.kind = 'dispatch_errors' and not exists (select 1 from dispatch_streaks s join jobs j on j.id = s.job_id
                                                                        where j.name = a.job_name and s.errors > 0))
@@ -513,16 +543,23 @@ impl Store {
             r#"with due as (
                    select id from alert_deliveries
                    where next_attempt_at <= now()
-                   order by next_attempt_at limit $2
+                   order by next_attempt_at, id limit $2
                    for update skip locked
+               ),
+               claimed as (
+                   update alert_deliveries d set
+                       claim_token = gen_random_uuid(), claimed_by = $1, attempts = d.attempts + 1,
+                       next_attempt_at = now() + $3::bigint * interval '1 millisecond'
+                   from due where d.id = due.id
+                   returning d.id, d.claim_token, d.attempts as attempt, d.max_attempts,
+                             d.event, d.sink, d.sink_kind, d.url, d.secret, d.body
                )
-               update alert_deliveries d set
-                   claim_token = gen_random_uuid(), claimed_by = $1, attempts = d.attempts + 1,
-                   next_attempt_at = now() + $3::bigint * interval '1 millisecond'
-               from due where d.id = due.id
-               returning d.id, d.claim_token as "claim_token!", d.attempts as attempt, d.max_attempts,
-                         d.event, d.sink, d.sink_kind, d.url, d.secret, d.body,
-                         now() as "claimed_at!""#,
+               -- Oldest first, as they were queued.
+               select id as "id!", claim_token as "claim_token!", attempt as "attempt!",
+                      max_attempts as "max_attempts!", event as "event!", sink as "sink!",
+                      sink_kind as "sink_kind!", url as "url!", secret, body as "body!",
+                      now() as "claimed_at!"
+               from claimed order by id"#,
             node,
             limit,
             lease_ms,
@@ -637,7 +674,8 @@ impl AlertTx {
     pub async fn take_overdue(&mut self, limit: i64) -> Result<Vec<TaskNotice>> {
         // The range scan runs on the partial deadline index; `skip locked` passes over a task a
         // dispatcher or callback holds for a moment: it is found again on the next pass.
-        let rows = sqlx::query!(
+        let rows = sqlx::query_as!(
+            TaskNoticeRow,
             r#"with due as (
                    select id from tasks
                    where deadline_at <= now() and deadline_at is not null
@@ -654,26 +692,14 @@ impl AlertTx {
         )
         .fetch_all(&mut *self.tx)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| TaskNotice {
-                task_id: r.id,
-                job_name: r.job_name,
-                state: r.state,
-                failure_reason: r.failure_reason,
-                message: r.message,
-                last_error: r.last_error,
-                result: r.result,
-                deadline_at: r.deadline_at,
-                alerts: job_alerts(r.alerts),
-            })
-            .collect())
+        Ok(rows.into_iter().map(TaskNotice::from).collect())
     }
 
     /// Tasks that ended `failed`, `completed_with_errors` or `completed` and were not yet
     /// evaluated, at most `limit`, marked evaluated.
     pub async fn take_ended(&mut self, limit: i64) -> Result<Vec<TaskNotice>> {
-        let rows = sqlx::query!(
+        let rows = sqlx::query_as!(
+            TaskNoticeRow,
             r#"with ended as (
                    select id from tasks
                    where not outcome_noticed and state in ('completed', 'completed_with_errors', 'failed')
@@ -689,20 +715,7 @@ impl AlertTx {
         )
         .fetch_all(&mut *self.tx)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| TaskNotice {
-                task_id: r.id,
-                job_name: r.job_name,
-                state: r.state,
-                failure_reason: r.failure_reason,
-                message: r.message,
-                last_error: r.last_error,
-                result: r.result,
-                deadline_at: r.deadline_at,
-                alerts: job_alerts(r.alerts),
-            })
-            .collect())
+        Ok(rows.into_iter().map(TaskNotice::from).collect())
     }
 
     /// Skips not yet counted, at most `limit`, marked counted, grouped by job.
@@ -790,7 +803,11 @@ impl AlertTx {
                      when 'overdue' then 'the task ended'
                      when 'dispatch_errors' then 'a dispatch succeeded'
                      else 'the node is back' end
-             where a.state in ('open', 'acked') and (
+             where a.state in ('open', 'acked')
+               -- Only these kinds clear by themselves; naming them keeps the scan to them (the
+               -- open-alert index leads with the kind), however many failed or missed alerts
+               -- stay open.
+               and a.kind in ('overdue', 'dispatch_errors', 'node_lost') and (
                    (a.kind = 'overdue' and exists (select 1 from tasks t where t.id = a.task_id and t.next_dispatch_at is null))
                 or (a.kind = 'dispatch_errors' and not exists (select 1 from dispatch_streaks s join jobs j on j.id = s.job_id
                                                                where j.name = a.job_name and s.errors > 0))

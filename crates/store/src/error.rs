@@ -12,6 +12,10 @@ pub enum Error {
     /// A row held a value the code cannot read: a bug or a hand-edited database.
     #[error("corrupt row: {0}")]
     Corrupt(String),
+    /// The database refused a value as data (SQLSTATE class 22), such as a NUL character in
+    /// text or JSON: the input is at fault, and sending it again fails again.
+    #[error("the database refused a value: {0}")]
+    InvalidData(String),
     /// The database could not be reached, or the pool had no connection to give in time.
     #[error("database unavailable: {0}")]
     Unavailable(sqlx::Error),
@@ -36,6 +40,9 @@ impl From<sqlx::Error> for Error {
                 Error::Conflict {
                     constraint: db.constraint().unwrap_or("unknown").to_owned(),
                 }
+            }
+            sqlx::Error::Database(db) if db.code().is_some_and(|code| code.starts_with("22")) => {
+                Error::InvalidData(db.message().to_owned())
             }
             // A server that hangs up mid-handshake (a pooler in front of a stopped database) shows
             // up as a protocol or TLS error: the database is unavailable, not broken.

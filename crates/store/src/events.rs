@@ -120,13 +120,16 @@ pub async fn append_event(conn: &mut sqlx::PgConnection, event: &NewEvent<'_>) -
 /// this database still running, or the next id to be assigned. Only transactions connected to
 /// this database can write its event log, so those of other databases on the server (which the
 /// snapshot's own `xmin` would count) hold nothing back. A running transaction's 32-bit id is
-/// widened to 64 bits against the snapshot's `xmax`, which it is at most 2^31 behind.
+/// widened to 64 bits by its signed distance from the snapshot's `xmax` (one past the newest
+/// finished transaction): it may be behind `xmax` or, when it started after the newest commit,
+/// at or ahead of it, and either way within 2^31.
 async fn read_horizon(conn: &mut sqlx::PgConnection) -> Result<i64> {
     Ok(sqlx::query_scalar!(
         r#"with s as (select pg_snapshot_xmax(pg_current_snapshot())::text::bigint as xmax)
            select least(
                s.xmax,
-               (select min(s.xmax - ((s.xmax % 4294967296 - a.backend_xid::text::bigint + 4294967296) % 4294967296))
+               (select min(s.xmax - ((((s.xmax % 4294967296) - a.backend_xid::text::bigint + 2147483648)
+                                      % 4294967296 + 4294967296) % 4294967296 - 2147483648))
                 from pg_stat_activity a
                 where a.datname = current_database() and a.backend_xid is not null)
            ) as "horizon!"
@@ -257,6 +260,21 @@ impl Store {
             "delete from events where id in (
                  select id from events where at < now() - $1::bigint * interval '1 millisecond'
                  order by id limit $2)",
+            older_than_ms,
+            batch,
+        )
+        .execute(&self.pool)
+        .await?;
+        Ok(deleted.rows_affected())
+    }
+
+    /// Deletes up to `batch` messages received longer than `older_than_ms` ago: their
+    /// deduplication ends with them, and their tasks keep the message's type but lose the link.
+    pub async fn prune_messages(&self, older_than_ms: i64, batch: i64) -> Result<u64> {
+        let deleted = sqlx::query!(
+            "delete from messages where ordinal in (
+                 select ordinal from messages where received_at < now() - $1::bigint * interval '1 millisecond'
+                 order by ordinal limit $2)",
             older_than_ms,
             batch,
         )

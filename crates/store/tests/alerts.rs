@@ -237,7 +237,9 @@ async fn each_delivery_goes_to_one_claimer_and_every_attempt_is_recorded(pool: P
         latency: Duration::from_millis(3),
         retry_in: Duration::ZERO,
     };
-    let all: Vec<_> = a.iter().chain(&b).cloned().collect();
+    // Which claimer got which is a race; the outcomes below go by queue order (the id).
+    let mut all: Vec<_> = a.iter().chain(&b).cloned().collect();
+    all.sort_by_key(|d| d.id);
     assert_eq!(
         store
             .record_delivery(&all[0], &outcome(true))

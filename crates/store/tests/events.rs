@@ -137,3 +137,48 @@ async fn an_event_is_held_back_until_every_older_transaction_has_finished(pool: 
     let left: Vec<&str> = left.events.iter().map(|e| e.kind.as_str()).collect();
     assert_eq!(left, ["late"]);
 }
+
+/// Transactions that started after the newest commit have ids at or past the snapshot's `xmax`;
+/// they must not push the horizon back before the log, nor hold back events older than them.
+#[sqlx::test(migrator = "pacer_store::MIGRATOR")]
+async fn writers_that_overlap_hold_back_only_what_they_may_still_commit(pool: PgPool) {
+    let store = Store::new(pool.clone());
+    let event = |kind: &'static str| NewEvent {
+        kind,
+        job_name: Some("sync"),
+        task_id: None,
+        data: json!({}),
+    };
+    store.append_event(&event("before")).await.expect("append");
+    // Two writers that take transaction ids after the newest commit and stay open.
+    let mut first = pool.begin().await.expect("begin");
+    let mut second = pool.begin().await.expect("begin");
+    let first_id: i64 = sqlx::query_scalar("select pg_current_xact_id()::text::bigint")
+        .fetch_one(&mut *first)
+        .await
+        .expect("xid");
+    let _: i64 = sqlx::query_scalar("select pg_current_xact_id()::text::bigint")
+        .fetch_one(&mut *second)
+        .await
+        .expect("xid");
+
+    let before: i64 = sqlx::query_scalar("select tx from events where kind = 'before'")
+        .fetch_one(&pool)
+        .await
+        .expect("tx");
+    let horizon = store.event_horizon().await.expect("horizon");
+    assert!(
+        before <= horizon.tx && horizon.tx < first_id,
+        "the horizon {} lies between the last commit {before} and the oldest open writer {first_id}",
+        horizon.tx
+    );
+    let all = EventFilter::default();
+    let read = store
+        .events_after(EventCursor::START, &all, 100)
+        .await
+        .expect("read");
+    let kinds: Vec<&str> = read.events.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(kinds, ["before"], "what committed before them is readable");
+    first.rollback().await.expect("rollback");
+    second.rollback().await.expect("rollback");
+}

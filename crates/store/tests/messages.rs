@@ -97,3 +97,75 @@ async fn the_same_message_arriving_at_once_everywhere_creates_its_tasks_once(poo
         6
     );
 }
+
+#[sqlx::test(migrator = "pacer_store::MIGRATOR")]
+async fn a_message_the_database_refuses_as_data_is_invalid_and_writes_nothing(pool: PgPool) {
+    let store = Store::new(pool.clone());
+    put_job(
+        &store,
+        "free",
+        json!({
+            "target": { "url": "http://downstream.invalid/run" },
+            "on_messages": ["masterdata.changed"],
+        }),
+    )
+    .await;
+    // PostgreSQL's jsonb has no place for a NUL character.
+    let bad = message(json!({ "type": "masterdata.changed", "payload": { "name": "a\u{0}b" } }));
+    let refused = store.ingest_message(&bad, MessageSource::Amqp, None).await;
+    assert!(
+        matches!(refused, Err(pacer_store::Error::InvalidData(_))),
+        "{refused:?}"
+    );
+    assert_eq!(scalar(&pool, "select count(*) from messages").await, 0);
+    assert_eq!(scalar(&pool, "select count(*) from tasks").await, 0);
+}
+
+#[sqlx::test(migrator = "pacer_store::MIGRATOR")]
+async fn messages_past_the_retention_are_pruned_and_their_tasks_keep_the_type(pool: PgPool) {
+    let store = Store::new(pool.clone());
+    put_job(
+        &store,
+        "free",
+        json!({
+            "target": { "url": "http://downstream.invalid/run" },
+            "on_messages": ["masterdata.changed"],
+        }),
+    )
+    .await;
+    for id in ["old", "new"] {
+        let sent = message(json!({ "type": "masterdata.changed", "id": id }));
+        store
+            .ingest_message(&sent, MessageSource::Api, None)
+            .await
+            .expect("ingest");
+    }
+    sqlx::query("update messages set received_at = now() - interval '2 hours' where id = 'old'")
+        .execute(&pool)
+        .await
+        .expect("age");
+
+    let pruned = store.prune_messages(3_600_000, 100).await.expect("prune");
+    assert_eq!(pruned, 1);
+    let left: Vec<String> = sqlx::query_scalar("select id from messages")
+        .fetch_all(&pool)
+        .await
+        .expect("messages");
+    assert_eq!(left, ["new"]);
+    assert_eq!(
+        scalar(
+            &pool,
+            "select count(*) from tasks where message_id is null and message_type = 'masterdata.changed'"
+        )
+        .await,
+        1,
+        "the old message's task keeps its type"
+    );
+    // Its deduplication ended with it: the same id is a new message now.
+    let again = message(json!({ "type": "masterdata.changed", "id": "old" }));
+    let ingested = store
+        .ingest_message(&again, MessageSource::Api, None)
+        .await
+        .expect("ingest");
+    assert!(!ingested.duplicate);
+}

@@ -49,7 +49,10 @@ impl Parser {
     fn line(&mut self, line: &str) -> Option<Event> {
         if line.is_empty() {
             let event = std::mem::take(&mut self.current);
-            let complete = std::mem::take(&mut self.has_data) || event.event.is_some();
+            // A block with only an `id:` moves the position without an event; it is returned
+            // so the caller can resume from it.
+            let complete =
+                std::mem::take(&mut self.has_data) || event.event.is_some() || event.id.is_some();
             return complete.then_some(event);
         }
         if line.starts_with(':') {
@@ -123,6 +126,10 @@ pub(crate) async fn follow(client: &Client, job: Option<String>, output: Output)
                                 if event.id.is_some() {
                                     last_id.clone_from(&event.id);
                                 }
+                                // A position alone (the stream's start): nothing to print.
+                                if event.event.is_none() && event.data.is_empty() {
+                                    continue;
+                                }
                                 if !super::output::emit(&render(&event, output)) {
                                     return Ok(());
                                 }
@@ -143,7 +150,9 @@ pub(crate) async fn follow(client: &Client, job: Option<String>, output: Output)
                 }
             }
             Err(error @ Error::Status { .. })
-                if error.status().is_some_and(|s| s.is_client_error()) =>
+                if error.status().is_some_and(|s| {
+                    s.is_client_error() && s != reqwest::StatusCode::TOO_MANY_REQUESTS
+                }) =>
             {
                 return Err(error);
             }
@@ -159,6 +168,20 @@ pub(crate) async fn follow(client: &Client, job: Option<String>, output: Output)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_position_alone_is_returned_without_data() {
+        let mut parser = Parser::default();
+        let events = parser.feed(b"id: 12-3\n\n");
+        assert_eq!(
+            events,
+            vec![Event {
+                id: Some("12-3".into()),
+                event: None,
+                data: String::new(),
+            }]
+        );
+    }
 
     #[test]
     fn events_are_split_on_blank_lines_across_chunks() {
