@@ -355,6 +355,20 @@ async fn the_verbs_print_tables_or_json_and_exit_with_a_code_per_kind_of_failure
         .as_str()
         .expect("trigger id")
         .to_owned();
+    // The list pages like the others: a full page names the cursor of the next one.
+    let first = pacer(&["triggers", "list", "sync", "--limit", "1"]).ok();
+    assert!(
+        first
+            .stdout
+            .contains(&format!("(more: --cursor {trigger})")),
+        "{first:#?}"
+    );
+    let rest = pacer(&[
+        "triggers", "list", "sync", "--cursor", &trigger, "--output", "json",
+    ])
+    .ok()
+    .json();
+    assert_eq!(rest["items"], json!([]), "{rest:#}");
     let preview = pacer(&["triggers", "preview", "sync", &trigger, "--count", "3"]).ok();
     let times: Vec<&str> = preview.stdout.lines().collect();
     assert_eq!(times.len(), 3, "{preview:#?}");

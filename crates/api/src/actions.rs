@@ -2,35 +2,45 @@
 //! job's failed tasks, force-release a dead claim — and the job summary. Every action that changes
 //! something is audited; new tasks go through the job's overlap policy like any other.
 
-use axum::extract::{Path, State};
+use std::collections::BTreeMap;
+
+use axum::Json as JsonResponse;
+use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json as JsonResponse, Router};
 use chrono::{DateTime, Utc};
-use pacer_domain::{SkipReason, TaskId};
+use pacer_domain::{SkipReason, TaskId, TaskState};
 use pacer_store::{Job, NewTask, Origin, Released, TaskBrief};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
 
 use crate::audit;
 use crate::auth::Actor;
-use crate::extract::{JsonOrEmpty, MAX_LIMIT, Query, limit, task_id};
-use crate::jobs::{existing_name, not_found};
-use crate::tasks::{Started, start_task, task_not_found};
+use crate::error::Problem;
+use crate::extract::{JsonOrEmpty, MAX_LIMIT, Path, Query, limit, task_id};
+use crate::jobs::{JobPath, existing_name, not_found};
+use crate::tasks::{Started, TaskPath, start_task, task_not_found};
 use crate::views::TaskView;
 use crate::{AppState, Error, Result};
 
-pub(crate) fn operator_routes() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/jobs/{name}/run", post(run_job))
-        .route("/api/v1/jobs/{name}/retry-failed", post(retry_failed_tasks))
-        .route("/api/v1/jobs/{name}/summary", get(get_job_summary))
-        .route("/api/v1/scheduler/run-all", post(run_all_jobs))
+pub(crate) fn operator_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(run_job))
+        .routes(routes!(retry_failed_tasks))
+        .routes(routes!(get_job_summary))
+        .routes(routes!(run_all_jobs))
+        .routes(routes!(retry_task))
+        .routes(routes!(release_task))
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// What a manual run sends; every field is optional, and so is the body.
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = RunJob, example = json!({ "payload": { "tables": ["centers"] } }))]
 struct RunJobRequest {
     /// Merged over the job's payload, as for a task created by an upstream.
     payload: Option<Map<String, Value>>,
@@ -65,7 +75,23 @@ async fn accepted(state: &AppState, id: TaskId, status: StatusCode) -> Result<Re
         .into_response())
 }
 
-/// Runs a job now: one task, origin `{kind: "manual", actor}`, under the job's overlap policy.
+/// Run a job now
+///
+/// One task, origin `{kind: "manual", actor}`, under the job's overlap policy: `202` with the
+/// new task (or the open one a `buffer_one` job hands back).
+#[utoipa::path(
+    post,
+    path = "/api/v1/jobs/{name}/run",
+    tag = "jobs",
+    params(JobPath),
+    request_body(content = Option<RunJobRequest>, description = "Optional: an empty body runs the job with its own payload."),
+    responses(
+        (status = 202, description = "The task was created.", body = TaskView,
+            headers(("Location" = String, description = "The task's URL."))),
+        (status = 404, description = "No such job.", body = Problem),
+        (status = 409, description = "The job is paused (`/problems/job-paused`), or its overlap policy skipped the run (`/problems/overlap-skipped`).", body = Problem),
+    )
+)]
 async fn run_job(
     State(state): State<AppState>,
     actor: Actor,
@@ -100,21 +126,34 @@ async fn run_job(
     }
 }
 
-#[derive(Debug, Serialize)]
+/// A job a manual run started a task of.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = StartedRun)]
 struct StartedRun {
     job: String,
     task: TaskId,
 }
 
-#[derive(Debug, Serialize)]
+/// A run the job's overlap policy refused.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = RefusedRun)]
 struct SkippedRun {
     job: String,
     reason: SkipReason,
+    /// The open task that made the policy refuse.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     open_task: Option<TaskId>,
 }
 
-#[derive(Debug, Default, Serialize)]
+/// What running every job did.
+#[derive(Debug, Default, Serialize, ToSchema)]
+#[schema(as = RunAll, example = json!({
+    "started": [ { "job": "master-data-sync", "task": "0193a5c4-7f2e-7c1a-9d3e-2b1f4a6c8e01" } ],
+    "skipped": [ { "job": "nightly-export", "reason": "overlap_skip",
+                   "open_task": "0193a5c4-8a3f-7d2b-8e4f-3c2a5b7d9f12" } ],
+    "paused": ["legacy-import"]
+}))]
 struct RunAllSummary {
     started: Vec<StartedRun>,
     /// Refused by the job's overlap policy (recorded as skips).
@@ -123,7 +162,16 @@ struct RunAllSummary {
     paused: Vec<String>,
 }
 
-/// Runs every enabled (not paused) job now: one task each, and a summary of what happened.
+/// Run every job now
+///
+/// Every enabled (not paused) job gets one task, origin `{kind: "manual", actor}`, under its
+/// overlap policy; the answer says what was started, skipped and left alone.
+#[utoipa::path(
+    post,
+    path = "/api/v1/scheduler/run-all",
+    tag = "cluster",
+    responses((status = 200, description = "What was started, skipped and left paused.", body = RunAllSummary))
+)]
 async fn run_all_jobs(State(state): State<AppState>, actor: Actor) -> Result<Response> {
     let mut summary = RunAllSummary::default();
     let outcome = run_all(&state, &actor, &mut summary).await;
@@ -202,9 +250,25 @@ fn retry_task_of(actor: &Actor, source: TaskId, payload: Value) -> NewTask {
     }
 }
 
-/// Retries a finished task: a new task with the same payload, origin `{kind: "retry", task_id}`.
-/// `202` with the new task; `200` with the existing retry when this task was retried already.
-pub(crate) async fn retry_task(
+/// Retry a task
+///
+/// A finished task gets a new task with the same payload, origin `{kind: "retry", task_id}`:
+/// `202` with the new task, or `200` with the existing retry when this task was retried already.
+#[utoipa::path(
+    post,
+    path = "/api/v1/tasks/{id}/retry",
+    tag = "tasks",
+    params(TaskPath),
+    responses(
+        (status = 202, description = "The retry was created.", body = TaskView,
+            headers(("Location" = String, description = "The new task's URL."))),
+        (status = 200, description = "The task had been retried already: the existing retry.", body = TaskView,
+            headers(("Location" = String, description = "The retry's URL."))),
+        (status = 404, description = "No such task, or its job was deleted.", body = Problem),
+        (status = 409, description = "The task is still open (`/problems/task-open`), its job is paused (`/problems/job-paused`), or the overlap policy skipped the retry (`/problems/overlap-skipped`).", body = Problem),
+    )
+)]
+async fn retry_task(
     State(state): State<AppState>,
     actor: Actor,
     Path(raw_id): Path<String>,
@@ -246,31 +310,56 @@ pub(crate) async fn retry_task(
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct RetryFailedQuery {
+    /// Most tasks to retry.
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 500, default = 100)]
     limit: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+/// A failed task and its retry.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = RetriedTask)]
 struct RetriedTask {
     task: TaskId,
     retry: TaskId,
 }
 
-#[derive(Debug, Serialize)]
+/// What retrying a job's failed tasks did.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = RetryFailed, example = json!({
+    "retried": [ { "task": "0193a5c4-7f2e-7c1a-9d3e-2b1f4a6c8e01",
+                   "retry": "0193a5d9-0a1b-7c2d-8e3f-4a5b6c7d8e9f" } ],
+    "more": false
+}))]
 struct RetryFailedSummary {
     retried: Vec<RetriedTask>,
     /// Set when the overlap policy refused a retry; the remaining failed tasks were left alone.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     stopped: Option<SkippedRun>,
     /// More failed tasks are waiting for a retry (past `limit`, or after a refusal).
     more: bool,
 }
 
-/// "Retry errors": retries every `failed` task of a job that has not been retried yet, oldest
-/// first, up to `limit` (default 100, at most 500). Each retry is a new task linked to the one it
-/// retries; the job's overlap policy applies to each, and the first refusal stops the pass.
+/// Retry a job's failed tasks
+///
+/// Retries every `failed` task of a job that has not been retried yet, oldest first, up to
+/// `limit` (default 100, at most 500). Each retry is a new task linked to the one it retries;
+/// the job's overlap policy applies to each, and the first refusal stops the pass.
+#[utoipa::path(
+    post,
+    path = "/api/v1/jobs/{name}/retry-failed",
+    tag = "jobs",
+    params(JobPath, RetryFailedQuery),
+    responses(
+        (status = 200, description = "The retries made, and whether failed tasks remain.", body = RetryFailedSummary),
+        (status = 404, description = "No such job.", body = Problem),
+        (status = 409, description = "The job is paused (`/problems/job-paused`).", body = Problem),
+    )
+)]
 async fn retry_failed_tasks(
     State(state): State<AppState>,
     actor: Actor,
@@ -333,9 +422,22 @@ async fn retry_failed_tasks(
     Ok((StatusCode::OK, JsonResponse(summary)).into_response())
 }
 
+/// Release a task's claim
+///
 /// Force-releases the claim on a task, for a node an operator knows is dead or hung: the
 /// dispatch in flight is recorded as abandoned and the task is due again at once.
-pub(crate) async fn release_task(
+#[utoipa::path(
+    post,
+    path = "/api/v1/tasks/{id}/release",
+    tag = "tasks",
+    params(TaskPath),
+    responses(
+        (status = 200, description = "The task, released.", body = TaskView),
+        (status = 404, description = "No such task.", body = Problem),
+        (status = 409, description = "No node holds a claim on the task (`/problems/task-not-claimed`).", body = Problem),
+    )
+)]
+async fn release_task(
     State(state): State<AppState>,
     actor: Actor,
     Path(raw_id): Path<String>,
@@ -368,19 +470,25 @@ pub(crate) async fn release_task(
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct SummaryQuery {
+    /// How many of the latest finished tasks the statistics cover.
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 500, default = 100)]
     window: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+/// One task in a job summary.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = TaskBrief)]
 struct BriefView {
     task: TaskId,
-    state: pacer_domain::TaskState,
+    state: TaskState,
     created_at: DateTime<Utc>,
     started_at: Option<DateTime<Utc>>,
     finished_at: Option<DateTime<Utc>>,
+    /// Start to finish, once finished.
     duration_ms: Option<i64>,
 }
 
@@ -401,14 +509,100 @@ impl From<TaskBrief> for BriefView {
     }
 }
 
+/// How a job is doing.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = JobSummary, example = json!({
+    "job": "master-data-sync", "paused": false,
+    "last_run": { "task": "0193a5c4-7f2e-7c1a-9d3e-2b1f4a6c8e01", "state": "completed",
+                  "created_at": "2026-11-24T09:00:00Z", "started_at": "2026-11-24T09:00:00.020Z",
+                  "finished_at": "2026-11-24T09:02:10Z", "duration_ms": 129980 },
+    "last_success": { "task": "0193a5c4-7f2e-7c1a-9d3e-2b1f4a6c8e01", "state": "completed",
+                      "created_at": "2026-11-24T09:00:00Z", "started_at": "2026-11-24T09:00:00.020Z",
+                      "finished_at": "2026-11-24T09:02:10Z", "duration_ms": 129980 },
+    "recent": { "window": 100, "finished": 100, "completed": 97, "completed_with_errors": 1,
+                "failed": 2, "cancelled": 0, "success_rate": 0.97, "p50_ms": 118000.0, "p95_ms": 240500.0 },
+    "open": { "pending": 0, "processing": 1 },
+    "open_alerts": { "total": 1, "by_kind": { "overdue": 1 } },
+    "next_fire_times": [ { "at": "2026-11-24T09:15:00Z", "trigger": "0193a5c0-1b2c-7d3e-8f40-5a6b7c8d9e0f" } ]
+}))]
+struct JobSummary {
+    job: String,
+    paused: bool,
+    /// The latest task, finished or not.
+    last_run: Option<BriefView>,
+    /// The latest task that ended `completed`.
+    last_success: Option<BriefView>,
+    recent: RecentStats,
+    open: OpenCounts,
+    open_alerts: OpenAlerts,
+    /// The next (at most 5) fire times of its unpaused triggers; none while the job is paused.
+    next_fire_times: Vec<NextFire>,
+}
+
+/// Statistics over the job's latest `window` finished tasks.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = JobSummaryRecent)]
+struct RecentStats {
+    window: i64,
+    finished: i64,
+    completed: i64,
+    completed_with_errors: i64,
+    failed: i64,
+    cancelled: i64,
+    /// `completed` over the finished tasks that were not cancelled; null when there are none.
+    success_rate: Option<f64>,
+    /// Median duration, start to finish, in milliseconds.
+    p50_ms: Option<f64>,
+    /// 95th percentile duration, start to finish, in milliseconds.
+    p95_ms: Option<f64>,
+}
+
+/// The job's open tasks.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = JobSummaryOpen)]
+struct OpenCounts {
+    pending: i64,
+    processing: i64,
+}
+
+/// The job's open (or acknowledged) alerts.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = JobSummaryAlerts)]
+struct OpenAlerts {
+    total: i64,
+    /// Counts by alert kind.
+    #[schema(value_type = BTreeMap<String, i64>)]
+    by_kind: BTreeMap<String, i64>,
+}
+
+/// A coming fire time and its trigger.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = JobSummaryFire)]
+struct NextFire {
+    at: DateTime<Utc>,
+    trigger: Uuid,
+}
+
+/// Show a job's summary
+///
 /// How a job is doing: its latest run and success, the success rate and p50/p95 duration over
-/// its last `window` finished tasks (default 100, at most 500), its open tasks and its next fire
-/// times.
+/// its last `window` finished tasks (default 100, at most 500), its open tasks, its open alerts
+/// and its next fire times.
+#[utoipa::path(
+    get,
+    path = "/api/v1/jobs/{name}/summary",
+    tag = "jobs",
+    params(JobPath, SummaryQuery),
+    responses(
+        (status = 200, description = "The job's summary.", body = JobSummary),
+        (status = 404, description = "No such job.", body = Problem),
+    )
+)]
 async fn get_job_summary(
     State(state): State<AppState>,
     Path(raw_name): Path<String>,
     Query(query): Query<SummaryQuery>,
-) -> Result<JsonResponse<Value>> {
+) -> Result<JsonResponse<JobSummary>> {
     let window = limit(query.window.as_deref(), 100).map_err(|_| {
         Error::field(
             "window",
@@ -418,7 +612,7 @@ async fn get_job_summary(
     let job = job_by_name(&state, &raw_name).await?;
     let stats = state.store.job_stats(&job, window).await?;
     let open_alerts = state.store.open_job_alerts(job.name.as_str()).await?;
-    let mut next_fire: Vec<(DateTime<Utc>, uuid::Uuid)> = Vec::new();
+    let mut next_fire: Vec<(DateTime<Utc>, Uuid)> = Vec::new();
     if !job.paused {
         for trigger in state.store.list_triggers(&job).await? {
             let (Some(next), false) = (trigger.next_fire_at, trigger.paused) else {
@@ -441,30 +635,33 @@ async fn get_job_summary(
     let judged = stats.finished - stats.cancelled;
     #[allow(clippy::cast_precision_loss)]
     let success_rate = (judged > 0).then(|| stats.completed as f64 / judged as f64);
-    Ok(JsonResponse(json!({
-        "job": job.name,
-        "paused": job.paused,
-        "last_run": stats.last_run.map(BriefView::from),
-        "last_success": stats.last_success.map(BriefView::from),
-        "recent": {
-            "window": window,
-            "finished": stats.finished,
-            "completed": stats.completed,
-            "completed_with_errors": stats.completed_with_errors,
-            "failed": stats.failed,
-            "cancelled": stats.cancelled,
-            "success_rate": success_rate,
-            "p50_ms": stats.p50_ms,
-            "p95_ms": stats.p95_ms,
+    Ok(JsonResponse(JobSummary {
+        job: job.name.to_string(),
+        paused: job.paused,
+        last_run: stats.last_run.map(BriefView::from),
+        last_success: stats.last_success.map(BriefView::from),
+        recent: RecentStats {
+            window,
+            finished: stats.finished,
+            completed: stats.completed,
+            completed_with_errors: stats.completed_with_errors,
+            failed: stats.failed,
+            cancelled: stats.cancelled,
+            success_rate,
+            p50_ms: stats.p50_ms,
+            p95_ms: stats.p95_ms,
         },
-        "open": { "pending": stats.pending, "processing": stats.processing },
-        "open_alerts": {
-            "total": open_alerts.iter().map(|(_, n)| n).sum::<i64>(),
-            "by_kind": open_alerts.into_iter().map(|(kind, n)| (kind, Value::from(n))).collect::<serde_json::Map<String, Value>>(),
+        open: OpenCounts {
+            pending: stats.pending,
+            processing: stats.processing,
         },
-        "next_fire_times": next_fire
+        open_alerts: OpenAlerts {
+            total: open_alerts.iter().map(|(_, n)| n).sum::<i64>(),
+            by_kind: open_alerts.into_iter().collect(),
+        },
+        next_fire_times: next_fire
             .into_iter()
-            .map(|(at, trigger)| json!({ "at": at, "trigger": trigger }))
-            .collect::<Vec<_>>(),
-    })))
+            .map(|(at, trigger)| NextFire { at, trigger })
+            .collect(),
+    }))
 }

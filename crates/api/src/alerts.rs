@@ -1,41 +1,65 @@
 //! Alerts: listing and reading them (with their deliveries), acknowledging (stops
 //! re-notification) and resolving (closes them; a repeat of the problem opens a new one).
 
-use axum::extract::{Path, State};
-use axum::routing::{get, post};
-use axum::{Json as JsonResponse, Router};
+use axum::Json as JsonResponse;
+use axum::extract::State;
 use chrono::{DateTime, Utc};
 use pacer_domain::{AlertKind, AlertState, Severity, ValidationErrors};
 use pacer_store::{Alert, AlertChange, AlertFilter, Delivery, DeliveryAttempt};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::audit;
 use crate::auth::Actor;
-use crate::extract::{JsonOrEmpty, Query, limit};
+use crate::error::Problem;
+use crate::extract::{JsonOrEmpty, Path, Query, limit};
 use crate::views::Page;
 use crate::{AppState, Error, Result};
 
-pub(crate) fn operator_routes() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/alerts", get(list_alerts))
-        .route("/api/v1/alerts/{id}", get(get_alert))
-        .route("/api/v1/alerts/{id}/ack", post(ack_alert))
-        .route("/api/v1/alerts/{id}/resolve", post(resolve_alert))
+pub(crate) fn operator_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_alerts))
+        .routes(routes!(get_alert))
+        .routes(routes!(ack_alert))
+        .routes(routes!(resolve_alert))
 }
 
-/// What an alert is about.
-#[derive(Debug, Serialize)]
+/// The `{id}` path parameter of an alert.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+struct AlertPath {
+    /// The alert's id.
+    #[allow(dead_code)]
+    id: Uuid,
+}
+
+/// What an alert is about: a task (with its job), a job, or a node.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = AlertSubject)]
 pub(crate) struct SubjectView {
     task: Option<Uuid>,
     job: Option<String>,
+    /// The node of a `node_lost` alert.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     node: Option<String>,
 }
 
 /// An alert as returned by the API (DESIGN §12); `deliveries` only in the detail view.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Alert, example = json!({
+    "id": "0193a5d0-2c3d-7e4f-8a5b-6c7d8e9f0a1b", "kind": "overdue", "severity": "warning",
+    "subject": { "task": "0193a5c4-7f2e-7c1a-9d3e-2b1f4a6c8e01", "job": "master-data-sync" },
+    "state": "open", "count": 1,
+    "summary": "task 0193a5c4-7f2e-7c1a-9d3e-2b1f4a6c8e01 of job master-data-sync passed its deadline",
+    "opened_at": "2026-11-24T09:15:00Z", "last_seen_at": "2026-11-24T09:15:00Z",
+    "notified_at": "2026-11-24T09:15:01Z", "acked_at": null, "acked_by": null, "ack_note": null,
+    "resolved_at": null, "resolved_by": null, "resolve_note": null
+}))]
 pub(crate) struct AlertView {
     id: Uuid,
     kind: AlertKind,
@@ -53,7 +77,9 @@ pub(crate) struct AlertView {
     resolved_at: Option<DateTime<Utc>>,
     resolved_by: Option<String>,
     resolve_note: Option<String>,
+    /// Every notification of the alert with its attempts; only in `GET /api/v1/alerts/{id}`.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     deliveries: Option<Vec<DeliveryView>>,
 }
 
@@ -86,12 +112,27 @@ impl From<Alert> for AlertView {
 }
 
 /// One notification of an alert to one sink, with every attempt.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = AlertDelivery, example = json!({
+    "id": "0193a5d0-3d4e-7f50-9b6c-7d8e9f0a1b2c", "event": "alert.opened", "sink": "ops",
+    "sink_kind": "webhook", "state": "delivered", "attempts": 1, "max_attempts": 10,
+    "created_at": "2026-11-24T09:15:00Z", "next_attempt_at": null,
+    "delivered_at": "2026-11-24T09:15:01Z", "last_error": null,
+    "tries": [ { "number": 1, "node": "pacer-1", "started_at": "2026-11-24T09:15:00.500Z",
+                 "finished_at": "2026-11-24T09:15:01Z", "http_status": 200, "error": null,
+                 "latency_ms": 500 } ]
+}))]
 pub(crate) struct DeliveryView {
     id: Uuid,
+    /// `alert.opened`, `alert.renotified` or `task.completed`.
+    #[schema(examples("alert.opened"))]
     event: String,
     sink: String,
+    /// `webhook` or `slack`.
+    #[schema(examples("webhook"))]
     sink_kind: String,
+    /// `pending`, `delivered` or `failed`.
+    #[schema(examples("delivered"))]
     state: String,
     attempts: i32,
     max_attempts: i32,
@@ -102,7 +143,9 @@ pub(crate) struct DeliveryView {
     tries: Vec<DeliveryAttemptView>,
 }
 
-#[derive(Debug, Serialize)]
+/// One attempt at a delivery.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = AlertDeliveryAttempt)]
 pub(crate) struct DeliveryAttemptView {
     number: i32,
     node: String,
@@ -146,17 +189,36 @@ impl From<Delivery> for DeliveryView {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ListAlerts {
+    /// Only the alerts in this state.
+    #[param(value_type = Option<AlertState>)]
     state: Option<String>,
+    /// Only the alerts of this kind.
+    #[param(value_type = Option<AlertKind>)]
     kind: Option<String>,
+    /// Only the alerts about this job.
     job: Option<String>,
+    /// Most alerts to return.
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 500, default = 50)]
     limit: Option<String>,
+    /// The `next_cursor` of the previous page.
     cursor: Option<String>,
 }
 
-/// Alerts newest first, by state, kind and job; `cursor` is the previous page's `next_cursor`.
+/// List alerts
+///
+/// Alerts newest first, by state, kind and job; pass `next_cursor` back as `cursor` for the next
+/// page.
+#[utoipa::path(
+    get,
+    path = "/api/v1/alerts",
+    tag = "alerts",
+    params(ListAlerts),
+    responses((status = 200, description = "A page of alerts (without their deliveries).", body = Page<AlertView>))
+)]
 async fn list_alerts(
     State(state): State<AppState>,
     Query(query): Query<ListAlerts>,
@@ -227,7 +289,19 @@ fn alert_not_found(id: Uuid) -> impl FnOnce(pacer_store::Error) -> Error {
     }
 }
 
-/// One alert with its deliveries and their attempts.
+/// Get an alert
+///
+/// One alert with its deliveries and every attempt of each.
+#[utoipa::path(
+    get,
+    path = "/api/v1/alerts/{id}",
+    tag = "alerts",
+    params(AlertPath),
+    responses(
+        (status = 200, description = "The alert with its deliveries.", body = AlertView),
+        (status = 404, description = "No such alert.", body = Problem),
+    )
+)]
 async fn get_alert(
     State(state): State<AppState>,
     Path(raw_id): Path<String>,
@@ -245,9 +319,12 @@ async fn get_alert(
 }
 
 /// The optional body of an acknowledgement or resolution.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({ "note": "looking into it" }))]
 struct AlertNote {
+    /// Why, for the alert and the audit log: at most 2000 characters.
+    #[schema(max_length = 2000)]
     note: Option<String>,
 }
 
@@ -262,8 +339,22 @@ impl AlertNote {
     }
 }
 
-/// Acknowledges an open alert: it stays open but notifies no one again. Acknowledging again
-/// changes nothing; a resolved alert answers `409`.
+/// Acknowledge an alert
+///
+/// The alert stays open but notifies no one again. Acknowledging again changes nothing; a
+/// resolved alert answers `409 /problems/alert-resolved`.
+#[utoipa::path(
+    post,
+    path = "/api/v1/alerts/{id}/ack",
+    tag = "alerts",
+    params(AlertPath),
+    request_body(content = Option<AlertNote>, description = "Optional: a note."),
+    responses(
+        (status = 200, description = "The alert, acknowledged.", body = AlertView),
+        (status = 404, description = "No such alert.", body = Problem),
+        (status = 409, description = "The alert is resolved (`/problems/alert-resolved`).", body = Problem),
+    )
+)]
 async fn ack_alert(
     State(state): State<AppState>,
     actor: Actor,
@@ -289,7 +380,21 @@ async fn ack_alert(
     }
 }
 
-/// Resolves an open or acknowledged alert. Resolving again changes nothing.
+/// Resolve an alert
+///
+/// Closes an open or acknowledged alert; a later repeat of its problem opens a new one. Resolving
+/// again changes nothing.
+#[utoipa::path(
+    post,
+    path = "/api/v1/alerts/{id}/resolve",
+    tag = "alerts",
+    params(AlertPath),
+    request_body(content = Option<AlertNote>, description = "Optional: a note."),
+    responses(
+        (status = 200, description = "The alert, resolved.", body = AlertView),
+        (status = 404, description = "No such alert.", body = Problem),
+    )
+)]
 async fn resolve_alert(
     State(state): State<AppState>,
     actor: Actor,

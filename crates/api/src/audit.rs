@@ -1,12 +1,14 @@
 //! The audit log: recording admin and operator changes, and reading them back (admin only).
 
+use axum::Json as JsonResponse;
 use axum::extract::State;
-use axum::routing::get;
-use axum::{Json as JsonResponse, Router};
 use chrono::{DateTime, Utc};
 use pacer_store::{AuditEntry, NewAuditEntry};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::auth::Actor;
@@ -14,8 +16,8 @@ use crate::extract::{Query, limit};
 use crate::views::Page;
 use crate::{AppState, Error, Result};
 
-pub(crate) fn admin_routes() -> Router<AppState> {
-    Router::new().route("/api/v1/audit", get(list_audit))
+pub(crate) fn admin_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(list_audit))
 }
 
 /// Records a change made by `actor`. A change that committed but failed to be recorded is logged
@@ -42,7 +44,14 @@ pub(crate) async fn record(
     }
 }
 
-#[derive(Debug, Serialize)]
+/// One change: who made it, what and on what, when, and the target before and after.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = AuditEntry, example = json!({
+    "id": "0193a5d2-0c1d-7e2f-8a3b-4c5d6e7f8091", "at": "2026-11-24T09:05:00Z",
+    "actor": "alice", "issuer": "pacer", "action": "pause_job", "target": "job:master-data-sync",
+    "request_id": "0193a5d2-0c1d-7e2f-8a3b-4c5d6e7f8090",
+    "before": { "paused": false }, "after": { "paused": true }
+}))]
 pub(crate) struct AuditView {
     id: Uuid,
     at: DateTime<Utc>,
@@ -71,16 +80,31 @@ impl From<AuditEntry> for AuditView {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ListAudit {
+    /// Only the changes of this subject.
     actor: Option<String>,
+    /// Only this action, like `put_job` or `pause_trigger`.
     action: Option<String>,
+    /// Most entries to return.
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 500, default = 50)]
     limit: Option<String>,
+    /// The `next_cursor` of the previous page.
     cursor: Option<String>,
 }
 
-/// Changes newest first, by actor and action.
+/// Read the audit log
+///
+/// Every change an admin or operator made, newest first, by actor and action.
+#[utoipa::path(
+    get,
+    path = "/api/v1/audit",
+    tag = "audit",
+    params(ListAudit),
+    responses((status = 200, description = "A page of audit entries.", body = Page<AuditView>))
+)]
 async fn list_audit(
     State(state): State<AppState>,
     Query(query): Query<ListAudit>,

@@ -1,29 +1,40 @@
 //! The cluster view, scheduler standby, and the history of skipped runs.
 
+use axum::Json as JsonResponse;
 use axum::extract::State;
-use axum::routing::{get, post};
-use axum::{Json as JsonResponse, Router};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::audit;
 use crate::auth::Actor;
 use crate::extract::{Query, limit};
-use crate::views::{NodeView, Page, SkipView};
+use crate::views::{AmqpView, ClusterView, LeaderView, NodeView, Page, SchedulerView, SkipView};
 use crate::{AppState, Error, Result};
 
-pub(crate) fn operator_routes() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/cluster", get(get_cluster))
-        .route("/api/v1/scheduler", get(get_scheduler))
-        .route("/api/v1/scheduler/pause", post(pause_scheduler))
-        .route("/api/v1/scheduler/resume", post(resume_scheduler))
-        .route("/api/v1/skips", get(list_skips))
+pub(crate) fn operator_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(get_cluster))
+        .routes(routes!(get_scheduler))
+        .routes(routes!(pause_scheduler))
+        .routes(routes!(resume_scheduler))
+        .routes(routes!(list_skips))
 }
 
-/// The leader and every known node, alive first.
-async fn get_cluster(State(state): State<AppState>) -> Result<JsonResponse<Value>> {
+/// Show the cluster
+///
+/// The leader (null while no node holds a valid lease), the current term, and every known node,
+/// alive first.
+#[utoipa::path(
+    get,
+    path = "/api/v1/cluster",
+    tag = "cluster",
+    responses((status = 200, description = "The cluster.", body = ClusterView))
+)]
+async fn get_cluster(State(state): State<AppState>) -> Result<JsonResponse<ClusterView>> {
     let lease = state.store.lease().await?;
     let nodes: Vec<NodeView> = state
         .store
@@ -32,43 +43,76 @@ async fn get_cluster(State(state): State<AppState>) -> Result<JsonResponse<Value
         .into_iter()
         .map(NodeView::from)
         .collect();
-    let leader = lease.valid.then(|| {
-        json!({
-            "node": lease.holder,
-            "term": lease.term,
-            "since": lease.acquired_at,
-            "lease_expires_at": lease.expires_at,
-        })
+    let leader = lease.valid.then(|| LeaderView {
+        node: lease.holder.clone(),
+        term: lease.term,
+        since: lease.acquired_at,
+        lease_expires_at: lease.expires_at,
     });
     // The RabbitMQ consumer of the node answering; each node reports its own in `/readyz`.
-    let amqp = json!({ "node": &*state.node_id, "consumer": state.consumer.borrow().clone() });
-    Ok(JsonResponse(
-        json!({ "leader": leader, "term": lease.term, "nodes": nodes, "amqp": amqp }),
-    ))
+    let amqp = AmqpView {
+        node: state.node_id.to_string(),
+        consumer: state.consumer.borrow().clone(),
+    };
+    Ok(JsonResponse(ClusterView {
+        leader,
+        term: lease.term,
+        nodes,
+        amqp,
+    }))
 }
 
-async fn get_scheduler(State(state): State<AppState>) -> Result<JsonResponse<Value>> {
+/// Show the scheduler
+///
+/// Whether the scheduler is in standby (`paused`).
+#[utoipa::path(
+    get,
+    path = "/api/v1/scheduler",
+    tag = "cluster",
+    responses((status = 200, description = "The scheduler.", body = SchedulerView))
+)]
+async fn get_scheduler(State(state): State<AppState>) -> Result<JsonResponse<SchedulerView>> {
     let paused = state.store.scheduler_paused().await?;
-    Ok(JsonResponse(json!({ "paused": paused })))
+    Ok(JsonResponse(SchedulerView { paused }))
 }
 
-/// Standby: no trigger fires until resumed; tasks already created carry on.
+/// Put the scheduler in standby
+///
+/// No trigger fires until it is resumed; tasks already created carry on.
+#[utoipa::path(
+    post,
+    path = "/api/v1/scheduler/pause",
+    tag = "cluster",
+    responses((status = 200, description = "The scheduler, paused.", body = SchedulerView))
+)]
 async fn pause_scheduler(
     State(state): State<AppState>,
     actor: Actor,
-) -> Result<JsonResponse<Value>> {
+) -> Result<JsonResponse<SchedulerView>> {
     set_standby(&state, &actor, true).await
 }
 
-/// Leaves standby; occurrences missed meanwhile follow each trigger's misfire policy.
+/// Take the scheduler out of standby
+///
+/// Occurrences missed meanwhile follow each trigger's misfire policy.
+#[utoipa::path(
+    post,
+    path = "/api/v1/scheduler/resume",
+    tag = "cluster",
+    responses((status = 200, description = "The scheduler, running.", body = SchedulerView))
+)]
 async fn resume_scheduler(
     State(state): State<AppState>,
     actor: Actor,
-) -> Result<JsonResponse<Value>> {
+) -> Result<JsonResponse<SchedulerView>> {
     set_standby(&state, &actor, false).await
 }
 
-async fn set_standby(state: &AppState, actor: &Actor, paused: bool) -> Result<JsonResponse<Value>> {
+async fn set_standby(
+    state: &AppState,
+    actor: &Actor,
+    paused: bool,
+) -> Result<JsonResponse<SchedulerView>> {
     let was = state.store.scheduler_paused().await?;
     state.store.set_scheduler_paused(paused).await?;
     if was != paused {
@@ -88,19 +132,36 @@ async fn set_standby(state: &AppState, actor: &Actor, paused: bool) -> Result<Js
         )
         .await;
     }
-    Ok(JsonResponse(json!({ "paused": paused })))
+    Ok(JsonResponse(SchedulerView { paused }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ListSkips {
+    /// Only the skips of this job.
     job: Option<String>,
+    /// Only the skips of this trigger.
+    #[param(value_type = Option<Uuid>)]
     trigger: Option<String>,
+    /// Most skips to return.
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 500, default = 50)]
     limit: Option<String>,
+    /// The `next_cursor` of the previous page.
     cursor: Option<String>,
 }
 
-/// Runs that got no task (misfire or overlap policy), newest first.
+/// List skipped runs
+///
+/// Runs that got no task (under the misfire or the overlap policy), newest first, with their
+/// reason.
+#[utoipa::path(
+    get,
+    path = "/api/v1/skips",
+    tag = "cluster",
+    params(ListSkips),
+    responses((status = 200, description = "A page of skipped runs.", body = Page<SkipView>))
+)]
 async fn list_skips(
     State(state): State<AppState>,
     Query(query): Query<ListSkips>,

@@ -5,6 +5,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use pacer_domain::{FieldError, SkipReason, TaskId, TaskState, ValidationErrors};
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::views::TaskView;
 
@@ -63,18 +64,38 @@ pub enum Error {
 /// The API's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-#[derive(Serialize)]
-struct Problem<'a> {
+/// An RFC 9457 problem: every error the API returns, as `application/problem+json`.
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({
+    "type": "/problems/validation", "title": "Invalid request", "status": 422,
+    "detail": "retry.max_attempts: must be between 1 and 1000",
+    "errors": [ { "field": "retry.max_attempts", "message": "must be between 1 and 1000" } ]
+}))]
+pub(crate) struct Problem<'a> {
+    /// A stable identifier of the kind of problem, such as `/problems/validation`.
     #[serde(rename = "type")]
+    #[schema(value_type = String, format = "uri-reference", example = "/problems/validation")]
     kind: &'static str,
+    /// A short summary of the kind of problem.
+    #[schema(value_type = String)]
     title: &'static str,
+    /// The HTTP status code.
+    #[schema(minimum = 400, maximum = 599)]
     status: u16,
+    /// What went wrong in this request.
     detail: String,
+    /// `/problems/validation`: every rejected field and why.
     #[serde(skip_serializing_if = "<[FieldError]>::is_empty")]
+    #[schema(value_type = Vec<FieldError>)]
     errors: &'a [FieldError],
+    /// `/problems/task-terminal`, `/problems/task-open`, `/problems/task-not-claimed`: the
+    /// task's current state.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     state: Option<TaskState>,
+    /// `/problems/task-terminal`: the task as it is.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = TaskView, required = false)]
     task: Option<&'a TaskView>,
 }
 

@@ -7,17 +7,18 @@ use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::time::Duration;
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use futures_util::stream::{self, Stream, StreamExt};
 use pacer_domain::ValidationErrors;
 use pacer_store::{EventCursor, EventFilter, Store};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::extract::Query;
 use crate::views::EventView;
@@ -33,22 +34,74 @@ const HELD_BACK: Duration = Duration::from_millis(50);
 /// Comment lines keep proxies from closing an idle stream.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
-pub(crate) fn operator_routes() -> Router<AppState> {
-    Router::new().route("/api/v1/events", get(stream_events))
+pub(crate) fn operator_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(stream_events))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct EventsQuery {
+    /// Only the events of this job.
     job: Option<String>,
-    /// Comma-separated kinds (`task.state,leader.changed`); all when absent.
+    /// Comma-separated kinds (`task.state,leader.changed`); all when absent. At most 20 kinds
+    /// of at most 64 characters each.
+    #[param(example = "task.state,task.callback")]
     kind: Option<String>,
-    /// For clients that cannot set the `Last-Event-ID` header on their first request.
+    /// For clients that cannot set the `Last-Event-ID` header on their first request: an event's
+    /// `id`. Ignored when the header is sent.
+    #[param(example = "48213-1042")]
     last_event_id: Option<String>,
 }
 
-/// The live event stream. Without `Last-Event-ID` it starts at the present; with it, right after
-/// that event (`0-0` replays the whole retained log).
+/// The `Last-Event-ID` header of the event stream.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Header)]
+struct LastEventIdHeader {
+    /// The `id` of the last event received: the stream resumes right after it (`0-0` replays
+    /// the whole retained log).
+    #[param(rename = "Last-Event-ID", value_type = String, required = false, pattern = r"^\s*\+?[0-9]+-\+?[0-9]+\s*$", example = "48213-1042")]
+    #[allow(dead_code)]
+    last_event_id: Option<String>,
+}
+
+/// One server-sent event of the stream, as its `id:`, `event:` and `data:` lines read.
+#[derive(ToSchema)]
+#[schema(as = ServerSentEvent, example = json!({
+    "id": "48213-1042", "event": "task.state",
+    "data": "{\"id\":\"48213-1042\",\"at\":\"2026-11-24T09:00:30Z\",\"kind\":\"task.state\",\"job\":\"master-data-sync\",\"task\":\"0193a5c4-7f2e-7c1a-9d3e-2b1f4a6c8e01\",\"data\":{\"from\":\"pending\",\"to\":\"processing\"}}"
+}))]
+#[allow(dead_code)]
+struct StreamedEvent {
+    /// The event's id, what `Last-Event-ID` takes back.
+    #[schema(example = "48213-1042")]
+    id: String,
+    /// The event's kind, such as `task.state`.
+    #[schema(example = "task.state")]
+    event: String,
+    /// The event as JSON: an `Event`.
+    data: String,
+}
+
+/// Follow the event stream
+///
+/// The event log as server-sent events: task state changes, callbacks, leader changes, alerts.
+/// Each event has an `id` (what `Last-Event-ID` takes back), an `event` line with its kind and a
+/// `data` line with the event as JSON (the `Event` schema). Without `Last-Event-ID` the stream
+/// starts at the present, and first tells the client where that is with an `id:` line alone
+/// (no event), so a client that drops before the first event resumes from there; with it, the
+/// stream starts right after that event (`0-0` replays the whole retained log). It never ends on its own: a client reconnects with its `Last-Event-ID` when the node
+/// closes it (at shutdown, or when the database fails), on any node.
+#[utoipa::path(
+    get,
+    path = "/api/v1/events",
+    tag = "events",
+    params(EventsQuery, LastEventIdHeader),
+    responses(
+        (status = 200, description = "The stream of events, as `text/event-stream`; the schema describes one event, whose `data` is an `Event`.",
+            content_type = "text/event-stream", body = StreamedEvent),
+    )
+)]
 async fn stream_events(
     State(state): State<AppState>,
     headers: HeaderMap,

@@ -1,36 +1,46 @@
 //! Job definitions: `PUT /api/v1/jobs/{name}` (create or replace), list, get, delete.
 
-use axum::extract::{Path, State};
+use axum::Json as JsonResponse;
+use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json as JsonResponse, Router};
 use pacer_domain::{JobInput, JobName, JobSpec};
 use serde::Deserialize;
 use serde_json::json;
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::audit;
 use crate::auth::Actor;
-use crate::extract::{Json, Query, limit};
-use crate::views::{JobView, Page};
+use crate::error::Problem;
+use crate::extract::{Json, Path, Query, limit};
+use crate::views::{DeletedJobView, JobView, Page};
 use crate::{AppState, Error, Result};
 
-pub(crate) fn admin_routes() -> Router<AppState> {
-    Router::new().route(
-        "/api/v1/jobs/{name}",
-        axum::routing::put(put_job).delete(delete_job),
-    )
+pub(crate) fn admin_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(put_job, delete_job))
 }
 
-pub(crate) fn operator_routes() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/jobs", get(list_jobs))
-        .route("/api/v1/jobs/{name}", get(get_job))
-        .route("/api/v1/jobs/{name}/pause", axum::routing::post(pause_job))
-        .route(
-            "/api/v1/jobs/{name}/resume",
-            axum::routing::post(resume_job),
-        )
+pub(crate) fn operator_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_jobs))
+        .routes(routes!(get_job))
+        .routes(routes!(pause_job))
+        .routes(routes!(resume_job))
+}
+
+/// The `{name}` path parameter of the job routes.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub(crate) struct JobPath {
+    /// The job's name: 1–64 letters, digits, `.`, `_` or `-`, starting with a letter or digit.
+    #[param(
+        example = "master-data-sync",
+        pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+    )]
+    #[allow(dead_code)]
+    name: String,
 }
 
 /// A job name from the path; a name that cannot exist is simply not found.
@@ -51,17 +61,39 @@ pub(crate) fn not_found(name: &JobName) -> impl FnOnce(pacer_store::Error) -> Er
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// The query of `PUT /api/v1/jobs/{name}`.
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct PutJob {
     /// Validate only: `204` when the definition would be accepted, the problem otherwise.
     #[serde(default)]
+    #[param(default = false)]
     dry_run: bool,
 }
 
-/// Creates the job (201) or replaces its definition (200). Idempotent: the same definition
-/// again changes nothing. With `?dry_run=true` it only validates, including the checks against
-/// this cluster's configuration, so `pacer apply` can vet every job before writing any.
+/// Create or replace a job
+///
+/// Creates the job (`201`) or replaces its definition (`200`). Idempotent: the same definition
+/// again changes nothing, not even the `version`. Only the target is required: `url` for an HTTP
+/// target, `kind: "amqp"` with `exchange` and `routing_key` for a RabbitMQ one. With
+/// `?dry_run=true` it only validates, including the checks against this cluster's configuration
+/// (secrets, alert sinks, a RabbitMQ broker), and answers `204`, so `pacer apply` can vet every
+/// job before writing any.
+#[utoipa::path(
+    put,
+    path = "/api/v1/jobs/{name}",
+    tag = "jobs",
+    params(JobPath, PutJob),
+    request_body = JobInput,
+    responses(
+        (status = 200, description = "The definition was replaced (or was already this one).", body = JobView,
+            headers(("Location" = String, description = "The job's URL."))),
+        (status = 201, description = "The job was created.", body = JobView,
+            headers(("Location" = String, description = "The job's URL."))),
+        (status = 204, description = "Dry run: the definition would be accepted; nothing was written."),
+    )
+)]
 async fn put_job(
     State(state): State<AppState>,
     actor: Actor,
@@ -140,6 +172,17 @@ async fn put_job(
         .into_response())
 }
 
+/// Get a job
+#[utoipa::path(
+    get,
+    path = "/api/v1/jobs/{name}",
+    tag = "jobs",
+    params(JobPath),
+    responses(
+        (status = 200, description = "The job.", body = JobView),
+        (status = 404, description = "No such job.", body = Problem),
+    )
+)]
 async fn get_job(
     State(state): State<AppState>,
     Path(raw_name): Path<String>,
@@ -149,14 +192,27 @@ async fn get_job(
     Ok(JsonResponse(job.into()))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ListJobs {
+    /// Most jobs to return.
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 500, default = 100)]
     limit: Option<String>,
+    /// The `next_cursor` of the previous page.
     cursor: Option<String>,
 }
 
-/// Jobs in name order; `cursor` is the last name of the previous page.
+/// List jobs
+///
+/// Jobs in name order, a page at a time: pass `next_cursor` back as `cursor` for the next page.
+#[utoipa::path(
+    get,
+    path = "/api/v1/jobs",
+    tag = "jobs",
+    params(ListJobs),
+    responses((status = 200, description = "A page of jobs.", body = Page<JobView>))
+)]
 async fn list_jobs(
     State(state): State<AppState>,
     Query(query): Query<ListJobs>,
@@ -176,20 +232,37 @@ async fn list_jobs(
     }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct DeleteJob {
+    /// Cancel the job's pending and processing tasks and delete it; without it, a job with open
+    /// tasks is not deleted.
     #[serde(default)]
     cancel_open_tasks: bool,
 }
 
-/// Deletes a job. Its history stays; open tasks are refused (409) unless `cancel_open_tasks`.
+/// Delete a job
+///
+/// Deletes a job; its finished tasks stay as history. A job with pending or processing tasks is
+/// only deleted with `cancel_open_tasks=true`, which cancels them.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/jobs/{name}",
+    tag = "jobs",
+    params(JobPath, DeleteJob),
+    responses(
+        (status = 200, description = "The job was deleted.", body = DeletedJobView),
+        (status = 404, description = "No such job.", body = Problem),
+        (status = 409, description = "The job has open tasks (`/problems/job-has-open-tasks`).", body = Problem),
+    )
+)]
 async fn delete_job(
     State(state): State<AppState>,
     actor: Actor,
     Path(raw_name): Path<String>,
     Query(query): Query<DeleteJob>,
-) -> Result<JsonResponse<serde_json::Value>> {
+) -> Result<JsonResponse<DeletedJobView>> {
     let name = existing_name(&raw_name)?;
     let before = state.store.get_job(&name).await.map_err(not_found(&name))?;
     let deleted = state
@@ -202,10 +275,10 @@ async fn delete_job(
             },
             other => not_found(&name)(other),
         })?;
-    let summary = serde_json::json!({
-        "deleted": name.as_str(),
-        "cancelled_tasks": deleted.cancelled_tasks,
-    });
+    let summary = DeletedJobView {
+        deleted: name.to_string(),
+        cancelled_tasks: deleted.cancelled_tasks,
+    };
     let before = serde_json::to_value(JobView::from(before)).ok();
     audit::record(
         &state,
@@ -213,13 +286,26 @@ async fn delete_job(
         "delete_job",
         format!("job:{name}"),
         before,
-        Some(summary.clone()),
+        serde_json::to_value(&summary).ok(),
     )
     .await;
     Ok(JsonResponse(summary))
 }
 
-/// Pauses a job: its triggers stop firing and it takes no new tasks; open tasks carry on.
+/// Pause a job
+///
+/// Its triggers stop firing and it takes no new tasks (`409 /problems/job-paused`); open tasks
+/// carry on. Pausing a paused job changes nothing.
+#[utoipa::path(
+    post,
+    path = "/api/v1/jobs/{name}/pause",
+    tag = "jobs",
+    params(JobPath),
+    responses(
+        (status = 200, description = "The job, paused.", body = JobView),
+        (status = 404, description = "No such job.", body = Problem),
+    )
+)]
 async fn pause_job(
     State(state): State<AppState>,
     actor: Actor,
@@ -228,7 +314,19 @@ async fn pause_job(
     set_paused(&state, &actor, &raw_name, true).await
 }
 
-/// Resumes a job; its triggers fire next from now (occurrences while paused are not fired).
+/// Resume a job
+///
+/// Its triggers fire next from now; occurrences that fell while it was paused are not fired.
+#[utoipa::path(
+    post,
+    path = "/api/v1/jobs/{name}/resume",
+    tag = "jobs",
+    params(JobPath),
+    responses(
+        (status = 200, description = "The job, resumed.", body = JobView),
+        (status = 404, description = "No such job.", body = Problem),
+    )
+)]
 async fn resume_job(
     State(state): State<AppState>,
     actor: Actor,

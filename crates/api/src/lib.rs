@@ -13,6 +13,7 @@ mod health;
 mod jobs;
 mod messages;
 mod observe;
+mod openapi;
 mod tasks;
 mod triggers;
 mod views;
@@ -29,12 +30,16 @@ use pacer_domain::{ConsumerStatus, Span};
 use pacer_store::{ClaimedTask, Store};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio_util::sync::CancellationToken;
+
+use crate::openapi::Access;
 use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
 };
+use utoipa_axum::router::OpenApiRouter;
 
 pub use auth::{Auth, RateLimiter};
 pub use error::{Error, Result};
+pub use openapi::{DOCS_PATH, DOCUMENT_PATH, document, document_json};
 pub use pacer_auth::Role;
 
 /// The dispatch capacity of this node that a handler may hand a just-created task to, so a task
@@ -137,36 +142,21 @@ pub struct ApiConfig {
     pub request_timeout: Duration,
 }
 
-/// The whole API, ready to serve.
+/// The whole API, ready to serve, with its OpenAPI document and the docs UI.
 pub fn router(state: AppState) -> Router {
-    let admin = Router::new()
-        .merge(jobs::admin_routes())
-        .merge(triggers::admin_routes())
-        .merge(audit::admin_routes());
-    let operator = Router::new()
-        .merge(jobs::operator_routes())
-        .merge(tasks::operator_routes())
-        .merge(actions::operator_routes())
-        .merge(events::operator_routes())
-        .merge(triggers::operator_routes())
-        .merge(cluster::operator_routes())
-        .merge(alerts::operator_routes())
-        .merge(messages::operator_routes());
-    let callbacks = tasks::downstream_routes().route_layer(middleware::from_fn_with_state(
-        state.clone(),
-        auth::authorize_callback,
-    ));
-    Router::new()
-        .merge(with_role(&state, Role::Admin, admin))
-        .merge(with_role(&state, Role::Operator, operator))
-        .merge(with_role(&state, Role::Upstream, tasks::upstream_routes()))
-        .merge(with_role(
-            &state,
-            Role::Upstream,
-            messages::upstream_routes(),
-        ))
-        .merge(callbacks)
-        .merge(health::routes())
+    let mut app = Router::new();
+    for (access, group) in groups() {
+        let (routes, _) = group.split_for_parts();
+        app = app.merge(match access {
+            Access::Public => routes,
+            Access::Role(role) => with_role(&state, role, routes),
+            Access::Callback => routes.route_layer(middleware::from_fn_with_state(
+                state.clone(),
+                auth::authorize_callback,
+            )),
+        });
+    }
+    app.merge(openapi::routes(openapi::document()))
         .fallback(error::route_not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(middleware::from_fn(observe::observe))
@@ -178,6 +168,41 @@ pub fn router(state: AppState) -> Router {
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(RequestIdV7))
         .with_state(state)
+}
+
+/// Every route, grouped by who may call it. Both the router and the OpenAPI document are built
+/// from these groups, so a route registered here with `routes!` is documented (see the `openapi`
+/// module for how to add one).
+fn groups() -> [(Access, OpenApiRouter<AppState>); 5] {
+    [
+        (
+            Access::Role(Role::Admin),
+            OpenApiRouter::new()
+                .merge(jobs::admin_routes())
+                .merge(triggers::admin_routes())
+                .merge(audit::admin_routes()),
+        ),
+        (
+            Access::Role(Role::Operator),
+            OpenApiRouter::new()
+                .merge(jobs::operator_routes())
+                .merge(tasks::operator_routes())
+                .merge(actions::operator_routes())
+                .merge(events::operator_routes())
+                .merge(triggers::operator_routes())
+                .merge(cluster::operator_routes())
+                .merge(alerts::operator_routes())
+                .merge(messages::operator_routes()),
+        ),
+        (
+            Access::Role(Role::Upstream),
+            OpenApiRouter::new()
+                .merge(tasks::upstream_routes())
+                .merge(messages::upstream_routes()),
+        ),
+        (Access::Callback, tasks::downstream_routes()),
+        (Access::Public, health::routes()),
+    ]
 }
 
 /// Every route of `routes` needs a caller holding `role` (or `admin`).

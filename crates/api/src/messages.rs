@@ -2,56 +2,88 @@
 //! to its type (once per message id), and operators list what was received, unrouted ones
 //! included.
 
-use axum::extract::{Path, State};
+use axum::Json as JsonResponse;
+use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json as JsonResponse, Router};
 use chrono::{DateTime, Utc};
-use pacer_domain::{Message, MessageInput, MessageSource, TaskId, ValidationErrors};
+use pacer_domain::{Message, MessageInput, MessageSource, MessageType, TaskId, ValidationErrors};
 use pacer_store::{MessageFilter, StoredMessage};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use crate::extract::{Json, Query, limit};
+use crate::error::Problem;
+use crate::extract::{Json, Path, Query, limit};
 use crate::views::Page;
 use crate::{AppState, Error, Result};
 
-pub(crate) fn upstream_routes() -> Router<AppState> {
-    Router::new().route("/api/v1/messages", post(create_message))
+pub(crate) fn upstream_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(create_message))
 }
 
-pub(crate) fn operator_routes() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/messages", get(list_messages))
-        .route("/api/v1/messages/{id}", get(get_message))
+pub(crate) fn operator_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_messages))
+        .routes(routes!(get_message))
+}
+
+/// The `{id}` path parameter of a message.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+struct MessagePath {
+    /// The message's id: the upstream's `id`, or the one Pacer gave it.
+    #[param(example = "evt-20261124-0042")]
+    #[allow(dead_code)]
+    id: String,
 }
 
 /// A task a message created.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = MessageTask)]
 struct RoutedTask {
     job: String,
     task_id: TaskId,
 }
 
 /// A subscribing job that got no task from a message, and why.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = MessageSkip)]
 struct SkippedJob {
     job: String,
+    /// Why: the job's overlap policy skipped it (`overlap_skip`, `overlap_buffer_full`), or the
+    /// job is paused (`job_paused`).
+    #[schema(examples("job_paused", "overlap_skip"))]
     reason: String,
 }
 
 /// A message as the API returns it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Message, example = json!({
+    "id": "evt-20261124-0042", "type": "masterdata.changed", "key": "centers",
+    "payload": { "tables": ["centers"] }, "source": "api", "duplicate": false, "routed": true,
+    "tasks": [ { "job": "master-data-sync", "task_id": "0193a5c4-7f2e-7c1a-9d3e-2b1f4a6c8e01" } ],
+    "skipped": [ { "job": "nightly-export", "reason": "job_paused" } ],
+    "received_at": "2026-11-24T09:00:00Z"
+}))]
 pub(crate) struct MessageView {
+    /// The upstream's id, or one Pacer gave the message when it had none.
     id: String,
     #[serde(rename = "type")]
+    #[schema(value_type = MessageType)]
     kind: String,
     key: Option<String>,
+    #[schema(value_type = Object)]
     payload: Value,
+    /// `api` or `amqp`.
+    #[schema(value_type = MessageSource)]
     source: String,
-    /// True when the message had been received before and this request changed nothing.
+    /// True when the message had been received before and this request changed nothing; only
+    /// in the answer to `POST /api/v1/messages`.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     duplicate: Option<bool>,
     /// False when no job subscribes to the type.
     routed: bool,
@@ -91,9 +123,24 @@ impl MessageView {
     }
 }
 
-/// Receives a message: `202` listing the tasks it created (none when no job subscribes to its
-/// type), or `200` with `duplicate: true` and what the first receipt created when its id (or,
-/// without one, its type, key and payload) was seen before.
+/// Send a message
+///
+/// Creates a task for every job subscribed to the message's type (`on_messages`): `202` listing
+/// the tasks it created (none when no job subscribes to its type), or `200` with
+/// `duplicate: true` and what the first receipt created when its id (or, without one, its type,
+/// key and payload) was seen before.
+#[utoipa::path(
+    post,
+    path = "/api/v1/messages",
+    tag = "messages",
+    request_body = MessageInput,
+    responses(
+        (status = 202, description = "The message was received; `tasks` lists the tasks it created.", body = MessageView,
+            headers(("Location" = String, description = "The message's URL."))),
+        (status = 200, description = "The message had been received before (`duplicate: true`); nothing changed.", body = MessageView,
+            headers(("Location" = String, description = "The message's URL."))),
+    )
+)]
 async fn create_message(
     State(state): State<AppState>,
     Json(input): Json<MessageInput>,
@@ -143,7 +190,19 @@ pub(crate) fn count_message(source: MessageSource, ingested: &pacer_store::Inges
     }
 }
 
-/// One message by id.
+/// Get a message
+///
+/// One received message with the tasks it created and the jobs it skipped.
+#[utoipa::path(
+    get,
+    path = "/api/v1/messages/{id}",
+    tag = "messages",
+    params(MessagePath),
+    responses(
+        (status = 200, description = "The message.", body = MessageView),
+        (status = 404, description = "No such message.", body = Problem),
+    )
+)]
 async fn get_message(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -158,17 +217,35 @@ async fn get_message(
     Ok(JsonResponse(MessageView::new(message, None)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ListMessages {
+    /// Only the messages of this type.
     #[serde(rename = "type")]
+    #[param(rename = "type")]
     kind: Option<String>,
+    /// Only the messages some job subscribed to (`true`) or none did (`false`).
+    #[param(value_type = Option<bool>)]
     routed: Option<String>,
+    /// Most messages to return.
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 500, default = 50)]
     limit: Option<String>,
+    /// The `next_cursor` of the previous page.
     cursor: Option<String>,
 }
 
-/// Messages newest first; `?routed=false` lists those no job subscribed to.
+/// List messages
+///
+/// Messages newest first; `?routed=false` lists those no job subscribed to. Pass `next_cursor`
+/// back as `cursor` for the next page.
+#[utoipa::path(
+    get,
+    path = "/api/v1/messages",
+    tag = "messages",
+    params(ListMessages),
+    responses((status = 200, description = "A page of messages.", body = Page<MessageView>))
+)]
 async fn list_messages(
     State(state): State<AppState>,
     Query(query): Query<ListMessages>,

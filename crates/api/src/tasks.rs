@@ -2,55 +2,101 @@
 //! status callback, whose rules are the state machine's: repeats change nothing, a terminal
 //! state never changes.
 
-use axum::extract::{Path, State};
+use axum::Json as JsonResponse;
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json as JsonResponse, Router};
 use chrono::{DateTime, Utc};
 use pacer_domain::dispatch::Report;
 use pacer_domain::{CallbackStatus, SkipReason, TaskId, TaskState, ValidationErrors};
 use pacer_store::{CreatedTask, NewTask, Origin, ReportOutcome, TaskFilter};
 use serde::Deserialize;
 use serde_json::{Map, Value};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
 
 use crate::audit;
 use crate::auth::Actor;
-use crate::extract::{Json, JsonOrEmpty, Query, limit, task_id};
-use crate::jobs::{existing_name, not_found};
+use crate::error::Problem;
+use crate::extract::{Json, JsonOrEmpty, Path, Query, limit, task_id};
+use crate::jobs::{JobPath, existing_name, not_found};
 use crate::views::{Page, TaskView};
 use crate::{AppState, Error, Result};
 
-pub(crate) fn upstream_routes() -> Router<AppState> {
-    Router::new().route("/api/v1/jobs/{name}/tasks", post(create_task))
+pub(crate) fn upstream_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(create_task))
 }
 
-pub(crate) fn downstream_routes() -> Router<AppState> {
-    Router::new().route("/api/v1/tasks/{id}/callback", post(report_task))
+pub(crate) fn downstream_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(report_task))
 }
 
-pub(crate) fn operator_routes() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/tasks", get(list_tasks))
-        .route("/api/v1/tasks/{id}", get(get_task))
-        .route("/api/v1/tasks/{id}/cancel", post(cancel_task))
-        .route("/api/v1/tasks/{id}/retry", post(crate::actions::retry_task))
-        .route(
-            "/api/v1/tasks/{id}/release",
-            post(crate::actions::release_task),
-        )
+pub(crate) fn operator_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_tasks))
+        .routes(routes!(get_task))
+        .routes(routes!(cancel_task))
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CreateTaskRequest {
-    payload: Option<Map<String, Value>>,
+/// The `{id}` path parameter of the task routes.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub(crate) struct TaskPath {
+    /// The task's id.
+    #[allow(dead_code)]
+    id: Uuid,
+}
+
+/// The `Idempotency-Key` header of task creation.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Header)]
+struct IdempotencyHeader {
+    /// Same as `idempotency_key` in the body; when both are sent they must be equal.
+    #[param(rename = "Idempotency-Key", value_type = String, required = false, min_length = 1, max_length = 255, pattern = r"^[ -~]+$")]
+    #[allow(dead_code)]
     idempotency_key: Option<String>,
+}
+
+/// A new task; every field is optional, and so is the body.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = NewTask, example = json!({
+    "payload": { "name": "world" }, "idempotency_key": "order-8812", "not_before": "2026-12-01T09:00:00Z"
+}))]
+struct CreateTaskRequest {
+    /// Laid over the job's payload key by key.
+    payload: Option<Map<String, Value>>,
+    /// The same key for the same job returns the existing task instead of creating another
+    /// (1–255 characters, no control characters). Also accepted as an `Idempotency-Key` header.
+    #[schema(min_length = 1, max_length = 255)]
+    idempotency_key: Option<String>,
+    /// Dispatch no earlier than this.
     not_before: Option<DateTime<Utc>>,
 }
 
-/// Creates a task for a job: `202` with the new task, or `200` with the task that already has
-/// this idempotency key (from the body, or the `Idempotency-Key` header).
+/// Create a task
+///
+/// Creates a task for the job: `202` with the new task, or `200` with the task that already has
+/// this idempotency key (from the body, or the `Idempotency-Key` header). Under the job's
+/// `skip` or `buffer_one` overlap policy a task that cannot run is recorded as skipped and
+/// answered `409 /problems/overlap-skipped`.
+#[utoipa::path(
+    post,
+    path = "/api/v1/jobs/{name}/tasks",
+    tag = "tasks",
+    params(JobPath, IdempotencyHeader),
+    request_body(content = Option<CreateTaskRequest>, description = "Optional: an empty body creates a task with the job's payload."),
+    responses(
+        (status = 200, description = "A task with this idempotency key already exists; it is returned unchanged.", body = TaskView,
+            headers(("Location" = String, description = "The task's URL."))),
+        (status = 202, description = "The task was created.", body = TaskView,
+            headers(("Location" = String, description = "The task's URL."))),
+        (status = 404, description = "No such job.", body = Problem),
+        (status = 409, description = "The job is paused (`/problems/job-paused`), or its overlap policy skipped the task (`/problems/overlap-skipped`).", body = Problem),
+    )
+)]
 async fn create_task(
     State(state): State<AppState>,
     Path(raw_name): Path<String>,
@@ -202,7 +248,20 @@ pub(crate) fn task_not_found(id: TaskId) -> impl FnOnce(pacer_store::Error) -> E
     }
 }
 
-/// One task with its run history: attempts, and its state changes and callbacks in order.
+/// Get a task
+///
+/// The task with every attempt so far, its latest 1000 state changes and callbacks in order
+/// (`history`), and the tasks that retry it (`retries`).
+#[utoipa::path(
+    get,
+    path = "/api/v1/tasks/{id}",
+    tag = "tasks",
+    params(TaskPath),
+    responses(
+        (status = 200, description = "The task with its attempts, history and retries.", body = TaskView),
+        (status = 404, description = "No such task.", body = Problem),
+    )
+)]
 async fn get_task(
     State(state): State<AppState>,
     Path(raw_id): Path<String>,
@@ -218,18 +277,41 @@ async fn get_task(
     )))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ListTasks {
+    /// Only the tasks of this job.
     job: Option<String>,
+    /// Only the tasks in these states: one state, or several separated by commas.
+    #[param(
+        value_type = Option<String>,
+        pattern = r"^ *(pending|processing|completed|completed_with_errors|failed|cancelled) *(, *(pending|processing|completed|completed_with_errors|failed|cancelled) *)*$",
+        example = "failed,completed_with_errors"
+    )]
     state: Option<String>,
+    /// Only the tasks that came to be this way.
+    #[param(value_type = Option<String>, pattern = r"^(api|manual|trigger|message|retry)$", example = "manual")]
     origin: Option<String>,
+    /// Only the tasks created at or after this instant (RFC 3339).
+    #[param(value_type = Option<DateTime<Utc>>)]
     created_after: Option<String>,
+    /// Only the tasks created before this instant (RFC 3339).
+    #[param(value_type = Option<DateTime<Utc>>)]
     created_before: Option<String>,
+    /// Only the tasks finished at or after this instant (RFC 3339).
+    #[param(value_type = Option<DateTime<Utc>>)]
     finished_after: Option<String>,
+    /// Only the tasks finished before this instant (RFC 3339).
+    #[param(value_type = Option<DateTime<Utc>>)]
     finished_before: Option<String>,
+    /// Only the tasks past their deadline (`true`) or not (`false`).
+    #[param(value_type = Option<bool>)]
     overdue: Option<String>,
+    /// Most tasks to return.
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 500, default = 50)]
     limit: Option<String>,
+    /// The `next_cursor` of the previous page.
     cursor: Option<String>,
 }
 
@@ -248,10 +330,19 @@ fn instant(errors: &mut ValidationErrors, field: &str, raw: Option<&str>) -> Opt
     }
 }
 
+/// List tasks
+///
 /// Tasks newest first, filtered by job, state (one or several, comma-separated), origin,
 /// creation and finish time ranges, and overdue; `cursor` is the `next_cursor` of the previous
 /// page. Paging is keyset on the task id, so pages neither repeat nor skip a task while new ones
 /// are created.
+#[utoipa::path(
+    get,
+    path = "/api/v1/tasks",
+    tag = "tasks",
+    params(ListTasks),
+    responses((status = 200, description = "A page of tasks (without their attempts and history).", body = Page<TaskView>))
+)]
 async fn list_tasks(
     State(state): State<AppState>,
     Query(query): Query<ListTasks>,
@@ -347,7 +438,20 @@ async fn list_tasks(
     }))
 }
 
+/// Cancel a task
+///
 /// Cancels an open task; cancelling a cancelled task again changes nothing.
+#[utoipa::path(
+    post,
+    path = "/api/v1/tasks/{id}/cancel",
+    tag = "tasks",
+    params(TaskPath),
+    responses(
+        (status = 200, description = "The task, cancelled.", body = TaskView),
+        (status = 404, description = "No such task.", body = Problem),
+        (status = 409, description = "The task already finished otherwise (`/problems/task-terminal`, with `state` and `task`).", body = Problem),
+    )
+)]
 async fn cancel_task(
     State(state): State<AppState>,
     actor: Actor,
@@ -374,16 +478,42 @@ async fn cancel_task(
     respond(&state, id, outcome).await
 }
 
-#[derive(Debug, Deserialize)]
+/// A downstream's report on a task.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = Callback, example = json!({
+    "status": "completed_with_errors", "message": "3 records rejected",
+    "result": { "processed": 497, "failed": 3 }
+}))]
 struct CallbackRequest {
+    /// `processing` (progress, also a heartbeat that postpones the next re-poll) or how the
+    /// task ended.
     status: CallbackStatus,
+    /// Any JSON, shown on the task.
     progress: Option<Value>,
+    /// At most 4000 characters.
     message: Option<String>,
+    /// Any JSON, kept on the task.
     result: Option<Value>,
 }
 
-/// A downstream's report: progress (`processing`, also a heartbeat) or the end of the task.
+/// Report on a task (the downstream's callback)
+///
+/// Progress (`processing`, also a heartbeat) or the end of the task. Repeating a callback changes
+/// nothing and answers `200`; one that contradicts a finished task answers `409` with the
+/// current state.
+#[utoipa::path(
+    post,
+    path = "/api/v1/tasks/{id}/callback",
+    tag = "tasks",
+    params(TaskPath),
+    request_body = CallbackRequest,
+    responses(
+        (status = 200, description = "The task after the report (unchanged for a repeat).", body = TaskView),
+        (status = 404, description = "No such task.", body = Problem),
+        (status = 409, description = "The task already finished otherwise (`/problems/task-terminal`, with `state` and `task`).", body = Problem),
+    )
+)]
 async fn report_task(
     State(state): State<AppState>,
     Path(raw_id): Path<String>,

@@ -1,50 +1,57 @@
 //! Triggers under `/api/v1/jobs/{name}/triggers`: create, list, get, replace, delete, pause,
 //! resume, and a preview of the next fire times.
 
-use axum::extract::{Path, State};
+use axum::Json as JsonResponse;
+use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json as JsonResponse, Router};
 use chrono::{DateTime, Utc};
 use pacer_domain::{TriggerInput, TriggerSpec};
 use pacer_store::{Job, Trigger};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::audit;
 use crate::auth::Actor;
-use crate::extract::{Json, Query};
-use crate::jobs::{existing_name, not_found};
-use crate::views::TriggerView;
+use crate::error::Problem;
+use crate::extract::{Json, Path, Query, limit};
+use crate::jobs::{JobPath, existing_name, not_found};
+use crate::views::{Page, PreviewView, TriggerView};
 use crate::{AppState, Error, Result};
 
-pub(crate) fn admin_routes() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/jobs/{name}/triggers", post(create_trigger))
-        .route(
-            "/api/v1/jobs/{name}/triggers/{id}",
-            axum::routing::put(replace_trigger).delete(delete_trigger),
-        )
+pub(crate) fn admin_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_trigger))
+        .routes(routes!(replace_trigger, delete_trigger))
 }
 
-pub(crate) fn operator_routes() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/jobs/{name}/triggers", get(list_triggers))
-        .route("/api/v1/jobs/{name}/triggers/{id}", get(get_trigger))
-        .route(
-            "/api/v1/jobs/{name}/triggers/{id}/pause",
-            post(pause_trigger),
-        )
-        .route(
-            "/api/v1/jobs/{name}/triggers/{id}/resume",
-            post(resume_trigger),
-        )
-        .route(
-            "/api/v1/jobs/{name}/triggers/{id}/preview",
-            get(preview_trigger),
-        )
+pub(crate) fn operator_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_triggers))
+        .routes(routes!(get_trigger))
+        .routes(routes!(pause_trigger))
+        .routes(routes!(resume_trigger))
+        .routes(routes!(preview_trigger))
+}
+
+/// The `{name}` and `{id}` path parameters of one trigger.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+struct TriggerPath {
+    /// The job's name.
+    #[param(
+        example = "master-data-sync",
+        pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+    )]
+    #[allow(dead_code)]
+    name: String,
+    /// The trigger's id.
+    #[allow(dead_code)]
+    id: Uuid,
 }
 
 async fn job(state: &AppState, raw_name: &str) -> Result<Job> {
@@ -80,7 +87,23 @@ async fn parse(
     Ok((spec, timetable.next_after(now)))
 }
 
-/// Adds a trigger to a job: `201` with the trigger and its first fire time.
+/// Add a trigger to a job
+///
+/// `kind` says which fields the trigger needs: `expression` (and `timezone`) for `cron`,
+/// `every` for `interval`, `at` for `once`. Answers `201` with the trigger and its first fire
+/// time.
+#[utoipa::path(
+    post,
+    path = "/api/v1/jobs/{name}/triggers",
+    tag = "triggers",
+    params(JobPath),
+    request_body = TriggerInput,
+    responses(
+        (status = 201, description = "The trigger was created.", body = TriggerView,
+            headers(("Location" = String, description = "The trigger's URL."))),
+        (status = 404, description = "No such job.", body = Problem),
+    )
+)]
 async fn create_trigger(
     State(state): State<AppState>,
     actor: Actor,
@@ -124,23 +147,68 @@ async fn create_trigger(
         .into_response())
 }
 
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct ListTriggers {
+    /// Most triggers to return.
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 500, default = 100)]
+    limit: Option<String>,
+    /// The `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+/// List a job's triggers
+///
+/// The job's triggers in id order, a page at a time: pass `next_cursor` back as `cursor` for the
+/// next page.
+#[utoipa::path(
+    get,
+    path = "/api/v1/jobs/{name}/triggers",
+    tag = "triggers",
+    params(JobPath, ListTriggers),
+    responses(
+        (status = 200, description = "A page of the job's triggers.", body = Page<TriggerView>),
+        (status = 404, description = "No such job.", body = Problem),
+    )
+)]
 async fn list_triggers(
     State(state): State<AppState>,
     Path(raw_name): Path<String>,
-) -> Result<JsonResponse<Value>> {
+    Query(query): Query<ListTriggers>,
+) -> Result<JsonResponse<Page<TriggerView>>> {
+    let limit = limit(query.limit.as_deref(), 100)?;
+    let after = query
+        .cursor
+        .as_deref()
+        .map(|c| {
+            c.parse::<Uuid>()
+                .map_err(|_| Error::field("cursor", "not a cursor returned by this API"))
+        })
+        .transpose()?;
     let job = job(&state, &raw_name).await?;
-    let triggers: Vec<TriggerView> = state
-        .store
-        .list_triggers(&job)
-        .await?
-        .into_iter()
-        .map(TriggerView::from)
-        .collect();
-    Ok(JsonResponse(
-        json!({ "items": triggers, "next_cursor": null }),
-    ))
+    let triggers = state.store.list_triggers_page(&job, after, limit).await?;
+    let full = i64::try_from(triggers.len()).unwrap_or(i64::MAX) == limit;
+    let next_cursor = full
+        .then(|| triggers.last().map(|t| t.id.to_string()))
+        .flatten();
+    Ok(JsonResponse(Page {
+        items: triggers.into_iter().map(TriggerView::from).collect(),
+        next_cursor,
+    }))
 }
 
+/// Get a trigger
+#[utoipa::path(
+    get,
+    path = "/api/v1/jobs/{name}/triggers/{id}",
+    tag = "triggers",
+    params(TriggerPath),
+    responses(
+        (status = 200, description = "The trigger.", body = TriggerView),
+        (status = 404, description = "No such job or trigger.", body = Problem),
+    )
+)]
 async fn get_trigger(
     State(state): State<AppState>,
     Path((raw_name, raw_id)): Path<(String, String)>,
@@ -159,7 +227,20 @@ fn summary(trigger: Trigger) -> Option<Value> {
     serde_json::to_value(TriggerView::from(trigger)).ok()
 }
 
-/// Replaces a trigger's definition; its next fire time is recomputed from now.
+/// Replace a trigger
+///
+/// Replaces the trigger's definition; its next fire time is computed again from now.
+#[utoipa::path(
+    put,
+    path = "/api/v1/jobs/{name}/triggers/{id}",
+    tag = "triggers",
+    params(TriggerPath),
+    request_body = TriggerInput,
+    responses(
+        (status = 200, description = "The trigger as replaced.", body = TriggerView),
+        (status = 404, description = "No such job or trigger.", body = Problem),
+    )
+)]
 async fn replace_trigger(
     State(state): State<AppState>,
     actor: Actor,
@@ -192,6 +273,19 @@ async fn replace_trigger(
     Ok(JsonResponse(trigger.into()))
 }
 
+/// Delete a trigger
+///
+/// The tasks it created stay.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/jobs/{name}/triggers/{id}",
+    tag = "triggers",
+    params(TriggerPath),
+    responses(
+        (status = 204, description = "The trigger was deleted."),
+        (status = 404, description = "No such job or trigger.", body = Problem),
+    )
+)]
 async fn delete_trigger(
     State(state): State<AppState>,
     actor: Actor,
@@ -221,6 +315,19 @@ async fn delete_trigger(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Pause a trigger
+///
+/// It stops firing; its occurrences while paused are not wanted and never fire.
+#[utoipa::path(
+    post,
+    path = "/api/v1/jobs/{name}/triggers/{id}/pause",
+    tag = "triggers",
+    params(TriggerPath),
+    responses(
+        (status = 200, description = "The trigger, paused.", body = TriggerView),
+        (status = 404, description = "No such job or trigger.", body = Problem),
+    )
+)]
 async fn pause_trigger(
     State(state): State<AppState>,
     actor: Actor,
@@ -229,7 +336,19 @@ async fn pause_trigger(
     set_paused(&state, &actor, &raw_name, &raw_id, true).await
 }
 
-/// Resumes a trigger; occurrences that fell while it was paused are not fired.
+/// Resume a trigger
+///
+/// It fires next from now; occurrences that fell while it was paused are not fired.
+#[utoipa::path(
+    post,
+    path = "/api/v1/jobs/{name}/triggers/{id}/resume",
+    tag = "triggers",
+    params(TriggerPath),
+    responses(
+        (status = 200, description = "The trigger, resumed.", body = TriggerView),
+        (status = 404, description = "No such job or trigger.", body = Problem),
+    )
+)]
 async fn resume_trigger(
     State(state): State<AppState>,
     actor: Actor,
@@ -293,18 +412,33 @@ pub(crate) async fn next_from_now(
     Ok(timetable.next_after(state.store.now().await?))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct PreviewQuery {
+    /// How many fire times.
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 100, default = 10)]
     count: Option<String>,
 }
 
-/// The next `count` (1–100, default 10) fire times of a trigger, from now.
+/// Preview a trigger's fire times
+///
+/// The next `count` fire times of the trigger, from now (database clock).
+#[utoipa::path(
+    get,
+    path = "/api/v1/jobs/{name}/triggers/{id}/preview",
+    tag = "triggers",
+    params(TriggerPath, PreviewQuery),
+    responses(
+        (status = 200, description = "The next fire times; fewer when the trigger ends sooner.", body = PreviewView),
+        (status = 404, description = "No such job or trigger.", body = Problem),
+    )
+)]
 async fn preview_trigger(
     State(state): State<AppState>,
     Path((raw_name, raw_id)): Path<(String, String)>,
     Query(query): Query<PreviewQuery>,
-) -> Result<JsonResponse<Value>> {
+) -> Result<JsonResponse<PreviewView>> {
     let count = match query.count.as_deref() {
         None => 10,
         Some(text) => match text.parse::<usize>() {
@@ -329,7 +463,8 @@ async fn preview_trigger(
         .timetable()
         .map_err(|e| Error::Internal(Box::new(e)))?;
     let now = state.store.now().await?;
-    Ok(JsonResponse(
-        json!({ "trigger": id, "fire_times": timetable.preview(now, count) }),
-    ))
+    Ok(JsonResponse(PreviewView {
+        trigger: id,
+        fire_times: timetable.preview(now, count),
+    }))
 }

@@ -2,21 +2,33 @@
 
 use chrono::{DateTime, Utc};
 use pacer_domain::TriggerSpec;
-use pacer_domain::{JobSpec, TaskId, TaskState};
+use pacer_domain::{ConsumerStatus, FailureReason, JobSpec, SkipReason, TaskId, TaskState};
 use pacer_store::{Attempt, Event, Job, Node, SkippedRun, Task, Trigger};
 use serde::Serialize;
 use serde_json::Value;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 /// A page of a list: `next_cursor` fetches the next page, null on the last.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct Page<T> {
     pub(crate) items: Vec<T>,
     pub(crate) next_cursor: Option<String>,
 }
 
 /// A job as returned by the API: its name and version beside its definition.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Job, example = json!({
+    "name": "master-data-sync", "version": 1, "description": "Pull master data deltas",
+    "target": { "url": "http://registry:8080/sync/masterdata", "headers": { "X-Tenant": "a" },
+                "auth": { "kind": "jwt", "audience": "registry" } },
+    "payload": { "tables": ["centers"] },
+    "repoll_interval": "30s", "dispatch_timeout": "10s", "timeout": "2h", "deadline": "15m",
+    "retry": { "max_attempts": 10, "initial_backoff": "1s", "max_backoff": "5m", "multiplier": 2.0, "jitter": 0.2 },
+    "expect_callback": true, "overlap": "skip", "on_messages": ["masterdata.changed"],
+    "labels": { "team": "registration" },
+    "paused": false, "created_at": "2026-11-24T08:00:00Z", "updated_at": "2026-11-24T08:00:00Z"
+}))]
 pub(crate) struct JobView {
     name: String,
     version: i32,
@@ -43,8 +55,10 @@ impl From<Job> for JobView {
 /// How a task came to be: `{kind: "trigger", trigger_id, scheduled_at}`,
 /// `{kind: "manual", actor}`, `{kind: "retry", task_id}`, `{kind: "message", message_id, type}`,
 /// or just the kind.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = TaskOrigin)]
 struct OriginView {
+    #[schema(value_type = String, pattern = "^(api|manual|trigger|message|retry)$", examples("trigger", "manual"))]
     kind: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     trigger_id: Option<Uuid>,
@@ -63,13 +77,26 @@ struct OriginView {
 }
 
 /// A task as returned by the API; `attempts` only in the detail view.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Task, example = json!({
+    "id": "0193a5c4-7f2e-7c1a-9d3e-2b1f4a6c8e01", "job": "master-data-sync", "state": "processing",
+    "origin": { "kind": "trigger", "trigger_id": "0193a5c0-1b2c-7d3e-8f40-5a6b7c8d9e0f",
+                "scheduled_at": "2026-11-24T09:00:00Z" },
+    "idempotency_key": null, "payload": { "tables": ["centers"] },
+    "attempt": 2, "created_at": "2026-11-24T09:00:00.012Z", "due_at": "2026-11-24T09:00:00Z",
+    "started_at": "2026-11-24T09:00:00.020Z", "finished_at": null,
+    "next_dispatch_at": "2026-11-24T09:01:00Z", "deadline_at": "2026-11-24T09:15:00Z",
+    "timeout_at": "2026-11-24T11:00:00Z", "overdue": false, "claimed_by": null,
+    "progress": { "done": 120, "total": 500 }, "message": null, "result": null, "last_error": null,
+    "failure_reason": null, "updated_at": "2026-11-24T09:00:30Z"
+}))]
 pub struct TaskView {
     id: TaskId,
     job: String,
     state: TaskState,
     origin: OriginView,
     idempotency_key: Option<String>,
+    #[schema(value_type = Object)]
     payload: Value,
     attempt: i32,
     created_at: DateTime<Utc>,
@@ -85,17 +112,24 @@ pub struct TaskView {
     message: Option<String>,
     result: Option<Value>,
     last_error: Option<String>,
+    #[schema(value_type = Option<FailureReason>)]
     failure_reason: Option<String>,
+    /// Under the `buffer_one` overlap policy: the open task this one waits for.
     #[serde(skip_serializing_if = "Option::is_none")]
     waits_for: Option<TaskId>,
     updated_at: DateTime<Utc>,
+    /// Every dispatch so far, oldest first; only in `GET /api/v1/tasks/{id}`.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     attempts: Option<Vec<AttemptView>>,
-    /// State changes and callbacks in the order they happened (detail view only).
+    /// State changes and callbacks in the order they happened, the latest 1000; only in
+    /// `GET /api/v1/tasks/{id}`.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     history: Option<Vec<EventView>>,
-    /// The tasks that retry this one (detail view only).
+    /// The tasks that retry this one; only in `GET /api/v1/tasks/{id}`.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     retries: Option<Vec<TaskId>>,
 }
 
@@ -116,16 +150,25 @@ impl TaskView {
 }
 
 /// One event of the event log, as the task history and the event stream show it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Event, example = json!({
+    "id": "48213-1042", "at": "2026-11-24T09:00:30Z", "kind": "task.state", "job": "master-data-sync",
+    "task": "0193a5c4-7f2e-7c1a-9d3e-2b1f4a6c8e01", "data": { "from": "pending", "to": "processing" }
+}))]
 pub(crate) struct EventView {
     /// Opaque and ordered: the event stream's `id`, and what `Last-Event-ID` takes back.
     pub(crate) id: String,
     pub(crate) at: DateTime<Utc>,
+    /// What happened: `task.state`, `task.callback`, `leader.changed`, `leader.resigned`, …
     pub(crate) kind: String,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub(crate) job: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub(crate) task: Option<TaskId>,
+    /// What the event carries; its shape depends on `kind`.
+    #[schema(value_type = Object)]
     pub(crate) data: Value,
 }
 
@@ -184,12 +227,16 @@ impl From<Task> for TaskView {
 }
 
 /// One dispatch of a task.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Attempt)]
 struct AttemptView {
     number: i32,
     node: String,
     started_at: DateTime<Utc>,
     finished_at: DateTime<Utc>,
+    /// `accepted`, `already_running`, `transient_error`, `permanent_error`, `abandoned` or
+    /// `interrupted`.
+    #[schema(examples("accepted"))]
     outcome: String,
     http_status: Option<i32>,
     error: Option<String>,
@@ -212,7 +259,14 @@ impl From<Attempt> for AttemptView {
 }
 
 /// A trigger with its schedule state.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Trigger, example = json!({
+    "id": "0193a5c0-1b2c-7d3e-8f40-5a6b7c8d9e0f", "job": "master-data-sync",
+    "kind": "cron", "expression": "0 */15 * * * *", "timezone": "Asia/Kolkata",
+    "misfire": "fire_once", "misfire_grace": "1m", "catch_up_limit": 100,
+    "paused": false, "next_fire_at": "2026-11-24T09:15:00Z", "last_fired_at": "2026-11-24T09:00:00Z",
+    "skipped": 0, "created_at": "2026-11-24T08:00:00Z", "updated_at": "2026-11-24T08:00:00Z"
+}))]
 pub(crate) struct TriggerView {
     id: Uuid,
     job: String,
@@ -221,6 +275,7 @@ pub(crate) struct TriggerView {
     paused: bool,
     next_fire_at: Option<DateTime<Utc>>,
     last_fired_at: Option<DateTime<Utc>>,
+    /// Occurrences of this trigger recorded as skipped.
     skipped: i64,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
@@ -243,7 +298,8 @@ impl From<Trigger> for TriggerView {
 }
 
 /// A node of the cluster.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Node)]
 pub(crate) struct NodeView {
     id: String,
     address: String,
@@ -254,6 +310,7 @@ pub(crate) struct NodeView {
     alive: bool,
     /// Its RabbitMQ consumer, when it has a broker configured.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<ConsumerStatus>, nullable = false)]
     amqp: Option<Value>,
 }
 
@@ -273,12 +330,14 @@ impl From<Node> for NodeView {
 }
 
 /// A run that got no task.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Skip)]
 pub(crate) struct SkipView {
     id: Uuid,
     job: String,
     trigger_id: Option<Uuid>,
     scheduled_at: Option<DateTime<Utc>>,
+    #[schema(value_type = SkipReason)]
     reason: String,
     recorded_at: DateTime<Utc>,
 }
@@ -294,4 +353,66 @@ impl From<SkippedRun> for SkipView {
             recorded_at: s.recorded_at,
         }
     }
+}
+
+/// The leader of the cluster.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct LeaderView {
+    pub(crate) node: Option<String>,
+    pub(crate) term: i64,
+    pub(crate) since: Option<DateTime<Utc>>,
+    pub(crate) lease_expires_at: DateTime<Utc>,
+}
+
+/// The cluster: its leader (null while none holds a valid lease), the current term, and every
+/// known node, alive first.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Cluster, example = json!({
+    "leader": { "node": "pacer-1", "term": 7, "since": "2026-11-24T08:00:00Z",
+                "lease_expires_at": "2026-11-24T09:00:06Z" },
+    "term": 7,
+    "nodes": [ { "id": "pacer-1", "address": "10.0.0.5:8080", "version": "0.1.0",
+                 "started_at": "2026-11-24T08:00:00Z", "last_heartbeat_at": "2026-11-24T09:00:02Z",
+                 "stopped_at": null, "alive": true,
+                 "amqp": { "state": "connected", "since": "2026-11-24T08:00:01Z", "queue": "pacer.messages" } } ],
+    "amqp": { "node": "pacer-1",
+              "consumer": { "state": "connected", "since": "2026-11-24T08:00:01Z", "queue": "pacer.messages" } }
+}))]
+pub(crate) struct ClusterView {
+    pub(crate) leader: Option<LeaderView>,
+    pub(crate) term: i64,
+    pub(crate) nodes: Vec<NodeView>,
+    /// The RabbitMQ consumer of the node that answered; each node reports its own in `/readyz`.
+    pub(crate) amqp: AmqpView,
+}
+
+/// A node's RabbitMQ consumer.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = NodeConsumer)]
+pub(crate) struct AmqpView {
+    pub(crate) node: String,
+    pub(crate) consumer: ConsumerStatus,
+}
+
+/// Whether the scheduler is in standby.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Scheduler)]
+pub(crate) struct SchedulerView {
+    pub(crate) paused: bool,
+}
+
+/// The next fire times of a trigger.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = TriggerPreview)]
+pub(crate) struct PreviewView {
+    pub(crate) trigger: Uuid,
+    pub(crate) fire_times: Vec<DateTime<Utc>>,
+}
+
+/// What deleting a job did.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = DeletedJob, example = json!({ "deleted": "master-data-sync", "cancelled_tasks": 0 }))]
+pub(crate) struct DeletedJobView {
+    pub(crate) deleted: String,
+    pub(crate) cancelled_tasks: u64,
 }

@@ -322,3 +322,51 @@ async fn paused_and_single_instance_jobs_refuse_new_tasks_clearly(pool: PgPool) 
         .expect("count");
     assert_eq!(tasks, 1);
 }
+
+#[sqlx::test(migrator = "pacer_store::MIGRATOR")]
+async fn a_jobs_triggers_are_listed_a_bounded_page_at_a_time(pool: PgPool) {
+    let api = Api::new(pool);
+    let job = json!({ "target": { "url": "http://downstream.test/run" } });
+    let (status, _) = api.send(Method::PUT, "/api/v1/jobs/paged", Some(job)).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let mut created = Vec::new();
+    for hour in 0..5 {
+        let trigger = json!({ "kind": "cron", "expression": format!("0 {hour} * * *") });
+        let (status, body) = api
+            .send(Method::POST, "/api/v1/jobs/paged/triggers", Some(trigger))
+            .await;
+        assert_eq!(status, StatusCode::CREATED);
+        created.push(body["id"].as_str().expect("id").to_owned());
+    }
+    created.sort();
+
+    let mut listed = Vec::new();
+    let mut uri = "/api/v1/jobs/paged/triggers?limit=2".to_owned();
+    loop {
+        let (status, page) = api.send(Method::GET, &uri, None).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        let items = page["items"].as_array().expect("items");
+        assert!(items.len() <= 2);
+        listed.extend(
+            items
+                .iter()
+                .map(|t| t["id"].as_str().expect("id").to_owned()),
+        );
+        match page["next_cursor"].as_str() {
+            Some(cursor) => uri = format!("/api/v1/jobs/paged/triggers?limit=2&cursor={cursor}"),
+            None => break,
+        }
+    }
+    assert_eq!(listed, created, "every trigger once, in id order");
+
+    for bad in ["limit=0", "limit=1001", "cursor=nope", "colour=red"] {
+        let (status, problem) = api
+            .send(
+                Method::GET,
+                &format!("/api/v1/jobs/paged/triggers?{bad}"),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}: {problem}");
+    }
+}

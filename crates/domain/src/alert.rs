@@ -11,6 +11,7 @@ use crate::ValidationErrors;
 use crate::job::JobName;
 
 /// What went wrong.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AlertKind {
@@ -87,6 +88,7 @@ impl FromStr for AlertKind {
 }
 
 /// How urgent an alert is.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Severity {
@@ -129,6 +131,7 @@ impl fmt::Display for Severity {
 }
 
 /// Where an alert is in its life: `open` → `acked` (optional) → `resolved`, which is final.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AlertState {
@@ -179,6 +182,7 @@ pub const LOG_SINK: &str = "log";
 /// A job's alert routes: which configured sinks hear about its failures (`failed`, `missed`,
 /// `dispatch_errors`), its overdue tasks, and its completed tasks; and severity overrides per
 /// kind. Every field is optional; a job without routes alerts only the global sinks.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JobAlerts {

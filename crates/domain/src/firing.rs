@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::Span;
 
 /// What to do with occurrences found later than the grace window.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MisfirePolicy {
@@ -31,6 +32,7 @@ pub struct MisfireRule {
 }
 
 /// Why an occurrence got no task.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SkipReason {
@@ -122,6 +124,7 @@ pub fn plan(
 }
 
 /// What a job does with a new task while another of its tasks is open.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OverlapPolicy {

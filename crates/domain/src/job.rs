@@ -64,9 +64,19 @@ impl<'de> Deserialize<'de> for JobName {
 }
 
 /// Where a job's tasks are dispatched: an HTTP endpoint taking a `POST`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpTarget {
+    /// An `http` or `https` URL with a host, at most 2048 characters.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            max_length = 2048,
+            pattern = r"^https?://[^/?#\s]+([/?#]\S*)?$",
+            example = "http://registry:8080/sync/masterdata"
+        )
+    )]
     pub url: String,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, String>,
@@ -88,6 +98,7 @@ pub enum Target {
 
 /// Where a job's tasks are published: a RabbitMQ exchange and routing key, with publisher
 /// confirms. The empty exchange is the broker's default one (the routing key names a queue).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AmqpTarget {
@@ -122,6 +133,139 @@ impl Target {
             Target::Http(http) => &http.headers,
             Target::Amqp(amqp) => &amqp.headers,
         }
+    }
+}
+
+/// The schema says which fields each kind takes (one object per kind), while an HTTP target is
+/// still written without a `kind`.
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for Target {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::ToSchema;
+        use utoipa::openapi::Ref;
+        use utoipa::openapi::schema::{
+            AdditionalProperties, ObjectBuilder, OneOfBuilder, SchemaType, Type,
+        };
+
+        let string = || ObjectBuilder::new().schema_type(Type::String);
+        let nullable =
+            |types: [Type; 1]| SchemaType::from_iter(types.into_iter().chain([Type::Null]));
+        // A field of the other kind may be sent as null: it counts as absent.
+        let null = || {
+            ObjectBuilder::new()
+                .schema_type(Type::Null)
+                .description(Some(
+                    "Belongs to the other kind of target; null counts as absent.",
+                ))
+        };
+        let headers = || {
+            ObjectBuilder::new()
+                .schema_type(Type::Object)
+                .additional_properties(Some(string()))
+                .description(Some(
+                    "Static headers on every dispatch: at most 32, values of visible ASCII.",
+                ))
+        };
+        let url = || {
+            ObjectBuilder::new()
+                .max_length(Some(2048))
+                .pattern(Some(r"^https?://[^/?#\s]+([/?#]\S*)?$"))
+        };
+        let http = ObjectBuilder::new()
+            .title(Some("HttpTarget"))
+            .description(Some("An HTTP endpoint taking a `POST` of each task."))
+            .property(
+                "kind",
+                ObjectBuilder::new()
+                    .schema_type(nullable([Type::String]))
+                    .enum_values(Some([serde_json::json!("http"), serde_json::Value::Null]))
+                    .description(Some("Optional for an HTTP target.")),
+            )
+            .property(
+                "url",
+                url()
+                    .schema_type(Type::String)
+                    .description(Some("An `http` or `https` URL with a host."))
+                    .examples(["http://registry:8080/sync/masterdata"]),
+            )
+            .required("url")
+            .property("headers", headers())
+            .property(
+                "auth",
+                OneOfBuilder::new()
+                    .item(Ref::from_schema_name(OutboundAuth::name()))
+                    .item(ObjectBuilder::new().schema_type(Type::Null))
+                    .description(Some(
+                        "How a dispatch proves it comes from Pacer (default none).",
+                    )),
+            )
+            .property(
+                "cancel_url",
+                url()
+                    .schema_type(nullable([Type::String]))
+                    .description(Some(
+                        "Where a cancellation is sent (`DELETE`, best effort); `url` when absent. \
+                     `{task_id}` in it is replaced by the task's id.",
+                    )),
+            )
+            .property("exchange", null())
+            .property("routing_key", null())
+            .additional_properties(Some(AdditionalProperties::FreeForm(false)));
+        let amqp = ObjectBuilder::new()
+            .title(Some("AmqpTarget"))
+            .description(Some(
+                "A RabbitMQ exchange and routing key, with publisher confirms; the cluster needs \
+                 `amqp.url`. The empty exchange is the broker's default one (the routing key names \
+                 a queue).",
+            ))
+            .property("kind", string().enum_values(Some(["amqp"])))
+            .required("kind")
+            .property(
+                "exchange",
+                string()
+                    .max_length(Some(127))
+                    .pattern(Some(r"^[A-Za-z0-9._:/-]*$"))
+                    .examples(["pacer.tasks"]),
+            )
+            .required("exchange")
+            .property(
+                "routing_key",
+                string().max_length(Some(255)).examples(["masterdata.sync"]),
+            )
+            .required("routing_key")
+            .property("headers", headers())
+            .property("url", null())
+            .property("auth", null())
+            .property("cancel_url", null())
+            .additional_properties(Some(AdditionalProperties::FreeForm(false)));
+        OneOfBuilder::new()
+            .item(http)
+            .item(amqp)
+            .description(Some(
+                "Where a job's tasks are dispatched: an HTTP endpoint (without a `kind`, or with \
+                 `\"kind\": \"http\"`), or a RabbitMQ exchange (`\"kind\": \"amqp\"`).",
+            ))
+            .examples([
+                serde_json::json!({ "url": "http://registry:8080/sync/masterdata",
+                    "auth": { "kind": "jwt", "audience": "registry" },
+                    "cancel_url": "http://registry:8080/sync/{task_id}" }),
+                serde_json::json!({ "kind": "amqp", "exchange": "pacer.tasks",
+                    "routing_key": "masterdata.sync" }),
+            ])
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for Target {
+    fn schemas(
+        schemas: &mut Vec<(
+            String,
+            utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+        )>,
+    ) {
+        use utoipa::PartialSchema;
+        schemas.push((OutboundAuth::name().into(), OutboundAuth::schema()));
     }
 }
 
@@ -203,6 +347,7 @@ impl<'de> Deserialize<'de> for Target {
 /// How a dispatch proves it comes from Pacer. Secrets are named, never written here: their values
 /// live in Pacer's configuration.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum OutboundAuth {
     /// No credentials.
@@ -234,11 +379,13 @@ impl OutboundAuth {
 }
 
 /// A validated job definition, as stored and as returned by the API.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
     pub target: Target,
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub payload: Value,
     pub repoll_interval: Span,
     pub dispatch_timeout: Span,
@@ -260,11 +407,24 @@ pub struct JobSpec {
 }
 
 /// A job definition as a client writes it: everything but the target is optional.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", schema(example = json!({
+    "description": "Pull master data deltas",
+    "target": { "url": "http://registry:8080/sync/masterdata", "headers": { "X-Tenant": "a" },
+                "auth": { "kind": "jwt", "audience": "registry" } },
+    "payload": { "tables": ["centers"] },
+    "repoll_interval": "30s", "dispatch_timeout": "10s", "timeout": "2h", "deadline": "15m",
+    "retry": { "max_attempts": 10, "initial_backoff": "1s", "max_backoff": "5m", "multiplier": 2.0, "jitter": 0.2 },
+    "expect_callback": true, "overlap": "skip", "on_messages": ["masterdata.changed"],
+    "labels": { "team": "registration" }
+})))]
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JobInput {
     pub description: Option<String>,
     pub target: Target,
+    /// A JSON object; a task's own payload is laid over it key by key.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     pub payload: Option<Value>,
     pub repoll_interval: Option<Span>,
     pub dispatch_timeout: Option<Span>,
@@ -275,10 +435,13 @@ pub struct JobInput {
     pub overlap: Option<OverlapPolicy>,
     pub labels: Option<BTreeMap<String, String>>,
     pub alerts: Option<JobAlerts>,
+    /// Message types this job subscribes to: each such message creates a task.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Vec<MessageType>>))]
     pub on_messages: Option<Vec<String>>,
 }
 
 /// A retry policy as a client writes it; omitted fields take the defaults.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetryInput {

@@ -40,6 +40,28 @@ impl FromStr for MessageType {
     }
 }
 
+/// On the wire a message type is a string.
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for MessageType {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .min_length(Some(1))
+            .max_length(Some(128))
+            .pattern(Some(r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$"))
+            .description(Some(
+                "A message type: 1–128 letters, digits, `.`, `_`, `-`, `:` or `/`, starting with \
+                 a letter or digit.",
+            ))
+            .examples(["masterdata.changed"])
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for MessageType {}
+
 impl MessageType {
     /// The type as text.
     pub fn as_str(&self) -> &str {
@@ -62,15 +84,25 @@ impl<'de> Deserialize<'de> for MessageType {
 }
 
 /// A message as an upstream writes it. Only `type` is required; `payload` defaults to `{}`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", schema(example = json!({
+    "type": "masterdata.changed", "id": "evt-20261124-0042", "key": "centers",
+    "payload": { "tables": ["centers"] }
+})))]
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MessageInput {
+    /// The message type (required): 1–128 letters, digits, `.`, `_`, `-`, `:` or `/`, starting
+    /// with a letter or digit.
     #[serde(rename = "type")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<MessageType>))]
     pub kind: Option<String>,
     /// The upstream's id for the message: its deduplication key.
     pub id: Option<String>,
     /// What the message is about (`centers`); part of the deduplication key when `id` is absent.
     pub key: Option<String>,
+    /// A JSON object, laid over each subscribing job's payload key by key.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     pub payload: Option<Value>,
 }
 
@@ -85,6 +117,7 @@ pub struct Message {
 }
 
 /// Where a message came from.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MessageSource {
@@ -105,6 +138,7 @@ impl MessageSource {
 }
 
 /// The state of a node's RabbitMQ consumer, as `/readyz` and `GET /api/v1/cluster` show it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ConsumerStatus {
     pub state: ConsumerState,
@@ -119,6 +153,7 @@ pub struct ConsumerStatus {
 }
 
 /// Where a node's RabbitMQ consumer is.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ConsumerState {

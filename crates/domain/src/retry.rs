@@ -10,6 +10,7 @@ use crate::Span;
 ///
 /// `max_attempts` bounds the dispatches in a row that end in a transient error; an accepted
 /// dispatch resets the count. How long a task may keep going overall is the job's `timeout`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetryPolicy {

@@ -113,6 +113,30 @@ impl fmt::Display for Span {
     }
 }
 
+/// On the wire a span is a string such as `30s` or `1h30m`.
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for Span {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some(r"^ *([0-9]+(ms|s|m|h|d) *)+$"))
+            .description(Some(
+                "A duration: whole numbers with units `ms`, `s`, `m`, `h`, `d`, like `250ms`, \
+                 `30s` or `1h30m`; at most 365 days.",
+            ))
+            .examples(["30s"])
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for Span {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "Duration".into()
+    }
+}
+
 impl Serialize for Span {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.collect_str(self)

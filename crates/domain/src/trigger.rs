@@ -9,6 +9,7 @@ use crate::schedule::{Schedule, ScheduleError};
 use crate::{Span, ValidationErrors};
 
 /// The schedule part of a trigger, as written.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ScheduleSpec {
@@ -30,6 +31,7 @@ fn utc() -> String {
 }
 
 /// The kinds of trigger.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TriggerKind {
@@ -54,6 +56,109 @@ pub struct TriggerInput {
     pub misfire_grace: Option<Span>,
     pub catch_up_limit: Option<u32>,
     pub description: Option<String>,
+}
+
+/// The schema says which fields each kind takes (one object per kind), while the wire stays one
+/// flat object with `kind` beside the other fields.
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for TriggerInput {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::ToSchema;
+        use utoipa::openapi::schema::{
+            KnownFormat, ObjectBuilder, OneOfBuilder, SchemaFormat, Type,
+        };
+        use utoipa::openapi::{Ref, RefOr, Schema};
+
+        let string = || ObjectBuilder::new().schema_type(Type::String);
+        let time = || string().format(Some(SchemaFormat::KnownFormat(KnownFormat::DateTime)));
+        let duration = || RefOr::<Schema>::Ref(Ref::from_schema_name(crate::Span::name()));
+        let kind = |name: &str, description: &str, own: Vec<(&str, RefOr<Schema>)>| {
+            let mut object = ObjectBuilder::new()
+                .description(Some(description))
+                .property("kind", string().enum_values(Some([name])))
+                .required("kind");
+            for (field, schema) in own {
+                object = object.property(field, schema);
+            }
+            object
+                .property(
+                    "start_at",
+                    time().description(Some("Fires no earlier than this.")),
+                )
+                .property(
+                    "end_at",
+                    time().description(Some("Fires no later than this.")),
+                )
+                .property(
+                    "misfire",
+                    RefOr::<Schema>::Ref(Ref::from_schema_name(MisfirePolicy::name())),
+                )
+                .property("misfire_grace", duration())
+                .property(
+                    "catch_up_limit",
+                    ObjectBuilder::new()
+                        .schema_type(Type::Integer)
+                        .minimum(Some(0))
+                        .maximum(Some(u32::MAX))
+                        .description(Some("Most tasks `catch_up` creates (default 100).")),
+                )
+                .property("description", string())
+                .additional_properties(Some(
+                    utoipa::openapi::schema::AdditionalProperties::FreeForm(false),
+                ))
+        };
+        let cron = kind(
+            "cron",
+            "A cron expression: 5 fields (minute hour day-of-month month day-of-week), 6 with \
+             seconds first, or `@yearly` `@monthly` `@weekly` `@daily` `@hourly`.",
+            vec![
+                ("expression", string().examples(["0 */15 * * * *"]).into()),
+                (
+                    "timezone",
+                    string()
+                        .description(Some("An IANA time zone (default `UTC`)."))
+                        .examples(["Asia/Kolkata"])
+                        .into(),
+                ),
+            ],
+        )
+        .required("expression");
+        let interval = kind(
+            "interval",
+            "Every `every` (at least `1s`) from `start_at`, or aligned to the Unix epoch without it.",
+            vec![("every", duration())],
+        )
+        .required("every");
+        let once = kind("once", "Once, at `at`.", vec![("at", time().into())]).required("at");
+        OneOfBuilder::new()
+            .item(cron)
+            .item(interval)
+            .item(once)
+            .description(Some(
+                "A trigger as a client writes it: `kind` says which of `expression` (with \
+                 `timezone`), `every` or `at` it needs.",
+            ))
+            .examples([
+                serde_json::json!({ "kind": "cron", "expression": "0 */15 * * * *", "timezone": "Asia/Kolkata", "misfire": "fire_once" }),
+                serde_json::json!({ "kind": "interval", "every": "1s", "start_at": "2026-12-01T00:00:00Z", "misfire": "catch_up" }),
+                serde_json::json!({ "kind": "once", "at": "2026-12-01T09:00:00Z" }),
+            ])
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for TriggerInput {
+    fn schemas(
+        schemas: &mut Vec<(
+            String,
+            utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+        )>,
+    ) {
+        use utoipa::PartialSchema;
+        schemas.push((crate::Span::name().into(), crate::Span::schema()));
+        schemas.push((MisfirePolicy::name().into(), MisfirePolicy::schema()));
+    }
 }
 
 impl TriggerInput {
@@ -118,6 +223,7 @@ impl TriggerInput {
 }
 
 /// A validated trigger definition, as stored and returned.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TriggerSpec {
     #[serde(flatten)]

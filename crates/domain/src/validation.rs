@@ -5,6 +5,7 @@ use std::fmt;
 use serde::Serialize;
 
 /// One rejected field: its dotted path (`retry.max_attempts`) and what is wrong with it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct FieldError {
     pub field: String,

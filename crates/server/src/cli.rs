@@ -185,8 +185,16 @@ pub(crate) enum TasksVerb {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum TriggersVerb {
-    /// A job's triggers.
-    List { job: String },
+    /// A job's triggers, in id order.
+    List {
+        job: String,
+        /// At most this many (1–500; default 100).
+        #[arg(long)]
+        limit: Option<u32>,
+        /// The `next_cursor` of the previous page.
+        #[arg(long)]
+        cursor: Option<String>,
+    },
     /// A trigger's next fire times.
     Preview {
         job: String,
@@ -501,9 +509,12 @@ async fn tasks(connection: &Connection, verb: TasksVerb) -> Result<()> {
 async fn triggers(connection: &Connection, verb: TriggersVerb) -> Result<()> {
     let client = connection.client()?;
     match verb {
-        TriggersVerb::List { job } => {
+        TriggersVerb::List { job, limit, cursor } => {
             let value = client
-                .get(&format!("/api/v1/jobs/{}/triggers", segment(&job)), &[])
+                .get(
+                    &format!("/api/v1/jobs/{}/triggers", segment(&job)),
+                    &page_query(limit, cursor),
+                )
                 .await?;
             connection.print(&value, |v| {
                 let table = Table::new(&[

@@ -1,5 +1,6 @@
 //! The `pacer` binary: `serve` runs a node, `dev` a local node with an example, `migrate`
-//! applies the database migrations; the operator verbs (`jobs`, `apply`, …) are in `cli`.
+//! applies the database migrations, `openapi` prints the API's OpenAPI document; the operator
+//! verbs (`jobs`, `apply`, …) are in `cli`.
 
 mod apply;
 mod cli;
@@ -60,8 +61,35 @@ enum Command {
     },
     /// Print a new Ed25519 signing key (PKCS#8 PEM) for `signing.keys`.
     Keygen,
+    /// Print the API's OpenAPI document (JSON), as served at `/api/openapi.json`.
+    Openapi {
+        /// Write it to this file instead of standard output.
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
     #[command(flatten)]
     Remote(cli::Remote),
+}
+
+fn write_openapi(output: Option<&std::path::Path>) -> ExitCode {
+    let document = pacer_api::document_json();
+    let written = match output {
+        Some(path) => std::fs::write(path, document)
+            .with_context(|| format!("cannot write {}", path.display())),
+        None => {
+            use std::io::Write;
+            std::io::stdout()
+                .write_all(document.as_bytes())
+                .context("cannot write to standard output")
+        }
+    };
+    match written {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("pacer: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn parse_role(text: &str) -> Result<pacer_auth::Role, String> {
@@ -72,6 +100,10 @@ fn parse_role(text: &str) -> Result<pacer_auth::Role, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Needs no configuration: the document depends on the code alone.
+    if let Command::Openapi { output } = &cli.command {
+        return write_openapi(output.as_deref());
+    }
     // The verbs over the REST API need no node configuration.
     let cli = match cli.command {
         Command::Remote(remote) => return cli::run(remote),
@@ -108,7 +140,7 @@ fn main() -> ExitCode {
             };
         }
         Command::Dev => security::add_dev_keys(&mut config),
-        Command::Serve | Command::Migrate { .. } => {}
+        Command::Serve | Command::Migrate { .. } | Command::Openapi { .. } => {}
     }
     let security = match &cli.command {
         Command::Serve | Command::Dev => {
@@ -154,7 +186,7 @@ fn main() -> ExitCode {
             Command::Dev => {
                 dev::run(config, security.context("security was not configured")?).await
             }
-            Command::Token { .. } | Command::Keygen => Ok(()),
+            Command::Token { .. } | Command::Keygen | Command::Openapi { .. } => Ok(()),
             Command::Migrate { wait } => {
                 let store = node::connect(&config)?;
                 let give_up = node::shutdown_on_signals()?;

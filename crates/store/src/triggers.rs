@@ -113,6 +113,30 @@ impl Store {
         Ok(rows.into_iter().map(Trigger::from).collect())
     }
 
+    /// A page of `job`'s triggers in id order: at most `limit`, after the trigger `after`.
+    pub async fn list_triggers_page(
+        &self,
+        job: &Job,
+        after: Option<Uuid>,
+        limit: i64,
+    ) -> Result<Vec<Trigger>> {
+        let rows = sqlx::query_as!(
+            TriggerRow,
+            r#"select t.id, $2::text as "job_name!", t.spec as "spec: Json<TriggerSpec>", t.paused,
+                      t.next_fire_at, t.last_fired_at, t.skip_count, t.created_at, t.updated_at
+               from triggers t
+               where t.job_id = $1 and ($3::uuid is null or t.id > $3)
+               order by t.id limit $4"#,
+            job.id,
+            job.name.as_str(),
+            after,
+            limit,
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(Trigger::from).collect())
+    }
+
     /// One trigger of `job`.
     pub async fn get_trigger(&self, job: &Job, id: Uuid) -> Result<Trigger> {
         self.list_triggers(job)
