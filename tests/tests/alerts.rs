@@ -383,10 +383,20 @@ async fn a_sink_that_is_down_gets_each_notification_once_it_recovers_across_a_re
         let id = node_a.api().create_task_id("strict", &json!({})).await;
         node_a.api().wait_for_state(&id, "failed", SETTLE).await;
     }
-    // Both notifications are tried and refused a few times while the sink is down.
-    wait_until("retries against the sink that is down", SETTLE, || async {
-        (sink.requests().len() >= 4).then_some(())
-    })
+    // Both notifications are tried and refused at least twice each while the sink is down.
+    wait_until(
+        "retries of both notifications against the sink that is down",
+        SETTLE,
+        || async {
+            let mut tries: std::collections::HashMap<String, usize> =
+                std::collections::HashMap::new();
+            for request in sink.requests() {
+                let id = request.header("pacer-delivery-id").unwrap_or_default();
+                *tries.entry(id.to_owned()).or_default() += 1;
+            }
+            (tries.len() == 2 && tries.values().all(|n| *n >= 2)).then_some(())
+        },
+    )
     .await;
 
     node_a.terminate();
