@@ -280,13 +280,7 @@ fn alert_id(raw: &str) -> Result<Uuid> {
 }
 
 fn alert_not_found(id: Uuid) -> impl FnOnce(pacer_store::Error) -> Error {
-    move |error| match error {
-        pacer_store::Error::NotFound(_) => Error::NotFound {
-            what: "alert",
-            id: id.to_string(),
-        },
-        other => other.into(),
-    }
+    crate::error::missing("alert", id)
 }
 
 /// Get an alert

@@ -315,6 +315,19 @@ impl From<pacer_store::Error> for Error {
     }
 }
 
+/// Maps the store's "not found" to a `404` naming `what` and `id`, and any other store error as
+/// usual: `.map_err(missing("task", id))`.
+pub(crate) fn missing(
+    what: &'static str,
+    id: impl std::fmt::Display,
+) -> impl FnOnce(pacer_store::Error) -> Error {
+    let id = id.to_string();
+    move |error| match error {
+        pacer_store::Error::NotFound(_) => Error::NotFound { what, id },
+        other => other.into(),
+    }
+}
+
 pub(crate) async fn route_not_found() -> Error {
     Error::RouteNotFound
 }

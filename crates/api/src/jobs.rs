@@ -51,14 +51,8 @@ pub(crate) fn existing_name(raw: &str) -> Result<JobName> {
     })
 }
 
-pub(crate) fn not_found(name: &JobName) -> impl FnOnce(pacer_store::Error) -> Error + '_ {
-    move |error| match error {
-        pacer_store::Error::NotFound(_) => Error::NotFound {
-            what: "job",
-            id: name.to_string(),
-        },
-        other => other.into(),
-    }
+pub(crate) fn not_found(name: &JobName) -> impl FnOnce(pacer_store::Error) -> Error {
+    crate::error::missing("job", name)
 }
 
 /// The query of `PUT /api/v1/jobs/{name}`.

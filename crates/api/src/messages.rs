@@ -207,13 +207,11 @@ async fn get_message(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<JsonResponse<MessageView>> {
-    let message = state.store.get_message(&id).await.map_err(|e| match e {
-        pacer_store::Error::NotFound(_) => Error::NotFound {
-            what: "message",
-            id: id.clone(),
-        },
-        other => other.into(),
-    })?;
+    let message = state
+        .store
+        .get_message(&id)
+        .await
+        .map_err(crate::error::missing("message", &id))?;
     Ok(JsonResponse(MessageView::new(message, None)))
 }
 

@@ -239,13 +239,7 @@ pub(crate) async fn start_task(
 }
 
 pub(crate) fn task_not_found(id: TaskId) -> impl FnOnce(pacer_store::Error) -> Error {
-    move |error| match error {
-        pacer_store::Error::NotFound(_) => Error::NotFound {
-            what: "task",
-            id: id.to_string(),
-        },
-        other => other.into(),
-    }
+    crate::error::missing("task", id)
 }
 
 /// Get a task

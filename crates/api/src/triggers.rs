@@ -65,13 +65,7 @@ fn trigger_id(raw: &str) -> Result<Uuid> {
 }
 
 fn trigger_not_found(id: Uuid) -> impl FnOnce(pacer_store::Error) -> Error {
-    move |error| match error {
-        pacer_store::Error::NotFound(_) => Error::NotFound {
-            what: "trigger",
-            id: id.to_string(),
-        },
-        other => other.into(),
-    }
+    crate::error::missing("trigger", id)
 }
 
 /// Validates a definition and finds its first fire time after now (database clock).
