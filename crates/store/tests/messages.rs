@@ -169,3 +169,27 @@ async fn messages_past_the_retention_are_pruned_and_their_tasks_keep_the_type(po
         .expect("ingest");
     assert!(!ingested.duplicate);
 }
+
+/// PostgreSQL writes a large float in `jsonb` as its exact decimal expansion; reading it back must
+/// give the same number, not a decoding error that would poison every read of the row.
+#[sqlx::test(migrator = "pacer_store::MIGRATOR")]
+async fn the_largest_float_in_a_payload_reads_back_as_written(pool: PgPool) {
+    let store = Store::new(pool.clone());
+    put_job(
+        &store,
+        "free",
+        json!({
+            "target": { "url": "http://downstream.invalid/run" },
+            "on_messages": ["masterdata.changed"],
+        }),
+    )
+    .await;
+    let sent =
+        message(json!({ "type": "masterdata.changed", "id": "big", "payload": { "n": f64::MAX } }));
+    store
+        .ingest_message(&sent, MessageSource::Api, None)
+        .await
+        .expect("ingest");
+    let stored = store.get_message("big").await.expect("read back");
+    assert_eq!(stored.payload["n"].as_f64(), Some(f64::MAX));
+}
