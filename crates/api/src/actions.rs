@@ -106,7 +106,7 @@ async fn run_job(
     }
     let task = manual_task(&job, &actor, request.payload.as_ref());
     match start_task(&state, &job, task, "manual").await? {
-        Started::Created(id) | Started::Existing(id) => {
+        Started::Created { id, .. } | Started::Existing(id) => {
             audit::record(
                 &state,
                 &actor,
@@ -209,7 +209,7 @@ async fn run_all(state: &AppState, actor: &Actor, summary: &mut RunAllSummary) -
             }
             let task = manual_task(&job, actor, None);
             match start_task(state, &job, task, "manual").await {
-                Ok(Started::Created(id) | Started::Existing(id)) => {
+                Ok(Started::Created { id, .. } | Started::Existing(id)) => {
                     summary.started.push(StartedRun {
                         job: job.name.to_string(),
                         task: id,
@@ -289,7 +289,7 @@ async fn retry_task(
     }
     let new = retry_task_of(&actor, id, task.payload);
     match start_task(&state, &job, new, "retry").await? {
-        Started::Created(retry) => {
+        Started::Created { id: retry, .. } => {
             audit::record(
                 &state,
                 &actor,
@@ -385,7 +385,7 @@ async fn retry_failed_tasks(
     for candidate in candidates {
         let new = retry_task_of(&actor, candidate.id, candidate.payload);
         match start_task(&state, &job, new, "retry").await? {
-            Started::Created(retry) | Started::Existing(retry) => {
+            Started::Created { id: retry, .. } | Started::Existing(retry) => {
                 summary.retried.push(RetriedTask {
                     task: candidate.id,
                     retry,

@@ -18,7 +18,7 @@ mod tasks;
 mod triggers;
 mod views;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -81,6 +81,34 @@ pub struct AppState {
     alert_sinks: Arc<BTreeSet<String>>,
     /// This node's RabbitMQ consumer, as the engine reports it.
     consumer: watch::Receiver<ConsumerStatus>,
+    /// Job definitions kept between task creations.
+    jobs: JobCache,
+}
+
+/// Job definitions as last read, by name, for the task creation path: each use is checked
+/// against the job's current version by the statement that writes the task, so a kept
+/// definition is never acted on once the job has changed.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct JobCache(Arc<std::sync::Mutex<HashMap<String, Arc<pacer_store::Job>>>>);
+
+impl JobCache {
+    fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<pacer_store::Job>>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub(crate) fn get(&self, name: &str) -> Option<Arc<pacer_store::Job>> {
+        self.entries().get(name).cloned()
+    }
+
+    pub(crate) fn keep(&self, name: &str, job: Arc<pacer_store::Job>) {
+        self.entries().insert(name.to_owned(), job);
+    }
+
+    pub(crate) fn forget(&self, name: &str) {
+        self.entries().remove(name);
+    }
 }
 
 impl AppState {
@@ -104,6 +132,7 @@ impl AppState {
             request_timeout: config.request_timeout,
             alert_sinks: Arc::new([pacer_domain::alert::LOG_SINK.to_owned()].into()),
             consumer: watch::channel(ConsumerStatus::disabled()).1,
+            jobs: JobCache::default(),
         }
     }
 

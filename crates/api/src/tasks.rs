@@ -2,6 +2,8 @@
 //! status callback, whose rules are the state machine's: repeats change nothing, a terminal
 //! state never changes.
 
+use std::sync::Arc;
+
 use axum::Json as JsonResponse;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
@@ -130,25 +132,57 @@ async fn create_task(
         ));
     }
     let name = existing_name(&raw_name)?;
-    let job = state.store.get_job(&name).await.map_err(not_found(&name))?;
-    if job.paused {
-        return Err(Error::JobPaused {
-            job: name.to_string(),
-        });
+    let payload = request.payload;
+    let trace_context = crate::observe::current_traceparent();
+    // The job's definition is kept between requests: the insert itself checks that the job still
+    // has the version read and is not paused, and a stale definition is read again. Three stale
+    // reads in a row means the job is being redefined continuously.
+    let mut cached = state.jobs.get(name.as_str());
+    let mut started = None;
+    for _ in 0..3 {
+        let job = match cached.take() {
+            Some(job) if !job.paused => job,
+            _ => {
+                let job = match state.store.get_job(&name).await {
+                    Ok(job) => Arc::new(job),
+                    Err(error) => {
+                        state.jobs.forget(name.as_str());
+                        return Err(not_found(&name)(error));
+                    }
+                };
+                state.jobs.keep(name.as_str(), job.clone());
+                if job.paused {
+                    return Err(Error::JobPaused {
+                        job: name.to_string(),
+                    });
+                }
+                job
+            }
+        };
+        let task = NewTask {
+            id: TaskId::new(),
+            origin: Origin::Api,
+            idempotency_key: key.clone(),
+            payload: job.spec.task_payload(payload.as_ref()),
+            not_before: request.not_before,
+            trace_context: trace_context.clone(),
+            actor: None,
+            retry_of: None,
+        };
+        if let Some(outcome) = start(&state, &job, task, "api", true).await? {
+            started = Some(outcome);
+            break;
+        }
+        state.jobs.forget(name.as_str());
     }
-    let task = NewTask {
-        id: TaskId::new(),
-        origin: Origin::Api,
-        idempotency_key: key,
-        payload: job.spec.task_payload(request.payload.as_ref()),
-        not_before: request.not_before,
-        trace_context: crate::observe::current_traceparent(),
-        actor: None,
-        retry_of: None,
+    let Some(started) = started else {
+        return Err(Error::Internal(
+            format!("job {name} changed on every attempt to create a task; try again").into(),
+        ));
     };
-    let (id, status) = match start_task(&state, &job, task, "api").await? {
-        Started::Created(id) => (id, StatusCode::ACCEPTED),
-        Started::Existing(id) => (id, StatusCode::OK),
+    let (task, status) = match started {
+        Started::Created { task, .. } => (*task, StatusCode::ACCEPTED),
+        Started::Existing(id) => (state.store.get_task(id).await?, StatusCode::OK),
         Started::Skipped { reason, open_task } => {
             return Err(Error::OverlapSkipped {
                 job: name.to_string(),
@@ -157,8 +191,7 @@ async fn create_task(
             });
         }
     };
-    let task = state.store.get_task(id).await?;
-    let location = format!("/api/v1/tasks/{id}");
+    let location = format!("/api/v1/tasks/{}", task.id);
     Ok((
         status,
         [(header::LOCATION, location)],
@@ -168,10 +201,13 @@ async fn create_task(
 }
 
 /// What starting a task came to.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) enum Started {
-    /// A new task.
-    Created(TaskId),
+    /// A new task, as inserted.
+    Created {
+        id: TaskId,
+        task: Box<pacer_store::Task>,
+    },
     /// The job already had a task with this idempotency key.
     Existing(TaskId),
     /// The job's overlap policy refused the task; the skip was recorded.
@@ -190,6 +226,23 @@ pub(crate) async fn start_task(
     task: NewTask,
     origin: &'static str,
 ) -> Result<Started> {
+    start(state, job, task, origin, false)
+        .await?
+        .ok_or_else(|| Error::NotFound {
+            what: "job",
+            id: job.name.to_string(),
+        })
+}
+
+/// [`start_task`]; with `kept`, `job` may have been read a while ago and `None` says it is no
+/// longer current (changed, paused or deleted): read it again.
+async fn start(
+    state: &AppState,
+    job: &pacer_store::Job,
+    task: NewTask,
+    origin: &'static str,
+    kept: bool,
+) -> Result<Option<Started>> {
     let reserved = state.handoff.as_ref().and_then(|h| {
         h.permits
             .clone()
@@ -200,20 +253,31 @@ pub(crate) async fn start_task(
     let claim_for = reserved
         .as_ref()
         .map(|(h, _)| (&*state.node_id, h.lease_margin));
-    let created = state
-        .store
-        .create_task(job, task, claim_for)
-        .await
-        .map_err(|e| match e {
-            // The job was deleted between reading it and inserting the task.
-            pacer_store::Error::Conflict { .. } => Error::NotFound {
-                what: "job",
-                id: job.name.to_string(),
-            },
-            other => other.into(),
-        })?;
-    Ok(match created {
-        CreatedTask::Created { id, claimed } => {
+    let created = if kept {
+        state
+            .store
+            .create_task_for_version(job, task, claim_for)
+            .await
+    } else {
+        state
+            .store
+            .create_task(job, task, claim_for)
+            .await
+            .map(Some)
+    };
+    let created = created.map_err(|e| match e {
+        // The job was deleted between reading it and inserting the task.
+        pacer_store::Error::Conflict { .. } => Error::NotFound {
+            what: "job",
+            id: job.name.to_string(),
+        },
+        other => other.into(),
+    })?;
+    let Some(created) = created else {
+        return Ok(None);
+    };
+    Ok(Some(match created {
+        CreatedTask::Created { id, task, claimed } => {
             if let (Some(claimed), Some((handoff, permit))) = (claimed, reserved)
                 && let Err(unsent) = handoff.sender.try_send((*claimed, permit))
             {
@@ -228,14 +292,14 @@ pub(crate) async fn start_task(
                 state.store.release_claims(&state.node_id, &[claim]).await?;
             }
             metrics::counter!("pacer_tasks_created_total", "origin" => origin).increment(1);
-            Started::Created(id)
+            Started::Created { id, task }
         }
         CreatedTask::Existing { id } => Started::Existing(id),
         CreatedTask::Skipped { reason, open_task } => {
             metrics::counter!("pacer_skips_total", "reason" => reason.as_str()).increment(1);
             Started::Skipped { reason, open_task }
         }
-    })
+    }))
 }
 
 pub(crate) fn task_not_found(id: TaskId) -> impl FnOnce(pacer_store::Error) -> Error {
@@ -452,7 +516,7 @@ async fn cancel_task(
     Path(raw_id): Path<String>,
 ) -> Result<JsonResponse<TaskView>> {
     let id = task_id(&raw_id)?;
-    let outcome = state
+    let (outcome, task) = state
         .store
         .cancel_task(id)
         .await
@@ -469,7 +533,7 @@ async fn cancel_task(
         )
         .await;
     }
-    respond(&state, id, outcome).await
+    respond(task, outcome)
 }
 
 /// A downstream's report on a task.
@@ -527,7 +591,7 @@ async fn report_task(
         message: request.message,
         result: request.result,
     };
-    let outcome = state
+    let (outcome, task) = state
         .store
         .report(id, &report)
         .await
@@ -542,16 +606,12 @@ async fn report_task(
         .and_then(|v| v.as_str().map(str::to_owned));
     metrics::counter!("pacer_callbacks_total", "status" => status.unwrap_or_default(), "result" => result)
         .increment(1);
-    respond(&state, id, outcome).await
+    respond(task, outcome)
 }
 
 /// `200` with the current task, or `409` carrying it when the request contradicts a final state.
-async fn respond(
-    state: &AppState,
-    id: TaskId,
-    outcome: ReportOutcome,
-) -> Result<JsonResponse<TaskView>> {
-    let task = TaskView::from(state.store.get_task(id).await?);
+fn respond(task: pacer_store::Task, outcome: ReportOutcome) -> Result<JsonResponse<TaskView>> {
+    let task = TaskView::from(task);
     match outcome {
         ReportOutcome::Applied(_) | ReportOutcome::Unchanged(_) => Ok(JsonResponse(task)),
         ReportOutcome::Refused(current) => Err(Error::TaskTerminal {

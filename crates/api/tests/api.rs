@@ -623,3 +623,73 @@ async fn bad_task_requests_are_refused_and_change_nothing(pool: PgPool) {
         "nothing changed"
     );
 }
+
+/// Task creation keeps job definitions between requests; a kept definition must never be acted on
+/// once the job has changed, however it changed (here partly behind this node's back, in SQL, as
+/// another node would).
+#[sqlx::test(migrator = "pacer_store::MIGRATOR")]
+async fn task_creation_always_follows_the_current_job_definition(pool: PgPool) {
+    let api = Api::new(pool.clone());
+    api.json(Method::PUT, "/api/v1/jobs/sync", job_body()).await;
+    let create = || api.call(Method::POST, "/api/v1/jobs/sync/tasks", None, None);
+    let first = create().await;
+    assert_eq!(first.status, StatusCode::ACCEPTED, "{}", first.body);
+    assert_eq!(first.body["payload"], json!({ "tables": ["centers"] }));
+    // The task as the creating request answered it is the task as stored.
+    let id = first.body["id"].as_str().expect("id");
+    let mut stored = api.get(&format!("/api/v1/tasks/{id}")).await.body;
+    for detail in ["attempts", "history", "retries"] {
+        stored.as_object_mut().expect("task").remove(detail);
+    }
+    assert_eq!(first.body, stored);
+
+    let mut changed = job_body();
+    changed["payload"] = json!({ "tables": ["sites"] });
+    changed.as_object_mut().expect("job").remove("deadline");
+    let put = api
+        .json(Method::PUT, "/api/v1/jobs/sync", changed.clone())
+        .await;
+    assert_eq!(put.status, StatusCode::OK, "{}", put.body);
+    let second = create().await;
+    assert_eq!(second.status, StatusCode::ACCEPTED, "{}", second.body);
+    assert_eq!(second.body["payload"], json!({ "tables": ["sites"] }));
+    assert!(second.body["deadline_at"].is_null(), "{}", second.body);
+
+    sqlx::query("update jobs set paused = true where name = 'sync'")
+        .execute(&pool)
+        .await
+        .expect("pause behind the node's back");
+    problem(
+        &create().await,
+        StatusCode::CONFLICT,
+        "/problems/job-paused",
+    );
+    api.call(Method::POST, "/api/v1/jobs/sync/resume", None, None)
+        .await;
+    assert_eq!(create().await.status, StatusCode::ACCEPTED);
+
+    // An overlap policy that refuses a second open task takes effect at once.
+    changed["overlap"] = json!("skip");
+    let put = api.json(Method::PUT, "/api/v1/jobs/sync", changed).await;
+    assert_eq!(put.status, StatusCode::OK, "{}", put.body);
+    problem(
+        &create().await,
+        StatusCode::CONFLICT,
+        "/problems/overlap-skipped",
+    );
+
+    let before = api.count("tasks").await;
+    sqlx::query("delete from jobs where name = 'sync'")
+        .execute(&pool)
+        .await
+        .expect("delete behind the node's back");
+    problem(
+        &create().await,
+        StatusCode::NOT_FOUND,
+        "/problems/not-found",
+    );
+    api.json(Method::PUT, "/api/v1/jobs/sync", job_body()).await;
+    let recreated = create().await;
+    assert_eq!(recreated.status, StatusCode::ACCEPTED, "{}", recreated.body);
+    assert_eq!(api.count("tasks").await, before + 1);
+}

@@ -590,16 +590,16 @@ async fn a_task_reads_as_its_run_history_and_a_job_as_its_summary(pool: PgPool) 
         ("task.state", "pending"),
         ("task.state", "processing"),
         ("task.callback", "processing"),
-        ("task.state", "completed"),
         ("task.callback", "completed"),
+        ("task.state", "completed"),
     ];
     assert_eq!(
         history,
         expected.map(|(k, s)| (k.to_owned(), s.to_owned())),
-        "state changes and callbacks in order"
+        "state changes and callbacks in order, each callback before the change it made"
     );
     assert_eq!(detail.body["history"][2]["data"]["progress"]["done"], 1);
-    assert_eq!(detail.body["history"][4]["data"]["result"]["rows"], 2);
+    assert_eq!(detail.body["history"][3]["data"]["result"]["rows"], 2);
 
     let failed = api.create_task("sync").await;
     finish(&api, &failed, "failed").await;

@@ -23,7 +23,11 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use crate::Result;
 use crate::amqp::Publisher;
 use crate::outbound::Outbound;
+use crate::recorder::{Recorded, Recorder};
 use crate::wakeup::Wakeups;
+
+/// The most dispatch outcomes written in one statement.
+const OUTCOME_BATCH: usize = 256;
 
 /// A task claimed elsewhere on this node (by the API, at creation) together with the
 /// concurrency permit reserved for its dispatch.
@@ -105,6 +109,7 @@ impl Dispatcher {
     /// dispatches, and hands back the claims of those still running.
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<()> {
         let mut wakeups = Wakeups::new(self.store.clone(), &[pacer_store::TASKS_DUE_CHANNEL]);
+        let (recorder, recording) = Recorder::start(self.store.clone(), OUTCOME_BATCH);
         let mut running = JoinSet::new();
         let in_flight: InFlight = Arc::default();
         let poll = self.config.poll_interval.as_duration();
@@ -112,7 +117,7 @@ impl Dispatcher {
         let mut saturated = false;
         loop {
             if !saturated && Instant::now() >= look_at {
-                match self.claim(&mut running, &in_flight).await {
+                match self.claim(&mut running, &in_flight, &recorder).await {
                     Ok(Claimed::Full) => look_at = Instant::now(),
                     Ok(Claimed::Partial) => look_at = Instant::now() + self.sleep_for(poll).await,
                     Ok(Claimed::Saturated) => saturated = true,
@@ -126,14 +131,20 @@ impl Dispatcher {
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 Some((task, permit)) = self.handoffs.recv() => {
-                    self.spawn(&mut running, &in_flight, task, permit);
+                    self.spawn(&mut running, &in_flight, &recorder, task, permit);
                 }
                 () = wakeups.next() => look_at = Instant::now(),
                 Some(_) = running.join_next() => saturated = false,
                 () = tokio::time::sleep_until(look_at), if !saturated => {}
             }
         }
-        self.drain(running, in_flight).await
+        let drained = self.drain(running, in_flight).await;
+        // Every attempt has finished or been stopped: the recorder writes what it was handed.
+        drop(recorder);
+        if let Err(error) = recording.await {
+            tracing::error!(%error, "the outcome recorder failed");
+        }
+        drained
     }
 
     /// How long to sleep before looking again: until the next task is due, at most `poll`.
@@ -150,7 +161,12 @@ impl Dispatcher {
         }
     }
 
-    async fn claim(&self, running: &mut JoinSet<()>, in_flight: &InFlight) -> Result<Claimed> {
+    async fn claim(
+        &self,
+        running: &mut JoinSet<()>,
+        in_flight: &InFlight,
+        recorder: &Recorder,
+    ) -> Result<Claimed> {
         // Permits first, so every claimed task is guaranteed a dispatch slot.
         let permits: Vec<_> = (0..self.config.batch_size)
             .map_while(|_| self.permits.clone().try_acquire_owned().ok())
@@ -166,7 +182,7 @@ impl Dispatcher {
             .await?;
         let claimed = tasks.len();
         for (task, permit) in tasks.into_iter().zip(permits) {
-            self.spawn(running, in_flight, task, permit);
+            self.spawn(running, in_flight, recorder, task, permit);
         }
         if claimed > 0 {
             tracing::debug!(claimed, "claimed due tasks");
@@ -182,15 +198,11 @@ impl Dispatcher {
         &self,
         running: &mut JoinSet<()>,
         in_flight: &InFlight,
+        recorder: &Recorder,
         task: ClaimedTask,
         permit: OwnedSemaphorePermit,
     ) {
-        let claim = ReleasedClaim {
-            id: task.id,
-            claim_token: task.claim_token,
-            attempt: task.attempt,
-            claimed_at: task.claimed_at,
-        };
+        let claim = claim_of(&task);
         in_flight
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -217,6 +229,7 @@ impl Dispatcher {
             publisher: self.publisher.clone(),
             config: self.config.clone(),
             in_flight: in_flight.clone(),
+            recorder: recorder.clone(),
         };
         running.spawn(
             async move {
@@ -234,15 +247,7 @@ impl Dispatcher {
             in_flight
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .insert(
-                    task.id,
-                    ReleasedClaim {
-                        id: task.id,
-                        claim_token: task.claim_token,
-                        attempt: task.attempt,
-                        claimed_at: task.claimed_at,
-                    },
-                );
+                .insert(task.id, claim_of(&task));
         }
         let deadline = self.config.drain_timeout.as_duration();
         let waiting = running.len();
@@ -270,6 +275,16 @@ impl Dispatcher {
             tracing::info!(released, "handed unfinished dispatches back");
         }
         Ok(())
+    }
+}
+
+/// What fences the writes about a claimed task's dispatch.
+fn claim_of(task: &ClaimedTask) -> ReleasedClaim {
+    ReleasedClaim {
+        id: task.id,
+        claim_token: task.claim_token,
+        attempt: task.attempt,
+        claimed_at: task.claimed_at,
     }
 }
 
@@ -301,6 +316,7 @@ struct Attempt {
     publisher: Publisher,
     config: DispatchConfig,
     in_flight: InFlight,
+    recorder: Recorder,
 }
 
 impl Attempt {
@@ -351,31 +367,23 @@ impl Attempt {
             latency,
             decision,
         };
-        self.record(&task, &record).await;
+        self.record(&task, record).await;
         self.forget(&task);
     }
 
-    /// Records the outcome, retrying briefly through a database hiccup. If it still fails, the
-    /// claim's lease runs out and the task is dispatched again: at least once, never lost.
-    async fn record(&self, task: &ClaimedTask, outcome: &Outcome) {
-        let mut backoff = Duration::from_millis(100);
-        for _ in 0..5 {
-            match self.store.record_outcome(task, outcome).await {
-                Ok(true) => return,
-                Ok(false) => {
-                    tracing::info!("the task moved on during the dispatch; its newer state stands");
-                    return;
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "recording a dispatch outcome failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff *= 2;
-                }
+    /// Records the outcome (batched with other dispatches', retried through a database
+    /// hiccup). If it still fails, the claim's lease runs out and the task is dispatched again:
+    /// at least once, never lost.
+    async fn record(&self, task: &ClaimedTask, outcome: Outcome) {
+        match self.recorder.record(claim_of(task), outcome).await {
+            Recorded::Applied => {}
+            Recorded::Moved => {
+                tracing::info!("the task moved on during the dispatch; its newer state stands");
             }
+            Recorded::Failed => tracing::error!(
+                "could not record a dispatch outcome; the task will be dispatched again when its lease expires"
+            ),
         }
-        tracing::error!(
-            "could not record a dispatch outcome; the task will be dispatched again when its lease expires"
-        );
     }
 
     fn forget(&self, task: &ClaimedTask) {

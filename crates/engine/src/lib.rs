@@ -12,6 +12,7 @@ mod firing;
 mod heartbeat;
 mod leader;
 mod outbound;
+mod recorder;
 mod sweeper;
 mod wakeup;
 

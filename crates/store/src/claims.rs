@@ -107,33 +107,92 @@ impl Store {
     /// ended, was cancelled or was reclaimed meanwhile): the task is then left as it is, and only
     /// the attempt is recorded.
     pub async fn record_outcome(&self, task: &ClaimedTask, outcome: &Outcome) -> Result<bool> {
-        let decision = &outcome.decision;
-        let report = decision.report.as_ref();
-        let next_ms = decision
-            .next_dispatch_in
-            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-        let applied = sqlx::query_file_scalar!(
-            "src/sql/record_outcome.sql",
-            task.id.as_uuid(),
-            task.claim_token,
-            decision.state.map(TaskState::as_str),
-            next_ms,
-            i32::try_from(decision.consecutive_failures).unwrap_or(i32::MAX),
-            decision.failure_reason.map(FailureReason::as_str),
-            outcome.error.as_deref(),
-            report.and_then(|r| r.progress.as_ref()),
-            report.and_then(|r| r.message.as_deref()),
-            report.and_then(|r| r.result.as_ref()),
-            task.attempt,
-            outcome.node,
-            task.claimed_at,
-            outcome.attempt.as_str(),
-            outcome.http_status.map(i32::from),
-            i64::try_from(outcome.latency.as_millis()).unwrap_or(i64::MAX),
+        let claim = ReleasedClaim {
+            id: task.id,
+            claim_token: task.claim_token,
+            attempt: task.attempt,
+            claimed_at: task.claimed_at,
+        };
+        let applied = self.record_outcomes(&[(claim, outcome.clone())]).await?;
+        Ok(applied.first().copied().unwrap_or(false))
+    }
+
+    /// Records the outcomes of several dispatches in one statement and one commit, in order;
+    /// element `i` of the result says whether dispatch `i` still held its claim (see
+    /// [`Store::record_outcome`]).
+    pub async fn record_outcomes(
+        &self,
+        outcomes: &[(ReleasedClaim, Outcome)],
+    ) -> Result<Vec<bool>> {
+        let n = outcomes.len();
+        let mut ids = Vec::with_capacity(n);
+        let mut tokens = Vec::with_capacity(n);
+        let mut states = Vec::with_capacity(n);
+        let mut next_ms = Vec::with_capacity(n);
+        let mut failures = Vec::with_capacity(n);
+        let mut reasons = Vec::with_capacity(n);
+        let mut errors = Vec::with_capacity(n);
+        let mut progress = Vec::with_capacity(n);
+        let mut messages = Vec::with_capacity(n);
+        let mut results = Vec::with_capacity(n);
+        let mut attempts = Vec::with_capacity(n);
+        let mut nodes = Vec::with_capacity(n);
+        let mut started = Vec::with_capacity(n);
+        let mut kinds = Vec::with_capacity(n);
+        let mut statuses = Vec::with_capacity(n);
+        let mut latencies = Vec::with_capacity(n);
+        for (claim, outcome) in outcomes {
+            let decision = &outcome.decision;
+            let report = decision.report.as_ref();
+            ids.push(claim.id.as_uuid());
+            tokens.push(claim.claim_token);
+            states.push(decision.state.map(TaskState::as_str));
+            next_ms.push(
+                decision
+                    .next_dispatch_in
+                    .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+            );
+            failures.push(i32::try_from(decision.consecutive_failures).unwrap_or(i32::MAX));
+            reasons.push(decision.failure_reason.map(FailureReason::as_str));
+            // Text from a downstream's response; PostgreSQL's text cannot hold NUL.
+            errors.push(
+                outcome
+                    .error
+                    .as_deref()
+                    .map(|e| e.replace('\0', "\u{fffd}")),
+            );
+            progress.push(report.and_then(|r| r.progress.clone()));
+            messages.push(report.and_then(|r| r.message.as_deref()));
+            results.push(report.and_then(|r| r.result.clone()));
+            attempts.push(claim.attempt);
+            nodes.push(outcome.node.as_str());
+            started.push(claim.claimed_at);
+            kinds.push(outcome.attempt.as_str());
+            statuses.push(outcome.http_status.map(i32::from));
+            latencies.push(i64::try_from(outcome.latency.as_millis()).unwrap_or(i64::MAX));
+        }
+        let rows = sqlx::query_file!(
+            "src/sql/record_outcomes.sql",
+            &ids,
+            &tokens,
+            &states as &[Option<&str>],
+            &next_ms as &[Option<i64>],
+            &failures,
+            &reasons as &[Option<&str>],
+            &errors as &[Option<String>],
+            &progress as &[Option<Value>],
+            &messages as &[Option<&str>],
+            &results as &[Option<Value>],
+            &attempts,
+            &nodes as &[&str],
+            &started,
+            &kinds as &[&str],
+            &statuses as &[Option<i32>],
+            &latencies,
         )
-        .fetch_one(&self.pool)
+        .fetch_all(&self.pool)
         .await?;
-        Ok(applied)
+        Ok(rows.into_iter().map(|r| r.applied).collect())
     }
 
     /// Fails a claimed task whose hard timeout has passed. Returns false when the claim was no

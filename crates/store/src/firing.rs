@@ -304,7 +304,7 @@ impl Store {
                    from unnest($1::uuid[], $2::uuid[], $3::text[], $4::uuid[], $5::timestamptz[],
                                $6::jsonb[], $7::bigint[], $8::bigint[], $9::uuid[])
                         as n(id, job_id, job_name, trigger_id, scheduled_at, payload, deadline_ms, timeout_ms, waits_for)
-                   on conflict on constraint tasks_occurrence_key do nothing
+                   on conflict (trigger_id, scheduled_at) where trigger_id is not null do nothing
                    returning waits_for, extract(epoch from now() - scheduled_at)::float8 as lateness
                )
                select coalesce(array_agg(inserted.lateness), '{}') as "lateness!: Vec<f64>"

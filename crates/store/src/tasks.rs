@@ -86,6 +86,8 @@ pub enum CreatedTask {
     /// A new task; claimed for the calling node when it asked and the task is due now.
     Created {
         id: TaskId,
+        /// The task as inserted.
+        task: Box<Task>,
         claimed: Option<Box<ClaimedTask>>,
     },
     /// The job already had a task with this idempotency key; nothing was written.
@@ -280,6 +282,41 @@ impl Store {
             )
             .await;
         }
+        self.admit(job, task, claim_for).await
+    }
+
+    /// Creates a task for a job the caller read earlier (and may have kept): the task is written
+    /// only while the job still has `job.version` and is not paused, in the same statement, and
+    /// `None` says the job is paused, gone or changed: read it again. A job whose overlap policy
+    /// is not `allow` is read again here, as its admission needs the current policy anyway.
+    pub async fn create_task_for_version(
+        &self,
+        job: &Job,
+        task: NewTask,
+        claim_for: Option<(&str, Span)>,
+    ) -> Result<Option<CreatedTask>> {
+        if job.spec.overlap != OverlapPolicy::Allow {
+            let current = match self.get_job(&job.name).await {
+                Ok(current) => current,
+                Err(Error::NotFound(_)) => return Ok(None),
+                Err(other) => return Err(other),
+            };
+            if current.id != job.id || current.version != job.version || current.paused {
+                return Ok(None);
+            }
+            return self.admit(job, task, claim_for).await.map(Some);
+        }
+        let mut conn = self.pool.acquire().await?;
+        let version = Some(job.version);
+        insert_task_checked(&mut conn, job, task, claim_for, None, None, version).await
+    }
+
+    async fn admit(
+        &self,
+        job: &Job,
+        task: NewTask,
+        claim_for: Option<(&str, Span)>,
+    ) -> Result<CreatedTask> {
         let mut tx = self.pool.begin().await?;
         let created = admit_task(&mut tx, job, task, claim_for, None).await?;
         tx.commit().await?;
@@ -288,11 +325,7 @@ impl Store {
 
     /// The task with this id.
     pub async fn get_task(&self, id: TaskId) -> Result<Task> {
-        sqlx::query_file_as!(TaskRow, "src/sql/select_task.sql", id.as_uuid())
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or(Error::NotFound("task"))?
-            .try_into()
+        select_task(&mut *self.pool.acquire().await?, id).await
     }
 
     /// Tasks matching `filter`, newest first.
@@ -349,13 +382,14 @@ impl Store {
     }
 
     /// Applies a downstream's report. Progress on an open task is recorded and counts as a
-    /// heartbeat: the next re-poll moves to a full re-poll interval from now.
-    pub async fn report(&self, id: TaskId, report: &TaskReport) -> Result<ReportOutcome> {
+    /// heartbeat: the next re-poll moves to a full re-poll interval from now. Returns what the
+    /// report did and the task as it stands after it.
+    pub async fn report(&self, id: TaskId, report: &TaskReport) -> Result<(ReportOutcome, Task)> {
         self.apply_event(id, report.event(), Some(report)).await
     }
 
     /// Cancels an open task. Cancelling a cancelled task changes nothing.
-    pub async fn cancel_task(&self, id: TaskId) -> Result<ReportOutcome> {
+    pub async fn cancel_task(&self, id: TaskId) -> Result<(ReportOutcome, Task)> {
         self.apply_event(id, TaskEvent::Cancel, None).await
     }
 
@@ -364,7 +398,61 @@ impl Store {
         id: TaskId,
         event: TaskEvent,
         report: Option<&TaskReport>,
-    ) -> Result<ReportOutcome> {
+    ) -> Result<(ReportOutcome, Task)> {
+        let Some((from, next)) = ending(event) else {
+            return self.apply_locked(id, event, report).await;
+        };
+        let cancel = event == TaskEvent::Cancel;
+        let message = match event {
+            TaskEvent::Cancel => Some("cancelled by an operator"),
+            _ => report.and_then(|r| r.message.as_deref()),
+        };
+        let reason = (next == TaskState::Failed).then_some(FailureReason::Reported.as_str());
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query_file_as!(
+            TaskRow,
+            "src/sql/finish_task.sql",
+            id.as_uuid(),
+            next.as_str(),
+            report.and_then(|r| r.progress.as_ref()),
+            message,
+            report.and_then(|r| r.result.as_ref()),
+            reason,
+            cancel,
+            &from as &[&str],
+            report.map(callback_event),
+        )
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            drop(tx);
+            // Nothing matched: the task is missing or already final.
+            let task = self.get_task(id).await?;
+            return match task.state.apply(event) {
+                Transition::Unchanged => Ok((ReportOutcome::Unchanged(task.state), task)),
+                Transition::Refused => Ok((ReportOutcome::Refused(task.state), task)),
+                Transition::To(_) => self.apply_locked(id, event, report).await,
+            };
+        };
+        let task = Task::try_from(row)?;
+        // A task cancelled after a dispatch reached its downstream: the downstream is told, best
+        // effort, by whichever node's cancel notifier takes the notice.
+        if cancel && task.attempt > 0 {
+            sqlx::query!("select pg_notify($1, '')", CANCELS_CHANNEL)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok((ReportOutcome::Applied(next), task))
+    }
+
+    /// Applies an event that may leave the task open (progress) under the task's row lock.
+    async fn apply_locked(
+        &self,
+        id: TaskId,
+        event: TaskEvent,
+        report: Option<&TaskReport>,
+    ) -> Result<(ReportOutcome, Task)> {
         let mut tx = self.pool.begin().await?;
         let row = sqlx::query!(
             r#"select t.state, t.attempt, t.job_name, j.spec ->> 'repoll_interval' as repoll_interval
@@ -376,92 +464,113 @@ impl Store {
         .await?
         .ok_or(Error::NotFound("task"))?;
         let state: TaskState = row.state.parse().map_err(corrupt)?;
-        let next = match state.apply(event) {
-            Transition::Unchanged => return Ok(ReportOutcome::Unchanged(state)),
-            Transition::Refused => return Ok(ReportOutcome::Refused(state)),
-            Transition::To(next) => next,
-        };
-        let progress = report.and_then(|r| r.progress.as_ref());
-        let message = match event {
-            TaskEvent::Cancel => Some("cancelled by an operator"),
-            _ => report.and_then(|r| r.message.as_deref()),
-        };
-        let result = report.and_then(|r| r.result.as_ref());
-        // A task cancelled after a dispatch reached its downstream: the downstream is told, best
-        // effort, by whichever node's cancel notifier takes the notice.
-        let notice = event == TaskEvent::Cancel && row.attempt > 0;
-        if next.is_terminal() {
-            let reason = (next == TaskState::Failed).then_some(FailureReason::Reported.as_str());
-            // Clearing the claim fences off a dispatch still in flight: its outcome will find
-            // no matching claim token and leave this terminal state alone.
-            sqlx::query!(
-                "update tasks set state = $2, finished_at = now(), next_dispatch_at = null,
-                     claim_token = null, claimed_by = null, claimed_at = null,
-                     progress = coalesce($3, progress), message = coalesce($4, message),
-                     result = coalesce($5, result), failure_reason = $6,
-                     cancel_notice_at = case when $7 then now() end,
-                     last_heartbeat_at = now(), updated_at = now(),
-                     outcome_noticed = $2 = 'completed' and not exists (
-                         select 1 from jobs j where j.id = tasks.job_id and j.spec -> 'alerts' ? 'on_success')
-                 where id = $1",
-                id.as_uuid(),
-                next.as_str(),
-                progress,
-                message,
-                result,
-                reason,
-                notice,
-            )
-            .execute(&mut *tx)
-            .await?;
-            if notice {
-                sqlx::query!("select pg_notify($1, '')", CANCELS_CHANNEL)
+        let outcome = match state.apply(event) {
+            Transition::Unchanged => ReportOutcome::Unchanged(state),
+            Transition::Refused => ReportOutcome::Refused(state),
+            Transition::To(next) => {
+                if let Some(report) = report {
+                    // The callback itself, before the state change it made (or, for progress,
+                    // instead of one).
+                    let event = NewEvent {
+                        kind: "task.callback",
+                        job_name: Some(&row.job_name),
+                        task_id: Some(id),
+                        data: callback_event(report),
+                    };
+                    append_event(&mut tx, &event).await?;
+                }
+                if next.is_terminal() {
+                    // Reached only through a race with `finish_task.sql`; the same write.
+                    let reason =
+                        (next == TaskState::Failed).then_some(FailureReason::Reported.as_str());
+                    let message = match event {
+                        TaskEvent::Cancel => Some("cancelled by an operator"),
+                        _ => report.and_then(|r| r.message.as_deref()),
+                    };
+                    sqlx::query!(
+                        "update tasks set state = $2, finished_at = now(), next_dispatch_at = null,
+                             claim_token = null, claimed_by = null, claimed_at = null,
+                             progress = coalesce($3, progress), message = coalesce($4, message),
+                             result = coalesce($5, result), failure_reason = $6,
+                             last_heartbeat_at = now(), updated_at = now()
+                         where id = $1",
+                        id.as_uuid(),
+                        next.as_str(),
+                        report.and_then(|r| r.progress.as_ref()),
+                        message,
+                        report.and_then(|r| r.result.as_ref()),
+                        reason,
+                    )
                     .execute(&mut *tx)
                     .await?;
+                } else {
+                    // Only the re-poll interval is needed, not the whole definition.
+                    let repoll = row
+                        .repoll_interval
+                        .and_then(|text| text.parse::<Span>().ok())
+                        .unwrap_or(pacer_domain::job::defaults::REPOLL_INTERVAL);
+                    // While a dispatch holds the claim, `next_dispatch_at` is its lease and must
+                    // stay.
+                    sqlx::query!(
+                        "update tasks set state = $2,
+                             progress = coalesce($3, progress), message = coalesce($4, message),
+                             last_heartbeat_at = now(), updated_at = now(),
+                             next_dispatch_at = case when claim_token is null
+                                 then least(now() + $5::bigint * interval '1 millisecond', timeout_at)
+                                 else next_dispatch_at end
+                         where id = $1",
+                        id.as_uuid(),
+                        next.as_str(),
+                        report.and_then(|r| r.progress.as_ref()),
+                        report.and_then(|r| r.message.as_deref()),
+                        repoll.as_millis(),
+                    )
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                ReportOutcome::Applied(next)
             }
-        } else {
-            // Only the re-poll interval is needed, not the whole definition.
-            let repoll = row
-                .repoll_interval
-                .and_then(|text| text.parse::<Span>().ok())
-                .unwrap_or(pacer_domain::job::defaults::REPOLL_INTERVAL);
-            // While a dispatch holds the claim, `next_dispatch_at` is its lease and must stay.
-            sqlx::query!(
-                "update tasks set state = $2,
-                     progress = coalesce($3, progress), message = coalesce($4, message),
-                     last_heartbeat_at = now(), updated_at = now(),
-                     next_dispatch_at = case when claim_token is null
-                         then least(now() + $5::bigint * interval '1 millisecond', timeout_at)
-                         else next_dispatch_at end
-                 where id = $1",
-                id.as_uuid(),
-                next.as_str(),
-                progress,
-                message,
-                repoll.as_millis(),
-            )
-            .execute(&mut *tx)
-            .await?;
-        }
-        if let Some(report) = report {
-            // The callback itself, beside the state change it made (or, for progress, instead).
-            let data = serde_json::json!({
-                "status": report.status,
-                "progress": report.progress,
-                "message": report.message,
-                "result": report.result,
-            });
-            let event = NewEvent {
-                kind: "task.callback",
-                job_name: Some(&row.job_name),
-                task_id: Some(id),
-                data: strip_nulls(data),
-            };
-            append_event(&mut tx, &event).await?;
-        }
+        };
+        let task = select_task(&mut tx, id).await?;
         tx.commit().await?;
-        Ok(ReportOutcome::Applied(next))
+        Ok((outcome, task))
     }
+}
+
+/// The states `event` ends a task from and the final state it moves them to, or `None` for an
+/// event that may leave a task open.
+fn ending(event: TaskEvent) -> Option<(Vec<&'static str>, TaskState)> {
+    let mut from = Vec::new();
+    let mut next = None;
+    for state in TaskState::ALL {
+        if let Transition::To(to) = state.apply(event) {
+            if !to.is_terminal() || next.is_some_and(|n| n != to) {
+                return None;
+            }
+            next = Some(to);
+            from.push(state.as_str());
+        }
+    }
+    Some((from, next?))
+}
+
+/// The `task.callback` event of a report.
+fn callback_event(report: &TaskReport) -> Value {
+    strip_nulls(serde_json::json!({
+        "status": report.status,
+        "progress": report.progress,
+        "message": report.message,
+        "result": report.result,
+    }))
+}
+
+/// The task with this id, inside a transaction.
+async fn select_task(conn: &mut sqlx::PgConnection, id: TaskId) -> Result<Task> {
+    sqlx::query_file_as!(TaskRow, "src/sql/select_task.sql", id.as_uuid())
+        .fetch_optional(&mut *conn)
+        .await?
+        .ok_or(Error::NotFound("task"))?
+        .try_into()
 }
 
 /// The message a task is created for: its id (the deduplication key) and type.
@@ -545,6 +654,22 @@ pub(crate) async fn insert_task(
     waits_for: Option<Uuid>,
     message: Option<FromMessage<'_>>,
 ) -> Result<CreatedTask> {
+    insert_task_checked(conn, job, task, claim_for, waits_for, message, None)
+        .await?
+        .ok_or(Error::NotFound("task"))
+}
+
+/// [`insert_task`], written only while the job has `version` when one is given: `None` when it
+/// no longer has.
+async fn insert_task_checked(
+    conn: &mut sqlx::PgConnection,
+    job: &Job,
+    task: NewTask,
+    claim_for: Option<(&str, Span)>,
+    waits_for: Option<Uuid>,
+    message: Option<FromMessage<'_>>,
+    version: Option<i32>,
+) -> Result<Option<CreatedTask>> {
     let (node, margin) = claim_for.unzip();
     let lease_ms = margin.map(|m| m.as_millis() + job.spec.dispatch_timeout.as_millis());
     let row = sqlx::query_file!(
@@ -566,20 +691,51 @@ pub(crate) async fn insert_task(
         task.retry_of.map(|id| id.as_uuid()),
         message.map(|m| m.id),
         message.map(|m| m.kind),
+        version,
     )
     .fetch_optional(&mut *conn)
     .await?;
     let Some(row) = row else {
+        // An idempotent repeat, or (with a version) a job that changed.
         let existing = sqlx::query_scalar!(
             "select id from tasks where job_id = $1 and idempotency_key = $2",
             job.id,
             task.idempotency_key.as_deref(),
         )
-        .fetch_one(&mut *conn)
+        .fetch_optional(&mut *conn)
         .await?;
-        return Ok(CreatedTask::Existing {
-            id: existing.into(),
-        });
+        return Ok(existing.map(|id| CreatedTask::Existing { id: id.into() }));
+    };
+    let view = Task {
+        id: task.id,
+        job_name: job.name.to_string(),
+        state: TaskState::Pending,
+        origin: task.origin.as_str().to_owned(),
+        idempotency_key: task.idempotency_key.clone(),
+        payload: task.payload.clone(),
+        attempt: row.attempt,
+        created_at: row.created_at,
+        due_at: row.due_at,
+        trigger_id: None,
+        scheduled_at: None,
+        waits_for: waits_for.map(TaskId::from),
+        actor: task.actor.clone(),
+        retry_of: task.retry_of,
+        message_id: message.map(|m| m.id.to_owned()),
+        message_type: message.map(|m| m.kind.to_owned()),
+        started_at: row.started_at,
+        finished_at: None,
+        next_dispatch_at: row.next_dispatch_at,
+        deadline_at: row.deadline_at,
+        timeout_at: row.timeout_at,
+        claimed_by: row.claimed_by.clone(),
+        overdue: row.overdue,
+        progress: None,
+        message: None,
+        result: None,
+        last_error: None,
+        failure_reason: None,
+        updated_at: row.updated_at,
     };
     let claimed = match (row.claim_token, row.claimed_at) {
         (Some(claim_token), Some(claimed_at)) => Some(Box::new(ClaimedTask {
@@ -602,10 +758,11 @@ pub(crate) async fn insert_task(
         })),
         _ => None,
     };
-    Ok(CreatedTask::Created {
+    Ok(Some(CreatedTask::Created {
         id: row.id.into(),
+        task: Box::new(view),
         claimed,
-    })
+    }))
 }
 
 /// An object without its null members.

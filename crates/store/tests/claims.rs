@@ -46,7 +46,9 @@ async fn create(store: &Store, job: &Job) -> TaskId {
         .await
         .expect("create")
     {
-        CreatedTask::Created { id, claimed: None } => id,
+        CreatedTask::Created {
+            id, claimed: None, ..
+        } => id,
         other => panic!("expected an unclaimed new task, got {other:?}"),
     }
 }
@@ -197,11 +199,11 @@ async fn a_callback_ending_the_task_fences_off_the_dispatch_in_flight(pool: PgPo
         result: Some(json!({ "rows": 3 })),
     };
     assert_eq!(
-        store.report(id, &report).await.expect("report"),
+        store.report(id, &report).await.expect("report").0,
         ReportOutcome::Applied(TaskState::Completed)
     );
     assert_eq!(
-        store.report(id, &report).await.expect("repeat"),
+        store.report(id, &report).await.expect("repeat").0,
         ReportOutcome::Unchanged(TaskState::Completed)
     );
     let failed = Report {
@@ -209,7 +211,7 @@ async fn a_callback_ending_the_task_fences_off_the_dispatch_in_flight(pool: PgPo
         ..report.clone()
     };
     assert_eq!(
-        store.report(id, &failed).await.expect("late"),
+        store.report(id, &failed).await.expect("late").0,
         ReportOutcome::Refused(TaskState::Completed)
     );
 
@@ -239,6 +241,7 @@ async fn the_same_idempotency_key_never_creates_a_second_task(pool: PgPool) {
     let CreatedTask::Created {
         id,
         claimed: Some(claimed),
+        ..
     } = first.expect("create")
     else {
         panic!("a task due now is created claimed when asked");
@@ -342,4 +345,109 @@ async fn a_node_of_the_previous_release_starts_on_a_newer_schema(pool: PgPool) {
         .await
         .expect("a newer migration does not stop this release");
     assert!(store.is_ready().await.expect("ready"));
+}
+
+fn transient(task: &ClaimedTask, node: &str, error: &str) -> Outcome {
+    let outcome = DispatchOutcome::Transient {
+        status: Some(503),
+        error: error.to_owned(),
+        retry_after: None,
+    };
+    Outcome {
+        decision: after_dispatch(task.state, 0, &task.job, &outcome, 0.5),
+        attempt: AttemptOutcome::TransientError,
+        node: node.to_owned(),
+        http_status: Some(503),
+        error: Some(error.to_owned()),
+        latency: Duration::from_millis(5),
+    }
+}
+
+fn claim_of(task: &ClaimedTask) -> ReleasedClaim {
+    ReleasedClaim {
+        id: task.id,
+        claim_token: task.claim_token,
+        attempt: task.attempt,
+        claimed_at: task.claimed_at,
+    }
+}
+
+async fn streak(pool: &PgPool, job: &Job) -> (i32, i32, Option<String>) {
+    sqlx::query_as("select errors, noticed, last_error from dispatch_streaks where job_id = $1")
+        .bind(job.id)
+        .fetch_one(pool)
+        .await
+        .expect("streak")
+}
+
+/// Outcomes recorded together are applied as if one after the other: each task takes its own,
+/// one whose claim moved on is left alone, and each job's streak of transient errors counts only
+/// the errors after its last good answer in the batch.
+#[sqlx::test(migrator = "pacer_store::MIGRATOR")]
+async fn a_batch_of_outcomes_is_recorded_as_if_in_sequence(pool: PgPool) {
+    let store = Store::new(pool.clone());
+    let a = job(&store, "10s").await;
+    let b = store
+        .put_job(&"other".parse().expect("name"), &a.spec)
+        .await
+        .expect("put job")
+        .job;
+    for (job, errors, noticed) in [(&a, 5, 5), (&b, 2, 1)] {
+        sqlx::query("insert into dispatch_streaks (job_id, errors, noticed) values ($1, $2, $3)")
+            .bind(job.id)
+            .bind(errors)
+            .bind(noticed)
+            .execute(&pool)
+            .await
+            .expect("streak");
+    }
+    for job in [&a, &a, &a, &a, &b, &b, &b] {
+        create(&store, job).await;
+    }
+    let mut claimed = Vec::new();
+    while claimed.len() < 7 {
+        claimed.extend(
+            store
+                .claim_due("node-a", 7, Span::from_millis(0))
+                .await
+                .expect("claim"),
+        );
+    }
+    let (of_a, of_b): (Vec<_>, Vec<_>) = claimed.iter().partition(|t| t.job_name == "sync");
+    let mut moved = claim_of(of_b[2]);
+    moved.claim_token = uuid::Uuid::new_v4();
+    let batch = vec![
+        (claim_of(of_a[0]), transient(of_a[0], "node-a", "a1")),
+        (claim_of(of_b[0]), transient(of_b[0], "node-a", "b1")),
+        (claim_of(of_a[1]), accepted(of_a[1], "node-a")),
+        (claim_of(of_a[2]), transient(of_a[2], "node-a", "a3")),
+        (moved, accepted(of_b[2], "node-a")),
+        (claim_of(of_b[1]), transient(of_b[1], "node-a", "b2")),
+        (claim_of(of_a[3]), transient(of_a[3], "node-a", "a4")),
+    ];
+    let applied = store.record_outcomes(&batch).await.expect("record");
+    assert_eq!(applied, [true, true, true, true, false, true, true]);
+
+    // Job a answered well in the middle: its stored streak ended there, two errors came after.
+    assert_eq!(streak(&pool, &a).await, (2, 0, Some("a4".into())));
+    // Job b answered well through the dispatch whose claim had moved on (the answer still shows
+    // the downstream up), and failed once after it.
+    assert_eq!(streak(&pool, &b).await, (1, 0, Some("b2".into())));
+    let attempts: i64 = sqlx::query_scalar("select count(*) from task_attempts")
+        .fetch_one(&pool)
+        .await
+        .expect("attempts");
+    assert_eq!(
+        attempts, 7,
+        "every dispatch's attempt is recorded, moved or not"
+    );
+    let states: Vec<(String, i64)> =
+        sqlx::query_as("select state, count(*) from tasks group by state order by state")
+            .fetch_all(&pool)
+            .await
+            .expect("states");
+    assert_eq!(
+        states,
+        [("pending".to_owned(), 6), ("processing".to_owned(), 1)]
+    );
 }

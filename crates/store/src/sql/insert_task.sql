@@ -5,8 +5,12 @@
 -- behind that open task (overlap policy `buffer_one`): it is not due before its timeout, and the
 -- leader's sweep makes it due once the task it waits for has finished. $14 is the operator who ran
 -- it now, $15 the task it retries, $16 and $17 the id and type of the message that created it.
+-- With $18, the job's version the caller read: nothing is inserted unless the job still has that
+-- version and is not paused, so a caller may keep the job's definition between calls.
 with new as (
     select coalesce($7::timestamptz, now()) as due_at
+    where $18::int is null
+       or exists (select 1 from jobs where id = $2 and version = $18 and not paused)
 ),
 inserted as (
     insert into tasks (id, job_id, job_name, origin, idempotency_key, payload, due_at,
@@ -31,11 +35,14 @@ inserted as (
            $16,
            $17
     from new, lateral (select $10::text is not null and $12::uuid is null and new.due_at <= now() as claim) c
-    on conflict (job_id, idempotency_key) do nothing
-    returning id, claim_token, due_at, deadline_at, timeout_at, claimed_at, next_dispatch_at
+    on conflict (job_id, idempotency_key) where idempotency_key is not null do nothing
+    returning id, claim_token, due_at, deadline_at, timeout_at, claimed_at, claimed_by,
+              next_dispatch_at, attempt, created_at, started_at, updated_at
 )
 select i.id as "id!", i.claim_token, i.due_at as "due_at!", i.deadline_at,
-       i.timeout_at as "timeout_at!", i.claimed_at,
+       i.timeout_at as "timeout_at!", i.claimed_at, i.claimed_by, i.next_dispatch_at,
+       i.attempt as "attempt!", i.created_at as "created_at!", i.started_at,
+       i.updated_at as "updated_at!", coalesce(i.deadline_at < now(), false) as "overdue!",
        (select max(s.started_at) from tasks s
         where s.job_id = $2 and s.state = 'completed') as last_success_at,
        n.notified as "notified!"

@@ -1,0 +1,91 @@
+-- Records the outcomes of a batch of dispatches in one statement; element i of every array is
+-- dispatch i, in the order the outcomes arrived. A task is updated only while it still holds the
+-- claim token its dispatch was made under: if a callback ended the task, an operator cancelled
+-- it, or the lease ran out and another node reclaimed it, its update matches nothing and the
+-- newer state stands. Every attempt row is written either way, since the dispatch did happen; it
+-- replaces an `abandoned` row another node may have written for the same attempt.
+-- A job's streak of transient dispatch errors grows with each transient error and ends with any
+-- answer that shows the downstream up; within the batch they count in order, so the streak after
+-- it is the transient errors after the job's last good answer (added to the stored streak when
+-- the batch has no good answer). Ending a streak that is already zero writes nothing.
+with o as (
+    select *
+    from unnest($1::uuid[], $2::uuid[], $3::text[], $4::bigint[], $5::int[], $6::text[],
+                $7::text[], $8::jsonb[], $9::text[], $10::jsonb[], $11::int[], $12::text[],
+                $13::timestamptz[], $14::text[], $15::int[], $16::bigint[])
+         with ordinality
+         as o(id, token, state, next_ms, failures, failure_reason, error, progress, message,
+              result, attempt, node, started_at, outcome, http_status, latency_ms, ord)
+),
+updated as (
+    update tasks t set
+        state = coalesce(o.state, t.state),
+        next_dispatch_at = case when o.next_ms is null then null
+                                else least(now() + o.next_ms * interval '1 millisecond', t.timeout_at) end,
+        finished_at = case when o.next_ms is null then now() end,
+        consecutive_failures = o.failures,
+        failure_reason = o.failure_reason,
+        last_error = coalesce(o.error, t.last_error),
+        progress = coalesce(o.progress, t.progress),
+        message = coalesce(o.message, t.message),
+        result = coalesce(o.result, t.result),
+        -- A task completed for a job nobody watches for success needs no alert evaluation.
+        outcome_noticed = t.outcome_noticed or coalesce(o.state = 'completed' and not exists (
+            select 1 from jobs j where j.id = t.job_id and j.spec -> 'alerts' ? 'on_success'), false),
+        claim_token = null,
+        claimed_by = null,
+        claimed_at = null,
+        updated_at = now()
+    from o
+    where t.id = o.id and t.claim_token = o.token
+    returning t.id
+),
+recorded as (
+    insert into task_attempts (task_id, number, node, started_at, outcome, http_status, error, latency_ms)
+    select id, attempt, node, started_at, outcome, http_status, error, latency_ms from o
+    on conflict (task_id, number) do update set
+        node = excluded.node, started_at = excluded.started_at, finished_at = now(),
+        outcome = excluded.outcome, http_status = excluded.http_status,
+        error = excluded.error, latency_ms = excluded.latency_ms
+),
+per_job as (
+    select t.job_id, o.ord, o.outcome, o.error
+    from o join tasks t on t.id = o.id
+    where t.job_id is not null
+),
+good as (
+    select job_id,
+           max(ord) filter (where outcome in ('accepted', 'already_running', 'permanent_error')) as last_ord
+    from per_job group by job_id
+),
+streaks as (
+    select p.job_id, g.last_ord is not null as ended,
+           count(*) filter (where p.outcome = 'transient_error') as errors,
+           (array_agg(p.error order by p.ord desc) filter (where p.outcome = 'transient_error'))[1] as last_error
+    from per_job p join good g on g.job_id = p.job_id
+    where p.ord > coalesce(g.last_ord, 0)
+    group by p.job_id, g.last_ord
+),
+grown as (
+    insert into dispatch_streaks (job_id, errors, last_error)
+    select job_id, errors, last_error from streaks where errors > 0
+    -- One order for every writer, so concurrent batches lock streaks without deadlocking.
+    order by job_id
+    on conflict (job_id) do update set
+        errors = excluded.errors + case
+            when (select s.ended from streaks s where s.job_id = excluded.job_id) then 0
+            else dispatch_streaks.errors end,
+        noticed = case
+            when (select s.ended from streaks s where s.job_id = excluded.job_id) then 0
+            else dispatch_streaks.noticed end,
+        last_error = excluded.last_error, updated_at = now()
+),
+ended as (
+    update dispatch_streaks d set errors = 0, noticed = 0, updated_at = now()
+    from good g
+    where d.job_id = g.job_id and g.last_ord is not null and d.errors > 0
+      and not exists (select 1 from streaks s where s.job_id = g.job_id and s.errors > 0)
+)
+select o.id as "id!", exists (select 1 from updated u where u.id = o.id) as "applied!"
+from o
+order by o.ord
