@@ -306,7 +306,9 @@ impl IntoResponse for Error {
 impl From<pacer_store::Error> for Error {
     fn from(error: pacer_store::Error) -> Self {
         match error {
-            unavailable @ pacer_store::Error::Unavailable(_) => Error::Unavailable(unavailable),
+            unavailable @ (pacer_store::Error::Unavailable(_) | pacer_store::Error::Stopped) => {
+                Error::Unavailable(unavailable)
+            }
             // What slipped past validation but the database refuses as data is still the
             // client's input, and nothing was written.
             pacer_store::Error::InvalidData(message) => Error::field("body", message),

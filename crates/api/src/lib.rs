@@ -27,7 +27,8 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use pacer_domain::{ConsumerStatus, Span};
-use pacer_store::{ClaimedTask, Store};
+use pacer_store::batch::Batcher;
+use pacer_store::{ClaimedTask, Store, TaskCreation};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -83,7 +84,13 @@ pub struct AppState {
     consumer: watch::Receiver<ConsumerStatus>,
     /// Job definitions kept between task creations.
     jobs: JobCache,
+    /// Creates tasks of kept job definitions, many requests' tasks per statement.
+    creation: Batcher<TaskCreation>,
 }
+
+/// The most tasks created in one statement, and how many such statements run at once.
+const CREATION_BATCH: usize = 64;
+const CREATION_WRITERS: usize = 2;
 
 /// Job definitions as last read, by name, for the task creation path: each use is checked
 /// against the job's current version by the statement that writes the task, so a kept
@@ -121,7 +128,7 @@ impl AppState {
         auth: Auth,
     ) -> Self {
         Self {
-            store,
+            store: store.clone(),
             node_id: node_id.into(),
             handoff,
             body_limit: config.body_limit,
@@ -133,6 +140,11 @@ impl AppState {
             alert_sinks: Arc::new([pacer_domain::alert::LOG_SINK.to_owned()].into()),
             consumer: watch::channel(ConsumerStatus::disabled()).1,
             jobs: JobCache::default(),
+            creation: Batcher::start(
+                TaskCreation::new(store.clone(), node_id),
+                CREATION_BATCH,
+                CREATION_WRITERS,
+            ),
         }
     }
 

@@ -10,8 +10,10 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use pacer_domain::dispatch::Report;
-use pacer_domain::{CallbackStatus, SkipReason, TaskId, TaskState, ValidationErrors};
-use pacer_store::{CreatedTask, NewTask, Origin, ReportOutcome, TaskFilter};
+use pacer_domain::{
+    CallbackStatus, OverlapPolicy, SkipReason, TaskId, TaskState, ValidationErrors,
+};
+use pacer_store::{CreatedTask, KeptTask, NewTask, Origin, ReportOutcome, TaskFilter};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use utoipa::{IntoParams, ToSchema};
@@ -169,7 +171,7 @@ async fn create_task(
             actor: None,
             retry_of: None,
         };
-        if let Some(outcome) = start(&state, &job, task, "api", true).await? {
+        if let Some(outcome) = start(&state, Job::Kept(&job), task, "api").await? {
             started = Some(outcome);
             break;
         }
@@ -226,7 +228,7 @@ pub(crate) async fn start_task(
     task: NewTask,
     origin: &'static str,
 ) -> Result<Started> {
-    start(state, job, task, origin, false)
+    start(state, Job::Current(job), task, origin)
         .await?
         .ok_or_else(|| Error::NotFound {
             what: "job",
@@ -234,14 +236,22 @@ pub(crate) async fn start_task(
         })
 }
 
-/// [`start_task`]; with `kept`, `job` may have been read a while ago and `None` says it is no
-/// longer current (changed, paused or deleted): read it again.
+/// The job a task is started for.
+#[derive(Clone, Copy)]
+enum Job<'a> {
+    /// Just read.
+    Current(&'a pacer_store::Job),
+    /// Kept from an earlier read: the task is created only if the job has not changed since.
+    Kept(&'a Arc<pacer_store::Job>),
+}
+
+/// [`start_task`]; `None` says a kept job is no longer current (changed, paused or deleted): read
+/// it again.
 async fn start(
     state: &AppState,
-    job: &pacer_store::Job,
+    job: Job<'_>,
     task: NewTask,
     origin: &'static str,
-    kept: bool,
 ) -> Result<Option<Started>> {
     let reserved = state.handoff.as_ref().and_then(|h| {
         h.permits
@@ -253,17 +263,30 @@ async fn start(
     let claim_for = reserved
         .as_ref()
         .map(|(h, _)| (&*state.node_id, h.lease_margin));
-    let created = if kept {
-        state
-            .store
-            .create_task_for_version(job, task, claim_for)
-            .await
-    } else {
-        state
+    let created = match job {
+        Job::Kept(job) if job.spec.overlap == OverlapPolicy::Allow => {
+            let kept = KeptTask {
+                job: job.clone(),
+                task,
+                claim: claim_for.map(|(_, margin)| margin),
+            };
+            state.creation.submit(kept).await
+        }
+        Job::Kept(job) => {
+            state
+                .store
+                .create_task_for_version(job, task, claim_for)
+                .await
+        }
+        Job::Current(job) => state
             .store
             .create_task(job, task, claim_for)
             .await
-            .map(Some)
+            .map(Some),
+    };
+    let job = match job {
+        Job::Current(job) => job,
+        Job::Kept(job) => &**job,
     };
     let created = created.map_err(|e| match e {
         // The job was deleted between reading it and inserting the task.

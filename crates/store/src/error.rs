@@ -22,6 +22,9 @@ pub enum Error {
     /// The database failed.
     #[error(transparent)]
     Database(sqlx::Error),
+    /// The writer this write was handed to has stopped (the node is shutting down).
+    #[error("the writer has stopped")]
+    Stopped,
     /// A migration failed.
     #[error(transparent)]
     Migrate(#[from] sqlx::migrate::MigrateError),

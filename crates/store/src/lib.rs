@@ -3,6 +3,7 @@
 
 mod alerts;
 mod audit;
+pub mod batch;
 mod claims;
 mod cluster;
 mod error;
@@ -34,7 +35,8 @@ pub use jobs::{DeletedJob, Job, PutJob};
 pub use messages::{Ingested, MessageFilter, Route, StoredMessage};
 pub use operations::{CancelNotice, JobStats, Released, RetryCandidate, TaskBrief};
 pub use tasks::{
-    Attempt, CreatedTask, NewTask, Origin, ReportOutcome, Task, TaskFilter, TaskReport,
+    Attempt, CreatedTask, KeptTask, NewTask, Origin, ReportOutcome, Task, TaskCreation, TaskFilter,
+    TaskReport,
 };
 pub use triggers::{SkippedRun, Trigger};
 

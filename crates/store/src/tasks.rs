@@ -11,6 +11,9 @@ use pacer_domain::{
 use serde_json::Value;
 use uuid::Uuid;
 
+use std::sync::Arc;
+
+use crate::batch::BatchWrite;
 use crate::error::corrupt;
 use crate::events::{NewEvent, append_event};
 use crate::firing::open_work;
@@ -306,9 +309,16 @@ impl Store {
             }
             return self.admit(job, task, claim_for).await.map(Some);
         }
+        let insert = Insert {
+            job,
+            task: &task,
+            claim_for,
+            waits_for: None,
+            message: None,
+            version: Some(job.version),
+        };
         let mut conn = self.pool.acquire().await?;
-        let version = Some(job.version);
-        insert_task_checked(&mut conn, job, task, claim_for, None, None, version).await
+        Ok(insert_tasks(&mut conn, vec![insert]).await?.pop().flatten())
     }
 
     async fn admit(
@@ -644,7 +654,20 @@ pub(crate) async fn admit_task(
     })
 }
 
-/// Inserts a task (see `sql/insert_task.sql`), claimed for `claim_for` when due now, or queued
+/// A task to insert, with what it is inserted for.
+pub(crate) struct Insert<'a> {
+    pub(crate) job: &'a Job,
+    pub(crate) task: &'a NewTask,
+    /// Claim it for this node, with this lease margin, when it is due now.
+    pub(crate) claim_for: Option<(&'a str, Span)>,
+    /// Queue it behind this open task (overlap policy `buffer_one`).
+    pub(crate) waits_for: Option<Uuid>,
+    pub(crate) message: Option<FromMessage<'a>>,
+    /// Insert it only while the job still has this version and is not paused.
+    pub(crate) version: Option<i32>,
+}
+
+/// Inserts a task (see `sql/insert_tasks.sql`), claimed for `claim_for` when due now, or queued
 /// behind `waits_for`.
 pub(crate) async fn insert_task(
     conn: &mut sqlx::PgConnection,
@@ -654,115 +677,256 @@ pub(crate) async fn insert_task(
     waits_for: Option<Uuid>,
     message: Option<FromMessage<'_>>,
 ) -> Result<CreatedTask> {
-    insert_task_checked(conn, job, task, claim_for, waits_for, message, None)
+    let insert = Insert {
+        job,
+        task: &task,
+        claim_for,
+        waits_for,
+        message,
+        version: None,
+    };
+    insert_tasks(conn, vec![insert])
         .await?
+        .pop()
+        .flatten()
         .ok_or(Error::NotFound("task"))
 }
 
-/// [`insert_task`], written only while the job has `version` when one is given: `None` when it
-/// no longer has.
-async fn insert_task_checked(
+/// Inserts tasks in one statement (see `sql/insert_tasks.sql`). For each, in order, what came of
+/// it, or `None` when it was checked against a job version that is no longer current.
+pub(crate) async fn insert_tasks(
     conn: &mut sqlx::PgConnection,
-    job: &Job,
-    task: NewTask,
-    claim_for: Option<(&str, Span)>,
-    waits_for: Option<Uuid>,
-    message: Option<FromMessage<'_>>,
-    version: Option<i32>,
-) -> Result<Option<CreatedTask>> {
-    let (node, margin) = claim_for.unzip();
-    let lease_ms = margin.map(|m| m.as_millis() + job.spec.dispatch_timeout.as_millis());
-    let row = sqlx::query_file!(
-        "src/sql/insert_task.sql",
-        task.id.as_uuid(),
-        job.id,
-        job.name.as_str(),
-        task.origin.as_str(),
-        task.idempotency_key.as_deref(),
-        &task.payload,
-        task.not_before,
-        job.spec.deadline.map(|d| d.as_millis()),
-        job.spec.timeout.as_millis(),
-        node,
-        lease_ms,
-        waits_for,
-        task.trace_context.as_deref(),
-        task.actor.as_deref(),
-        task.retry_of.map(|id| id.as_uuid()),
-        message.map(|m| m.id),
-        message.map(|m| m.kind),
-        version,
+    inserts: Vec<Insert<'_>>,
+) -> Result<Vec<Option<CreatedTask>>> {
+    let n = inserts.len();
+    let mut ids = Vec::with_capacity(n);
+    let mut job_ids = Vec::with_capacity(n);
+    let mut job_names = Vec::with_capacity(n);
+    let mut versions = Vec::with_capacity(n);
+    let mut origins = Vec::with_capacity(n);
+    let mut keys = Vec::with_capacity(n);
+    let mut payloads = Vec::with_capacity(n);
+    let mut not_before = Vec::with_capacity(n);
+    let mut deadline_ms = Vec::with_capacity(n);
+    let mut timeout_ms = Vec::with_capacity(n);
+    let mut nodes = Vec::with_capacity(n);
+    let mut lease_ms = Vec::with_capacity(n);
+    let mut waits_for = Vec::with_capacity(n);
+    let mut traces = Vec::with_capacity(n);
+    let mut actors = Vec::with_capacity(n);
+    let mut retry_of = Vec::with_capacity(n);
+    let mut message_ids = Vec::with_capacity(n);
+    let mut message_types = Vec::with_capacity(n);
+    for insert in &inserts {
+        let (job, task) = (insert.job, &insert.task);
+        ids.push(task.id.as_uuid());
+        job_ids.push(job.id);
+        job_names.push(job.name.as_str());
+        versions.push(insert.version);
+        origins.push(task.origin.as_str());
+        keys.push(task.idempotency_key.as_deref());
+        payloads.push(&task.payload);
+        not_before.push(task.not_before);
+        deadline_ms.push(job.spec.deadline.map(|d| d.as_millis()));
+        timeout_ms.push(job.spec.timeout.as_millis());
+        nodes.push(insert.claim_for.map(|(node, _)| node));
+        lease_ms.push(
+            insert
+                .claim_for
+                .map(|(_, margin)| margin.as_millis() + job.spec.dispatch_timeout.as_millis()),
+        );
+        waits_for.push(insert.waits_for);
+        traces.push(task.trace_context.as_deref());
+        actors.push(task.actor.as_deref());
+        retry_of.push(task.retry_of.map(|id| id.as_uuid()));
+        message_ids.push(insert.message.map(|m| m.id));
+        message_types.push(insert.message.map(|m| m.kind));
+    }
+    let rows = sqlx::query_file!(
+        "src/sql/insert_tasks.sql",
+        &ids,
+        &job_ids,
+        &job_names as &[&str],
+        &versions as &[Option<i32>],
+        &origins as &[&str],
+        &keys as &[Option<&str>],
+        &payloads as &[&Value],
+        &not_before as &[Option<DateTime<Utc>>],
+        &deadline_ms as &[Option<i64>],
+        &timeout_ms,
+        &nodes as &[Option<&str>],
+        &lease_ms as &[Option<i64>],
+        &waits_for as &[Option<Uuid>],
+        &traces as &[Option<&str>],
+        &actors as &[Option<&str>],
+        &retry_of as &[Option<Uuid>],
+        &message_ids as &[Option<&str>],
+        &message_types as &[Option<&str>],
     )
-    .fetch_optional(&mut *conn)
+    .fetch_all(&mut *conn)
     .await?;
-    let Some(row) = row else {
-        // An idempotent repeat, or (with a version) a job that changed.
-        let existing = sqlx::query_scalar!(
-            "select id from tasks where job_id = $1 and idempotency_key = $2",
-            job.id,
-            task.idempotency_key.as_deref(),
+    if rows.len() != n {
+        return Err(corrupt(
+            "the task insert answered for a different number of tasks",
+        ));
+    }
+    let mut created = Vec::with_capacity(n);
+    for (insert, row) in inserts.into_iter().zip(rows) {
+        if !row.current {
+            created.push(None);
+            continue;
+        }
+        let (
+            Some(id),
+            Some(due_at),
+            Some(timeout_at),
+            Some(attempt),
+            Some(created_at),
+            Some(updated_at),
+        ) = (
+            row.inserted,
+            row.due_at,
+            row.timeout_at,
+            row.attempt,
+            row.created_at,
+            row.updated_at,
         )
-        .fetch_optional(&mut *conn)
-        .await?;
-        return Ok(existing.map(|id| CreatedTask::Existing { id: id.into() }));
-    };
-    let view = Task {
-        id: task.id,
-        job_name: job.name.to_string(),
-        state: TaskState::Pending,
-        origin: task.origin.as_str().to_owned(),
-        idempotency_key: task.idempotency_key.clone(),
-        payload: task.payload.clone(),
-        attempt: row.attempt,
-        created_at: row.created_at,
-        due_at: row.due_at,
-        trigger_id: None,
-        scheduled_at: None,
-        waits_for: waits_for.map(TaskId::from),
-        actor: task.actor.clone(),
-        retry_of: task.retry_of,
-        message_id: message.map(|m| m.id.to_owned()),
-        message_type: message.map(|m| m.kind.to_owned()),
-        started_at: row.started_at,
-        finished_at: None,
-        next_dispatch_at: row.next_dispatch_at,
-        deadline_at: row.deadline_at,
-        timeout_at: row.timeout_at,
-        claimed_by: row.claimed_by.clone(),
-        overdue: row.overdue,
-        progress: None,
-        message: None,
-        result: None,
-        last_error: None,
-        failure_reason: None,
-        updated_at: row.updated_at,
-    };
-    let claimed = match (row.claim_token, row.claimed_at) {
-        (Some(claim_token), Some(claimed_at)) => Some(Box::new(ClaimedTask {
+        else {
+            // An idempotent repeat. A task with the same key inserted by this same statement was
+            // not visible to it: look again.
+            let existing = match row.existing {
+                Some(id) => Some(id),
+                None => {
+                    sqlx::query_scalar!(
+                        "select id from tasks where job_id = $1 and idempotency_key = $2",
+                        insert.job.id,
+                        insert.task.idempotency_key.as_deref(),
+                    )
+                    .fetch_optional(&mut *conn)
+                    .await?
+                }
+            };
+            let id = existing.ok_or(Error::NotFound("task"))?;
+            created.push(Some(CreatedTask::Existing { id: id.into() }));
+            continue;
+        };
+        let Insert {
+            job,
+            task,
+            waits_for,
+            message,
+            ..
+        } = insert;
+        let claimed = match (row.claim_token, row.claimed_at) {
+            (Some(claim_token), Some(claimed_at)) => Some(Box::new(ClaimedTask {
+                id: task.id,
+                claim_token,
+                job_name: job.name.to_string(),
+                job_version: job.version,
+                job: job.spec.clone(),
+                state: TaskState::Pending,
+                attempt,
+                consecutive_failures: 0,
+                payload: task.payload.clone(),
+                scheduled_at: due_at,
+                deadline_at: row.deadline_at,
+                timeout_at,
+                claimed_at,
+                timed_out: false,
+                last_success_at: row.last_success_at,
+                trace_context: task.trace_context.clone(),
+            })),
+            _ => None,
+        };
+        let view = Task {
             id: task.id,
-            claim_token,
             job_name: job.name.to_string(),
-            job_version: job.version,
-            job: job.spec.clone(),
             state: TaskState::Pending,
-            attempt: 1,
-            consecutive_failures: 0,
-            payload: task.payload,
-            scheduled_at: row.due_at,
+            origin: task.origin.as_str().to_owned(),
+            idempotency_key: task.idempotency_key.clone(),
+            payload: task.payload.clone(),
+            attempt,
+            created_at,
+            due_at,
+            trigger_id: None,
+            scheduled_at: None,
+            waits_for: waits_for.map(TaskId::from),
+            actor: task.actor.clone(),
+            retry_of: task.retry_of,
+            message_id: message.map(|m| m.id.to_owned()),
+            message_type: message.map(|m| m.kind.to_owned()),
+            started_at: row.started_at,
+            finished_at: None,
+            next_dispatch_at: row.next_dispatch_at,
             deadline_at: row.deadline_at,
-            timeout_at: row.timeout_at,
-            claimed_at,
-            timed_out: false,
-            last_success_at: row.last_success_at,
-            trace_context: task.trace_context.clone(),
-        })),
-        _ => None,
-    };
-    Ok(Some(CreatedTask::Created {
-        id: row.id.into(),
-        task: Box::new(view),
-        claimed,
-    }))
+            timeout_at,
+            claimed_by: row.claimed_by,
+            overdue: row.overdue,
+            progress: None,
+            message: None,
+            result: None,
+            last_error: None,
+            failure_reason: None,
+            updated_at,
+        };
+        created.push(Some(CreatedTask::Created {
+            id: id.into(),
+            task: Box::new(view),
+            claimed,
+        }));
+    }
+    Ok(created)
+}
+
+/// A task for a job whose definition the caller kept, created together with others in one
+/// statement by a [`Batcher`](crate::batch::Batcher) of [`TaskCreation`]: as
+/// [`Store::create_task_for_version`], for a job whose overlap policy is `allow`.
+#[derive(Debug)]
+pub struct KeptTask {
+    pub job: Arc<Job>,
+    pub task: NewTask,
+    /// Claim it for the batcher's node, with this lease margin, when it is due now.
+    pub claim: Option<Span>,
+}
+
+/// Creates [`KeptTask`]s in batches for one node: the write behind a task-creation
+/// [`Batcher`](crate::batch::Batcher).
+#[derive(Debug)]
+pub struct TaskCreation {
+    store: Store,
+    node: Arc<str>,
+}
+
+impl TaskCreation {
+    /// Creates tasks claimed (when asked) for `node`.
+    pub fn new(store: Store, node: &str) -> Self {
+        Self {
+            store,
+            node: node.into(),
+        }
+    }
+}
+
+impl BatchWrite for TaskCreation {
+    type Item = KeptTask;
+    /// `None`: the job is paused, gone or changed; read it again.
+    type Output = Option<CreatedTask>;
+
+    async fn write(&self, items: &[KeptTask]) -> Result<Vec<Option<CreatedTask>>> {
+        let inserts = items
+            .iter()
+            .map(|kept| Insert {
+                job: &kept.job,
+                task: &kept.task,
+                claim_for: kept.claim.map(|margin| (&*self.node, margin)),
+                waits_for: None,
+                message: None,
+                version: Some(kept.job.version),
+            })
+            .collect();
+        let mut conn = self.store.pool.acquire().await?;
+        insert_tasks(&mut conn, inserts).await
+    }
 }
 
 /// An object without its null members.
