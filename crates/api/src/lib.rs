@@ -28,7 +28,7 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use pacer_domain::{ConsumerStatus, Span};
 use pacer_store::batch::Batcher;
-use pacer_store::{ClaimedTask, Store, TaskCreation};
+use pacer_store::{ClaimedTask, Reporting, Store, TaskCreation};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -86,9 +86,12 @@ pub struct AppState {
     jobs: JobCache,
     /// Creates tasks of kept job definitions, many requests' tasks per statement.
     creation: Batcher<TaskCreation>,
+    /// Applies callbacks, many per statement.
+    reporting: Batcher<Reporting>,
 }
 
-/// The most tasks created in one statement, and how many such statements run at once.
+/// The most tasks created (or callbacks applied) in one statement, and how many such statements
+/// run at once.
 const CREATION_BATCH: usize = 64;
 const CREATION_WRITERS: usize = 2;
 
@@ -142,6 +145,11 @@ impl AppState {
             jobs: JobCache::default(),
             creation: Batcher::start(
                 TaskCreation::new(store.clone(), node_id),
+                CREATION_BATCH,
+                CREATION_WRITERS,
+            ),
+            reporting: Batcher::start(
+                Reporting::new(store.clone()),
                 CREATION_BATCH,
                 CREATION_WRITERS,
             ),

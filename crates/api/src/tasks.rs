@@ -614,17 +614,19 @@ async fn report_task(
         message: request.message,
         result: request.result,
     };
+    let reported = report.status;
     let (outcome, task) = state
-        .store
-        .report(id, &report)
+        .reporting
+        .submit((id, report))
         .await
+        .and_then(|answer| answer)
         .map_err(task_not_found(id))?;
     let result = match outcome {
         ReportOutcome::Applied(_) => "applied",
         ReportOutcome::Unchanged(_) => "unchanged",
         ReportOutcome::Refused(_) => "refused",
     };
-    let status = serde_json::to_value(report.status)
+    let status = serde_json::to_value(reported)
         .ok()
         .and_then(|v| v.as_str().map(str::to_owned));
     metrics::counter!("pacer_callbacks_total", "status" => status.unwrap_or_default(), "result" => result)

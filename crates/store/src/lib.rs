@@ -35,8 +35,8 @@ pub use jobs::{DeletedJob, Job, PutJob};
 pub use messages::{Ingested, MessageFilter, Route, StoredMessage};
 pub use operations::{CancelNotice, JobStats, Released, RetryCandidate, TaskBrief};
 pub use tasks::{
-    Attempt, CreatedTask, KeptTask, NewTask, Origin, ReportOutcome, Task, TaskCreation, TaskFilter,
-    TaskReport,
+    Attempt, CreatedTask, KeptTask, NewTask, Origin, ReportOutcome, Reporting, Task, TaskCreation,
+    TaskFilter, TaskReport,
 };
 pub use triggers::{SkippedRun, Trigger};
 
@@ -149,4 +149,14 @@ impl Listener {
         self.0.recv().await?;
         Ok(())
     }
+}
+
+/// Makes the rest of the caller's transaction plan each statement for its parameters. A batched
+/// statement joins arrays of unknown length against tables: a generic plan, cached once and
+/// reused, may have been chosen while the table was small and scan it whole ever after.
+pub(crate) async fn plan_per_execution(tx: &mut sqlx::PgConnection) -> Result<()> {
+    sqlx::query!("set local plan_cache_mode = force_custom_plan")
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
 }

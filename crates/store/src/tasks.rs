@@ -11,13 +11,14 @@ use pacer_domain::{
 use serde_json::Value;
 use uuid::Uuid;
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use crate::batch::BatchWrite;
 use crate::error::corrupt;
 use crate::events::{NewEvent, append_event};
 use crate::firing::open_work;
-use crate::{CANCELS_CHANNEL, ClaimedTask, Error, Job, Result, Store};
+use crate::{CANCELS_CHANNEL, ClaimedTask, Error, Job, Result, Store, plan_per_execution};
 
 /// How a task came to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -398,6 +399,56 @@ impl Store {
         self.apply_event(id, report.event(), Some(report)).await
     }
 
+    /// Applies several downstreams' reports, answering for each in order as [`Store::report`]
+    /// would. The reports that end their task (each task's first) are written in one statement
+    /// and one commit; the rest one by one after them.
+    pub async fn report_many(
+        &self,
+        reports: &[(TaskId, TaskReport)],
+    ) -> Result<Vec<Result<(ReportOutcome, Task)>>> {
+        let mut answers: Vec<Option<Result<(ReportOutcome, Task)>>> =
+            reports.iter().map(|_| None).collect();
+        let mut tasks = HashSet::new();
+        let mut batch = Vec::new();
+        let mut ends = Vec::new();
+        let mut from = None;
+        for (i, (id, report)) in reports.iter().enumerate() {
+            let event = report.event();
+            if let Some((states, next)) = ending(event)
+                && from.get_or_insert_with(|| states.clone()) == &states
+                && tasks.insert(*id)
+            {
+                batch.push(i);
+                ends.push(Ending {
+                    id: *id,
+                    event,
+                    next,
+                    report: Some(report),
+                });
+            }
+        }
+        if let Some(from) = from {
+            let mut tx = self.pool.begin().await?;
+            plan_per_execution(&mut tx).await?;
+            let finished = finish_tasks(&mut tx, &ends, &from).await?;
+            tx.commit().await?;
+            for ((i, end), task) in batch.into_iter().zip(&ends).zip(finished) {
+                answers[i] = Some(match task {
+                    Some(task) => Ok((ReportOutcome::Applied(end.next), task)),
+                    None => self.settle(end.id, end.event, end.report).await,
+                });
+            }
+        }
+        let mut settled = Vec::with_capacity(reports.len());
+        for ((id, report), answer) in reports.iter().zip(answers) {
+            settled.push(match answer {
+                Some(answer) => answer,
+                None => self.apply_event(*id, report.event(), Some(report)).await,
+            });
+        }
+        Ok(settled)
+    }
+
     /// Cancels an open task. Cancelling a cancelled task changes nothing.
     pub async fn cancel_task(&self, id: TaskId) -> Result<(ReportOutcome, Task)> {
         self.apply_event(id, TaskEvent::Cancel, None).await
@@ -412,48 +463,42 @@ impl Store {
         let Some((from, next)) = ending(event) else {
             return self.apply_locked(id, event, report).await;
         };
-        let cancel = event == TaskEvent::Cancel;
-        let message = match event {
-            TaskEvent::Cancel => Some("cancelled by an operator"),
-            _ => report.and_then(|r| r.message.as_deref()),
+        let end = Ending {
+            id,
+            event,
+            next,
+            report,
         };
-        let reason = (next == TaskState::Failed).then_some(FailureReason::Reported.as_str());
         let mut tx = self.pool.begin().await?;
-        let row = sqlx::query_file_as!(
-            TaskRow,
-            "src/sql/finish_task.sql",
-            id.as_uuid(),
-            next.as_str(),
-            report.and_then(|r| r.progress.as_ref()),
-            message,
-            report.and_then(|r| r.result.as_ref()),
-            reason,
-            cancel,
-            &from as &[&str],
-            report.map(callback_event),
-        )
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(row) = row else {
+        let Some(task) = finish_tasks(&mut tx, &[end], &from).await?.pop().flatten() else {
             drop(tx);
-            // Nothing matched: the task is missing or already final.
-            let task = self.get_task(id).await?;
-            return match task.state.apply(event) {
-                Transition::Unchanged => Ok((ReportOutcome::Unchanged(task.state), task)),
-                Transition::Refused => Ok((ReportOutcome::Refused(task.state), task)),
-                Transition::To(_) => self.apply_locked(id, event, report).await,
-            };
+            return self.settle(id, event, report).await;
         };
-        let task = Task::try_from(row)?;
         // A task cancelled after a dispatch reached its downstream: the downstream is told, best
         // effort, by whichever node's cancel notifier takes the notice.
-        if cancel && task.attempt > 0 {
+        if event == TaskEvent::Cancel && task.attempt > 0 {
             sqlx::query!("select pg_notify($1, '')", CANCELS_CHANNEL)
                 .execute(&mut *tx)
                 .await?;
         }
         tx.commit().await?;
         Ok((ReportOutcome::Applied(next), task))
+    }
+
+    /// The answer to an ending event that matched no open task: the task is missing, or already
+    /// final (a repeat, or a contradiction).
+    async fn settle(
+        &self,
+        id: TaskId,
+        event: TaskEvent,
+        report: Option<&TaskReport>,
+    ) -> Result<(ReportOutcome, Task)> {
+        let task = self.get_task(id).await?;
+        match task.state.apply(event) {
+            Transition::Unchanged => Ok((ReportOutcome::Unchanged(task.state), task)),
+            Transition::Refused => Ok((ReportOutcome::Refused(task.state), task)),
+            Transition::To(_) => self.apply_locked(id, event, report).await,
+        }
     }
 
     /// Applies an event that may leave the task open (progress) under the task's row lock.
@@ -544,6 +589,95 @@ impl Store {
         let task = select_task(&mut tx, id).await?;
         tx.commit().await?;
         Ok((outcome, task))
+    }
+}
+
+/// An event ending a task.
+struct Ending<'a> {
+    id: TaskId,
+    event: TaskEvent,
+    /// The final state it moves the task to.
+    next: TaskState,
+    report: Option<&'a TaskReport>,
+}
+
+/// Ends tasks in one statement (see `sql/finish_tasks.sql`); `from` is the states every one of the
+/// events ends a task from, and the ids are distinct. For each, in order, the task as it ended, or
+/// `None` when it was not open.
+async fn finish_tasks(
+    conn: &mut sqlx::PgConnection,
+    ends: &[Ending<'_>],
+    from: &[&str],
+) -> Result<Vec<Option<Task>>> {
+    let n = ends.len();
+    let mut ids = Vec::with_capacity(n);
+    let mut states = Vec::with_capacity(n);
+    let mut progress = Vec::with_capacity(n);
+    let mut messages = Vec::with_capacity(n);
+    let mut results = Vec::with_capacity(n);
+    let mut reasons = Vec::with_capacity(n);
+    let mut cancels = Vec::with_capacity(n);
+    let mut events = Vec::with_capacity(n);
+    for end in ends {
+        let report = end.report;
+        ids.push(end.id.as_uuid());
+        states.push(end.next.as_str());
+        progress.push(report.and_then(|r| r.progress.as_ref()));
+        messages.push(match end.event {
+            TaskEvent::Cancel => Some("cancelled by an operator"),
+            _ => report.and_then(|r| r.message.as_deref()),
+        });
+        results.push(report.and_then(|r| r.result.as_ref()));
+        reasons.push((end.next == TaskState::Failed).then_some(FailureReason::Reported.as_str()));
+        cancels.push(end.event == TaskEvent::Cancel);
+        events.push(report.map(callback_event));
+    }
+    let rows = sqlx::query_file_as!(
+        TaskRow,
+        "src/sql/finish_tasks.sql",
+        &ids,
+        &states as &[&str],
+        &progress as &[Option<&Value>],
+        &messages as &[Option<&str>],
+        &results as &[Option<&Value>],
+        &reasons as &[Option<&str>],
+        &cancels,
+        from as &[&str],
+        &events as &[Option<Value>],
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut finished: Vec<Option<Task>> = ends.iter().map(|_| None).collect();
+    for row in rows {
+        let slot = ids
+            .iter()
+            .position(|id| *id == row.id)
+            .and_then(|i| finished.get_mut(i))
+            .ok_or_else(|| corrupt("finishing tasks answered for a task it was not given"))?;
+        *slot = Some(Task::try_from(row)?);
+    }
+    Ok(finished)
+}
+
+/// Reports written in batches: the write behind a callback [`Batcher`](crate::batch::Batcher).
+#[derive(Debug)]
+pub struct Reporting {
+    store: Store,
+}
+
+impl Reporting {
+    /// Writes reports through `store`.
+    pub fn new(store: Store) -> Self {
+        Self { store }
+    }
+}
+
+impl BatchWrite for Reporting {
+    type Item = (TaskId, TaskReport);
+    type Output = Result<(ReportOutcome, Task)>;
+
+    async fn write(&self, items: &[(TaskId, TaskReport)]) -> Result<Vec<Self::Output>> {
+        self.store.report_many(items).await
     }
 }
 
@@ -924,8 +1058,11 @@ impl BatchWrite for TaskCreation {
                 version: Some(kept.job.version),
             })
             .collect();
-        let mut conn = self.store.pool.acquire().await?;
-        insert_tasks(&mut conn, inserts).await
+        let mut tx = self.store.pool.begin().await?;
+        plan_per_execution(&mut tx).await?;
+        let created = insert_tasks(&mut tx, inserts).await?;
+        tx.commit().await?;
+        Ok(created)
     }
 }
 

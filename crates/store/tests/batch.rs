@@ -125,3 +125,101 @@ async fn tasks_created_together_are_answered_as_if_created_alone(pool: PgPool) {
         .expect("answer");
     assert!(paused.is_none());
 }
+
+/// Callbacks applied together answer as if applied one after the other: each task ends once,
+/// a repeat is unchanged, a contradiction is refused, an unknown task is not found, and every
+/// applied callback is in the task's history just before the state change it made.
+#[sqlx::test(migrator = "pacer_store::MIGRATOR")]
+async fn callbacks_applied_together_are_answered_as_if_applied_alone(pool: PgPool) {
+    use pacer_domain::CallbackStatus;
+    use pacer_domain::TaskState;
+    use pacer_domain::dispatch::Report;
+    use pacer_store::{ReportOutcome, Reporting};
+
+    let store = Store::new(pool.clone());
+    let job = Arc::new(job(&store).await);
+    let mut ids = Vec::new();
+    for n in 0..20 {
+        let created = store
+            .create_task(&job, kept(&job, None, json!({ "n": n }), false).task, None)
+            .await
+            .expect("create");
+        let CreatedTask::Created { id, .. } = created else {
+            panic!("expected a new task");
+        };
+        ids.push(id);
+    }
+    let report = |status| Report {
+        status,
+        progress: None,
+        message: Some("done".into()),
+        result: Some(json!({ "rows": 1 })),
+    };
+    let mut requests = Vec::new();
+    for id in &ids {
+        requests.push((*id, report(CallbackStatus::Completed)));
+    }
+    // Each of the first five again, the same and contradicting; and a task nobody created.
+    for id in &ids[..5] {
+        requests.push((*id, report(CallbackStatus::Completed)));
+        requests.push((*id, report(CallbackStatus::Failed)));
+    }
+    requests.push((TaskId::new(), report(CallbackStatus::Completed)));
+    let answers = store.report_many(&requests).await.expect("reports");
+
+    for (answer, id) in answers[..20].iter().zip(&ids) {
+        let (outcome, task) = answer.as_ref().expect("applied");
+        assert_eq!(*outcome, ReportOutcome::Applied(TaskState::Completed));
+        assert_eq!(task.id, *id);
+        assert_eq!(task.result, Some(json!({ "rows": 1 })));
+        assert!(task.finished_at.is_some());
+    }
+    for pair in answers[20..30].chunks(2) {
+        assert_eq!(
+            pair[0].as_ref().expect("repeat").0,
+            ReportOutcome::Unchanged(TaskState::Completed)
+        );
+        assert_eq!(
+            pair[1].as_ref().expect("contradiction").0,
+            ReportOutcome::Refused(TaskState::Completed)
+        );
+    }
+    assert!(matches!(answers[30], Err(pacer_store::Error::NotFound(_))));
+
+    let history: Vec<(String, Option<String>)> = sqlx::query_as(
+        "select kind, coalesce(data ->> 'state', data ->> 'status') from events
+         where task_id = $1 order by id",
+    )
+    .bind(ids[3].as_uuid())
+    .fetch_all(&pool)
+    .await
+    .expect("history");
+    let expected = [
+        ("task.state", "pending"),
+        ("task.callback", "completed"),
+        ("task.state", "completed"),
+    ];
+    assert_eq!(
+        history,
+        expected.map(|(k, s)| (k.to_owned(), Some(s.to_owned())))
+    );
+
+    // Through a batcher, concurrently: the same answers.
+    let reporting = Batcher::start(Reporting::new(store.clone()), 8, 2);
+    let again: Vec<_> = ids
+        .iter()
+        .map(|id| {
+            let reporting = reporting.clone();
+            let request = (*id, report(CallbackStatus::Completed));
+            tokio::spawn(async move { reporting.submit(request).await })
+        })
+        .collect();
+    for handle in again {
+        let (outcome, _) = handle
+            .await
+            .expect("join")
+            .expect("written")
+            .expect("answered");
+        assert_eq!(outcome, ReportOutcome::Unchanged(TaskState::Completed));
+    }
+}

@@ -17,6 +17,11 @@ with o as (
          as o(id, token, state, next_ms, failures, failure_reason, error, progress, message,
               result, attempt, node, started_at, outcome, http_status, latency_ms, ord)
 ),
+-- Rows are locked in id order, the same order every batched writer of tasks uses, so two batches
+-- touching the same tasks wait for each other instead of deadlocking.
+locked as (
+    select id from tasks where id = any($1) order by id for update
+),
 updated as (
     update tasks t set
         state = coalesce(o.state, t.state),
@@ -37,7 +42,7 @@ updated as (
         claimed_at = null,
         updated_at = now()
     from o
-    where t.id = o.id and t.claim_token = o.token
+    where t.id = o.id and t.claim_token = o.token and t.id in (select id from locked)
     returning t.id
 ),
 recorded as (

@@ -1,0 +1,46 @@
+-- Ends open tasks in one statement, one per element of the arrays (ids are distinct): callbacks
+-- with a final status, or cancellations. Each update matches only while its task is in one of the
+-- states ($8) the event may move it out of, so the state machine's check and the write are one
+-- atomic step and no row lock is held across round trips; for a task that matched nothing, the
+-- caller reads it to tell a repeat from a conflict. Clearing the claim fences off a dispatch still
+-- in flight: its outcome will find no matching claim token and leave the final state alone.
+-- Element i: $1 id, $2 final state, $3 progress, $4 message, $5 result, $6 failure reason, $7 a
+-- cancellation (which asks the cancel notifiers to tell the downstream when a dispatch already
+-- reached it), $9 the callback's own event (null for a cancellation), written just before the
+-- state change it caused.
+with o as (
+    select *
+    from unnest($1::uuid[], $2::text[], $3::jsonb[], $4::text[], $5::jsonb[], $6::text[],
+                $7::bool[], $9::jsonb[])
+         with ordinality as o(id, state, progress, message, result, failure_reason, cancel, event, ord)
+),
+-- Rows are locked in id order, the same order every batched writer of tasks uses, so two batches
+-- touching the same tasks wait for each other instead of deadlocking.
+locked as (
+    select id from tasks where id = any($1) order by id for update
+),
+updated as (
+    update tasks t set state = o.state, finished_at = now(), next_dispatch_at = null,
+        claim_token = null, claimed_by = null, claimed_at = null,
+        progress = coalesce(o.progress, t.progress), message = coalesce(o.message, t.message),
+        result = coalesce(o.result, t.result), failure_reason = o.failure_reason,
+        cancel_notice_at = case when o.cancel and t.attempt > 0 then now() end,
+        last_heartbeat_at = now(), updated_at = now(),
+        -- A task completed for a job nobody watches for success needs no alert evaluation.
+        outcome_noticed = o.state = 'completed' and not exists (
+            select 1 from jobs j where j.id = t.job_id and j.spec -> 'alerts' ? 'on_success')
+    from o
+    where t.id = o.id and t.state = any($8) and t.id in (select id from locked)
+    returning t.*, o.ord, o.event
+),
+callback as (
+    insert into events (kind, job_name, task_id, data)
+    select 'task.callback', job_name, id, event from updated where event is not null order by ord
+)
+select id, job_name, state, origin, idempotency_key, payload, attempt, created_at,
+       due_at, trigger_id, scheduled_at, waits_for, actor, retry_of, message_id, message_type,
+       started_at, finished_at, next_dispatch_at, deadline_at, timeout_at, claimed_by,
+       progress, message, result, last_error, failure_reason, updated_at,
+       coalesce(deadline_at < coalesce(finished_at, now()), false) as "overdue!"
+from updated
+order by ord
