@@ -281,7 +281,7 @@ impl Default for ClusterSettings {
             heartbeat_interval: Span::from_secs(2),
             dead_after: Span::from_secs(10),
             lease_ttl: Span::from_millis(2500),
-            firing_batch_size: 500,
+            firing_batch_size: 2000,
             firing_poll_interval: Span::from_secs(1),
             sweep_interval: Span::from_secs(1),
         }
