@@ -137,13 +137,15 @@ async fn create_task(
     let payload = request.payload;
     let trace_context = crate::observe::current_traceparent();
     // The job's definition is kept between requests: the insert itself checks that the job still
-    // has the version read and is not paused, and a stale definition is read again. Three stale
-    // reads in a row means the job is being redefined continuously.
+    // has the version read and is not paused, and a stale definition is read again. Only a job
+    // whose overlap policy is `allow` is created from a kept definition; the others are read
+    // afresh, as admission needs the current policy. Three stale reads in a row means the job is
+    // being redefined continuously.
     let mut cached = state.jobs.get(name.as_str());
     let mut started = None;
     for _ in 0..3 {
         let job = match cached.take() {
-            Some(job) if !job.paused => job,
+            Some(job) if !job.paused && job.spec.overlap == OverlapPolicy::Allow => job,
             _ => {
                 let job = match state.store.get_job(&name).await {
                     Ok(job) => Arc::new(job),
@@ -171,7 +173,12 @@ async fn create_task(
             actor: None,
             retry_of: None,
         };
-        if let Some(outcome) = start(&state, Job::Kept(&job), task, "api").await? {
+        let job = if job.spec.overlap == OverlapPolicy::Allow {
+            Job::Kept(&job)
+        } else {
+            Job::Current(&job)
+        };
+        if let Some(outcome) = start(&state, job, task, "api").await? {
             started = Some(outcome);
             break;
         }
@@ -241,7 +248,8 @@ pub(crate) async fn start_task(
 enum Job<'a> {
     /// Just read.
     Current(&'a pacer_store::Job),
-    /// Kept from an earlier read: the task is created only if the job has not changed since.
+    /// Kept from an earlier read, with overlap policy `allow`: the task is created (in a batch
+    /// with others) only if the job has not changed since.
     Kept(&'a Arc<pacer_store::Job>),
 }
 
@@ -264,19 +272,13 @@ async fn start(
         .as_ref()
         .map(|(h, _)| (&*state.node_id, h.lease_margin));
     let created = match job {
-        Job::Kept(job) if job.spec.overlap == OverlapPolicy::Allow => {
+        Job::Kept(job) => {
             let kept = KeptTask {
                 job: job.clone(),
                 task,
                 claim: claim_for.map(|(_, margin)| margin),
             };
             state.creation.submit(kept).await
-        }
-        Job::Kept(job) => {
-            state
-                .store
-                .create_task_for_version(job, task, claim_for)
-                .await
         }
         Job::Current(job) => state
             .store

@@ -9,6 +9,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use pacer_domain::dispatch::{DispatchOutcome, Report, ResponseClass};
 use pacer_domain::{AmqpTarget, Span, Target, TaskId, after_dispatch, classify_status};
+use pacer_store::batch::{BatchWrite, Batcher};
 use pacer_store::{ClaimedTask, Outcome, ReleasedClaim, Store};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 use serde::Serialize;
@@ -23,11 +24,30 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use crate::Result;
 use crate::amqp::Publisher;
 use crate::outbound::Outbound;
-use crate::recorder::{Recorded, Recorder};
 use crate::wakeup::Wakeups;
 
 /// The most dispatch outcomes written in one statement.
 const OUTCOME_BATCH: usize = 256;
+
+/// Dispatch outcomes written in batches: every outcome that finishes while a batch is being
+/// written joins the next one.
+type Recorder = Batcher<Outcomes>;
+
+/// The write behind the outcome [`Batcher`].
+struct Outcomes {
+    store: Store,
+}
+
+impl BatchWrite for Outcomes {
+    type Item = (ReleasedClaim, Outcome);
+    /// Whether the task still held the claim and took the outcome.
+    type Output = bool;
+
+    async fn write(&self, items: &[(ReleasedClaim, Outcome)]) -> pacer_store::Result<Vec<bool>> {
+        metrics::histogram!("pacer_outcome_batch_size").record(items.len() as f64);
+        self.store.record_outcomes(items).await
+    }
+}
 
 /// A task claimed elsewhere on this node (by the API, at creation) together with the
 /// concurrency permit reserved for its dispatch.
@@ -109,7 +129,10 @@ impl Dispatcher {
     /// dispatches, and hands back the claims of those still running.
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<()> {
         let mut wakeups = Wakeups::new(self.store.clone(), &[pacer_store::TASKS_DUE_CHANNEL]);
-        let (recorder, recording) = Recorder::start(self.store.clone(), OUTCOME_BATCH);
+        let outcomes = Outcomes {
+            store: self.store.clone(),
+        };
+        let recorder = Batcher::start(outcomes, OUTCOME_BATCH, 1);
         let mut running = JoinSet::new();
         let in_flight: InFlight = Arc::default();
         let poll = self.config.poll_interval.as_duration();
@@ -138,13 +161,8 @@ impl Dispatcher {
                 () = tokio::time::sleep_until(look_at), if !saturated => {}
             }
         }
-        let drained = self.drain(running, in_flight).await;
-        // Every attempt has finished or been stopped: the recorder writes what it was handed.
-        drop(recorder);
-        if let Err(error) = recording.await {
-            tracing::error!(%error, "the outcome recorder failed");
-        }
-        drained
+        // Every attempt waits for its outcome to be written before it finishes.
+        self.drain(running, in_flight).await
     }
 
     /// How long to sleep before looking again: until the next task is due, at most `poll`.
@@ -371,19 +389,32 @@ impl Attempt {
         self.forget(&task);
     }
 
-    /// Records the outcome (batched with other dispatches', retried through a database
-    /// hiccup). If it still fails, the claim's lease runs out and the task is dispatched again:
-    /// at least once, never lost.
+    /// Records the outcome (batched with other dispatches'), retrying briefly through a database
+    /// hiccup. If it still fails, the claim's lease runs out and the task is dispatched again: at
+    /// least once, never lost.
     async fn record(&self, task: &ClaimedTask, outcome: Outcome) {
-        match self.recorder.record(claim_of(task), outcome).await {
-            Recorded::Applied => {}
-            Recorded::Moved => {
-                tracing::info!("the task moved on during the dispatch; its newer state stands");
+        let mut backoff = Duration::from_millis(100);
+        for _ in 0..5 {
+            match self
+                .recorder
+                .submit((claim_of(task), outcome.clone()))
+                .await
+            {
+                Ok(true) => return,
+                Ok(false) => {
+                    tracing::info!("the task moved on during the dispatch; its newer state stands");
+                    return;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "recording a dispatch outcome failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff *= 2;
+                }
             }
-            Recorded::Failed => tracing::error!(
-                "could not record a dispatch outcome; the task will be dispatched again when its lease expires"
-            ),
         }
+        tracing::error!(
+            "could not record a dispatch outcome; the task will be dispatched again when its lease expires"
+        );
     }
 
     fn forget(&self, task: &ClaimedTask) {

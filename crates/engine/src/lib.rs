@@ -12,7 +12,6 @@ mod firing;
 mod heartbeat;
 mod leader;
 mod outbound;
-mod recorder;
 mod sweeper;
 mod wakeup;
 

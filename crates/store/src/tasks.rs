@@ -286,48 +286,6 @@ impl Store {
             )
             .await;
         }
-        self.admit(job, task, claim_for).await
-    }
-
-    /// Creates a task for a job the caller read earlier (and may have kept): the task is written
-    /// only while the job still has `job.version` and is not paused, in the same statement, and
-    /// `None` says the job is paused, gone or changed: read it again. A job whose overlap policy
-    /// is not `allow` is read again here, as its admission needs the current policy anyway.
-    pub async fn create_task_for_version(
-        &self,
-        job: &Job,
-        task: NewTask,
-        claim_for: Option<(&str, Span)>,
-    ) -> Result<Option<CreatedTask>> {
-        if job.spec.overlap != OverlapPolicy::Allow {
-            let current = match self.get_job(&job.name).await {
-                Ok(current) => current,
-                Err(Error::NotFound(_)) => return Ok(None),
-                Err(other) => return Err(other),
-            };
-            if current.id != job.id || current.version != job.version || current.paused {
-                return Ok(None);
-            }
-            return self.admit(job, task, claim_for).await.map(Some);
-        }
-        let insert = Insert {
-            job,
-            task: &task,
-            claim_for,
-            waits_for: None,
-            message: None,
-            version: Some(job.version),
-        };
-        let mut conn = self.pool.acquire().await?;
-        Ok(insert_tasks(&mut conn, vec![insert]).await?.pop().flatten())
-    }
-
-    async fn admit(
-        &self,
-        job: &Job,
-        task: NewTask,
-        claim_for: Option<(&str, Span)>,
-    ) -> Result<CreatedTask> {
         let mut tx = self.pool.begin().await?;
         let created = admit_task(&mut tx, job, task, claim_for, None).await?;
         tx.commit().await?;
@@ -1012,9 +970,11 @@ pub(crate) async fn insert_tasks(
     Ok(created)
 }
 
-/// A task for a job whose definition the caller kept, created together with others in one
-/// statement by a [`Batcher`](crate::batch::Batcher) of [`TaskCreation`]: as
-/// [`Store::create_task_for_version`], for a job whose overlap policy is `allow`.
+/// A task for a job whose definition the caller read earlier (and may have kept), created
+/// together with others in one statement by a [`Batcher`](crate::batch::Batcher) of
+/// [`TaskCreation`]. The task is written only while the job still has `job.version` and is not
+/// paused; the answer `None` says the job is paused, gone or changed: read it again. For a job
+/// whose overlap policy is `allow` (admission under another policy needs the job read afresh).
 #[derive(Debug)]
 pub struct KeptTask {
     pub job: Arc<Job>,

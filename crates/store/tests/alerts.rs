@@ -108,6 +108,24 @@ async fn the_evaluation_is_fenced_and_its_marks_commit_with_its_alerts(pool: PgP
     assert_eq!(repeat.alert.count, 2);
     tx.commit().await.expect("commit");
 
+    // The next evaluation starts once a 1 ms re-notify interval has passed on the database clock.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let passed: bool = sqlx::query_scalar(
+            "select clock_timestamp() > max(notified_at) + interval '1 millisecond' from alerts",
+        )
+        .fetch_one(&pool)
+        .await
+        .expect("clock");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the clock stood still"
+        );
+        if passed {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
     let mut tx = store
         .begin_alerting("a", tenure.term)
         .await
@@ -117,8 +135,7 @@ async fn the_evaluation_is_fenced_and_its_marks_commit_with_its_alerts(pool: PgP
         tx.take_overdue(10).await.expect("take").is_empty(),
         "noticed once"
     );
-    // With a re-notify interval passed, a repeat of an open alert notifies again...
-    tokio::time::sleep(Duration::from_millis(5)).await;
+    // With the re-notify interval passed, a repeat of an open alert notifies again...
     let again = tx.raise(&overdue(task), 1).await.expect("raise");
     assert!(!again.opened && again.notify);
     tx.commit().await.expect("commit");
