@@ -41,11 +41,15 @@ pub(crate) fn connect(config: &Config) -> anyhow::Result<Store> {
         "idle_in_transaction_session_timeout",
         format!("{idle_limit}ms"),
     )]);
+    // A fifth of the connections (one to four) is kept for the batched writers, whose statements
+    // are planned differently; the rest is the pool every other statement uses.
+    let total = config.database.max_connections;
+    let batches = (total / 5).clamp(1, 4);
     let pool = PgPoolOptions::new()
-        .max_connections(config.database.max_connections)
+        .max_connections(total.saturating_sub(batches).max(1))
         .acquire_timeout(config.database.acquire_timeout.as_duration())
         .connect_lazy_with(options);
-    Ok(Store::new(pool))
+    Ok(Store::with_batch_connections(pool, batches))
 }
 
 /// Applies migrations, waiting for the database if it is not up yet.
@@ -357,7 +361,7 @@ impl Node {
 
         let deadline = settings.drain_timeout.as_duration() + Duration::from_secs(5);
         supervise(parts, shutdown, deadline).await?;
-        self.store.pool().close().await;
+        self.store.close().await;
         tracing::info!("stopped");
         Ok(())
     }

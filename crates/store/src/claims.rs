@@ -11,7 +11,7 @@ use sqlx::types::Json;
 use uuid::Uuid;
 
 use crate::error::corrupt;
-use crate::{Result, Store, TASKS_DUE_CHANNEL, plan_per_execution};
+use crate::{Result, Store, TASKS_DUE_CHANNEL};
 
 /// A task claimed by this node, with what its dispatch needs.
 #[derive(Debug, Clone)]
@@ -171,8 +171,6 @@ impl Store {
             statuses.push(outcome.http_status.map(i32::from));
             latencies.push(i64::try_from(outcome.latency.as_millis()).unwrap_or(i64::MAX));
         }
-        let mut tx = self.pool.begin().await?;
-        plan_per_execution(&mut tx).await?;
         let rows = sqlx::query_file!(
             "src/sql/record_outcomes.sql",
             &ids,
@@ -192,9 +190,8 @@ impl Store {
             &statuses as &[Option<i32>],
             &latencies,
         )
-        .fetch_all(&mut *tx)
+        .fetch_all(&self.batches)
         .await?;
-        tx.commit().await?;
         Ok(rows.into_iter().map(|r| r.applied).collect())
     }
 

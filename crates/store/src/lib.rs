@@ -17,6 +17,7 @@ mod triggers;
 
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
+use sqlx::postgres::PgPoolOptions;
 
 pub use alerts::{
     ALERTS_CHANNEL, Alert, AlertChange, AlertFilter, AlertTx, ClaimedDelivery, Delivery,
@@ -52,16 +53,45 @@ pub const CANCELS_CHANNEL: &str = "pacer_cancels";
 /// The channel the firing loop listens on to hear that triggers changed.
 pub const TRIGGERS_CHANNEL: &str = "pacer_triggers";
 
+/// How the connections of the batched writers plan. Each batched write is one statement that
+/// joins arrays against tables by their keys. Planning it anew on every execution costs more than
+/// running it, so it is planned once per connection; and since that one plan may be made while the
+/// tables are still small, where scanning one whole is cheapest, it is made with whole-table scans
+/// and the joins that need them off, so it looks up rows by index however large the tables grow.
+const BATCH_PLANNING: [(&str, &str); 4] = [
+    ("plan_cache_mode", "force_generic_plan"),
+    ("enable_seqscan", "off"),
+    ("enable_hashjoin", "off"),
+    ("enable_mergejoin", "off"),
+];
+
+/// Connections kept for batched writes when none are set aside by [`Store::with_batch_connections`].
+const DEFAULT_BATCH_CONNECTIONS: u32 = 2;
+
 /// A handle on the database; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: PgPool,
+    /// Connections of the batched writers (task creation, callbacks, dispatch outcomes): each
+    /// batch is one statement in a transaction of its own, planned as `BATCH_PLANNING` says.
+    batches: PgPool,
 }
 
 impl Store {
-    /// Wraps a connection pool.
+    /// Wraps a connection pool; batched writes get up to two more connections like its own.
     pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+        Self::with_batch_connections(pool, DEFAULT_BATCH_CONNECTIONS)
+    }
+
+    /// Wraps a connection pool; batched writes get up to `connections` more (at least one),
+    /// opened with the same options as the pool's.
+    pub fn with_batch_connections(pool: PgPool, connections: u32) -> Self {
+        let options = (*pool.connect_options()).clone().options(BATCH_PLANNING);
+        let batches = PgPoolOptions::new()
+            .max_connections(connections.max(1))
+            .acquire_timeout(pool.options().get_acquire_timeout())
+            .connect_lazy_with(options);
+        Self { pool, batches }
     }
 
     /// The underlying pool.
@@ -69,15 +99,26 @@ impl Store {
         &self.pool
     }
 
-    /// How the connection pool is used right now.
+    /// Closes every connection, waiting for those in use to come back.
+    pub async fn close(&self) {
+        tokio::join!(self.pool.close(), self.batches.close());
+    }
+
+    /// How the connections are used right now (the batched writers' included).
     pub fn pool_stats(&self) -> PoolStats {
-        let size = self.pool.size();
-        let idle = u32::try_from(self.pool.num_idle()).unwrap_or(size);
-        PoolStats {
-            idle,
-            in_use: size.saturating_sub(idle),
-            max: self.pool.options().get_max_connections(),
+        let mut stats = PoolStats {
+            idle: 0,
+            in_use: 0,
+            max: 0,
+        };
+        for pool in [&self.pool, &self.batches] {
+            let size = pool.size();
+            let idle = u32::try_from(pool.num_idle()).unwrap_or(size);
+            stats.idle += idle;
+            stats.in_use += size.saturating_sub(idle);
+            stats.max += pool.options().get_max_connections();
         }
+        stats
     }
 
     /// Open tasks by state (`pending`, `processing`), both always present.
@@ -151,12 +192,78 @@ impl Listener {
     }
 }
 
-/// Makes the rest of the caller's transaction plan each statement for its parameters. A batched
-/// statement joins arrays of unknown length against tables: a generic plan, cached once and
-/// reused, may have been chosen while the table was small and scan it whole ever after.
-pub(crate) async fn plan_per_execution(tx: &mut sqlx::PgConnection) -> Result<()> {
-    sqlx::query!("set local plan_cache_mode = force_custom_plan")
-        .execute(&mut *tx)
-        .await?;
-    Ok(())
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The batched statements, each with how many parameters it takes.
+    const BATCHED: [(&str, &str); 3] = [
+        ("insert_tasks", include_str!("sql/insert_tasks.sql")),
+        ("finish_tasks", include_str!("sql/finish_tasks.sql")),
+        ("record_outcomes", include_str!("sql/record_outcomes.sql")),
+    ];
+
+    fn parameters(sql: &str) -> usize {
+        let mut highest = 0;
+        let mut rest = sql;
+        while let Some(at) = rest.find('$') {
+            rest = &rest[at + 1..];
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            highest = highest.max(digits.parse().unwrap_or(0));
+        }
+        highest
+    }
+
+    /// The indexes the batched statements may read: each finds rows by their key (or, under a
+    /// limit, a job's latest success), never a range of rows that grows with the tables.
+    const KEY_INDEXES: [&str; 6] = [
+        "tasks_pkey",
+        "tasks_job_idempotency_key",
+        "tasks_job_success_idx",
+        "jobs_pkey",
+        "task_attempts_pkey",
+        "dispatch_streaks_pkey",
+    ];
+
+    /// On an empty database, where a whole-table scan is the cheapest plan there is, the one plan
+    /// each batched statement keeps still finds its rows by their keys.
+    #[sqlx::test(migrator = "MIGRATOR")]
+    async fn batched_statements_keep_plans_that_look_rows_up_by_key(pool: PgPool) {
+        let store = Store::new(pool);
+        let mut conn = store.batches.acquire().await.expect("a batch connection");
+        for (name, sql) in BATCHED {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("prepare {name} as {sql}")))
+                .execute(&mut *conn)
+                .await
+                .unwrap_or_else(|e| panic!("{name} does not prepare: {e}"));
+            let nulls = vec!["null"; parameters(sql)].join(", ");
+            let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "explain execute {name}({nulls})"
+            )))
+            .fetch_all(&mut *conn)
+            .await
+            .unwrap_or_else(|e| panic!("{name} does not explain: {e}"));
+            let plan = plan.join("\n");
+            for whole in ["Seq Scan", "Hash Join", "Merge Join"] {
+                assert!(!plan.contains(whole), "{name} plans a {whole}:\n{plan}");
+            }
+            let mut indexes = plan
+                .split(" using ")
+                .skip(1)
+                .map(|rest| rest.split_whitespace().next().unwrap_or_default())
+                .chain(
+                    plan.split("Bitmap Index Scan on ")
+                        .skip(1)
+                        .map(|rest| rest.split_whitespace().next().unwrap_or_default()),
+                )
+                .peekable();
+            assert!(indexes.peek().is_some(), "{name} uses no index:\n{plan}");
+            for index in indexes {
+                assert!(
+                    KEY_INDEXES.contains(&index),
+                    "{name} reads the index {index}, not by key:\n{plan}"
+                );
+            }
+        }
+    }
 }

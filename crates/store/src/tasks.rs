@@ -18,7 +18,7 @@ use crate::batch::BatchWrite;
 use crate::error::corrupt;
 use crate::events::{NewEvent, append_event};
 use crate::firing::open_work;
-use crate::{CANCELS_CHANNEL, ClaimedTask, Error, Job, Result, Store, plan_per_execution};
+use crate::{CANCELS_CHANNEL, ClaimedTask, Error, Job, Result, Store};
 
 /// How a task came to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -386,10 +386,8 @@ impl Store {
             }
         }
         if let Some(from) = from {
-            let mut tx = self.pool.begin().await?;
-            plan_per_execution(&mut tx).await?;
-            let finished = finish_tasks(&mut tx, &ends, &from).await?;
-            tx.commit().await?;
+            let mut conn = self.batches.acquire().await?;
+            let finished = finish_tasks(&mut conn, &ends, &from).await?;
             for ((i, end), task) in batch.into_iter().zip(&ends).zip(finished) {
                 answers[i] = Some(match task {
                     Some(task) => Ok((ReportOutcome::Applied(end.next), task)),
@@ -1018,11 +1016,8 @@ impl BatchWrite for TaskCreation {
                 version: Some(kept.job.version),
             })
             .collect();
-        let mut tx = self.store.pool.begin().await?;
-        plan_per_execution(&mut tx).await?;
-        let created = insert_tasks(&mut tx, inserts).await?;
-        tx.commit().await?;
-        Ok(created)
+        let mut conn = self.store.batches.acquire().await?;
+        insert_tasks(&mut conn, inserts).await
     }
 }
 

@@ -15,9 +15,11 @@ with o as (
          with ordinality as o(id, state, progress, message, result, failure_reason, cancel, event, ord)
 ),
 -- Rows are locked in id order, the same order every batched writer of tasks uses, so two batches
--- touching the same tasks wait for each other instead of deadlocking.
+-- touching the same tasks wait for each other instead of deadlocking. A locking read returns each
+-- row as it is once locked, so its state is the one the update below starts from; the tasks are
+-- found by id alone, so the plan looks each one up by its key.
 locked as (
-    select id from tasks where id = any($1) order by id for update
+    select id, state from tasks where id = any($1) order by id for update
 ),
 updated as (
     update tasks t set state = o.state, finished_at = now(), next_dispatch_at = null,
@@ -29,8 +31,8 @@ updated as (
         -- A task completed for a job nobody watches for success needs no alert evaluation.
         outcome_noticed = o.state = 'completed' and not exists (
             select 1 from jobs j where j.id = t.job_id and j.spec -> 'alerts' ? 'on_success')
-    from o
-    where t.id = o.id and t.state = any($8) and t.id in (select id from locked)
+    from o join locked l on l.id = o.id
+    where t.id = l.id and l.state = any($8)
     returning t.*, o.ord, o.event
 ),
 callback as (

@@ -18,9 +18,11 @@ with o as (
               result, attempt, node, started_at, outcome, http_status, latency_ms, ord)
 ),
 -- Rows are locked in id order, the same order every batched writer of tasks uses, so two batches
--- touching the same tasks wait for each other instead of deadlocking.
+-- touching the same tasks wait for each other instead of deadlocking. A locking read returns each
+-- row as it is once locked; the tasks are found by id alone, so the plan looks each one up by its
+-- key.
 locked as (
-    select id from tasks where id = any($1) order by id for update
+    select id, job_id, claim_token from tasks where id = any($1) order by id for update
 ),
 updated as (
     update tasks t set
@@ -41,8 +43,8 @@ updated as (
         claimed_by = null,
         claimed_at = null,
         updated_at = now()
-    from o
-    where t.id = o.id and t.claim_token = o.token and t.id in (select id from locked)
+    from o join locked l on l.id = o.id
+    where t.id = l.id and l.claim_token = o.token
     returning t.id
 ),
 recorded as (
@@ -54,9 +56,9 @@ recorded as (
         error = excluded.error, latency_ms = excluded.latency_ms
 ),
 per_job as (
-    select t.job_id, o.ord, o.outcome, o.error
-    from o join tasks t on t.id = o.id
-    where t.job_id is not null
+    select l.job_id, o.ord, o.outcome, o.error
+    from o join locked l on l.id = o.id
+    where l.job_id is not null
 ),
 good as (
     select job_id,
