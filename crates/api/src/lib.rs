@@ -67,9 +67,22 @@ impl Handoff {
     }
 }
 
-/// Everything a handler needs, built once at start-up.
+/// Everything a handler needs, built once at start-up. Every request clones it, so it is one
+/// shared allocation: a clone is one reference count.
 #[derive(Debug, Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// The parts of [`AppState`].
+#[derive(Debug, Clone)]
+pub struct Shared {
     store: Store,
     node_id: Arc<str>,
     handoff: Option<Handoff>,
@@ -130,7 +143,7 @@ impl AppState {
         config: &ApiConfig,
         auth: Auth,
     ) -> Self {
-        Self {
+        Self(Arc::new(Shared {
             store: store.clone(),
             node_id: node_id.into(),
             handoff,
@@ -153,27 +166,27 @@ impl AppState {
                 CREATION_BATCH,
                 CREATION_WRITERS,
             ),
-        }
+        }))
     }
 
     /// The alert sinks jobs may route to (their names), besides `log`.
     pub fn with_alert_sinks(mut self, mut names: BTreeSet<String>) -> Self {
         names.insert(pacer_domain::alert::LOG_SINK.to_owned());
-        self.alert_sinks = Arc::new(names);
+        Arc::make_mut(&mut self.0).alert_sinks = Arc::new(names);
         self
     }
 
     /// Reports the state of this node's RabbitMQ consumer in `/readyz` and the cluster view,
     /// and allows jobs with an `amqp` target while it is not disabled.
     pub fn with_consumer(mut self, consumer: watch::Receiver<ConsumerStatus>) -> Self {
-        self.consumer = consumer;
+        Arc::make_mut(&mut self.0).consumer = consumer;
         self
     }
 
     /// Reports not ready once `shutdown` is cancelled, so load balancers stop sending new work
     /// while the node drains and still takes callbacks.
     pub fn with_shutdown(mut self, shutdown: CancellationToken) -> Self {
-        self.shutdown = shutdown;
+        Arc::make_mut(&mut self.0).shutdown = shutdown;
         self
     }
 }

@@ -144,6 +144,7 @@ impl Keyset {
     /// unique and non-empty, and there must be at least one key. Each key signs and verifies a
     /// probe here, so a key that loads is a key that works.
     pub fn from_pems(issuer: &str, keys: &[(String, SecretString)]) -> Result<Keyset, KeyError> {
+        crate::crypto::install();
         if keys.is_empty() {
             return Err(KeyError::NoKeys);
         }

@@ -402,7 +402,10 @@ impl Attempt {
             {
                 Ok(true) => return,
                 Ok(false) => {
-                    tracing::info!("the task moved on during the dispatch; its newer state stands");
+                    // Most often the downstream called back before this answer was recorded.
+                    tracing::debug!(
+                        "the task moved on during the dispatch; its newer state stands"
+                    );
                     return;
                 }
                 Err(error) => {

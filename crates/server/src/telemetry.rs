@@ -42,7 +42,10 @@ pub(crate) fn init(format: LogFormat, level: &str) -> Telemetry {
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
             .flatten_event(true)
+            // A line's span is its request or its dispatch: spans are never nested, so the list
+            // of enclosing spans would only repeat it.
             .with_current_span(true)
+            .with_span_list(false)
             .with_target(false)
             .boxed(),
         LogFormat::Pretty => tracing_subscriber::fmt::layer()
