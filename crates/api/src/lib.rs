@@ -106,7 +106,7 @@ pub struct Shared {
 /// The most tasks created (or callbacks applied) in one statement, and how many such statements
 /// run at once.
 const CREATION_BATCH: usize = 64;
-const CREATION_WRITERS: usize = 2;
+const CREATION_WRITERS: usize = 1;
 
 /// Job definitions as last read, by name, for the task creation path: each use is checked
 /// against the job's current version by the statement that writes the task, so a kept
