@@ -2,7 +2,9 @@
 //! key, and the token's algorithm must be that key's: an HS256 secret, one public key (RS256,
 //! ES256 or EdDSA), or a JWKS URL (asymmetric keys only, fetched with caching, refreshed when an
 //! unknown `kid` appears, at a bounded rate). `none` is never accepted, and a token can never
-//! pick its own key type.
+//! pick its own key type. A caller usually presents the same token on many requests, so a token
+//! that verified is remembered (by its SHA-256, never the token itself) until it expires, for at
+//! most a minute, so that a key taken out of a JWKS stops counting within that.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -173,6 +175,28 @@ struct Inner {
     issuers: HashMap<String, Trusted>,
     config: VerifierConfig,
     http: reqwest::Client,
+    verified: std::sync::Mutex<HashMap<[u8; 32], Verified>>,
+}
+
+/// A token that verified: who presented it, and until when that holds without checking again.
+struct Verified {
+    principal: Principal,
+    until: Instant,
+}
+
+/// How long a verified token is taken at its word at most.
+const REMEMBERED_FOR: Duration = Duration::from_secs(60);
+
+/// The most tokens remembered; past it, all are forgotten and verified again as they come.
+const REMEMBERED_TOKENS: usize = 1024;
+
+/// Until when a token verified `now` (also `now_unix`, in seconds) may be taken at its word: not
+/// past its `exp` with the `leeway` verification allows, and at most [`REMEMBERED_FOR`].
+fn remember_until(now: Instant, now_unix: i64, exp: i64, leeway: Duration) -> Instant {
+    let leeway = i64::try_from(leeway.as_secs()).unwrap_or(i64::MAX);
+    let left = exp.saturating_add(leeway).saturating_sub(now_unix);
+    let left = Duration::from_secs(u64::try_from(left).unwrap_or(0));
+    now + left.min(REMEMBERED_FOR)
 }
 
 impl fmt::Debug for Verifier {
@@ -257,12 +281,59 @@ impl Verifier {
                 issuers,
                 config,
                 http,
+                verified: std::sync::Mutex::default(),
             }),
         })
     }
 
     /// Verifies `token` and returns who presented it.
     pub async fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+        let digest: [u8; 32] = ring::digest::digest(&ring::digest::SHA256, token.as_bytes())
+            .as_ref()
+            .try_into()
+            .unwrap_or_default();
+        if let Some(principal) = self.remembered(&digest) {
+            return Ok(principal);
+        }
+        let (principal, exp) = self.check(token).await?;
+        self.remember(digest, &principal, exp);
+        Ok(principal)
+    }
+
+    fn remembered(&self, digest: &[u8; 32]) -> Option<Principal> {
+        let verified = self
+            .inner
+            .verified
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        verified
+            .get(digest)
+            .filter(|v| Instant::now() < v.until)
+            .map(|v| v.principal.clone())
+    }
+
+    fn remember(&self, digest: [u8; 32], principal: &Principal, exp: i64) {
+        let now_unix = chrono::Utc::now().timestamp();
+        let until = remember_until(Instant::now(), now_unix, exp, self.inner.config.leeway);
+        let mut verified = self
+            .inner
+            .verified
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if verified.len() >= REMEMBERED_TOKENS {
+            verified.clear();
+        }
+        verified.insert(
+            digest,
+            Verified {
+                principal: principal.clone(),
+                until,
+            },
+        );
+    }
+
+    /// Checks `token` in full: who presented it, and its `exp`.
+    async fn check(&self, token: &str) -> Result<(Principal, i64), AuthError> {
         let invalid = |why: &str| AuthError::Invalid(why.to_owned());
         let header = jsonwebtoken::decode_header(token).map_err(|_| invalid("malformed token"))?;
         // The issuer only routes to the key to check against; nothing is trusted before the
@@ -340,11 +411,18 @@ impl Verifier {
             }
             _ => Vec::new(),
         };
-        Ok(Principal {
-            subject,
-            issuer: iss,
-            roles,
-        })
+        let exp = claims
+            .get("exp")
+            .and_then(|exp| exp.as_i64().or_else(|| exp.as_f64().map(|f| f as i64)))
+            .unwrap_or_default();
+        Ok((
+            Principal {
+                subject,
+                issuer: iss,
+                roles,
+            },
+            exp,
+        ))
     }
 
     async fn jwks_key(
@@ -457,6 +535,61 @@ mod tests {
             claims.extend(extra.clone());
         }
         claims
+    }
+
+    fn digest(token: &str) -> [u8; 32] {
+        ring::digest::digest(&ring::digest::SHA256, token.as_bytes())
+            .as_ref()
+            .try_into()
+            .expect("32 bytes")
+    }
+
+    #[test]
+    fn a_token_is_remembered_until_its_expiry_and_at_most_a_minute() {
+        let now = Instant::now();
+        let leeway = Duration::from_secs(5);
+        let at = 1_000_000;
+        assert_eq!(
+            remember_until(now, at, at + 3600, leeway),
+            now + REMEMBERED_FOR
+        );
+        assert_eq!(
+            remember_until(now, at, at + 10, leeway),
+            now + Duration::from_secs(15)
+        );
+        assert_eq!(remember_until(now, at, at - 5, leeway), now);
+        assert_eq!(remember_until(now, at, at - 3600, leeway), now);
+    }
+
+    #[tokio::test]
+    async fn a_verified_token_answers_from_memory_until_its_time_and_a_refused_one_never() {
+        let verifier = verifier("roles");
+        let good = token(claims(serde_json::json!({ "roles": ["upstream"] })));
+        let principal = verifier.verify(&good).await.expect("verifies");
+        assert_eq!(verifier.remembered(&digest(&good)), Some(principal.clone()));
+        assert_eq!(verifier.verify(&good).await, Ok(principal));
+
+        let expired = token(claims(
+            serde_json::json!({ "exp": chrono::Utc::now().timestamp() - 60 }),
+        ));
+        assert!(verifier.verify(&expired).await.is_err());
+        assert_eq!(verifier.remembered(&digest(&expired)), None);
+        // A token with the right claims but another signature is its own entry, refused.
+        let (body, _) = good.rsplit_once('.').expect("three parts");
+        let forged = format!("{body}.{}", "A".repeat(43));
+        assert!(verifier.verify(&forged).await.is_err());
+
+        // Once its time is up, the token is not taken at its word: it is checked again.
+        if let Some(entry) = verifier
+            .inner
+            .verified
+            .lock()
+            .expect("not poisoned")
+            .get_mut(&digest(&good))
+        {
+            entry.until = Instant::now();
+        }
+        assert_eq!(verifier.remembered(&digest(&good)), None);
     }
 
     #[tokio::test]
