@@ -4,7 +4,7 @@
 //! unknown `kid` appears, at a bounded rate). `none` is never accepted, and a token can never
 //! pick its own key type. A caller usually presents the same token on many requests, so a token
 //! that verified is remembered (by its SHA-256, never the token itself) until it expires, for at
-//! most a minute, so that a key taken out of a JWKS stops counting within that.
+//! most a minute, and forgotten whenever a JWKS is fetched again (a key may have been withdrawn).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -184,7 +184,7 @@ struct Verified {
     until: Instant,
 }
 
-/// How long a verified token is taken at its word at most.
+/// How long a verified token is taken at its word at most (a JWKS refetch forgets it sooner).
 const REMEMBERED_FOR: Duration = Duration::from_secs(60);
 
 /// The most tokens remembered; past it, all are forgotten and verified again as they come.
@@ -448,6 +448,12 @@ impl Verifier {
                 Ok(keys) => {
                     cache.keys = Some(keys);
                     cache.fetched_at = Some(Instant::now());
+                    // A key may have been withdrawn: nothing verified before counts any more.
+                    self.inner
+                        .verified
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .clear();
                 }
                 Err(error) => {
                     // Keep serving the keys we have; try again after the refresh interval.
