@@ -308,13 +308,10 @@ async fn start(
             {
                 // The dispatcher is shutting down: hand the claim back for any node to take.
                 let (task, _permit) = unsent.into_inner();
-                let claim = pacer_store::ReleasedClaim {
-                    id: task.id,
-                    claim_token: task.claim_token,
-                    attempt: task.attempt,
-                    claimed_at: task.claimed_at,
-                };
-                state.store.release_claims(&state.node_id, &[claim]).await?;
+                state
+                    .store
+                    .release_claims(&state.node_id, &[task.claim()])
+                    .await?;
             }
             metrics::counter!("pacer_tasks_created_total", "origin" => origin).increment(1);
             Started::Created { id, task }

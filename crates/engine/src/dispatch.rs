@@ -220,7 +220,7 @@ impl Dispatcher {
         task: ClaimedTask,
         permit: OwnedSemaphorePermit,
     ) {
-        let claim = claim_of(&task);
+        let claim = task.claim();
         in_flight
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -265,7 +265,7 @@ impl Dispatcher {
             in_flight
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .insert(task.id, claim_of(&task));
+                .insert(task.id, task.claim());
         }
         let deadline = self.config.drain_timeout.as_duration();
         let waiting = running.len();
@@ -293,16 +293,6 @@ impl Dispatcher {
             tracing::info!(released, "handed unfinished dispatches back");
         }
         Ok(())
-    }
-}
-
-/// What fences the writes about a claimed task's dispatch.
-fn claim_of(task: &ClaimedTask) -> ReleasedClaim {
-    ReleasedClaim {
-        id: task.id,
-        claim_token: task.claim_token,
-        attempt: task.attempt,
-        claimed_at: task.claimed_at,
     }
 }
 
@@ -395,11 +385,7 @@ impl Attempt {
     async fn record(&self, task: &ClaimedTask, outcome: Outcome) {
         let mut backoff = Duration::from_millis(100);
         for _ in 0..5 {
-            match self
-                .recorder
-                .submit((claim_of(task), outcome.clone()))
-                .await
-            {
+            match self.recorder.submit((task.claim(), outcome.clone())).await {
                 Ok(true) => return,
                 Ok(false) => {
                     // Most often the downstream called back before this answer was recorded.

@@ -61,6 +61,19 @@ pub struct ReleasedClaim {
     pub claimed_at: DateTime<Utc>,
 }
 
+impl ClaimedTask {
+    /// The claim this dispatch holds: what fences every write about it, and what is handed back
+    /// when it ends unfinished.
+    pub fn claim(&self) -> ReleasedClaim {
+        ReleasedClaim {
+            id: self.id,
+            claim_token: self.claim_token,
+            attempt: self.attempt,
+            claimed_at: self.claimed_at,
+        }
+    }
+}
+
 impl Store {
     /// Claims up to `limit` due tasks for `node`. Each claim's lease is the job's dispatch
     /// timeout plus `lease_margin`; if the node has not recorded an outcome by then, the task
@@ -107,13 +120,9 @@ impl Store {
     /// ended, was cancelled or was reclaimed meanwhile): the task is then left as it is, and only
     /// the attempt is recorded.
     pub async fn record_outcome(&self, task: &ClaimedTask, outcome: &Outcome) -> Result<bool> {
-        let claim = ReleasedClaim {
-            id: task.id,
-            claim_token: task.claim_token,
-            attempt: task.attempt,
-            claimed_at: task.claimed_at,
-        };
-        let applied = self.record_outcomes(&[(claim, outcome.clone())]).await?;
+        let applied = self
+            .record_outcomes(&[(task.claim(), outcome.clone())])
+            .await?;
         Ok(applied.first().copied().unwrap_or(false))
     }
 

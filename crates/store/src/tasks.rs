@@ -430,13 +430,7 @@ impl Store {
             drop(tx);
             return self.settle(id, event, report).await;
         };
-        // A task cancelled after a dispatch reached its downstream: the downstream is told, best
-        // effort, by whichever node's cancel notifier takes the notice.
-        if event == TaskEvent::Cancel && task.attempt > 0 {
-            sqlx::query!("select pg_notify($1, '')", CANCELS_CHANNEL)
-                .execute(&mut *tx)
-                .await?;
-        }
+        notify_cancel(&mut tx, event, task.attempt).await?;
         tx.commit().await?;
         Ok((ReportOutcome::Applied(next), task))
     }
@@ -457,7 +451,8 @@ impl Store {
         }
     }
 
-    /// Applies an event that may leave the task open (progress) under the task's row lock.
+    /// Applies an event under the task's row lock: one that may leave the task open (progress),
+    /// or an ending one that found the task in a state it had not expected.
     async fn apply_locked(
         &self,
         id: TaskId,
@@ -478,10 +473,22 @@ impl Store {
         let outcome = match state.apply(event) {
             Transition::Unchanged => ReportOutcome::Unchanged(state),
             Transition::Refused => ReportOutcome::Refused(state),
+            Transition::To(next) if next.is_terminal() => {
+                // The row is locked in this state: the statement that ends tasks (with the
+                // callback's event) ends it from here.
+                let end = Ending {
+                    id,
+                    event,
+                    next,
+                    report,
+                };
+                finish_tasks(&mut tx, &[end], &[state.as_str()]).await?;
+                notify_cancel(&mut tx, event, row.attempt).await?;
+                ReportOutcome::Applied(next)
+            }
             Transition::To(next) => {
                 if let Some(report) = report {
-                    // The callback itself, before the state change it made (or, for progress,
-                    // instead of one).
+                    // The callback itself, instead of a state change.
                     let event = NewEvent {
                         kind: "task.callback",
                         job_name: Some(&row.job_name),
@@ -490,55 +497,28 @@ impl Store {
                     };
                     append_event(&mut tx, &event).await?;
                 }
-                if next.is_terminal() {
-                    // Reached only through a race with `finish_task.sql`; the same write.
-                    let reason =
-                        (next == TaskState::Failed).then_some(FailureReason::Reported.as_str());
-                    let message = match event {
-                        TaskEvent::Cancel => Some("cancelled by an operator"),
-                        _ => report.and_then(|r| r.message.as_deref()),
-                    };
-                    sqlx::query!(
-                        "update tasks set state = $2, finished_at = now(), next_dispatch_at = null,
-                             claim_token = null, claimed_by = null, claimed_at = null,
-                             progress = coalesce($3, progress), message = coalesce($4, message),
-                             result = coalesce($5, result), failure_reason = $6,
-                             last_heartbeat_at = now(), updated_at = now()
-                         where id = $1",
-                        id.as_uuid(),
-                        next.as_str(),
-                        report.and_then(|r| r.progress.as_ref()),
-                        message,
-                        report.and_then(|r| r.result.as_ref()),
-                        reason,
-                    )
-                    .execute(&mut *tx)
-                    .await?;
-                } else {
-                    // Only the re-poll interval is needed, not the whole definition.
-                    let repoll = row
-                        .repoll_interval
-                        .and_then(|text| text.parse::<Span>().ok())
-                        .unwrap_or(pacer_domain::job::defaults::REPOLL_INTERVAL);
-                    // While a dispatch holds the claim, `next_dispatch_at` is its lease and must
-                    // stay.
-                    sqlx::query!(
-                        "update tasks set state = $2,
-                             progress = coalesce($3, progress), message = coalesce($4, message),
-                             last_heartbeat_at = now(), updated_at = now(),
-                             next_dispatch_at = case when claim_token is null
-                                 then least(now() + $5::bigint * interval '1 millisecond', timeout_at)
-                                 else next_dispatch_at end
-                         where id = $1",
-                        id.as_uuid(),
-                        next.as_str(),
-                        report.and_then(|r| r.progress.as_ref()),
-                        report.and_then(|r| r.message.as_deref()),
-                        repoll.as_millis(),
-                    )
-                    .execute(&mut *tx)
-                    .await?;
-                }
+                // Only the re-poll interval is needed, not the whole definition.
+                let repoll = row
+                    .repoll_interval
+                    .and_then(|text| text.parse::<Span>().ok())
+                    .unwrap_or(pacer_domain::job::defaults::REPOLL_INTERVAL);
+                // While a dispatch holds the claim, `next_dispatch_at` is its lease and must stay.
+                sqlx::query!(
+                    "update tasks set state = $2,
+                         progress = coalesce($3, progress), message = coalesce($4, message),
+                         last_heartbeat_at = now(), updated_at = now(),
+                         next_dispatch_at = case when claim_token is null
+                             then least(now() + $5::bigint * interval '1 millisecond', timeout_at)
+                             else next_dispatch_at end
+                     where id = $1",
+                    id.as_uuid(),
+                    next.as_str(),
+                    report.and_then(|r| r.progress.as_ref()),
+                    report.and_then(|r| r.message.as_deref()),
+                    repoll.as_millis(),
+                )
+                .execute(&mut *tx)
+                .await?;
                 ReportOutcome::Applied(next)
             }
         };
@@ -546,6 +526,22 @@ impl Store {
         tx.commit().await?;
         Ok((outcome, task))
     }
+}
+
+/// Asks the cancel notifiers to tell the downstream of a task cancelled after a dispatch reached
+/// it (best effort, by whichever node takes the notice); delivered when `conn`'s transaction
+/// commits.
+async fn notify_cancel(
+    conn: &mut sqlx::PgConnection,
+    event: TaskEvent,
+    attempt: i32,
+) -> Result<()> {
+    if event == TaskEvent::Cancel && attempt > 0 {
+        sqlx::query!("select pg_notify($1, '')", CANCELS_CHANNEL)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
 }
 
 /// An event ending a task.

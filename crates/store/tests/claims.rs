@@ -8,9 +8,7 @@ use pacer_domain::dispatch::{AttemptOutcome, DispatchOutcome, Report};
 use pacer_domain::{
     CallbackStatus, JobInput, JobName, JobSpec, Span, TaskId, TaskState, after_dispatch,
 };
-use pacer_store::{
-    ClaimedTask, CreatedTask, Job, NewTask, Origin, Outcome, ReleasedClaim, ReportOutcome, Store,
-};
+use pacer_store::{ClaimedTask, CreatedTask, Job, NewTask, Origin, Outcome, ReportOutcome, Store};
 use serde_json::json;
 use sqlx::PgPool;
 
@@ -273,12 +271,7 @@ async fn released_claims_are_due_at_once_and_recorded_as_interrupted(pool: PgPoo
     let job = job(&store, "10s").await;
     let id = create(&store, &job).await;
     let claimed = claim_when_due(&store, "node-a").await;
-    let release = ReleasedClaim {
-        id,
-        claim_token: claimed.claim_token,
-        attempt: claimed.attempt,
-        claimed_at: claimed.claimed_at,
-    };
+    let release = claimed.claim();
     assert_eq!(
         store
             .release_claims("node-a", &[release])
@@ -363,15 +356,6 @@ fn transient(task: &ClaimedTask, node: &str, error: &str) -> Outcome {
     }
 }
 
-fn claim_of(task: &ClaimedTask) -> ReleasedClaim {
-    ReleasedClaim {
-        id: task.id,
-        claim_token: task.claim_token,
-        attempt: task.attempt,
-        claimed_at: task.claimed_at,
-    }
-}
-
 async fn streak(pool: &PgPool, job: &Job) -> (i32, i32, Option<String>) {
     sqlx::query_as("select errors, noticed, last_error from dispatch_streaks where job_id = $1")
         .bind(job.id)
@@ -414,16 +398,16 @@ async fn a_batch_of_outcomes_is_recorded_as_if_in_sequence(pool: PgPool) {
         );
     }
     let (of_a, of_b): (Vec<_>, Vec<_>) = claimed.iter().partition(|t| t.job_name == "sync");
-    let mut moved = claim_of(of_b[2]);
+    let mut moved = of_b[2].claim();
     moved.claim_token = uuid::Uuid::new_v4();
     let batch = vec![
-        (claim_of(of_a[0]), transient(of_a[0], "node-a", "a1")),
-        (claim_of(of_b[0]), transient(of_b[0], "node-a", "b1")),
-        (claim_of(of_a[1]), accepted(of_a[1], "node-a")),
-        (claim_of(of_a[2]), transient(of_a[2], "node-a", "a3")),
+        (of_a[0].claim(), transient(of_a[0], "node-a", "a1")),
+        (of_b[0].claim(), transient(of_b[0], "node-a", "b1")),
+        (of_a[1].claim(), accepted(of_a[1], "node-a")),
+        (of_a[2].claim(), transient(of_a[2], "node-a", "a3")),
         (moved, accepted(of_b[2], "node-a")),
-        (claim_of(of_b[1]), transient(of_b[1], "node-a", "b2")),
-        (claim_of(of_a[3]), transient(of_a[3], "node-a", "a4")),
+        (of_b[1].claim(), transient(of_b[1], "node-a", "b2")),
+        (of_a[3].claim(), transient(of_a[3], "node-a", "a4")),
     ];
     let applied = store.record_outcomes(&batch).await.expect("record");
     assert_eq!(applied, [true, true, true, true, false, true, true]);
