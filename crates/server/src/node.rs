@@ -15,7 +15,7 @@ use pacer_engine::{
 };
 use pacer_store::Store;
 use secrecy::ExposeSecret;
-use sqlx::postgres::PgConnectOptions;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
@@ -45,7 +45,7 @@ pub(crate) fn connect(config: &Config) -> anyhow::Result<Store> {
     // are planned differently; the rest is the pool every other statement uses.
     let total = config.database.max_connections;
     let batches = (total / 5).clamp(1, 4);
-    let pool = pacer_store::pool_options()
+    let pool = PgPoolOptions::new()
         .max_connections(total.saturating_sub(batches).max(1))
         .acquire_timeout(config.database.acquire_timeout.as_duration())
         .connect_lazy_with(options);

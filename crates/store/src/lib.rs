@@ -65,25 +65,6 @@ const BATCH_PLANNING: [(&str, &str); 4] = [
     ("enable_mergejoin", "off"),
 ];
 
-/// A connection idle for at least this long is pinged before it is handed out, so one that the
-/// server or the network dropped meanwhile is replaced instead of failing a statement; one in
-/// steady use is handed out at once, without the extra round trip.
-const PING_AFTER_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// Options for Pacer's connection pools: the liveness check above; the caller adds the sizes.
-pub fn pool_options() -> PgPoolOptions {
-    PgPoolOptions::new()
-        .test_before_acquire(false)
-        .before_acquire(|conn, meta| {
-            Box::pin(async move {
-                if meta.idle_for >= PING_AFTER_IDLE {
-                    sqlx::Connection::ping(conn).await?;
-                }
-                Ok(true)
-            })
-        })
-}
-
 /// Connections kept for batched writes when none are set aside by [`Store::with_batch_connections`].
 const DEFAULT_BATCH_CONNECTIONS: u32 = 2;
 
@@ -106,7 +87,7 @@ impl Store {
     /// opened with the same options as the pool's.
     pub fn with_batch_connections(pool: PgPool, connections: u32) -> Self {
         let options = (*pool.connect_options()).clone().options(BATCH_PLANNING);
-        let batches = pool_options()
+        let batches = PgPoolOptions::new()
             .max_connections(connections.max(1))
             .acquire_timeout(pool.options().get_acquire_timeout())
             .connect_lazy_with(options);
