@@ -250,6 +250,12 @@ async fn a_2xx_answer_can_finish_a_task_without_a_callback() {
     for id in [&webhook, &sync_ok, &sync_bad] {
         assert_eq!(downstream.requests_for(id).len(), 1, "task {id}");
     }
+    // A plain webhook is handed no callback credential; a job that expects a callback is.
+    let sent = &downstream.requests_for(&webhook)[0].body;
+    assert!(sent.get("callback").is_none(), "{sent:#}");
+    assert_eq!(sent["task_id"], webhook.as_str());
+    let sent = &downstream.requests_for(&sync_ok)[0].body;
+    assert!(sent["callback"]["token"].as_str().is_some(), "{sent:#}");
     // Only the `elsewhere` task needed a callback.
     let callbacks = downstream.wait_for_callbacks(1, SETTLE).await;
     assert_eq!(callbacks.len(), 1, "{callbacks:#?}");

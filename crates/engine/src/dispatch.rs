@@ -306,7 +306,10 @@ struct DispatchBody<'a> {
     deadline_at: Option<DateTime<Utc>>,
     last_success_at: Option<DateTime<Utc>>,
     payload: &'a Value,
-    callback: Callback,
+    /// Only for a job that expects a callback: a plain webhook (`expect_callback: false`) ends
+    /// its task with its answer, so it is handed no credential it has no use for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    callback: Option<Callback>,
 }
 
 #[derive(Serialize)]
@@ -419,9 +422,20 @@ impl Attempt {
             error,
             retry_after: None,
         };
-        let token = match self.outbound.callback_token(task.id, task.timeout_at) {
-            Ok(token) => token,
-            Err(error) => return unsigned(error),
+        let callback = if task.job.expect_callback {
+            match self.outbound.callback_token(task.id, task.timeout_at) {
+                Ok(token) => Some(Callback {
+                    url: format!(
+                        "{}/api/v1/tasks/{}/callback",
+                        self.config.public_url.trim_end_matches('/'),
+                        task.id
+                    ),
+                    token,
+                }),
+                Err(error) => return unsigned(error),
+            }
+        } else {
+            None
         };
         let body = DispatchBody {
             task_id: task.id,
@@ -431,14 +445,7 @@ impl Attempt {
             deadline_at: task.deadline_at,
             last_success_at: task.last_success_at,
             payload: &task.payload,
-            callback: Callback {
-                url: format!(
-                    "{}/api/v1/tasks/{}/callback",
-                    self.config.public_url.trim_end_matches('/'),
-                    task.id
-                ),
-                token,
-            },
+            callback,
         };
         let Ok(body) = serde_json::to_vec(&body) else {
             return unsigned("the dispatch body could not be serialised".to_owned());

@@ -19,6 +19,12 @@ use clap::{Parser, Subcommand};
 
 use crate::config::{Config, LogFormat};
 
+/// mimalloc rather than the system allocator: a node allocates and frees small buffers on every
+/// request, dispatch and row, across worker threads, where glibc's malloc spent about a quarter
+/// of a busy node's CPU.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Pacer: a clustered scheduler that fires schedules exactly once, dispatches work to downstream
 /// services and keeps at it until they report back.
 #[derive(Debug, Parser)]
@@ -99,6 +105,11 @@ fn parse_role(text: &str) -> Result<pacer_auth::Role, String> {
 }
 
 fn main() -> ExitCode {
+    // mimalloc commits its arenas up front on Linux. Where transparent huge pages are `always`,
+    // the first touch of each fresh 2 MiB range would then take a whole huge page, and an idle
+    // node's resident set grew by half; ordinary pages keep it to what is used.
+    #[cfg(target_os = "linux")]
+    let _ = rustix::thread::disable_transparent_huge_pages(true);
     let cli = Cli::parse();
     // Needs no configuration: the document depends on the code alone.
     if let Command::Openapi { output } = &cli.command {
