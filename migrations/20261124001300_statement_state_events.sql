@@ -1,10 +1,10 @@
 -- A task's state changes are written to the event log by one trigger call per statement rather
--- than one per changed row: the batched writes (claims, dispatch outcomes, callbacks) change tens
--- of tasks in a statement, and a PL/pgSQL call with its own insert for each row was the largest
--- part of their cost in the database. What is recorded is unchanged: one `task.state` event per
--- task whose state changed, in the transaction that changed it, in id order within the statement.
--- A transition table cannot be limited to some columns, so the trigger runs after every update of
--- tasks and keeps only the rows whose state differs.
+-- than one per changed row: the batched writes (dispatch outcomes, callbacks) change tens of tasks
+-- in a statement, and a PL/pgSQL call with an insert of its own for each row cost about 6 µs per
+-- changed task more than one insert for all of them. What is recorded is unchanged: one
+-- `task.state` event per task whose state changed, in the transaction that changed it, in id
+-- order within the statement. A transition table cannot be limited to some columns, so the
+-- trigger runs after every update of tasks and keeps only the rows whose state differs.
 drop trigger tasks_state_events on tasks;
 drop function pacer_task_state_event();
 

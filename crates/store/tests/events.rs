@@ -182,3 +182,78 @@ async fn writers_that_overlap_hold_back_only_what_they_may_still_commit(pool: Pg
     first.rollback().await.expect("rollback");
     second.rollback().await.expect("rollback");
 }
+
+/// The `task.state` events of the tasks with `ids`, as (task, previous, state), in log order.
+async fn state_events(
+    pool: &PgPool,
+    ids: &[uuid::Uuid],
+) -> Vec<(uuid::Uuid, Option<String>, String)> {
+    sqlx::query_as(
+        "select task_id, data ->> 'previous', data ->> 'state' from events
+         where kind = 'task.state' and task_id = any($1) order by id",
+    )
+    .bind(ids)
+    .fetch_all(pool)
+    .await
+    .expect("events are readable")
+}
+
+#[sqlx::test(migrator = "pacer_store::MIGRATOR")]
+async fn every_state_change_in_a_statement_is_one_event_and_other_updates_are_none(pool: PgPool) {
+    let job = uuid::Uuid::now_v7();
+    sqlx::query(
+        "insert into jobs (id, name, spec, dispatch_timeout_ms)
+         values ($1, 'sync', '{\"target\": {\"url\": \"http://127.0.0.1:9/\"}}', 10000)",
+    )
+    .bind(job)
+    .execute(&pool)
+    .await
+    .expect("a job");
+    let ids: Vec<uuid::Uuid> = (0..3).map(|_| uuid::Uuid::now_v7()).collect();
+    sqlx::query(
+        "insert into tasks (id, job_id, job_name, origin, payload, due_at, timeout_at, next_dispatch_at)
+         select id, $2, 'sync', 'api', '{}', now(), now() + interval '1 hour', now()
+         from unnest($1::uuid[]) as id",
+    )
+    .bind(&ids)
+    .bind(job)
+    .execute(&pool)
+    .await
+    .expect("three tasks");
+    let created: Vec<_> = ids
+        .iter()
+        .map(|id| (*id, None, "pending".to_owned()))
+        .collect();
+    assert_eq!(state_events(&pool, &ids).await, created);
+
+    // A claim, a heartbeat, a progress report: updates that leave the state as it is.
+    sqlx::query(
+        "update tasks set claim_token = gen_random_uuid(), claimed_by = 'node-a', claimed_at = now(),
+             progress = '{\"done\": 1}' where id = any($1)",
+    )
+    .bind(&ids)
+    .execute(&pool)
+    .await
+    .expect("a claim");
+    assert_eq!(state_events(&pool, &ids).await, created);
+
+    // One statement moves two tasks on and leaves the third: two events, each with its previous
+    // state, in id order.
+    sqlx::query(
+        "update tasks set
+             state = case when id = $2 then 'processing' when id = $3 then 'cancelled' else state end,
+             next_dispatch_at = case when id = $3 then null else next_dispatch_at end,
+             finished_at = case when id = $3 then now() end
+         where id = any($1)",
+    )
+    .bind(&ids)
+    .bind(ids[2])
+    .bind(ids[0])
+    .execute(&pool)
+    .await
+    .expect("a batch of state changes");
+    let mut expected = created;
+    expected.push((ids[0], Some("pending".to_owned()), "cancelled".to_owned()));
+    expected.push((ids[2], Some("pending".to_owned()), "processing".to_owned()));
+    assert_eq!(state_events(&pool, &ids).await, expected);
+}
