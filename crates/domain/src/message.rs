@@ -175,6 +175,16 @@ impl ConsumerStatus {
             last_error: None,
         }
     }
+
+    /// The status of a node with a broker configured, before its consumer has connected.
+    pub fn connecting(queue: &str) -> Self {
+        Self {
+            state: ConsumerState::Connecting,
+            since: chrono::Utc::now(),
+            queue: Some(queue.to_owned()),
+            last_error: None,
+        }
+    }
 }
 
 /// True for 1 to `max` characters, none of them control characters.

@@ -171,7 +171,13 @@ impl Node {
         let handoff = Handoff::new(permits.clone(), sender, settings.lease_margin);
         let alerts = Arc::new(self.config.alerts.engine());
         let amqp = &self.config.amqp;
-        let (consumer_status, consumer_seen) = watch::channel(ConsumerStatus::disabled());
+        // A node with a broker starts out connecting, not disabled: the API answers before the
+        // consumer's first report, and must not refuse AMQP targets meanwhile.
+        let initial = match &amqp.url {
+            Some(_) => ConsumerStatus::connecting(&amqp.queue),
+            None => ConsumerStatus::disabled(),
+        };
+        let (consumer_status, consumer_seen) = watch::channel(initial);
         let state = AppState::new(self.store.clone(), &self.node_id, Some(handoff), &api, auth)
             .with_shutdown(shutdown.clone())
             .with_alert_sinks(alerts.sink_names())
