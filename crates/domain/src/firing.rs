@@ -83,9 +83,22 @@ pub fn plan(
     rule: MisfireRule,
     next: impl Fn(DateTime<Utc>) -> Option<DateTime<Utc>>,
 ) -> Plan {
+    plan_ahead(first, now, now, rule, next)
+}
+
+/// Like [`plan`], but also fires the occurrences due up to `horizon` (at least `now`): fired
+/// ahead, they are on time. Whether an occurrence is late is judged against `now` alone.
+pub fn plan_ahead(
+    first: DateTime<Utc>,
+    now: DateTime<Utc>,
+    horizon: DateTime<Utc>,
+    rule: MisfireRule,
+    next: impl Fn(DateTime<Utc>) -> Option<DateTime<Utc>>,
+) -> Plan {
     let mut due = Vec::new();
     let mut cursor = Some(first);
-    while let Some(at) = cursor.filter(|at| *at <= now && due.len() < MAX_OCCURRENCES_PER_PASS) {
+    while let Some(at) = cursor.filter(|at| *at <= horizon && due.len() < MAX_OCCURRENCES_PER_PASS)
+    {
         due.push(at);
         cursor = next(at);
     }
@@ -318,6 +331,19 @@ mod tests {
             "one task for all missed, the latest late one"
         );
         assert_eq!(&fired[1..], on_time.as_slice());
+    }
+
+    #[test]
+    fn occurrences_within_the_horizon_fire_ahead_and_lateness_is_judged_against_now() {
+        // Due: 0 (late past the 15 s grace at 20), 10 (on time); ahead: 20, 30; beyond: 40.
+        let plan = plan_ahead(at(0), at(20), at(35), rule(MisfirePolicy::Skip), every_ten);
+        assert_eq!(plan.skip, vec![(at(0), SkipReason::Misfire)]);
+        assert_eq!(plan.fire, vec![at(10), at(20), at(30)]);
+        assert_eq!(plan.next_fire_at, Some(at(40)));
+        let nothing_ahead =
+            plan_ahead(at(40), at(20), at(35), rule(MisfirePolicy::Skip), every_ten);
+        assert!(nothing_ahead.fire.is_empty() && nothing_ahead.skip.is_empty());
+        assert_eq!(nothing_ahead.next_fire_at, Some(at(40)));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The dispatcher, on every node: claims due tasks, POSTs each to its job's target, and records
 //! what the downstream answered. Concurrency is bounded by one semaphore shared with the API,
-//! which hands over tasks it created already claimed.
+//! which hands over tasks it created already claimed. A task never dispatched is claimed up to
+//! `claim_ahead` before it is due, its request made ready, and sent at its time.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -32,6 +33,26 @@ const OUTCOME_BATCH: usize = 256;
 /// Dispatch outcomes written in batches: every outcome that finishes while a batch is being
 /// written joins the next one.
 type Recorder = Batcher<Outcomes>;
+
+/// Shortly before a task claimed ahead is due, its claim is checked, so a task withdrawn
+/// meanwhile (cancelled, or its trigger paused) is not dispatched.
+const CHECK_BEFORE_DUE: Duration = Duration::from_millis(100);
+
+/// The look behind the claim-check [`Batcher`]: every check that arrives while one is being
+/// made joins the next.
+struct HeldClaims {
+    store: Store,
+}
+
+impl BatchWrite for HeldClaims {
+    type Item = ReleasedClaim;
+    /// Whether the claim is still held.
+    type Output = bool;
+
+    async fn write(&self, items: &[ReleasedClaim]) -> pacer_store::Result<Vec<bool>> {
+        self.store.claims_held(items).await
+    }
+}
 
 /// The write behind the outcome [`Batcher`].
 struct Outcomes {
@@ -68,6 +89,8 @@ pub struct DispatchConfig {
     pub lease_margin: Span,
     /// How long a shutdown waits for in-flight dispatches before handing them back.
     pub drain_timeout: Span,
+    /// How far ahead of its time a task never dispatched is claimed; `0s` claims when due.
+    pub claim_ahead: Span,
     /// The most of a response body read (to look for a status report).
     pub max_response_bytes: usize,
 }
@@ -85,6 +108,13 @@ pub struct Dispatcher {
 
 /// Claims being dispatched, so a shutdown can hand back those that do not finish in time.
 type InFlight = Arc<Mutex<HashMap<TaskId, ReleasedClaim>>>;
+
+/// What every attempt of this dispatcher shares.
+struct Attempts {
+    recorder: Recorder,
+    held: Batcher<HeldClaims>,
+    in_flight: InFlight,
+}
 
 /// What one look for due work found.
 enum Claimed {
@@ -133,14 +163,25 @@ impl Dispatcher {
             store: self.store.clone(),
         };
         let recorder = Batcher::start(outcomes, OUTCOME_BATCH, 1);
+        let held = Batcher::start(
+            HeldClaims {
+                store: self.store.clone(),
+            },
+            OUTCOME_BATCH,
+            1,
+        );
+        let attempts = Attempts {
+            recorder,
+            held,
+            in_flight: Arc::default(),
+        };
         let mut running = JoinSet::new();
-        let in_flight: InFlight = Arc::default();
         let poll = self.config.poll_interval.as_duration();
         let mut look_at = Instant::now();
         let mut saturated = false;
         loop {
             if !saturated && Instant::now() >= look_at {
-                match self.claim(&mut running, &in_flight, &recorder).await {
+                match self.claim(&mut running, &attempts).await {
                     Ok(Claimed::Full) => look_at = Instant::now(),
                     Ok(Claimed::Partial) => look_at = Instant::now() + self.sleep_for(poll).await,
                     Ok(Claimed::Saturated) => saturated = true,
@@ -154,7 +195,7 @@ impl Dispatcher {
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 Some((task, permit)) = self.handoffs.recv() => {
-                    self.spawn(&mut running, &in_flight, &recorder, task, permit);
+                    self.spawn(&mut running, &attempts, task, permit);
                 }
                 () = wakeups.next() => look_at = Instant::now(),
                 Some(_) = running.join_next() => saturated = false,
@@ -162,14 +203,14 @@ impl Dispatcher {
             }
         }
         // Every attempt waits for its outcome to be written before it finishes.
-        self.drain(running, in_flight).await
+        self.drain(running, attempts.in_flight).await
     }
 
     /// How long to sleep before looking again: until the next task is due, at most `poll`.
     /// A task due now that the claim passed over is locked by another claimer or a callback for
     /// a moment; the floor keeps this loop from spinning on it.
     async fn sleep_for(&self, poll: Duration) -> Duration {
-        match self.store.next_due_in().await {
+        match self.store.next_due_in(self.config.claim_ahead).await {
             Ok(Some(due)) => due.clamp(Duration::from_millis(10), poll),
             Ok(None) => poll,
             Err(error) => {
@@ -179,12 +220,7 @@ impl Dispatcher {
         }
     }
 
-    async fn claim(
-        &self,
-        running: &mut JoinSet<()>,
-        in_flight: &InFlight,
-        recorder: &Recorder,
-    ) -> Result<Claimed> {
+    async fn claim(&self, running: &mut JoinSet<()>, attempts: &Attempts) -> Result<Claimed> {
         // Permits first, so every claimed task is guaranteed a dispatch slot.
         let permits: Vec<_> = (0..self.config.batch_size)
             .map_while(|_| self.permits.clone().try_acquire_owned().ok())
@@ -196,11 +232,16 @@ impl Dispatcher {
         let limit = i64::try_from(wanted).unwrap_or(i64::MAX);
         let tasks = self
             .store
-            .claim_due(&self.config.node_id, limit, self.config.lease_margin)
+            .claim_due(
+                &self.config.node_id,
+                limit,
+                self.config.lease_margin,
+                self.config.claim_ahead,
+            )
             .await?;
         let claimed = tasks.len();
         for (task, permit) in tasks.into_iter().zip(permits) {
-            self.spawn(running, in_flight, recorder, task, permit);
+            self.spawn(running, attempts, task, permit);
         }
         if claimed > 0 {
             tracing::debug!(claimed, "claimed due tasks");
@@ -215,13 +256,14 @@ impl Dispatcher {
     fn spawn(
         &self,
         running: &mut JoinSet<()>,
-        in_flight: &InFlight,
-        recorder: &Recorder,
+        attempts: &Attempts,
         task: ClaimedTask,
         permit: OwnedSemaphorePermit,
     ) {
+        let due = Instant::now() + task.dispatch_in;
         let claim = task.claim();
-        in_flight
+        attempts
+            .in_flight
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(task.id, claim);
@@ -246,12 +288,13 @@ impl Dispatcher {
             outbound: self.outbound.clone(),
             publisher: self.publisher.clone(),
             config: self.config.clone(),
-            in_flight: in_flight.clone(),
-            recorder: recorder.clone(),
+            in_flight: attempts.in_flight.clone(),
+            recorder: attempts.recorder.clone(),
+            held: attempts.held.clone(),
         };
         running.spawn(
             async move {
-                attempt.run(task).await;
+                attempt.run(task, due).await;
                 drop(permit);
             }
             .instrument(span),
@@ -319,6 +362,12 @@ struct Callback {
     token: String,
 }
 
+/// A dispatch made ready to send: for an AMQP target the headers are the trace context alone.
+struct Prepared {
+    body: Vec<u8>,
+    headers: HeaderMap,
+}
+
 /// One dispatch of one claimed task.
 struct Attempt {
     store: Store,
@@ -328,10 +377,12 @@ struct Attempt {
     config: DispatchConfig,
     in_flight: InFlight,
     recorder: Recorder,
+    held: Batcher<HeldClaims>,
 }
 
 impl Attempt {
-    async fn run(self, task: ClaimedTask) {
+    /// Dispatches `task` at `due` (now, unless it was claimed ahead) and records the outcome.
+    async fn run(self, task: ClaimedTask, due: Instant) {
         if task.timed_out {
             match self.store.fail_timed_out(&task).await {
                 Ok(true) => tracing::info!("task timed out"),
@@ -343,8 +394,17 @@ impl Attempt {
             self.forget(&task);
             return;
         }
+        // Everything but the sending is done before the task's time.
+        let prepared = self.prepare(&task);
+        if !self.until_due(&task, due).await {
+            self.forget(&task);
+            return;
+        }
         let started = Instant::now();
-        let outcome = self.send(&task).await;
+        let outcome = match prepared {
+            Ok(prepared) => self.send(&task, prepared).await,
+            Err(unsent) => unsent,
+        };
         let latency = started.elapsed();
         let decision = after_dispatch(
             task.state,
@@ -409,6 +469,27 @@ impl Attempt {
         );
     }
 
+    /// Waits until `due`. A task claimed ahead has its claim checked shortly before: false when
+    /// it was taken away meanwhile, and the task must not be dispatched.
+    async fn until_due(&self, task: &ClaimedTask, due: Instant) -> bool {
+        if let Some(check_at) = due.checked_sub(CHECK_BEFORE_DUE)
+            && check_at > Instant::now()
+        {
+            tokio::time::sleep_until(check_at).await;
+            match self.held.submit(task.claim()).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::info!("the task was withdrawn before its time; not dispatched");
+                    return false;
+                }
+                // The outcome's write is fenced by the claim either way.
+                Err(error) => tracing::warn!(%error, "checking a claim taken ahead failed"),
+            }
+        }
+        tokio::time::sleep_until(due).await;
+        true
+    }
+
     fn forget(&self, task: &ClaimedTask) {
         self.in_flight
             .lock()
@@ -416,7 +497,8 @@ impl Attempt {
             .remove(&task.id);
     }
 
-    async fn send(&self, task: &ClaimedTask) -> DispatchOutcome {
+    /// The body and headers of the dispatch of `task`, or the outcome when they cannot be made.
+    fn prepare(&self, task: &ClaimedTask) -> std::result::Result<Prepared, DispatchOutcome> {
         let unsigned = |error: String| DispatchOutcome::Transient {
             status: None,
             error,
@@ -432,7 +514,7 @@ impl Attempt {
                     ),
                     token,
                 }),
-                Err(error) => return unsigned(error),
+                Err(error) => return Err(unsigned(error)),
             }
         } else {
             None
@@ -448,7 +530,9 @@ impl Attempt {
             callback,
         };
         let Ok(body) = serde_json::to_vec(&body) else {
-            return unsigned("the dispatch body could not be serialised".to_owned());
+            return Err(unsigned(
+                "the dispatch body could not be serialised".to_owned(),
+            ));
         };
         let mut headers = HeaderMap::new();
         // W3C trace context of this dispatch, so the downstream's work and callback join the trace.
@@ -459,22 +543,31 @@ impl Attempt {
                 &mut opentelemetry_http::HeaderInjector(&mut headers),
             );
         });
+        if let Target::Http(target) = &task.job.target {
+            for (name, value) in &target.headers {
+                // Validated when the job was defined; a header that still fails to convert is
+                // skipped.
+                if let (Ok(name), Ok(value)) =
+                    (HeaderName::try_from(name), HeaderValue::try_from(value))
+                {
+                    headers.insert(name, value);
+                }
+            }
+            match self.outbound.headers(&target.auth, task.id, &body) {
+                Ok(signed) => headers.extend(signed),
+                Err(error) => return Err(unsigned(error)),
+            }
+        }
+        Ok(Prepared { body, headers })
+    }
+
+    /// Sends a prepared dispatch and classifies the answer.
+    async fn send(&self, task: &ClaimedTask, prepared: Prepared) -> DispatchOutcome {
+        let Prepared { body, headers } = prepared;
         let target = match &task.job.target {
             Target::Http(http) => http,
             Target::Amqp(amqp) => return self.publish(task, amqp, &headers, &body).await,
         };
-        for (name, value) in &target.headers {
-            // Validated when the job was defined; a header that still fails to convert is skipped.
-            if let (Ok(name), Ok(value)) =
-                (HeaderName::try_from(name), HeaderValue::try_from(value))
-            {
-                headers.insert(name, value);
-            }
-        }
-        match self.outbound.headers(&target.auth, task.id, &body) {
-            Ok(signed) => headers.extend(signed),
-            Err(error) => return unsigned(error),
-        }
         let request = self
             .client
             .post(&target.url)

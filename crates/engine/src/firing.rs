@@ -1,8 +1,10 @@
 //! The firing loop, a leader duty: fires due triggers in batches under the leader's term and
-//! sleeps until the earliest next fire time, woken early when triggers change.
+//! sleeps until the earliest next fire time (less the fire-ahead window), woken early when
+//! triggers change.
 
 use std::time::Duration;
 
+use pacer_domain::Span;
 use pacer_store::{Fired, Store, TRIGGERS_CHANNEL};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -17,6 +19,8 @@ pub(crate) struct Firing {
     pub(crate) term: i64,
     pub(crate) batch_size: usize,
     pub(crate) poll: Duration,
+    /// How far ahead of their time the occurrences of jobs that allow overlap are fired.
+    pub(crate) ahead: Span,
 }
 
 impl Firing {
@@ -25,7 +29,11 @@ impl Firing {
         let mut wakeups = Wakeups::new(self.store.clone(), &[TRIGGERS_CHANNEL]);
         let limit = i64::try_from(self.batch_size).unwrap_or(i64::MAX);
         loop {
-            let sleep = match self.store.fire_due(&self.node_id, self.term, limit).await {
+            let sleep = match self
+                .store
+                .fire_due(&self.node_id, self.term, limit, self.ahead)
+                .await
+            {
                 Ok(Fired::Fenced) => return Err(Error::Fenced),
                 Ok(Fired::Done {
                     triggers,
@@ -58,7 +66,7 @@ impl Firing {
     }
 
     async fn until_next(&self) -> Duration {
-        match self.store.next_fire_in().await {
+        match self.store.next_fire_in(self.ahead).await {
             // A trigger due now that the pass did not take is locked by an API call for a moment.
             Ok(Some(due)) => due.clamp(Duration::from_millis(5), self.poll),
             Ok(None) => self.poll,
@@ -70,14 +78,15 @@ impl Firing {
     }
 }
 
-/// Counts fired occurrences and skips, and records how late each task was created.
+/// Counts fired occurrences and skips, and records how late each task was created (a task fired
+/// ahead was on time).
 fn record_firing(lateness: &[f64], skips: &[(pacer_domain::SkipReason, usize)]) {
     let fired = u64::try_from(lateness.len()).unwrap_or(u64::MAX);
     metrics::counter!("pacer_occurrences_fired_total").increment(fired);
     metrics::counter!("pacer_tasks_created_total", "origin" => "trigger").increment(fired);
     let histogram = metrics::histogram!("pacer_firing_lateness_seconds");
     for seconds in lateness {
-        histogram.record(*seconds);
+        histogram.record(seconds.max(0.0));
     }
     for (reason, count) in skips {
         metrics::counter!("pacer_skips_total", "reason" => reason.as_str())

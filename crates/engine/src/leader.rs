@@ -33,6 +33,8 @@ pub struct LeaderConfig {
     pub firing_batch: usize,
     /// Longest sleep of the firing loop when no notification arrives.
     pub firing_poll: Span,
+    /// How far ahead of their time the occurrences of jobs that allow overlap are fired.
+    pub fire_ahead: Span,
     /// How often the sweep runs.
     pub sweep_interval: Span,
     /// What the alert evaluation raises and where it sends it.
@@ -165,6 +167,7 @@ impl Leader {
             term,
             batch_size: self.config.firing_batch,
             poll: self.config.firing_poll.as_duration(),
+            ahead: self.config.fire_ahead,
         };
         running.spawn(firing.run(duties.child_token()));
         let sweeper = Sweeper {

@@ -271,6 +271,9 @@ pub(crate) struct ClusterSettings {
     pub(crate) firing_batch_size: usize,
     /// Longest sleep of the firing loop when no notification arrives.
     pub(crate) firing_poll_interval: Span,
+    /// How far ahead of their time the occurrences of jobs that allow overlap are fired and
+    /// claimed, so that they are dispatched on time; `0s` fires when due.
+    pub(crate) fire_ahead: Span,
     /// How often the leader sweeps claims of dead nodes and starts queued tasks.
     pub(crate) sweep_interval: Span,
 }
@@ -283,6 +286,7 @@ impl Default for ClusterSettings {
             lease_ttl: Span::from_millis(2500),
             firing_batch_size: 2000,
             firing_poll_interval: Span::from_secs(1),
+            fire_ahead: Span::from_millis(500),
             sweep_interval: Span::from_secs(1),
         }
     }
@@ -545,6 +549,9 @@ impl Config {
             bail!(
                 "cluster.firing_poll_interval must be at least 10ms and cluster.sweep_interval at least 100ms"
             );
+        }
+        if cluster.fire_ahead > Span::from_secs(10) {
+            bail!("cluster.fire_ahead must be at most 10s");
         }
         if !(1024..=64 * 1024 * 1024).contains(&self.http.body_limit) {
             bail!("http.body_limit must be between 1024 and 67108864 bytes");

@@ -39,6 +39,9 @@ pub struct ClaimedTask {
     pub last_success_at: Option<DateTime<Utc>>,
     /// The W3C `traceparent` the task was created under.
     pub trace_context: Option<String>,
+    /// When to dispatch, from the claim: zero for a task that was due, the time left until it
+    /// is due for one claimed ahead.
+    pub dispatch_in: Duration,
 }
 
 /// What one dispatch came to, ready to record.
@@ -75,20 +78,23 @@ impl ClaimedTask {
 }
 
 impl Store {
-    /// Claims up to `limit` due tasks for `node`. Each claim's lease is the job's dispatch
-    /// timeout plus `lease_margin`; if the node has not recorded an outcome by then, the task
-    /// is due again and another claimer takes it.
+    /// Claims up to `limit` due tasks for `node`, and tasks never dispatched that are due
+    /// within `ahead` (see [`ClaimedTask::dispatch_in`]). Each claim's lease is the job's
+    /// dispatch timeout plus `lease_margin` from the dispatch's time; if the node has not
+    /// recorded an outcome by then, the task is due again and another claimer takes it.
     pub async fn claim_due(
         &self,
         node: &str,
         limit: i64,
         lease_margin: Span,
+        ahead: Span,
     ) -> Result<Vec<ClaimedTask>> {
         let rows = sqlx::query_file!(
             "src/sql/claim_due.sql",
             node,
             limit,
-            lease_margin.as_millis()
+            lease_margin.as_millis(),
+            ahead.as_millis()
         )
         .fetch_all(&self.pool)
         .await?;
@@ -111,6 +117,9 @@ impl Store {
                     timed_out: r.timed_out,
                     last_success_at: r.last_success_at,
                     trace_context: r.trace_context,
+                    dispatch_in: Duration::from_millis(
+                        u64::try_from(r.dispatch_in_ms).unwrap_or_default(),
+                    ),
                 })
             })
             .collect()
@@ -238,8 +247,10 @@ impl Store {
         let released = sqlx::query_scalar!(
             r#"
             with released as (
+                -- A claim taken ahead of its time goes back due at that time, not before.
                 update tasks t set claim_token = null, claimed_by = null, claimed_at = null,
-                    next_dispatch_at = least(now(), t.timeout_at), updated_at = now()
+                    next_dispatch_at = greatest(least(now(), t.timeout_at), t.claimed_at),
+                    updated_at = now()
                 from unnest($1::uuid[], $2::uuid[]) as c(id, token)
                 where t.id = c.id and t.claim_token = c.token
                 returning t.id
@@ -267,12 +278,36 @@ impl Store {
         Ok(u64::try_from(released).unwrap_or_default())
     }
 
-    /// How long until the earliest open task is due (zero if one is due now), or `None` when
-    /// no task is open.
-    pub async fn next_due_in(&self) -> Result<Option<Duration>> {
+    /// Which of `claims` are still held: element `i` is false when claim `i` was taken away
+    /// (its task was cancelled, ended or handed over) since it was claimed.
+    pub async fn claims_held(&self, claims: &[ReleasedClaim]) -> Result<Vec<bool>> {
+        let ids: Vec<Uuid> = claims.iter().map(|c| c.id.as_uuid()).collect();
+        let tokens: Vec<Uuid> = claims.iter().map(|c| c.claim_token).collect();
+        Ok(sqlx::query_scalar!(
+            r#"select exists (select 1 from tasks t
+                              where t.id = c.id and t.claim_token = c.token) as "held!"
+               from unnest($1::uuid[], $2::uuid[]) with ordinality as c(id, token, n)
+               order by c.n"#,
+            &ids,
+            &tokens,
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// How long until the next claim has work (zero if it has now): until the earliest open
+    /// task is due, or is within `ahead` of it when it can be claimed ahead; `None` when no task
+    /// is open.
+    pub async fn next_due_in(&self, ahead: Span) -> Result<Option<Duration>> {
         let seconds = sqlx::query_scalar!(
-            r#"select extract(epoch from min(next_dispatch_at) - now())::float8 as seconds
-               from tasks where next_dispatch_at is not null"#
+            r#"select extract(epoch from least(
+                   (select min(next_dispatch_at) from tasks where next_dispatch_at is not null),
+                   (select next_dispatch_at - $1::bigint * interval '1 millisecond' from tasks
+                    where next_dispatch_at is not null
+                      and attempt = 0 and claim_token is null and waits_for is null
+                    order by next_dispatch_at limit 1)
+               ) - now())::float8 as seconds"#,
+            ahead.as_millis(),
         )
         .fetch_one(&self.pool)
         .await?;

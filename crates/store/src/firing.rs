@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use pacer_domain::firing::{Admission, OpenWork, plan};
-use pacer_domain::{JobSpec, OverlapPolicy, SkipReason, TaskId, TriggerSpec};
+use pacer_domain::firing::{Admission, OpenWork, plan_ahead};
+use pacer_domain::{JobSpec, OverlapPolicy, SkipReason, Span, TaskId, TriggerSpec};
 use sqlx::types::Json;
 use uuid::Uuid;
 
@@ -23,7 +23,8 @@ pub enum Fired {
         triggers: usize,
         tasks: usize,
         skips: usize,
-        /// How late each created task was: created − scheduled, in seconds (database clock).
+        /// How late each created task was: created − scheduled, in seconds (database clock);
+        /// negative for a task fired ahead.
         lateness: Vec<f64>,
         /// The skips by reason.
         skip_reasons: Vec<(SkipReason, usize)>,
@@ -132,11 +133,18 @@ pub(crate) async fn open_work(
 }
 
 impl Store {
-    /// Fires up to `limit` due triggers as leader `node` under `term`.
-    pub async fn fire_due(&self, node: &str, term: i64, limit: i64) -> Result<Fired> {
+    /// Fires up to `limit` due triggers as leader `node` under `term`. The occurrences of jobs
+    /// that allow overlap are fired up to `ahead` before they are due: their tasks are created
+    /// due at the scheduled time, so a node can claim them early and dispatch them on the dot.
+    /// Other jobs fire when due, so that their overlap decision sees the open work of that time.
+    pub async fn fire_due(&self, node: &str, term: i64, limit: i64, ahead: Span) -> Result<Fired> {
+        let ahead_ms = ahead.as_millis();
         // A plain read first: with nothing due, an idle leader takes no lock and writes nothing.
         let due_now = sqlx::query_scalar!(
-            r#"select exists (select 1 from triggers where next_fire_at <= now() and not paused) as "due!""#
+            r#"select exists (select 1 from triggers
+                              where next_fire_at <= now() + $1::bigint * interval '1 millisecond'
+                                and not paused) as "due!""#,
+            ahead_ms,
         )
         .fetch_one(&self.pool)
         .await?;
@@ -175,10 +183,13 @@ impl Store {
             r#"select t.id, t.job_id, j.name as job_name, t.spec as "spec: Json<TriggerSpec>",
                       j.spec as "job: Json<JobSpec>", t.next_fire_at as "next_fire_at!"
                from triggers t join jobs j on j.id = t.job_id
-               where t.next_fire_at <= now() and not t.paused and not j.paused
+               where t.next_fire_at <= now() + $2::bigint * interval '1 millisecond'
+                 and (t.next_fire_at <= now() or coalesce(j.spec->>'overlap', 'allow') = 'allow')
+                 and not t.paused and not j.paused
                order by t.next_fire_at limit $1
                for update of t skip locked"#,
             limit,
+            ahead_ms,
         )
         .fetch_all(&mut *tx)
         .await?
@@ -210,6 +221,7 @@ impl Store {
         guarded.sort();
         guarded.dedup();
         let mut open = open_work(&mut tx, &guarded).await?;
+        let horizon = now + chrono::Duration::milliseconds(ahead_ms);
         let mut tasks = NewTasks::default();
         let mut skips = Skips::default();
         let mut replace_jobs = Vec::new();
@@ -219,9 +231,14 @@ impl Store {
             let skips_before = skips.ids.len();
             let tasks_before = tasks.ids.len();
             let planned = match trigger.spec.timetable() {
-                Ok(timetable) => plan(
+                Ok(timetable) => plan_ahead(
                     trigger.next_fire_at,
                     now,
+                    if trigger.job.overlap == OverlapPolicy::Allow {
+                        horizon
+                    } else {
+                        now
+                    },
                     trigger.spec.misfire_rule(),
                     |at| timetable.next_after(at),
                 ),
@@ -295,15 +312,17 @@ impl Store {
                    insert into tasks (id, job_id, job_name, origin, payload, due_at, scheduled_at,
                                       trigger_id, fired_term, deadline_at, timeout_at,
                                       next_dispatch_at, waits_for)
-                   select n.id, n.job_id, n.job_name, 'trigger', n.payload, now(), n.scheduled_at,
-                          n.trigger_id, $10, now() + n.deadline_ms * interval '1 millisecond',
-                          now() + n.timeout_ms * interval '1 millisecond',
-                          case when n.waits_for is null then now()
-                               else now() + n.timeout_ms * interval '1 millisecond' end,
+                   select n.id, n.job_id, n.job_name, 'trigger', n.payload, d.due_at, n.scheduled_at,
+                          n.trigger_id, $10, d.due_at + n.deadline_ms * interval '1 millisecond',
+                          d.due_at + n.timeout_ms * interval '1 millisecond',
+                          case when n.waits_for is null then d.due_at
+                               else d.due_at + n.timeout_ms * interval '1 millisecond' end,
                           n.waits_for
+                   -- A task fired ahead is due at its scheduled time; any other at once.
                    from unnest($1::uuid[], $2::uuid[], $3::text[], $4::uuid[], $5::timestamptz[],
                                $6::jsonb[], $7::bigint[], $8::bigint[], $9::uuid[])
-                        as n(id, job_id, job_name, trigger_id, scheduled_at, payload, deadline_ms, timeout_ms, waits_for)
+                        as n(id, job_id, job_name, trigger_id, scheduled_at, payload, deadline_ms, timeout_ms, waits_for),
+                        lateral (select greatest(now(), n.scheduled_at) as due_at) d
                    on conflict (trigger_id, scheduled_at) where trigger_id is not null do nothing
                    returning waits_for, extract(epoch from now() - scheduled_at)::float8 as lateness
                )
@@ -373,12 +392,17 @@ impl Store {
         })
     }
 
-    /// How long until the earliest active trigger is due (zero if one is due now).
-    pub async fn next_fire_in(&self) -> Result<Option<std::time::Duration>> {
+    /// How long until the next firing pass has work (zero if it has now): until the earliest
+    /// active trigger is due, or is within `ahead` of it when its job allows overlap.
+    pub async fn next_fire_in(&self, ahead: Span) -> Result<Option<std::time::Duration>> {
         let seconds = sqlx::query_scalar!(
-            r#"select extract(epoch from min(t.next_fire_at) - now())::float8 as seconds
+            r#"select extract(epoch from min(
+                          t.next_fire_at - case when coalesce(j.spec->>'overlap', 'allow') = 'allow'
+                                                then $1::bigint * interval '1 millisecond'
+                                                else interval '0' end) - now())::float8 as seconds
                from triggers t join jobs j on j.id = t.job_id
-               where t.next_fire_at is not null and not t.paused and not j.paused"#
+               where t.next_fire_at is not null and not t.paused and not j.paused"#,
+            ahead.as_millis(),
         )
         .fetch_one(&self.pool)
         .await?;
@@ -391,7 +415,8 @@ impl Store {
     pub async fn sweep(&self, dead_after_ms: i64) -> Result<Swept> {
         let orphaned_claims = sqlx::query_scalar!(
             r#"with orphaned as (
-                   update tasks set next_dispatch_at = now()
+                   -- A claim taken ahead of its time is due again at that time.
+                   update tasks set next_dispatch_at = greatest(now(), claimed_at)
                    where claim_token is not null and next_dispatch_at > now()
                      and claimed_by in (select id from nodes
                                         where stopped_at is not null

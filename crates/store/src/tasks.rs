@@ -921,6 +921,7 @@ pub(crate) async fn insert_tasks(
                 timed_out: false,
                 last_success_at: row.last_success_at,
                 trace_context: task.trace_context.clone(),
+                dispatch_in: std::time::Duration::ZERO,
             })),
             _ => None,
         };

@@ -71,7 +71,7 @@ async fn claim_when_due(store: &Store, node: &str) -> ClaimedTask {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         let mut claimed = store
-            .claim_due(node, 1, Span::from_millis(0))
+            .claim_due(node, 1, Span::from_millis(0), Span::from_millis(0))
             .await
             .expect("claim");
         if let Some(task) = claimed.pop() {
@@ -100,7 +100,7 @@ async fn concurrent_claimers_never_get_the_same_task(pool: PgPool) {
             let mut mine = Vec::new();
             loop {
                 let batch = store
-                    .claim_due(&node, 7, Span::from_secs(10))
+                    .claim_due(&node, 7, Span::from_secs(10), Span::from_millis(0))
                     .await
                     .expect("claim");
                 if batch.is_empty() {
@@ -123,7 +123,7 @@ async fn concurrent_claimers_never_get_the_same_task(pool: PgPool) {
     assert_eq!(seen, created, "every task claimed exactly once");
     assert!(
         store
-            .claim_due("late", 10, Span::from_secs(10))
+            .claim_due("late", 10, Span::from_secs(10), Span::from_millis(0))
             .await
             .expect("claim")
             .is_empty()
@@ -140,7 +140,7 @@ async fn an_expired_claim_is_reclaimed_and_a_stale_owner_writes_nothing(pool: Pg
     assert_eq!((first.id, first.attempt), (id, 1));
     assert!(
         store
-            .claim_due("node-b", 10, Span::from_millis(0))
+            .claim_due("node-b", 10, Span::from_millis(0), Span::from_millis(0))
             .await
             .expect("claim")
             .is_empty(),
@@ -288,7 +288,7 @@ async fn released_claims_are_due_at_once_and_recorded_as_interrupted(pool: PgPoo
         "a claim is released once"
     );
     let again = store
-        .claim_due("node-b", 10, Span::from_secs(5))
+        .claim_due("node-b", 10, Span::from_secs(5), Span::from_millis(0))
         .await
         .expect("claim");
     assert_eq!(
@@ -392,7 +392,7 @@ async fn a_batch_of_outcomes_is_recorded_as_if_in_sequence(pool: PgPool) {
     while claimed.len() < 7 {
         claimed.extend(
             store
-                .claim_due("node-a", 7, Span::from_millis(0))
+                .claim_due("node-a", 7, Span::from_millis(0), Span::from_millis(0))
                 .await
                 .expect("claim"),
         );

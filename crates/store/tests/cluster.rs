@@ -124,7 +124,10 @@ async fn a_fenced_term_fires_nothing_and_occurrences_are_never_doubled(pool: PgP
         .expect("trigger");
 
     assert_eq!(
-        store.fire_due("a", 1, 100).await.expect("fire"),
+        store
+            .fire_due("a", 1, 100, Span::from_millis(0))
+            .await
+            .expect("fire"),
         Fired::Fenced,
         "no lease, no firing"
     );
@@ -142,7 +145,10 @@ async fn a_fenced_term_fires_nothing_and_occurrences_are_never_doubled(pool: PgP
         skips: 0,
         ref lateness,
         ..
-    } = store.fire_due("a", term, 100).await.expect("fire")
+    } = store
+        .fire_due("a", term, 100, Span::from_millis(0))
+        .await
+        .expect("fire")
     else {
         panic!("one due trigger expected");
     };
@@ -179,17 +185,26 @@ async fn a_fenced_term_fires_nothing_and_occurrences_are_never_doubled(pool: PgP
         .expect("rewind");
     let before = count(&pool, "select count(*) from tasks").await;
     assert_eq!(
-        store.fire_due("a", term, 100).await.expect("stale"),
+        store
+            .fire_due("a", term, 100, Span::from_millis(0))
+            .await
+            .expect("stale"),
         Fired::Fenced
     );
     assert_eq!(
-        store.fire_due("b", term, 100).await.expect("wrong term"),
+        store
+            .fire_due("b", term, 100, Span::from_millis(0))
+            .await
+            .expect("wrong term"),
         Fired::Fenced
     );
     assert_eq!(count(&pool, "select count(*) from tasks").await, before);
 
     // Even a replayed occurrence cannot make a second task: the unique key refuses it.
-    let Fired::Done { tasks: again, .. } = store.fire_due("b", newer, 100).await.expect("fire")
+    let Fired::Done { tasks: again, .. } = store
+        .fire_due("b", newer, 100, Span::from_millis(0))
+        .await
+        .expect("fire")
     else {
         panic!("the new leader fires");
     };
@@ -228,7 +243,10 @@ async fn missed_occurrences_follow_the_misfire_policy_and_are_recorded(pool: PgP
             .await
             .expect("trigger");
     }
-    store.fire_due("a", term, 100).await.expect("fire");
+    store
+        .fire_due("a", term, 100, Span::from_millis(0))
+        .await
+        .expect("fire");
 
     let outcomes = |job: &'static str| {
         let pool = pool.clone();
@@ -309,7 +327,10 @@ async fn overlap_policies_hold_for_requested_and_fired_tasks(pool: PgPool) {
         .create_trigger(&single, &spec, Some(now))
         .await
         .expect("trigger");
-    store.fire_due("a", term, 100).await.expect("fire");
+    store
+        .fire_due("a", term, 100, Span::from_millis(0))
+        .await
+        .expect("fire");
     assert_eq!(
         count(
             &pool,
@@ -358,7 +379,7 @@ async fn overlap_policies_hold_for_requested_and_fired_tasks(pool: PgPool) {
     assert_eq!(task.waits_for, Some(running));
     assert!(
         store
-            .claim_due("n", 10, Span::from_secs(5))
+            .claim_due("n", 10, Span::from_secs(5), Span::from_millis(0))
             .await
             .expect("claim")
             .iter()
@@ -375,7 +396,7 @@ async fn overlap_policies_hold_for_requested_and_fired_tasks(pool: PgPool) {
     assert_eq!(task.waits_for, None);
     assert!(
         store
-            .claim_due("n", 10, Span::from_secs(5))
+            .claim_due("n", 10, Span::from_secs(5), Span::from_millis(0))
             .await
             .expect("claim")
             .iter()
@@ -426,7 +447,7 @@ async fn claims_of_dead_nodes_are_swept_back_at_once(pool: PgPool) {
     );
     assert!(
         store
-            .claim_due("other", 10, Span::from_secs(5))
+            .claim_due("other", 10, Span::from_secs(5), Span::from_millis(0))
             .await
             .expect("claim")
             .is_empty()
@@ -437,7 +458,7 @@ async fn claims_of_dead_nodes_are_swept_back_at_once(pool: PgPool) {
         .expect("age");
     assert_eq!(store.sweep(10_000).await.expect("sweep").orphaned_claims, 1);
     let taken = store
-        .claim_due("other", 10, Span::from_secs(5))
+        .claim_due("other", 10, Span::from_secs(5), Span::from_millis(0))
         .await
         .expect("claim");
     assert_eq!(
@@ -506,4 +527,252 @@ async fn a_leader_stuck_inside_a_firing_transaction_cannot_block_a_takeover(pool
         sqlx::query("select 1").execute(&mut stuck).await.is_err(),
         "the server ended the stuck session"
     );
+}
+
+/// A `once` trigger of `job` due `in_secs` after the database's now (whole milliseconds).
+async fn once_in(store: &Store, job: &Job, in_secs: i64) -> (uuid::Uuid, DateTime<Utc>) {
+    let now = store.now().await.expect("now");
+    let at =
+        DateTime::from_timestamp_millis(now.timestamp_millis() + in_secs * 1000).expect("instant");
+    let spec = trigger(json!({ "kind": "once", "at": at }));
+    let created = store
+        .create_trigger(job, &spec, Some(at))
+        .await
+        .expect("trigger");
+    (created.id, at)
+}
+
+/// Each task of `job`: (scheduled_at, state, next_dispatch_at, message, a cancel notice is due).
+async fn fired_tasks(
+    pool: &PgPool,
+    job: &str,
+) -> Vec<(
+    DateTime<Utc>,
+    String,
+    Option<DateTime<Utc>>,
+    Option<String>,
+    bool,
+)> {
+    sqlx::query_as(
+        "select scheduled_at, state, next_dispatch_at, message, cancel_notice_at is not null
+         from tasks where job_name = $1 order by scheduled_at",
+    )
+    .bind(job)
+    .fetch_all(pool)
+    .await
+    .expect("tasks")
+}
+
+#[sqlx::test(migrator = "pacer_store::MIGRATOR")]
+async fn occurrences_that_may_overlap_fire_and_are_claimed_ahead_and_a_pause_withdraws_them(
+    pool: PgPool,
+) {
+    let store = Store::new(pool.clone());
+    let term = store
+        .acquire_lease("a", 60_000, false)
+        .await
+        .expect("lease")
+        .expect("held")
+        .term;
+    let ahead = Span::from_secs(60);
+    let free = job(&store, "free", json!({})).await;
+    let guarded = job(&store, "guarded", json!({ "overlap": "skip" })).await;
+    let (free_trigger, at) = once_in(&store, &free, 30).await;
+    let (guarded_trigger, guarded_at) = once_in(&store, &guarded, 30).await;
+
+    let Fired::Done {
+        triggers,
+        tasks,
+        ref lateness,
+        ..
+    } = store.fire_due("a", term, 100, ahead).await.expect("fire")
+    else {
+        panic!("the leader fires");
+    };
+    assert_eq!(
+        (triggers, tasks),
+        (1, 1),
+        "only the job that allows overlap fires ahead"
+    );
+    assert!(
+        lateness[0] < -25.0,
+        "created about 30 s ahead: {lateness:?}"
+    );
+    let (due_at, scheduled_at, next_dispatch_at): (DateTime<Utc>, DateTime<Utc>, DateTime<Utc>) =
+        sqlx::query_as("select due_at, scheduled_at, next_dispatch_at from tasks")
+            .fetch_one(&pool)
+            .await
+            .expect("task");
+    assert_eq!((due_at, scheduled_at, next_dispatch_at), (at, at, at));
+    let guarded_next: Option<DateTime<Utc>> =
+        sqlx::query_scalar("select next_fire_at from triggers where id = $1")
+            .bind(guarded_trigger)
+            .fetch_one(&pool)
+            .await
+            .expect("guarded trigger");
+    assert_eq!(
+        guarded_next,
+        Some(guarded_at),
+        "the guarded job waits for its time"
+    );
+    let next = store
+        .next_fire_in(ahead)
+        .await
+        .expect("next fire")
+        .expect("one trigger left");
+    assert!(
+        next > Duration::from_secs(20),
+        "the guarded trigger does not wake the leader ahead: {next:?}"
+    );
+
+    // Claimed only within the window, with the time left until it is due.
+    let margin = Span::from_secs(1);
+    assert!(
+        store
+            .claim_due("n", 10, margin, Span::from_millis(0))
+            .await
+            .expect("claim")
+            .is_empty()
+    );
+    assert_eq!(
+        store.next_due_in(ahead).await.expect("due in"),
+        Some(Duration::ZERO)
+    );
+    let claimed = store
+        .claim_due("n", 10, margin, ahead)
+        .await
+        .expect("claim ahead");
+    assert_eq!(claimed.len(), 1);
+    let task = &claimed[0];
+    assert!(
+        task.dispatch_in > Duration::from_secs(20) && task.dispatch_in <= Duration::from_secs(30),
+        "{:?}",
+        task.dispatch_in
+    );
+    assert_eq!(
+        (task.claimed_at, task.attempt, task.timed_out),
+        (at, 1, false)
+    );
+    assert_eq!(
+        store.claims_held(&[task.claim()]).await.expect("held"),
+        vec![true]
+    );
+    assert!(
+        store
+            .claim_due("other", 10, margin, ahead)
+            .await
+            .expect("claim again")
+            .is_empty(),
+        "a claim taken ahead is held like any other"
+    );
+
+    // The claimer stops: the sweep makes its claim due again at the task's time, not at once.
+    store
+        .heartbeat("n", "http://n", "test")
+        .await
+        .expect("heartbeat");
+    store.node_stopped("n").await.expect("stopped");
+    assert_eq!(store.sweep(10_000).await.expect("sweep").orphaned_claims, 1);
+    let rows = fired_tasks(&pool, "free").await;
+    assert_eq!(rows[0].2, Some(at));
+
+    // Pausing the trigger before its time withdraws the task; the claim is no longer held.
+    store
+        .set_trigger_paused(&free, free_trigger, true, None)
+        .await
+        .expect("pause");
+    let rows = fired_tasks(&pool, "free").await;
+    assert_eq!(
+        (rows[0].1.as_str(), rows[0].2, rows[0].4),
+        ("cancelled", None, true),
+        "claimed, so the downstream is told in case the dispatch raced the pause"
+    );
+    assert_eq!(
+        rows[0].3.as_deref(),
+        Some("cancelled: its trigger was paused before its scheduled time")
+    );
+    assert_eq!(
+        store.claims_held(&[task.claim()]).await.expect("held"),
+        vec![false]
+    );
+}
+
+#[sqlx::test(migrator = "pacer_store::MIGRATOR")]
+async fn a_job_pause_standby_and_trigger_delete_withdraw_only_tasks_not_yet_due(pool: PgPool) {
+    let store = Store::new(pool.clone());
+    let term = store
+        .acquire_lease("a", 60_000, false)
+        .await
+        .expect("lease")
+        .expect("held")
+        .term;
+    let paused = job(&store, "paused", json!({})).await;
+    let standby = job(&store, "standby", json!({})).await;
+    let deleted = job(&store, "deleted", json!({})).await;
+    once_in(&store, &paused, -1).await;
+    once_in(&store, &paused, 30).await;
+    once_in(&store, &standby, 30).await;
+    let (gone, _) = once_in(&store, &deleted, 30).await;
+    let Fired::Done { tasks, .. } = store
+        .fire_due("a", term, 100, Span::from_secs(60))
+        .await
+        .expect("fire")
+    else {
+        panic!("the leader fires");
+    };
+    assert_eq!(tasks, 4);
+
+    store
+        .set_job_paused(&paused, true, &[])
+        .await
+        .expect("pause job");
+    let rows = fired_tasks(&pool, "paused").await;
+    let states: Vec<(&str, Option<&str>, bool)> = rows
+        .iter()
+        .map(|r| (r.1.as_str(), r.3.as_deref(), r.4))
+        .collect();
+    assert_eq!(
+        states,
+        vec![
+            ("pending", None, false),
+            (
+                "cancelled",
+                Some("cancelled: its job was paused before its scheduled time"),
+                false
+            ),
+        ],
+        "the task already due stands; the one ahead, never claimed, is withdrawn without notice"
+    );
+
+    store.delete_trigger(&deleted, gone).await.expect("delete");
+    let rows = fired_tasks(&pool, "deleted").await;
+    assert_eq!(
+        (rows[0].1.as_str(), rows[0].3.as_deref()),
+        (
+            "cancelled",
+            Some("cancelled: its trigger was deleted before its scheduled time")
+        )
+    );
+    assert_eq!(
+        count(&pool, "select count(*) from triggers").await,
+        3,
+        "the delete went ahead"
+    );
+
+    store.set_scheduler_paused(true).await.expect("standby");
+    store.set_scheduler_paused(false).await.expect("resume");
+    let rows = fired_tasks(&pool, "standby").await;
+    assert_eq!(
+        (rows[0].1.as_str(), rows[0].3.as_deref()),
+        (
+            "cancelled",
+            Some("cancelled: the scheduler entered standby before its scheduled time")
+        )
+    );
+    let events = count(
+        &pool,
+        "select count(*) from events where kind = 'task.state' and data->>'state' = 'cancelled'",
+    )
+    .await;
+    assert_eq!(events, 3, "each withdrawal is in the event log");
 }

@@ -175,6 +175,8 @@ pub(crate) struct Measured {
     pub(crate) undispatched: u64,
     /// Dispatches beyond the first of a task (at-least-once re-sends).
     pub(crate) repeated_dispatches: u64,
+    /// Tasks whose first dispatch arrived before their scheduled time.
+    pub(crate) early: u64,
     pub(crate) raw: Value,
 }
 
@@ -247,6 +249,7 @@ impl Measured {
                 None => undispatched += 1,
             }
         }
+        let early = dispatched_ms.iter().filter(|ms| **ms < 0.0).count();
         let per_second: Vec<Value> = per_second
             .into_iter()
             .map(|(second, samples)| {
@@ -272,6 +275,7 @@ impl Measured {
             occurrences,
             undispatched,
             repeated_dispatches: repeated,
+            early: u64::try_from(early).unwrap_or(u64::MAX),
             raw,
         })
     }
@@ -325,6 +329,12 @@ impl Measured {
             });
         }
         report.rows.push(Row::check(
+            "dispatched before the scheduled time",
+            self.early.to_string(),
+            "0",
+            self.early == 0,
+        ));
+        report.rows.push(Row::check(
             "tasks never dispatched (30 s wait)",
             self.undispatched.to_string(),
             "0",
@@ -337,6 +347,7 @@ impl Measured {
         report.require_zero("missing occurrences", o.missing);
         report.require_zero("duplicate occurrences", o.duplicates);
         report.require_zero("tasks never dispatched", self.undispatched);
+        report.require_zero("tasks dispatched early", self.early);
         report.results = json!({
             "window": {"first": self.first.to_rfc3339(), "last": self.last.to_rfc3339(), "seconds": seconds},
             "occurrences": o.expected,
@@ -347,6 +358,7 @@ impl Measured {
             "duplicates": o.duplicates,
             "undispatched": self.undispatched,
             "repeated_dispatches": self.repeated_dispatches,
+            "dispatched_early": self.early,
             "created_minus_scheduled_ms": json_of(self.created),
             "dispatched_minus_scheduled_ms": json_of(self.dispatched),
         });

@@ -150,8 +150,15 @@ pub(crate) async fn run(bench: &Bench, args: &OneshotArgs) -> Result<Report> {
                 ));
             }
             report.rows.push(Row::info(
-                "earliest (negative = fired early)",
+                "earliest creation (negative = fired ahead)",
                 created.map_or_else(|| "—".to_owned(), |d| format!("{} ms", round(d.min))),
+            ));
+            let early = dispatched_ms.iter().filter(|ms| **ms < 0.0).count() as u64;
+            report.rows.push(Row::check(
+                "dispatched before the instant",
+                early.to_string(),
+                "0",
+                early == 0,
             ));
             report.rows.push(Row::check(
                 "tasks never dispatched (30 s wait)",
@@ -163,6 +170,7 @@ pub(crate) async fn run(bench: &Bench, args: &OneshotArgs) -> Result<Report> {
             report.require_zero("missing occurrences", missing);
             report.require_zero("duplicate occurrences", duplicates);
             report.require_zero("tasks never dispatched", undispatched);
+            report.require_zero("tasks dispatched early", early);
             if created_late > 0 {
                 report.notes.push(format!(
                     "{created_late} triggers were created after their instant; raise --lead"
@@ -174,6 +182,7 @@ pub(crate) async fn run(bench: &Bench, args: &OneshotArgs) -> Result<Report> {
                 "duplicates": duplicates,
                 "skipped": skips,
                 "undispatched": undispatched,
+                "dispatched_early": early,
                 "created_minus_at_ms": json_of(created),
                 "dispatched_minus_at_ms": json_of(dispatched),
                 "cpu": cpu,

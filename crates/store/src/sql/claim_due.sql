@@ -3,12 +3,19 @@
 -- waiting, so two nodes never take the same task. A task whose previous claim's lease ran out
 -- (its node vanished mid-dispatch) is due again by construction, because the claim moved
 -- `next_dispatch_at` to the lease expiry; the lost dispatch is recorded as `abandoned`.
--- The new lease is the job's dispatch timeout plus a margin ($3 ms), on the database clock.
+-- A task never dispatched and due within $4 ms is claimed ahead: the node holds it and
+-- dispatches it at `dispatch_in_ms`, so that the claim's round trip is not part of its lateness.
+-- A task dispatched before, or queued behind another, is claimed only when due.
+-- The new lease is the job's dispatch timeout plus a margin ($3 ms) from the dispatch's time, on
+-- the database clock.
 with due as (
     select t.id, t.claim_token as old_token, t.claimed_by as old_node,
-           t.claimed_at as old_claimed_at, t.attempt as old_attempt
+           t.claimed_at as old_claimed_at, t.attempt as old_attempt,
+           greatest(t.next_dispatch_at, now()) as dispatch_at
     from tasks t
-    where t.next_dispatch_at <= now()
+    where t.next_dispatch_at <= now() + $4::bigint * interval '1 millisecond'
+      and (t.next_dispatch_at <= now()
+           or (t.attempt = 0 and t.claim_token is null and t.waits_for is null))
     order by t.next_dispatch_at
     limit $2
     for update of t skip locked
@@ -25,23 +32,26 @@ claimed as (
     update tasks t set
         claim_token = gen_random_uuid(),
         claimed_by = $1,
-        claimed_at = now(),
+        claimed_at = due.dispatch_at,
         attempt = t.attempt + case when t.timeout_at <= now() then 0 else 1 end,
-        started_at = case when t.timeout_at <= now() then t.started_at else coalesce(t.started_at, now()) end,
-        next_dispatch_at = now() + (j.dispatch_timeout_ms + $3::bigint) * interval '1 millisecond',
+        started_at = case when t.timeout_at <= now() then t.started_at
+                          else coalesce(t.started_at, due.dispatch_at) end,
+        next_dispatch_at = due.dispatch_at + (j.dispatch_timeout_ms + $3::bigint) * interval '1 millisecond',
         updated_at = now()
     from due, jobs j
     where t.id = due.id and j.id = t.job_id
     returning t.id, t.claim_token, t.job_id, t.job_name, j.version as job_version, j.spec,
               t.state, t.attempt, t.consecutive_failures, t.payload,
               coalesce(t.scheduled_at, t.due_at) as scheduled_at, t.deadline_at,
-              t.timeout_at, t.claimed_at, t.timeout_at <= now() as timed_out, t.trace_context
+              t.timeout_at, t.claimed_at, t.timeout_at <= now() as timed_out, t.trace_context,
+              (extract(epoch from due.dispatch_at - now()) * 1000)::bigint as dispatch_in_ms
 )
 select c.id as "id!", c.claim_token as "claim_token!", c.job_name as "job_name!",
        c.job_version as "job_version!", c.spec as "spec!: Json<JobSpec>", c.state as "state!",
        c.attempt as "attempt!", c.consecutive_failures as "consecutive_failures!",
        c.payload as "payload!", c.scheduled_at as "scheduled_at!", c.deadline_at, c.timeout_at as "timeout_at!",
        c.claimed_at as "claimed_at!", c.timed_out as "timed_out!", c.trace_context,
+       c.dispatch_in_ms as "dispatch_in_ms!",
        (select max(s.started_at) from tasks s
         where s.job_id = c.job_id and s.state = 'completed') as last_success_at
 from claimed c
