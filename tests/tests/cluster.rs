@@ -930,3 +930,104 @@ async fn a_leader_that_shuts_down_resigns_and_its_follower_takes_over_at_once() 
         "resignation: lateness in [{from}, {to}] p50 {p50:.0} ms, p99 {p99:.0} ms, max {max:.0} ms"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_occurrence_fired_ahead_is_dispatched_at_its_time_and_a_pause_withdraws_it() {
+    let db = TestDb::create().await;
+    let downstream = FakeDownstream::start(|_| Reply::status(200)).await;
+    // A wide window, so the test does not depend on how quickly a loaded machine fires.
+    let node = PacerProcess::start_with(
+        db.url(),
+        node("ahead").env("PACER_CLUSTER__FIRE_AHEAD", "6s"),
+    )
+    .await;
+    let api = node.api();
+    for name in ["kept", "paused"] {
+        api.put_job(
+            name,
+            &json!({ "target": { "url": downstream.url(&format!("/{name}")) }, "expect_callback": false }),
+        )
+        .await;
+    }
+    let now = db_now(&db).await;
+    let at = DateTime::from_timestamp_millis(now.timestamp_millis() + 9_000).expect("an instant");
+    for name in ["kept", "paused"] {
+        api.request(
+            Method::POST,
+            &format!("/api/v1/jobs/{name}/triggers"),
+            Some(&json!({ "kind": "once", "at": at })),
+            &[],
+        )
+        .await
+        .expect_status(201);
+    }
+
+    // Both occurrences become tasks well before their time, due at it.
+    let created: Vec<(String, DateTime<Utc>, DateTime<Utc>, DateTime<Utc>)> =
+        wait_until("both occurrences to be fired ahead", SETTLE, || async {
+            let rows: Vec<(String, DateTime<Utc>, DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
+                "select job_name, created_at, due_at, scheduled_at from tasks order by job_name",
+            )
+            .fetch_all(db.pool())
+            .await
+            .expect("the tasks are readable");
+            (rows.len() == 2).then_some(rows)
+        })
+        .await;
+    for (job, created_at, due_at, scheduled_at) in &created {
+        assert!(
+            created_at < scheduled_at,
+            "{job} was fired ahead: {created:?}"
+        );
+        assert_eq!((due_at, scheduled_at), (&at, &at), "{job}");
+    }
+    // Pausing a job before its time withdraws its task, even one a node holds ready.
+    api.request(Method::POST, "/api/v1/jobs/paused/pause", None, &[])
+        .await
+        .expect_status(200);
+    assert!(
+        db_now(&db).await < at,
+        "the pause came before the occurrence's time"
+    );
+
+    let kept = wait_until("the kept task to be dispatched", SETTLE, || async {
+        downstream
+            .requests()
+            .into_iter()
+            .find(|r| r.path == "/kept")
+    })
+    .await;
+    assert!(
+        kept.received_at >= at,
+        "dispatched at {} for an occurrence at {at}: never before its time",
+        kept.received_at
+    );
+    let states: Vec<(String, String, i64)> = wait_until("both tasks to end", SETTLE, || async {
+        let rows: Vec<(String, String, i64)> = sqlx::query_as(
+            "select t.job_name, t.state,
+                    (select count(*) from task_attempts a where a.task_id = t.id)
+             from tasks t where t.state in ('completed', 'cancelled') order by t.job_name",
+        )
+        .fetch_all(db.pool())
+        .await
+        .expect("the tasks are readable");
+        (rows.len() == 2).then_some(rows)
+    })
+    .await;
+    assert_eq!(
+        states,
+        vec![
+            ("kept".to_owned(), "completed".to_owned(), 1),
+            ("paused".to_owned(), "cancelled".to_owned(), 0),
+        ]
+    );
+    // A cancel notice (DELETE) may follow, when a node had claimed the task ahead.
+    assert!(
+        downstream
+            .requests()
+            .iter()
+            .all(|r| !(r.path == "/paused" && r.method == "POST")),
+        "the withdrawn task was never dispatched: {:?}",
+        downstream.requests()
+    );
+}

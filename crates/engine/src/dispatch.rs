@@ -91,6 +91,8 @@ pub struct DispatchConfig {
     pub drain_timeout: Span,
     /// How far ahead of its time a task never dispatched is claimed; `0s` claims when due.
     pub claim_ahead: Span,
+    /// Most tasks claimed ahead that wait for their time without holding a dispatch permit.
+    pub max_waiting: usize,
     /// The most of a response body read (to look for a status report).
     pub max_response_bytes: usize,
 }
@@ -114,6 +116,9 @@ struct Attempts {
     recorder: Recorder,
     held: Batcher<HeldClaims>,
     in_flight: InFlight,
+    /// Slots for tasks claimed ahead, so that waiting for their time does not hold a dispatch
+    /// permit.
+    waiting: Arc<Semaphore>,
 }
 
 /// What one look for due work found.
@@ -174,6 +179,7 @@ impl Dispatcher {
             recorder,
             held,
             in_flight: Arc::default(),
+            waiting: Arc::new(Semaphore::new(self.config.max_waiting)),
         };
         let mut running = JoinSet::new();
         let poll = self.config.poll_interval.as_duration();
@@ -291,14 +297,10 @@ impl Dispatcher {
             in_flight: attempts.in_flight.clone(),
             recorder: attempts.recorder.clone(),
             held: attempts.held.clone(),
+            permits: self.permits.clone(),
+            waiting: attempts.waiting.clone(),
         };
-        running.spawn(
-            async move {
-                attempt.run(task, due).await;
-                drop(permit);
-            }
-            .instrument(span),
-        );
+        running.spawn(attempt.run(task, due, permit).instrument(span));
     }
 
     async fn drain(mut self, mut running: JoinSet<()>, in_flight: InFlight) -> Result<()> {
@@ -378,11 +380,14 @@ struct Attempt {
     in_flight: InFlight,
     recorder: Recorder,
     held: Batcher<HeldClaims>,
+    permits: Arc<Semaphore>,
+    waiting: Arc<Semaphore>,
 }
 
 impl Attempt {
-    /// Dispatches `task` at `due` (now, unless it was claimed ahead) and records the outcome.
-    async fn run(self, task: ClaimedTask, due: Instant) {
+    /// Dispatches `task` at `due` (now, unless it was claimed ahead) and records the outcome,
+    /// holding `permit` while it sends.
+    async fn run(self, task: ClaimedTask, due: Instant, permit: OwnedSemaphorePermit) {
         if task.timed_out {
             match self.store.fail_timed_out(&task).await {
                 Ok(true) => tracing::info!("task timed out"),
@@ -396,10 +401,10 @@ impl Attempt {
         }
         // Everything but the sending is done before the task's time.
         let prepared = self.prepare(&task);
-        if !self.until_due(&task, due).await {
+        let Some(_permit) = self.until_due(&task, due, permit).await else {
             self.forget(&task);
             return;
-        }
+        };
         let started = Instant::now();
         let outcome = match prepared {
             Ok(prepared) => self.send(&task, prepared).await,
@@ -469,9 +474,24 @@ impl Attempt {
         );
     }
 
-    /// Waits until `due`. A task claimed ahead has its claim checked shortly before: false when
-    /// it was taken away meanwhile, and the task must not be dispatched.
-    async fn until_due(&self, task: &ClaimedTask, due: Instant) -> bool {
+    /// Waits until `due`, and returns the dispatch permit to send with. A task claimed ahead
+    /// waits in a waiting slot when one is free, giving its permit back meanwhile, and has its
+    /// claim checked shortly before its time: `None` when it was taken away, and the task must
+    /// not be dispatched.
+    async fn until_due(
+        &self,
+        task: &ClaimedTask,
+        due: Instant,
+        permit: OwnedSemaphorePermit,
+    ) -> Option<OwnedSemaphorePermit> {
+        if due <= Instant::now() {
+            return Some(permit);
+        }
+        let mut permit = Some(permit);
+        let slot = self.waiting.clone().try_acquire_owned().ok();
+        if slot.is_some() {
+            permit = None;
+        }
         if let Some(check_at) = due.checked_sub(CHECK_BEFORE_DUE)
             && check_at > Instant::now()
         {
@@ -480,14 +500,18 @@ impl Attempt {
                 Ok(true) => {}
                 Ok(false) => {
                     tracing::info!("the task was withdrawn before its time; not dispatched");
-                    return false;
+                    return None;
                 }
                 // The outcome's write is fenced by the claim either way.
                 Err(error) => tracing::warn!(%error, "checking a claim taken ahead failed"),
             }
         }
         tokio::time::sleep_until(due).await;
-        true
+        match permit {
+            Some(permit) => Some(permit),
+            // The semaphore is never closed.
+            None => self.permits.clone().acquire_owned().await.ok(),
+        }
     }
 
     fn forget(&self, task: &ClaimedTask) {

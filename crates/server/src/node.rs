@@ -221,6 +221,7 @@ impl Node {
                 lease_margin: settings.lease_margin,
                 drain_timeout: settings.drain_timeout,
                 claim_ahead: self.config.cluster.fire_ahead,
+                max_waiting: settings.concurrency,
                 max_response_bytes: 64 * 1024,
             },
             self.store.clone(),
