@@ -185,6 +185,7 @@ impl Dispatcher {
         let poll = self.config.poll_interval.as_duration();
         let mut look_at = Instant::now();
         let mut saturated = false;
+        let permits = self.permits.clone();
         loop {
             if !saturated && Instant::now() >= look_at {
                 match self.claim(&mut running, &attempts).await {
@@ -205,6 +206,8 @@ impl Dispatcher {
                 }
                 () = wakeups.next() => look_at = Instant::now(),
                 Some(_) = running.join_next() => saturated = false,
+                // A dispatch gives its permit back when answered, before its outcome is written.
+                Ok(_) = permits.acquire(), if saturated => saturated = false,
                 () = tokio::time::sleep_until(look_at), if !saturated => {}
             }
         }
@@ -386,7 +389,7 @@ struct Attempt {
 
 impl Attempt {
     /// Dispatches `task` at `due` (now, unless it was claimed ahead) and records the outcome,
-    /// holding `permit` while it sends.
+    /// holding `permit` until the downstream has answered.
     async fn run(self, task: ClaimedTask, due: Instant, permit: OwnedSemaphorePermit) {
         if task.timed_out {
             match self.store.fail_timed_out(&task).await {
@@ -401,7 +404,7 @@ impl Attempt {
         }
         // Everything but the sending is done before the task's time.
         let prepared = self.prepare(&task);
-        let Some(_permit) = self.until_due(&task, due, permit).await else {
+        let Some(permit) = self.until_due(&task, due, permit).await else {
             self.forget(&task);
             return;
         };
@@ -411,6 +414,8 @@ impl Attempt {
             Err(unsent) => unsent,
         };
         let latency = started.elapsed();
+        // The permit bounds requests in flight to downstreams; writing the outcome is not one.
+        drop(permit);
         let decision = after_dispatch(
             task.state,
             u32::try_from(task.consecutive_failures).unwrap_or_default(),
