@@ -931,6 +931,9 @@ async fn a_leader_that_shuts_down_resigns_and_its_follower_takes_over_at_once() 
     );
 }
 
+/// A task's job, created_at, due_at and scheduled_at.
+type FiredTask = (String, DateTime<Utc>, DateTime<Utc>, DateTime<Utc>);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_occurrence_fired_ahead_is_dispatched_at_its_time_and_a_pause_withdraws_it() {
     let db = TestDb::create().await;
@@ -963,9 +966,9 @@ async fn an_occurrence_fired_ahead_is_dispatched_at_its_time_and_a_pause_withdra
     }
 
     // Both occurrences become tasks well before their time, due at it.
-    let created: Vec<(String, DateTime<Utc>, DateTime<Utc>, DateTime<Utc>)> =
+    let created: Vec<FiredTask> =
         wait_until("both occurrences to be fired ahead", SETTLE, || async {
-            let rows: Vec<(String, DateTime<Utc>, DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
+            let rows: Vec<FiredTask> = sqlx::query_as(
                 "select job_name, created_at, due_at, scheduled_at from tasks order by job_name",
             )
             .fetch_all(db.pool())

@@ -300,12 +300,19 @@ impl Store {
     /// is open.
     pub async fn next_due_in(&self, ahead: Span) -> Result<Option<Duration>> {
         let seconds = sqlx::query_scalar!(
-            r#"select extract(epoch from least(
-                   (select min(next_dispatch_at) from tasks where next_dispatch_at is not null),
-                   (select next_dispatch_at - $1::bigint * interval '1 millisecond' from tasks
-                    where next_dispatch_at is not null
-                      and attempt = 0 and claim_token is null and waits_for is null
-                    order by next_dispatch_at limit 1)
+            // Only a task due within `ahead` of the earliest can change the answer, so the
+            // look for one claimable ahead stops there instead of passing every claimed task.
+            r#"with first as (
+                   select min(next_dispatch_at) as at from tasks where next_dispatch_at is not null
+               )
+               select extract(epoch from least(
+                   (select at from first),
+                   (select t.next_dispatch_at - $1::bigint * interval '1 millisecond'
+                    from tasks t, first
+                    where t.next_dispatch_at is not null
+                      and t.next_dispatch_at < first.at + $1::bigint * interval '1 millisecond'
+                      and t.attempt = 0 and t.claim_token is null and t.waits_for is null
+                    order by t.next_dispatch_at limit 1)
                ) - now())::float8 as seconds"#,
             ahead.as_millis(),
         )
