@@ -54,6 +54,22 @@ impl BatchWrite for HeldClaims {
     }
 }
 
+/// The write behind the [`Batcher`] that hands back, on shutdown, claims taken ahead and not
+/// yet sent.
+struct Unsent {
+    store: Store,
+}
+
+impl BatchWrite for Unsent {
+    type Item = ReleasedClaim;
+    /// Whether the claim was still held and is handed back.
+    type Output = bool;
+
+    async fn write(&self, items: &[ReleasedClaim]) -> pacer_store::Result<Vec<bool>> {
+        self.store.unclaim_unsent(items).await
+    }
+}
+
 /// The write behind the outcome [`Batcher`].
 struct Outcomes {
     store: Store,
@@ -115,6 +131,9 @@ type InFlight = Arc<Mutex<HashMap<TaskId, ReleasedClaim>>>;
 struct Attempts {
     recorder: Recorder,
     held: Batcher<HeldClaims>,
+    unsent: Batcher<Unsent>,
+    /// The dispatcher's shutdown: tasks still waiting for their time are handed back.
+    stop: CancellationToken,
     in_flight: InFlight,
     /// Slots for tasks claimed ahead, so that waiting for their time does not hold a dispatch
     /// permit.
@@ -175,9 +194,18 @@ impl Dispatcher {
             OUTCOME_BATCH,
             1,
         );
+        let unsent = Batcher::start(
+            Unsent {
+                store: self.store.clone(),
+            },
+            OUTCOME_BATCH,
+            1,
+        );
         let attempts = Attempts {
             recorder,
             held,
+            unsent,
+            stop: shutdown.clone(),
             in_flight: Arc::default(),
             waiting: Arc::new(Semaphore::new(self.config.max_waiting)),
         };
@@ -300,6 +328,8 @@ impl Dispatcher {
             in_flight: attempts.in_flight.clone(),
             recorder: attempts.recorder.clone(),
             held: attempts.held.clone(),
+            unsent: attempts.unsent.clone(),
+            stop: attempts.stop.clone(),
             permits: self.permits.clone(),
             waiting: attempts.waiting.clone(),
         };
@@ -383,6 +413,8 @@ struct Attempt {
     in_flight: InFlight,
     recorder: Recorder,
     held: Batcher<HeldClaims>,
+    unsent: Batcher<Unsent>,
+    stop: CancellationToken,
     permits: Arc<Semaphore>,
     waiting: Arc<Semaphore>,
 }
@@ -497,21 +529,39 @@ impl Attempt {
         if slot.is_some() {
             permit = None;
         }
-        if let Some(check_at) = due.checked_sub(CHECK_BEFORE_DUE)
-            && check_at > Instant::now()
-        {
-            tokio::time::sleep_until(check_at).await;
-            match self.held.submit(task.claim()).await {
-                Ok(true) => {}
-                Ok(false) => {
-                    tracing::info!("the task was withdrawn before its time; not dispatched");
-                    return None;
+        let wait = async {
+            if let Some(check_at) = due.checked_sub(CHECK_BEFORE_DUE)
+                && check_at > Instant::now()
+            {
+                tokio::time::sleep_until(check_at).await;
+                match self.held.submit(task.claim()).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::info!("the task was withdrawn before its time; not dispatched");
+                        return false;
+                    }
+                    // The outcome's write is fenced by the claim either way.
+                    Err(error) => tracing::warn!(%error, "checking a claim taken ahead failed"),
                 }
-                // The outcome's write is fenced by the claim either way.
-                Err(error) => tracing::warn!(%error, "checking a claim taken ahead failed"),
+            }
+            tokio::time::sleep_until(due).await;
+            true
+        };
+        tokio::select! {
+            proceed = wait => if !proceed {
+                return None;
+            },
+            // A node shutting down hands back what it has not sent, due at its time, for another
+            // node to claim ahead and send; sending it here as well would make it twice.
+            () = self.stop.cancelled() => {
+                match self.unsent.submit(task.claim()).await {
+                    Ok(true) => tracing::info!("handed back a task not yet due"),
+                    Ok(false) => {}
+                    Err(error) => tracing::warn!(%error, "handing back a task not yet due failed; it is swept at its time"),
+                }
+                return None;
             }
         }
-        tokio::time::sleep_until(due).await;
         match permit {
             Some(permit) => Some(permit),
             // The semaphore is never closed.

@@ -278,6 +278,31 @@ impl Store {
         Ok(u64::try_from(released).unwrap_or_default())
     }
 
+    /// Hands back claims taken ahead whose dispatch was never sent (the node is shutting down):
+    /// each task is as it was before the claim, due at its time, for any node to claim ahead
+    /// again. Element `i` is false when claim `i` was no longer held.
+    pub async fn unclaim_unsent(&self, claims: &[ReleasedClaim]) -> Result<Vec<bool>> {
+        let ids: Vec<Uuid> = claims.iter().map(|c| c.id.as_uuid()).collect();
+        let tokens: Vec<Uuid> = claims.iter().map(|c| c.claim_token).collect();
+        let handed: Vec<Uuid> = sqlx::query_scalar!(
+            r#"with handed as (
+                   update tasks t set claim_token = null, claimed_by = null, claimed_at = null,
+                       attempt = t.attempt - 1, started_at = null,
+                       next_dispatch_at = t.claimed_at, updated_at = now()
+                   from unnest($1::uuid[], $2::uuid[]) as c(id, token)
+                   where t.id = c.id and t.claim_token = c.token and t.attempt = 1
+                   returning t.id
+               )
+               select h.id as "id!" from handed h, lateral (select pg_notify($3, '')) n"#,
+            &ids,
+            &tokens,
+            TASKS_DUE_CHANNEL,
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(ids.iter().map(|id| handed.contains(id)).collect())
+    }
+
     /// Which of `claims` are still held: element `i` is false when claim `i` was taken away
     /// (its task was cancelled, ended or handed over) since it was claimed.
     pub async fn claims_held(&self, claims: &[ReleasedClaim]) -> Result<Vec<bool>> {

@@ -666,6 +666,33 @@ async fn occurrences_that_may_overlap_fire_and_are_claimed_ahead_and_a_pause_wit
         "a claim taken ahead is held like any other"
     );
 
+    // A node shutting down hands back what it has not sent: as before the claim, due at its time.
+    assert_eq!(
+        store
+            .unclaim_unsent(&[task.claim()])
+            .await
+            .expect("hand back"),
+        vec![true]
+    );
+    let (attempt, token, next): (i32, Option<uuid::Uuid>, Option<DateTime<Utc>>) =
+        sqlx::query_as("select attempt, claim_token, next_dispatch_at from tasks")
+            .fetch_one(&pool)
+            .await
+            .expect("task");
+    assert_eq!((attempt, token, next), (0, None, Some(at)));
+    assert_eq!(
+        store.unclaim_unsent(&[task.claim()]).await.expect("again"),
+        vec![false],
+        "a claim no longer held is left alone"
+    );
+    let claimed = store
+        .claim_due("n", 10, margin, ahead)
+        .await
+        .expect("claimed ahead again");
+    assert_eq!(claimed.len(), 1);
+    let task = &claimed[0];
+    assert_eq!((task.claimed_at, task.attempt), (at, 1));
+
     // The claimer stops: the sweep makes its claim due again at the task's time, not at once.
     store
         .heartbeat("n", "http://n", "test")
