@@ -38,35 +38,24 @@ type Recorder = Batcher<Outcomes>;
 /// meanwhile (cancelled, or its trigger paused) is not dispatched.
 const CHECK_BEFORE_DUE: Duration = Duration::from_millis(100);
 
-/// The look behind the claim-check [`Batcher`]: every check that arrives while one is being
+/// What is done, in batches, with claims taken ahead and not yet sent: checking them shortly
+/// before their time (whether each is still held), or handing them back on shutdown (whether
+/// each was still held and is handed back). Every request that arrives while one batch is being
 /// made joins the next.
-struct HeldClaims {
-    store: Store,
-}
-
-impl BatchWrite for HeldClaims {
-    type Item = ReleasedClaim;
-    /// Whether the claim is still held.
-    type Output = bool;
-
-    async fn write(&self, items: &[ReleasedClaim]) -> pacer_store::Result<Vec<bool>> {
-        self.store.claims_held(items).await
-    }
-}
-
-/// The write behind the [`Batcher`] that hands back, on shutdown, claims taken ahead and not
-/// yet sent.
-struct Unsent {
-    store: Store,
+enum Unsent {
+    Check(Store),
+    HandBack(Store),
 }
 
 impl BatchWrite for Unsent {
     type Item = ReleasedClaim;
-    /// Whether the claim was still held and is handed back.
     type Output = bool;
 
     async fn write(&self, items: &[ReleasedClaim]) -> pacer_store::Result<Vec<bool>> {
-        self.store.unclaim_unsent(items).await
+        match self {
+            Self::Check(store) => store.claims_held(items).await,
+            Self::HandBack(store) => store.unclaim_unsent(items).await,
+        }
     }
 }
 
@@ -130,7 +119,7 @@ type InFlight = Arc<Mutex<HashMap<TaskId, ReleasedClaim>>>;
 /// What every attempt of this dispatcher shares.
 struct Attempts {
     recorder: Recorder,
-    held: Batcher<HeldClaims>,
+    held: Batcher<Unsent>,
     unsent: Batcher<Unsent>,
     /// The dispatcher's shutdown: tasks still waiting for their time are handed back.
     stop: CancellationToken,
@@ -187,20 +176,8 @@ impl Dispatcher {
             store: self.store.clone(),
         };
         let recorder = Batcher::start(outcomes, OUTCOME_BATCH, 1);
-        let held = Batcher::start(
-            HeldClaims {
-                store: self.store.clone(),
-            },
-            OUTCOME_BATCH,
-            1,
-        );
-        let unsent = Batcher::start(
-            Unsent {
-                store: self.store.clone(),
-            },
-            OUTCOME_BATCH,
-            1,
-        );
+        let held = Batcher::start(Unsent::Check(self.store.clone()), OUTCOME_BATCH, 1);
+        let unsent = Batcher::start(Unsent::HandBack(self.store.clone()), OUTCOME_BATCH, 1);
         let attempts = Attempts {
             recorder,
             held,
@@ -412,7 +389,7 @@ struct Attempt {
     config: DispatchConfig,
     in_flight: InFlight,
     recorder: Recorder,
-    held: Batcher<HeldClaims>,
+    held: Batcher<Unsent>,
     unsent: Batcher<Unsent>,
     stop: CancellationToken,
     permits: Arc<Semaphore>,

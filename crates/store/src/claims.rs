@@ -77,6 +77,14 @@ impl ClaimedTask {
     }
 }
 
+/// The task ids and claim tokens of `claims`, one vector each for `unnest`.
+fn ids_and_tokens(claims: &[ReleasedClaim]) -> (Vec<Uuid>, Vec<Uuid>) {
+    claims
+        .iter()
+        .map(|c| (c.id.as_uuid(), c.claim_token))
+        .unzip()
+}
+
 impl Store {
     /// Claims up to `limit` due tasks for `node`, and tasks never dispatched that are due
     /// within `ahead` (see [`ClaimedTask::dispatch_in`]). Each claim's lease is the job's
@@ -240,8 +248,7 @@ impl Store {
         if claims.is_empty() {
             return Ok(0);
         }
-        let ids: Vec<Uuid> = claims.iter().map(|c| c.id.as_uuid()).collect();
-        let tokens: Vec<Uuid> = claims.iter().map(|c| c.claim_token).collect();
+        let (ids, tokens) = ids_and_tokens(claims);
         let attempts: Vec<i32> = claims.iter().map(|c| c.attempt).collect();
         let started: Vec<DateTime<Utc>> = claims.iter().map(|c| c.claimed_at).collect();
         let released = sqlx::query_scalar!(
@@ -282,8 +289,7 @@ impl Store {
     /// each task is as it was before the claim, due at its time, for any node to claim ahead
     /// again. Element `i` is false when claim `i` was no longer held.
     pub async fn unclaim_unsent(&self, claims: &[ReleasedClaim]) -> Result<Vec<bool>> {
-        let ids: Vec<Uuid> = claims.iter().map(|c| c.id.as_uuid()).collect();
-        let tokens: Vec<Uuid> = claims.iter().map(|c| c.claim_token).collect();
+        let (ids, tokens) = ids_and_tokens(claims);
         let handed: Vec<Uuid> = sqlx::query_scalar!(
             r#"with handed as (
                    update tasks t set claim_token = null, claimed_by = null, claimed_at = null,
@@ -306,8 +312,7 @@ impl Store {
     /// Which of `claims` are still held: element `i` is false when claim `i` was taken away
     /// (its task was cancelled, ended or handed over) since it was claimed.
     pub async fn claims_held(&self, claims: &[ReleasedClaim]) -> Result<Vec<bool>> {
-        let ids: Vec<Uuid> = claims.iter().map(|c| c.id.as_uuid()).collect();
-        let tokens: Vec<Uuid> = claims.iter().map(|c| c.claim_token).collect();
+        let (ids, tokens) = ids_and_tokens(claims);
         Ok(sqlx::query_scalar!(
             r#"select exists (select 1 from tasks t
                               where t.id = c.id and t.claim_token = c.token) as "held!"

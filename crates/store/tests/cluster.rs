@@ -46,6 +46,16 @@ async fn count(pool: &PgPool, sql: &'static str) -> i64 {
         .expect("count")
 }
 
+/// Takes the lease as node "a" and returns its term.
+async fn lead(store: &Store) -> i64 {
+    store
+        .acquire_lease("a", 60_000, false)
+        .await
+        .expect("lease")
+        .expect("held")
+        .term
+}
+
 /// Whole seconds `ago` before the database's now.
 async fn seconds_ago(store: &Store, ago: i64) -> DateTime<Utc> {
     let now = store.now().await.expect("now");
@@ -133,12 +143,7 @@ async fn a_fenced_term_fires_nothing_and_occurrences_are_never_doubled(pool: PgP
     );
     assert_eq!(count(&pool, "select count(*) from tasks").await, 0);
 
-    let term = store
-        .acquire_lease("a", 60_000, false)
-        .await
-        .expect("lease")
-        .expect("held")
-        .term;
+    let term = lead(&store).await;
     let Fired::Done {
         triggers: 1,
         tasks,
@@ -221,12 +226,7 @@ async fn a_fenced_term_fires_nothing_and_occurrences_are_never_doubled(pool: PgP
 #[sqlx::test(migrator = "pacer_store::MIGRATOR")]
 async fn missed_occurrences_follow_the_misfire_policy_and_are_recorded(pool: PgPool) {
     let store = Store::new(pool.clone());
-    let term = store
-        .acquire_lease("a", 60_000, false)
-        .await
-        .expect("lease")
-        .expect("held")
-        .term;
+    let term = lead(&store).await;
     let start = seconds_ago(&store, 600).await;
     for (name, policy) in [
         ("skip", "skip"),
@@ -315,12 +315,7 @@ async fn overlap_policies_hold_for_requested_and_fired_tasks(pool: PgPool) {
         .expect("second");
     assert!(matches!(second, CreatedTask::Skipped { open_task: Some(open), .. } if open == first));
 
-    let term = store
-        .acquire_lease("a", 60_000, false)
-        .await
-        .expect("lease")
-        .expect("held")
-        .term;
+    let term = lead(&store).await;
     let now = seconds_ago(&store, 0).await;
     let spec = trigger(json!({ "kind": "interval", "every": "1s", "start_at": now }));
     store
@@ -568,12 +563,7 @@ async fn occurrences_that_may_overlap_fire_and_are_claimed_ahead_and_a_pause_wit
     pool: PgPool,
 ) {
     let store = Store::new(pool.clone());
-    let term = store
-        .acquire_lease("a", 60_000, false)
-        .await
-        .expect("lease")
-        .expect("held")
-        .term;
+    let term = lead(&store).await;
     let ahead = Span::from_secs(60);
     let free = job(&store, "free", json!({})).await;
     let guarded = job(&store, "guarded", json!({ "overlap": "skip" })).await;
@@ -727,12 +717,7 @@ async fn occurrences_that_may_overlap_fire_and_are_claimed_ahead_and_a_pause_wit
 #[sqlx::test(migrator = "pacer_store::MIGRATOR")]
 async fn a_job_pause_standby_and_trigger_delete_withdraw_only_tasks_not_yet_due(pool: PgPool) {
     let store = Store::new(pool.clone());
-    let term = store
-        .acquire_lease("a", 60_000, false)
-        .await
-        .expect("lease")
-        .expect("held")
-        .term;
+    let term = lead(&store).await;
     let paused = job(&store, "paused", json!({})).await;
     let standby = job(&store, "standby", json!({})).await;
     let deleted = job(&store, "deleted", json!({})).await;
