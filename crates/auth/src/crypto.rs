@@ -3,8 +3,8 @@
 //!
 //! jsonwebtoken builds a signer or a verifier from a key's bytes for every token. For Ed25519
 //! that is the dearest part of signing (deriving the public key is a scalar multiplication) and a
-//! good part of verifying (decompressing the public key). A node signs a callback token for every
-//! dispatch and verifies one on every callback, always with the same few keys, so the parsed keys
+//! good part of verifying (decompressing the public key). A node signs outbound JWTs, and checks
+//! callback tokens of the earlier, signed form, always with the same few keys, so the parsed keys
 //! are kept, by their bytes. Every other algorithm goes to the RustCrypto provider unchanged.
 
 use std::collections::HashMap;
@@ -127,10 +127,14 @@ impl JwtVerifier for EdVerifier {
 mod tests {
     use std::time::Duration;
 
+    use jsonwebtoken::jwk::JwkSet;
+    use jsonwebtoken::{Header, Validation};
     use pacer_domain::TaskId;
+    use secrecy::SecretString;
+    use serde_json::{Value, json};
 
     use super::*;
-    use crate::signing::Keyset;
+    use crate::signing::{CALLBACK_AUDIENCE, Keyset, generate_ed25519_pem};
 
     fn kept<K>(kept: &Kept<K>) -> usize {
         kept.0
@@ -142,23 +146,56 @@ mod tests {
 
     #[test]
     fn ed25519_tokens_are_signed_and_verified_with_kept_keys() {
-        let keys = Keyset::generate("pacer");
+        let pem = generate_ed25519_pem();
+        let keys = Keyset::from_pems(
+            "pacer",
+            &[("ed".to_owned(), SecretString::from(pem.clone()))],
+        )
+        .expect("loads");
         let other = Keyset::generate("pacer");
-        let expires = chrono::Utc::now() + chrono::Duration::hours(1);
+        let jwks: JwkSet = serde_json::from_value(keys.jwks()).expect("a JWKS");
+        let public = DecodingKey::from_jwk(&jwks.keys[0]).expect("a decoding key");
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.set_audience(&["https://downstream.example"]);
+        validation.set_issuer(&["pacer"]);
+        // A callback token in the form earlier versions minted, checked with the public key.
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some("ed".to_owned());
+        let private = EncodingKey::from_ed_pem(pem.as_bytes()).expect("a key");
+        let now = chrono::Utc::now().timestamp();
         for _ in 0..3 {
-            let task = TaskId::new();
-            let token = keys.mint_callback_token(task, expires).expect("minted");
-            assert_eq!(
-                keys.verify_callback_token(&token, Duration::from_secs(60)),
-                Ok(task)
-            );
-            // Another key with the same kid would still not verify it: the signature is checked.
-            let forged = other.mint_callback_token(task, expires).expect("minted");
-            let (body, _) = forged.rsplit_once('.').expect("three parts");
-            let (_, signature) = token.rsplit_once('.').expect("three parts");
+            let token = keys
+                .sign_outbound(
+                    "https://downstream.example",
+                    "subject",
+                    Duration::from_secs(60),
+                )
+                .expect("signed");
+            assert!(jsonwebtoken::decode::<Value>(&token, &public, &validation).is_ok());
+            // Another key's signature over the same kind of claims does not verify.
+            let forged = other
+                .sign_outbound(
+                    "https://downstream.example",
+                    "subject",
+                    Duration::from_secs(60),
+                )
+                .expect("signed");
+            let (body, _) = token.rsplit_once('.').expect("three parts");
+            let (_, signature) = forged.rsplit_once('.').expect("three parts");
             assert!(
-                keys.verify_callback_token(&format!("{body}.{signature}"), Duration::from_secs(60))
+                jsonwebtoken::decode::<Value>(format!("{body}.{signature}"), &public, &validation)
                     .is_err()
+            );
+
+            let task = TaskId::new();
+            let claims = json!({
+                "iss": "pacer", "aud": CALLBACK_AUDIENCE, "sub": task.to_string(),
+                "iat": now, "exp": now + 600,
+            });
+            let old = jsonwebtoken::encode(&header, &claims, &private).expect("signed");
+            assert_eq!(
+                keys.verify_callback_token(&old, Duration::from_secs(60)),
+                Ok(task)
             );
         }
         // Each key signs and verifies a probe as it loads; after that, nothing more is parsed.

@@ -28,6 +28,16 @@ pub const SIGNATURE_HEADER: &str = "pacer-signature";
 /// RSA keys shorter than this are refused (NIST SP 800-131A).
 const MIN_RSA_BITS: usize = 2048;
 
+/// The algorithm of the callback tokens Pacer mints, keyed by each key's derived secret.
+const CALLBACK_ALGORITHM: Algorithm = Algorithm::HS256;
+
+/// What a key signs to derive its callback secret. It has no `.`, so it is never the signing
+/// input of a JWT (`header.payload`), the only other thing Pacer signs with the key.
+const CALLBACK_SECRET_MESSAGE: &[u8] = b"pacer callback token key v1";
+
+/// The HMAC key under which that signature is condensed to the callback secret.
+const CALLBACK_SECRET_LABEL: &[u8] = b"pacer callback token hs256 secret v1";
+
 /// Why a key or token was refused. `Display` never includes key material or token text: token
 /// refusals carry fixed reasons only, since everything in a refused token is attacker-chosen.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -59,7 +69,7 @@ pub enum KeyError {
     /// The header's `kid` is missing or names none of these keys.
     #[error("the token names no key of this keyset")]
     UnknownKey,
-    /// The header's `alg` is not the algorithm of the key its `kid` names.
+    /// The header's `alg` is neither HS256 nor the algorithm of the key its `kid` names.
     #[error("the token's algorithm is not its key's")]
     WrongAlgorithm,
     /// The signature does not verify.
@@ -94,6 +104,9 @@ struct SigningKey {
     encoding: EncodingKey,
     /// Built from the published JWK, so what verifies here is what downstreams see.
     decoding: DecodingKey,
+    /// The HS256 secret of callback tokens, from [`callback_secret`], to mint and to verify.
+    callback_encoding: EncodingKey,
+    callback_decoding: DecodingKey,
 }
 
 impl fmt::Debug for Keyset {
@@ -142,7 +155,7 @@ impl Keyset {
     /// Keys from (kid, PEM private key) pairs: Ed25519 (PKCS#8 `PRIVATE KEY`, v1 or v2) signs
     /// EdDSA, RSA of at least 2048 bits (`RSA PRIVATE KEY` or PKCS#8) signs RS256. kids must be
     /// unique and non-empty, and there must be at least one key. Each key signs and verifies a
-    /// probe here, so a key that loads is a key that works.
+    /// probe here, so a key that loads is a key that works, and derives its callback secret.
     pub fn from_pems(issuer: &str, keys: &[(String, SecretString)]) -> Result<Keyset, KeyError> {
         crate::crypto::install();
         if keys.is_empty() {
@@ -203,8 +216,9 @@ impl Keyset {
         self.inner.jwks.clone()
     }
 
-    /// A short-lived JWT for an outbound dispatch, signed by the active key: `iss`, `aud` =
-    /// `audience`, `sub` = `subject`, `iat`, `nbf` = `iat`, `exp` = `iat + ttl`, and a fresh `jti`.
+    /// A short-lived JWT for an outbound dispatch, signed by the active key with its own
+    /// algorithm, so downstreams verify it through the JWKS: `iss`, `aud` = `audience`, `sub` =
+    /// `subject`, `iat`, `nbf` = `iat`, `exp` = `iat + ttl`, and a fresh `jti`.
     pub fn sign_outbound(
         &self,
         audience: &str,
@@ -213,7 +227,7 @@ impl Keyset {
     ) -> Result<String, KeyError> {
         let iat = chrono::Utc::now().timestamp();
         let ttl = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
-        self.sign(&OutboundClaims {
+        self.active().sign(&OutboundClaims {
             iss: &self.inner.issuer,
             aud: audience,
             sub: subject,
@@ -224,14 +238,17 @@ impl Keyset {
         })
     }
 
-    /// A callback token for one task, signed by the active key: `iss`, `aud` =
-    /// [`CALLBACK_AUDIENCE`], `sub` = the task id, `iat`, `exp` = `expires_at`.
+    /// A callback token for one task: an HS256 JWT under the active key's `kid`, keyed by a
+    /// secret every node derives from that private key when it loads, so minting and checking
+    /// one costs a hash rather than a signature. Only Pacer checks it; downstreams hand it back
+    /// as an opaque bearer token. Claims: `iss`, `aud` = [`CALLBACK_AUDIENCE`], `sub` = the task
+    /// id, `iat`, `exp` = `expires_at`.
     pub fn mint_callback_token(
         &self,
         task: TaskId,
         expires_at: chrono::DateTime<chrono::Utc>,
     ) -> Result<String, KeyError> {
-        self.sign(&CallbackClaims {
+        self.active().mac(&CallbackClaims {
             iss: &self.inner.issuer,
             aud: CALLBACK_AUDIENCE,
             sub: task.to_string(),
@@ -241,10 +258,14 @@ impl Keyset {
     }
 
     /// Verifies a callback token and returns the task in its `sub`. The header's `kid` must name
-    /// one of these keys and its `alg` must be that key's algorithm, so a token never chooses
-    /// how it is checked (`none` does not parse, and HS* never matches an asymmetric key). Then
-    /// the signature, `iss`, `aud` = [`CALLBACK_AUDIENCE`], a required `exp` not past, `nbf` if
-    /// present, and a required `iat` not in the future, with `leeway` on the times.
+    /// one of these keys (any of them, so tokens minted before a rotation keep verifying). An
+    /// `alg` of HS256 is checked with that key's derived secret; the key's own algorithm is
+    /// checked with its public key, which is the form earlier versions minted (a token stays
+    /// valid until an hour after its task's timeout, so tokens minted before an upgrade are still
+    /// presented after it). Any other `alg` is refused, so a token never chooses its key: `none`
+    /// does not parse, and HS256 is only ever keyed by the derived secret, never by public key
+    /// bytes. Then the signature, `iss`, `aud` = [`CALLBACK_AUDIENCE`], a required `exp` not past,
+    /// `nbf` if present, and a required `iat` not in the future, with `leeway` on the times.
     pub fn verify_callback_token(&self, token: &str, leeway: Duration) -> Result<TaskId, KeyError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| KeyError::Malformed)?;
         let key = header
@@ -252,12 +273,16 @@ impl Keyset {
             .as_deref()
             .and_then(|kid| self.inner.keys.iter().find(|key| key.kid == kid))
             .ok_or(KeyError::UnknownKey)?;
-        if header.alg != key.algorithm {
+        let (algorithm, decoding) = if header.alg == CALLBACK_ALGORITHM {
+            (CALLBACK_ALGORITHM, &key.callback_decoding)
+        } else if header.alg == key.algorithm {
+            (key.algorithm, &key.decoding)
+        } else {
             return Err(KeyError::WrongAlgorithm);
-        }
+        };
 
         let now = chrono::Utc::now().timestamp();
-        let mut validation = Validation::new(key.algorithm);
+        let mut validation = Validation::new(algorithm);
         // jsonwebtoken computes `now - leeway` in u64, so a leeway beyond the epoch would wrap.
         validation.leeway = leeway.as_secs().min(now.unsigned_abs());
         validation.validate_exp = true;
@@ -265,7 +290,7 @@ impl Keyset {
         validation.set_issuer(&[&self.inner.issuer]);
         validation.set_audience(&[CALLBACK_AUDIENCE]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        let claims = jsonwebtoken::decode::<VerifiedCallback>(token, &key.decoding, &validation)
+        let claims = jsonwebtoken::decode::<VerifiedCallback>(token, decoding, &validation)
             .map_err(|e| refusal(e.kind()))?
             .claims;
 
@@ -283,12 +308,9 @@ impl Keyset {
             .map_err(|_| KeyError::Claims("`sub` is not a task id"))
     }
 
-    fn sign(&self, claims: &impl Serialize) -> Result<String, KeyError> {
-        let key = &self.inner.keys[0];
-        let mut header = Header::new(key.algorithm);
-        header.kid = Some(key.kid.clone());
-        jsonwebtoken::encode(&header, claims, &key.encoding)
-            .map_err(|e| KeyError::Signing(e.to_string()))
+    /// The key that signs.
+    fn active(&self) -> &SigningKey {
+        &self.inner.keys[0]
     }
 }
 
@@ -376,14 +398,67 @@ impl SigningKey {
             ));
         }
 
+        let secret = callback_secret(&encoding, algorithm)
+            .map_err(|e| invalid(format!("it cannot derive a callback secret: {e}")))?;
         let key = SigningKey {
             kid: kid.to_owned(),
             algorithm,
             encoding,
             decoding,
+            callback_encoding: EncodingKey::from_secret(secret.as_ref()),
+            callback_decoding: DecodingKey::from_secret(secret.as_ref()),
         };
         Ok((key, jwk))
     }
+
+    /// A JWT over `claims` under this key's `kid`, signed with the key itself.
+    fn sign(&self, claims: &impl Serialize) -> Result<String, KeyError> {
+        encode(&self.kid, self.algorithm, &self.encoding, claims)
+    }
+
+    /// A JWT over `claims` under this key's `kid`, HS256 with its callback secret.
+    fn mac(&self, claims: &impl Serialize) -> Result<String, KeyError> {
+        encode(
+            &self.kid,
+            CALLBACK_ALGORITHM,
+            &self.callback_encoding,
+            claims,
+        )
+    }
+}
+
+fn encode(
+    kid: &str,
+    algorithm: Algorithm,
+    key: &EncodingKey,
+    claims: &impl Serialize,
+) -> Result<String, KeyError> {
+    let mut header = Header::new(algorithm);
+    header.kid = Some(kid.to_owned());
+    jsonwebtoken::encode(&header, claims, key).map_err(|e| KeyError::Signing(e.to_string()))
+}
+
+/// The 32-byte secret of a key's callback tokens: HMAC-SHA256 under [`CALLBACK_SECRET_LABEL`] of
+/// the key's signature over [`CALLBACK_SECRET_MESSAGE`].
+///
+/// Every node configured with the key derives the same secret with no secret of its own to
+/// distribute: Ed25519 and RSA PKCS#1 v1.5 signatures are deterministic, and they depend on the
+/// key alone, not on how its PEM is encoded (PKCS#1 or PKCS#8, v1 or v2, line endings). Nobody
+/// without the private key can compute it: the message is never signed for anything published
+/// (JWT signing inputs always contain a `.`), so knowing the secret would mean forging a
+/// signature. The JWKS publishes only public keys, and the secret is never logged or sent.
+fn callback_secret(encoding: &EncodingKey, algorithm: Algorithm) -> Result<hmac::Tag, String> {
+    let signature = SecretString::from(
+        jsonwebtoken::crypto::sign(CALLBACK_SECRET_MESSAGE, encoding, algorithm)
+            .map_err(|e| e.to_string())?,
+    );
+    let signature = SecretSlice::from(
+        URL_SAFE_NO_PAD
+            .decode(signature.expose_secret())
+            .map_err(|e| e.to_string())?,
+    );
+    let label = hmac::Key::new(hmac::HMAC_SHA256, CALLBACK_SECRET_LABEL);
+    Ok(hmac::sign(&label, signature.expose_secret()))
 }
 
 /// The public `n`/`e` of an RSA private key, refusing keys below [`MIN_RSA_BITS`].
@@ -667,6 +742,18 @@ PBGwtWqOvtXK1qlweM7RW6BhRX2hRANCAAQ58AVUbMRP2f574KXUyPNmXHurJ95C
         format!("{input}.{signature}")
     }
 
+    /// A token in the form Pacer mints, with the given claims, keyed by the callback secret of
+    /// the key `kid` of `keys`.
+    fn maced(keys: &Keyset, kid: &str, claims: &Value) -> String {
+        keys.inner
+            .keys
+            .iter()
+            .find(|key| key.kid == kid)
+            .expect("the kid is loaded")
+            .mac(claims)
+            .expect("signing")
+    }
+
     /// A correctly signed token with the given claims, made with `pem` under `kid`.
     fn signed(kid: &str, algorithm: Algorithm, pem: &str, claims: &Value) -> String {
         let key = match algorithm {
@@ -680,7 +767,7 @@ PBGwtWqOvtXK1qlweM7RW6BhRX2hRANCAAQ58AVUbMRP2f574KXUyPNmXHurJ95C
     }
 
     #[test]
-    fn tokens_round_trip_and_the_published_jwks_verifies_them() {
+    fn callback_tokens_round_trip_as_hs256_and_the_jwks_verifies_outbound_tokens() {
         let cases = [
             (Keyset::generate("pacer"), Algorithm::EdDSA),
             (
@@ -698,15 +785,30 @@ PBGwtWqOvtXK1qlweM7RW6BhRX2hRANCAAQ58AVUbMRP2f574KXUyPNmXHurJ95C
         ];
         for (keys, algorithm) in cases {
             let task = TaskId::new();
-            let token = keys
-                .mint_callback_token(task, in_an_hour())
-                .expect("minted");
+            let expires = in_an_hour();
+            let token = keys.mint_callback_token(task, expires).expect("minted");
             let header = header_of(&token);
-            assert_eq!(header.alg, algorithm);
+            assert_eq!(header.alg, Algorithm::HS256, "{keys:?}");
+            assert_eq!(
+                header.kid.as_deref(),
+                keys.jwks()["keys"][0]["kid"].as_str(),
+                "the active key's kid"
+            );
             assert_eq!(
                 keys.verify_callback_token(&token, LEEWAY),
                 Ok(task),
                 "{keys:?}"
+            );
+            let claims =
+                jsonwebtoken::dangerous::insecure_decode_claims::<Value>(&token).expect("claims");
+            let iat = claims["iat"].as_i64().expect("iat");
+            assert!((iat - Utc::now().timestamp()).abs() <= 5);
+            assert_eq!(
+                claims,
+                json!({
+                    "iss": "pacer", "aud": CALLBACK_AUDIENCE, "sub": task.to_string(),
+                    "iat": iat, "exp": expires.timestamp(),
+                })
             );
 
             let token = keys
@@ -838,6 +940,21 @@ PBGwtWqOvtXK1qlweM7RW6BhRX2hRANCAAQ58AVUbMRP2f574KXUyPNmXHurJ95C
             old.verify_callback_token(&from_rotated, LEEWAY),
             Err(KeyError::UnknownKey)
         );
+        // A node that lists the same keys the other way round (mid-rotation) verifies with the
+        // second key's secret, and the other way about.
+        let reordered = keyset("pacer", &[("old", &old_pem), ("new", &new_pem)]).expect("loads");
+        assert_eq!(
+            reordered.verify_callback_token(&from_rotated, LEEWAY),
+            Ok(task)
+        );
+        let from_reordered = reordered
+            .mint_callback_token(task, in_an_hour())
+            .expect("minted");
+        assert_eq!(header_of(&from_reordered).kid.as_deref(), Some("old"));
+        assert_eq!(
+            rotated.verify_callback_token(&from_reordered, LEEWAY),
+            Ok(task)
+        );
 
         let jwks = rotated.jwks();
         let kids: Vec<&str> = jwks["keys"]
@@ -857,6 +974,172 @@ PBGwtWqOvtXK1qlweM7RW6BhRX2hRANCAAQ58AVUbMRP2f574KXUyPNmXHurJ95C
             old.verify_callback_token(&forged, LEEWAY),
             Err(KeyError::BadSignature)
         );
+    }
+
+    #[test]
+    fn a_callback_token_is_a_mac_under_the_active_kid_that_only_its_key_verifies() {
+        let keys =
+            keyset("pacer", &[("ed", ED25519_V1_PEM), ("rsa", RSA_PKCS1_PEM)]).expect("loads");
+        let task = TaskId::new();
+        let token = keys
+            .mint_callback_token(task, in_an_hour())
+            .expect("minted");
+        let header = header_of(&token);
+        assert_eq!(
+            (header.alg, header.kid.as_deref()),
+            (Algorithm::HS256, Some("ed"))
+        );
+        assert_eq!(keys.verify_callback_token(&token, LEEWAY), Ok(task));
+
+        // One bit of the MAC changed.
+        let (input, signature) = token.rsplit_once('.').expect("three parts");
+        let mut signature = URL_SAFE_NO_PAD.decode(signature).expect("base64url");
+        assert_eq!(signature.len(), 32);
+        signature[17] ^= 0x01;
+        let flipped = format!("{input}.{}", URL_SAFE_NO_PAD.encode(&signature));
+        assert_eq!(
+            keys.verify_callback_token(&flipped, LEEWAY),
+            Err(KeyError::BadSignature)
+        );
+
+        // Another key under the same kid (say, a second deployment): neither verifies the other's.
+        let impostor = keyset("pacer", &[("ed", &generate_ed25519_pem())]).expect("loads");
+        let forged = impostor
+            .mint_callback_token(task, in_an_hour())
+            .expect("minted");
+        assert_eq!(header_of(&forged).kid.as_deref(), Some("ed"));
+        assert_eq!(
+            keys.verify_callback_token(&forged, LEEWAY),
+            Err(KeyError::BadSignature)
+        );
+        assert_eq!(
+            impostor.verify_callback_token(&token, LEEWAY),
+            Err(KeyError::BadSignature)
+        );
+
+        // The asymmetric form earlier versions minted, with each key, still verifies.
+        let now = Utc::now().timestamp();
+        let claims = json!({
+            "iss": "pacer", "aud": CALLBACK_AUDIENCE, "sub": task.to_string(),
+            "iat": now, "exp": now + 3600,
+        });
+        let old_ed = signed("ed", Algorithm::EdDSA, ED25519_V1_PEM, &claims);
+        let old_rsa = signed("rsa", Algorithm::RS256, RSA_PKCS1_PEM, &claims);
+        assert_eq!(keys.verify_callback_token(&old_ed, LEEWAY), Ok(task));
+        assert_eq!(keys.verify_callback_token(&old_rsa, LEEWAY), Ok(task));
+        assert_eq!(
+            impostor.verify_callback_token(&old_ed, LEEWAY),
+            Err(KeyError::BadSignature)
+        );
+        let mut expired = claims.clone();
+        expired["exp"] = json!(now - 3600);
+        assert_eq!(
+            keys.verify_callback_token(
+                &signed("ed", Algorithm::EdDSA, ED25519_V1_PEM, &expired),
+                LEEWAY
+            ),
+            Err(KeyError::Expired)
+        );
+        // The old form is the key's own algorithm only.
+        assert_eq!(
+            keys.verify_callback_token(
+                &signed("ed", Algorithm::RS256, RSA_PKCS1_PEM, &claims),
+                LEEWAY
+            ),
+            Err(KeyError::WrongAlgorithm)
+        );
+
+        // An RSA key's callback tokens are MACs as well.
+        let rsa_first =
+            keyset("pacer", &[("rsa", RSA_PKCS8_PEM), ("ed", ED25519_V1_PEM)]).expect("loads");
+        let token = rsa_first
+            .mint_callback_token(task, in_an_hour())
+            .expect("minted");
+        let header = header_of(&token);
+        assert_eq!(
+            (header.alg, header.kid.as_deref()),
+            (Algorithm::HS256, Some("rsa"))
+        );
+        assert_eq!(rsa_first.verify_callback_token(&token, LEEWAY), Ok(task));
+        assert_eq!(keys.verify_callback_token(&token, LEEWAY), Ok(task));
+    }
+
+    #[test]
+    fn every_encoding_of_a_key_derives_the_same_callback_secret() {
+        // Known answers, computed with Python's `cryptography`:
+        // hmac.new(LABEL, key.sign(MESSAGE[, PKCS1v15(), SHA256()]), sha256).hexdigest()
+        const ED25519_SECRET: &str =
+            "1d1c04201fca3c34881c40c7d955a1ce5e35ae1c70d9344f1d032f563deb715b";
+        const RSA_SECRET: &str = "f2639bfa75210b46ace8669f54b7b78d7cb8ead19eae3e123d87837c7d67c7eb";
+        let ed = EncodingKey::from_ed_pem(ED25519_V1_PEM.as_bytes()).expect("a key");
+        let rsa = EncodingKey::from_rsa_pem(RSA_PKCS1_PEM.as_bytes()).expect("a key");
+        assert_eq!(
+            callback_secret(&ed, Algorithm::EdDSA).map(|tag| to_hex(tag.as_ref())),
+            Ok(ED25519_SECRET.to_owned())
+        );
+        assert_eq!(
+            callback_secret(&rsa, Algorithm::RS256).map(|tag| to_hex(tag.as_ref())),
+            Ok(RSA_SECRET.to_owned())
+        );
+        let crlf = |pem: &str| pem.replace('\n', "\r\n");
+        let loaded = keyset("pacer", &[("ed", &crlf(ED25519_V1_PEM))]).expect("loads");
+        let task = TaskId::new();
+        let now = Utc::now().timestamp();
+        let claims = json!({
+            "iss": "pacer", "aud": CALLBACK_AUDIENCE, "sub": task.to_string(),
+            "iat": now, "exp": now + 600,
+        });
+        let secret = from_hex(ED25519_SECRET).expect("hex");
+        let known = forge(
+            &json!({"alg": "HS256", "typ": "JWT", "kid": "ed"}),
+            &claims,
+            |input| {
+                hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, &secret), input)
+                    .as_ref()
+                    .to_vec()
+            },
+        );
+        assert_eq!(loaded.verify_callback_token(&known, LEEWAY), Ok(task));
+
+        // One generated key as ring writes it (PKCS#8 v2, with the public key) and as openssl
+        // does (v1: the same prefix as `ED25519_V1_PEM` and the same 32-byte seed), each with LF
+        // and CRLF line endings.
+        let v2 = generate_ed25519_pem();
+        let v2_der = pem::parse(&v2).expect("a PEM").into_contents();
+        let v1_der = pem::parse(ED25519_V1_PEM).expect("a PEM").into_contents();
+        assert_eq!((v2_der.len(), v1_der.len()), (83, 48));
+        let v1_der = [&v1_der[..16], &v2_der[16..48]].concat();
+        let v1 = pem::encode_config(
+            &pem::Pem::new("PRIVATE KEY", v1_der),
+            pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+        );
+        let ed_encodings = [v2.clone(), crlf(&v2), v1.clone(), crlf(&v1)];
+        let rsa_encodings = [
+            RSA_PKCS1_PEM.to_owned(),
+            RSA_PKCS8_PEM.to_owned(),
+            crlf(RSA_PKCS1_PEM),
+            crlf(RSA_PKCS8_PEM),
+        ];
+        for encodings in [&ed_encodings, &rsa_encodings] {
+            let keysets: Vec<Keyset> = encodings
+                .iter()
+                .map(|pem| keyset("pacer", &[("k", pem)]).expect("loads"))
+                .collect();
+            let jwk = &keysets[0].jwks()["keys"][0];
+            for (i, minting) in keysets.iter().enumerate() {
+                assert_eq!(&minting.jwks()["keys"][0], jwk, "one key, encoding {i}");
+                let token = minting
+                    .mint_callback_token(task, in_an_hour())
+                    .expect("minted");
+                for (j, verifying) in keysets.iter().enumerate() {
+                    assert_eq!(
+                        verifying.verify_callback_token(&token, LEEWAY),
+                        Ok(task),
+                        "minted with encoding {i}, verified with encoding {j}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
@@ -953,15 +1236,41 @@ PBGwtWqOvtXK1qlweM7RW6BhRX2hRANCAAQ58AVUbMRP2f574KXUyPNmXHurJ95C
                 },
             )
         };
+        // HS256 is accepted, but only ever keyed by the secret derived from the private key.
         let confused = hs256("rsa", RSA_PUBLIC_PEM.as_bytes());
         assert_eq!(
             rsa.verify_callback_token(&confused, LEEWAY),
-            Err(KeyError::WrongAlgorithm)
+            Err(KeyError::BadSignature)
+        );
+        let n = rsa.jwks()["keys"][0]["n"].as_str().expect("n").to_owned();
+        let n = URL_SAFE_NO_PAD.decode(n).expect("base64url");
+        assert_eq!(
+            rsa.verify_callback_token(&hs256("rsa", &n), LEEWAY),
+            Err(KeyError::BadSignature)
         );
         let x = ed.jwks()["keys"][0]["x"].as_str().expect("x").to_owned();
         let x = URL_SAFE_NO_PAD.decode(x).expect("base64url");
         assert_eq!(
             ed.verify_callback_token(&hs256("ed", &x), LEEWAY),
+            Err(KeyError::BadSignature)
+        );
+        let jwk = ed.jwks()["keys"][0].to_string();
+        assert_eq!(
+            ed.verify_callback_token(&hs256("ed", jwk.as_bytes()), LEEWAY),
+            Err(KeyError::BadSignature)
+        );
+        // Other HMAC algorithms are not the callback algorithm, whatever they are keyed with.
+        let hs512 = forge(
+            &json!({"alg": "HS512", "typ": "JWT", "kid": "ed"}),
+            &claims,
+            |input| {
+                hmac::sign(&hmac::Key::new(hmac::HMAC_SHA512, &x), input)
+                    .as_ref()
+                    .to_vec()
+            },
+        );
+        assert_eq!(
+            ed.verify_callback_token(&hs512, LEEWAY),
             Err(KeyError::WrongAlgorithm)
         );
         // And a key's token presented under another key's kid and algorithm.
@@ -987,7 +1296,8 @@ PBGwtWqOvtXK1qlweM7RW6BhRX2hRANCAAQ58AVUbMRP2f574KXUyPNmXHurJ95C
             Err(KeyError::UnknownKey)
         );
 
-        // Signed by the right key, but with claims Pacer never mints.
+        // Signed by the right key, but with claims Pacer never mints: refused alike in both
+        // forms.
         let with = |patch: Value| {
             let mut claims = claims.clone();
             for (name, value) in patch.as_object().expect("an object") {
@@ -997,10 +1307,13 @@ PBGwtWqOvtXK1qlweM7RW6BhRX2hRANCAAQ58AVUbMRP2f574KXUyPNmXHurJ95C
                     claims[name] = value.clone();
                 }
             }
-            ed.verify_callback_token(
+            let signed = ed.verify_callback_token(
                 &signed("ed", Algorithm::EdDSA, ED25519_V1_PEM, &claims),
                 LEEWAY,
-            )
+            );
+            let maced = ed.verify_callback_token(&maced(&ed, "ed", &claims), LEEWAY);
+            assert_eq!(signed, maced, "{claims}");
+            maced
         };
         assert_eq!(
             with(json!({"exp": null})),
