@@ -1034,3 +1034,99 @@ async fn an_occurrence_fired_ahead_is_dispatched_at_its_time_and_a_pause_withdra
         downstream.requests()
     );
 }
+
+/// How long the slow downstream of the next test takes to answer: longer than a write is ever
+/// held back for a burst (500 ms).
+const SLOW_ANSWER: Duration = Duration::from_secs(2);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_wait_while_the_tasks_due_at_the_same_instant_are_sent() {
+    let db = TestDb::create().await;
+    let downstream = FakeDownstream::start(|request| match request.path.as_str() {
+        "/slow" => Reply::status(200).after(SLOW_ANSWER),
+        "/plain" => Reply::status(200),
+        _ => Reply::accept().then_callback(Duration::ZERO, json!({ "status": "completed" })),
+    })
+    .await;
+    let node = PacerProcess::start_with(
+        db.url(),
+        node("burst").env("PACER_CLUSTER__FIRE_AHEAD", "6s"),
+    )
+    .await;
+    let api = node.api();
+    api.put_job(
+        "quick",
+        &json!({ "target": { "url": downstream.url("/quick") } }),
+    )
+    .await;
+    for name in ["slow", "plain"] {
+        api.put_job(
+            name,
+            &json!({ "target": { "url": downstream.url(&format!("/{name}")) }, "expect_callback": false }),
+        )
+        .await;
+    }
+    let now = db_now(&db).await;
+    let at = DateTime::from_timestamp_millis(now.timestamp_millis() + 8_000).expect("an instant");
+    for name in ["quick", "slow", "plain"] {
+        api.request(
+            Method::POST,
+            &format!("/api/v1/jobs/{name}/triggers"),
+            Some(&json!({ "kind": "once", "at": at })),
+            &[],
+        )
+        .await
+        .expect_status(201);
+    }
+
+    // The quick downstream answers and calls back at once, and the plain one answers at once,
+    // while the slow one is still being sent to: the callback and the plain outcome are written
+    // only after a hold.
+    let callbacks = downstream.wait_for_callbacks(1, SETTLE).await;
+    assert_eq!(callbacks[0].status, 200, "{callbacks:?}");
+    for job in ["quick", "plain"] {
+        let dispatched = downstream
+            .requests()
+            .into_iter()
+            .find(|r| r.path == format!("/{job}"))
+            .expect("the task was dispatched");
+        let finished_at: DateTime<Utc> = wait_until("the task to finish", SETTLE, || async {
+            sqlx::query_scalar(
+                "select finished_at from tasks where job_name = $1 and finished_at is not null",
+            )
+            .bind(job)
+            .fetch_optional(db.pool())
+            .await
+            .expect("the task is readable")
+        })
+        .await;
+        let held = finished_at - dispatched.received_at;
+        assert!(
+            held >= chrono::Duration::milliseconds(450),
+            "{job} was written {held} after its dispatch, while the slow task was still out"
+        );
+    }
+
+    // Then everything is written: one attempt each, all completed.
+    let states: Vec<(String, String, i64)> =
+        wait_until("the three tasks to end", SETTLE, || async {
+            let rows: Vec<(String, String, i64)> = sqlx::query_as(
+                "select t.job_name, t.state,
+                    (select count(*) from task_attempts a where a.task_id = t.id)
+             from tasks t where t.state = 'completed' order by t.job_name",
+            )
+            .fetch_all(db.pool())
+            .await
+            .expect("the tasks are readable");
+            (rows.len() == 3 && rows.iter().all(|(_, _, attempts)| *attempts == 1)).then_some(rows)
+        })
+        .await;
+    assert_eq!(
+        states,
+        vec![
+            ("plain".to_owned(), "completed".to_owned(), 1),
+            ("quick".to_owned(), "completed".to_owned(), 1),
+            ("slow".to_owned(), "completed".to_owned(), 1),
+        ]
+    );
+}

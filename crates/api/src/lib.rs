@@ -27,7 +27,7 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use pacer_domain::{ConsumerStatus, Span};
-use pacer_store::batch::Batcher;
+use pacer_store::batch::{Batcher, Sending};
 use pacer_store::{ClaimedTask, Reporting, Store, TaskCreation};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -101,6 +101,9 @@ pub struct Shared {
     creation: Batcher<TaskCreation>,
     /// Applies callbacks, many per statement.
     reporting: Batcher<Reporting>,
+    /// This node's dispatches going out at their scheduled time: callbacks are written once
+    /// they are out.
+    sending: Sending,
 }
 
 /// The most tasks created (or callbacks applied) in one statement, and how many such statements
@@ -166,7 +169,15 @@ impl AppState {
                 CREATION_BATCH,
                 CREATION_WRITERS,
             ),
+            sending: Sending::default(),
         }))
+    }
+
+    /// Holds back writing callbacks while this node's dispatcher is sending tasks due at the
+    /// same instant (`sending` is shared with it).
+    pub fn with_sending(mut self, sending: Sending) -> Self {
+        Arc::make_mut(&mut self.0).sending = sending;
+        self
     }
 
     /// The alert sinks jobs may route to (their names), besides `log`.

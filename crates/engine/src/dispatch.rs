@@ -10,7 +10,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use pacer_domain::dispatch::{DispatchOutcome, Report, ResponseClass};
 use pacer_domain::{AmqpTarget, Span, Target, TaskId, after_dispatch, classify_status};
-use pacer_store::batch::{BatchWrite, Batcher};
+use pacer_store::batch::{BatchWrite, Batcher, Sending};
 use pacer_store::{ClaimedTask, Outcome, ReleasedClaim, Store};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 use serde::Serialize;
@@ -111,6 +111,7 @@ pub struct Dispatcher {
     publisher: Publisher,
     permits: Arc<Semaphore>,
     handoffs: mpsc::Receiver<Handoff>,
+    sending: Sending,
 }
 
 /// Claims being dispatched, so a shutdown can hand back those that do not finish in time.
@@ -127,6 +128,7 @@ struct Attempts {
     /// Slots for tasks claimed ahead, so that waiting for their time does not hold a dispatch
     /// permit.
     waiting: Arc<Semaphore>,
+    sending: Sending,
 }
 
 /// What one look for due work found.
@@ -158,7 +160,15 @@ impl Dispatcher {
             publisher,
             permits,
             handoffs,
+            sending: Sending::default(),
         }
+    }
+
+    /// Counts this dispatcher's sends at their scheduled time in `sending`, which the API shares
+    /// to hold back callback writes meanwhile.
+    pub fn with_sending(mut self, sending: Sending) -> Self {
+        self.sending = sending;
+        self
     }
 
     /// Publishes the tasks of jobs with an `amqp` target through `publisher` (without one,
@@ -185,6 +195,7 @@ impl Dispatcher {
             stop: shutdown.clone(),
             in_flight: Arc::default(),
             waiting: Arc::new(Semaphore::new(self.config.max_waiting)),
+            sending: self.sending.clone(),
         };
         let mut running = JoinSet::new();
         let poll = self.config.poll_interval.as_duration();
@@ -309,6 +320,7 @@ impl Dispatcher {
             stop: attempts.stop.clone(),
             permits: self.permits.clone(),
             waiting: attempts.waiting.clone(),
+            sending: attempts.sending.clone(),
         };
         running.spawn(attempt.run(task, due, permit).instrument(span));
     }
@@ -394,6 +406,7 @@ struct Attempt {
     stop: CancellationToken,
     permits: Arc<Semaphore>,
     waiting: Arc<Semaphore>,
+    sending: Sending,
 }
 
 impl Attempt {
@@ -413,10 +426,12 @@ impl Attempt {
         }
         // Everything but the sending is done before the task's time.
         let prepared = self.prepare(&task);
+        let ahead = due > Instant::now();
         let Some(permit) = self.until_due(&task, due, permit).await else {
             self.forget(&task);
             return;
         };
+        let sending = ahead.then(|| self.sending.start());
         let started = Instant::now();
         let outcome = match prepared {
             Ok(prepared) => self.send(&task, prepared).await,
@@ -425,6 +440,7 @@ impl Attempt {
         let latency = started.elapsed();
         // The permit bounds requests in flight to downstreams; writing the outcome is not one.
         drop(permit);
+        drop(sending);
         let decision = after_dispatch(
             task.state,
             u32::try_from(task.consecutive_failures).unwrap_or_default(),
@@ -457,6 +473,8 @@ impl Attempt {
             latency,
             decision,
         };
+        // Held back while tasks due at the same instant are still being sent.
+        self.sending.settled().await;
         self.record(&task, record).await;
         self.forget(&task);
     }

@@ -14,6 +14,7 @@ use pacer_engine::{
     EventPush, Heartbeat, Leader, LeaderConfig, Outbound, Publisher, WebhookConfig,
 };
 use pacer_store::Store;
+use pacer_store::batch::Sending;
 use secrecy::ExposeSecret;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio::net::TcpListener;
@@ -178,7 +179,10 @@ impl Node {
             None => ConsumerStatus::disabled(),
         };
         let (consumer_status, consumer_seen) = watch::channel(initial);
+        // The dispatcher's sends at their scheduled time, which callback writes wait for.
+        let sending = Sending::default();
         let state = AppState::new(self.store.clone(), &self.node_id, Some(handoff), &api, auth)
+            .with_sending(sending.clone())
             .with_shutdown(shutdown.clone())
             .with_alert_sinks(alerts.sink_names())
             .with_consumer(consumer_seen);
@@ -230,7 +234,8 @@ impl Node {
             permits,
             receiver,
         )
-        .with_publisher(Publisher::new(amqp.url.clone(), &self.node_id));
+        .with_publisher(Publisher::new(amqp.url.clone(), &self.node_id))
+        .with_sending(sending);
 
         let mut parts: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
         // The HTTP server outlives the dispatcher's drain: downstreams of dispatches still in
