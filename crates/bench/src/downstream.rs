@@ -16,6 +16,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{StatusCode, Uri};
 use chrono::{DateTime, Utc};
+use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
@@ -152,29 +153,42 @@ impl Drop for Downstream {
     }
 }
 
+/// What the downstream reads of a dispatch; the rest of the body is skipped unparsed.
+#[derive(Deserialize)]
+struct DispatchBody {
+    #[serde(default)]
+    task_id: String,
+    callback: Option<CallbackBody>,
+}
+
+#[derive(Deserialize)]
+struct CallbackBody {
+    url: String,
+    token: String,
+}
+
 async fn receive(State(shared): State<Arc<Shared>>, uri: Uri, body: Bytes) -> StatusCode {
     let received_at = Utc::now();
-    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let dispatch = Dispatch {
-        task_id: body["task_id"].as_str().unwrap_or_default().to_owned(),
-        received_at,
-    };
+    let body: Option<DispatchBody> = serde_json::from_slice(&body).ok();
+    let (task_id, callback) = body.map_or_else(Default::default, |b| (b.task_id, b.callback));
     shared
         .dispatches
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
-        .push(dispatch);
+        .push(Dispatch {
+            task_id,
+            received_at,
+        });
     if uri.path() == "/callback"
-        && let (Some(url), Some(token)) = (
-            body["callback"]["url"].as_str(),
-            body["callback"]["token"].as_str(),
-        )
+        && let Some(CallbackBody { url, token }) = callback
     {
-        let (url, token) = (url.to_owned(), token.to_owned());
         tokio::spawn(call_back(shared, url, token));
     }
     StatusCode::ACCEPTED
 }
+
+/// The body of every callback.
+const CALLBACK_BODY: &str = r#"{"status":"completed","result":{"by":"pacer-bench"}}"#;
 
 /// Reports the task completed, retrying while the node is unreachable or busy: during a
 /// failover the node that dispatched may be gone.
@@ -182,7 +196,6 @@ async fn call_back(shared: Arc<Shared>, url: String, token: String) {
     if !shared.delay.is_zero() {
         tokio::time::sleep(shared.delay).await;
     }
-    let body = json!({"status": "completed", "result": {"by": "pacer-bench"}});
     let mut backoff = Duration::from_millis(100);
     for attempt in 0..6 {
         if attempt > 0 {
@@ -194,7 +207,8 @@ async fn call_back(shared: Arc<Shared>, url: String, token: String) {
             .client
             .post(&url)
             .bearer_auth(&token)
-            .json(&body)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(CALLBACK_BODY)
             .send()
             .await;
         match sent.map(|r| r.status()) {
