@@ -1035,9 +1035,13 @@ async fn an_occurrence_fired_ahead_is_dispatched_at_its_time_and_a_pause_withdra
     );
 }
 
-/// How long the slow downstream of the next test takes to answer: longer than a write is ever
-/// held back for a burst (500 ms).
-const SLOW_ANSWER: Duration = Duration::from_secs(2);
+/// How long the slow downstream of the next test takes to answer: longer than a request counts
+/// as being sent (250 ms) and than a write is ever held back for a burst (500 ms).
+const SLOW_ANSWER: Duration = Duration::from_secs(5);
+
+/// When the late downstream of the next test calls back: after the slow request stops counting
+/// as being sent, well before it is answered.
+const LATE_CALLBACK: Duration = Duration::from_secs(1);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_wait_while_the_tasks_due_at_the_same_instant_are_sent() {
@@ -1045,6 +1049,7 @@ async fn writes_wait_while_the_tasks_due_at_the_same_instant_are_sent() {
     let downstream = FakeDownstream::start(|request| match request.path.as_str() {
         "/slow" => Reply::status(200).after(SLOW_ANSWER),
         "/plain" => Reply::status(200),
+        "/late" => Reply::accept().then_callback(LATE_CALLBACK, json!({ "status": "completed" })),
         _ => Reply::accept().then_callback(Duration::ZERO, json!({ "status": "completed" })),
     })
     .await;
@@ -1054,11 +1059,13 @@ async fn writes_wait_while_the_tasks_due_at_the_same_instant_are_sent() {
     )
     .await;
     let api = node.api();
-    api.put_job(
-        "quick",
-        &json!({ "target": { "url": downstream.url("/quick") } }),
-    )
-    .await;
+    for name in ["quick", "late"] {
+        api.put_job(
+            name,
+            &json!({ "target": { "url": downstream.url(&format!("/{name}")) } }),
+        )
+        .await;
+    }
     for name in ["slow", "plain"] {
         api.put_job(
             name,
@@ -1068,7 +1075,7 @@ async fn writes_wait_while_the_tasks_due_at_the_same_instant_are_sent() {
     }
     let now = db_now(&db).await;
     let at = DateTime::from_timestamp_millis(now.timestamp_millis() + 8_000).expect("an instant");
-    for name in ["quick", "slow", "plain"] {
+    for name in ["quick", "slow", "plain", "late"] {
         api.request(
             Method::POST,
             &format!("/api/v1/jobs/{name}/triggers"),
@@ -1084,6 +1091,14 @@ async fn writes_wait_while_the_tasks_due_at_the_same_instant_are_sent() {
     // only after a hold.
     let callbacks = downstream.wait_for_callbacks(1, SETTLE).await;
     assert_eq!(callbacks[0].status, 200, "{callbacks:?}");
+    let slow = wait_until("the slow task to be dispatched", SETTLE, || async {
+        downstream
+            .requests()
+            .into_iter()
+            .find(|r| r.path == "/slow")
+    })
+    .await;
+    let slow_answered_at = slow.received_at + SLOW_ANSWER;
     for job in ["quick", "plain"] {
         let dispatched = downstream
             .requests()
@@ -1100,16 +1115,48 @@ async fn writes_wait_while_the_tasks_due_at_the_same_instant_are_sent() {
             .expect("the task is readable")
         })
         .await;
+        // Held while the slow request counted as being sent, and no longer.
         let held = finished_at - dispatched.received_at;
         assert!(
-            held >= chrono::Duration::milliseconds(450),
+            held >= chrono::Duration::milliseconds(200),
             "{job} was written {held} after its dispatch, while the slow task was still out"
+        );
+        assert!(
+            finished_at < slow_answered_at,
+            "{job} was written at {finished_at}, after the slow downstream answered"
         );
     }
 
+    // A callback that comes once the slow request no longer counts as being sent, while it is
+    // still waiting for its answer, is written at once.
+    let late = downstream
+        .requests()
+        .into_iter()
+        .find(|r| r.path == "/late")
+        .expect("the late task was dispatched");
+    let finished_at: DateTime<Utc> = wait_until("the late task to finish", SETTLE, || async {
+        sqlx::query_scalar(
+            "select finished_at from tasks where job_name = 'late' and finished_at is not null",
+        )
+        .fetch_optional(db.pool())
+        .await
+        .expect("the task is readable")
+    })
+    .await;
+    let called_back_at = late.received_at + LATE_CALLBACK;
+    assert!(
+        finished_at < slow_answered_at,
+        "the late callback was written after the slow downstream answered"
+    );
+    assert!(
+        finished_at - called_back_at < chrono::Duration::milliseconds(400),
+        "the late callback was written {} after it was sent, held back for a slow downstream",
+        finished_at - called_back_at
+    );
+
     // Then everything is written: one attempt each, all completed.
     let states: Vec<(String, String, i64)> =
-        wait_until("the three tasks to end", SETTLE, || async {
+        wait_until("the four tasks to end", SETTLE, || async {
             let rows: Vec<(String, String, i64)> = sqlx::query_as(
                 "select t.job_name, t.state,
                     (select count(*) from task_attempts a where a.task_id = t.id)
@@ -1118,12 +1165,13 @@ async fn writes_wait_while_the_tasks_due_at_the_same_instant_are_sent() {
             .fetch_all(db.pool())
             .await
             .expect("the tasks are readable");
-            (rows.len() == 3 && rows.iter().all(|(_, _, attempts)| *attempts == 1)).then_some(rows)
+            (rows.len() == 4 && rows.iter().all(|(_, _, attempts)| *attempts == 1)).then_some(rows)
         })
         .await;
     assert_eq!(
         states,
         vec![
+            ("late".to_owned(), "completed".to_owned(), 1),
             ("plain".to_owned(), "completed".to_owned(), 1),
             ("quick".to_owned(), "completed".to_owned(), 1),
             ("slow".to_owned(), "completed".to_owned(), 1),

@@ -38,6 +38,10 @@ type Recorder = Batcher<Outcomes>;
 /// meanwhile (cancelled, or its trigger paused) is not dispatched.
 const CHECK_BEFORE_DUE: Duration = Duration::from_millis(100);
 
+/// How long a request sent at its scheduled time counts as being sent (see [`Sending`]) when its
+/// downstream has not answered: in a burst the requests are out well before this.
+const COUNTED_AS_SENDING_AT_MOST: Duration = Duration::from_millis(250);
+
 /// What is done, in batches, with claims taken ahead and not yet sent: checking them shortly
 /// before their time (whether each is still held), or handing them back on shutdown (whether
 /// each was still held and is handed back). Every request that arrives while one batch is being
@@ -431,10 +435,21 @@ impl Attempt {
             self.forget(&task);
             return;
         };
-        let sending = ahead.then(|| self.sending.start());
+        let mut sending = ahead.then(|| self.sending.start());
         let started = Instant::now();
         let outcome = match prepared {
-            Ok(prepared) => self.send(&task, prepared).await,
+            Ok(prepared) => {
+                let send = self.send(&task, prepared);
+                tokio::pin!(send);
+                tokio::select! {
+                    outcome = &mut send => outcome,
+                    // A downstream slow to answer does not hold the node's writes back meanwhile.
+                    () = tokio::time::sleep(COUNTED_AS_SENDING_AT_MOST), if sending.is_some() => {
+                        sending = None;
+                        send.await
+                    }
+                }
+            }
             Err(unsent) => unsent,
         };
         let latency = started.elapsed();
