@@ -932,6 +932,63 @@ async fn a_leader_that_shuts_down_resigns_and_its_follower_takes_over_at_once() 
 }
 
 /// A task's job, created_at, due_at and scheduled_at.
+/// Defines a job per name, each POSTing to `/<name>` on `downstream`.
+async fn put_jobs(api: &Api, downstream: &FakeDownstream, names: &[&str], expect_callback: bool) {
+    for name in names {
+        api.put_job(
+            name,
+            &json!({
+                "target": { "url": downstream.url(&format!("/{name}")) },
+                "expect_callback": expect_callback,
+            }),
+        )
+        .await;
+    }
+}
+
+/// Gives each job a `once` trigger, all at the same instant `lead` after the database's now,
+/// and returns that instant.
+async fn once_at_one_instant(
+    api: &Api,
+    db: &TestDb,
+    jobs: &[&str],
+    lead: Duration,
+) -> DateTime<Utc> {
+    let now = db_now(db).await;
+    let lead = i64::try_from(lead.as_millis()).expect("a short lead");
+    let at = DateTime::from_timestamp_millis(now.timestamp_millis() + lead).expect("an instant");
+    for name in jobs {
+        api.request(
+            Method::POST,
+            &format!("/api/v1/jobs/{name}/triggers"),
+            Some(&json!({ "kind": "once", "at": at })),
+            &[],
+        )
+        .await
+        .expect_status(201);
+    }
+    at
+}
+
+/// When the (one) task of `job` finished, once it has.
+async fn finished_at(db: &TestDb, job: &str) -> DateTime<Utc> {
+    wait_until("the task to finish", SETTLE, || async {
+        sqlx::query_scalar(
+            "select finished_at from tasks where job_name = $1 and finished_at is not null",
+        )
+        .bind(job)
+        .fetch_optional(db.pool())
+        .await
+        .expect("the task is readable")
+    })
+    .await
+}
+
+/// The first request the downstream received on `path`.
+fn request_to(downstream: &FakeDownstream, path: &str) -> Option<pacer_tests::Received> {
+    downstream.requests().into_iter().find(|r| r.path == path)
+}
+
 type FiredTask = (String, DateTime<Utc>, DateTime<Utc>, DateTime<Utc>);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -945,25 +1002,8 @@ async fn an_occurrence_fired_ahead_is_dispatched_at_its_time_and_a_pause_withdra
     )
     .await;
     let api = node.api();
-    for name in ["kept", "paused"] {
-        api.put_job(
-            name,
-            &json!({ "target": { "url": downstream.url(&format!("/{name}")) }, "expect_callback": false }),
-        )
-        .await;
-    }
-    let now = db_now(&db).await;
-    let at = DateTime::from_timestamp_millis(now.timestamp_millis() + 9_000).expect("an instant");
-    for name in ["kept", "paused"] {
-        api.request(
-            Method::POST,
-            &format!("/api/v1/jobs/{name}/triggers"),
-            Some(&json!({ "kind": "once", "at": at })),
-            &[],
-        )
-        .await
-        .expect_status(201);
-    }
+    put_jobs(&api, &downstream, &["kept", "paused"], false).await;
+    let at = once_at_one_instant(&api, &db, &["kept", "paused"], Duration::from_secs(9)).await;
 
     // Both occurrences become tasks well before their time, due at it.
     let created: Vec<FiredTask> =
@@ -994,10 +1034,7 @@ async fn an_occurrence_fired_ahead_is_dispatched_at_its_time_and_a_pause_withdra
     );
 
     let kept = wait_until("the kept task to be dispatched", SETTLE, || async {
-        downstream
-            .requests()
-            .into_iter()
-            .find(|r| r.path == "/kept")
+        request_to(&downstream, "/kept")
     })
     .await;
     assert!(
@@ -1059,32 +1096,10 @@ async fn writes_wait_while_the_tasks_due_at_the_same_instant_are_sent() {
     )
     .await;
     let api = node.api();
-    for name in ["quick", "late"] {
-        api.put_job(
-            name,
-            &json!({ "target": { "url": downstream.url(&format!("/{name}")) } }),
-        )
-        .await;
-    }
-    for name in ["slow", "plain"] {
-        api.put_job(
-            name,
-            &json!({ "target": { "url": downstream.url(&format!("/{name}")) }, "expect_callback": false }),
-        )
-        .await;
-    }
-    let now = db_now(&db).await;
-    let at = DateTime::from_timestamp_millis(now.timestamp_millis() + 8_000).expect("an instant");
-    for name in ["quick", "slow", "plain", "late"] {
-        api.request(
-            Method::POST,
-            &format!("/api/v1/jobs/{name}/triggers"),
-            Some(&json!({ "kind": "once", "at": at })),
-            &[],
-        )
-        .await
-        .expect_status(201);
-    }
+    put_jobs(&api, &downstream, &["quick", "late"], true).await;
+    put_jobs(&api, &downstream, &["slow", "plain"], false).await;
+    let jobs = ["quick", "slow", "plain", "late"];
+    once_at_one_instant(&api, &db, &jobs, Duration::from_secs(8)).await;
 
     // The quick downstream answers and calls back at once, and the plain one answers at once,
     // while the slow one is still being sent to: the callback and the plain outcome are written
@@ -1092,29 +1107,14 @@ async fn writes_wait_while_the_tasks_due_at_the_same_instant_are_sent() {
     let callbacks = downstream.wait_for_callbacks(1, SETTLE).await;
     assert_eq!(callbacks[0].status, 200, "{callbacks:?}");
     let slow = wait_until("the slow task to be dispatched", SETTLE, || async {
-        downstream
-            .requests()
-            .into_iter()
-            .find(|r| r.path == "/slow")
+        request_to(&downstream, "/slow")
     })
     .await;
     let slow_answered_at = slow.received_at + SLOW_ANSWER;
     for job in ["quick", "plain"] {
-        let dispatched = downstream
-            .requests()
-            .into_iter()
-            .find(|r| r.path == format!("/{job}"))
-            .expect("the task was dispatched");
-        let finished_at: DateTime<Utc> = wait_until("the task to finish", SETTLE, || async {
-            sqlx::query_scalar(
-                "select finished_at from tasks where job_name = $1 and finished_at is not null",
-            )
-            .bind(job)
-            .fetch_optional(db.pool())
-            .await
-            .expect("the task is readable")
-        })
-        .await;
+        let dispatched =
+            request_to(&downstream, &format!("/{job}")).expect("the task was dispatched");
+        let finished_at = finished_at(&db, job).await;
         // Held while the slow request counted as being sent, and no longer.
         let held = finished_at - dispatched.received_at;
         assert!(
@@ -1129,20 +1129,8 @@ async fn writes_wait_while_the_tasks_due_at_the_same_instant_are_sent() {
 
     // A callback that comes once the slow request no longer counts as being sent, while it is
     // still waiting for its answer, is written at once.
-    let late = downstream
-        .requests()
-        .into_iter()
-        .find(|r| r.path == "/late")
-        .expect("the late task was dispatched");
-    let finished_at: DateTime<Utc> = wait_until("the late task to finish", SETTLE, || async {
-        sqlx::query_scalar(
-            "select finished_at from tasks where job_name = 'late' and finished_at is not null",
-        )
-        .fetch_optional(db.pool())
-        .await
-        .expect("the task is readable")
-    })
-    .await;
+    let late = request_to(&downstream, "/late").expect("the late task was dispatched");
+    let finished_at = finished_at(&db, "late").await;
     let called_back_at = late.received_at + LATE_CALLBACK;
     assert!(
         finished_at < slow_answered_at,

@@ -163,23 +163,19 @@ mod tests {
         header.kid = Some("ed".to_owned());
         let private = EncodingKey::from_ed_pem(pem.as_bytes()).expect("a key");
         let now = chrono::Utc::now().timestamp();
+        let outbound = |keys: &Keyset| {
+            keys.sign_outbound(
+                "https://downstream.example",
+                "subject",
+                Duration::from_secs(60),
+            )
+            .expect("signed")
+        };
         for _ in 0..3 {
-            let token = keys
-                .sign_outbound(
-                    "https://downstream.example",
-                    "subject",
-                    Duration::from_secs(60),
-                )
-                .expect("signed");
+            let token = outbound(&keys);
             assert!(jsonwebtoken::decode::<Value>(&token, &public, &validation).is_ok());
             // Another key's signature over the same kind of claims does not verify.
-            let forged = other
-                .sign_outbound(
-                    "https://downstream.example",
-                    "subject",
-                    Duration::from_secs(60),
-                )
-                .expect("signed");
+            let forged = outbound(&other);
             let (body, _) = token.rsplit_once('.').expect("three parts");
             let (_, signature) = forged.rsplit_once('.').expect("three parts");
             assert!(
