@@ -240,7 +240,32 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(state.body_limit))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(RequestIdV7))
+        .layer(middleware::from_fn_with_state(
+            state.sending.clone(),
+            hold_callbacks,
+        ))
         .with_state(state)
+}
+
+/// Dispatches due now come first: while this node is sending tasks due at the same instant, a
+/// callback waits (see [`Sending`]) before anything is done with it, its authentication, body
+/// and span included, and is answered a moment later.
+async fn hold_callbacks(State(sending): State<Sending>, request: Request, next: Next) -> Response {
+    if is_callback(&request) {
+        sending.settled().await;
+    }
+    next.run(request).await
+}
+
+/// Whether `request` is a status callback: `POST /api/v1/tasks/{id}/callback`.
+fn is_callback(request: &Request) -> bool {
+    request.method() == axum::http::Method::POST
+        && request
+            .uri()
+            .path()
+            .strip_prefix("/api/v1/tasks/")
+            .and_then(|rest| rest.strip_suffix("/callback"))
+            .is_some_and(|id| !id.is_empty() && !id.contains('/'))
 }
 
 /// Every route, grouped by who may call it. Both the router and the OpenAPI document are built
@@ -306,5 +331,46 @@ impl MakeRequestId for RequestIdV7 {
         axum::http::HeaderValue::from_str(&uuid::Uuid::now_v7().to_string())
             .ok()
             .map(RequestId::new)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::Method;
+
+    use super::*;
+
+    fn request(method: Method, path: &str) -> Request {
+        axum::http::Request::builder()
+            .method(method)
+            .uri(path)
+            .body(Body::empty())
+            .expect("a request")
+    }
+
+    #[test]
+    fn only_status_callbacks_are_held() {
+        let id = "01a20fea-2b74-7093-9cdb-dd565b158da0";
+        assert!(is_callback(&request(
+            Method::POST,
+            &format!("/api/v1/tasks/{id}/callback")
+        )));
+        assert!(is_callback(&request(
+            Method::POST,
+            &format!("/api/v1/tasks/{id}/callback?x=1")
+        )));
+        for (method, path) in [
+            (Method::GET, format!("/api/v1/tasks/{id}/callback")),
+            (Method::POST, format!("/api/v1/tasks/{id}")),
+            (Method::POST, "/api/v1/tasks//callback".to_owned()),
+            (Method::POST, format!("/api/v1/tasks/{id}/x/callback")),
+            (Method::POST, format!("/api/v1/jobs/x/tasks/{id}/callback")),
+        ] {
+            assert!(
+                !is_callback(&request(method.clone(), &path)),
+                "{method} {path}"
+            );
+        }
     }
 }

@@ -614,8 +614,6 @@ async fn report_task(
         result: request.result,
     };
     let reported = report.status;
-    // Dispatches due now come first: a callback is answered a moment later instead.
-    state.sending.settled().await;
     let (outcome, task) = state
         .reporting
         .submit((id, report))

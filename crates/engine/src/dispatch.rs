@@ -42,6 +42,12 @@ const CHECK_BEFORE_DUE: Duration = Duration::from_millis(100);
 /// downstream has not answered: in a burst the requests are out well before this.
 const COUNTED_AS_SENDING_AT_MOST: Duration = Duration::from_millis(250);
 
+/// The most tasks one claim takes unless the last claim found work already due. Tasks claimed
+/// ahead are a burst due at one instant shared by every node: in small batches the nodes take
+/// turns at it, and each sends about its share when the instant comes, instead of the node that
+/// looked first holding most of it. Work already due is claimed in full batches.
+const AHEAD_BATCH: usize = 16;
+
 /// What is done, in batches, with claims taken ahead and not yet sent: checking them shortly
 /// before their time (whether each is still held), or handing them back on shutdown (whether
 /// each was still held and is handed back). Every request that arrives while one batch is being
@@ -205,13 +211,26 @@ impl Dispatcher {
         let poll = self.config.poll_interval.as_duration();
         let mut look_at = Instant::now();
         let mut saturated = false;
+        // A node starting may find a backlog already due.
+        let mut batch = self.config.batch_size;
         let permits = self.permits.clone();
         loop {
             if !saturated && Instant::now() >= look_at {
-                match self.claim(&mut running, &attempts).await {
-                    Ok(Claimed::Full) => look_at = Instant::now(),
-                    Ok(Claimed::Partial) => look_at = Instant::now() + self.sleep_for(poll).await,
-                    Ok(Claimed::Saturated) => saturated = true,
+                match self.claim(&mut running, &attempts, batch).await {
+                    Ok((claimed, found_due)) => {
+                        batch = if found_due {
+                            self.config.batch_size
+                        } else {
+                            self.config.batch_size.min(AHEAD_BATCH)
+                        };
+                        match claimed {
+                            Claimed::Full => look_at = Instant::now(),
+                            Claimed::Partial => {
+                                look_at = Instant::now() + self.sleep_for(poll).await;
+                            }
+                            Claimed::Saturated => saturated = true,
+                        }
+                    }
                     Err(error) => {
                         tracing::warn!(%error, "claiming due tasks failed; retrying");
                         look_at = Instant::now() + Duration::from_secs(1);
@@ -249,13 +268,20 @@ impl Dispatcher {
         }
     }
 
-    async fn claim(&self, running: &mut JoinSet<()>, attempts: &Attempts) -> Result<Claimed> {
+    /// Claims up to `batch` tasks and starts their dispatches; also says whether any of them
+    /// was already due.
+    async fn claim(
+        &self,
+        running: &mut JoinSet<()>,
+        attempts: &Attempts,
+        batch: usize,
+    ) -> Result<(Claimed, bool)> {
         // Permits first, so every claimed task is guaranteed a dispatch slot.
-        let permits: Vec<_> = (0..self.config.batch_size)
+        let permits: Vec<_> = (0..batch)
             .map_while(|_| self.permits.clone().try_acquire_owned().ok())
             .collect();
         if permits.is_empty() {
-            return Ok(Claimed::Saturated);
+            return Ok((Claimed::Saturated, true));
         }
         let wanted = permits.len();
         let limit = i64::try_from(wanted).unwrap_or(i64::MAX);
@@ -269,17 +295,23 @@ impl Dispatcher {
             )
             .await?;
         let claimed = tasks.len();
+        let due = tasks
+            .iter()
+            .filter(|task| task.dispatch_in.is_zero())
+            .count();
         for (task, permit) in tasks.into_iter().zip(permits) {
             self.spawn(running, attempts, task, permit);
         }
         if claimed > 0 {
-            tracing::debug!(claimed, "claimed due tasks");
+            let ahead = claimed - due;
+            tracing::debug!(claimed, ahead, "claimed tasks");
         }
-        Ok(if claimed == wanted {
+        let looked = if claimed == wanted {
             Claimed::Full
         } else {
             Claimed::Partial
-        })
+        };
+        Ok((looked, due > 0))
     }
 
     fn spawn(
@@ -390,10 +422,16 @@ struct Callback {
     token: String,
 }
 
-/// A dispatch made ready to send: for an AMQP target the headers are the trace context alone.
-struct Prepared {
-    body: Vec<u8>,
-    headers: HeaderMap,
+/// A dispatch made ready to send.
+enum Prepared {
+    /// The whole request, URL parsed and headers set.
+    Http(reqwest::Request),
+    /// The job's exchange, the body, and as headers the trace context alone.
+    Amqp {
+        target: AmqpTarget,
+        body: Vec<u8>,
+        headers: HeaderMap,
+    },
 }
 
 /// One dispatch of one claimed task.
@@ -463,12 +501,23 @@ impl Attempt {
             &outcome,
             rand::random(),
         );
+        let record = Outcome {
+            attempt: outcome.attempt_outcome(),
+            node: self.config.node_id.clone(),
+            http_status: outcome.http_status(),
+            error: outcome.error().map(str::to_owned),
+            latency,
+            decision,
+        };
+        // Held back while tasks due at the same instant are still being sent, and so is the
+        // line and metrics of this dispatch.
+        self.sending.settled().await;
         tracing::info!(
             outcome = %outcome.attempt_outcome(),
             http.status = outcome.http_status(),
             latency_ms = u64::try_from(latency.as_millis()).unwrap_or(u64::MAX),
             error = outcome.error(),
-            next_state = decision.state.map(|s| s.as_str()),
+            next_state = record.decision.state.map(|s| s.as_str()),
             "dispatched"
         );
         // Job names are defined by operators, so the label stays bounded; task ids never appear.
@@ -480,16 +529,6 @@ impl Attempt {
         metrics::counter!("pacer_dispatches_total", &labels).increment(1);
         metrics::histogram!("pacer_dispatch_duration_seconds", &labels)
             .record(latency.as_secs_f64());
-        let record = Outcome {
-            attempt: outcome.attempt_outcome(),
-            node: self.config.node_id.clone(),
-            http_status: outcome.http_status(),
-            error: outcome.error().map(str::to_owned),
-            latency,
-            decision,
-        };
-        // Held back while tasks due at the same instant are still being sent.
-        self.sending.settled().await;
         self.record(&task, record).await;
         self.forget(&task);
     }
@@ -632,40 +671,52 @@ impl Attempt {
                 &mut opentelemetry_http::HeaderInjector(&mut headers),
             );
         });
-        if let Target::Http(target) = &task.job.target {
-            for (name, value) in &target.headers {
-                // Validated when the job was defined; a header that still fails to convert is
-                // skipped.
-                if let (Ok(name), Ok(value)) =
-                    (HeaderName::try_from(name), HeaderValue::try_from(value))
-                {
-                    headers.insert(name, value);
-                }
+        let target = match &task.job.target {
+            Target::Http(target) => target,
+            Target::Amqp(target) => {
+                return Ok(Prepared::Amqp {
+                    target: target.clone(),
+                    body,
+                    headers,
+                });
             }
-            match self.outbound.headers(&target.auth, task.id, &body) {
-                Ok(signed) => headers.extend(signed),
-                Err(error) => return Err(unsigned(error)),
+        };
+        for (name, value) in &target.headers {
+            // Validated when the job was defined; a header that still fails to convert is
+            // skipped.
+            if let (Ok(name), Ok(value)) =
+                (HeaderName::try_from(name), HeaderValue::try_from(value))
+            {
+                headers.insert(name, value);
             }
         }
-        Ok(Prepared { body, headers })
-    }
-
-    /// Sends a prepared dispatch and classifies the answer.
-    async fn send(&self, task: &ClaimedTask, prepared: Prepared) -> DispatchOutcome {
-        let Prepared { body, headers } = prepared;
-        let target = match &task.job.target {
-            Target::Http(http) => http,
-            Target::Amqp(amqp) => return self.publish(task, amqp, &headers, &body).await,
-        };
-        let request = self
-            .client
+        match self.outbound.headers(&target.auth, task.id, &body) {
+            Ok(signed) => headers.extend(signed),
+            Err(error) => return Err(unsigned(error)),
+        }
+        self.client
             .post(&target.url)
             .headers(headers)
             .header("idempotency-key", task.id.to_string())
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .timeout(task.job.dispatch_timeout.as_duration())
-            .body(body);
-        let response = match request.send().await {
+            .body(body)
+            .build()
+            .map(Prepared::Http)
+            .map_err(|error| unsigned(describe(&error, task.job.dispatch_timeout)))
+    }
+
+    /// Sends a prepared dispatch and classifies the answer.
+    async fn send(&self, task: &ClaimedTask, prepared: Prepared) -> DispatchOutcome {
+        let request = match prepared {
+            Prepared::Http(request) => request,
+            Prepared::Amqp {
+                target,
+                body,
+                headers,
+            } => return self.publish(task, &target, &headers, &body).await,
+        };
+        let response = match self.client.execute(request).await {
             Ok(response) => response,
             Err(error) => {
                 return DispatchOutcome::Transient {
