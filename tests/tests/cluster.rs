@@ -1166,3 +1166,95 @@ async fn writes_wait_while_the_tasks_due_at_the_same_instant_are_sent() {
         ]
     );
 }
+
+/// How many tasks the next test makes due at one instant: ten of the small batches tasks are
+/// claimed ahead in, and fewer than one full batch of its nodes.
+const BURST: usize = 160;
+
+/// The most tasks a node claims ahead of their time in one look.
+const AHEAD_BATCH: u64 = 16;
+
+/// Every claim of tasks ahead of their time in `node`'s log: how many it took.
+fn claims_ahead(node: &PacerProcess) -> Vec<u64> {
+    node.logs_with_message("claimed tasks")
+        .iter()
+        .filter_map(|line| line["ahead"].as_u64())
+        .filter(|ahead| *ahead > 0)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_is_claimed_ahead_in_small_batches_for_the_nodes_to_share() {
+    let db = TestDb::create().await;
+    let downstream = FakeDownstream::start(|_| Reply::status(200)).await;
+    // Claims of up to 256 tasks, so that one look could take the whole burst; room for one
+    // caller to create it quickly; and each claim in the log.
+    let settings = |id: &str| {
+        node(id)
+            .env("PACER_CLUSTER__FIRE_AHEAD", "3s")
+            .env("PACER_DISPATCH__BATCH_SIZE", "256")
+            .env("PACER_AUTH__RATE_LIMIT_PER_SECOND", "10000")
+            .env("PACER_AUTH__RATE_LIMIT_BURST", "10000")
+            .env(
+                "PACER_LOG__LEVEL",
+                "info,sqlx=warn,pacer_engine::dispatch=debug",
+            )
+    };
+    let first = PacerProcess::start_with(db.url(), settings("share-1")).await;
+    // A node can run on one thread, as when it shares a machine with others.
+    let second = PacerProcess::start_with(
+        db.url(),
+        settings("share-2").env("PACER_NODE__WORKER_THREADS", "1"),
+    )
+    .await;
+    let api = first.api();
+    put_jobs(&api, &downstream, &["burst"], false).await;
+    let now = db_now(&db).await;
+    let at = DateTime::from_timestamp_millis(now.timestamp_millis() + 12_000).expect("an instant");
+    let mut creating = tokio::task::JoinSet::new();
+    for _ in 0..BURST {
+        let api = api.clone();
+        creating.spawn(async move {
+            api.request(
+                Method::POST,
+                "/api/v1/jobs/burst/tasks",
+                Some(&json!({ "not_before": at })),
+                &[],
+            )
+            .await
+            .expect_status(202);
+        });
+    }
+    while let Some(created) = creating.join_next().await {
+        created.expect("the task was created");
+    }
+    assert!(
+        db_now(&db).await < at - chrono::Duration::seconds(3),
+        "the burst was created before the nodes could claim any of it ahead"
+    );
+
+    let requests = wait_until("the burst to be dispatched", SETTLE, || async {
+        let requests = downstream.requests();
+        (requests.len() >= BURST).then_some(requests)
+    })
+    .await;
+    // Each task once, none before its time; all of them claimed ahead, a few at a time.
+    assert_eq!(requests.len(), BURST, "each task was dispatched once");
+    assert!(
+        requests.iter().all(|r| r.received_at >= at),
+        "no task was dispatched before its time"
+    );
+    let claims: Vec<u64> = claims_ahead(&first)
+        .into_iter()
+        .chain(claims_ahead(&second))
+        .collect();
+    assert_eq!(
+        claims.iter().sum::<u64>(),
+        u64::try_from(BURST).expect("small"),
+        "the whole burst was claimed ahead: {claims:?}"
+    );
+    assert!(
+        claims.iter().all(|claimed| *claimed <= AHEAD_BATCH),
+        "no look took more than {AHEAD_BATCH} tasks ahead: {claims:?}"
+    );
+}

@@ -241,6 +241,9 @@ pub(crate) struct HttpConfig {
 pub(crate) struct NodeConfig {
     /// This node's id in claims and attempts; defaults to the host name and a random suffix.
     pub(crate) id: Option<String>,
+    /// Threads running this node's work; defaults to the cores the process may use (a
+    /// container's CPU limit included).
+    pub(crate) worker_threads: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -520,6 +523,13 @@ impl Config {
         }
         if !(1..=100_000).contains(&self.dispatch.concurrency) {
             bail!("dispatch.concurrency must be between 1 and 100000");
+        }
+        if self
+            .node
+            .worker_threads
+            .is_some_and(|threads| !(1..=1024).contains(&threads))
+        {
+            bail!("node.worker_threads must be between 1 and 1024");
         }
         if !(1..=1000).contains(&self.dispatch.batch_size) {
             bail!("dispatch.batch_size must be between 1 and 1000");

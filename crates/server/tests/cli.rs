@@ -37,7 +37,7 @@ fn help_lists_the_commands() {
 
 #[test]
 fn bad_configuration_is_refused_with_exit_code_2_naming_the_setting() {
-    let cases: [(&[(&str, &str)], &str); 6] = [
+    let cases: [(&[(&str, &str)], &str); 7] = [
         (
             &[("PACER_DISPATCH__CONCURRENCY", "0")],
             "dispatch.concurrency",
@@ -53,6 +53,10 @@ fn bad_configuration_is_refused_with_exit_code_2_naming_the_setting() {
         (&[("PACER_HTTP__PUBLIC_URL", "ftp://x")], "public_url"),
         (&[("PACER_AMQP_URL", "http://broker:5672")], "amqp.url"),
         (&[("PACER_AMQP__PREFETCH", "0")], "amqp.prefetch"),
+        (
+            &[("PACER_NODE__WORKER_THREADS", "0")],
+            "node.worker_threads",
+        ),
     ];
     for (env, setting) in cases {
         let output = pacer(&["serve"], env);
