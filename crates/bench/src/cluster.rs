@@ -27,6 +27,14 @@ pub(crate) const NODE_DEFAULTS: [(&str, &str); 4] = [
     ("PACER_LOG__LEVEL", "info,sqlx=warn"),
 ];
 
+/// Each node's share of this machine's cores, at least one: nodes started side by side split
+/// the machine between them, as they would under containers' CPU limits, instead of each
+/// running a thread per core.
+fn worker_threads(nodes: usize) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    (cores / nodes.max(1)).max(1)
+}
+
 /// The `pacer` binary: `--pacer-bin`, else `pacer` beside this executable (`target/<profile>/`).
 pub(crate) fn pacer_binary(explicit: Option<&Path>) -> Result<PathBuf> {
     if let Some(path) = explicit {
@@ -69,6 +77,7 @@ impl Launcher {
     pub(crate) async fn new(
         binary: PathBuf,
         database_url: String,
+        nodes: usize,
         extra_env: &[(String, String)],
         run_dir: &Path,
     ) -> Result<Self> {
@@ -88,6 +97,10 @@ impl Launcher {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
+        env.push((
+            "PACER_NODE__WORKER_THREADS".to_owned(),
+            worker_threads(nodes).to_string(),
+        ));
         for (key, value) in extra_env {
             env.retain(|(k, _)| k != key);
             env.push((key.clone(), value.clone()));
@@ -352,8 +365,14 @@ impl Target {
                 .push(db.clone());
         }
         let started = async {
-            let launcher =
-                Launcher::new(binary, db.url.clone(), spec.node_env, spec.run_dir).await?;
+            let launcher = Launcher::new(
+                binary,
+                db.url.clone(),
+                spec.nodes,
+                spec.node_env,
+                spec.run_dir,
+            )
+            .await?;
             let token = launcher.admin_token().await?;
             // The first node migrates the database; the others then start side by side.
             let mut nodes = vec![launcher.start("node-1").await?];
@@ -462,5 +481,19 @@ impl Target {
         } else {
             managed.db.drop_database().await
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::worker_threads;
+
+    #[test]
+    fn nodes_split_the_cores_and_each_keeps_one() {
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        assert_eq!(worker_threads(1), cores);
+        assert_eq!(worker_threads(cores), 1);
+        assert_eq!(worker_threads(cores * 4), 1);
+        assert_eq!(worker_threads(0), cores);
     }
 }
