@@ -1258,3 +1258,78 @@ async fn a_burst_is_claimed_ahead_in_small_batches_for_the_nodes_to_share() {
         "no look took more than {AHEAD_BATCH} tasks ahead: {claims:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_node_hands_back_what_it_claimed_ahead_and_another_sends_it_on_time() {
+    let db = TestDb::create().await;
+    let downstream = FakeDownstream::start(|_| Reply::status(200)).await;
+    // A wide window, and a drain long enough that a node keeping the task to send it itself
+    // would still be running at its time.
+    let settings = |id: &str| {
+        node(id)
+            .env("PACER_CLUSTER__FIRE_AHEAD", "8s")
+            .drain_timeout("30s")
+    };
+    let mut first = PacerProcess::start_with(db.url(), settings("handing")).await;
+    let api = first.api();
+    put_jobs(&api, &downstream, &["later"], false).await;
+    let at = once_at_one_instant(&api, &db, &["later"], Duration::from_secs(12)).await;
+    let task_row = || async {
+        sqlx::query_as::<_, (Option<String>, i32)>(
+            "select claimed_by, attempt from tasks where job_name = 'later'",
+        )
+        .fetch_optional(db.pool())
+        .await
+        .expect("the task is readable")
+    };
+    wait_until("the task to be claimed ahead", SETTLE, || async {
+        task_row()
+            .await
+            .filter(|(claimed_by, _)| claimed_by.is_some())
+    })
+    .await;
+
+    // Stopping, the node hands the task back as it was before the claim and leaves well before
+    // its time, instead of waiting to send it.
+    first.terminate();
+    first.wait_exit(SETTLE).await;
+    assert!(
+        db_now(&db).await < at - chrono::Duration::seconds(2),
+        "the node stopped at once, before the task's time"
+    );
+    assert_eq!(
+        task_row().await,
+        Some((None, 0)),
+        "not claimed, never attempted"
+    );
+    assert_eq!(
+        first
+            .logs_with_message("handed back a task not yet due")
+            .len(),
+        1,
+        "{}",
+        first.output()
+    );
+    assert!(
+        request_to(&downstream, "/later").is_none(),
+        "nothing was sent"
+    );
+
+    // Another node claims it ahead in turn and sends it at its time, once.
+    let second = PacerProcess::start_with(db.url(), settings("taking")).await;
+    finished_at(&db, "later").await;
+    let sent = request_to(&downstream, "/later").expect("the task was dispatched");
+    assert!(
+        sent.received_at >= at,
+        "dispatched at {} for an occurrence at {at}: never before its time",
+        sent.received_at
+    );
+    let attempts: Vec<(String, i32)> =
+        sqlx::query_as("select node, number from task_attempts order by number")
+            .fetch_all(db.pool())
+            .await
+            .expect("the attempts are readable");
+    assert_eq!(attempts, [("taking".to_owned(), 1)]);
+    assert_eq!(downstream.requests().len(), 1, "sent once");
+    drop(second);
+}
