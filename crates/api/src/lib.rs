@@ -101,8 +101,8 @@ pub struct Shared {
     creation: Batcher<TaskCreation>,
     /// Applies callbacks, many per statement.
     reporting: Batcher<Reporting>,
-    /// This node's dispatches going out at their scheduled time: callbacks are written once
-    /// they are out.
+    /// This node's dispatches going out at their scheduled time: callbacks wait until they
+    /// are out.
     sending: Sending,
 }
 
@@ -173,8 +173,8 @@ impl AppState {
         }))
     }
 
-    /// Holds back writing callbacks while this node's dispatcher is sending tasks due at the
-    /// same instant (`sending` is shared with it).
+    /// Holds callbacks back, before any work on them, while this node's dispatcher is sending
+    /// tasks due at the same instant (`sending` is shared with it).
     pub fn with_sending(mut self, sending: Sending) -> Self {
         Arc::make_mut(&mut self.0).sending = sending;
         self
