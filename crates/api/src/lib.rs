@@ -14,6 +14,7 @@ mod jobs;
 mod messages;
 mod observe;
 mod openapi;
+mod pacing;
 mod tasks;
 mod triggers;
 mod views;
@@ -23,7 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use pacer_domain::{ConsumerStatus, Span};
@@ -42,6 +43,7 @@ pub use auth::{Auth, RateLimiter};
 pub use error::{Error, Result};
 pub use openapi::{DOCS_PATH, DOCUMENT_PATH, document, document_json};
 pub use pacer_auth::Role;
+pub use pacing::{Lane, PacedListener, PacedStream};
 
 /// The dispatch capacity of this node that a handler may hand a just-created task to, so a task
 /// created due now is claimed in the same commit that creates it and dispatched at once.
@@ -249,9 +251,13 @@ pub fn router(state: AppState) -> Router {
 
 /// Dispatches due now come first: while this node is sending tasks due at the same instant, a
 /// callback waits (see [`Sending`]) before anything is done with it, its authentication, body
-/// and span included, and is answered a moment later.
+/// and span included, and is answered a moment later. The connection it came on then waits out
+/// later bursts before it is read at all (see [`PacedListener`]).
 async fn hold_callbacks(State(sending): State<Sending>, request: Request, next: Next) -> Response {
     if is_callback(&request) {
+        if let Some(ConnectInfo(lane)) = request.extensions().get::<ConnectInfo<Lane>>() {
+            lane.carried_callback();
+        }
         sending.settled().await;
     }
     next.run(request).await

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
-use pacer_api::{ApiConfig, AppState, Auth, Handoff, RateLimiter};
+use pacer_api::{ApiConfig, AppState, Auth, Handoff, Lane, PacedListener, RateLimiter};
 use pacer_domain::ConsumerStatus;
 use pacer_engine::{
     AmqpConfig, CancelNotifier, Consumer, Deliverer, DeliveryConfig, DispatchConfig, Dispatcher,
@@ -235,7 +235,7 @@ impl Node {
             receiver,
         )
         .with_publisher(Publisher::new(amqp.url.clone(), &self.node_id))
-        .with_sending(sending);
+        .with_sending(sending.clone());
 
         let mut parts: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
         // The HTTP server outlives the dispatcher's drain: downstreams of dispatches still in
@@ -243,7 +243,8 @@ impl Node {
         let http_stop = CancellationToken::new();
         let http_stopped = http_stop.clone();
         parts.spawn(async move {
-            let served = axum::serve(self.listener, app)
+            let listener = PacedListener::new(self.listener, sending);
+            let served = axum::serve(listener, app.into_make_service_with_connect_info::<Lane>())
                 .with_graceful_shutdown(http_stopped.cancelled_owned())
                 .await
                 .context("the HTTP server failed");

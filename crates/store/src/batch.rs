@@ -157,6 +157,11 @@ impl Sending {
         SendingGuard(self.0.clone())
     }
 
+    /// Whether a request is being sent right now.
+    pub fn is_sending(&self) -> bool {
+        self.0.count.load(Ordering::Acquire) > 0
+    }
+
     /// Waits until no request is being sent, or [`HOLD_AT_MOST`].
     pub async fn settled(&self) {
         self.settled_within(HOLD_AT_MOST).await;
