@@ -3,8 +3,9 @@
 //! While this node sends tasks due at the same instant (see [`Sending`]), a status callback is
 //! held before any work is done with it. A downstream that keeps a connection open for its
 //! callbacks would still cost the node its reads, parsing and routing during the burst; once a
-//! connection has carried a callback, its next reads wait for the burst instead, bounded like the
-//! hold itself. Connections that never carried one (operators, upstreams creating tasks, health
+//! connection has carried a callback, the next request on it is not read until the burst is out,
+//! bounded like the hold itself (a request waits out one burst at most, however many reads it
+//! takes). Connections that never carried one (operators, upstreams creating tasks, health
 //! checks) are read as they arrive.
 
 use std::future::Future;
@@ -45,6 +46,7 @@ impl Listener for PacedListener {
             sending: self.sending.clone(),
             lane: Lane::default(),
             pause: None,
+            between_requests: false,
         };
         (stream, address)
     }
@@ -85,6 +87,10 @@ pub struct PacedStream {
     lane: Lane,
     /// The wait for the burst to end, while one is under way.
     pause: Option<Pause>,
+    /// Something was written (an answer) since the last read: the next read starts a request.
+    /// Only such a read waits, so a request waits out one burst at most, however many reads it
+    /// takes.
+    between_requests: bool,
 }
 
 impl AsyncRead for PacedStream {
@@ -94,15 +100,33 @@ impl AsyncRead for PacedStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        if this.pause.is_none() && this.lane.carries_callbacks() && this.sending.is_sending() {
+        if this.pause.is_none()
+            && this.between_requests
+            && this.lane.carries_callbacks()
+            && this.sending.is_sending()
+        {
             let sending = this.sending.clone();
             this.pause = Some(Box::pin(async move { sending.settled().await }));
         }
         if let Some(pause) = &mut this.pause {
             ready!(pause.as_mut().poll(cx));
             this.pause = None;
+            this.between_requests = false;
         }
-        Pin::new(&mut this.inner).poll_read(cx, buf)
+        let filled = buf.filled().len();
+        let read = ready!(Pin::new(&mut this.inner).poll_read(cx, buf));
+        if buf.filled().len() > filled {
+            this.between_requests = false;
+        }
+        Poll::Ready(read)
+    }
+}
+
+impl PacedStream {
+    fn wrote(&mut self, written: &io::Result<usize>) {
+        if matches!(written, Ok(n) if *n > 0) {
+            self.between_requests = true;
+        }
     }
 }
 
@@ -112,7 +136,9 @@ impl AsyncWrite for PacedStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let written = ready!(Pin::new(&mut self.inner).poll_write(cx, buf));
+        self.wrote(&written);
+        Poll::Ready(written)
     }
 
     fn poll_write_vectored(
@@ -120,7 +146,9 @@ impl AsyncWrite for PacedStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let written = ready!(Pin::new(&mut self.inner).poll_write_vectored(cx, bufs));
+        self.wrote(&written);
+        Poll::Ready(written)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -245,15 +273,31 @@ mod tests {
         let mut client = TcpStream::connect(address).await.expect("connected");
         let (mut stream, _) = accepted.await.expect("accepted");
         stream.lane.carried_callback();
+        // An answer went out: the next read starts a request.
+        stream.write_all(b"answer").await.expect("written");
+        let mut answer = [0_u8; 6];
+        client.read_exact(&mut answer).await.expect("answered");
         let _burst = sending.start();
-        client.write_all(b"ping").await.expect("written");
+        client.write_all(b"head").await.expect("written");
         let started = tokio::time::Instant::now();
         let mut read = [0_u8; 4];
         timeout(PROMPTLY, stream.read_exact(&mut read))
             .await
             .expect("read within the hold's bound")
             .expect("read");
-        assert_eq!(&read, b"ping");
+        assert_eq!(&read, b"head");
         assert!(started.elapsed() >= pacer_store::batch::HOLD_AT_MOST);
+        // The rest of the same request is read as it comes, the burst notwithstanding.
+        client.write_all(b"body").await.expect("written");
+        let started = tokio::time::Instant::now();
+        timeout(PROMPTLY, stream.read_exact(&mut read))
+            .await
+            .expect("read")
+            .expect("read");
+        assert_eq!(&read, b"body");
+        assert!(
+            started.elapsed() < pacer_store::batch::HOLD_AT_MOST,
+            "a request's later read waited out the burst again"
+        );
     }
 }
