@@ -36,7 +36,13 @@ const DOCUMENTED: &[(&str, Kind, &[&str])] = &[
     ),
     ("pacer_tasks_created_total", Kind::Counter, &["origin"]),
     ("pacer_occurrences_fired_total", Kind::Counter, &[]),
-    ("pacer_firing_lateness_seconds", Kind::Histogram, &[]),
+    (
+        "pacer_occurrence_creation_lateness_seconds",
+        Kind::Histogram,
+        &[],
+    ),
+    ("pacer_dispatch_lateness_seconds", Kind::Histogram, &[]),
+    ("pacer_callback_apply_seconds", Kind::Histogram, &[]),
     ("pacer_skips_total", Kind::Counter, &["reason"]),
     (
         "pacer_dispatches_total",
@@ -270,7 +276,16 @@ async fn metrics_are_strict_prometheus_text_that_counts_tasks_and_firings_with_b
         Series::new("pacer_tasks_created_total", &[("origin", "api")]).grew_by(2.0),
         Series::new("pacer_tasks_created_total", &[("origin", "trigger")]).grew_at_least(2.0),
         Series::new("pacer_occurrences_fired_total", &[]).grew_at_least(2.0),
-        Series::new("pacer_firing_lateness_seconds_count", &[]).grew_at_least(2.0),
+        Series::new("pacer_occurrence_creation_lateness_seconds_count", &[]).grew_at_least(2.0),
+        // Every first dispatch: the task created by the API and the trigger's.
+        Series::new("pacer_dispatch_lateness_seconds_count", &[]).grew_at_least(3.0),
+        // None went out early.
+        Series::new(
+            "pacer_dispatch_lateness_seconds_bucket",
+            &[("le", "-0.001")],
+        )
+        .grew_by(0.0),
+        Series::new("pacer_callback_apply_seconds_count", &[]).grew_by(1.0),
         Series::new(
             "pacer_dispatches_total",
             &[("pacer_job", "obs-cycle"), ("outcome", "accepted")],

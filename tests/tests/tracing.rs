@@ -1,6 +1,7 @@
 //! One trace follows a task across services: the upstream request (its `traceparent` honoured),
 //! the dispatch (a `traceparent` sent downstream) and the downstream's callback, all exported over
-//! OTLP/HTTP to a receiver run by the test.
+//! OTLP/HTTP to a receiver run by the test; also with logs turned down to `warn`, since traces
+//! have a filter of their own.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -47,6 +48,19 @@ async fn otlp_receiver(spans: Arc<Mutex<Vec<(String, String)>>>) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_trace_follows_a_task_from_request_to_callback() {
+    follow_one_trace("info,sqlx=warn").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn turning_logs_down_to_warn_keeps_the_trace_and_its_traceparent() {
+    // `pacer_server=info` only so the test reads the node's `listening` line; the request and
+    // dispatch spans (of `pacer_api` and `pacer_engine`) are below the log level.
+    follow_one_trace("warn,pacer_server=info").await;
+}
+
+/// Creates a task under a known trace, with the node's log level at `log_level`, and checks that
+/// its dispatch carries that trace and that the request, dispatch and callback spans are exported.
+async fn follow_one_trace(log_level: &str) {
     let spans = Arc::new(Mutex::new(Vec::new()));
     let endpoint = otlp_receiver(spans.clone()).await;
     let db = TestDb::create().await;
@@ -57,7 +71,8 @@ async fn one_trace_follows_a_task_from_request_to_callback() {
     let settings = NodeSettings::new("node-a")
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
         .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")
-        .env("OTEL_BSP_SCHEDULE_DELAY", "100");
+        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+        .env("PACER_LOG__LEVEL", log_level);
     let node = PacerProcess::start_with(db.url(), settings).await;
     let api = node.api();
     api.put_job(
@@ -114,6 +129,12 @@ async fn one_trace_follows_a_task_from_request_to_callback() {
     })
     .await;
     assert!(!names.is_empty());
+    if log_level.starts_with("warn") {
+        assert!(
+            node.logs_with_message("dispatched").is_empty(),
+            "the log level is in force: no info line about the dispatch"
+        );
+    }
     let others = spans
         .lock()
         .expect("spans")

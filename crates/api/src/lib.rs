@@ -14,7 +14,6 @@ mod jobs;
 mod messages;
 mod observe;
 mod openapi;
-mod pacing;
 mod tasks;
 mod triggers;
 mod views;
@@ -24,13 +23,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use pacer_domain::{ConsumerStatus, Span};
-use pacer_store::batch::{Batcher, Sending};
+use pacer_store::batch::Batcher;
 use pacer_store::{ClaimedTask, Reporting, Store, TaskCreation};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::openapi::Access;
@@ -43,31 +42,28 @@ pub use auth::{Auth, RateLimiter};
 pub use error::{Error, Result};
 pub use openapi::{DOCS_PATH, DOCUMENT_PATH, document, document_json};
 pub use pacer_auth::Role;
-pub use pacing::{Lane, PacedListener, PacedStream};
 
-/// The dispatch capacity of this node that a handler may hand a just-created task to, so a task
-/// created due now is claimed in the same commit that creates it and dispatched at once.
-#[derive(Debug, Clone)]
-pub struct Handoff {
-    permits: Arc<Semaphore>,
-    sender: mpsc::Sender<(ClaimedTask, OwnedSemaphorePermit)>,
-    lease_margin: Span,
+/// This node's dispatcher, as the handlers that create tasks see it: a task created due now is
+/// claimed for this node in the statement that creates it and handed over, so it is dispatched
+/// at once instead of at the next look for due work.
+pub trait Dispatch: Send + Sync + std::fmt::Debug + 'static {
+    /// A free dispatch slot, or `None` when every one is taken (the task is then created
+    /// unclaimed, for any node's dispatcher to claim).
+    fn reserve(&self) -> Option<Box<dyn DispatchSlot>>;
 }
 
-impl Handoff {
-    /// A handoff into the dispatcher that owns `permits` and receives from `sender`.
-    pub fn new(
-        permits: Arc<Semaphore>,
-        sender: mpsc::Sender<(ClaimedTask, OwnedSemaphorePermit)>,
-        lease_margin: Span,
-    ) -> Self {
-        Self {
-            permits,
-            sender,
-            lease_margin,
-        }
-    }
+/// A dispatch slot reserved for a task about to be created; dropping it frees the slot.
+pub trait DispatchSlot: Send {
+    /// Added to the job's dispatch timeout to make the claim's lease.
+    fn lease_margin(&self) -> Span;
+
+    /// Hands the created task, claimed for this node, to the dispatcher; one that has stopped
+    /// hands the claim back for any node to take.
+    fn hand_over(self: Box<Self>, task: ClaimedTask) -> BoxFuture<'static, ()>;
 }
+
+/// A future a [`DispatchSlot`] returns.
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
 /// Everything a handler needs, built once at start-up. Every request clones it, so it is one
 /// shared allocation: a clone is one reference count.
@@ -87,7 +83,7 @@ impl std::ops::Deref for AppState {
 pub struct Shared {
     store: Store,
     node_id: Arc<str>,
-    handoff: Option<Handoff>,
+    dispatch: Option<Arc<dyn Dispatch>>,
     body_limit: usize,
     dead_after: Span,
     shutdown: CancellationToken,
@@ -103,9 +99,6 @@ pub struct Shared {
     creation: Batcher<TaskCreation>,
     /// Applies callbacks, many per statement.
     reporting: Batcher<Reporting>,
-    /// This node's dispatches going out at their scheduled time: callbacks wait until they
-    /// are out.
-    sending: Sending,
 }
 
 /// The most tasks created (or callbacks applied) in one statement, and how many such statements
@@ -144,14 +137,14 @@ impl AppState {
     pub fn new(
         store: Store,
         node_id: &str,
-        handoff: Option<Handoff>,
+        dispatch: Option<Arc<dyn Dispatch>>,
         config: &ApiConfig,
         auth: Auth,
     ) -> Self {
         Self(Arc::new(Shared {
             store: store.clone(),
             node_id: node_id.into(),
-            handoff,
+            dispatch,
             body_limit: config.body_limit,
             dead_after: config.dead_after,
             shutdown: CancellationToken::new(),
@@ -171,15 +164,7 @@ impl AppState {
                 CREATION_BATCH,
                 CREATION_WRITERS,
             ),
-            sending: Sending::default(),
         }))
-    }
-
-    /// Holds callbacks back, before any work on them, while this node's dispatcher is sending
-    /// tasks due at the same instant (`sending` is shared with it).
-    pub fn with_sending(mut self, sending: Sending) -> Self {
-        Arc::make_mut(&mut self.0).sending = sending;
-        self
     }
 
     /// The alert sinks jobs may route to (their names), besides `log`.
@@ -242,36 +227,7 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(state.body_limit))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(RequestIdV7))
-        .layer(middleware::from_fn_with_state(
-            state.sending.clone(),
-            hold_callbacks,
-        ))
         .with_state(state)
-}
-
-/// Dispatches due now come first: while this node is sending tasks due at the same instant, a
-/// callback waits (see [`Sending`]) before anything is done with it, its authentication, body
-/// and span included, and is answered a moment later. The connection it came on then waits out
-/// later bursts before it is read at all (see [`PacedListener`]).
-async fn hold_callbacks(State(sending): State<Sending>, request: Request, next: Next) -> Response {
-    if is_callback(&request) {
-        if let Some(ConnectInfo(lane)) = request.extensions().get::<ConnectInfo<Lane>>() {
-            lane.carried_callback();
-        }
-        sending.settled().await;
-    }
-    next.run(request).await
-}
-
-/// Whether `request` is a status callback: `POST /api/v1/tasks/{id}/callback`.
-fn is_callback(request: &Request) -> bool {
-    request.method() == axum::http::Method::POST
-        && request
-            .uri()
-            .path()
-            .strip_prefix("/api/v1/tasks/")
-            .and_then(|rest| rest.strip_suffix("/callback"))
-            .is_some_and(|id| !id.is_empty() && !id.contains('/'))
 }
 
 /// Every route, grouped by who may call it. Both the router and the OpenAPI document are built
@@ -337,46 +293,5 @@ impl MakeRequestId for RequestIdV7 {
         axum::http::HeaderValue::from_str(&uuid::Uuid::now_v7().to_string())
             .ok()
             .map(RequestId::new)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use axum::body::Body;
-    use axum::http::Method;
-
-    use super::*;
-
-    fn request(method: Method, path: &str) -> Request {
-        axum::http::Request::builder()
-            .method(method)
-            .uri(path)
-            .body(Body::empty())
-            .expect("a request")
-    }
-
-    #[test]
-    fn only_status_callbacks_are_held() {
-        let id = "01a20fea-2b74-7093-9cdb-dd565b158da0";
-        assert!(is_callback(&request(
-            Method::POST,
-            &format!("/api/v1/tasks/{id}/callback")
-        )));
-        assert!(is_callback(&request(
-            Method::POST,
-            &format!("/api/v1/tasks/{id}/callback?x=1")
-        )));
-        for (method, path) in [
-            (Method::GET, format!("/api/v1/tasks/{id}/callback")),
-            (Method::POST, format!("/api/v1/tasks/{id}")),
-            (Method::POST, "/api/v1/tasks//callback".to_owned()),
-            (Method::POST, format!("/api/v1/tasks/{id}/x/callback")),
-            (Method::POST, format!("/api/v1/jobs/x/tasks/{id}/callback")),
-        ] {
-            assert!(
-                !is_callback(&request(method.clone(), &path)),
-                "{method} {path}"
-            );
-        }
     }
 }

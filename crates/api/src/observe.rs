@@ -12,8 +12,14 @@ use opentelemetry_http::HeaderExtractor;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+/// When a request reached the API, for handlers that measure from its arrival.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Received(pub(crate) std::time::Instant);
+
 /// The request span and metrics around every handler.
-pub(crate) async fn observe(request: Request, next: Next) -> Response {
+pub(crate) async fn observe(mut request: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
+    request.extensions_mut().insert(Received(started));
     // Only the methods the API serves become label values; anything else a client sends is `other`.
     let method = match request.method().as_str() {
         known @ ("GET" | "HEAD" | "POST" | "PUT" | "DELETE" | "PATCH" | "OPTIONS") => known,
@@ -44,7 +50,6 @@ pub(crate) async fn observe(request: Request, next: Next) -> Response {
     });
     // Without a tracing pipeline there is no parent to attach to; nothing to report then.
     let _ = span.set_parent(parent);
-    let started = std::time::Instant::now();
     let response = next.run(request).instrument(span.clone()).await;
     let status = response.status().as_u16();
     span.record("http.response.status_code", status);

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use axum::Json as JsonResponse;
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
@@ -26,6 +26,7 @@ use crate::auth::Actor;
 use crate::error::Problem;
 use crate::extract::{Json, JsonOrEmpty, Path, Query, limit, task_id};
 use crate::jobs::{JobPath, existing_name, not_found};
+use crate::observe::Received;
 use crate::views::{Page, TaskView};
 use crate::{AppState, Error, Result};
 
@@ -261,16 +262,10 @@ async fn start(
     task: NewTask,
     origin: &'static str,
 ) -> Result<Option<Started>> {
-    let reserved = state.handoff.as_ref().and_then(|h| {
-        h.permits
-            .clone()
-            .try_acquire_owned()
-            .ok()
-            .map(|permit| (h, permit))
-    });
+    let reserved = state.dispatch.as_ref().and_then(|d| d.reserve());
     let claim_for = reserved
         .as_ref()
-        .map(|(h, _)| (&*state.node_id, h.lease_margin));
+        .map(|slot| (&*state.node_id, slot.lease_margin()));
     let created = match job {
         Job::Kept(job) => {
             let kept = KeptTask {
@@ -303,15 +298,8 @@ async fn start(
     };
     Ok(Some(match created {
         CreatedTask::Created { id, task, claimed } => {
-            if let (Some(claimed), Some((handoff, permit))) = (claimed, reserved)
-                && let Err(unsent) = handoff.sender.try_send((*claimed, permit))
-            {
-                // The dispatcher is shutting down: hand the claim back for any node to take.
-                let (task, _permit) = unsent.into_inner();
-                state
-                    .store
-                    .release_claims(&state.node_id, &[task.claim()])
-                    .await?;
+            if let (Some(claimed), Some(slot)) = (claimed, reserved) {
+                slot.hand_over(*claimed).await;
             }
             metrics::counter!("pacer_tasks_created_total", "origin" => origin).increment(1);
             Started::Created { id, task }
@@ -596,6 +584,7 @@ struct CallbackRequest {
 )]
 async fn report_task(
     State(state): State<AppState>,
+    received: Option<Extension<Received>>,
     Path(raw_id): Path<String>,
     Json(request): Json<CallbackRequest>,
 ) -> Result<JsonResponse<TaskView>> {
@@ -620,6 +609,10 @@ async fn report_task(
         .await
         .and_then(|answer| answer)
         .map_err(task_not_found(id))?;
+    if let (ReportOutcome::Applied(_), Some(Extension(Received(at)))) = (&outcome, received) {
+        // From the callback's arrival to its state committed: what a downstream waits for.
+        metrics::histogram!("pacer_callback_apply_seconds").record(at.elapsed().as_secs_f64());
+    }
     let result = match outcome {
         ReportOutcome::Applied(_) => "applied",
         ReportOutcome::Unchanged(_) => "unchanged",

@@ -27,6 +27,6 @@ pub use message::{
 pub use retry::RetryPolicy;
 pub use schedule::{Schedule, ScheduleError};
 pub use span::Span;
-pub use task::{CallbackStatus, FailureReason, TaskEvent, TaskState, Transition};
+pub use task::{CallbackStatus, FailureReason, TaskEvent, TaskState, Transition, Withdrawal};
 pub use trigger::{ScheduleSpec, Timetable, TriggerInput, TriggerSpec};
 pub use validation::{FieldError, ValidationErrors};

@@ -46,6 +46,9 @@ pub enum TaskEvent {
     Reported(CallbackStatus),
     /// An operator cancelled the task.
     Cancel,
+    /// The occurrence the task was fired ahead for was withdrawn before its time: see
+    /// [`Withdrawal`]. Only a task never sent may be withdrawn; one already running stands.
+    Withdraw,
     /// The task's hard timeout passed.
     TimedOut,
 }
@@ -112,17 +115,48 @@ impl TaskState {
         if self.is_terminal() {
             return match event {
                 E::Reported(status) if status.state() == self => Transition::Unchanged,
-                E::Cancel if self == S::Cancelled => Transition::Unchanged,
+                E::Cancel | E::Withdraw if self == S::Cancelled => Transition::Unchanged,
                 _ => Transition::Refused,
             };
         }
         match event {
+            E::Withdraw if self == S::Processing => Transition::Refused,
+            E::Withdraw => Transition::To(S::Cancelled),
             E::DispatchAccepted => Transition::To(S::Processing),
             E::DispatchCompleted => Transition::To(S::Completed),
             E::DispatchFailed | E::TimedOut => Transition::To(S::Failed),
             E::DispatchRetrying => Transition::To(self),
             E::Reported(status) => Transition::To(status.state()),
             E::Cancel => Transition::To(S::Cancelled),
+        }
+    }
+}
+
+/// Why tasks fired ahead of their time, and not yet sent, are withdrawn: the change stops the
+/// occurrence they were fired for, and its time has not come.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Withdrawal {
+    TriggerPaused,
+    TriggerDeleted,
+    JobPaused,
+    /// The whole scheduler entered standby.
+    Standby,
+}
+
+impl Withdrawal {
+    /// The message a withdrawn task keeps.
+    pub fn message(self) -> &'static str {
+        match self {
+            Withdrawal::TriggerPaused => {
+                "cancelled: its trigger was paused before its scheduled time"
+            }
+            Withdrawal::TriggerDeleted => {
+                "cancelled: its trigger was deleted before its scheduled time"
+            }
+            Withdrawal::JobPaused => "cancelled: its job was paused before its scheduled time",
+            Withdrawal::Standby => {
+                "cancelled: the scheduler entered standby before its scheduled time"
+            }
         }
     }
 }
@@ -190,6 +224,7 @@ mod tests {
             E::DispatchFailed,
             E::DispatchRetrying,
             E::Cancel,
+            E::Withdraw,
             E::TimedOut,
         ];
         all.extend(
@@ -215,6 +250,8 @@ mod tests {
             (S::Pending, E::DispatchRetrying) => To(S::Pending),
             (S::Processing, E::DispatchRetrying) => To(S::Processing),
             (S::Pending | S::Processing, E::Cancel) => To(S::Cancelled),
+            (S::Pending, E::Withdraw) => To(S::Cancelled),
+            (S::Processing, E::Withdraw) => Refused,
             (S::Pending | S::Processing, E::TimedOut) => To(S::Failed),
             (S::Pending | S::Processing, E::Reported(C::Processing)) => To(S::Processing),
             (S::Pending | S::Processing, E::Reported(C::Completed)) => To(S::Completed),
@@ -226,7 +263,7 @@ mod tests {
             (S::Completed, E::Reported(C::Completed)) => Unchanged,
             (S::CompletedWithErrors, E::Reported(C::CompletedWithErrors)) => Unchanged,
             (S::Failed, E::Reported(C::Failed)) => Unchanged,
-            (S::Cancelled, E::Reported(C::Cancelled) | E::Cancel) => Unchanged,
+            (S::Cancelled, E::Reported(C::Cancelled) | E::Cancel | E::Withdraw) => Unchanged,
             (S::Completed | S::CompletedWithErrors | S::Failed | S::Cancelled, _) => Refused,
         }
     }

@@ -78,15 +78,16 @@ impl Firing {
     }
 }
 
-/// Counts fired occurrences and skips, and records how late each task was created (a task fired
-/// ahead was on time).
+/// Counts fired occurrences and skips, and records how late each task was created: negative for
+/// one fired ahead of its time. How late work reaches its downstream is
+/// `pacer_dispatch_lateness_seconds`, recorded by the dispatcher.
 fn record_firing(lateness: &[f64], skips: &[(pacer_domain::SkipReason, usize)]) {
     let fired = u64::try_from(lateness.len()).unwrap_or(u64::MAX);
     metrics::counter!("pacer_occurrences_fired_total").increment(fired);
     metrics::counter!("pacer_tasks_created_total", "origin" => "trigger").increment(fired);
-    let histogram = metrics::histogram!("pacer_firing_lateness_seconds");
+    let histogram = metrics::histogram!("pacer_occurrence_creation_lateness_seconds");
     for seconds in lateness {
-        histogram.record(seconds.max(0.0));
+        histogram.record(*seconds);
     }
     for (reason, count) in skips {
         metrics::counter!("pacer_skips_total", "reason" => reason.as_str())

@@ -19,7 +19,9 @@ pub use alerting::{AlertEvent, AlertsConfig, SinkConfig, SinkKind, alert_changed
 pub use amqp::{AmqpConfig, Consumer, Publisher};
 pub use cancel::CancelNotifier;
 pub use delivery::{DELIVERY_ID_HEADER, Deliverer, DeliveryConfig, EVENT_HEADER};
-pub use dispatch::{DispatchConfig, Dispatcher, Handoff};
+pub use dispatch::{
+    DispatchConfig, DispatchSettings, Dispatcher, Handoff, Reservation, callback_url,
+};
 pub use error::{Error, Result};
 pub use events::WebhookConfig;
 pub use heartbeat::Heartbeat;

@@ -8,6 +8,7 @@ use anyhow::{Context, bail};
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 use pacer_domain::Span;
+use pacer_engine::DispatchSettings;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
@@ -248,21 +249,6 @@ pub(crate) struct NodeConfig {
 
 #[derive(Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub(crate) struct DispatchSettings {
-    /// Most dispatches in flight on this node at once.
-    pub(crate) concurrency: usize,
-    /// Most tasks claimed in one statement.
-    pub(crate) batch_size: usize,
-    /// Longest wait between looks for due work when no notification arrives.
-    pub(crate) poll_interval: Span,
-    /// Added to a job's dispatch timeout to form the claim's lease.
-    pub(crate) lease_margin: Span,
-    /// How long a shutdown waits for in-flight dispatches before handing them back.
-    pub(crate) drain_timeout: Span,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(default, deny_unknown_fields)]
 pub(crate) struct ClusterSettings {
     /// How often this node records its heartbeat.
     pub(crate) heartbeat_interval: Span,
@@ -401,18 +387,6 @@ impl Default for HttpConfig {
     }
 }
 
-impl Default for DispatchSettings {
-    fn default() -> Self {
-        Self {
-            concurrency: 256,
-            batch_size: 64,
-            poll_interval: Span::from_secs(1),
-            lease_margin: Span::from_secs(10),
-            drain_timeout: Span::from_secs(10),
-        }
-    }
-}
-
 impl Default for LogConfig {
     fn default() -> Self {
         Self {
@@ -521,24 +495,15 @@ impl Config {
         if !(1..=1000).contains(&self.database.max_connections) {
             bail!("database.max_connections must be between 1 and 1000");
         }
-        if !(1..=100_000).contains(&self.dispatch.concurrency) {
-            bail!("dispatch.concurrency must be between 1 and 100000");
-        }
+        self.dispatch
+            .check()
+            .map_err(|problem| anyhow::anyhow!(problem))?;
         if self
             .node
             .worker_threads
             .is_some_and(|threads| !(1..=1024).contains(&threads))
         {
             bail!("node.worker_threads must be between 1 and 1024");
-        }
-        if !(1..=1000).contains(&self.dispatch.batch_size) {
-            bail!("dispatch.batch_size must be between 1 and 1000");
-        }
-        if self.dispatch.poll_interval < Span::from_millis(10) {
-            bail!("dispatch.poll_interval must be at least 10ms");
-        }
-        if self.dispatch.lease_margin < Span::from_secs(1) {
-            bail!("dispatch.lease_margin must be at least 1s");
         }
         let cluster = &self.cluster;
         if cluster.heartbeat_interval < Span::from_millis(100) {

@@ -7,18 +7,18 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
-use pacer_api::{ApiConfig, AppState, Auth, Handoff, Lane, PacedListener, RateLimiter};
+use pacer_api::{ApiConfig, AppState, Auth, BoxFuture, Dispatch, DispatchSlot, RateLimiter};
 use pacer_domain::ConsumerStatus;
+use pacer_domain::Span;
 use pacer_engine::{
     AmqpConfig, CancelNotifier, Consumer, Deliverer, DeliveryConfig, DispatchConfig, Dispatcher,
     EventPush, Heartbeat, Leader, LeaderConfig, Outbound, Publisher, WebhookConfig,
 };
-use pacer_store::Store;
-use pacer_store::batch::Sending;
+use pacer_store::{ClaimedTask, Store};
 use secrecy::ExposeSecret;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -149,9 +149,6 @@ impl Node {
         extra: Router,
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
-        let settings = &self.config.dispatch;
-        let permits = Arc::new(Semaphore::new(settings.concurrency));
-        let (sender, receiver) = mpsc::channel(settings.concurrency);
         let cluster = &self.config.cluster;
         let api = ApiConfig {
             body_limit: self.config.http.body_limit,
@@ -169,7 +166,6 @@ impl Node {
             ),
         };
         let outbound = Outbound::new(self.security.keyset.clone(), self.security.secrets.clone());
-        let handoff = Handoff::new(permits.clone(), sender, settings.lease_margin);
         let alerts = Arc::new(self.config.alerts.engine());
         let amqp = &self.config.amqp;
         // A node with a broker starts out connecting, not disabled: the API answers before the
@@ -179,13 +175,31 @@ impl Node {
             None => ConsumerStatus::disabled(),
         };
         let (consumer_status, consumer_seen) = watch::channel(initial);
-        // The dispatcher's sends at their scheduled time, which callback writes wait for.
-        let sending = Sending::default();
-        let state = AppState::new(self.store.clone(), &self.node_id, Some(handoff), &api, auth)
-            .with_sending(sending.clone())
-            .with_shutdown(shutdown.clone())
-            .with_alert_sinks(alerts.sink_names())
-            .with_consumer(consumer_seen);
+        let client = pacer_engine::http_client()?;
+        let dispatcher = Dispatcher::new(
+            DispatchConfig {
+                node_id: self.node_id.clone(),
+                public_url: self.public_url.clone(),
+                settings: self.config.dispatch.clone(),
+                claim_ahead: self.config.cluster.fire_ahead,
+                max_response_bytes: 64 * 1024,
+            },
+            self.store.clone(),
+            client.clone(),
+            outbound.clone(),
+        )
+        .with_publisher(Publisher::new(amqp.url.clone(), &self.node_id));
+        let dispatch: Arc<dyn Dispatch> = Arc::new(Handoff(dispatcher.handoff()));
+        let state = AppState::new(
+            self.store.clone(),
+            &self.node_id,
+            Some(dispatch),
+            &api,
+            auth,
+        )
+        .with_shutdown(shutdown.clone())
+        .with_alert_sinks(alerts.sink_names())
+        .with_consumer(consumer_seen);
         let metrics = self.metrics.clone();
         let scrape = axum::routing::get(move || {
             let metrics = metrics.clone();
@@ -200,7 +214,6 @@ impl Node {
         let app = pacer_api::router(state)
             .merge(extra)
             .route("/metrics", scrape);
-        let client = pacer_engine::http_client()?;
         let cancels = CancelNotifier {
             store: self.store.clone(),
             client: client.clone(),
@@ -216,26 +229,6 @@ impl Node {
             client: client.clone(),
             outbound: outbound.clone(),
         });
-        let dispatcher = Dispatcher::new(
-            DispatchConfig {
-                node_id: self.node_id.clone(),
-                public_url: self.public_url.clone(),
-                batch_size: settings.batch_size,
-                poll_interval: settings.poll_interval,
-                lease_margin: settings.lease_margin,
-                drain_timeout: settings.drain_timeout,
-                claim_ahead: self.config.cluster.fire_ahead,
-                max_waiting: settings.concurrency,
-                max_response_bytes: 64 * 1024,
-            },
-            self.store.clone(),
-            client,
-            outbound,
-            permits,
-            receiver,
-        )
-        .with_publisher(Publisher::new(amqp.url.clone(), &self.node_id))
-        .with_sending(sending.clone());
 
         let mut parts: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
         // The HTTP server outlives the dispatcher's drain: downstreams of dispatches still in
@@ -243,8 +236,7 @@ impl Node {
         let http_stop = CancellationToken::new();
         let http_stopped = http_stop.clone();
         parts.spawn(async move {
-            let listener = PacedListener::new(self.listener, sending);
-            let served = axum::serve(listener, app.into_make_service_with_connect_info::<Lane>())
+            let served = axum::serve(self.listener, app)
                 .with_graceful_shutdown(http_stopped.cancelled_owned())
                 .await
                 .context("the HTTP server failed");
@@ -374,7 +366,7 @@ impl Node {
             });
         }
 
-        let deadline = settings.drain_timeout.as_duration() + Duration::from_secs(5);
+        let deadline = self.config.dispatch.drain_timeout.as_duration() + Duration::from_secs(5);
         supervise(parts, shutdown, deadline).await?;
         self.store.close().await;
         tracing::info!("stopped");
@@ -464,4 +456,29 @@ pub(crate) fn shutdown_on_signals() -> anyhow::Result<CancellationToken> {
         std::process::exit(130);
     });
     Ok(token)
+}
+
+/// The dispatcher's [`pacer_engine::Handoff`] as the API takes it.
+#[derive(Debug)]
+struct Handoff(pacer_engine::Handoff);
+
+impl Dispatch for Handoff {
+    fn reserve(&self) -> Option<Box<dyn DispatchSlot>> {
+        self.0
+            .reserve()
+            .map(|reserved| Box::new(Slot(reserved)) as Box<dyn DispatchSlot>)
+    }
+}
+
+/// A dispatch slot the dispatcher reserved.
+struct Slot(pacer_engine::Reservation);
+
+impl DispatchSlot for Slot {
+    fn lease_margin(&self) -> Span {
+        self.0.lease_margin()
+    }
+
+    fn hand_over(self: Box<Self>, task: ClaimedTask) -> BoxFuture<'static, ()> {
+        Box::pin(self.0.hand_over(task))
+    }
 }

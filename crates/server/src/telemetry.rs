@@ -9,6 +9,8 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing::Level;
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
@@ -61,15 +63,26 @@ pub(crate) fn init(format: LogFormat, level: &str) -> Telemetry {
                 None
             }
         });
-    let traces = provider
-        .as_ref()
-        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("pacer")));
+    // Each layer has its own filter: turning logs down (`RUST_LOG=warn`) must not drop the
+    // spans that carry a task's trace, nor the `traceparent` its dispatches send.
+    let traces = provider.as_ref().map(|p| {
+        tracing_opentelemetry::layer()
+            .with_tracer(p.tracer("pacer"))
+            .with_filter(trace_filter())
+    });
     tracing_subscriber::registry()
-        .with(filter)
-        .with(logs)
+        .with(logs.with_filter(filter))
         .with(traces)
         .init();
     Telemetry { provider }
+}
+
+/// What is exported as traces, whatever the log level: Pacer's own spans (requests, dispatches)
+/// and their events at `info` and above; the libraries' only from `warn`.
+fn trace_filter() -> Targets {
+    Targets::new()
+        .with_default(Level::WARN)
+        .with_target("pacer", Level::INFO)
 }
 
 fn tracer_provider() -> anyhow::Result<SdkTracerProvider> {
@@ -96,10 +109,27 @@ const BUCKETS: [f64; 15] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 
+/// Buckets for lateness that may be negative: an occurrence fired ahead of its time (by design),
+/// or a dispatch sent early (a fault, to be seen rather than clamped to zero).
+const SIGNED_BUCKETS: [f64; 21] = [
+    -10.0, -1.0, -0.5, -0.25, -0.1, -0.01, -0.001, 0.0, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+    0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0,
+];
+
 /// Installs the process-wide metrics recorder; the handle renders the Prometheus text.
 pub(crate) fn metrics() -> anyhow::Result<PrometheusHandle> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &BUCKETS)
+        .context("invalid histogram buckets")?
+        .set_buckets_for_metric(
+            Matcher::Full("pacer_occurrence_creation_lateness_seconds".into()),
+            &SIGNED_BUCKETS,
+        )
+        .context("invalid histogram buckets")?
+        .set_buckets_for_metric(
+            Matcher::Full("pacer_dispatch_lateness_seconds".into()),
+            &SIGNED_BUCKETS,
+        )
         .context("invalid histogram buckets")?
         .install_recorder()
         .context("cannot install the metrics recorder")?;
@@ -133,9 +163,23 @@ fn describe() {
         "Trigger occurrences turned into tasks"
     );
     describe_histogram!(
-        "pacer_firing_lateness_seconds",
+        "pacer_occurrence_creation_lateness_seconds",
         Unit::Seconds,
-        "Task created minus occurrence scheduled"
+        "Task created minus occurrence scheduled; negative for occurrences fired ahead of their time"
+    );
+    describe_histogram!(
+        "pacer_dispatch_lateness_seconds",
+        Unit::Seconds,
+        "First dispatch sent minus the task's scheduled time; negative if sent early"
+    );
+    describe_counter!(
+        "pacer_dispatches_early_total",
+        "First dispatches sent before the task's scheduled time (always a fault)"
+    );
+    describe_histogram!(
+        "pacer_callback_apply_seconds",
+        Unit::Seconds,
+        "Status callback received to its state change committed"
     );
     describe_counter!("pacer_skips_total", "Runs that got no task, by reason");
     describe_counter!("pacer_dispatches_total", "Dispatches by job and outcome");

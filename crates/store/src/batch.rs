@@ -5,10 +5,8 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 
-use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::{Error, Result};
 
@@ -129,128 +127,5 @@ async fn write_batch<W: BatchWrite>(write: &W, batch: Vec<Request<W>>) {
                 let _ = reply.send(answer);
             }
         }
-    }
-}
-
-/// The longest [`Sending::settled`] holds a write back.
-pub const HOLD_AT_MOST: Duration = Duration::from_millis(500);
-
-/// The requests a node is sending at their scheduled time: tasks claimed ahead whose time has
-/// come and whose downstream has not answered yet. Many occurrences are often due at the same
-/// instant (every trigger of a minute, at `:00`); while their requests go out, writes that can
-/// wait a moment (dispatch outcomes, callbacks) are held back, so they do not compete with the
-/// sending for the machine, and then go out in few, large batches. Cheap to clone; clones share
-/// the count.
-#[derive(Debug, Clone, Default)]
-pub struct Sending(Arc<SendingCount>);
-
-#[derive(Debug, Default)]
-struct SendingCount {
-    count: AtomicUsize,
-    done: Notify,
-}
-
-impl Sending {
-    /// Counts one request as being sent until the guard is dropped.
-    pub fn start(&self) -> SendingGuard {
-        self.0.count.fetch_add(1, Ordering::AcqRel);
-        SendingGuard(self.0.clone())
-    }
-
-    /// Whether a request is being sent right now.
-    pub fn is_sending(&self) -> bool {
-        self.0.count.load(Ordering::Acquire) > 0
-    }
-
-    /// Waits until no request is being sent, or [`HOLD_AT_MOST`].
-    pub async fn settled(&self) {
-        self.settled_within(HOLD_AT_MOST).await;
-    }
-
-    /// Waits until no request is being sent, or `at_most`, so a long burst still writes as it
-    /// goes.
-    async fn settled_within(&self, at_most: Duration) {
-        // Nearly always: nothing is being sent, and there is nothing to wait for.
-        if self.0.count.load(Ordering::Acquire) == 0 {
-            return;
-        }
-        let _ = tokio::time::timeout(at_most, async {
-            loop {
-                let done = self.0.done.notified();
-                if self.0.count.load(Ordering::Acquire) == 0 {
-                    return;
-                }
-                done.await;
-            }
-        })
-        .await;
-    }
-}
-
-/// One request counted in [`Sending`], until dropped.
-#[derive(Debug)]
-pub struct SendingGuard(Arc<SendingCount>);
-
-impl Drop for SendingGuard {
-    fn drop(&mut self) {
-        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.done.notify_waiters();
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    use tokio::time::{Instant, timeout};
-
-    use super::Sending;
-
-    /// Far longer than any test here takes: reaching it means the wait did not end as it should.
-    const NEVER: Duration = Duration::from_secs(60);
-
-    #[tokio::test]
-    async fn writes_wait_until_the_last_request_is_answered() {
-        let sending = Sending::default();
-        // Nothing being sent: no wait at all.
-        timeout(Duration::from_secs(10), sending.settled_within(NEVER))
-            .await
-            .expect("settled at once with nothing being sent");
-
-        let first = sending.start();
-        let second = sending.clone().start();
-        let waiter = tokio::spawn({
-            let sending = sending.clone();
-            async move { sending.settled_within(NEVER).await }
-        });
-        drop(first);
-        // One request is still out: the write keeps waiting.
-        assert!(
-            timeout(Duration::from_millis(100), sending.settled_within(NEVER))
-                .await
-                .is_err(),
-            "settled while a request was still being sent"
-        );
-        assert!(!waiter.is_finished());
-        drop(second);
-        timeout(Duration::from_secs(10), waiter)
-            .await
-            .expect("settled once the last request was answered")
-            .expect("the waiter ran");
-    }
-
-    #[tokio::test]
-    async fn a_long_burst_holds_writes_back_only_so_long() {
-        let sending = Sending::default();
-        let _held = sending.start();
-        let started = Instant::now();
-        timeout(
-            Duration::from_secs(10),
-            sending.settled_within(Duration::from_millis(50)),
-        )
-        .await
-        .expect("gave up waiting after at_most");
-        assert!(started.elapsed() >= Duration::from_millis(50));
     }
 }

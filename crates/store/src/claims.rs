@@ -42,6 +42,9 @@ pub struct ClaimedTask {
     /// When to dispatch, from the claim: zero for a task that was due, the time left until it
     /// is due for one claimed ahead.
     pub dispatch_in: Duration,
+    /// The task may be sent: it was claimed when due, or dispatched before. A task claimed ahead
+    /// is not, until [`Store::mark_dispatched`] says its claim still holds.
+    pub dispatched: bool,
 }
 
 /// What one dispatch came to, ready to record.
@@ -128,6 +131,7 @@ impl Store {
                     dispatch_in: Duration::from_millis(
                         u64::try_from(r.dispatch_in_ms).unwrap_or_default(),
                     ),
+                    dispatched: r.dispatched,
                 })
             })
             .collect()
@@ -293,7 +297,7 @@ impl Store {
         let handed: Vec<Uuid> = sqlx::query_scalar!(
             r#"with handed as (
                    update tasks t set claim_token = null, claimed_by = null, claimed_at = null,
-                       attempt = t.attempt - 1, started_at = null,
+                       attempt = t.attempt - 1, started_at = null, dispatched = false,
                        next_dispatch_at = t.claimed_at, updated_at = now()
                    from unnest($1::uuid[], $2::uuid[]) as c(id, token)
                    where t.id = c.id and t.claim_token = c.token and t.attempt = 1
@@ -309,20 +313,30 @@ impl Store {
         Ok(ids.iter().map(|id| handed.contains(id)).collect())
     }
 
-    /// Which of `claims` are still held: element `i` is false when claim `i` was taken away
-    /// (its task was cancelled, ended or handed over) since it was claimed.
-    pub async fn claims_held(&self, claims: &[ReleasedClaim]) -> Result<Vec<bool>> {
+    /// Marks the tasks of `claims` (taken ahead of their time) as being sent, where each claim
+    /// still holds: element `i` is false when claim `i` was taken away (its task was withdrawn,
+    /// cancelled, ended or handed over) since it was claimed, and the task must not be sent. Once
+    /// marked, a task is no longer withdrawn.
+    pub async fn mark_dispatched(&self, claims: &[ReleasedClaim]) -> Result<Vec<bool>> {
         let (ids, tokens) = ids_and_tokens(claims);
-        Ok(sqlx::query_scalar!(
-            r#"select exists (select 1 from tasks t
-                              where t.id = c.id and t.claim_token = c.token) as "held!"
-               from unnest($1::uuid[], $2::uuid[]) with ordinality as c(id, token, n)
-               order by c.n"#,
+        // Rows are locked in id order, as every batched writer of tasks (and a withdrawal)
+        // locks them, so two such statements wait for each other instead of deadlocking.
+        let marked: Vec<Uuid> = sqlx::query_scalar!(
+            r#"with locked as (
+                   select t.id from tasks t
+                   join unnest($1::uuid[], $2::uuid[]) as c(id, token)
+                     on t.id = c.id and t.claim_token = c.token
+                   order by t.id for update of t
+               )
+               update tasks t set dispatched = true
+               from locked l where t.id = l.id
+               returning t.id as "id!""#,
             &ids,
             &tokens,
         )
         .fetch_all(&self.pool)
-        .await?)
+        .await?;
+        Ok(ids.iter().map(|id| marked.contains(id)).collect())
     }
 
     /// How long until the next claim has work (zero if it has now): until the earliest open

@@ -2,7 +2,9 @@
 //! The lease row is the election: one conditional `UPDATE` under its row lock, no advisory locks.
 
 use chrono::{DateTime, Utc};
+use pacer_domain::Withdrawal;
 
+use crate::withdrawal::{Scope, withdraw_fired_ahead};
 use crate::{Result, Store};
 
 /// The channel a resigning leader notifies, so followers take over at once.
@@ -197,16 +199,27 @@ impl Store {
         )
     }
 
-    /// Enters or leaves standby; wakes the firing loop.
+    /// Enters or leaves standby; wakes the firing loop. Entering it withdraws the tasks fired
+    /// ahead of their time that were not sent yet.
     pub async fn set_scheduler_paused(&self, paused: bool) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let was_paused =
+            sqlx::query_scalar!("select paused from scheduler_state where id for update")
+                .fetch_one(&mut *tx)
+                .await?;
         sqlx::query!(
-            "with updated as (update scheduler_state set paused = $1, updated_at = now() where id returning 1)
-             select pg_notify($2, '') from updated",
+            "update scheduler_state set paused = $1, updated_at = now() where id",
             paused,
-            crate::TRIGGERS_CHANNEL,
         )
-        .fetch_all(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        if paused && !was_paused {
+            withdraw_fired_ahead(&mut tx, Scope::All, Withdrawal::Standby).await?;
+        }
+        sqlx::query!("select pg_notify($1, '')", crate::TRIGGERS_CHANNEL)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
         Ok(())
     }
 }

@@ -171,7 +171,8 @@ impl Store {
         let Some(now) = now else {
             return Ok(Fired::Fenced);
         };
-        if sqlx::query_scalar!("select paused from scheduler_state where id")
+        // Shared, so a standby waits for this pass, and then withdraws what it fired ahead.
+        if sqlx::query_scalar!("select paused from scheduler_state where id for share")
             .fetch_one(&mut *tx)
             .await?
         {
@@ -300,7 +301,7 @@ impl Store {
                 "update tasks set state = 'cancelled', finished_at = now(), next_dispatch_at = null,
                      claim_token = null, claimed_by = null, claimed_at = null, waits_for = null,
                      message = 'cancelled: replaced by a newer run (overlap policy replace)', updated_at = now(),
-                         cancel_notice_at = case when attempt > 0 then now() end
+                         cancel_notice_at = case when dispatched then now() end
                  where job_id = any($1) and state in ('pending', 'processing')",
                 &replace_jobs,
             )

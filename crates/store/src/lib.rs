@@ -14,6 +14,7 @@ mod messages;
 mod operations;
 mod tasks;
 mod triggers;
+mod withdrawal;
 
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;

@@ -430,7 +430,7 @@ impl Store {
             drop(tx);
             return self.settle(id, event, report).await;
         };
-        notify_cancel(&mut tx, event, task.attempt).await?;
+        notify_cancel(&mut tx, event).await?;
         tx.commit().await?;
         Ok((ReportOutcome::Applied(next), task))
     }
@@ -461,7 +461,7 @@ impl Store {
     ) -> Result<(ReportOutcome, Task)> {
         let mut tx = self.pool.begin().await?;
         let row = sqlx::query!(
-            r#"select t.state, t.attempt, t.job_name, j.spec ->> 'repoll_interval' as repoll_interval
+            r#"select t.state, t.job_name, j.spec ->> 'repoll_interval' as repoll_interval
                from tasks t left join jobs j on j.id = t.job_id
                where t.id = $1 for update of t"#,
             id.as_uuid()
@@ -483,7 +483,7 @@ impl Store {
                     report,
                 };
                 finish_tasks(&mut tx, &[end], &[state.as_str()]).await?;
-                notify_cancel(&mut tx, event, row.attempt).await?;
+                notify_cancel(&mut tx, event).await?;
                 ReportOutcome::Applied(next)
             }
             Transition::To(next) => {
@@ -528,15 +528,11 @@ impl Store {
     }
 }
 
-/// Asks the cancel notifiers to tell the downstream of a task cancelled after a dispatch reached
-/// it (best effort, by whichever node takes the notice); delivered when `conn`'s transaction
+/// Wakes the cancel notifiers, which tell the downstream of a cancelled task that a dispatch went
+/// out to (best effort, by whichever node takes the notice); delivered when `conn`'s transaction
 /// commits.
-async fn notify_cancel(
-    conn: &mut sqlx::PgConnection,
-    event: TaskEvent,
-    attempt: i32,
-) -> Result<()> {
-    if event == TaskEvent::Cancel && attempt > 0 {
+async fn notify_cancel(conn: &mut sqlx::PgConnection, event: TaskEvent) -> Result<()> {
+    if event == TaskEvent::Cancel {
         sqlx::query!("select pg_notify($1, '')", CANCELS_CHANNEL)
             .execute(&mut *conn)
             .await?;
@@ -728,7 +724,7 @@ pub(crate) async fn admit_task(
                 "update tasks set state = 'cancelled', finished_at = now(), next_dispatch_at = null,
                      claim_token = null, claimed_by = null, claimed_at = null, waits_for = null,
                      message = 'cancelled: replaced by a newer run (overlap policy replace)', updated_at = now(),
-                     cancel_notice_at = case when attempt > 0 then now() end
+                     cancel_notice_at = case when dispatched then now() end
                  where job_id = $1 and state in ('pending', 'processing')",
                 job.id,
             )
@@ -922,6 +918,7 @@ pub(crate) async fn insert_tasks(
                 last_success_at: row.last_success_at,
                 trace_context: task.trace_context.clone(),
                 dispatch_in: std::time::Duration::ZERO,
+                dispatched: true,
             })),
             _ => None,
         };

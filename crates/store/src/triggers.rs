@@ -2,10 +2,11 @@
 //! Every change notifies the firing loop, which may need to wake earlier.
 
 use chrono::{DateTime, Utc};
-use pacer_domain::TriggerSpec;
+use pacer_domain::{TriggerSpec, Withdrawal};
 use sqlx::types::Json;
 use uuid::Uuid;
 
+use crate::withdrawal::{Scope, withdraw_fired_ahead};
 use crate::{Error, Job, Result, Store, TRIGGERS_CHANNEL};
 
 /// A stored trigger.
@@ -180,25 +181,30 @@ impl Store {
         self.get_trigger(job, id).await
     }
 
-    /// Deletes a trigger; tasks it created stay.
+    /// Deletes a trigger. Tasks it created stay, but those fired ahead of their time and not yet
+    /// sent are withdrawn with it.
     pub async fn delete_trigger(&self, job: &Job, id: Uuid) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        // Withdrawn first: the tasks still name the trigger until it is gone.
+        withdraw_fired_ahead(&mut tx, Scope::Trigger(id), Withdrawal::TriggerDeleted).await?;
         let deleted = sqlx::query!(
             "delete from triggers where id = $1 and job_id = $2",
             id,
             job.id
         )
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?
         .rows_affected();
         if deleted == 0 {
-            Err(Error::NotFound("trigger"))
-        } else {
-            Ok(())
+            return Err(Error::NotFound("trigger"));
         }
+        tx.commit().await?;
+        Ok(())
     }
 
-    /// Pauses a trigger, or resumes it to fire next at `next_fire_at` (occurrences while paused
-    /// are not wanted, so the caller computes it from now).
+    /// Pauses a trigger, withdrawing the tasks it fired ahead that were not sent yet, or resumes
+    /// it to fire next at `next_fire_at` (occurrences while paused are not wanted, so the caller
+    /// computes it from now).
     pub async fn set_trigger_paused(
         &self,
         job: &Job,
@@ -206,6 +212,7 @@ impl Store {
         paused: bool,
         next_fire_at: Option<DateTime<Utc>>,
     ) -> Result<Trigger> {
+        let mut tx = self.pool.begin().await?;
         let updated = sqlx::query_scalar!(
             r#"with updated as (
                    update triggers set paused = $3,
@@ -220,13 +227,18 @@ impl Store {
             next_fire_at,
             TRIGGERS_CHANNEL,
         )
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *tx)
         .await?;
+        if paused && updated > 0 {
+            withdraw_fired_ahead(&mut tx, Scope::Trigger(id), Withdrawal::TriggerPaused).await?;
+        }
+        tx.commit().await?;
         self.updated_trigger(job, id, updated).await
     }
 
-    /// Pauses a job (its triggers do not fire and it takes no new tasks) or resumes it, moving
-    /// each trigger's next fire time to the given one (computed from now by the caller).
+    /// Pauses a job (its triggers do not fire, it takes no new tasks, and the tasks its triggers
+    /// fired ahead that were not sent yet are withdrawn) or resumes it, moving each trigger's next
+    /// fire time to the given one (computed from now by the caller).
     pub async fn set_job_paused(
         &self,
         job: &Job,
@@ -234,6 +246,15 @@ impl Store {
         next_fire: &[(Uuid, Option<DateTime<Utc>>)],
     ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
+        // The firing loop locks the triggers it fires, then (for some jobs) the job: locking in
+        // the same order waits for a firing pass that read the job as running to commit its
+        // tasks, which a pause then withdraws too, and never deadlocks with one.
+        sqlx::query!(
+            "select id from triggers where job_id = $1 order by id for update",
+            job.id
+        )
+        .fetch_all(&mut *tx)
+        .await?;
         let was_paused =
             sqlx::query_scalar!("select paused from jobs where id = $1 for update", job.id)
                 .fetch_optional(&mut *tx)
@@ -245,7 +266,9 @@ impl Store {
         sqlx::query!("update jobs set paused = $2 where id = $1", job.id, paused)
             .execute(&mut *tx)
             .await?;
-        if !paused {
+        if paused {
+            withdraw_fired_ahead(&mut tx, Scope::Job(job.id), Withdrawal::JobPaused).await?;
+        } else {
             let ids: Vec<Uuid> = next_fire.iter().map(|(id, _)| *id).collect();
             let times: Vec<Option<DateTime<Utc>>> = next_fire.iter().map(|(_, at)| *at).collect();
             sqlx::query!(

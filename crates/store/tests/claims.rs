@@ -399,7 +399,7 @@ async fn a_batch_of_outcomes_is_recorded_as_if_in_sequence(pool: PgPool) {
     }
     let (of_a, of_b): (Vec<_>, Vec<_>) = claimed.iter().partition(|t| t.job_name == "sync");
     let mut moved = of_b[2].claim();
-    moved.claim_token = uuid::Uuid::new_v4();
+    moved.claim_token = uuid::Uuid::now_v7();
     let batch = vec![
         (of_a[0].claim(), transient(of_a[0], "node-a", "a1")),
         (of_b[0].claim(), transient(of_b[0], "node-a", "b1")),

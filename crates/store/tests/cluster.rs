@@ -640,12 +640,14 @@ async fn occurrences_that_may_overlap_fire_and_are_claimed_ahead_and_a_pause_wit
         task.dispatch_in
     );
     assert_eq!(
-        (task.claimed_at, task.attempt, task.timed_out),
-        (at, 1, false)
-    );
-    assert_eq!(
-        store.claims_held(&[task.claim()]).await.expect("held"),
-        vec![true]
+        (
+            task.claimed_at,
+            task.attempt,
+            task.timed_out,
+            task.dispatched
+        ),
+        (at, 1, false, false),
+        "claimed ahead: not to be sent before its node marks it"
     );
     assert!(
         store
@@ -693,7 +695,8 @@ async fn occurrences_that_may_overlap_fire_and_are_claimed_ahead_and_a_pause_wit
     let rows = fired_tasks(&pool, "free").await;
     assert_eq!(rows[0].2, Some(at));
 
-    // Pausing the trigger before its time withdraws the task; the claim is no longer held.
+    // The trigger is paused before the task was ever sent: it is withdrawn, the downstream
+    // never saw it and is not told, and a mark with the old claim finds it gone.
     store
         .set_trigger_paused(&free, free_trigger, true, None)
         .await
@@ -701,17 +704,61 @@ async fn occurrences_that_may_overlap_fire_and_are_claimed_ahead_and_a_pause_wit
     let rows = fired_tasks(&pool, "free").await;
     assert_eq!(
         (rows[0].1.as_str(), rows[0].2, rows[0].4),
-        ("cancelled", None, true),
-        "claimed, so the downstream is told in case the dispatch raced the pause"
+        ("cancelled", None, false),
+        "withdrawn unsent: no cancel notice"
     );
     assert_eq!(
         rows[0].3.as_deref(),
         Some("cancelled: its trigger was paused before its scheduled time")
     );
     assert_eq!(
-        store.claims_held(&[task.claim()]).await.expect("held"),
+        store.mark_dispatched(&[task.claim()]).await.expect("mark"),
         vec![false]
     );
+    let (attempt, attempts): (i32, i64) = sqlx::query_as(
+        "select attempt, (select count(*) from task_attempts) from tasks where job_name = 'free'",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("task");
+    assert_eq!((attempt, attempts), (0, 0), "no attempt was ever made");
+}
+
+#[sqlx::test(migrator = "pacer_store::MIGRATOR")]
+async fn a_task_marked_for_sending_stands_through_a_pause_and_its_cancel_is_noticed(pool: PgPool) {
+    let store = Store::new(pool.clone());
+    let term = lead(&store).await;
+    let free = job(&store, "free", json!({})).await;
+    let (trigger, at) = once_in(&store, &free, 30).await;
+    let ahead = Span::from_secs(60);
+    store.fire_due("a", term, 100, ahead).await.expect("fire");
+    let claimed = store
+        .claim_due("n", 10, Span::from_secs(1), ahead)
+        .await
+        .expect("claim ahead");
+    assert_eq!(
+        store
+            .mark_dispatched(&[claimed[0].claim()])
+            .await
+            .expect("mark"),
+        vec![true]
+    );
+    // Marked: the node is sending it, so a pause no longer withdraws it.
+    store
+        .set_trigger_paused(&free, trigger, true, None)
+        .await
+        .expect("pause");
+    store
+        .set_job_paused(&free, true, &[])
+        .await
+        .expect("pause job");
+    store.set_scheduler_paused(true).await.expect("standby");
+    let rows = fired_tasks(&pool, "free").await;
+    assert_eq!((rows[0].0, rows[0].1.as_str()), (at, "pending"));
+    // An operator's cancel of it reaches the downstream, which may have it.
+    store.cancel_task(claimed[0].id).await.expect("cancel");
+    let rows = fired_tasks(&pool, "free").await;
+    assert_eq!((rows[0].1.as_str(), rows[0].4), ("cancelled", true));
 }
 
 #[sqlx::test(migrator = "pacer_store::MIGRATOR")]

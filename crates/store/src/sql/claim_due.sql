@@ -5,7 +5,9 @@
 -- `next_dispatch_at` to the lease expiry; the lost dispatch is recorded as `abandoned`.
 -- A task never dispatched and due within $4 ms is claimed ahead: the node holds it and
 -- dispatches it at `dispatch_in_ms`, so that the claim's round trip is not part of its lateness.
--- A task dispatched before, or queued behind another, is claimed only when due.
+-- A task dispatched before, or queued behind another, is claimed only when due. A task claimed
+-- when due is marked `dispatched` by its claim; one claimed ahead is marked by its node shortly
+-- before its time (until then a pause, standby or trigger delete may still withdraw it).
 -- The new lease is the job's dispatch timeout plus a margin ($3 ms) from the dispatch's time, on
 -- the database clock.
 with due as (
@@ -34,6 +36,7 @@ claimed as (
         claimed_by = $1,
         claimed_at = due.dispatch_at,
         attempt = t.attempt + case when t.timeout_at <= now() then 0 else 1 end,
+        dispatched = t.dispatched or due.dispatch_at <= now(),
         started_at = case when t.timeout_at <= now() then t.started_at
                           else coalesce(t.started_at, due.dispatch_at) end,
         next_dispatch_at = due.dispatch_at + (j.dispatch_timeout_ms + $3::bigint) * interval '1 millisecond',
@@ -44,6 +47,7 @@ claimed as (
               t.state, t.attempt, t.consecutive_failures, t.payload,
               coalesce(t.scheduled_at, t.due_at) as scheduled_at, t.deadline_at,
               t.timeout_at, t.claimed_at, t.timeout_at <= now() as timed_out, t.trace_context,
+              t.dispatched,
               (extract(epoch from due.dispatch_at - now()) * 1000)::bigint as dispatch_in_ms
 )
 select c.id as "id!", c.claim_token as "claim_token!", c.job_name as "job_name!",
@@ -51,6 +55,7 @@ select c.id as "id!", c.claim_token as "claim_token!", c.job_name as "job_name!"
        c.attempt as "attempt!", c.consecutive_failures as "consecutive_failures!",
        c.payload as "payload!", c.scheduled_at as "scheduled_at!", c.deadline_at, c.timeout_at as "timeout_at!",
        c.claimed_at as "claimed_at!", c.timed_out as "timed_out!", c.trace_context,
+       c.dispatched as "dispatched!",
        c.dispatch_in_ms as "dispatch_in_ms!",
        (select max(s.started_at) from tasks s
         where s.job_id = c.job_id and s.state = 'completed') as last_success_at

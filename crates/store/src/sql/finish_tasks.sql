@@ -5,8 +5,8 @@
 -- caller reads it to tell a repeat from a conflict. Clearing the claim fences off a dispatch still
 -- in flight: its outcome will find no matching claim token and leave the final state alone.
 -- Element i: $1 id, $2 final state, $3 progress, $4 message, $5 result, $6 failure reason, $7 a
--- cancellation (which asks the cancel notifiers to tell the downstream when a dispatch already
--- reached it), $9 the callback's own event (null for a cancellation), written just before the
+-- cancellation (which asks the cancel notifiers to tell the downstream when a dispatch went out
+-- to it), $9 the callback's own event (null for a cancellation), written just before the
 -- state change it caused.
 with o as (
     select *
@@ -26,7 +26,7 @@ updated as (
         claim_token = null, claimed_by = null, claimed_at = null,
         progress = coalesce(o.progress, t.progress), message = coalesce(o.message, t.message),
         result = coalesce(o.result, t.result), failure_reason = o.failure_reason,
-        cancel_notice_at = case when o.cancel and t.attempt > 0 then now() end,
+        cancel_notice_at = case when o.cancel and t.dispatched then now() end,
         last_heartbeat_at = now(), updated_at = now(),
         -- A task completed for a job nobody watches for success needs no alert evaluation.
         outcome_noticed = o.state = 'completed' and not exists (

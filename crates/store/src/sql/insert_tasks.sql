@@ -31,8 +31,8 @@ current as (
 inserted as (
     insert into tasks (id, job_id, job_name, origin, idempotency_key, payload, due_at,
                        next_dispatch_at, deadline_at, timeout_at,
-                       claim_token, claimed_by, claimed_at, attempt, started_at, waits_for,
-                       trace_context, actor, retry_of, message_id, message_type)
+                       claim_token, claimed_by, claimed_at, attempt, started_at, dispatched,
+                       waits_for, trace_context, actor, retry_of, message_id, message_type)
     select id, job_id, job_name, origin, idempotency_key, payload, due_at,
            case when claim then now() + lease_ms * interval '1 millisecond'
                 when waits_for is not null then due_at + timeout_ms * interval '1 millisecond'
@@ -44,6 +44,7 @@ inserted as (
            case when claim then now() end,
            case when claim then 1 else 0 end,
            case when claim then now() end,
+           claim,
            waits_for, trace_context, actor, retry_of, message_id, message_type
     from current
     order by ord

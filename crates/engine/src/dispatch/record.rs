@@ -1,0 +1,95 @@
+//! Recording what a dispatch came to: its log line and metrics, and its outcome written with other
+//! dispatches' in one statement (group commit: every outcome that finishes while a batch is being
+//! written joins the next one, and nothing waits for a batch to fill).
+
+use std::time::Duration;
+
+use pacer_domain::dispatch::DispatchOutcome;
+use pacer_store::batch::{BatchWrite, Batcher};
+use pacer_store::{ClaimedTask, Outcome, Store};
+
+/// The most dispatch outcomes written in one statement.
+pub(crate) const OUTCOME_BATCH: usize = 256;
+
+/// Dispatch outcomes, written in batches.
+pub(crate) type Recorder = Batcher<Outcomes>;
+
+/// The write behind the [`Recorder`].
+pub(crate) struct Outcomes {
+    pub(crate) store: Store,
+}
+
+impl BatchWrite for Outcomes {
+    type Item = (pacer_store::ReleasedClaim, Outcome);
+    /// Whether the task still held the claim and took the outcome.
+    type Output = bool;
+
+    async fn write(
+        &self,
+        items: &[(pacer_store::ReleasedClaim, Outcome)],
+    ) -> pacer_store::Result<Vec<bool>> {
+        metrics::histogram!("pacer_outcome_batch_size").record(items.len() as f64);
+        self.store.record_outcomes(items).await
+    }
+}
+
+/// The dispatch's line and metrics. Job names are defined by operators, so the `pacer_job` label
+/// stays bounded; task ids never appear (Prometheus keeps `job` for the scrape job).
+pub(crate) fn observe(task: &ClaimedTask, outcome: &DispatchOutcome, record: &Outcome) {
+    tracing::info!(
+        outcome = %outcome.attempt_outcome(),
+        http.status = outcome.http_status(),
+        latency_ms = u64::try_from(record.latency.as_millis()).unwrap_or(u64::MAX),
+        error = outcome.error(),
+        next_state = record.decision.state.map(|s| s.as_str()),
+        "dispatched"
+    );
+    let labels = [
+        ("pacer_job", task.job_name.clone()),
+        ("outcome", outcome.attempt_outcome().as_str().to_owned()),
+    ];
+    metrics::counter!("pacer_dispatches_total", &labels).increment(1);
+    metrics::histogram!("pacer_dispatch_duration_seconds", &labels)
+        .record(record.latency.as_secs_f64());
+}
+
+/// How late the first dispatch of a task went out, against its scheduled time: signed, since a
+/// dispatch sent early is a fault to count, not to hide. `late_at_due` is how late the time the
+/// claim set to send at was (on the database clock, zero for a task claimed ahead), `late_to_send`
+/// how far the request went out after that time on this node's clock (negative if before it).
+pub(crate) fn observe_lateness(late_at_due: f64, late_to_send: f64) {
+    let lateness = late_at_due + late_to_send;
+    metrics::histogram!("pacer_dispatch_lateness_seconds").record(lateness);
+    if lateness < 0.0 {
+        metrics::counter!("pacer_dispatches_early_total").increment(1);
+        tracing::warn!(
+            early_ms = -lateness * 1000.0,
+            "a dispatch went out before its scheduled time"
+        );
+    }
+}
+
+/// Records the outcome (batched with other dispatches'), retrying briefly through a database
+/// hiccup. If it still fails, the claim's lease runs out and the task is dispatched again: at least
+/// once, never lost.
+pub(crate) async fn record(recorder: &Recorder, task: &ClaimedTask, outcome: Outcome) {
+    let mut backoff = Duration::from_millis(100);
+    for _ in 0..5 {
+        match recorder.submit((task.claim(), outcome.clone())).await {
+            Ok(true) => return,
+            Ok(false) => {
+                // Most often the downstream called back before this answer was recorded.
+                tracing::debug!("the task moved on during the dispatch; its newer state stands");
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "recording a dispatch outcome failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff *= 2;
+            }
+        }
+    }
+    tracing::error!(
+        "could not record a dispatch outcome; the task will be dispatched again when its lease expires"
+    );
+}

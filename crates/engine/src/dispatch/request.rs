@@ -1,0 +1,136 @@
+//! A dispatch made ready before its time: the body (DESIGN §6), the callback credential, the trace
+//! context and the job's outbound auth, as one request ready to send.
+
+use chrono::{DateTime, Utc};
+use pacer_domain::dispatch::DispatchOutcome;
+use pacer_domain::{AmqpTarget, Target, TaskId};
+use pacer_store::ClaimedTask;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use serde::Serialize;
+use serde_json::Value;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use super::send::describe;
+use crate::outbound::Outbound;
+
+/// The body of every dispatch (DESIGN §6).
+#[derive(Serialize)]
+struct DispatchBody<'a> {
+    task_id: TaskId,
+    job: &'a str,
+    attempt: i32,
+    scheduled_at: DateTime<Utc>,
+    deadline_at: Option<DateTime<Utc>>,
+    last_success_at: Option<DateTime<Utc>>,
+    payload: &'a Value,
+    /// Only for a job that expects a callback: a plain webhook (`expect_callback: false`) ends
+    /// its task with its answer, so it is handed no credential it has no use for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    callback: Option<Callback>,
+}
+
+#[derive(Serialize)]
+struct Callback {
+    url: String,
+    /// Valid for this task alone, so the downstream can report on it without other credentials.
+    token: String,
+}
+
+/// A dispatch made ready to send.
+pub(crate) enum Prepared {
+    /// The whole request, URL parsed and headers set.
+    Http(reqwest::Request),
+    /// The job's exchange, the body, and as headers the trace context alone.
+    Amqp {
+        target: AmqpTarget,
+        body: Vec<u8>,
+        headers: HeaderMap,
+    },
+}
+
+/// The URL a downstream reports on `task` at, under this node's public base URL.
+pub fn callback_url(public_url: &str, task: TaskId) -> String {
+    format!(
+        "{}/api/v1/tasks/{task}/callback",
+        public_url.trim_end_matches('/')
+    )
+}
+
+/// The body and headers of the dispatch of `task`, or the outcome when they cannot be made (a
+/// credential that cannot be signed is a transient error: the next attempt may succeed). Call
+/// inside the dispatch's span, whose trace context the request carries.
+pub(crate) fn prepare(
+    task: &ClaimedTask,
+    client: &reqwest::Client,
+    outbound: &Outbound,
+    public_url: &str,
+) -> Result<Prepared, DispatchOutcome> {
+    let unsigned = |error: String| DispatchOutcome::Transient {
+        status: None,
+        error,
+        retry_after: None,
+    };
+    let callback = if task.job.expect_callback {
+        let token = outbound
+            .callback_token(task.id, task.timeout_at)
+            .map_err(unsigned)?;
+        Some(Callback {
+            url: callback_url(public_url, task.id),
+            token,
+        })
+    } else {
+        None
+    };
+    let body = DispatchBody {
+        task_id: task.id,
+        job: &task.job_name,
+        attempt: task.attempt,
+        scheduled_at: task.scheduled_at,
+        deadline_at: task.deadline_at,
+        last_success_at: task.last_success_at,
+        payload: &task.payload,
+        callback,
+    };
+    let body = serde_json::to_vec(&body)
+        .map_err(|_| unsigned("the dispatch body could not be serialised".to_owned()))?;
+    let mut headers = HeaderMap::new();
+    // W3C trace context of this dispatch, so the downstream's work and callback join the trace.
+    let context = tracing::Span::current().context();
+    opentelemetry::global::get_text_map_propagator(|p| {
+        p.inject_context(
+            &context,
+            &mut opentelemetry_http::HeaderInjector(&mut headers),
+        );
+    });
+    let target = match &task.job.target {
+        Target::Http(target) => target,
+        Target::Amqp(target) => {
+            return Ok(Prepared::Amqp {
+                target: target.clone(),
+                body,
+                headers,
+            });
+        }
+    };
+    for (name, value) in &target.headers {
+        // Validated when the job was defined; a header that still fails to convert is skipped.
+        if let (Ok(name), Ok(value)) = (HeaderName::try_from(name), HeaderValue::try_from(value)) {
+            headers.insert(name, value);
+        }
+    }
+    headers.extend(
+        outbound
+            .headers(&target.auth, task.id, &body)
+            .map_err(unsigned)?,
+    );
+    client
+        .post(&target.url)
+        .headers(headers)
+        .header("idempotency-key", task.id.to_string())
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .timeout(task.job.dispatch_timeout.as_duration())
+        .body(body)
+        .build()
+        .map(Prepared::Http)
+        .map_err(|error| unsigned(describe(&error, task.job.dispatch_timeout)))
+}
