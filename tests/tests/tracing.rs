@@ -53,9 +53,9 @@ async fn one_trace_follows_a_task_from_request_to_callback() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn turning_logs_down_to_warn_keeps_the_trace_and_its_traceparent() {
-    // `pacer_server=info` only so the test reads the node's `listening` line; the request and
+    // `pacer::node=info` only so the test reads the node's `listening` line; the request and
     // dispatch spans (of `pacer_api` and `pacer_engine`) are below the log level.
-    follow_one_trace("warn,pacer_server=info").await;
+    follow_one_trace("warn,pacer::node=info").await;
 }
 
 /// Creates a task under a known trace, with the node's log level at `log_level`, and checks that
