@@ -192,7 +192,11 @@ impl Store {
                     .map(|e| e.replace('\0', "\u{fffd}")),
             );
             progress.push(report.and_then(|r| r.progress.clone()));
-            messages.push(report.and_then(|r| r.message.as_deref()));
+            messages.push(
+                report
+                    .and_then(|r| r.message.as_deref())
+                    .map(|m| m.replace('\0', "\u{fffd}")),
+            );
             results.push(report.and_then(|r| r.result.clone()));
             attempts.push(claim.attempt);
             nodes.push(outcome.node.as_str());
@@ -211,7 +215,7 @@ impl Store {
             &reasons as &[Option<&str>],
             &errors as &[Option<String>],
             &progress as &[Option<Value>],
-            &messages as &[Option<&str>],
+            &messages as &[Option<String>],
             &results as &[Option<Value>],
             &attempts,
             &nodes as &[&str],

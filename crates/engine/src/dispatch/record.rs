@@ -93,3 +93,112 @@ pub(crate) async fn record(recorder: &Recorder, task: &ClaimedTask, outcome: Out
         "could not record a dispatch outcome; the task will be dispatched again when its lease expires"
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use pacer_domain::dispatch::DispatchOutcome;
+    use pacer_domain::{JobInput, JobName, JobSpec, Span, TaskId, after_dispatch};
+    use pacer_store::{CreatedTask, NewTask, Origin};
+    use serde_json::json;
+    use sqlx::PgPool;
+
+    use super::*;
+
+    /// Claims `n` tasks of a job due now, as a dispatcher would.
+    async fn claimed(store: &Store, n: usize) -> Vec<ClaimedTask> {
+        let input: JobInput = serde_json::from_value(json!({
+            "target": { "url": "http://downstream.invalid/run" }, "expect_callback": false
+        }))
+        .expect("job input");
+        let spec = JobSpec::try_from(input).expect("valid job");
+        let name: JobName = "batched".parse().expect("name");
+        let job = store.put_job(&name, &spec).await.expect("job").job;
+        for _ in 0..n {
+            let task = NewTask {
+                id: TaskId::new(),
+                origin: Origin::Api,
+                idempotency_key: None,
+                payload: json!({}),
+                not_before: None,
+                trace_context: None,
+                actor: None,
+                retry_of: None,
+            };
+            assert!(matches!(
+                store.create_task(&job, task, None).await.expect("task"),
+                CreatedTask::Created { .. }
+            ));
+        }
+        let n = i64::try_from(n).expect("small");
+        store
+            .claim_due("node", n, Span::from_secs(30), Span::from_secs(0))
+            .await
+            .expect("claimed")
+    }
+
+    fn accepted(task: &ClaimedTask) -> Outcome {
+        let outcome = DispatchOutcome::Accepted {
+            status: 200,
+            report: None,
+        };
+        Outcome {
+            decision: after_dispatch(task.state, 0, &task.job, &outcome, 0.5),
+            attempt: outcome.attempt_outcome(),
+            node: "node".into(),
+            http_status: Some(200),
+            error: None,
+            latency: Duration::from_millis(3),
+        }
+    }
+
+    #[sqlx::test(migrator = "pacer_store::MIGRATOR")]
+    async fn a_batch_that_fails_midway_writes_every_other_outcome_exactly_once(pool: PgPool) {
+        let store = Store::new(pool.clone());
+        let tasks = claimed(&store, 12).await;
+        assert_eq!(tasks.len(), 12);
+        let recorder = Batcher::start(
+            Outcomes {
+                store: store.clone(),
+            },
+            OUTCOME_BATCH,
+            1,
+        );
+        // The sixth task is deleted while its dispatch is out: its attempt cannot be written, and
+        // the statement of whatever batch it joins fails.
+        let poisoned = tasks[5].id;
+        sqlx::query("delete from tasks where id = $1")
+            .bind(poisoned.as_uuid())
+            .execute(&pool)
+            .await
+            .expect("deleted");
+        let mut submitted = tokio::task::JoinSet::new();
+        for task in &tasks {
+            let item = (task.claim(), accepted(task));
+            let recorder = recorder.clone();
+            let id = task.id;
+            submitted.spawn(async move { (id, recorder.submit(item).await) });
+        }
+        let mut written = 0;
+        while let Some(joined) = submitted.join_next().await {
+            let (id, answer) = joined.expect("submitted");
+            if id == poisoned {
+                assert!(answer.is_err(), "the poisoned outcome fails alone");
+            } else {
+                assert!(answer.expect("written"), "the claim held");
+                written += 1;
+            }
+        }
+        assert_eq!(written, 11);
+        let rows: Vec<(uuid::Uuid, String, i64)> = sqlx::query_as(
+            "select t.id, t.state, (select count(*) from task_attempts a where a.task_id = t.id)
+             from tasks t order by t.id",
+        )
+        .fetch_all(&pool)
+        .await
+        .expect("tasks");
+        assert_eq!(rows.len(), 11);
+        for (id, state, attempts) in rows {
+            assert_eq!((state.as_str(), attempts), ("completed", 1), "{id}");
+        }
+    }
+}
