@@ -66,8 +66,17 @@ impl CallbackCounts {
     }
 }
 
+/// One callback the node answered 2xx at the first try: when it was sent, and how long the answer
+/// took (the node answers once the callback's state is committed).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CallbackAnswer {
+    pub(crate) sent_at: DateTime<Utc>,
+    pub(crate) millis: f64,
+}
+
 struct Shared {
     dispatches: Mutex<Vec<Dispatch>>,
+    answers: Mutex<Vec<CallbackAnswer>>,
     client: Caller,
     delay: Duration,
     answered: AtomicU64,
@@ -92,6 +101,7 @@ impl Downstream {
         let address: SocketAddr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             dispatches: Mutex::new(Vec::with_capacity(64 * 1024)),
+            answers: Mutex::new(Vec::with_capacity(64 * 1024)),
             client: Caller::new()?,
             delay,
             answered: AtomicU64::new(0),
@@ -138,6 +148,19 @@ impl Downstream {
             first.entry(dispatch.task_id.clone()).or_insert(dispatch);
         }
         first
+    }
+
+    /// The callbacks sent in `[from, to)` that were answered 2xx at the first try: how long
+    /// each answer took, in milliseconds.
+    pub(crate) fn callback_answers(&self, from: DateTime<Utc>, to: DateTime<Utc>) -> Vec<f64> {
+        self.shared
+            .answers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter(|a| a.sent_at >= from && a.sent_at < to)
+            .map(|a| a.millis)
+            .collect()
     }
 
     pub(crate) fn callbacks(&self) -> CallbackCounts {
@@ -206,9 +229,19 @@ async fn call_back(shared: Arc<Shared>, url: String, token: String) {
             tokio::time::sleep(backoff).await;
             backoff *= 2;
         }
+        let sent_at = Utc::now();
+        let started = tokio::time::Instant::now();
         match shared.client.call_back(&url, &token).await {
             Ok(status) if status.is_success() => {
                 shared.answered.fetch_add(1, Ordering::Relaxed);
+                if attempt == 0 {
+                    let millis = started.elapsed().as_secs_f64() * 1000.0;
+                    shared
+                        .answers
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .push(CallbackAnswer { sent_at, millis });
+                }
                 return;
             }
             Ok(StatusCode::CONFLICT) => {

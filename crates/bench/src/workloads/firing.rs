@@ -1,7 +1,9 @@
 //! `firing`: S interval triggers at 1 s on a cluster for D seconds. Every occurrence in the
 //! steady window is checked against the tasks and skips recorded for it; lateness is task
 //! created − scheduled (the database's `created_at`, the firing transaction's start) and
-//! dispatch received − scheduled (the fake downstream's clock, the same machine's).
+//! dispatch received − scheduled (the fake downstream's clock, the same machine's); beside it,
+//! how long each callback of the window took to be answered, which the node does once its state
+//! is committed.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
@@ -171,6 +173,8 @@ pub(crate) struct Measured {
     pub(crate) occurrences: Occurrences,
     pub(crate) created: Option<Distribution>,
     pub(crate) dispatched: Option<Distribution>,
+    /// Callbacks sent in the window: answered (state committed) − sent.
+    pub(crate) callbacks: Option<Distribution>,
     /// Tasks of the window never dispatched within the wait.
     pub(crate) undispatched: u64,
     /// Dispatches beyond the first of a task (at-least-once re-sends).
@@ -250,6 +254,7 @@ impl Measured {
             }
         }
         let early = dispatched_ms.iter().filter(|ms| **ms < 0.0).count();
+        let callback_ms = downstream.callback_answers(first, last + chrono::Duration::seconds(1));
         let per_second: Vec<Value> = per_second
             .into_iter()
             .map(|(second, samples)| {
@@ -265,6 +270,7 @@ impl Measured {
         let raw = json!({
             "created_minus_scheduled_ms": created_ms.iter().map(|v| round(*v)).collect::<Vec<_>>(),
             "dispatched_minus_scheduled_ms": dispatched_ms.iter().map(|v| round(*v)).collect::<Vec<_>>(),
+            "callback_answered_minus_sent_ms": callback_ms.iter().map(|v| round(*v)).collect::<Vec<_>>(),
             "per_second": per_second,
         });
         Ok(Self {
@@ -272,6 +278,7 @@ impl Measured {
             last,
             created: Distribution::of(&created_ms),
             dispatched: Distribution::of(&dispatched_ms),
+            callbacks: Distribution::of(&callback_ms),
             occurrences,
             undispatched,
             repeated_dispatches: repeated,
@@ -315,7 +322,15 @@ impl Measured {
                 "dispatch received − scheduled, p50 / p99 / max",
                 self.dispatched,
             ),
+            (
+                "callback answered (state committed) − sent, p50 / p99 / max",
+                self.callbacks,
+            ),
         ] {
+            // A run without callbacks has none to hold to the target.
+            if distribution.is_none() && measure.starts_with("callback") {
+                continue;
+            }
             let value = distribution.map_or_else(|| "—".to_owned(), |d| d.brief("ms"));
             report.rows.push(if lateness_target {
                 Row::check(
@@ -361,6 +376,7 @@ impl Measured {
             "dispatched_early": self.early,
             "created_minus_scheduled_ms": json_of(self.created),
             "dispatched_minus_scheduled_ms": json_of(self.dispatched),
+            "callback_answered_minus_sent_ms": json_of(self.callbacks),
         });
         report.raw = self.raw.clone();
     }

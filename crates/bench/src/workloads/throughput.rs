@@ -100,6 +100,8 @@ pub(crate) struct Phase {
     pub(crate) requests: Option<Distribution>,
     pub(crate) dispatches: usize,
     pub(crate) callbacks: CallbackCounts,
+    /// Callbacks answered at the first try: answered (state committed) − sent.
+    pub(crate) callback_answers: Option<Distribution>,
     pub(crate) commits: Option<DbCounters>,
     pub(crate) cpu: Value,
 }
@@ -203,6 +205,9 @@ impl Phase {
                 .filter(|d| ids.contains(&d.task_id))
                 .count(),
             callbacks: downstream.callbacks().since(callbacks_before),
+            callback_answers: Distribution::of(
+                &downstream.callback_answers(first_request, Utc::now()),
+            ),
             commits,
             cpu,
         })
@@ -291,6 +296,11 @@ impl Phase {
             ),
         ));
         if self.expect_callback {
+            report.rows.push(Row::info(
+                format!("{label}: callback answered (state committed) − sent, p50 / p99 / max"),
+                self.callback_answers
+                    .map_or_else(|| "—".to_owned(), |d| d.brief("ms")),
+            ));
             let c = self.callbacks;
             report.rows.push(Row::info(
                 format!("{label}: callbacks answered / 409 / failed (retries)"),
@@ -319,6 +329,7 @@ impl Phase {
             "create_request_ms": json_of(self.requests),
             "dispatches": self.dispatches,
             "callbacks": self.callbacks.to_json(),
+            "callback_answered_minus_sent_ms": json_of(self.callback_answers),
             "commits_per_task": self.commits_per_task().map(|c| (c * 100.0).round() / 100.0),
             "database": self.commits.as_ref().map(DbCounters::to_json),
             "cpu": self.cpu,
