@@ -4,7 +4,8 @@
 use axum::Json as JsonResponse;
 use axum::extract::State;
 use chrono::{DateTime, Utc};
-use pacer_domain::{AlertKind, AlertState, Severity, ValidationErrors};
+use pacer_domain::wire::AlertView;
+use pacer_domain::{AlertKind, AlertState, ValidationErrors};
 use pacer_store::{Alert, AlertChange, AlertFilter, Delivery, DeliveryAttempt};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -37,78 +38,12 @@ struct AlertPath {
     id: Uuid,
 }
 
-/// What an alert is about: a task (with its job), a job, or a node.
+/// An alert with every notification of it and their attempts (`GET /api/v1/alerts/{id}`).
 #[derive(Debug, Serialize, ToSchema)]
-#[schema(as = AlertSubject)]
-pub(crate) struct SubjectView {
-    task: Option<Uuid>,
-    job: Option<String>,
-    /// The node of a `node_lost` alert.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(nullable = false)]
-    node: Option<String>,
-}
-
-/// An alert as returned by the API (DESIGN §12); `deliveries` only in the detail view.
-#[derive(Debug, Serialize, ToSchema)]
-#[schema(as = Alert, example = json!({
-    "id": "0193a5d0-2c3d-7e4f-8a5b-6c7d8e9f0a1b", "kind": "overdue", "severity": "warning",
-    "subject": { "task": "0193a5c4-7f2e-7c1a-9d3e-2b1f4a6c8e01", "job": "master-data-sync" },
-    "state": "open", "count": 1,
-    "summary": "task 0193a5c4-7f2e-7c1a-9d3e-2b1f4a6c8e01 of job master-data-sync passed its deadline",
-    "opened_at": "2026-11-24T09:15:00Z", "last_seen_at": "2026-11-24T09:15:00Z",
-    "notified_at": "2026-11-24T09:15:01Z", "acked_at": null, "acked_by": null, "ack_note": null,
-    "resolved_at": null, "resolved_by": null, "resolve_note": null
-}))]
-pub(crate) struct AlertView {
-    id: Uuid,
-    kind: AlertKind,
-    severity: Severity,
-    subject: SubjectView,
-    state: AlertState,
-    count: i64,
-    summary: String,
-    opened_at: DateTime<Utc>,
-    last_seen_at: DateTime<Utc>,
-    notified_at: Option<DateTime<Utc>>,
-    acked_at: Option<DateTime<Utc>>,
-    acked_by: Option<String>,
-    ack_note: Option<String>,
-    resolved_at: Option<DateTime<Utc>>,
-    resolved_by: Option<String>,
-    resolve_note: Option<String>,
-    /// Every notification of the alert with its attempts; only in `GET /api/v1/alerts/{id}`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(nullable = false)]
-    deliveries: Option<Vec<DeliveryView>>,
-}
-
-impl From<Alert> for AlertView {
-    fn from(a: Alert) -> Self {
-        Self {
-            id: a.id,
-            kind: a.kind,
-            severity: a.severity,
-            subject: SubjectView {
-                task: a.task_id,
-                job: a.job_name,
-                node: a.node_id,
-            },
-            state: a.state,
-            count: a.count,
-            summary: a.summary,
-            opened_at: a.opened_at,
-            last_seen_at: a.last_seen_at,
-            notified_at: a.notified_at,
-            acked_at: a.acked_at,
-            acked_by: a.acked_by,
-            ack_note: a.ack_note,
-            resolved_at: a.resolved_at,
-            resolved_by: a.resolved_by,
-            resolve_note: a.resolve_note,
-            deliveries: None,
-        }
-    }
+pub(crate) struct AlertDetail {
+    #[serde(flatten)]
+    alert: AlertView,
+    deliveries: Vec<DeliveryView>,
 }
 
 /// One notification of an alert to one sink, with every attempt.
@@ -292,14 +227,14 @@ fn alert_not_found(id: Uuid) -> impl FnOnce(pacer_store::Error) -> Error {
     tag = "alerts",
     params(AlertPath),
     responses(
-        (status = 200, description = "The alert with its deliveries.", body = AlertView),
+        (status = 200, description = "The alert with its deliveries.", body = AlertDetail),
         (status = 404, description = "No such alert.", body = Problem),
     )
 )]
 async fn get_alert(
     State(state): State<AppState>,
     Path(raw_id): Path<String>,
-) -> Result<JsonResponse<AlertView>> {
+) -> Result<JsonResponse<AlertDetail>> {
     let id = alert_id(&raw_id)?;
     let alert = state
         .store
@@ -307,9 +242,10 @@ async fn get_alert(
         .await
         .map_err(alert_not_found(id))?;
     let deliveries = state.store.alert_deliveries(id).await?;
-    let mut view = AlertView::from(alert);
-    view.deliveries = Some(deliveries.into_iter().map(DeliveryView::from).collect());
-    Ok(JsonResponse(view))
+    Ok(JsonResponse(AlertDetail {
+        alert: AlertView::from(alert),
+        deliveries: deliveries.into_iter().map(DeliveryView::from).collect(),
+    }))
 }
 
 /// The optional body of an acknowledgement or resolution.

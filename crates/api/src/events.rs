@@ -13,6 +13,7 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, Stream, StreamExt};
 use pacer_domain::ValidationErrors;
+use pacer_domain::wire::EventView;
 use pacer_store::{EventCursor, EventFilter, Store};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
@@ -21,7 +22,6 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::extract::Query;
-use crate::views::EventView;
 use crate::{AppState, Error, Result};
 
 /// Most events read from the database at once.

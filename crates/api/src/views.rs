@@ -2,6 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use pacer_domain::TriggerSpec;
+use pacer_domain::wire::EventView;
 use pacer_domain::{ConsumerStatus, FailureReason, JobSpec, SkipReason, TaskId, TaskState};
 use pacer_store::{Attempt, Event, Job, Node, SkippedRun, Task, Trigger};
 use serde::Serialize;
@@ -146,42 +147,6 @@ impl TaskView {
         view.history = Some(history.into_iter().map(EventView::from).collect());
         view.retries = Some(retries);
         view
-    }
-}
-
-/// One event of the event log, as the task history and the event stream show it.
-#[derive(Debug, Serialize, ToSchema)]
-#[schema(as = Event, example = json!({
-    "id": "48213-1042", "at": "2026-11-24T09:00:30Z", "kind": "task.state", "job": "master-data-sync",
-    "task": "0193a5c4-7f2e-7c1a-9d3e-2b1f4a6c8e01", "data": { "from": "pending", "to": "processing" }
-}))]
-pub(crate) struct EventView {
-    /// Opaque and ordered: the event stream's `id`, and what `Last-Event-ID` takes back.
-    pub(crate) id: String,
-    pub(crate) at: DateTime<Utc>,
-    /// What happened: `task.state`, `task.callback`, `leader.changed`, `leader.resigned`, …
-    pub(crate) kind: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(nullable = false)]
-    pub(crate) job: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(nullable = false)]
-    pub(crate) task: Option<TaskId>,
-    /// What the event carries; its shape depends on `kind`.
-    #[schema(value_type = Object)]
-    pub(crate) data: Value,
-}
-
-impl From<Event> for EventView {
-    fn from(e: Event) -> Self {
-        Self {
-            id: e.cursor().to_string(),
-            at: e.at,
-            kind: e.kind,
-            job: e.job_name,
-            task: e.task_id,
-            data: e.data,
-        }
     }
 }
 

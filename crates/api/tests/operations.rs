@@ -392,7 +392,7 @@ async fn operators_run_cancel_retry_and_release_tasks_and_each_action_is_audited
     // Cancel after a dispatch reached the downstream: a notice for the downstream is queued,
     // and the downstream's next callback is refused.
     api.sql(
-        "update tasks set state = 'processing', attempt = 1 where id = $1",
+        "update tasks set state = 'processing', attempt = 1, dispatched = true where id = $1",
         &task,
     )
     .await;

@@ -13,6 +13,7 @@ pub mod span;
 pub mod task;
 pub mod trigger;
 pub mod validation;
+pub mod wire;
 
 pub use alert::{AlertKind, AlertState, JobAlerts, Severity};
 pub use dispatch::{

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pacer_domain::alert::{LOG_SINK, severity_of};
+use pacer_domain::wire::AlertView;
 use pacer_domain::{AlertKind, JobAlerts, Severity, Span};
 use pacer_store::{Alert, AlertTx, NewAlert, NewDelivery, Store, TaskNotice};
 use serde_json::{Value, json};
@@ -502,20 +503,9 @@ pub fn alert_changed(alert: &Alert, event: AlertEvent) {
     tracing::debug!(alert.id = %alert.id, alert.kind = %alert.kind, ?event, "alert changed");
 }
 
-/// The alert as notifications carry it: the API's alert shape (DESIGN §12) and its summary.
+/// The alert as notifications carry it: the API's alert shape (DESIGN §12).
 pub fn alert_json(alert: &Alert) -> Value {
-    json!({
-        "id": alert.id,
-        "kind": alert.kind,
-        "severity": alert.severity,
-        "subject": { "task": alert.task_id, "job": alert.job_name, "node": alert.node_id },
-        "state": alert.state,
-        "count": alert.count,
-        "summary": alert.summary,
-        "opened_at": alert.opened_at,
-        "last_seen_at": alert.last_seen_at,
-        "acked_by": alert.acked_by,
-    })
+    serde_json::to_value(AlertView::from(alert.clone())).unwrap_or_default()
 }
 
 /// One line on a task that ended well, with a summary of its result.

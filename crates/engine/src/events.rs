@@ -5,11 +5,9 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-use pacer_domain::{OutboundAuth, TaskId};
-use pacer_store::{Event, EventCursor, EventFilter, Store};
-use serde::Serialize;
-use serde_json::Value;
+use pacer_domain::OutboundAuth;
+use pacer_domain::wire::EventView;
+use pacer_store::{EventCursor, EventFilter, Store};
 use tokio_util::sync::CancellationToken;
 
 use crate::Result;
@@ -42,32 +40,6 @@ pub(crate) struct EventWebhook {
     pub(crate) client: reqwest::Client,
     pub(crate) outbound: Outbound,
     pub(crate) config: WebhookConfig,
-}
-
-/// An event as the webhook (and the API) shows it.
-#[derive(Serialize)]
-struct EventBody {
-    id: String,
-    at: DateTime<Utc>,
-    kind: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    job: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    task: Option<TaskId>,
-    data: Value,
-}
-
-impl From<Event> for EventBody {
-    fn from(e: Event) -> Self {
-        Self {
-            id: e.cursor().to_string(),
-            at: e.at,
-            kind: e.kind,
-            job: e.job_name,
-            task: e.task_id,
-            data: e.data,
-        }
-    }
 }
 
 impl EventWebhook {
@@ -107,8 +79,8 @@ impl EventWebhook {
                 Ok(batch) if !batch.events.is_empty() => {
                     let next = batch.next;
                     let count = batch.events.len();
-                    let body: Vec<EventBody> =
-                        batch.events.into_iter().map(EventBody::from).collect();
+                    let body: Vec<EventView> =
+                        batch.events.into_iter().map(EventView::from).collect();
                     if !self.deliver(&body, next, &shutdown).await {
                         return Ok(());
                     }
@@ -142,7 +114,7 @@ impl EventWebhook {
     /// Posts one batch until the receiver accepts it (2xx). False when shut down first.
     async fn deliver(
         &self,
-        events: &[EventBody],
+        events: &[EventView],
         last: EventCursor,
         shutdown: &CancellationToken,
     ) -> bool {

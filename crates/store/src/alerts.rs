@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use pacer_domain::wire::{AlertSubject, AlertView};
 use pacer_domain::{AlertKind, AlertState, JobAlerts, Severity};
 use serde_json::Value;
 use sqlx::{Postgres, Transaction};
@@ -38,6 +39,33 @@ pub struct Alert {
     pub resolved_at: Option<DateTime<Utc>>,
     pub resolved_by: Option<String>,
     pub resolve_note: Option<String>,
+}
+
+impl From<Alert> for AlertView {
+    fn from(a: Alert) -> Self {
+        Self {
+            id: a.id,
+            kind: a.kind,
+            severity: a.severity,
+            subject: AlertSubject {
+                task: a.task_id,
+                job: a.job_name,
+                node: a.node_id,
+            },
+            state: a.state,
+            count: a.count,
+            summary: a.summary,
+            opened_at: a.opened_at,
+            last_seen_at: a.last_seen_at,
+            notified_at: a.notified_at,
+            acked_at: a.acked_at,
+            acked_by: a.acked_by,
+            ack_note: a.ack_note,
+            resolved_at: a.resolved_at,
+            resolved_by: a.resolved_by,
+            resolve_note: a.resolve_note,
+        }
+    }
 }
 
 /// An `alerts` row as selected (`select *`).

@@ -7,6 +7,7 @@ use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
 use pacer_domain::TaskId;
+use pacer_domain::wire::EventView;
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -24,6 +25,19 @@ pub struct Event {
     pub job_name: Option<String>,
     pub task_id: Option<TaskId>,
     pub data: Value,
+}
+
+impl From<Event> for EventView {
+    fn from(e: Event) -> Self {
+        Self {
+            id: e.cursor().to_string(),
+            at: e.at,
+            kind: e.kind,
+            job: e.job_name,
+            task: e.task_id,
+            data: e.data,
+        }
+    }
 }
 
 impl Event {
