@@ -11,6 +11,7 @@ use pacer_domain::alert::{LOG_SINK, severity_of};
 use pacer_domain::wire::AlertView;
 use pacer_domain::{AlertKind, JobAlerts, Severity, Span};
 use pacer_store::{Alert, AlertTx, NewAlert, NewDelivery, Store, TaskNotice};
+use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -18,9 +19,11 @@ use tokio_util::sync::CancellationToken;
 use crate::{Error, Result};
 
 /// How a sink wants its notifications.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum SinkKind {
     /// A JSON body describing the alert, signed when the sink has a secret.
+    #[default]
     Webhook,
     /// A Slack-compatible incoming webhook: `{"text": "<one line>"}`.
     Slack,
@@ -36,24 +39,35 @@ impl SinkKind {
     }
 }
 
-/// One configured sink.
-#[derive(Debug, Clone)]
+/// One configured sink (`alerts.sinks`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SinkConfig {
     /// What jobs call it in their `alerts` routes.
     pub name: String,
+    /// `webhook` (JSON, signed with `secret`) or `slack` (an incoming webhook).
+    #[serde(default)]
     pub kind: SinkKind,
     pub url: String,
     /// The name of the configured secret that signs each request (`pacer-signature`).
     pub secret: Option<String>,
-    /// Hears every alert of every job, not only those routed to it.
+    /// Hears every alert of every job (true), or only those routed to it (false).
+    #[serde(default = "hears_every_alert")]
     pub all_alerts: bool,
 }
 
-/// The alert settings of the cluster.
-#[derive(Debug, Clone)]
+fn hears_every_alert() -> bool {
+    true
+}
+
+/// The alert settings of the cluster (`alerts.*`): where alerts go, how they are evaluated, and
+/// how their notifications are delivered.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct AlertsConfig {
+    /// Webhook and Slack sinks; jobs name them in their `alerts` routes.
     pub sinks: Vec<SinkConfig>,
-    /// Every alert and success notice is also written to the log.
+    /// Every alert and success notice is also written to the log (the built-in `log` sink).
     pub log: bool,
     /// A repeat of an open, unacknowledged alert notifies again once this has passed since the
     /// last notification; zero never re-notifies.
@@ -64,10 +78,19 @@ pub struct AlertsConfig {
     pub evaluation_interval: Span,
     /// Severity per kind, where not the default.
     pub severity: BTreeMap<AlertKind, Severity>,
-    /// Most tasks (or skips) evaluated in one transaction.
+    /// Most tasks (or skips) evaluated in one transaction: small enough that a pass holds the
+    /// lease row's share lock only briefly. Not a setting.
+    #[serde(skip)]
     pub batch_size: usize,
+    /// How long one request to a sink may take.
+    pub delivery_timeout: Span,
     /// Attempts per delivery before it is given up as failed.
     pub delivery_max_attempts: u32,
+    /// The wait before the second attempt; it doubles up to `delivery_max_backoff`.
+    pub delivery_initial_backoff: Span,
+    pub delivery_max_backoff: Span,
+    /// Longest sleep of the delivery loop when no notification arrives.
+    pub delivery_poll_interval: Span,
 }
 
 impl AlertsConfig {
@@ -91,7 +114,11 @@ impl Default for AlertsConfig {
             evaluation_interval: Span::from_secs(1),
             severity: BTreeMap::new(),
             batch_size: 100,
+            delivery_timeout: Span::from_secs(10),
             delivery_max_attempts: 100,
+            delivery_initial_backoff: Span::from_secs(1),
+            delivery_max_backoff: Span::from_secs(300),
+            delivery_poll_interval: Span::from_secs(1),
         }
     }
 }

@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 use pacer_domain::Span;
-use pacer_engine::DispatchSettings;
+use pacer_engine::{AlertsConfig, DispatchSettings};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
@@ -26,7 +26,7 @@ pub(crate) struct Config {
     /// Named secrets jobs use for outbound `bearer` and `hmac` auth; never logged or returned.
     pub(crate) secrets: BTreeMap<String, SecretString>,
     pub(crate) log: LogConfig,
-    pub(crate) alerts: AlertSettings,
+    pub(crate) alerts: AlertsConfig,
     pub(crate) events: EventsSettings,
     pub(crate) messages: MessagesSettings,
     pub(crate) amqp: AmqpSettings,
@@ -281,75 +281,6 @@ impl Default for ClusterSettings {
     }
 }
 
-/// Where alerts go and how they are evaluated and delivered.
-#[derive(Debug, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub(crate) struct AlertSettings {
-    /// Webhook and Slack sinks; jobs name them in their `alerts` routes.
-    pub(crate) sinks: Vec<SinkSettings>,
-    /// Write every alert and success notice to the log (the built-in `log` sink).
-    pub(crate) log: bool,
-    /// A repeat of an open, unacknowledged alert notifies again after this; `0s` never does.
-    pub(crate) renotify_interval: Span,
-    /// Transient dispatch errors in a row, for one job, that raise `dispatch_errors`.
-    pub(crate) dispatch_errors_threshold: u32,
-    /// Longest time between two evaluations on the leader.
-    pub(crate) evaluation_interval: Span,
-    /// Severity per kind (`info`, `warning`, `critical`) where not the default.
-    pub(crate) severity: BTreeMap<pacer_domain::AlertKind, pacer_domain::Severity>,
-    /// How long one request to a sink may take.
-    pub(crate) delivery_timeout: Span,
-    /// Attempts per notification before it is given up.
-    pub(crate) delivery_max_attempts: u32,
-    /// The wait before the second attempt; it doubles up to `delivery_max_backoff`.
-    pub(crate) delivery_initial_backoff: Span,
-    pub(crate) delivery_max_backoff: Span,
-    /// Longest sleep of the delivery loop when no notification arrives.
-    pub(crate) delivery_poll_interval: Span,
-}
-
-impl Default for AlertSettings {
-    fn default() -> Self {
-        Self {
-            sinks: Vec::new(),
-            log: true,
-            renotify_interval: Span::from_secs(3600),
-            dispatch_errors_threshold: 5,
-            evaluation_interval: Span::from_secs(1),
-            severity: BTreeMap::new(),
-            delivery_timeout: Span::from_secs(10),
-            delivery_max_attempts: 100,
-            delivery_initial_backoff: Span::from_secs(1),
-            delivery_max_backoff: Span::from_secs(300),
-            delivery_poll_interval: Span::from_secs(1),
-        }
-    }
-}
-
-/// One alert sink.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct SinkSettings {
-    pub(crate) name: String,
-    /// `webhook` (JSON, signed with `secret`) or `slack` (an incoming webhook).
-    #[serde(default = "default_sink_kind")]
-    pub(crate) kind: String,
-    pub(crate) url: String,
-    /// The name of an entry of `secrets` that signs each request (`pacer-signature`).
-    pub(crate) secret: Option<String>,
-    /// Hear every alert (true), or only those jobs route here (false).
-    #[serde(default = "default_true")]
-    pub(crate) all_alerts: bool,
-}
-
-fn default_sink_kind() -> String {
-    "webhook".into()
-}
-
-fn default_true() -> bool {
-    true
-}
-
 #[derive(Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct LogConfig {
@@ -404,37 +335,6 @@ const SHORT_FORMS: [(&str, &str); 5] = [
     ("PACER_PUBLIC_URL", "http.public_url"),
     ("PACER_NODE_ID", "node.id"),
 ];
-
-impl AlertSettings {
-    /// The engine's view of these settings.
-    pub(crate) fn engine(&self) -> pacer_engine::AlertsConfig {
-        pacer_engine::AlertsConfig {
-            sinks: self
-                .sinks
-                .iter()
-                .map(|s| pacer_engine::SinkConfig {
-                    name: s.name.clone(),
-                    kind: if s.kind == "slack" {
-                        pacer_engine::SinkKind::Slack
-                    } else {
-                        pacer_engine::SinkKind::Webhook
-                    },
-                    url: s.url.clone(),
-                    secret: s.secret.clone(),
-                    all_alerts: s.all_alerts,
-                })
-                .collect(),
-            log: self.log,
-            renotify_interval: self.renotify_interval,
-            dispatch_errors_threshold: self.dispatch_errors_threshold,
-            evaluation_interval: self.evaluation_interval,
-            severity: self.severity.clone(),
-            // Small enough that a pass holds the lease row's share lock only briefly.
-            batch_size: 100,
-            delivery_max_attempts: self.delivery_max_attempts,
-        }
-    }
-}
 
 impl Config {
     /// Loads the configuration: defaults, then `file` when given, then the environment.
@@ -583,9 +483,6 @@ impl Config {
             }
             if !names.insert(sink.name.as_str()) {
                 bail!("alerts.sinks: the name `{}` is used twice", sink.name);
-            }
-            if !matches!(sink.kind.as_str(), "webhook" | "slack") {
-                bail!("alerts.sinks[{i}].kind must be `webhook` or `slack`");
             }
             if !(sink.url.starts_with("http://") || sink.url.starts_with("https://")) {
                 bail!("alerts.sinks[{i}].url must be an http:// or https:// URL");

@@ -102,7 +102,8 @@ fn bad_alert_settings_are_refused_with_exit_code_2_naming_the_setting() {
                 "PACER_ALERTS__SINKS",
                 r#"[{name="ops", kind="email", url="http://hooks.example"}]"#,
             )],
-            "alerts.sinks[0].kind",
+            // Refused while the configuration is read, naming the key.
+            "alerts.sinks.0.kind",
         ),
         (
             &[(
