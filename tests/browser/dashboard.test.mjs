@@ -239,8 +239,14 @@ test('the overview shows health, alerts and every job with its runs', async () =
     const open = await call('GET', '/api/v1/tasks?job=example&state=pending,processing', tokens.operator);
     return open.body.items.length === 0;
   }, 20000);
+  // A trigger, for a next fire time, and a second failure, for an open alert.
+  const trigger = await call('POST', '/api/v1/jobs/example/triggers', tokens.admin, { kind: 'cron', expression: '0 0 3 * * *', timezone: 'Europe/Berlin' });
+  assert.equal(trigger.status, 201, JSON.stringify(trigger.body));
+  await call('POST', '/api/v1/jobs/broken/tasks', tokens.upstream, {});
+  await until('an open alert', async () => (await call('GET', '/api/v1/alerts?state=open', tokens.operator)).body.items.length > 0, 30000);
   await page.evaluate(() => { location.hash = '#/'; });
   await page.locator('tr[data-job="broken"] svg.spark rect').first().waitFor();
+  await page.locator('tr[data-job="example"] time').nth(1).waitFor();
   await page.locator('tr[data-job="example"] svg.spark rect').first().waitFor();
   assert.match(await page.locator('#alert-counts').innerText(), /warning|critical/);
   // Filter by label.

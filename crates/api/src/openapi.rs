@@ -454,10 +454,8 @@ fn complete(item: &mut PathItem, access: Access) {
                 })
             }
             Access::Token => {
-                operation.security = Some(vec![SecurityRequirement::new(
-                    BEARER,
-                    Vec::<String>::new(),
-                )]);
+                operation.security =
+                    Some(vec![SecurityRequirement::new(BEARER, Vec::<String>::new())]);
                 Some("Needs any valid token, whatever its roles.".to_owned())
             }
             Access::Callback => {

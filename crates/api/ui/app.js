@@ -38,6 +38,12 @@
     return el;
   }
 
+  /** Replaces the children of `el` (skipping null, undefined and false, as `h` does). */
+  function fill(el, ...children) {
+    el.replaceChildren();
+    return append(el, children);
+  }
+
   function svg(tag, attrs) {
     const el = document.createElementNS('http://www.w3.org/2000/svg', tag);
     for (const [key, value] of Object.entries(attrs || {})) el.setAttribute(key, String(value));
@@ -400,7 +406,7 @@
     const signedIn = !!me;
     document.getElementById('nav').hidden = !signedIn;
     document.getElementById('who').hidden = !signedIn;
-    document.getElementById('nav-audit').hidden = !may('admin');
+    for (const a of document.querySelectorAll('#nav a[data-role]')) a.hidden = !may(a.dataset.role);
     document.getElementById('who-name').textContent = signedIn ? `${me.subject} (${me.roles.join(', ') || 'no roles'})` : '';
     liveBadge.hidden = !may('operator');
     if (signedIn) startStream();
@@ -461,9 +467,9 @@
     const refresh = async () => {
       try {
         const content = await load();
-        body.replaceChildren(...[content].flat().filter(Boolean));
+        fill(body, ...[content].flat().filter(Boolean));
       } catch (err) {
-        body.replaceChildren(problemBox(err));
+        fill(body, problemBox(err));
       } finally {
         body.removeAttribute('aria-busy');
       }
@@ -486,10 +492,10 @@
           type: 'button', disabled: pageData.next_cursor ? null : true,
           onclick: () => { cursors[at + 1] = pageData.next_cursor; at += 1; load(); },
         }, 'Older');
-        box.replaceChildren(render(pageData.items),
+        fill(box, render(pageData.items),
           h('nav', { class: 'pager', 'aria-label': 'Pages' }, prev, next, h('span', { class: 'small muted' }, `page ${at + 1}`)));
       } catch (err) {
-        box.replaceChildren(problemBox(err));
+        fill(box, problemBox(err));
       } finally {
         box.removeAttribute('aria-busy');
       }
@@ -603,24 +609,24 @@
         ]);
         fillRow(r, summary, recent.items);
       } catch (err) {
-        r.cells.last.replaceChildren(h('span', { class: 'small', title: err.message }, `unavailable (${err.status || 'error'})`));
+        fill(r.cells.last, h('span', { class: 'small', title: err.message }, `unavailable (${err.status || 'error'})`));
       }
     }
 
     function fillRow(r, s, recent) {
       r.paused = s.paused;
-      r.cells.state.replaceChildren(s.paused ? badge('paused', 'warn') : badge('active', 'ok'));
+      fill(r.cells.state, s.paused ? badge('paused', 'warn') : badge('active', 'ok'));
       const last = s.last_run;
-      r.cells.last.replaceChildren(...(last ? [badge(last.state), ' ', time(last.created_at),
+      fill(r.cells.last, ...(last ? [badge(last.state), ' ', time(last.created_at),
         h('div', { class: 'small muted' }, last.duration_ms !== null && last.duration_ms !== undefined ? `took ${span(last.duration_ms)}` : 'running')] : [h('span', { class: 'muted' }, 'never run')]));
       const fire = s.next_fire_times[0];
-      r.cells.next.replaceChildren(fire ? time(fire.at) : h('span', { class: 'muted' }, s.paused ? 'paused' : 'none'));
+      fill(r.cells.next, fire ? time(fire.at) : h('span', { class: 'muted' }, s.paused ? 'paused' : 'none'));
       const rate = s.recent.success_rate;
-      r.cells.rate.replaceChildren(rate === null || rate === undefined ? h('span', { class: 'muted' }, '—')
+      fill(r.cells.rate, rate === null || rate === undefined ? h('span', { class: 'muted' }, '—')
         : h('span', { title: `${s.recent.completed} of ${s.recent.finished} finished runs completed (last ${s.recent.window})` }, `${Math.round(rate * 1000) / 10}%`));
-      r.cells.chart.replaceChildren(sparkline(recent));
+      fill(r.cells.chart, sparkline(recent));
       const open = s.open.pending + s.open.processing;
-      r.cells.open.replaceChildren(open ? link(`${jobHref(r.job.name)}?state=pending,processing`, `${s.open.pending} pending · ${s.open.processing} processing`) : h('span', { class: 'muted' }, '0'));
+      fill(r.cells.open, open ? link(`${jobHref(r.job.name)}?state=pending,processing`, `${s.open.pending} pending · ${s.open.processing} processing`) : h('span', { class: 'muted' }, '0'));
       r.tr.dataset.paused = s.paused ? 'true' : 'false';
     }
 
@@ -673,7 +679,7 @@
         }
         tbody.append(fragment);
         [...labels].sort().forEach((l) => labelSelect.append(h('option', { value: l }, l)));
-        jobsBox.replaceChildren(jobs.length ? h('div', { class: 'scroll' },
+        fill(jobsBox, jobs.length ? h('div', { class: 'scroll' },
           h('table', { id: 'jobs' },
             h('caption', {}, 'Every job; the last-run, next-fire and recent-run columns load as rows come into view.'),
             h('thead', {}, h('tr', {}, ['Job', 'State', 'Last run', { l: 'Next fire', o: 1 }, 'Success', { l: 'Recent runs', o: 1 }, { l: 'Open tasks', o: 1 }]
@@ -687,7 +693,7 @@
         performance.mark('pacer:overview-rendered', { detail: { jobs: jobs.length, ms: rendered } });
         main.dataset.overviewMs = String(Math.round(rendered));
       } catch (err) {
-        jobsBox.replaceChildren(problemBox(err));
+        fill(jobsBox, problemBox(err));
       } finally {
         jobsBox.removeAttribute('aria-busy');
       }
@@ -762,22 +768,22 @@
     async function loadJob() {
       try {
         job = await get(path);
-        heading.replaceChildren(name, ' ', job.paused ? badge('paused', 'warn') : badge('active', 'ok'));
-        header.replaceChildren(
+        fill(heading, name, ' ', job.paused ? badge('paused', 'warn') : badge('active', 'ok'));
+        fill(header, 
           job.description ? h('p', { class: 'sub' }, job.description) : null,
           Object.keys(job.labels || {}).length ? h('p', {}, Object.entries(job.labels).map(([k, v]) => [badge(`${k}=${v}`, ''), ' '])) : null);
-        definition.replaceChildren(jobFacts(job), h('details', {}, h('summary', {}, 'Raw JSON'), json(job)));
+        fill(definition, jobFacts(job), h('details', {}, h('summary', {}, 'Raw JSON'), json(job)));
       } catch (err) {
         job = null;
-        definition.replaceChildren(problemBox(err));
+        fill(definition, problemBox(err));
       }
       renderActions();
     }
 
     function renderActions() {
-      const done = () => { loadJob(); loadSummary(); runs.reset(); };
+      const done = () => { loadJob(); if (runs) { loadSummary(); runs.reset(); } };
       const paused = job && job.paused;
-      actions.replaceChildren(...[
+      fill(actions, ...[
         action('Run now', { id: 'run', role: 'operator', run: () => post(`${path}/run`, {}), done: (t) => `Started task ${t.id}.`, then: done }),
         job && !paused ? action('Pause job', {
           id: 'pause', role: 'operator', danger: true,
@@ -799,7 +805,7 @@
       try {
         const s = await get(`${path}/summary`);
         const r = s.recent;
-        summaryBox.replaceChildren(h('div', { class: 'cards' },
+        fill(summaryBox, h('div', { class: 'cards' },
           h('div', { class: 'panel' }, h('div', { class: 'small muted' }, 'Success rate'), h('div', { class: 'big' }, r.success_rate === null ? '—' : `${Math.round(r.success_rate * 1000) / 10}%`),
             h('div', { class: 'small muted' }, `${r.completed} completed, ${r.completed_with_errors} with errors, ${r.failed} failed, ${r.cancelled} cancelled of the last ${r.window}`)),
           h('div', { class: 'panel' }, h('div', { class: 'small muted' }, 'Duration p50 / p95'), h('div', { class: 'big' }, `${span(r.p50_ms)} / ${span(r.p95_ms)}`)),
@@ -809,11 +815,11 @@
             s.last_run ? [h('div', {}, badge(s.last_run.state), ' ', link(taskHref(s.last_run.task), 'open')), h('div', { class: 'small' }, time(s.last_run.created_at))] : h('div', { class: 'muted' }, 'never'),
             s.open_alerts.total ? h('div', {}, link(`#/alerts?job=${enc(name)}`, `${s.open_alerts.total} open alert(s)`)) : null)));
       } catch (err) {
-        summaryBox.replaceChildren(problemBox(err));
+        fill(summaryBox, problemBox(err));
       }
     }
 
-    const triggers = section('Triggers', async () => {
+    const triggers = !may('operator') ? null : section('Triggers', async () => {
       const list = await getAll(`${path}/triggers`, {}, 1000);
       return table('Triggers of this job, with their next fire times.',
         ['Schedule', 'Next fire', { label: 'Last fired', cls: 'opt' }, 'Misfire', { label: 'Skipped', cls: 'opt' }, 'State', ''],
@@ -839,17 +845,25 @@
     const after = h('input', { type: 'datetime-local', id: 'runs-after' });
     const before = h('input', { type: 'datetime-local', id: 'runs-before' });
     const isoOf = (input) => (input.value ? new Date(input.value).toISOString() : undefined);
-    const runs = pagedList(
+    const runs = !may('operator') ? null : pagedList(
       (items) => table('Runs of this job, newest first.', TASK_HEADERS, taskRows(items), 'No runs match.'),
       (cursor) => get(`/api/v1/tasks${query({ job: name, state: stateFilter.value, created_after: isoOf(after), created_before: isoOf(before), limit: 25, cursor })}`));
     for (const el of [stateFilter, after, before]) el.addEventListener('change', () => runs.reset());
 
-    const skips = section('Skips', async () => {
+    const skips = !may('operator') ? null : section('Skips', async () => {
       const list = await get(`/api/v1/skips${query({ job: name, limit: 20 })}`);
       return skipTable(list.items, 'The latest skipped occurrences of this job.');
     }, { id: 'h-skips' });
 
     loadJob();
+    if (!may('operator')) {
+      // Reading a job needs the operator role: show what this token may do, and the API's
+      // refusal of the rest once (from loading the definition), not once per section.
+      return {
+        title: name,
+        node: h('div', {}, heading, actions, h('section', { 'aria-labelledby': 'h-def' }, h('h2', { id: 'h-def' }, 'Definition'), definition)),
+      };
+    }
     loadSummary();
 
     const refresh = debounce(() => { loadSummary(); runs.reload(); }, 400);
@@ -930,12 +944,12 @@
     async function load() {
       try {
         const t = await get(path);
-        heading.replaceChildren('Task ', h('span', { class: 'mono' }, id), ' ', h('span', { id: 'task-state' }, badge(t.state)),
-          t.overdue ? badge('overdue', 'warn') : null);
+        fill(heading, 'Task ', h('span', { class: 'mono' }, id), ' ', h('span', { id: 'task-state' }, badge(t.state)),
+          ...(t.overdue ? [' ', badge('overdue', 'warn')] : []));
         heading.dataset.state = t.state;
-        body.replaceChildren(...taskBody(t, load));
+        fill(body, ...taskBody(t, load));
       } catch (err) {
-        body.replaceChildren(problemBox(err));
+        fill(body, problemBox(err));
       } finally {
         body.removeAttribute('aria-busy');
       }
@@ -967,7 +981,8 @@
       }) : null,
     ].filter(Boolean);
     const started = t.started_at ? new Date(t.started_at).getTime() : null;
-    const maxLatency = Math.max(1, ...(t.attempts || []).map((a) => a.latency_ms || 0));
+    // Latency bars share one scale, at least a second wide, so a quick answer looks quick.
+    const maxLatency = Math.max(1000, ...(t.attempts || []).map((a) => a.latency_ms || 0));
     return [
       actions.length ? h('div', { class: 'actions', role: 'group', 'aria-label': 'Task actions' }, actions) : null,
       progressBar(t),
@@ -1029,13 +1044,19 @@
       value = Math.min(p.percent, 100);
       text = `${Math.round(value)}%`;
     }
+    const open = t.state === 'pending' || t.state === 'processing';
+    if (!open) text += ' — as last reported';
     return h('section', { 'aria-labelledby': 'h-progress', class: 'panel' }, h('h2', { id: 'h-progress', class: 'small muted' }, 'Progress'),
       value === null ? json(p) : [h('progress', { id: 'progress', value, max, 'aria-labelledby': 'h-progress', 'aria-valuetext': text }), ' ', h('span', {}, text)]);
   }
 
   function eventDetail(e) {
     const d = e.data || {};
-    if (e.kind === 'task.state') return [badge(d.from || '—'), ' → ', badge(d.to || '—'), d.reason ? ` (${d.reason})` : ''];
+    if (e.kind === 'task.state') {
+      return [d.previous ? [badge(d.previous), ' → '] : null, badge(d.state || '—'),
+        d.attempt ? h('span', { class: 'small muted' }, ` attempt ${d.attempt}`) : null,
+        d.reason || d.failure_reason ? ` (${d.reason || d.failure_reason})` : '', d.message ? ` ${d.message}` : ''];
+    }
     if (e.kind === 'task.callback') {
       return [d.status ? badge(d.status) : null, d.message ? ` ${d.message}` : '', d.progress !== undefined && d.progress !== null ? ` progress ${JSON.stringify(d.progress)}` : ''];
     }
@@ -1157,6 +1178,24 @@
     };
   }
 
+  /** The start page of a token without the operator role: what it may do, nothing it may not. */
+  function limitedPage() {
+    const name = h('input', { id: 'task-job', autocomplete: 'off', required: true });
+    const target = h('div');
+    const show = () => {
+      if (name.value.trim()) fill(target, createTaskForm(name.value.trim(), () => {}));
+    };
+    name.addEventListener('change', show);
+    return {
+      title: 'Pacer',
+      node: h('div', {}, h('h1', {}, 'Pacer'),
+        h('p', {}, `This token grants ${me.roles.join(', ') || 'no role'}. Reading jobs, tasks and alerts needs the operator role; `,
+          'the API refuses them to this token, so the dashboard does not offer them.'),
+        may('upstream') ? h('section', { class: 'panel', 'aria-labelledby': 'h-create' }, h('h2', { id: 'h-create' }, 'Create a task'),
+          h('label', { for: 'task-job' }, 'Job name'), ' ', name, target) : null),
+    };
+  }
+
   // ---------- routing ----------
 
   function parseHash() {
@@ -1192,7 +1231,7 @@
     } else if (parts[0] === 'jobs' && parts[1]) {
       next = jobPage(parts[1], params);
     } else if (!may('operator')) {
-      next = forbiddenPage('Overview', 'operator');
+      next = limitedPage();
     } else if (parts[0] === 'tasks' && parts[1]) {
       next = taskPage(parts[1]);
     } else if (parts[0] === 'alerts') {
@@ -1210,7 +1249,7 @@
     }
     page = next;
     document.title = `${next.title} · Pacer`;
-    main.replaceChildren(next.node);
+    fill(main, next.node);
     for (const a of document.querySelectorAll('#nav a')) {
       const target = a.getAttribute('href');
       const current = target === '#/' ? parts.length === 0 : location.hash.startsWith(target);
