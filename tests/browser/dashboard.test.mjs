@@ -182,6 +182,22 @@ test('a task created by the API turns completed on its page without a reload', a
   await shot(page, 'task-completed');
 });
 
+test('a lost event stream reconnects where it left off', async () => {
+  const created = await call('POST', '/api/v1/jobs/example/tasks', tokens.upstream, { payload: { name: 'offline' } });
+  const id = created.body.id;
+  await page.evaluate((taskId) => { location.hash = `#/tasks/${taskId}`; }, id);
+  await page.locator('h1[data-state="processing"]').waitFor();
+  // The browser drops off the network while the task completes: the events it misses come
+  // back with the resumed stream, the only thing that makes this page load the task again.
+  await page.context().setOffline(true);
+  await page.locator('#live[data-state="off"]').waitFor();
+  await until('the task completed', async () => (await call('GET', `/api/v1/tasks/${id}`, tokens.operator)).body.state === 'completed');
+  assert.equal(await page.locator('h1[data-state="processing"]').count(), 1);
+  await page.context().setOffline(false);
+  await page.locator('#live[data-state="on"]').waitFor({ timeout: 20000 });
+  await page.locator('h1[data-state="completed"]').waitFor({ timeout: 10000 });
+});
+
 test('an operator pauses and resumes a job from the UI and the API agrees', async () => {
   await page.evaluate(() => { location.hash = '#/jobs/example'; });
   await page.locator('button[data-action="pause"]').click();
@@ -254,16 +270,29 @@ test('the overview shows health, alerts and every job with its runs', async () =
   assert.equal(await page.locator('tr[data-job="example"]').isHidden(), true);
   assert.equal(await page.locator('tr[data-job="broken"]').isVisible(), true);
   await page.locator('#job-search').fill('');
+  await page.locator('#job-search').blur();
   const file = await shot(page, 'overview');
   if (process.env.PACER_UPDATE_DOCS === '1') {
     mkdirSync(path.join(root, 'docs'), { recursive: true });
     await page.screenshot({ path: path.join(root, 'docs', 'overview.png') });
   }
   assert.ok(existsSync(file));
-  // The same page on a phone.
+  // The same page on a phone, and in the dark.
   await page.setViewportSize({ width: 390, height: 844 });
   await shot(page, 'overview-phone');
   await page.setViewportSize({ width: 1280, height: 860 });
+  await page.emulateMedia({ colorScheme: 'dark' });
+  await shot(page, 'overview-dark');
+  await page.emulateMedia({ colorScheme: 'light' });
+  // Keyboard: from the search box, past the two filters, to the first job, and into it.
+  await page.locator('#job-search').focus();
+  for (let i = 0; i < 3; i += 1) await page.keyboard.press('Tab');
+  assert.equal(await page.evaluate(() => document.activeElement.textContent), 'broken');
+  await page.keyboard.press('Enter');
+  await page.waitForURL(/#\/jobs\/broken$/);
+  await page.evaluate(() => { location.hash = '#/cluster'; });
+  await page.locator('button[data-action="scheduler-pause"]').waitFor();
+  await shot(page, 'cluster');
 });
 
 test('an upstream token sees no button its role would be refused', async () => {

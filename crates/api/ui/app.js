@@ -275,7 +275,7 @@
 
   // One stream per tab, read with fetch (EventSource cannot send a bearer header). It resumes
   // with Last-Event-ID after any drop, so a page misses nothing while reconnecting.
-  const live = { id: null, controller: null, wanted: false, listeners: new Set() };
+  const live = { id: null, controller: null, wanted: false, wake: null };
   const liveBadge = document.getElementById('live');
 
   function setLive(state) {
@@ -316,10 +316,23 @@
       }
       if (!live.wanted) return;
       setLive('off');
-      await new Promise((r) => setTimeout(r, delay));
+      await new Promise((r) => {
+        const timer = setTimeout(r, delay);
+        live.wake = () => { clearTimeout(timer); r(); };
+      });
+      live.wake = null;
       delay = Math.min(delay * 2, 10000);
     }
   }
+
+  // A stream can outlive the network it was opened on without noticing for a long while: drop
+  // it when the browser goes offline, and resume (from the last event seen) once it is back.
+  window.addEventListener('offline', () => {
+    if (live.controller) live.controller.abort();
+  });
+  window.addEventListener('online', () => {
+    if (live.wake) live.wake();
+  });
 
   async function readEvents(body) {
     const reader = body.pipeThrough(new TextDecoderStream()).getReader();
