@@ -40,7 +40,7 @@ async fn get(
     (status, headers, body)
 }
 
-fn text<'a>(headers: &'a HeaderMap, name: header::HeaderName) -> &'a str {
+fn text(headers: &HeaderMap, name: header::HeaderName) -> &str {
     headers
         .get(name)
         .and_then(|v| v.to_str().ok())
