@@ -217,7 +217,7 @@
     flashBox.append(content);
   }
 
-  const notice = (text) => flash(h('div', { class: 'notice', role: 'status' }, text));
+  const notice = (content) => flash(h('div', { class: 'notice', role: 'status' }, content));
 
   const dialog = document.getElementById('confirm');
 
@@ -797,7 +797,7 @@
       const done = () => { loadJob(); if (runs) { loadSummary(); runs.reset(); } };
       const paused = job && job.paused;
       fill(actions, ...[
-        action('Run now', { id: 'run', role: 'operator', run: () => post(`${path}/run`, {}), done: (t) => `Started task ${t.id}.`, then: done }),
+        action('Run now', { id: 'run', role: 'operator', run: () => post(`${path}/run`, {}), done: (t) => ['Started task ', link(taskHref(t.id), t.id, { class: 'mono' }), '.'], then: done }),
         job && !paused ? action('Pause job', {
           id: 'pause', role: 'operator', danger: true,
           confirm: { title: `Pause ${name}?`, text: 'Its triggers stop firing and messages stop creating tasks until it is resumed. Open tasks continue.' },
@@ -838,7 +838,7 @@
         ['Schedule', 'Next fire', { label: 'Last fired', cls: 'opt' }, 'Misfire', { label: 'Skipped', cls: 'opt' }, 'State', ''],
         list.map((t) => [
           h('div', {}, schedule(t), t.description ? h('div', { class: 'small muted' }, t.description) : null),
-          t.paused ? h('span', { class: 'muted' }, 'paused') : time(t.next_fire_at),
+          t.paused ? h('span', { class: 'muted' }, 'paused') : h('div', {}, time(t.next_fire_at), firePreview(`${path}/triggers/${t.id}/preview`)),
           [time(t.last_fired_at), { cell: true, class: 'opt' }],
           h('span', { title: `grace ${t.misfire_grace}, catch-up limit ${t.catch_up_limit}` }, t.misfire.replaceAll('_', ' '), h('div', { class: 'small muted' }, `grace ${t.misfire_grace}`)),
           [String(t.skipped), { cell: true, class: 'num opt' }],
@@ -912,6 +912,22 @@
         done: (t) => `Created task ${t.id} (${t.state}).`,
         then: (t) => { if (may('operator')) location.hash = taskHref(t.id); else then(); },
       }));
+    return box;
+  }
+
+  /** The next fire times of a trigger, loaded when opened. */
+  function firePreview(url) {
+    const list = h('ol', { class: 'small' });
+    const box = h('details', {}, h('summary', { class: 'small' }, 'next 5'), list);
+    box.addEventListener('toggle', async () => {
+      if (!box.open || list.childElementCount) return;
+      try {
+        const preview = await get(`${url}?count=5`);
+        fill(list, preview.fire_times.map((at) => h('li', {}, time(at))));
+      } catch (err) {
+        fill(list, h('li', {}, problemBox(err)));
+      }
+    });
     return box;
   }
 
