@@ -67,10 +67,10 @@ async function until(what, check, timeout = 20000) {
   }
 }
 
-async function shot(p, name) {
+async function shot(p, name, fullPage = true) {
   screenshotCount += 1;
   const file = path.join(output, `${String(screenshotCount).padStart(2, '0')}-${name}.png`);
-  await p.screenshot({ path: file, fullPage: true });
+  await p.screenshot({ path: file, fullPage });
   return file;
 }
 
@@ -143,6 +143,10 @@ test('/ redirects to the dashboard, which is served with its security headers', 
   }
   console.log(`dashboard assets: ${total} bytes in total (${(total / 1024).toFixed(1)} KiB)`);
   assert.ok(total < 300 * 1024, `assets weigh ${total} bytes`);
+  await page.goto(`${base}/`);
+  await page.getByLabel('API token').waitFor();
+  assert.equal(new URL(page.url()).pathname, '/ui');
+  await shot(page, 'sign-in');
 });
 
 test('an admin signs in and sees the example job', async () => {
@@ -196,6 +200,7 @@ test('a lost event stream reconnects where it left off', async () => {
   await page.context().setOffline(false);
   await page.locator('#live[data-state="on"]').waitFor({ timeout: 20000 });
   await page.locator('h1[data-state="completed"]').waitFor({ timeout: 10000 });
+  await shot(page, 'reconnected');
 });
 
 test('an operator pauses and resumes a job from the UI and the API agrees', async () => {
@@ -223,6 +228,7 @@ test('a refused action shows the API problem', async () => {
   const problem = page.locator('#flash .problem');
   await problem.waitFor();
   assert.match(await problem.innerText(), /Not found \(404\)/);
+  await shot(page, 'refused');
   await page.locator('#flash .flash-close').click();
 });
 
@@ -340,6 +346,6 @@ test('the overview of 500 jobs renders, and how fast is printed', async () => {
   const rows = await page.locator('#jobs tbody tr').count();
   assert.ok(rows >= 500, `${rows} rows`);
   console.log(`overview with ${rows} jobs rendered ${Math.round(rendered)} ms after navigation start`);
-  await shot(page, 'overview-500');
+  await shot(page, 'overview-500', false);
   assert.deepEqual(cspViolations, []);
 });
