@@ -9,7 +9,10 @@ import { mkdirSync, existsSync, copyFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { createRequire } from 'node:module';
 import { chromium } from 'playwright-core';
+
+const axeSource = createRequire(import.meta.url).resolve('axe-core/axe.min.js');
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const root = path.resolve(here, '..', '..');
@@ -299,6 +302,34 @@ test('the overview shows health, alerts and every job with its runs', async () =
   await page.evaluate(() => { location.hash = '#/cluster'; });
   await page.locator('button[data-action="scheduler-pause"]').waitFor();
   await shot(page, 'cluster');
+});
+
+test('the pages pass an accessibility check in light and dark', async () => {
+  // axe is injected as a script, which the dashboard's own policy forbids: this page alone
+  // runs without it (every other test runs under the policy and fails on a violation).
+  const context = await browser.newContext({ viewport: { width: 1280, height: 860 }, bypassCSP: true });
+  const p = await context.newPage();
+  await signIn(p, tokens.admin);
+  const task = (await call('GET', '/api/v1/tasks?job=example&limit=1', tokens.operator)).body.items[0].id;
+  const found = [];
+  for (const scheme of ['light', 'dark']) {
+    await p.emulateMedia({ colorScheme: scheme });
+    for (const [hash, ready] of [['#/', 'tr[data-job="example"] svg.spark'], ['#/jobs/example', '#h-triggers + div table'],
+      [`#/tasks/${task}`, '#attempts'], ['#/alerts?state=', 'button[data-action="resolve"]'], ['#/cluster', '#main table'],
+      ['#/messages', '#main .pager'], ['#/audit', '#main table']]) {
+      await p.evaluate((h) => { location.hash = h; }, hash);
+      await p.locator(ready).first().waitFor();
+      if (!(await p.evaluate(() => 'axe' in window))) await p.addScriptTag({ path: axeSource });
+      const result = await p.evaluate(() => window.axe.run(document, { runOnly: ['wcag2a', 'wcag2aa', 'wcag21aa'] }));
+      for (const v of result.violations) {
+        if (v.impact === 'serious' || v.impact === 'critical') {
+          found.push(`${scheme} ${hash}: ${v.id} (${v.help}) at ${v.nodes.slice(0, 3).map((n) => n.target.join(' ')).join(', ')}`);
+        }
+      }
+    }
+  }
+  await context.close();
+  assert.deepEqual(found, []);
 });
 
 test('an upstream token sees no button its role would be refused', async () => {

@@ -3,7 +3,6 @@
 //! REST API with the caller's own bearer token, so it can do nothing the API would refuse.
 
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::sync::OnceLock;
 
 use axum::Router;
 use axum::extract::Path;
@@ -63,20 +62,20 @@ pub(crate) fn routes() -> Router<AppState> {
 }
 
 async fn index(headers: HeaderMap) -> Response {
-    serve(&INDEX, 0, &headers)
+    serve(&INDEX, &headers)
 }
 
 async fn asset(Path(file): Path<String>, headers: HeaderMap) -> Response {
-    match ASSETS.iter().position(|a| a.name == file) {
-        Some(i) => serve(&ASSETS[i], i + 1, &headers),
+    match ASSETS.iter().find(|a| a.name == file) {
+        Some(asset) => serve(asset, &headers),
         None => Error::RouteNotFound.into_response(),
     }
 }
 
 /// An asset with its security headers and an `ETag`, so a browser revalidates it cheaply
 /// (`no-cache`) and always runs the files of the node it talks to.
-fn serve(asset: &Asset, slot: usize, request: &HeaderMap) -> Response {
-    let etag = etag(slot);
+fn serve(asset: &Asset, request: &HeaderMap) -> Response {
+    let etag = etag(asset);
     let fresh = request
         .get(header::IF_NONE_MATCH)
         .is_some_and(|tags| tags.as_bytes() == etag.as_bytes());
@@ -112,22 +111,11 @@ fn serve(asset: &Asset, slot: usize, request: &HeaderMap) -> Response {
     }
 }
 
-/// The entity tag of the asset in `slot` (the index page first, then [`ASSETS`]): a hash of its
-/// bytes, computed once per file.
-fn etag(slot: usize) -> HeaderValue {
-    static TAGS: OnceLock<Vec<HeaderValue>> = OnceLock::new();
-    let tags = TAGS.get_or_init(|| {
-        std::iter::once(&INDEX)
-            .chain(ASSETS)
-            .map(|asset| {
-                let mut hasher = DefaultHasher::new();
-                asset.body.hash(&mut hasher);
-                let tag = format!("\"{:016x}\"", hasher.finish());
-                HeaderValue::from_str(&tag).unwrap_or(HeaderValue::from_static("\"0\""))
-            })
-            .collect()
-    });
-    tags.get(slot)
-        .cloned()
-        .unwrap_or_else(|| HeaderValue::from_static("\"0\""))
+/// The entity tag of an asset: a hash of its bytes (tens of microseconds for the largest), so
+/// it changes whenever the binary's copy does.
+fn etag(asset: &Asset) -> HeaderValue {
+    let mut hasher = DefaultHasher::new();
+    asset.body.hash(&mut hasher);
+    HeaderValue::from_str(&format!("\"{:016x}\"", hasher.finish()))
+        .unwrap_or_else(|_| HeaderValue::from_static("\"0\""))
 }
