@@ -474,7 +474,11 @@ fn complete(item: &mut PathItem, access: Access) {
                 Some(text) if !text.is_empty() => format!("{text}\n\n{note}"),
                 _ => note,
             });
-            shared.extend([("401", "Unauthenticated"), ("403", "Forbidden")]);
+            shared.push(("401", "Unauthenticated"));
+            // A route open to any valid token has no role to lack.
+            if !matches!(access, Access::Token) {
+                shared.push(("403", "Forbidden"));
+            }
             if write {
                 shared.push(("429", "RateLimited"));
             }
