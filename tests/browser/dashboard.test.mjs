@@ -264,7 +264,12 @@ test('the overview shows health, alerts and every job with its runs', async () =
     const open = await call('GET', '/api/v1/tasks?job=example&state=pending,processing', tokens.operator);
     return open.body.items.length === 0;
   }, 20000);
-  // A trigger, for a next fire time, and a second failure, for an open alert.
+  // A paused job, a trigger for a next fire time, and a second failure for an open alert.
+  const nightly = await call('PUT', '/api/v1/jobs/nightly-export', tokens.admin, {
+    description: 'Export the day’s records', target: { url: `${base}/demo/downstream` }, labels: { team: 'reporting' },
+  });
+  assert.equal(nightly.status, 201, JSON.stringify(nightly.body));
+  assert.equal((await call('POST', '/api/v1/jobs/nightly-export/pause', tokens.operator)).status, 200);
   const trigger = await call('POST', '/api/v1/jobs/example/triggers', tokens.admin, { kind: 'cron', expression: '0 0 3 * * *', timezone: 'Europe/Berlin' });
   assert.equal(trigger.status, 201, JSON.stringify(trigger.body));
   await call('POST', '/api/v1/jobs/broken/tasks', tokens.upstream, {});

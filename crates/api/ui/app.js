@@ -58,6 +58,7 @@
   // ---------- formatting ----------
 
   const dateTime = new Intl.DateTimeFormat(undefined, { dateStyle: 'medium', timeStyle: 'medium' });
+  const thisYear = new Intl.DateTimeFormat(undefined, { month: 'short', day: 'numeric', hour: 'numeric', minute: '2-digit', second: '2-digit' });
 
   /** A time in the browser's zone, with UTC on hover. */
   function time(iso) {
@@ -65,7 +66,8 @@
     const d = new Date(iso);
     if (Number.isNaN(d.getTime())) return iso;
     const utc = d.toISOString().replace('T', ' ').replace(/\.\d+Z$/, 'Z').replace('Z', ' UTC');
-    return h('time', { datetime: iso, title: utc }, dateTime.format(d));
+    const format = d.getFullYear() === new Date().getFullYear() ? thisYear : dateTime;
+    return h('time', { datetime: iso, title: utc }, format.format(d));
   }
 
   function ago(iso) {
