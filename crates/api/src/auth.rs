@@ -126,6 +126,24 @@ pub(crate) async fn authorize(
     Ok(next.run(request).await)
 }
 
+/// Any verified token, whatever its roles: for routes that only say who the caller is.
+pub(crate) async fn authenticate(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Result<Response, Error> {
+    let token = bearer(request.headers()).map_err(Error::Unauthenticated)?;
+    let principal = state
+        .auth
+        .verifier
+        .verify(token)
+        .await
+        .map_err(Error::Unauthenticated)?;
+    limit(&state, request.method(), &principal.subject)?;
+    request.extensions_mut().insert(principal);
+    Ok(next.run(request).await)
+}
+
 /// The callback route: a callback token minted by Pacer for this very task, or a caller with the
 /// `downstream` role.
 pub(crate) async fn authorize_callback(

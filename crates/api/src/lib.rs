@@ -16,7 +16,9 @@ mod observe;
 mod openapi;
 mod tasks;
 mod triggers;
+mod ui;
 mod views;
+mod whoami;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -210,6 +212,10 @@ pub fn router(state: AppState) -> Router {
         app = app.merge(match access {
             Access::Public => routes,
             Access::Role(role) => with_role(&state, role, routes),
+            Access::Token => routes.route_layer(middleware::from_fn_with_state(
+                state.clone(),
+                auth::authenticate,
+            )),
             Access::Callback => routes.route_layer(middleware::from_fn_with_state(
                 state.clone(),
                 auth::authorize_callback,
@@ -217,6 +223,7 @@ pub fn router(state: AppState) -> Router {
         });
     }
     app.merge(openapi::routes(openapi::document()))
+        .merge(ui::routes())
         .fallback(error::route_not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(middleware::from_fn(observe::observe))
@@ -233,7 +240,7 @@ pub fn router(state: AppState) -> Router {
 /// Every route, grouped by who may call it. Both the router and the OpenAPI document are built
 /// from these groups, so a route registered here with `routes!` is documented (see the `openapi`
 /// module for how to add one).
-fn groups() -> [(Access, OpenApiRouter<AppState>); 5] {
+fn groups() -> [(Access, OpenApiRouter<AppState>); 6] {
     [
         (
             Access::Role(Role::Admin),
@@ -260,6 +267,7 @@ fn groups() -> [(Access, OpenApiRouter<AppState>); 5] {
                 .merge(tasks::upstream_routes())
                 .merge(messages::upstream_routes()),
         ),
+        (Access::Token, whoami::routes()),
         (Access::Callback, tasks::downstream_routes()),
         (Access::Public, health::routes()),
     ]

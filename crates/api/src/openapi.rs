@@ -72,6 +72,8 @@ pub(crate) enum Access {
     Public,
     /// A bearer token granting this role (`admin` may everything).
     Role(Role),
+    /// Any bearer token that verifies, whatever its roles.
+    Token,
     /// The task's own callback token, or a bearer token with the `downstream` role.
     Callback,
 }
@@ -97,6 +99,7 @@ pub(crate) enum Access {
         (name = "events", description = "The event log as a live stream of server-sent events."),
         (name = "cluster", description = "Nodes, leadership, scheduler standby, running every job, and skipped runs."),
         (name = "audit", description = "Every change an admin or operator made."),
+        (name = "session", description = "Who the caller's token says it is, and its roles."),
         (name = "health", description = "Liveness, readiness, metrics and Pacer's public keys (no token)."),
     ),
     components(schemas(Problem, FieldError)),
@@ -450,6 +453,11 @@ fn complete(item: &mut PathItem, access: Access) {
                     format!("Needs the `{}` role (or `admin`).", role.as_str())
                 })
             }
+            Access::Token => {
+                operation.security =
+                    Some(vec![SecurityRequirement::new(BEARER, Vec::<String>::new())]);
+                Some("Needs any valid token, whatever its roles.".to_owned())
+            }
             Access::Callback => {
                 operation.security = Some(vec![
                     SecurityRequirement::new(CALLBACK_TOKEN, Vec::<String>::new()),
@@ -466,7 +474,11 @@ fn complete(item: &mut PathItem, access: Access) {
                 Some(text) if !text.is_empty() => format!("{text}\n\n{note}"),
                 _ => note,
             });
-            shared.extend([("401", "Unauthenticated"), ("403", "Forbidden")]);
+            shared.push(("401", "Unauthenticated"));
+            // A route open to any valid token has no role to lack.
+            if !matches!(access, Access::Token) {
+                shared.push(("403", "Forbidden"));
+            }
             if write {
                 shared.push(("429", "RateLimited"));
             }

@@ -1,6 +1,6 @@
 //! `pacer dev`: a single node for local development, on a `pacer` database it creates, with an
 //! example job whose downstream is a demo endpoint served by the same process. The demo accepts
-//! each dispatch and calls back `completed` a moment later, as a real downstream would.
+//! each dispatch, reports progress and then calls back `completed`, as a real downstream would.
 
 use std::time::Duration;
 
@@ -83,10 +83,12 @@ async fn register_example(node: &Node, base: &str) -> anyhow::Result<()> {
 
 fn print_tour(base: &str, token: &str) {
     println!(
-        "\nPacer dev node ready on {base} with an example job.\n\n\
+        "\nPacer dashboard: {base}/ui  (sign in with the admin token below)\n\n\
+         Pacer dev node ready on {base} with an example job.\n\n\
          An admin token for this node (valid 24h; `pacer dev` makes new keys at every start):\n  \
          export PACER_TOKEN={token}\n\n\
-         Create a task (the demo downstream completes it about a second later):\n  \
+         Create a task (the demo downstream reports progress after a second and completes it a \
+         second later):\n  \
          curl -s -X POST {base}/api/v1/jobs/example/tasks -H \"authorization: Bearer $PACER_TOKEN\" \
          -H 'content-type: application/json' -d '{{\"payload\": {{\"name\": \"world\"}}}}'\n\n\
          Show it, with its attempts (use the id printed above):\n  \
@@ -118,7 +120,8 @@ struct CallbackTarget {
     token: String,
 }
 
-/// Accepts a dispatch and reports the task completed a second later.
+/// Accepts a dispatch, reports progress half-way a second later and the task completed a
+/// second after that, so the dashboard shows each step.
 async fn accept(
     State(demo): State<Demo>,
     Json(dispatch): Json<Dispatch>,
@@ -127,19 +130,27 @@ async fn accept(
     let client = demo.client.clone();
     let shutdown = demo.shutdown.clone();
     demo.tracker.spawn(async move {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(Duration::from_secs(1)) => {}
-        }
         let name = dispatch.payload.get("name").and_then(Value::as_str).unwrap_or("nobody");
-        let body = json!({
-            "status": "completed",
-            "message": format!("said hello to {name}"),
-            "result": { "greeted": name },
-        });
-        match client.post(&dispatch.callback.url).bearer_auth(&dispatch.callback.token).json(&body).send().await {
-            Ok(response) => tracing::info!(task.id = %dispatch.task_id, status = %response.status(), "demo downstream called back"),
-            Err(error) => tracing::warn!(task.id = %dispatch.task_id, %error, "demo callback failed; Pacer will re-dispatch"),
+        let reports = [
+            json!({ "status": "processing", "progress": { "done": 1, "total": 2 } }),
+            json!({
+                "status": "completed",
+                "message": format!("said hello to {name}"),
+                "result": { "greeted": name },
+            }),
+        ];
+        for body in reports {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            match client.post(&dispatch.callback.url).bearer_auth(&dispatch.callback.token).json(&body).send().await {
+                Ok(response) => tracing::info!(task.id = %dispatch.task_id, status = %response.status(), "demo downstream called back"),
+                Err(error) => {
+                    tracing::warn!(task.id = %dispatch.task_id, %error, "demo callback failed; Pacer will re-dispatch");
+                    return;
+                }
+            }
         }
     });
     (StatusCode::ACCEPTED, Json(json!({ "accepted": true })))
