@@ -1,0 +1,321 @@
+//! The state changes of a task that come from outside the dispatcher: a downstream's report
+//! (callback) and an operator's cancel. Each is decided by the domain's state machine; the ones
+//! that end tasks are written many to a statement (see `sql/finish_tasks.sql`).
+
+use pacer_domain::{FailureReason, Span, TaskEvent, TaskId, TaskState, Transition};
+use serde_json::Value;
+
+use std::collections::HashSet;
+
+use super::{ReportOutcome, Task, TaskReport, TaskRow, select_task, strip_nulls};
+use crate::batch::BatchWrite;
+use crate::error::corrupt;
+use crate::events::{NewEvent, append_event};
+use crate::{CANCELS_CHANNEL, Error, Result, Store};
+
+impl Store {
+    /// Applies a downstream's report. Progress on an open task is recorded and counts as a
+    /// heartbeat: the next re-poll moves to a full re-poll interval from now. Returns what the
+    /// report did and the task as it stands after it.
+    pub async fn report(&self, id: TaskId, report: &TaskReport) -> Result<(ReportOutcome, Task)> {
+        self.apply_event(id, report.event(), Some(report)).await
+    }
+
+    /// Applies several downstreams' reports, answering for each in order as [`Store::report`]
+    /// would. The reports that end their task (each task's first) are written in one statement
+    /// and one commit; the rest one by one after them.
+    pub async fn report_many(
+        &self,
+        reports: &[(TaskId, TaskReport)],
+    ) -> Result<Vec<Result<(ReportOutcome, Task)>>> {
+        let mut answers: Vec<Option<Result<(ReportOutcome, Task)>>> =
+            reports.iter().map(|_| None).collect();
+        let mut tasks = HashSet::new();
+        let mut batch = Vec::new();
+        let mut ends = Vec::new();
+        let mut from = None;
+        for (i, (id, report)) in reports.iter().enumerate() {
+            let event = report.event();
+            if let Some((states, next)) = ending(event)
+                && from.get_or_insert_with(|| states.clone()) == &states
+                && tasks.insert(*id)
+            {
+                batch.push(i);
+                ends.push(Ending {
+                    id: *id,
+                    event,
+                    next,
+                    report: Some(report),
+                });
+            }
+        }
+        if let Some(from) = from {
+            let mut conn = self.batches.acquire().await?;
+            let finished = finish_tasks(&mut conn, &ends, &from).await?;
+            for ((i, end), task) in batch.into_iter().zip(&ends).zip(finished) {
+                answers[i] = Some(match task {
+                    Some(task) => Ok((ReportOutcome::Applied(end.next), task)),
+                    None => self.settle(end.id, end.event, end.report).await,
+                });
+            }
+        }
+        let mut settled = Vec::with_capacity(reports.len());
+        for ((id, report), answer) in reports.iter().zip(answers) {
+            settled.push(match answer {
+                Some(answer) => answer,
+                None => self.apply_event(*id, report.event(), Some(report)).await,
+            });
+        }
+        Ok(settled)
+    }
+
+    /// Cancels an open task. Cancelling a cancelled task changes nothing.
+    pub async fn cancel_task(&self, id: TaskId) -> Result<(ReportOutcome, Task)> {
+        self.apply_event(id, TaskEvent::Cancel, None).await
+    }
+
+    async fn apply_event(
+        &self,
+        id: TaskId,
+        event: TaskEvent,
+        report: Option<&TaskReport>,
+    ) -> Result<(ReportOutcome, Task)> {
+        let Some((from, next)) = ending(event) else {
+            return self.apply_locked(id, event, report).await;
+        };
+        let end = Ending {
+            id,
+            event,
+            next,
+            report,
+        };
+        let mut tx = self.pool.begin().await?;
+        let Some(task) = finish_tasks(&mut tx, &[end], &from).await?.pop().flatten() else {
+            drop(tx);
+            return self.settle(id, event, report).await;
+        };
+        notify_cancel(&mut tx, event).await?;
+        tx.commit().await?;
+        Ok((ReportOutcome::Applied(next), task))
+    }
+
+    /// The answer to an ending event that matched no open task: the task is missing, or already
+    /// final (a repeat, or a contradiction).
+    async fn settle(
+        &self,
+        id: TaskId,
+        event: TaskEvent,
+        report: Option<&TaskReport>,
+    ) -> Result<(ReportOutcome, Task)> {
+        let task = self.get_task(id).await?;
+        match task.state.apply(event) {
+            Transition::Unchanged => Ok((ReportOutcome::Unchanged(task.state), task)),
+            Transition::Refused => Ok((ReportOutcome::Refused(task.state), task)),
+            Transition::To(_) => self.apply_locked(id, event, report).await,
+        }
+    }
+
+    /// Applies an event under the task's row lock: one that may leave the task open (progress),
+    /// or an ending one that found the task in a state it had not expected.
+    async fn apply_locked(
+        &self,
+        id: TaskId,
+        event: TaskEvent,
+        report: Option<&TaskReport>,
+    ) -> Result<(ReportOutcome, Task)> {
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query!(
+            r#"select t.state, t.job_name, j.spec ->> 'repoll_interval' as repoll_interval
+               from tasks t left join jobs j on j.id = t.job_id
+               where t.id = $1 for update of t"#,
+            id.as_uuid()
+        )
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(Error::NotFound("task"))?;
+        let state: TaskState = row.state.parse().map_err(corrupt)?;
+        let outcome = match state.apply(event) {
+            Transition::Unchanged => ReportOutcome::Unchanged(state),
+            Transition::Refused => ReportOutcome::Refused(state),
+            Transition::To(next) if next.is_terminal() => {
+                // The row is locked in this state: the statement that ends tasks (with the
+                // callback's event) ends it from here.
+                let end = Ending {
+                    id,
+                    event,
+                    next,
+                    report,
+                };
+                finish_tasks(&mut tx, &[end], &[state.as_str()]).await?;
+                notify_cancel(&mut tx, event).await?;
+                ReportOutcome::Applied(next)
+            }
+            Transition::To(next) => {
+                if let Some(report) = report {
+                    // The callback itself, instead of a state change.
+                    let event = NewEvent {
+                        kind: "task.callback",
+                        job_name: Some(&row.job_name),
+                        task_id: Some(id),
+                        data: callback_event(report),
+                    };
+                    append_event(&mut tx, &event).await?;
+                }
+                // Only the re-poll interval is needed, not the whole definition.
+                let repoll = row
+                    .repoll_interval
+                    .and_then(|text| text.parse::<Span>().ok())
+                    .unwrap_or(pacer_domain::job::defaults::REPOLL_INTERVAL);
+                // While a dispatch holds the claim, `next_dispatch_at` is its lease and must stay.
+                sqlx::query!(
+                    "update tasks set state = $2,
+                         progress = coalesce($3, progress), message = coalesce($4, message),
+                         last_heartbeat_at = now(), updated_at = now(),
+                         next_dispatch_at = case when claim_token is null
+                             then least(now() + $5::bigint * interval '1 millisecond', timeout_at)
+                             else next_dispatch_at end
+                     where id = $1",
+                    id.as_uuid(),
+                    next.as_str(),
+                    report.and_then(|r| r.progress.as_ref()),
+                    report.and_then(|r| r.message.as_deref()),
+                    repoll.as_millis(),
+                )
+                .execute(&mut *tx)
+                .await?;
+                ReportOutcome::Applied(next)
+            }
+        };
+        let task = select_task(&mut tx, id).await?;
+        tx.commit().await?;
+        Ok((outcome, task))
+    }
+}
+
+/// Wakes the cancel notifiers, which tell the downstream of a cancelled task that a dispatch went
+/// out to (best effort, by whichever node takes the notice); delivered when `conn`'s transaction
+/// commits.
+async fn notify_cancel(conn: &mut sqlx::PgConnection, event: TaskEvent) -> Result<()> {
+    if event == TaskEvent::Cancel {
+        sqlx::query!("select pg_notify($1, '')", CANCELS_CHANNEL)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// An event ending a task.
+struct Ending<'a> {
+    id: TaskId,
+    event: TaskEvent,
+    /// The final state it moves the task to.
+    next: TaskState,
+    report: Option<&'a TaskReport>,
+}
+
+/// Ends tasks in one statement (see `sql/finish_tasks.sql`); `from` is the states every one of the
+/// events ends a task from, and the ids are distinct. For each, in order, the task as it ended, or
+/// `None` when it was not open.
+async fn finish_tasks(
+    conn: &mut sqlx::PgConnection,
+    ends: &[Ending<'_>],
+    from: &[&str],
+) -> Result<Vec<Option<Task>>> {
+    let n = ends.len();
+    let mut ids = Vec::with_capacity(n);
+    let mut states = Vec::with_capacity(n);
+    let mut progress = Vec::with_capacity(n);
+    let mut messages = Vec::with_capacity(n);
+    let mut results = Vec::with_capacity(n);
+    let mut reasons = Vec::with_capacity(n);
+    let mut cancels = Vec::with_capacity(n);
+    let mut events = Vec::with_capacity(n);
+    for end in ends {
+        let report = end.report;
+        ids.push(end.id.as_uuid());
+        states.push(end.next.as_str());
+        progress.push(report.and_then(|r| r.progress.as_ref()));
+        messages.push(match end.event {
+            TaskEvent::Cancel => Some("cancelled by an operator"),
+            _ => report.and_then(|r| r.message.as_deref()),
+        });
+        results.push(report.and_then(|r| r.result.as_ref()));
+        reasons.push((end.next == TaskState::Failed).then_some(FailureReason::Reported.as_str()));
+        cancels.push(end.event == TaskEvent::Cancel);
+        events.push(report.map(callback_event));
+    }
+    let rows = sqlx::query_file_as!(
+        TaskRow,
+        "src/sql/finish_tasks.sql",
+        &ids,
+        &states as &[&str],
+        &progress as &[Option<&Value>],
+        &messages as &[Option<&str>],
+        &results as &[Option<&Value>],
+        &reasons as &[Option<&str>],
+        &cancels,
+        from as &[&str],
+        &events as &[Option<Value>],
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut finished: Vec<Option<Task>> = ends.iter().map(|_| None).collect();
+    for row in rows {
+        let slot = ids
+            .iter()
+            .position(|id| *id == row.id)
+            .and_then(|i| finished.get_mut(i))
+            .ok_or_else(|| corrupt("finishing tasks answered for a task it was not given"))?;
+        *slot = Some(Task::try_from(row)?);
+    }
+    Ok(finished)
+}
+
+/// Reports written in batches: the write behind a callback [`Batcher`](crate::batch::Batcher).
+#[derive(Debug)]
+pub struct Reporting {
+    store: Store,
+}
+
+impl Reporting {
+    /// Writes reports through `store`.
+    pub fn new(store: Store) -> Self {
+        Self { store }
+    }
+}
+
+impl BatchWrite for Reporting {
+    type Item = (TaskId, TaskReport);
+    type Output = Result<(ReportOutcome, Task)>;
+
+    async fn write(&self, items: &[(TaskId, TaskReport)]) -> Result<Vec<Self::Output>> {
+        self.store.report_many(items).await
+    }
+}
+
+/// The states `event` ends a task from and the final state it moves them to, or `None` for an
+/// event that may leave a task open.
+fn ending(event: TaskEvent) -> Option<(Vec<&'static str>, TaskState)> {
+    let mut from = Vec::new();
+    let mut next = None;
+    for state in TaskState::ALL {
+        if let Transition::To(to) = state.apply(event) {
+            if !to.is_terminal() || next.is_some_and(|n| n != to) {
+                return None;
+            }
+            next = Some(to);
+            from.push(state.as_str());
+        }
+    }
+    Some((from, next?))
+}
+
+/// The `task.callback` event of a report.
+fn callback_event(report: &TaskReport) -> Value {
+    strip_nulls(serde_json::json!({
+        "status": report.status,
+        "progress": report.progress,
+        "message": report.message,
+        "result": report.result,
+    }))
+}
