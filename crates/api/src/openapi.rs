@@ -281,6 +281,12 @@ pub fn document() -> OpenApi {
         complete(item, Access::Public);
     }
     document.merge(metrics);
+    // The domain names a job's target; its shape is documented here.
+    document
+        .components
+        .get_or_insert_with(Components::new)
+        .schemas
+        .insert("Target".to_owned(), crate::schemas::target());
     add_links(&mut document);
     document
 }
