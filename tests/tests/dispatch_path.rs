@@ -262,13 +262,13 @@ async fn pausing_the_scheduler_just_before_fired_ahead_tasks_are_due_notices_no_
     })
     .await;
 
-    // Pause at 700 ms past a second, when the next second's occurrences are fired (500 ms
-    // ahead) and held by the node, but not yet marked for sending (100 ms before their time);
+    // Pause at 620 ms past a second, when the next second's occurrences are fired (500 ms
+    // ahead) and held by the node, but not yet marked for sending (250 ms before their time);
     // resume a little later; again and again.
     for _ in 0..5 {
         let now = db_now(&db).await;
         let next_second = now.timestamp_millis() / 1000 * 1000 + 1000;
-        let pause_at = next_second + 700;
+        let pause_at = next_second + 620;
         let wait = u64::try_from(pause_at - now.timestamp_millis()).unwrap_or_default();
         tokio::time::sleep(Duration::from_millis(wait)).await;
         api.request(Method::POST, "/api/v1/scheduler/pause", None, &[])

@@ -15,9 +15,10 @@ use tokio_util::sync::CancellationToken;
 use super::record::OUTCOME_BATCH;
 
 /// How long before its time a task claimed ahead is marked as being sent; from then on a pause no
-/// longer withdraws it. Long enough for the mark's round trip, short enough that a pause a moment
-/// before the time still counts.
-pub(crate) const MARK_BEFORE_DUE: Duration = Duration::from_millis(100);
+/// longer withdraws it. Long enough for the mark's batched write to commit before the time even
+/// while a burst is being marked on a busy database (the send waits for it), short enough that a
+/// pause a moment before the time still counts.
+pub(crate) const MARK_BEFORE_DUE: Duration = Duration::from_millis(250);
 
 /// A batched write about claims taken ahead and not yet sent.
 enum Unsent {
