@@ -68,17 +68,17 @@ fn trigger_not_found(id: Uuid) -> impl FnOnce(pacer_store::Error) -> Error {
     crate::error::missing("trigger", id)
 }
 
-/// Validates a definition and finds its first fire time after now (database clock).
+/// Validates a definition and finds its first fire time from now (database clock). A trigger
+/// that would never fire is refused; a `once` in the past is due at once (its misfire policy
+/// decides what it becomes).
 async fn parse(
     state: &AppState,
     input: TriggerInput,
 ) -> Result<(TriggerSpec, Option<DateTime<Utc>>)> {
     let spec = TriggerSpec::try_from(input).map_err(Error::Validation)?;
-    let timetable = spec
-        .timetable()
-        .map_err(|e| Error::field("expression", e.to_string()))?;
     let now = state.store.now().await?;
-    Ok((spec, timetable.next_after(now)))
+    let first = spec.first_fire(now).map_err(Error::Validation)?;
+    Ok((spec, Some(first)))
 }
 
 /// Add a trigger to a job
