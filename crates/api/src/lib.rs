@@ -15,6 +15,7 @@ mod messages;
 mod observe;
 mod openapi;
 mod pacing;
+mod pagination;
 mod tasks;
 mod triggers;
 mod views;

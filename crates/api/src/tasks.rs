@@ -24,8 +24,9 @@ use uuid::Uuid;
 use crate::audit;
 use crate::auth::Actor;
 use crate::error::Problem;
-use crate::extract::{Json, JsonOrEmpty, Path, Query, limit, task_id};
+use crate::extract::{Json, JsonOrEmpty, Path, task_id};
 use crate::jobs::{JobPath, existing_name, not_found};
+use crate::pagination::{ListQuery, Listing, PageParams};
 use crate::views::{Page, TaskView};
 use crate::{AppState, Error, Result};
 
@@ -388,11 +389,14 @@ struct ListTasks {
     /// Only the tasks past their deadline (`true`) or not (`false`).
     #[param(value_type = Option<bool>)]
     overdue: Option<String>,
-    /// Most tasks to return.
-    #[param(value_type = Option<i64>, minimum = 1, maximum = 500, default = 50)]
-    limit: Option<String>,
-    /// The `next_cursor` of the previous page.
-    cursor: Option<String>,
+}
+
+/// Tasks page on their id (time-ordered), newest first.
+struct TaskList;
+
+impl Listing for TaskList {
+    type Key = TaskId;
+    const TAG: &'static str = "tk.";
 }
 
 /// An RFC 3339 instant from the query, or a field error.
@@ -420,12 +424,15 @@ fn instant(errors: &mut ValidationErrors, field: &str, raw: Option<&str>) -> Opt
     get,
     path = "/api/v1/tasks",
     tag = "tasks",
-    params(ListTasks),
+    params(ListTasks, PageParams<TaskList>),
     responses((status = 200, description = "A page of tasks (without their attempts and history).", body = Page<TaskView>))
 )]
 async fn list_tasks(
     State(state): State<AppState>,
-    Query(query): Query<ListTasks>,
+    ListQuery {
+        filter: query,
+        page,
+    }: ListQuery<ListTasks, TaskList>,
 ) -> Result<JsonResponse<Page<TaskView>>> {
     let mut errors = ValidationErrors::new();
     let mut states = Vec::new();
@@ -473,28 +480,7 @@ async fn list_tasks(
         "finished_before",
         query.finished_before.as_deref(),
     );
-    let before = match query.cursor.as_deref().map(str::parse::<TaskId>) {
-        Some(Err(_)) => {
-            errors.push("cursor", "not a cursor returned by this API");
-            None
-        }
-        other => other.and_then(Result::ok),
-    };
-    let limit = match limit(query.limit.as_deref(), 50) {
-        Ok(limit) => limit,
-        Err(Error::Validation(e)) => {
-            errors.push(
-                "limit",
-                e.errors()
-                    .first()
-                    .map(|e| e.message.clone())
-                    .unwrap_or_default(),
-            );
-            50
-        }
-        Err(other) => return Err(other),
-    };
-    errors.into_result(()).map_err(Error::Validation)?;
+    let page = page.check(errors)?;
     let filter = TaskFilter {
         job: query.job,
         states,
@@ -504,18 +490,11 @@ async fn list_tasks(
         finished_after,
         finished_before,
         overdue,
-        before,
-        limit,
+        before: page.after,
+        limit: page.fetch(),
     };
     let tasks = state.store.list_tasks(&filter).await?;
-    let full = i64::try_from(tasks.len()).unwrap_or(i64::MAX) == limit;
-    let next_cursor = full
-        .then(|| tasks.last().map(|t| t.id.to_string()))
-        .flatten();
-    Ok(JsonResponse(Page {
-        items: tasks.into_iter().map(TaskView::from).collect(),
-        next_cursor,
-    }))
+    Ok(JsonResponse(page.page(tasks, |t| t.id, TaskView::from)))
 }
 
 /// Cancel a task
