@@ -32,6 +32,11 @@ fn issuer_key(settings: &IssuerSettings) -> anyhow::Result<IssuerKey> {
             bail!("issuer {name}: give public_key_pem or public_key_file, not both")
         }
     };
+    if settings.kid.is_some() && pem.is_none() {
+        bail!(
+            "issuer {name}: kid names a public key; it applies with public_key_pem or public_key_file only"
+        )
+    }
     match (&settings.hs256_secret, pem, &settings.jwks_url) {
         (Some(secret), None, None) => Ok(IssuerKey::Hs256(secret.clone())),
         (None, Some(pem), None) => {
@@ -43,7 +48,11 @@ fn issuer_key(settings: &IssuerSettings) -> anyhow::Result<IssuerKey> {
                     "issuer {name}: a public key needs algorithm = \"RS256\", \"ES256\" or \"EdDSA\", got {other:?}"
                 ),
             };
-            Ok(IssuerKey::PublicKey { algorithm, pem })
+            Ok(IssuerKey::PublicKey {
+                algorithm,
+                pem,
+                kid: settings.kid.clone(),
+            })
         }
         (None, None, Some(url)) => Ok(IssuerKey::Jwks { url: url.clone() }),
         _ => {
@@ -139,6 +148,7 @@ pub(crate) fn add_dev_keys(config: &mut Config) {
             public_key_pem: None,
             public_key_file: None,
             algorithm: None,
+            kid: None,
             jwks_url: None,
         });
     }
