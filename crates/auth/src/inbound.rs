@@ -233,7 +233,6 @@ const ASYMMETRIC: [Algorithm; 9] = [
 impl Verifier {
     /// Builds the verifier; fails on a key that does not parse or an issuer listed twice.
     pub fn new(config: VerifierConfig, http: reqwest::Client) -> Result<Self, ConfigError> {
-        crate::crypto::install();
         if config.issuers.is_empty() {
             return Err(ConfigError("no token issuer is configured".into()));
         }
