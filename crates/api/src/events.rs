@@ -50,7 +50,10 @@ struct EventsQuery {
     kind: Option<String>,
     /// For clients that cannot set the `Last-Event-ID` header on their first request: an event's
     /// `id`. Ignored when the header is sent.
-    #[param(example = "48213-1042")]
+    #[param(
+        example = "48213-1042",
+        pattern = r"^\s*\+?[0-9]{1,18}-\+?[0-9]{1,18}\s*$"
+    )]
     last_event_id: Option<String>,
 }
 
@@ -60,7 +63,7 @@ struct EventsQuery {
 struct LastEventIdHeader {
     /// The `id` of the last event received: the stream resumes right after it (`0-0` replays
     /// the whole retained log).
-    #[param(rename = "Last-Event-ID", value_type = String, required = false, pattern = r"^\s*\+?[0-9]+-\+?[0-9]+\s*$", example = "48213-1042")]
+    #[param(rename = "Last-Event-ID", value_type = String, required = false, pattern = r"^\s*\+?[0-9]{1,18}-\+?[0-9]{1,18}\s*$", example = "48213-1042")]
     #[allow(dead_code)]
     last_event_id: Option<String>,
 }
@@ -118,6 +121,16 @@ async fn stream_events(
     };
     let resume = match header.or(query.last_event_id) {
         None => None,
+        // As the schema says: each number at most 18 digits (so it always fits).
+        Some(text)
+            if text
+                .trim()
+                .split('-')
+                .any(|n| n.trim_start_matches('+').len() > 18) =>
+        {
+            errors.push("Last-Event-ID", "not an event id returned by this API");
+            None
+        }
         Some(text) => match text.parse::<EventCursor>() {
             Ok(cursor) => Some(cursor),
             Err(e) => {

@@ -85,7 +85,10 @@ pub(crate) enum Access {
             until the service reports back. Every route but health, readiness, metrics and the \
             signing keys needs `Authorization: Bearer <JWT>` with a role: `upstream` creates tasks, \
             `downstream` reports on them, `operator` reads everything, pauses, resumes and cancels, \
-            `admin` may everything. Every error is `application/problem+json` (RFC 9457).",
+            `admin` may everything. Every error is `application/problem+json` (RFC 9457). No string \
+            may hold the NUL character (U+0000), anywhere in a request: PostgreSQL cannot store \
+            it, so such a request is refused with a 422 naming the field. Lists page with an \
+            opaque `cursor`: pass back the `next_cursor` a list returned.",
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
     tags(

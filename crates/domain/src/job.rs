@@ -445,10 +445,16 @@ pub struct JobInput {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetryInput {
+    /// Most dispatches in a row that end in a transient error (1–1000, default 10).
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 1000))]
     pub max_attempts: Option<u32>,
     pub initial_backoff: Option<Span>,
     pub max_backoff: Option<Span>,
+    /// Each backoff is the one before times this (1.0–10.0, default 2.0).
+    #[cfg_attr(feature = "openapi", schema(minimum = 1.0, maximum = 10.0))]
     pub multiplier: Option<f64>,
+    /// Each backoff is shortened by up to this share of it, at random (0.0–1.0, default 0.2).
+    #[cfg_attr(feature = "openapi", schema(minimum = 0.0, maximum = 1.0))]
     pub jitter: Option<f64>,
 }
 

@@ -98,8 +98,8 @@ impl utoipa::PartialSchema for TriggerInput {
                     "catch_up_limit",
                     ObjectBuilder::new()
                         .schema_type(Type::Integer)
-                        .minimum(Some(0))
-                        .maximum(Some(u32::MAX))
+                        .minimum(Some(1))
+                        .maximum(Some(10_000))
                         .description(Some("Most tasks `catch_up` creates (default 100).")),
                 )
                 .property("description", string())
