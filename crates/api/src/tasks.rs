@@ -75,7 +75,11 @@ struct CreateTaskRequest {
     payload: Option<Map<String, Value>>,
     /// The same key for the same job returns the existing task instead of creating another
     /// (1–255 characters, no control characters). Also accepted as an `Idempotency-Key` header.
-    #[schema(min_length = 1, max_length = 255)]
+    #[schema(
+        min_length = 1,
+        max_length = 255,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]+$"
+    )]
     idempotency_key: Option<String>,
     /// Dispatch no earlier than this.
     not_before: Option<DateTime<Utc>>,

@@ -447,6 +447,7 @@ pub struct JobInput {
 pub struct RetryInput {
     /// Most dispatches in a row that end in a transient error (1–1000, default 10).
     #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 1000))]
+    #[serde(default, deserialize_with = "crate::validation::optional_whole_number")]
     pub max_attempts: Option<u32>,
     pub initial_backoff: Option<Span>,
     pub max_backoff: Option<Span>,

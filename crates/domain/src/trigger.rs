@@ -54,6 +54,7 @@ pub struct TriggerInput {
     pub end_at: Option<DateTime<Utc>>,
     pub misfire: Option<MisfirePolicy>,
     pub misfire_grace: Option<Span>,
+    #[serde(default, deserialize_with = "crate::validation::optional_whole_number")]
     pub catch_up_limit: Option<u32>,
     pub description: Option<String>,
 }
