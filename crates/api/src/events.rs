@@ -46,7 +46,10 @@ struct EventsQuery {
     job: Option<String>,
     /// Comma-separated kinds (`task.state,leader.changed`); all when absent. At most 20 kinds
     /// of at most 64 characters each.
-    #[param(example = "task.state,task.callback")]
+    #[param(
+        example = "task.state,task.callback",
+        pattern = r"^[^,]{0,64}(,[^,]{0,64}){0,19}$"
+    )]
     kind: Option<String>,
     /// For clients that cannot set the `Last-Event-ID` header on their first request: an event's
     /// `id`. The header wins when both are sent (each must be an event id).
@@ -157,7 +160,14 @@ async fn stream_events(
         .map(|k| k.trim().to_owned())
         .filter(|k| !k.is_empty())
         .collect();
-    if kinds.iter().any(|k| k.len() > 64) || kinds.len() > 20 {
+    // Counted as the schema's pattern counts them: every comma-separated part, as sent.
+    let parts = query
+        .kind
+        .as_deref()
+        .map(|k| k.split(','))
+        .into_iter()
+        .flatten();
+    if parts.clone().count() > 20 || parts.clone().any(|k| k.chars().count() > 64) {
         errors.push("kind", "at most 20 kinds of at most 64 characters each");
     }
     errors.into_result(()).map_err(Error::Validation)?;

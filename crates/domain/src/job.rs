@@ -354,13 +354,31 @@ pub enum OutboundAuth {
     #[default]
     None,
     /// `Authorization: Bearer <the secret's value>`.
-    Bearer { secret: String },
+    Bearer {
+        /// The secret's name: 1 to 64 letters, digits, `.`, `_` or `-`.
+        #[cfg_attr(
+            feature = "openapi",
+            schema(pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+        )]
+        secret: String,
+    },
     /// `Authorization: Bearer <a short-lived JWT signed by Pacer>` with this audience; the keys
     /// are published at `/.well-known/jwks.json`.
-    Jwt { audience: String },
+    Jwt {
+        /// 1 to 256 characters.
+        #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 256))]
+        audience: String,
+    },
     /// A `pacer-signature` header: an HMAC-SHA256 over a timestamp and the body, keyed by the
     /// secret's value.
-    Hmac { secret: String },
+    Hmac {
+        /// The secret's name: 1 to 64 letters, digits, `.`, `_` or `-`.
+        #[cfg_attr(
+            feature = "openapi",
+            schema(pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+        )]
+        secret: String,
+    },
 }
 
 impl OutboundAuth {
