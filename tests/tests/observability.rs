@@ -863,10 +863,11 @@ impl DbProxy {
 
     /// Forwards connections again, on the same port.
     async fn resume(&mut self) {
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        state.forwarding = true;
-        state.held = None;
-        drop(state);
+        {
+            let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+            state.forwarding = true;
+            state.held = None;
+        }
         if self.accept.is_none() {
             let listener = TcpListener::bind(self.address)
                 .await
