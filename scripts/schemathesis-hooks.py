@@ -37,14 +37,15 @@ SEMANTIC = {
     "POST /api/v1/jobs/{name}/triggers": {
         "expression": ("`", "a cron expression", "the ", "never fires", "has no fire time"),
         "timezone": ("unknown time zone",),
-        "every": ("an interval must be at least",),
+        "every": ("an interval must be at least",) + SPAN,
         "end_at": ("must be after start_at", "is before the trigger's next fire time"),
         "at": ("is before start_at", "is after end_at"),
         "misfire_grace": SPAN,
     },
     "PUT /api/v1/jobs/{name}": {
-        # What the cluster is configured with: the fuzzed node has no broker.
+        # What the cluster is configured with: the fuzzed node has no broker and no secrets.
         "target.kind": ("no RabbitMQ broker is configured",),
+        "target.auth.secret": ("no secret named",),
         "repoll_interval": SPAN,
         "dispatch_timeout": SPAN,
         "timeout": SPAN,
