@@ -102,6 +102,8 @@ pub enum Target {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AmqpTarget {
+    /// At most 127 letters, digits, `.`, `_`, `-`, `:` or `/`; empty for the default exchange.
+    #[cfg_attr(feature = "openapi", schema(pattern = r"^[A-Za-z0-9._:/-]{0,127}$"))]
     pub exchange: String,
     pub routing_key: String,
     /// Static headers on every published message.
@@ -439,6 +441,8 @@ pub struct JobSpec {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JobInput {
+    /// At most 1000 characters.
+    #[cfg_attr(feature = "openapi", schema(max_length = 1000))]
     pub description: Option<String>,
     pub target: Target,
     /// A JSON object; a task's own payload is laid over it key by key.
@@ -451,11 +455,37 @@ pub struct JobInput {
     pub retry: Option<RetryInput>,
     pub expect_callback: Option<bool>,
     pub overlap: Option<OverlapPolicy>,
+    /// At most 32, each key 1 to 64 letters, digits, `.`, `_` or `-` (starting with a letter or
+    /// digit), each value at most 256 characters.
+    #[cfg_attr(feature = "openapi", schema(schema_with = labels_schema))]
     pub labels: Option<BTreeMap<String, String>>,
     pub alerts: Option<JobAlerts>,
     /// Message types this job subscribes to: each such message creates a task.
     #[cfg_attr(feature = "openapi", schema(value_type = Option<Vec<MessageType>>))]
     pub on_messages: Option<Vec<String>>,
+}
+
+/// The schema of a job's labels: the rules [`check_labels`] applies.
+#[cfg(feature = "openapi")]
+fn labels_schema() -> utoipa::openapi::schema::Object {
+    use utoipa::openapi::schema::{AdditionalProperties, SchemaType};
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+
+    ObjectBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::Object, Type::Null]))
+        .max_properties(Some(32))
+        .property_names(Some(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")),
+        ))
+        .additional_properties(Some(AdditionalProperties::RefOr(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .max_length(Some(256))
+                .into(),
+        )))
+        .build()
 }
 
 /// A retry policy as a client writes it; omitted fields take the defaults.
