@@ -13,10 +13,13 @@ is listed below for its operation, with the start of the message the server give
 rule. Any other refusal (a field not listed, or a listed field refused for another reason)
 still fails the run: the schema must say what the server accepts.
 
-One more is not a refusal of valid data at all: schemathesis's coverage phase only makes header
-values of letters and digits, so for a header whose pattern needs another character (an event
-id, `48213-1042`) it sends a value that breaks the pattern (`0`) and still counts it as valid.
-A refusal of a request whose header breaks its documented pattern is dropped too.
+Two more are not refusals of valid data at all, and are dropped too: schemathesis's coverage
+phase only makes header values of letters and digits, so for a header whose pattern needs
+another character (an event id, `48213-1042`) it sends a value that breaks the pattern (`0`);
+and its stateful phase may carry a value it found in a response into a path parameter of
+another type (a skip's null `trigger`, as `None`, into a trigger's UUID). Both still count as
+valid there; a request whose header or path parameter breaks its documented pattern or format
+is not.
 """
 
 import json
@@ -73,13 +76,18 @@ SEMANTIC = {
 }
 SEMANTIC["PUT /api/v1/jobs/{name}/triggers/{id}"] = SEMANTIC["POST /api/v1/jobs/{name}/triggers"]
 
-# operation -> header name (lowercase) -> its documented pattern, from the committed document.
+UUID = r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$"
+
+# operation -> (location, name) -> the pattern its documented schema sets (a `uuid` format as
+# one), from the committed document. Header names are compared in lowercase.
 _DOCUMENT = json.loads((Path(__file__).resolve().parent.parent / "openapi/openapi.json").read_text())
-HEADER_PATTERNS = {
+PATTERNS = {
     f"{method.upper()} {path}": {
-        parameter["name"].lower(): parameter["schema"]["pattern"]
+        (parameter["in"], parameter["name"].lower() if parameter["in"] == "header" else parameter["name"]):
+            parameter["schema"].get("pattern") or UUID
         for parameter in operation.get("parameters", [])
-        if parameter.get("in") == "header" and "pattern" in parameter.get("schema", {})
+        if parameter.get("in") in ("header", "path")
+        and ("pattern" in parameter.get("schema", {}) or parameter.get("schema", {}).get("format") == "uuid")
     }
     for path, methods in _DOCUMENT["paths"].items()
     for method, operation in methods.items()
@@ -87,11 +95,13 @@ HEADER_PATTERNS = {
 }
 
 
-def _breaks_a_header_pattern(operation: str, headers) -> bool:
-    patterns = HEADER_PATTERNS.get(operation, {})
+def _breaks_a_pattern(operation: str, case) -> bool:
+    patterns = PATTERNS.get(operation, {})
+    values = [("header", str(k).lower(), v) for k, v in (case.headers or {}).items()]
+    values += [("path", k, v) for k, v in (case.path_parameters or {}).items()]
     return any(
-        name.lower() in patterns and not re.search(patterns[name.lower()], str(value))
-        for name, value in (headers or {}).items()
+        (location, name) in patterns and not re.search(patterns[(location, name)], str(value))
+        for location, name, value in values
     )
 
 
@@ -117,7 +127,7 @@ def filter_failure(context, failure, case, response):
     """Keeps every failure but a 422 for rules the schema cannot state (see above)."""
     if type(failure).__name__ != "RejectedPositiveData" or response.status_code != 422:
         return True
-    if _breaks_a_header_pattern(case.operation.label, case.headers):
+    if _breaks_a_pattern(case.operation.label, case):
         return False
     try:
         problem = json.loads(response.content)

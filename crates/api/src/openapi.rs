@@ -282,7 +282,26 @@ pub fn document() -> OpenApi {
     }
     document.merge(metrics);
     add_links(&mut document);
+    close_tagged_variants(&mut document, "OutboundAuth");
     document
+}
+
+/// The variants of a tagged enum that refuses unknown fields (`deny_unknown_fields`) take no
+/// other property; utoipa leaves them open.
+fn close_tagged_variants(document: &mut OpenApi, name: &str) {
+    use utoipa::openapi::schema::{AdditionalProperties, Schema};
+
+    let Some(components) = document.components.as_mut() else {
+        return;
+    };
+    if let Some(RefOr::T(Schema::OneOf(one_of))) = components.schemas.get_mut(name) {
+        for item in &mut one_of.items {
+            if let RefOr::T(Schema::Object(object)) = item {
+                object.additional_properties =
+                    Some(Box::new(AdditionalProperties::FreeForm(false)));
+            }
+        }
+    }
 }
 
 /// Links of one operation: its id, the statuses whose body carries the resource, the target's
