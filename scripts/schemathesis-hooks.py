@@ -111,7 +111,7 @@ def _expected(operation: str, errors: list) -> bool:
     # `target.headers.*`.
     def field(error):
         name = re.sub(r"\[\d+\]", "[]", str(error.get("field")))
-        return re.sub(r"^target\.headers\..+$", "target.headers.*", name)
+        return re.sub(r"^target\.headers\..*$", "target.headers.*", name)
     return bool(errors) and all(
         isinstance(error, dict)
         and any(

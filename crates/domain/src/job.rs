@@ -122,7 +122,7 @@ impl Target {
 
     /// The outbound auth of the target (AMQP targets carry none: the broker authenticates).
     pub fn auth(&self) -> &OutboundAuth {
-        static NONE: OutboundAuth = OutboundAuth::None;
+        static NONE: OutboundAuth = OutboundAuth::None {};
         match self {
             Target::Http(http) => &http.auth,
             Target::Amqp(_) => &NONE,
@@ -348,13 +348,13 @@ impl<'de> Deserialize<'de> for Target {
 
 /// How a dispatch proves it comes from Pacer. Secrets are named, never written here: their values
 /// live in Pacer's configuration.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum OutboundAuth {
-    /// No credentials.
-    #[default]
-    None,
+    /// No credentials. A struct variant, so that like the others it refuses unknown fields
+    /// (serde lets a unit variant of an internally tagged enum ignore them).
+    None {},
     /// `Authorization: Bearer <the secret's value>`.
     Bearer {
         /// The secret's name: 1 to 64 letters, digits, `.`, `_` or `-`.
@@ -383,17 +383,23 @@ pub enum OutboundAuth {
     },
 }
 
+impl Default for OutboundAuth {
+    fn default() -> Self {
+        OutboundAuth::None {}
+    }
+}
+
 impl OutboundAuth {
     /// True for [`OutboundAuth::None`].
     pub fn is_none(&self) -> bool {
-        *self == OutboundAuth::None
+        *self == OutboundAuth::None {}
     }
 
     /// The name of the configured secret this needs, if any.
     pub fn secret(&self) -> Option<&str> {
         match self {
             OutboundAuth::Bearer { secret } | OutboundAuth::Hmac { secret } => Some(secret),
-            OutboundAuth::None | OutboundAuth::Jwt { .. } => None,
+            OutboundAuth::None {} | OutboundAuth::Jwt { .. } => None,
         }
     }
 }
@@ -813,6 +819,26 @@ mod tests {
         assert_eq!(spec.deadline, None);
         assert!(spec.expect_callback);
         assert_eq!(spec.payload, json!({}));
+    }
+
+    #[test]
+    fn every_kind_of_outbound_auth_refuses_unknown_fields_and_none_reads_as_before() {
+        for auth in [
+            json!({ "kind": "none", "secret": "x" }),
+            json!({ "kind": "jwt", "audience": "a", "x": 1 }),
+            json!({ "kind": "bearer", "secret": "s", "x": 1 }),
+        ] {
+            assert!(
+                serde_json::from_value::<OutboundAuth>(auth.clone()).is_err(),
+                "{auth}"
+            );
+        }
+        let none: OutboundAuth = serde_json::from_value(json!({ "kind": "none" })).expect("none");
+        assert!(none.is_none());
+        assert_eq!(
+            serde_json::to_value(&none).ok(),
+            Some(json!({ "kind": "none" }))
+        );
     }
 
     #[test]

@@ -85,7 +85,7 @@ impl Default for WebhookSettings {
             url: String::new(),
             batch_size: 100,
             timeout: Span::from_secs(10),
-            auth: pacer_domain::OutboundAuth::None,
+            auth: pacer_domain::OutboundAuth::None {},
         }
     }
 }
