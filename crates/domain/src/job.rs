@@ -352,8 +352,9 @@ impl<'de> Deserialize<'de> for Target {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum OutboundAuth {
-    /// No credentials. A struct variant, so that like the others it refuses unknown fields
-    /// (serde lets a unit variant of an internally tagged enum ignore them).
+    /// No credentials.
+    // A struct variant, so that like the others it refuses unknown fields: serde lets a unit
+    // variant of an internally tagged enum ignore them.
     None {},
     /// `Authorization: Bearer <the secret's value>`.
     Bearer {
