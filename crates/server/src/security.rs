@@ -207,3 +207,35 @@ pub(crate) fn mint(
         &key,
     )?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ED25519_PUBLIC: &str = "-----BEGIN PUBLIC KEY-----
+MCowBQYDK2VwAyEAGb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE=
+-----END PUBLIC KEY-----";
+
+    fn settings(public_key: bool, jwks: bool) -> IssuerSettings {
+        IssuerSettings {
+            issuer: "idp".into(),
+            audience: "pacer".into(),
+            hs256_secret: None,
+            public_key_pem: public_key.then(|| ED25519_PUBLIC.to_owned()),
+            public_key_file: None,
+            algorithm: public_key.then(|| "EdDSA".to_owned()),
+            kid: Some("ci-1".into()),
+            jwks_url: jwks.then(|| "https://idp/jwks.json".to_owned()),
+        }
+    }
+
+    #[test]
+    fn a_kid_names_a_public_key_and_nothing_else() {
+        match issuer_key(&settings(true, false)).expect("a public key with its kid") {
+            IssuerKey::PublicKey { kid, .. } => assert_eq!(kid.as_deref(), Some("ci-1")),
+            other => panic!("not a public key: {other:?}"),
+        }
+        let refused = issuer_key(&settings(false, true)).expect_err("a JWKS has kids of its own");
+        assert!(refused.to_string().contains("kid"), "{refused}");
+    }
+}
