@@ -355,20 +355,35 @@ async fn the_verbs_print_tables_or_json_and_exit_with_a_code_per_kind_of_failure
         .as_str()
         .expect("trigger id")
         .to_owned();
-    // The list pages like the others: a full page names the cursor of the next one.
-    let first = pacer(&["triggers", "list", "sync", "--limit", "1"]).ok();
-    assert!(
-        first
-            .stdout
-            .contains(&format!("(more: --cursor {trigger})")),
-        "{first:#?}"
-    );
-    let rest = pacer(&[
-        "triggers", "list", "sync", "--cursor", &trigger, "--output", "json",
+    // The list pages like the others: a page with more after it names the (opaque) cursor of
+    // the next one, and the last page none.
+    api.request(
+        Method::POST,
+        "/api/v1/jobs/sync/triggers",
+        Some(&json!({ "kind": "interval", "every": "1h" })),
+        &[],
+    )
+    .await
+    .expect_status(201);
+    let first = pacer(&[
+        "triggers", "list", "sync", "--limit", "1", "--output", "json",
     ])
     .ok()
     .json();
-    assert_eq!(rest["items"], json!([]), "{rest:#}");
+    let cursor = first["next_cursor"].as_str().expect("a cursor").to_owned();
+    assert!(cursor.starts_with("tr."), "{first:#}");
+    let table = pacer(&["triggers", "list", "sync", "--limit", "1"]).ok();
+    assert!(
+        table.stdout.contains(&format!("(more: --cursor {cursor})")),
+        "{table:#?}"
+    );
+    let rest = pacer(&[
+        "triggers", "list", "sync", "--cursor", &cursor, "--output", "json",
+    ])
+    .ok()
+    .json();
+    assert_eq!(rest["items"].as_array().map(Vec::len), Some(1), "{rest:#}");
+    assert_eq!(rest["next_cursor"], Value::Null, "{rest:#}");
     let preview = pacer(&["triggers", "preview", "sync", &trigger, "--count", "3"]).ok();
     let times: Vec<&str> = preview.stdout.lines().collect();
     assert_eq!(times.len(), 3, "{preview:#?}");

@@ -1237,3 +1237,61 @@ async fn a_stopping_node_hands_back_what_it_claimed_ahead_and_another_sends_it_o
     assert_eq!(downstream.requests().len(), 1, "sent once");
     drop(second);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_once_trigger_written_after_its_instant_fires_or_is_skipped_under_its_misfire_policy() {
+    let db = TestDb::create().await;
+    let downstream = FakeDownstream::start(|_| Reply::status(200)).await;
+    let node = PacerProcess::start(db.url(), "node-past").await;
+    let api = node.api();
+    for job in ["late-fired", "late-skipped"] {
+        api.put_job(
+            job,
+            &json!({ "target": { "url": downstream.url("/late") }, "expect_callback": false }),
+        )
+        .await;
+    }
+    let at = "2001-01-01T00:00:00Z";
+    for (job, misfire) in [("late-fired", "fire_once"), ("late-skipped", "skip")] {
+        let created = api
+            .request(
+                Method::POST,
+                &format!("/api/v1/jobs/{job}/triggers"),
+                Some(&json!({ "kind": "once", "at": at, "misfire": misfire })),
+                &[],
+            )
+            .await
+            .expect_status(201)
+            .clone();
+        assert_eq!(created["next_fire_at"], at, "due at once: {created:#}");
+    }
+
+    // Neither is silent: one task for `fire_once`, one recorded skip for `skip`.
+    let task: (String, DateTime<Utc>) = wait_until("the late occurrence's task", SETTLE, || async {
+        sqlx::query_as(
+            "select origin, scheduled_at from tasks where job_name = 'late-fired' and trigger_id is not null",
+        )
+        .fetch_optional(db.pool())
+        .await
+        .expect("tasks are readable")
+    })
+    .await;
+    assert_eq!(
+        task.1,
+        DateTime::parse_from_rfc3339(at).expect("an instant")
+    );
+    let skip: String = wait_until("the late occurrence's skip", SETTLE, || async {
+        sqlx::query_scalar("select reason from skipped_runs where job_name = 'late-skipped'")
+            .fetch_optional(db.pool())
+            .await
+            .expect("skips are readable")
+    })
+    .await;
+    assert_eq!(skip, "misfire");
+    let skipped_tasks: i64 =
+        sqlx::query_scalar("select count(*) from tasks where job_name = 'late-skipped'")
+            .fetch_one(db.pool())
+            .await
+            .expect("tasks are countable");
+    assert_eq!(skipped_tasks, 0);
+}

@@ -83,31 +83,46 @@ async fn broker_messages_create_tasks_once_and_malformed_ones_are_dead_lettered(
         .await;
 
     // Malformed messages first: they must not hold up the good ones behind them.
-    let bad: [(&[u8], &str); 3] = [
-        (b"not json at all", "not a JSON message"),
-        (br#"{"payload": {"a": 1}}"#, "type"),
-        (&[b' '; 4096], "over the 2048-byte limit"),
+    let plain = json_message(&json!({ "type": "masterdata.changed", "id": "evt-plain" }));
+    let bad: [(&[u8], &str, &str); 5] = [
+        (b"not json at all", "", "not a JSON message"),
+        (br#"{"payload": {"a": 1}}"#, "", "type"),
+        (&[b' '; 4096], "", "over the 2048-byte limit"),
+        // Well-formed JSON, but its publisher said it is something else.
+        (
+            &plain,
+            "text/plain",
+            "content type `text/plain` is not JSON",
+        ),
+        (
+            &plain,
+            "application/xml",
+            "content type `application/xml` is not JSON",
+        ),
     ];
-    for (body, _) in &bad {
+    for (body, content_type, _) in &bad {
+        let mut properties = BasicProperties::default();
+        if !content_type.is_empty() {
+            properties = properties.with_content_type((*content_type).into());
+        }
         broker
-            .publish(
-                &topology.exchange,
-                "upstream",
-                body,
-                BasicProperties::default(),
-            )
+            .publish(&topology.exchange, "upstream", body, properties)
             .await;
     }
     let good = json!({ "type": "masterdata.changed", "id": "evt-1", "key": "centers",
                        "payload": { "since": "2026-11-01" } });
-    // The same message twice, as an upstream retrying would send it.
-    for _ in 0..2 {
+    // The same message twice, as an upstream retrying would send it: once as JSON with a
+    // charset, once without a content type.
+    for properties in [
+        BasicProperties::default().with_content_type("application/json; charset=utf-8".into()),
+        BasicProperties::default(),
+    ] {
         broker
             .publish(
                 &topology.exchange,
                 "masterdata",
                 &json_message(&good),
-                BasicProperties::default(),
+                properties,
             )
             .await;
     }
@@ -119,7 +134,9 @@ async fn broker_messages_create_tasks_once_and_malformed_ones_are_dead_lettered(
                 &topology.exchange,
                 "packets",
                 &json_message(&typed),
-                BasicProperties::default().with_type("packet.uploaded".into()),
+                BasicProperties::default()
+                    .with_type("packet.uploaded".into())
+                    .with_content_type("application/cloudevents+json".into()),
             )
             .await;
     }
@@ -178,7 +195,7 @@ async fn broker_messages_create_tasks_once_and_malformed_ones_are_dead_lettered(
         let dead = broker.wait_for(&topology.dead_letter_queue, WAIT).await;
         reasons.push(reason(&dead));
     }
-    for (_, expected) in &bad {
+    for (_, _, expected) in &bad {
         assert!(
             reasons.iter().any(|r| r.contains(expected)),
             "a reason mentions `{expected}`: {reasons:?}"
@@ -199,7 +216,7 @@ async fn broker_messages_create_tasks_once_and_malformed_ones_are_dead_lettered(
         .await
         .expect("metrics text");
     for line in [
-        r#"pacer_messages_total{source="amqp",result="rejected"} 3"#,
+        r#"pacer_messages_total{source="amqp",result="rejected"} 5"#,
         r#"pacer_messages_total{source="amqp",result="duplicate"} 2"#,
         r#"pacer_messages_total{source="amqp",result="routed"} 2"#,
         r#"pacer_tasks_created_total{origin="message"} 3"#,

@@ -472,6 +472,38 @@ async fn readiness_follows_the_database_away_and_back_and_the_node_carries_on() 
     assert_eq!(node.exit_status(), None, "the node is still running");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_answers_within_a_second_when_the_database_never_answers() {
+    let db = TestDb::create().await;
+    let mut proxy = DbProxy::start(db.url()).await;
+    // The default acquire timeout (5 s): longer than a readiness probe waits.
+    let mut node = PacerProcess::start_with(proxy.url(), NodeSettings::new("obs-hole")).await;
+    let (status, ready) = readyz(&node).await;
+    assert_eq!((status, &ready["database"]["status"]), (200, &json!("ok")));
+
+    proxy.black_hole();
+    for _ in 0..3 {
+        let asked = Instant::now();
+        let (status, body) = readyz(&node).await;
+        let answered_in = asked.elapsed();
+        assert!(
+            answered_in < Duration::from_secs(1),
+            "/readyz took {answered_in:?} against a database that never answers"
+        );
+        assert_eq!(status, 503, "{body:#}");
+        assert_eq!(body["status"], "not ready", "{body:#}");
+        assert_eq!(body["database"]["status"], "unreachable", "{body:#}");
+    }
+
+    proxy.resume().await;
+    wait_until("/readyz to answer 200 again", SETTLE, || async {
+        let (status, body) = readyz(&node).await;
+        (status == 200 && body["database"]["status"] == "ok").then_some(())
+    })
+    .await;
+    assert_eq!(node.exit_status(), None, "the node is still running");
+}
+
 /// Waits for `/readyz` to answer 503 naming the database unreachable, each answer within a few
 /// seconds (the acquire timeout is 1 s), never the 30 s request timeout.
 async fn assert_unready(node: &PacerProcess) {
@@ -767,6 +799,8 @@ struct DbProxy {
 
 struct ProxyState {
     forwarding: bool,
+    /// Connections accepted and never answered, while the proxy is a black hole.
+    held: Option<Vec<TcpStream>>,
     connections: Vec<AbortHandle>,
     made: usize,
 }
@@ -794,6 +828,7 @@ impl DbProxy {
         let address = listener.local_addr().expect("the proxy has an address");
         let state = Arc::new(Mutex::new(ProxyState {
             forwarding: true,
+            held: None,
             connections: Vec::new(),
             made: 0,
         }));
@@ -831,12 +866,23 @@ impl DbProxy {
         }
     }
 
-    /// Forwards connections again, on the same port.
-    async fn resume(&mut self) {
+    /// Closes every connection, then accepts each new one and never answers on it, as a
+    /// server that hangs (or a firewall that drops packets after the handshake) does.
+    fn black_hole(&self) {
+        self.hang_up();
         self.state
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .forwarding = true;
+            .held = Some(Vec::new());
+    }
+
+    /// Forwards connections again, on the same port.
+    async fn resume(&mut self) {
+        {
+            let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+            state.forwarding = true;
+            state.held = None;
+        }
         if self.accept.is_none() {
             let listener = TcpListener::bind(self.address)
                 .await
@@ -873,6 +919,10 @@ async fn accept(listener: TcpListener, upstream: String, state: Arc<Mutex<ProxyS
         // Deciding and registering under one lock, so `hang_up` closes every connection it
         // did not turn away.
         let mut state = state.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(held) = state.held.as_mut() {
+            held.push(client);
+            continue;
+        }
         if !state.forwarding {
             drop(client);
             continue;

@@ -17,7 +17,8 @@ use uuid::Uuid;
 use crate::audit;
 use crate::auth::Actor;
 use crate::error::Problem;
-use crate::extract::{JsonOrEmpty, Path, Query, limit};
+use crate::extract::{JsonOrEmpty, Path};
+use crate::pagination::{ListQuery, Listing, PageParams};
 use crate::views::Page;
 use crate::{AppState, Error, Result};
 
@@ -136,11 +137,14 @@ struct ListAlerts {
     kind: Option<String>,
     /// Only the alerts about this job.
     job: Option<String>,
-    /// Most alerts to return.
-    #[param(value_type = Option<i64>, minimum = 1, maximum = 500, default = 50)]
-    limit: Option<String>,
-    /// The `next_cursor` of the previous page.
-    cursor: Option<String>,
+}
+
+/// Alerts page on their id, newest first.
+struct AlertList;
+
+impl Listing for AlertList {
+    type Key = Uuid;
+    const TAG: &'static str = "al.";
 }
 
 /// List alerts
@@ -151,12 +155,15 @@ struct ListAlerts {
     get,
     path = "/api/v1/alerts",
     tag = "alerts",
-    params(ListAlerts),
+    params(ListAlerts, PageParams<AlertList>),
     responses((status = 200, description = "A page of alerts (without their deliveries).", body = Page<AlertView>))
 )]
 async fn list_alerts(
     State(state): State<AppState>,
-    Query(query): Query<ListAlerts>,
+    ListQuery {
+        filter: query,
+        page,
+    }: ListQuery<ListAlerts, AlertList>,
 ) -> Result<JsonResponse<Page<AlertView>>> {
     let mut errors = ValidationErrors::new();
     let alert_state = match query.state.as_deref().map(str::parse::<AlertState>) {
@@ -173,40 +180,16 @@ async fn list_alerts(
         }
         other => other.and_then(Result::ok),
     };
-    let before = match query.cursor.as_deref().map(str::parse::<Uuid>) {
-        Some(Err(_)) => {
-            errors.push("cursor", "not a cursor returned by this API");
-            None
-        }
-        other => other.and_then(Result::ok),
-    };
-    let limit = match limit(query.limit.as_deref(), 50) {
-        Ok(limit) => limit,
-        Err(Error::Validation(e)) => {
-            for error in e.errors() {
-                errors.push(error.field.clone(), error.message.clone());
-            }
-            50
-        }
-        Err(other) => return Err(other),
-    };
-    errors.into_result(()).map_err(Error::Validation)?;
+    let page = page.check(errors)?;
     let filter = AlertFilter {
         state: alert_state,
         kind,
         job: query.job,
-        before,
-        limit,
+        before: page.after,
+        limit: page.fetch(),
     };
     let alerts = state.store.list_alerts(&filter).await?;
-    let full = i64::try_from(alerts.len()).unwrap_or(i64::MAX) == limit;
-    let next_cursor = full
-        .then(|| alerts.last().map(|a| a.id.to_string()))
-        .flatten();
-    Ok(JsonResponse(Page {
-        items: alerts.into_iter().map(AlertView::from).collect(),
-        next_cursor,
-    }))
+    Ok(JsonResponse(page.page(alerts, |a| a.id, AlertView::from)))
 }
 
 fn alert_id(raw: &str) -> Result<Uuid> {

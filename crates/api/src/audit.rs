@@ -12,9 +12,9 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::auth::Actor;
-use crate::extract::{Query, limit};
+use crate::pagination::{ListQuery, Listing, PageParams};
 use crate::views::Page;
-use crate::{AppState, Error, Result};
+use crate::{AppState, Result};
 
 pub(crate) fn admin_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(list_audit))
@@ -88,11 +88,14 @@ struct ListAudit {
     actor: Option<String>,
     /// Only this action, like `put_job` or `pause_trigger`.
     action: Option<String>,
-    /// Most entries to return.
-    #[param(value_type = Option<i64>, minimum = 1, maximum = 500, default = 50)]
-    limit: Option<String>,
-    /// The `next_cursor` of the previous page.
-    cursor: Option<String>,
+}
+
+/// Audit entries page on their id, newest first.
+struct AuditList;
+
+impl Listing for AuditList {
+    type Key = Uuid;
+    const TAG: &'static str = "au.";
 }
 
 /// Read the audit log
@@ -102,37 +105,25 @@ struct ListAudit {
     get,
     path = "/api/v1/audit",
     tag = "audit",
-    params(ListAudit),
+    params(ListAudit, PageParams<AuditList>),
     responses((status = 200, description = "A page of audit entries.", body = Page<AuditView>))
 )]
 async fn list_audit(
     State(state): State<AppState>,
-    Query(query): Query<ListAudit>,
+    ListQuery {
+        filter: query,
+        page,
+    }: ListQuery<ListAudit, AuditList>,
 ) -> Result<JsonResponse<Page<AuditView>>> {
-    let limit = limit(query.limit.as_deref(), 50)?;
-    let before = query
-        .cursor
-        .as_deref()
-        .map(|c| {
-            c.parse::<Uuid>()
-                .map_err(|_| Error::field("cursor", "not a cursor returned by this API"))
-        })
-        .transpose()?;
+    let page = page.checked()?;
     let entries = state
         .store
         .list_audit(
             query.actor.as_deref(),
             query.action.as_deref(),
-            before,
-            limit,
+            page.after,
+            page.fetch(),
         )
         .await?;
-    let full = i64::try_from(entries.len()).unwrap_or(i64::MAX) == limit;
-    let next_cursor = full
-        .then(|| entries.last().map(|e| e.id.to_string()))
-        .flatten();
-    Ok(JsonResponse(Page {
-        items: entries.into_iter().map(AuditView::from).collect(),
-        next_cursor,
-    }))
+    Ok(JsonResponse(page.page(entries, |e| e.id, AuditView::from)))
 }

@@ -11,9 +11,9 @@ use uuid::Uuid;
 
 use crate::audit;
 use crate::auth::Actor;
-use crate::extract::{Query, limit};
+use crate::pagination::{ListQuery, Listing, PageParams};
 use crate::views::{AmqpView, ClusterView, LeaderView, NodeView, Page, SchedulerView, SkipView};
-use crate::{AppState, Error, Result};
+use crate::{AppState, Result};
 
 pub(crate) fn operator_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -144,11 +144,14 @@ struct ListSkips {
     /// Only the skips of this trigger.
     #[param(value_type = Option<Uuid>)]
     trigger: Option<String>,
-    /// Most skips to return.
-    #[param(value_type = Option<i64>, minimum = 1, maximum = 500, default = 50)]
-    limit: Option<String>,
-    /// The `next_cursor` of the previous page.
-    cursor: Option<String>,
+}
+
+/// Skips page on their id, newest first.
+struct SkipList;
+
+impl Listing for SkipList {
+    type Key = Uuid;
+    const TAG: &'static str = "sk.";
 }
 
 /// List skipped runs
@@ -159,33 +162,34 @@ struct ListSkips {
     get,
     path = "/api/v1/skips",
     tag = "cluster",
-    params(ListSkips),
+    params(ListSkips, PageParams<SkipList>),
     responses((status = 200, description = "A page of skipped runs.", body = Page<SkipView>))
 )]
 async fn list_skips(
     State(state): State<AppState>,
-    Query(query): Query<ListSkips>,
+    ListQuery {
+        filter: query,
+        page,
+    }: ListQuery<ListSkips, SkipList>,
 ) -> Result<JsonResponse<Page<SkipView>>> {
-    let limit = limit(query.limit.as_deref(), 50)?;
-    let parse = |field: &str, raw: Option<&str>| -> Result<Option<Uuid>> {
-        raw.map(|text| {
-            text.parse()
-                .map_err(|_| Error::field(field, format!("`{text}` is not a UUID")))
-        })
-        .transpose()
+    let mut errors = pacer_domain::ValidationErrors::new();
+    let trigger = match query.trigger.as_deref().map(str::parse::<Uuid>) {
+        Some(Err(_)) => {
+            errors.push(
+                "trigger",
+                format!(
+                    "`{}` is not a UUID",
+                    query.trigger.as_deref().unwrap_or_default()
+                ),
+            );
+            None
+        }
+        other => other.and_then(Result::ok),
     };
-    let trigger = parse("trigger", query.trigger.as_deref())?;
-    let before = parse("cursor", query.cursor.as_deref())?;
+    let page = page.check(errors)?;
     let skips = state
         .store
-        .list_skipped_runs(query.job.as_deref(), trigger, before, limit)
+        .list_skipped_runs(query.job.as_deref(), trigger, page.after, page.fetch())
         .await?;
-    let full = i64::try_from(skips.len()).unwrap_or(i64::MAX) == limit;
-    let next_cursor = full
-        .then(|| skips.last().map(|s| s.id.to_string()))
-        .flatten();
-    Ok(JsonResponse(Page {
-        items: skips.into_iter().map(SkipView::from).collect(),
-        next_cursor,
-    }))
+    Ok(JsonResponse(page.page(skips, |s| s.id, SkipView::from)))
 }

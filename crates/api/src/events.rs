@@ -46,11 +46,14 @@ struct EventsQuery {
     job: Option<String>,
     /// Comma-separated kinds (`task.state,leader.changed`); all when absent. At most 20 kinds
     /// of at most 64 characters each.
-    #[param(example = "task.state,task.callback")]
+    #[param(
+        example = "task.state,task.callback",
+        pattern = r"^[^,]{0,64}(,[^,]{0,64}){0,19}$"
+    )]
     kind: Option<String>,
     /// For clients that cannot set the `Last-Event-ID` header on their first request: an event's
-    /// `id`. Ignored when the header is sent.
-    #[param(example = "48213-1042")]
+    /// `id`. The header wins when both are sent (each must be an event id).
+    #[param(example = "48213-1042", pattern = r"^[0-9]{1,19}-[0-9]{1,19}$")]
     last_event_id: Option<String>,
 }
 
@@ -60,9 +63,26 @@ struct EventsQuery {
 struct LastEventIdHeader {
     /// The `id` of the last event received: the stream resumes right after it (`0-0` replays
     /// the whole retained log).
-    #[param(rename = "Last-Event-ID", value_type = String, required = false, pattern = r"^\s*\+?[0-9]+-\+?[0-9]+\s*$", example = "48213-1042")]
+    #[param(rename = "Last-Event-ID", value_type = String, required = false, pattern = r"^[0-9]{1,19}-[0-9]{1,19}$", example = "48213-1042")]
     #[allow(dead_code)]
     last_event_id: Option<String>,
+}
+
+/// An event id as the schema states it: two numbers of 1 to 19 digits joined by `-`. A number
+/// past the largest position stands for the largest (nothing comes after it).
+fn event_id(text: &str) -> std::result::Result<EventCursor, String> {
+    let number = |part: &str| {
+        ((1..=19).contains(&part.len()) && part.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| part.parse::<u64>().ok())
+            .flatten()
+            .map(|n| n.min(i64::MAX.unsigned_abs()))
+    };
+    let refused = || "not an event id returned by this API".to_owned();
+    let (tx, id) = text.split_once('-').ok_or_else(refused)?;
+    let (tx, id) = number(tx).zip(number(id)).ok_or_else(refused)?;
+    format!("{tx}-{id}")
+        .parse::<EventCursor>()
+        .map_err(|e| e.to_string())
 }
 
 /// One server-sent event of the stream, as its `id:`, `event:` and `data:` lines read.
@@ -116,15 +136,21 @@ async fn stream_events(
             None
         }
     };
-    let resume = match header.or(query.last_event_id) {
-        None => None,
-        Some(text) => match text.parse::<EventCursor>() {
-            Ok(cursor) => Some(cursor),
-            Err(e) => {
-                errors.push("Last-Event-ID", e.to_string());
-                None
-            }
-        },
+    let query_id = match query.last_event_id.as_deref().map(event_id) {
+        Some(Err(message)) => {
+            errors.push("last_event_id", message);
+            None
+        }
+        other => other.and_then(Result::ok),
+    };
+    // Whitespace around a header's value is not part of it (RFC 9110 §5.5).
+    let resume = match header.as_deref().map(str::trim).map(event_id) {
+        Some(Err(message)) => {
+            errors.push("Last-Event-ID", message);
+            None
+        }
+        Some(Ok(cursor)) => Some(cursor),
+        None => query_id,
     };
     let kinds: Vec<String> = query
         .kind
@@ -134,7 +160,14 @@ async fn stream_events(
         .map(|k| k.trim().to_owned())
         .filter(|k| !k.is_empty())
         .collect();
-    if kinds.iter().any(|k| k.len() > 64) || kinds.len() > 20 {
+    // Counted as the schema's pattern counts them: every comma-separated part, as sent.
+    let parts = query
+        .kind
+        .as_deref()
+        .map(|k| k.split(','))
+        .into_iter()
+        .flatten();
+    if parts.clone().count() > 20 || parts.clone().any(|k| k.chars().count() > 64) {
         errors.push("kind", "at most 20 kinds of at most 64 characters each");
     }
     errors.into_result(()).map_err(Error::Validation)?;

@@ -80,7 +80,7 @@ pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> 
     Ok(value)
 }
 
-const NUL_MESSAGE: &str = "must not contain the NUL character (\\u0000)";
+pub(crate) const NUL_MESSAGE: &str = "must not contain the NUL character (\\u0000)";
 
 /// Whether a JSON text holds a `\u0000` escape inside a string (a raw NUL is not valid JSON).
 fn has_escaped_nul(bytes: &[u8]) -> bool {
@@ -251,16 +251,7 @@ pub(crate) fn task_id(raw: &str) -> Result<TaskId, Error> {
 /// The largest page any list returns.
 pub(crate) const MAX_LIMIT: i64 = 500;
 
-/// A page size: 1 to [`MAX_LIMIT`], `default` when absent.
+/// A `limit` outside a list (a batch size): 1 to [`MAX_LIMIT`], `default` when absent.
 pub(crate) fn limit(raw: Option<&str>, default: i64) -> Result<i64, Error> {
-    match raw {
-        None => Ok(default),
-        Some(text) => match text.parse::<i64>() {
-            Ok(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
-            _ => Err(Error::field(
-                "limit",
-                format!("must be a whole number from 1 to {MAX_LIMIT}, got `{text}`"),
-            )),
-        },
-    }
+    crate::pagination::parse_limit(raw, default).map_err(|message| Error::field("limit", message))
 }

@@ -12,6 +12,11 @@ use utoipa_axum::routes;
 
 use crate::AppState;
 
+/// Longest `/readyz` waits for the database. Well under a second, so it answers within one
+/// whatever the database does (a server that accepts and never answers included), and under
+/// any probe's timeout; a database that slow is as good as unreachable for serving.
+pub(crate) const READY_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(800);
+
 pub(crate) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(healthz))
@@ -61,8 +66,9 @@ async fn healthz() -> Json<Health> {
 
 /// Readiness
 ///
-/// Ready when the database answers and its migrations are current, and not while the node
-/// drains during a shutdown. The answer also shows this node's RabbitMQ consumer.
+/// Ready when the database answers (within 800 ms) and its migrations are current, and not
+/// while the node drains during a shutdown. Answers within a second whatever the database does.
+/// The answer also shows this node's RabbitMQ consumer.
 #[utoipa::path(
     get,
     path = "/readyz",
@@ -84,12 +90,19 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) 
         };
         return (StatusCode::SERVICE_UNAVAILABLE, Json(body));
     }
-    let (ready, database) = match state.store.is_ready().await {
-        Ok(true) => (true, json!({ "status": "ok" })),
-        Ok(false) => (false, json!({ "status": "migrations pending" })),
-        Err(error) => (
+    // Not the pool's acquire timeout: a probe must read the answer before its own deadline.
+    let check = tokio::time::timeout(READY_CHECK_TIMEOUT, state.store.is_ready()).await;
+    let (ready, database) = match check {
+        Ok(Ok(true)) => (true, json!({ "status": "ok" })),
+        Ok(Ok(false)) => (false, json!({ "status": "migrations pending" })),
+        Ok(Err(error)) => (
             false,
             json!({ "status": "unreachable", "error": error.to_string() }),
+        ),
+        Err(_) => (
+            false,
+            json!({ "status": "unreachable",
+                    "error": format!("no answer within {} ms", READY_CHECK_TIMEOUT.as_millis()) }),
         ),
     };
     let (status, text) = if ready {

@@ -14,7 +14,8 @@ use utoipa_axum::routes;
 use crate::audit;
 use crate::auth::Actor;
 use crate::error::Problem;
-use crate::extract::{Json, Path, Query, limit};
+use crate::extract::{Json, Path, Query};
+use crate::pagination::{ListQuery, Listing, NameKey, NoFilter, PageParams};
 use crate::views::{DeletedJobView, JobView, Page};
 use crate::{AppState, Error, Result};
 
@@ -186,15 +187,12 @@ async fn get_job(
     Ok(JsonResponse(job.into()))
 }
 
-#[derive(Debug, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-struct ListJobs {
-    /// Most jobs to return.
-    #[param(value_type = Option<i64>, minimum = 1, maximum = 500, default = 100)]
-    limit: Option<String>,
-    /// The `next_cursor` of the previous page.
-    cursor: Option<String>,
+/// Jobs page on their name, in name order.
+struct JobList;
+
+impl Listing for JobList {
+    type Key = NameKey;
+    const TAG: &'static str = "jb.";
 }
 
 /// List jobs
@@ -204,26 +202,21 @@ struct ListJobs {
     get,
     path = "/api/v1/jobs",
     tag = "jobs",
-    params(ListJobs),
+    params(PageParams<JobList>),
     responses((status = 200, description = "A page of jobs.", body = Page<JobView>))
 )]
 async fn list_jobs(
     State(state): State<AppState>,
-    Query(query): Query<ListJobs>,
+    ListQuery { page, .. }: ListQuery<NoFilter, JobList>,
 ) -> Result<JsonResponse<Page<JobView>>> {
-    let limit = limit(query.limit.as_deref(), 50)?;
-    let jobs = state
-        .store
-        .list_jobs(query.cursor.as_deref(), limit)
-        .await?;
-    let full = i64::try_from(jobs.len()).unwrap_or(i64::MAX) == limit;
-    let next_cursor = full
-        .then(|| jobs.last().map(|j| j.name.to_string()))
-        .flatten();
-    Ok(JsonResponse(Page {
-        items: jobs.into_iter().map(JobView::from).collect(),
-        next_cursor,
-    }))
+    let page = page.checked()?;
+    let after = page.after.as_ref().map(|name| name.0.as_str());
+    let jobs = state.store.list_jobs(after, page.fetch()).await?;
+    Ok(JsonResponse(page.page(
+        jobs,
+        |j| NameKey(j.name.to_string()),
+        JobView::from,
+    )))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

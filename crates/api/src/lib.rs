@@ -14,6 +14,7 @@ mod jobs;
 mod messages;
 mod observe;
 mod openapi;
+mod pagination;
 mod schemas;
 mod tasks;
 mod triggers;

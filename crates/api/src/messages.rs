@@ -16,7 +16,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::error::Problem;
-use crate::extract::{Json, Path, Query, limit};
+use crate::extract::{Json, Path};
+use crate::pagination::{ListQuery, Listing, PageParams};
 use crate::views::Page;
 use crate::{AppState, Error, Result};
 
@@ -226,11 +227,14 @@ struct ListMessages {
     /// Only the messages some job subscribed to (`true`) or none did (`false`).
     #[param(value_type = Option<bool>)]
     routed: Option<String>,
-    /// Most messages to return.
-    #[param(value_type = Option<i64>, minimum = 1, maximum = 500, default = 50)]
-    limit: Option<String>,
-    /// The `next_cursor` of the previous page.
-    cursor: Option<String>,
+}
+
+/// Messages page on the order they arrived in, newest first.
+struct MessageList;
+
+impl Listing for MessageList {
+    type Key = i64;
+    const TAG: &'static str = "ms.";
 }
 
 /// List messages
@@ -241,12 +245,15 @@ struct ListMessages {
     get,
     path = "/api/v1/messages",
     tag = "messages",
-    params(ListMessages),
+    params(ListMessages, PageParams<MessageList>),
     responses((status = 200, description = "A page of messages.", body = Page<MessageView>))
 )]
 async fn list_messages(
     State(state): State<AppState>,
-    Query(query): Query<ListMessages>,
+    ListQuery {
+        filter: query,
+        page,
+    }: ListQuery<ListMessages, MessageList>,
 ) -> Result<JsonResponse<Page<MessageView>>> {
     let mut errors = ValidationErrors::new();
     let routed = match query.routed.as_deref() {
@@ -258,40 +265,17 @@ async fn list_messages(
             None
         }
     };
-    let before = match query.cursor.as_deref().map(str::parse::<i64>) {
-        Some(Err(_)) => {
-            errors.push("cursor", "not a cursor returned by this API");
-            None
-        }
-        other => other.and_then(Result::ok),
-    };
-    let limit = match limit(query.limit.as_deref(), 50) {
-        Ok(limit) => limit,
-        Err(Error::Validation(e)) => {
-            for error in e.errors() {
-                errors.push(error.field.clone(), error.message.clone());
-            }
-            50
-        }
-        Err(other) => return Err(other),
-    };
-    errors.into_result(()).map_err(Error::Validation)?;
+    let page = page.check(errors)?;
     let filter = MessageFilter {
         routed,
         kind: query.kind,
-        before,
-        limit,
+        before: page.after,
+        limit: page.fetch(),
     };
     let messages = state.store.list_messages(&filter).await?;
-    let full = i64::try_from(messages.len()).unwrap_or(i64::MAX) == limit;
-    let next_cursor = full
-        .then(|| messages.last().map(|m| m.ordinal.to_string()))
-        .flatten();
-    Ok(JsonResponse(Page {
-        items: messages
-            .into_iter()
-            .map(|m| MessageView::new(m, None))
-            .collect(),
-        next_cursor,
-    }))
+    Ok(JsonResponse(page.page(
+        messages,
+        |m| m.ordinal,
+        |m| MessageView::new(m, None),
+    )))
 }

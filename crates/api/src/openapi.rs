@@ -87,7 +87,10 @@ pub(crate) enum Access {
             until the service reports back. Every route but health, readiness, metrics and the \
             signing keys needs `Authorization: Bearer <JWT>` with a role: `upstream` creates tasks, \
             `downstream` reports on them, `operator` reads everything, pauses, resumes and cancels, \
-            `admin` may everything. Every error is `application/problem+json` (RFC 9457).",
+            `admin` may everything. Every error is `application/problem+json` (RFC 9457). No string \
+            may hold the NUL character (U+0000), anywhere in a request: PostgreSQL cannot store \
+            it, so such a request is refused with a 422 naming the field. Lists page with an \
+            opaque `cursor`: pass back the `next_cursor` a list returned.",
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
     tags(
@@ -288,7 +291,26 @@ pub fn document() -> OpenApi {
         .schemas
         .insert("Target".to_owned(), crate::schemas::target());
     add_links(&mut document);
+    close_tagged_variants(&mut document, "OutboundAuth");
     document
+}
+
+/// The variants of a tagged enum that refuses unknown fields (`deny_unknown_fields`) take no
+/// other property; utoipa leaves them open.
+fn close_tagged_variants(document: &mut OpenApi, name: &str) {
+    use utoipa::openapi::schema::{AdditionalProperties, Schema};
+
+    let Some(components) = document.components.as_mut() else {
+        return;
+    };
+    if let Some(RefOr::T(Schema::OneOf(one_of))) = components.schemas.get_mut(name) {
+        for item in &mut one_of.items {
+            if let RefOr::T(Schema::Object(object)) = item {
+                object.additional_properties =
+                    Some(Box::new(AdditionalProperties::FreeForm(false)));
+            }
+        }
+    }
 }
 
 /// Links of one operation: its id, the statuses whose body carries the resource, the target's

@@ -24,9 +24,10 @@ use uuid::Uuid;
 use crate::audit;
 use crate::auth::Actor;
 use crate::error::Problem;
-use crate::extract::{Json, JsonOrEmpty, Path, Query, limit, task_id};
+use crate::extract::{Json, JsonOrEmpty, Path, task_id};
 use crate::jobs::{JobPath, existing_name, not_found};
 use crate::observe::Received;
+use crate::pagination::{ListQuery, Listing, PageParams};
 use crate::views::{Page, TaskView};
 use crate::{AppState, Error, Result};
 
@@ -75,7 +76,11 @@ struct CreateTaskRequest {
     payload: Option<Map<String, Value>>,
     /// The same key for the same job returns the existing task instead of creating another
     /// (1–255 characters, no control characters). Also accepted as an `Idempotency-Key` header.
-    #[schema(min_length = 1, max_length = 255)]
+    #[schema(
+        min_length = 1,
+        max_length = 255,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]+$"
+    )]
     idempotency_key: Option<String>,
     /// Dispatch no earlier than this.
     not_before: Option<DateTime<Utc>>,
@@ -376,11 +381,14 @@ struct ListTasks {
     /// Only the tasks past their deadline (`true`) or not (`false`).
     #[param(value_type = Option<bool>)]
     overdue: Option<String>,
-    /// Most tasks to return.
-    #[param(value_type = Option<i64>, minimum = 1, maximum = 500, default = 50)]
-    limit: Option<String>,
-    /// The `next_cursor` of the previous page.
-    cursor: Option<String>,
+}
+
+/// Tasks page on their id (time-ordered), newest first.
+struct TaskList;
+
+impl Listing for TaskList {
+    type Key = TaskId;
+    const TAG: &'static str = "tk.";
 }
 
 /// An RFC 3339 instant from the query, or a field error.
@@ -408,12 +416,15 @@ fn instant(errors: &mut ValidationErrors, field: &str, raw: Option<&str>) -> Opt
     get,
     path = "/api/v1/tasks",
     tag = "tasks",
-    params(ListTasks),
+    params(ListTasks, PageParams<TaskList>),
     responses((status = 200, description = "A page of tasks (without their attempts and history).", body = Page<TaskView>))
 )]
 async fn list_tasks(
     State(state): State<AppState>,
-    Query(query): Query<ListTasks>,
+    ListQuery {
+        filter: query,
+        page,
+    }: ListQuery<ListTasks, TaskList>,
 ) -> Result<JsonResponse<Page<TaskView>>> {
     let mut errors = ValidationErrors::new();
     let mut states = Vec::new();
@@ -461,28 +472,7 @@ async fn list_tasks(
         "finished_before",
         query.finished_before.as_deref(),
     );
-    let before = match query.cursor.as_deref().map(str::parse::<TaskId>) {
-        Some(Err(_)) => {
-            errors.push("cursor", "not a cursor returned by this API");
-            None
-        }
-        other => other.and_then(Result::ok),
-    };
-    let limit = match limit(query.limit.as_deref(), 50) {
-        Ok(limit) => limit,
-        Err(Error::Validation(e)) => {
-            errors.push(
-                "limit",
-                e.errors()
-                    .first()
-                    .map(|e| e.message.clone())
-                    .unwrap_or_default(),
-            );
-            50
-        }
-        Err(other) => return Err(other),
-    };
-    errors.into_result(()).map_err(Error::Validation)?;
+    let page = page.check(errors)?;
     let filter = TaskFilter {
         job: query.job,
         states,
@@ -492,18 +482,11 @@ async fn list_tasks(
         finished_after,
         finished_before,
         overdue,
-        before,
-        limit,
+        before: page.after,
+        limit: page.fetch(),
     };
     let tasks = state.store.list_tasks(&filter).await?;
-    let full = i64::try_from(tasks.len()).unwrap_or(i64::MAX) == limit;
-    let next_cursor = full
-        .then(|| tasks.last().map(|t| t.id.to_string()))
-        .flatten();
-    Ok(JsonResponse(Page {
-        items: tasks.into_iter().map(TaskView::from).collect(),
-        next_cursor,
-    }))
+    Ok(JsonResponse(page.page(tasks, |t| t.id, TaskView::from)))
 }
 
 /// Cancel a task

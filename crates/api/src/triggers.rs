@@ -18,8 +18,9 @@ use uuid::Uuid;
 use crate::audit;
 use crate::auth::Actor;
 use crate::error::Problem;
-use crate::extract::{Json, Path, Query, limit};
+use crate::extract::{Json, Path, Query};
 use crate::jobs::{JobPath, existing_name, not_found};
+use crate::pagination::{ListQuery, Listing, NoFilter, PageParams};
 use crate::views::{Page, PreviewView, TriggerView};
 use crate::{AppState, Error, Result};
 
@@ -68,17 +69,17 @@ fn trigger_not_found(id: Uuid) -> impl FnOnce(pacer_store::Error) -> Error {
     crate::error::missing("trigger", id)
 }
 
-/// Validates a definition and finds its first fire time after now (database clock).
+/// Validates a definition and finds its first fire time from now (database clock). A trigger
+/// that would never fire is refused; a `once` in the past is due at once (its misfire policy
+/// decides what it becomes).
 async fn parse(
     state: &AppState,
     input: TriggerInput,
 ) -> Result<(TriggerSpec, Option<DateTime<Utc>>)> {
     let spec = TriggerSpec::try_from(input).map_err(Error::Validation)?;
-    let timetable = spec
-        .timetable()
-        .map_err(|e| Error::field("expression", e.to_string()))?;
     let now = state.store.now().await?;
-    Ok((spec, timetable.next_after(now)))
+    let first = spec.first_fire(now).map_err(Error::Validation)?;
+    Ok((spec, Some(first)))
 }
 
 /// Add a trigger to a job
@@ -141,15 +142,13 @@ async fn create_trigger(
         .into_response())
 }
 
-#[derive(Debug, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-struct ListTriggers {
-    /// Most triggers to return.
-    #[param(value_type = Option<i64>, minimum = 1, maximum = 500, default = 100)]
-    limit: Option<String>,
-    /// The `next_cursor` of the previous page.
-    cursor: Option<String>,
+/// A job's triggers page on their id, in id order.
+struct TriggerList;
+
+impl Listing for TriggerList {
+    type Key = Uuid;
+    const TAG: &'static str = "tr.";
+    const DEFAULT_LIMIT: i64 = 100;
 }
 
 /// List a job's triggers
@@ -160,7 +159,7 @@ struct ListTriggers {
     get,
     path = "/api/v1/jobs/{name}/triggers",
     tag = "triggers",
-    params(JobPath, ListTriggers),
+    params(JobPath, PageParams<TriggerList>),
     responses(
         (status = 200, description = "A page of the job's triggers.", body = Page<TriggerView>),
         (status = 404, description = "No such job.", body = Problem),
@@ -169,27 +168,19 @@ struct ListTriggers {
 async fn list_triggers(
     State(state): State<AppState>,
     Path(raw_name): Path<String>,
-    Query(query): Query<ListTriggers>,
+    ListQuery { page, .. }: ListQuery<NoFilter, TriggerList>,
 ) -> Result<JsonResponse<Page<TriggerView>>> {
-    let limit = limit(query.limit.as_deref(), 100)?;
-    let after = query
-        .cursor
-        .as_deref()
-        .map(|c| {
-            c.parse::<Uuid>()
-                .map_err(|_| Error::field("cursor", "not a cursor returned by this API"))
-        })
-        .transpose()?;
+    let page = page.checked()?;
     let job = job(&state, &raw_name).await?;
-    let triggers = state.store.list_triggers_page(&job, after, limit).await?;
-    let full = i64::try_from(triggers.len()).unwrap_or(i64::MAX) == limit;
-    let next_cursor = full
-        .then(|| triggers.last().map(|t| t.id.to_string()))
-        .flatten();
-    Ok(JsonResponse(Page {
-        items: triggers.into_iter().map(TriggerView::from).collect(),
-        next_cursor,
-    }))
+    let triggers = state
+        .store
+        .list_triggers_page(&job, page.after, page.fetch())
+        .await?;
+    Ok(JsonResponse(page.page(
+        triggers,
+        |t| t.id,
+        TriggerView::from,
+    )))
 }
 
 /// Get a trigger

@@ -201,9 +201,13 @@ async fn jobs_are_created_replaced_idempotently_listed_and_deleted(pool: PgPool)
         .await;
     let page = api.get("/api/v1/jobs?limit=1").await;
     assert_eq!(page.body["items"][0]["name"], "another");
-    assert_eq!(page.body["next_cursor"], "another");
-    let next = api.get("/api/v1/jobs?limit=1&cursor=another").await;
+    let cursor = page.body["next_cursor"].as_str().expect("a cursor");
+    assert_ne!(cursor, "another", "cursors are opaque");
+    let next = api
+        .get(&format!("/api/v1/jobs?limit=1&cursor={cursor}"))
+        .await;
     assert_eq!(next.body["items"][0]["name"], "master-data");
+    assert_eq!(next.body["next_cursor"], Value::Null, "the last page");
 
     let task = api
         .call(Method::POST, "/api/v1/jobs/master-data/tasks", None, None)
@@ -692,4 +696,83 @@ async fn task_creation_always_follows_the_current_job_definition(pool: PgPool) {
     let recreated = create().await;
     assert_eq!(recreated.status, StatusCode::ACCEPTED, "{}", recreated.body);
     assert_eq!(api.count("tasks").await, before + 1);
+}
+
+#[sqlx::test(migrator = "pacer_store::MIGRATOR")]
+async fn every_list_pages_alike_and_refuses_a_cursor_it_did_not_give(pool: PgPool) {
+    let api = Api::new(pool);
+    for name in ["a", "b", "c"] {
+        let created = api
+            .json(Method::PUT, &format!("/api/v1/jobs/{name}"), job_body())
+            .await;
+        assert!(created.status.is_success(), "{}", created.body);
+        api.call(
+            Method::POST,
+            &format!("/api/v1/jobs/{name}/tasks"),
+            None,
+            None,
+        )
+        .await;
+        api.json(
+            Method::POST,
+            "/api/v1/jobs/a/triggers",
+            json!({ "kind": "interval", "every": format!("{}m", name.len() + 1) }),
+        )
+        .await;
+    }
+    let task_cursor = api.get("/api/v1/tasks?limit=1").await.body["next_cursor"]
+        .as_str()
+        .expect("a task cursor")
+        .to_owned();
+    let lists = [
+        "/api/v1/jobs",
+        "/api/v1/jobs/a/triggers",
+        "/api/v1/tasks",
+        "/api/v1/messages",
+        "/api/v1/alerts",
+        "/api/v1/skips",
+        "/api/v1/audit",
+    ];
+    for list in lists {
+        // A full page has a cursor, and the last page none, without an empty page between.
+        let page = api.get(&format!("{list}?limit=1")).await;
+        assert_eq!(page.status, StatusCode::OK, "{list}: {}", page.body);
+        let items = page.body["items"].as_array().map_or(0, Vec::len);
+        let mut seen = items;
+        let mut cursor = page.body["next_cursor"].as_str().map(str::to_owned);
+        while let Some(next) = cursor {
+            let page = api.get(&format!("{list}?limit=1&cursor={next}")).await;
+            assert_eq!(page.status, StatusCode::OK, "{list}: {}", page.body);
+            let count = page.body["items"].as_array().map_or(0, Vec::len);
+            assert_eq!(count, 1, "{list}: no empty page follows a cursor");
+            seen += count;
+            cursor = page.body["next_cursor"].as_str().map(str::to_owned);
+        }
+        let all = api.get(&format!("{list}?limit=500")).await;
+        assert_eq!(all.body["next_cursor"], Value::Null, "{list}");
+        assert_eq!(
+            Some(seen),
+            all.body["items"].as_array().map(Vec::len),
+            "{list}: paging one by one sees every item once"
+        );
+        for bad in ["", "-1", "x", "another", "%00", "AAAAA", "a%20b"] {
+            let reply = api.get(&format!("{list}?cursor={bad}")).await;
+            assert_eq!(
+                problem(
+                    &reply,
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "/problems/validation"
+                ),
+                ["cursor"],
+                "{list}?cursor={bad}"
+            );
+        }
+        let twice = api.get(&format!("{list}?limit=1&limit=2")).await;
+        assert_eq!(twice.status, StatusCode::UNPROCESSABLE_ENTITY, "{list}");
+    }
+    // A cursor means a position of its own list: a task's is no message's.
+    let reply = api
+        .get(&format!("/api/v1/messages?cursor={task_cursor}"))
+        .await;
+    assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY);
 }

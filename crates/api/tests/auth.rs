@@ -35,12 +35,12 @@ fn encode(value: &Value) -> String {
 }
 
 fn rs256(claims: &Value) -> String {
+    rs256_with(&json!({ "alg": "RS256", "typ": "JWT" }), claims)
+}
+
+fn rs256_with(header: &Value, claims: &Value) -> String {
     let key = RsaKeyPair::from_pkcs8(&der(RSA_KEY)).expect("rsa key");
-    let input = format!(
-        "{}.{}",
-        encode(&json!({ "alg": "RS256", "typ": "JWT" })),
-        encode(claims)
-    );
+    let input = format!("{}.{}", encode(header), encode(claims));
     let mut signature = vec![0; key.public().modulus_len()];
     key.sign(
         &RSA_PKCS1_SHA256,
@@ -148,6 +148,7 @@ async fn every_kind_of_bad_token_is_refused_and_changes_nothing(pool: PgPool) {
             key: IssuerKey::PublicKey {
                 algorithm: jsonwebtoken::Algorithm::RS256,
                 pem: RSA_PUBLIC.into(),
+                kid: None,
             },
         },
         Issuer {
@@ -361,6 +362,83 @@ async fn every_kind_of_bad_token_is_refused_and_changes_nothing(pool: PgPool) {
             .iter()
             .all(|k| k.get("d").is_none())
     );
+}
+
+#[tokio::test]
+async fn a_remembered_token_never_outlives_its_key_and_unknown_crit_or_a_foreign_kid_is_refused() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let key = ed25519_key();
+    let jwks = Arc::new(Mutex::new(json!({ "keys": [jwk(&key, "a")] })));
+    let jwks_url = jwks_server(jwks.clone()).await;
+    let max_age = std::time::Duration::from_millis(700);
+    let verifier = pacer_auth::Verifier::new(
+        pacer_auth::VerifierConfig {
+            issuers: vec![
+                Issuer {
+                    issuer: "jwks-idp".into(),
+                    audience: "pacer".into(),
+                    key: IssuerKey::Jwks { url: jwks_url },
+                },
+                Issuer {
+                    issuer: "rsa-idp".into(),
+                    audience: "pacer".into(),
+                    key: IssuerKey::PublicKey {
+                        algorithm: jsonwebtoken::Algorithm::RS256,
+                        pem: RSA_PUBLIC.into(),
+                        kid: Some("rsa-1".into()),
+                    },
+                },
+                Issuer {
+                    issuer: "test-idp".into(),
+                    audience: "pacer".into(),
+                    key: IssuerKey::Hs256(support::SECRET.to_owned().into()),
+                },
+            ],
+            role_claim: "roles".into(),
+            leeway: std::time::Duration::from_secs(5),
+            jwks_min_refresh: std::time::Duration::ZERO,
+            jwks_max_age: max_age,
+        },
+        reqwest::Client::new(),
+    )
+    .expect("verifier");
+    let admin = support::claims(&["admin"]);
+
+    // Verified once, then remembered; the identity provider withdraws the key.
+    let token = ed25519(&key, "a", &with(&admin, json!({ "iss": "jwks-idp" })));
+    assert!(verifier.verify(&token).await.is_ok());
+    *jwks.lock().expect("keys") = json!({ "keys": [jwk(&ed25519_key(), "b")] });
+    // Once the key set is due to be fetched again (`jwks_max_age`), the remembered token is
+    // checked in full, the set is fetched, and the withdrawn key no longer verifies anything;
+    // without a bound of its own the token was remembered for a minute.
+    tokio::time::sleep(max_age + std::time::Duration::from_millis(300)).await;
+    let refused = verifier.verify(&token).await.expect_err("the key is gone");
+    assert!(refused.to_string().contains("kid"), "{refused}");
+
+    // `crit` names an extension Pacer does not understand: refused, signature valid or not.
+    let critical = support::hs256(
+        support::SECRET.as_bytes(),
+        &json!({ "alg": "HS256", "typ": "JWT", "crit": ["x-unknown"], "x-unknown": true }),
+        &admin,
+    );
+    let refused = verifier.verify(&critical).await.expect_err("crit");
+    assert!(refused.to_string().contains("crit"), "{refused}");
+    let plain = support::hs256(
+        support::SECRET.as_bytes(),
+        &json!({ "alg": "HS256", "typ": "JWT" }),
+        &admin,
+    );
+    assert!(verifier.verify(&plain).await.is_ok());
+
+    // A static key with a kid: a token naming another kid is refused; its own kid, or none,
+    // is checked against the key.
+    let rsa_claims = with(&admin, json!({ "iss": "rsa-idp" }));
+    let foreign = rs256_with(&json!({ "alg": "RS256", "kid": "rsa-2" }), &rsa_claims);
+    let refused = verifier.verify(&foreign).await.expect_err("another kid");
+    assert!(refused.to_string().contains("kid"), "{refused}");
+    let own = rs256_with(&json!({ "alg": "RS256", "kid": "rsa-1" }), &rsa_claims);
+    assert!(verifier.verify(&own).await.is_ok());
+    assert!(verifier.verify(&rs256(&rsa_claims)).await.is_ok());
 }
 
 #[sqlx::test(migrator = "pacer_store::MIGRATOR")]

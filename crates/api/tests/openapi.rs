@@ -338,3 +338,99 @@ async fn odd_input_gets_a_problem(pool: PgPool) {
     .await;
     assert_eq!(reply.json()["errors"][0]["field"], "payload.list.1");
 }
+
+/// Each of these was allowed by the document and refused by the server; the document now states
+/// the server's rule, and the server takes what the document allows.
+#[sqlx::test(migrator = "pacer_store::MIGRATOR")]
+async fn the_document_states_what_the_server_accepts(pool: PgPool) {
+    let document = pacer_api::document();
+    let document = serde_json::to_value(&document).expect("a JSON document");
+    let schemas = &document["components"]["schemas"];
+    let retry = &schemas["RetryInput"]["properties"];
+    assert_eq!(
+        (
+            &retry["max_attempts"]["minimum"],
+            &retry["max_attempts"]["maximum"]
+        ),
+        (&json!(1), &json!(1000))
+    );
+    assert_eq!(retry["multiplier"]["minimum"].as_f64(), Some(1.0));
+    assert_eq!(retry["jitter"]["maximum"].as_f64(), Some(1.0));
+    let triggers = schemas["TriggerInput"]["oneOf"]
+        .as_array()
+        .expect("one schema per kind");
+    for kind in triggers {
+        let limit = &kind["properties"]["catch_up_limit"];
+        assert_eq!(
+            (&limit["minimum"], &limit["maximum"]),
+            (&json!(1), &json!(10_000))
+        );
+    }
+    let message = &schemas["MessageInput"];
+    assert_eq!(
+        message["required"],
+        json!(["type"]),
+        "a message needs a type"
+    );
+    assert!(
+        message["properties"]["type"].get("oneOf").is_none(),
+        "`type` is not nullable: {}",
+        message["properties"]["type"]
+    );
+    assert_eq!(message["properties"]["id"]["minLength"], json!(1));
+    let tasks = &document["paths"]["/api/v1/tasks"]["get"]["parameters"];
+    let cursor = tasks
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["name"] == "cursor"))
+        .expect("a cursor parameter");
+    assert_eq!(cursor["schema"]["pattern"], "^tk\\.[A-Za-z0-9_-]{22}$");
+    assert_eq!(cursor["schema"]["minLength"], json!(25));
+
+    // What JSON Schema calls an integer, the server takes as one.
+    let router = router(pool);
+    let admin = support::token(&["admin"]);
+    let put = call(
+        &router,
+        Method::PUT,
+        "/api/v1/jobs/sync",
+        Some(&admin),
+        Some(r#"{"target": {"url": "http://a"}, "retry": {"max_attempts": 3.0}}"#),
+    )
+    .await;
+    assert_eq!(put.status, StatusCode::CREATED, "{}", put.json());
+    assert_eq!(put.json()["retry"]["max_attempts"], 3);
+    let trigger = call(
+        &router,
+        Method::POST,
+        "/api/v1/jobs/sync/triggers",
+        Some(&admin),
+        Some(r#"{"kind": "interval", "every": "1h", "catch_up_limit": 81.0}"#),
+    )
+    .await;
+    assert_eq!(trigger.status, StatusCode::CREATED, "{}", trigger.json());
+    assert_eq!(trigger.json()["catch_up_limit"], 81);
+    for body in [
+        r#"{"kind": "interval", "every": "1h", "catch_up_limit": 81.5}"#,
+        r#"{"kind": "interval", "every": "1h", "catch_up_limit": -1}"#,
+    ] {
+        let refused = call(
+            &router,
+            Method::POST,
+            "/api/v1/jobs/sync/triggers",
+            Some(&admin),
+            Some(body),
+        )
+        .await;
+        assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert_eq!(refused.json()["errors"][0]["field"], "catch_up_limit");
+    }
+    // Each event id is checked, the query's too when the header is sent.
+    let request = Request::builder()
+        .uri("/api/v1/events?last_event_id=Inf")
+        .header(header::AUTHORIZATION, format!("Bearer {admin}"))
+        .header("last-event-id", "1-2")
+        .body(Body::empty())
+        .expect("request");
+    let response = router.clone().oneshot(request).await.expect("response");
+    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+}

@@ -139,6 +139,53 @@ async fn triggers_are_defined_previewed_paused_and_removed(pool: PgPool) {
 }
 
 #[sqlx::test(migrator = "pacer_store::MIGRATOR")]
+async fn a_once_trigger_in_the_past_is_due_at_once_and_never_silent(pool: PgPool) {
+    let api = Api::new(pool.clone());
+    api.send(
+        Method::PUT,
+        "/api/v1/jobs/sync",
+        Some(json!({ "target": { "url": "http://a" } })),
+    )
+    .await;
+    let (status, never) = api
+        .send(
+            Method::POST,
+            "/api/v1/jobs/sync/triggers",
+            Some(json!({ "kind": "cron", "expression": "0 0 0 30 2 *" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        never["errors"][0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("never fires")),
+        "the problem says why: {never}"
+    );
+    let (status, once) = api
+        .send(
+            Method::POST,
+            "/api/v1/jobs/sync/triggers",
+            Some(json!({ "kind": "once", "at": "2001-01-01T00:00:00Z" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{once}");
+    // Due now: the leader finds it late and applies its misfire policy (a task under the
+    // default `fire_once`).
+    assert_eq!(once["next_fire_at"], "2001-01-01T00:00:00Z");
+    let id = once["id"].as_str().expect("id");
+    let (status, replaced) = api
+        .send(
+            Method::PUT,
+            &format!("/api/v1/jobs/sync/triggers/{id}"),
+            Some(json!({ "kind": "once", "at": "2002-01-01T00:00:00Z", "misfire": "skip" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{replaced}");
+    assert_eq!(replaced["next_fire_at"], "2002-01-01T00:00:00Z");
+    assert_eq!(triggers_in_db(&pool).await, 1);
+}
+
+#[sqlx::test(migrator = "pacer_store::MIGRATOR")]
 async fn bad_triggers_are_refused_naming_the_field_and_nothing_is_written(pool: PgPool) {
     let api = Api::new(pool.clone());
     api.send(
@@ -179,6 +226,22 @@ async fn bad_triggers_are_refused_naming_the_field_and_nothing_is_written(pool: 
         (
             json!({ "kind": "interval", "every": "1m", "catch_up_limit": 0 }),
             "catch_up_limit",
+        ),
+        (
+            json!({ "kind": "cron", "expression": "0 0 0 30 2 *" }),
+            "expression",
+        ),
+        (
+            json!({ "kind": "cron", "expression": "0 0 31 4 *" }),
+            "expression",
+        ),
+        (
+            json!({ "kind": "cron", "expression": "0 0 * * *", "end_at": "2001-01-01T00:00:00Z" }),
+            "end_at",
+        ),
+        (
+            json!({ "kind": "once", "at": "2030-01-01T00:00:00Z", "end_at": "2029-01-01T00:00:00Z" }),
+            "at",
         ),
         (json!({ "kind": "weekly" }), "kind"),
         (

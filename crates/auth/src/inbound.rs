@@ -4,7 +4,10 @@
 //! unknown `kid` appears, at a bounded rate). `none` is never accepted, and a token can never
 //! pick its own key type. A caller usually presents the same token on many requests, so a token
 //! that verified is remembered (by its SHA-256, never the token itself) until it expires, for at
-//! most a minute, and forgotten whenever a JWKS is fetched again (a key may have been withdrawn).
+//! most a minute, never past the time its JWKS is due to be fetched again (so never past the key
+//! that verified it), and forgotten whenever a JWKS is fetched again (a key may have been
+//! withdrawn). A token whose `crit` header names any extension is refused: Pacer understands
+//! none.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -83,8 +86,13 @@ impl Principal {
 pub enum IssuerKey {
     /// A shared HS256 secret.
     Hs256(SecretString),
-    /// One public key in PEM, used with exactly `algorithm`.
-    PublicKey { algorithm: Algorithm, pem: String },
+    /// One public key in PEM, used with exactly `algorithm`. With a `kid`, a token naming
+    /// another `kid` is refused (one without a `kid` is checked against the key).
+    PublicKey {
+        algorithm: Algorithm,
+        pem: String,
+        kid: Option<String>,
+    },
     /// Keys published at a JWKS URL.
     Jwks { url: String },
 }
@@ -93,7 +101,9 @@ impl fmt::Debug for IssuerKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             IssuerKey::Hs256(_) => f.write_str("Hs256(<secret>)"),
-            IssuerKey::PublicKey { algorithm, .. } => write!(f, "PublicKey({algorithm:?})"),
+            IssuerKey::PublicKey { algorithm, kid, .. } => {
+                write!(f, "PublicKey({algorithm:?}, kid {kid:?})")
+            }
             IssuerKey::Jwks { url } => write!(f, "Jwks({url})"),
         }
     }
@@ -150,6 +160,7 @@ enum Keys {
     Fixed {
         algorithm: Algorithm,
         key: DecodingKey,
+        kid: Option<String>,
     },
     Jwks(Mutex<JwksCache>),
 }
@@ -222,7 +233,6 @@ const ASYMMETRIC: [Algorithm; 9] = [
 impl Verifier {
     /// Builds the verifier; fails on a key that does not parse or an issuer listed twice.
     pub fn new(config: VerifierConfig, http: reqwest::Client) -> Result<Self, ConfigError> {
-        crate::crypto::install();
         if config.issuers.is_empty() {
             return Err(ConfigError("no token issuer is configured".into()));
         }
@@ -239,9 +249,14 @@ impl Verifier {
                     Keys::Fixed {
                         algorithm: Algorithm::HS256,
                         key: DecodingKey::from_secret(secret.expose_secret().as_bytes()),
+                        kid: None,
                     }
                 }
-                IssuerKey::PublicKey { algorithm, pem } => {
+                IssuerKey::PublicKey {
+                    algorithm,
+                    pem,
+                    kid,
+                } => {
                     let key = match algorithm {
                         Algorithm::RS256 => DecodingKey::from_rsa_pem(pem.as_bytes()),
                         Algorithm::ES256 => DecodingKey::from_ec_pem(pem.as_bytes()),
@@ -257,6 +272,7 @@ impl Verifier {
                     Keys::Fixed {
                         algorithm: *algorithm,
                         key,
+                        kid: kid.clone(),
                     }
                 }
                 IssuerKey::Jwks { url } => Keys::Jwks(Mutex::new(JwksCache {
@@ -295,8 +311,8 @@ impl Verifier {
         if let Some(principal) = self.remembered(&digest) {
             return Ok(principal);
         }
-        let (principal, exp) = self.check(token).await?;
-        self.remember(digest, &principal, exp);
+        let (principal, exp, keys_fresh_until) = self.check(token).await?;
+        self.remember(digest, &principal, exp, keys_fresh_until);
         Ok(principal)
     }
 
@@ -312,9 +328,22 @@ impl Verifier {
             .map(|v| v.principal.clone())
     }
 
-    fn remember(&self, digest: [u8; 32], principal: &Principal, exp: i64) {
+    /// Remembers a verified token until it expires, for at most [`REMEMBERED_FOR`], and never
+    /// past `keys_fresh_until`: when the key set that verified it is due to be fetched again,
+    /// the token is checked in full, so it triggers that fetch and a withdrawn key stops
+    /// counting.
+    fn remember(
+        &self,
+        digest: [u8; 32],
+        principal: &Principal,
+        exp: i64,
+        keys_fresh_until: Option<Instant>,
+    ) {
         let now_unix = chrono::Utc::now().timestamp();
-        let until = remember_until(Instant::now(), now_unix, exp, self.inner.config.leeway);
+        let mut until = remember_until(Instant::now(), now_unix, exp, self.inner.config.leeway);
+        if let Some(fresh_until) = keys_fresh_until {
+            until = until.min(fresh_until);
+        }
         let mut verified = self
             .inner
             .verified
@@ -332,10 +361,18 @@ impl Verifier {
         );
     }
 
-    /// Checks `token` in full: who presented it, and its `exp`.
-    async fn check(&self, token: &str) -> Result<(Principal, i64), AuthError> {
+    /// Checks `token` in full: who presented it, its `exp`, and, for a JWKS issuer, until when
+    /// the key set that verified it is current.
+    async fn check(&self, token: &str) -> Result<(Principal, i64, Option<Instant>), AuthError> {
         let invalid = |why: &str| AuthError::Invalid(why.to_owned());
         let header = jsonwebtoken::decode_header(token).map_err(|_| invalid("malformed token"))?;
+        // RFC 7515 §4.1.11: an extension named critical must be understood, and Pacer
+        // understands none (an empty list is not allowed either).
+        if header.crit.is_some() {
+            return Err(invalid(
+                "the token's `crit` header names extensions Pacer does not understand",
+            ));
+        }
         // The issuer only routes to the key to check against; nothing is trusted before the
         // signature has been verified with that key.
         let unverified: UnverifiedClaims = jsonwebtoken::dangerous::insecure_decode_claims(token)
@@ -348,14 +385,23 @@ impl Verifier {
             .issuers
             .get(&iss)
             .ok_or_else(|| invalid("the token's issuer is not trusted"))?;
-        let (algorithm, key) = match &trusted.keys {
-            Keys::Fixed { algorithm, key } => {
+        let (algorithm, key, keys_fresh_until) = match &trusted.keys {
+            Keys::Fixed {
+                algorithm,
+                key,
+                kid,
+            } => {
                 if header.alg != *algorithm {
                     return Err(invalid(
                         "the token's algorithm is not the one configured for its issuer",
                     ));
                 }
-                (*algorithm, key.clone())
+                if let (Some(expected), Some(named)) = (kid, &header.kid)
+                    && expected != named
+                {
+                    return Err(invalid("the token's key (kid) is not its issuer's key"));
+                }
+                (*algorithm, key.clone(), None)
             }
             Keys::Jwks(cache) => {
                 if !ASYMMETRIC.contains(&header.alg) {
@@ -367,7 +413,8 @@ impl Verifier {
                     .kid
                     .as_deref()
                     .ok_or_else(|| invalid("the token has no `kid`"))?;
-                (header.alg, self.jwks_key(cache, kid, header.alg).await?)
+                let (key, fresh_until) = self.jwks_key(cache, kid, header.alg).await?;
+                (header.alg, key, Some(fresh_until))
             }
         };
         let config = &self.inner.config;
@@ -422,15 +469,18 @@ impl Verifier {
                 roles,
             },
             exp,
+            keys_fresh_until,
         ))
     }
 
+    /// The key `kid` of a JWKS issuer, fetching the set when it is due or lacks the key, and
+    /// until when the set it came from is current (`jwks_max_age` after it was fetched).
     async fn jwks_key(
         &self,
         cache: &Mutex<JwksCache>,
         kid: &str,
         algorithm: Algorithm,
-    ) -> Result<DecodingKey, AuthError> {
+    ) -> Result<(DecodingKey, Instant), AuthError> {
         let config = &self.inner.config;
         let mut cache = cache.lock().await;
         let stale = cache
@@ -477,8 +527,12 @@ impl Verifier {
                 "the token's algorithm does not match its key".into(),
             ));
         }
-        DecodingKey::from_jwk(jwk)
-            .map_err(|_| AuthError::Invalid("the issuer's key cannot be used".into()))
+        let fresh_until = cache
+            .fetched_at
+            .map_or_else(Instant::now, |at| at + config.jwks_max_age);
+        let key = DecodingKey::from_jwk(jwk)
+            .map_err(|_| AuthError::Invalid("the issuer's key cannot be used".into()))?;
+        Ok((key, fresh_until))
     }
 
     async fn fetch(&self, url: &str) -> Result<JwkSet, String> {

@@ -1,7 +1,6 @@
 //! Pacer's keys and tokens: verifying the JWTs callers present, minting per-task callback tokens,
 //! signing outbound calls (JWT or HMAC), and publishing Pacer's public keys as a JWKS.
 
-mod crypto;
 pub mod inbound;
 pub mod signing;
 

@@ -187,13 +187,53 @@ pub const LOG_SINK: &str = "log";
 #[serde(deny_unknown_fields)]
 pub struct JobAlerts {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(feature = "openapi", schema(schema_with = sink_list_schema))]
     pub on_failure: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(feature = "openapi", schema(schema_with = sink_list_schema))]
     pub on_overdue: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(feature = "openapi", schema(schema_with = sink_list_schema))]
     pub on_success: Vec<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[cfg_attr(feature = "openapi", schema(schema_with = severity_schema))]
     pub severity: BTreeMap<AlertKind, Severity>,
+}
+
+/// At most 16 sink names, each 1 to 64 letters, digits, `.`, `_` or `-`: what
+/// [`JobAlerts::check`] takes.
+#[cfg(feature = "openapi")]
+fn sink_list_schema() -> utoipa::openapi::schema::Array {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+
+    ArrayBuilder::new()
+        .items(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")),
+        )
+        .max_items(Some(16))
+        .description(Some("Names of configured alert sinks (at most 16)."))
+        .build()
+}
+
+/// Severity overrides by kind; `node_lost` is about no job, so it is not among the keys.
+#[cfg(feature = "openapi")]
+fn severity_schema() -> utoipa::openapi::schema::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    use utoipa::openapi::{Ref, RefOr, schema::AdditionalProperties};
+
+    ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .property_names(Some(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some(["overdue", "failed", "missed", "dispatch_errors"])),
+        ))
+        .additional_properties(Some(AdditionalProperties::RefOr(RefOr::Ref(
+            Ref::from_schema_name("Severity"),
+        ))))
+        .build()
 }
 
 impl JobAlerts {

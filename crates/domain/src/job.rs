@@ -102,6 +102,8 @@ pub enum Target {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AmqpTarget {
+    /// At most 127 letters, digits, `.`, `_`, `-`, `:` or `/`; empty for the default exchange.
+    #[cfg_attr(feature = "openapi", schema(pattern = r"^[A-Za-z0-9._:/-]{0,127}$"))]
     pub exchange: String,
     pub routing_key: String,
     /// Static headers on every published message.
@@ -120,7 +122,7 @@ impl Target {
 
     /// The outbound auth of the target (AMQP targets carry none: the broker authenticates).
     pub fn auth(&self) -> &OutboundAuth {
-        static NONE: OutboundAuth = OutboundAuth::None;
+        static NONE: OutboundAuth = OutboundAuth::None {};
         match self {
             Target::Http(http) => &http.auth,
             Target::Amqp(_) => &NONE,
@@ -238,34 +240,59 @@ impl<'de> Deserialize<'de> for Target {
 
 /// How a dispatch proves it comes from Pacer. Secrets are named, never written here: their values
 /// live in Pacer's configuration.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum OutboundAuth {
     /// No credentials.
-    #[default]
-    None,
+    // A struct variant, so that like the others it refuses unknown fields: serde lets a unit
+    // variant of an internally tagged enum ignore them.
+    None {},
     /// `Authorization: Bearer <the secret's value>`.
-    Bearer { secret: String },
+    Bearer {
+        /// The secret's name: 1 to 64 letters, digits, `.`, `_` or `-`.
+        #[cfg_attr(
+            feature = "openapi",
+            schema(pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+        )]
+        secret: String,
+    },
     /// `Authorization: Bearer <a short-lived JWT signed by Pacer>` with this audience; the keys
     /// are published at `/.well-known/jwks.json`.
-    Jwt { audience: String },
+    Jwt {
+        /// 1 to 256 characters.
+        #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 256))]
+        audience: String,
+    },
     /// A `pacer-signature` header: an HMAC-SHA256 over a timestamp and the body, keyed by the
     /// secret's value.
-    Hmac { secret: String },
+    Hmac {
+        /// The secret's name: 1 to 64 letters, digits, `.`, `_` or `-`.
+        #[cfg_attr(
+            feature = "openapi",
+            schema(pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+        )]
+        secret: String,
+    },
+}
+
+impl Default for OutboundAuth {
+    fn default() -> Self {
+        OutboundAuth::None {}
+    }
 }
 
 impl OutboundAuth {
     /// True for [`OutboundAuth::None`].
     pub fn is_none(&self) -> bool {
-        *self == OutboundAuth::None
+        *self == OutboundAuth::None {}
     }
 
     /// The name of the configured secret this needs, if any.
     pub fn secret(&self) -> Option<&str> {
         match self {
             OutboundAuth::Bearer { secret } | OutboundAuth::Hmac { secret } => Some(secret),
-            OutboundAuth::None | OutboundAuth::Jwt { .. } => None,
+            OutboundAuth::None {} | OutboundAuth::Jwt { .. } => None,
         }
     }
 }
@@ -313,6 +340,8 @@ pub struct JobSpec {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JobInput {
+    /// At most 1000 characters.
+    #[cfg_attr(feature = "openapi", schema(max_length = 1000))]
     pub description: Option<String>,
     pub target: Target,
     /// A JSON object; a task's own payload is laid over it key by key.
@@ -325,6 +354,9 @@ pub struct JobInput {
     pub retry: Option<RetryInput>,
     pub expect_callback: Option<bool>,
     pub overlap: Option<OverlapPolicy>,
+    /// At most 32, each key 1 to 64 letters, digits, `.`, `_` or `-` (starting with a letter or
+    /// digit), each value at most 256 characters.
+    #[cfg_attr(feature = "openapi", schema(schema_with = labels_schema))]
     pub labels: Option<BTreeMap<String, String>>,
     pub alerts: Option<JobAlerts>,
     /// Message types this job subscribes to: each such message creates a task.
@@ -332,15 +364,45 @@ pub struct JobInput {
     pub on_messages: Option<Vec<String>>,
 }
 
+/// The schema of a job's labels: the rules [`check_labels`] applies.
+#[cfg(feature = "openapi")]
+fn labels_schema() -> utoipa::openapi::schema::Object {
+    use utoipa::openapi::schema::{AdditionalProperties, SchemaType};
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+
+    ObjectBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::Object, Type::Null]))
+        .max_properties(Some(32))
+        .property_names(Some(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")),
+        ))
+        .additional_properties(Some(AdditionalProperties::RefOr(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .max_length(Some(256))
+                .into(),
+        )))
+        .build()
+}
+
 /// A retry policy as a client writes it; omitted fields take the defaults.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetryInput {
+    /// Most dispatches in a row that end in a transient error (1–1000, default 10).
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 1000))]
+    #[serde(default, deserialize_with = "crate::validation::optional_whole_number")]
     pub max_attempts: Option<u32>,
     pub initial_backoff: Option<Span>,
     pub max_backoff: Option<Span>,
+    /// Each backoff is the one before times this (1.0–10.0, default 2.0).
+    #[cfg_attr(feature = "openapi", schema(minimum = 1.0, maximum = 10.0))]
     pub multiplier: Option<f64>,
+    /// Each backoff is shortened by up to this share of it, at random (0.0–1.0, default 0.2).
+    #[cfg_attr(feature = "openapi", schema(minimum = 0.0, maximum = 1.0))]
     pub jitter: Option<f64>,
 }
 
@@ -650,6 +712,26 @@ mod tests {
         assert_eq!(spec.deadline, None);
         assert!(spec.expect_callback);
         assert_eq!(spec.payload, json!({}));
+    }
+
+    #[test]
+    fn every_kind_of_outbound_auth_refuses_unknown_fields_and_none_reads_as_before() {
+        for auth in [
+            json!({ "kind": "none", "secret": "x" }),
+            json!({ "kind": "jwt", "audience": "a", "x": 1 }),
+            json!({ "kind": "bearer", "secret": "s", "x": 1 }),
+        ] {
+            assert!(
+                serde_json::from_value::<OutboundAuth>(auth.clone()).is_err(),
+                "{auth}"
+            );
+        }
+        let none: OutboundAuth = serde_json::from_value(json!({ "kind": "none" })).expect("none");
+        assert!(none.is_none());
+        assert_eq!(
+            serde_json::to_value(&none).ok(),
+            Some(json!({ "kind": "none" }))
+        );
     }
 
     #[test]

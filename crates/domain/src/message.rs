@@ -95,11 +95,21 @@ pub struct MessageInput {
     /// The message type (required): 1–128 letters, digits, `.`, `_`, `-`, `:` or `/`, starting
     /// with a letter or digit.
     #[serde(rename = "type")]
-    #[cfg_attr(feature = "openapi", schema(value_type = Option<MessageType>))]
+    #[cfg_attr(feature = "openapi", schema(value_type = MessageType, required = true))]
     pub kind: Option<String>,
-    /// The upstream's id for the message: its deduplication key.
+    /// The upstream's id for the message: its deduplication key (1–255 characters, no control
+    /// characters).
+    #[cfg_attr(feature = "openapi", schema(
+        value_type = Option<String>, min_length = 1, max_length = 255,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]+$"
+    ))]
     pub id: Option<String>,
-    /// What the message is about (`centers`); part of the deduplication key when `id` is absent.
+    /// What the message is about (`centers`); part of the deduplication key when `id` is absent
+    /// (1–255 characters, no control characters).
+    #[cfg_attr(feature = "openapi", schema(
+        value_type = Option<String>, min_length = 1, max_length = 255,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]+$"
+    ))]
     pub key: Option<String>,
     /// A JSON object, laid over each subscribing job's payload key by key.
     #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]

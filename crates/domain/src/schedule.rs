@@ -101,6 +101,15 @@ impl Schedule {
         Schedule(Kind::Once(at))
     }
 
+    /// False for a cron expression no date can match, like 30 February or 31 April: it never
+    /// fires, whenever it is asked.
+    pub fn can_fire(&self) -> bool {
+        match &self.0 {
+            Kind::Cron(cron) => cron.satisfiable,
+            Kind::Interval { .. } | Kind::Once(_) => true,
+        }
+    }
+
     /// The first fire time strictly after `after`, or `None` when there is none: a `once` at or
     /// before `after`, or a cron expression with no fire within about five years of `after`
     /// (30 February never comes; 29 February skips 2100).
@@ -136,9 +145,12 @@ fn next_interval(
     anchor.checked_add_signed(delta)
 }
 
-/// How far past `after` a cron search looks before it concludes that nothing fires: a little
-/// over five years, enough for any 29 February except across 2100.
-const HORIZON_SECS: i64 = 5 * 366 * 86_400;
+/// How many years past `after` a cron search looks before it concludes that nothing fires:
+/// enough for any 29 February except across 2100.
+pub(crate) const HORIZON_YEARS: i64 = 5;
+
+/// [`HORIZON_YEARS`] in seconds, a little over.
+const HORIZON_SECS: i64 = HORIZON_YEARS * 366 * 86_400;
 
 /// The spacing at which a search probes the zone's UTC offset. No zone changes its offset twice
 /// within a day, so a change between two probes is found by bisection.

@@ -54,6 +54,7 @@ pub struct TriggerInput {
     pub end_at: Option<DateTime<Utc>>,
     pub misfire: Option<MisfirePolicy>,
     pub misfire_grace: Option<Span>,
+    #[serde(default, deserialize_with = "crate::validation::optional_whole_number")]
     pub catch_up_limit: Option<u32>,
     pub description: Option<String>,
 }
@@ -98,8 +99,8 @@ impl utoipa::PartialSchema for TriggerInput {
                     "catch_up_limit",
                     ObjectBuilder::new()
                         .schema_type(Type::Integer)
-                        .minimum(Some(0))
-                        .maximum(Some(u32::MAX))
+                        .minimum(Some(1))
+                        .maximum(Some(10_000))
                         .description(Some("Most tasks `catch_up` creates (default 100).")),
                 )
                 .property("description", string())
@@ -299,6 +300,41 @@ impl TriggerSpec {
         })
     }
 
+    /// The first fire time of a trigger written (created or replaced) at `now`, or an error
+    /// naming the field that keeps it from ever firing.
+    ///
+    /// A `once` whose instant has passed keeps that instant: it is due at once and, later than
+    /// its grace, goes through its misfire policy like any occurrence the scheduler missed (a
+    /// task under `fire_once` and `catch_up`, a recorded skip under `skip`), never nothing.
+    pub fn first_fire(&self, now: DateTime<Utc>) -> Result<DateTime<Utc>, ValidationErrors> {
+        let timetable = self
+            .timetable()
+            .map_err(|e| ValidationErrors::single(schedule_field(&e), e.to_string()))?;
+        if let ScheduleSpec::Once { at } = self.schedule {
+            // The bounds were checked against `at` when the spec was made.
+            return Ok(at);
+        }
+        if let Some(first) = timetable.next_after(now) {
+            return Ok(first);
+        }
+        match timetable.schedule.next_after(now) {
+            None => Err(ValidationErrors::single(
+                "expression",
+                format!(
+                    "has no fire time in the next {} years: it would never fire",
+                    crate::schedule::HORIZON_YEARS
+                ),
+            )),
+            Some(next) => Err(ValidationErrors::single(
+                "end_at",
+                format!(
+                    "is before the trigger's next fire time ({}): it would never fire",
+                    next.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                ),
+            )),
+        }
+    }
+
     /// The misfire settings.
     pub fn misfire_rule(&self) -> MisfireRule {
         MisfireRule {
@@ -306,6 +342,15 @@ impl TriggerSpec {
             grace: self.misfire_grace,
             catch_up_limit: self.catch_up_limit,
         }
+    }
+}
+
+/// The field a schedule error is about.
+fn schedule_field(error: &ScheduleError) -> &'static str {
+    match error {
+        ScheduleError::TimeZone(_) => "timezone",
+        ScheduleError::Interval(_) => "every",
+        ScheduleError::Expression(_) => "expression",
     }
 }
 
@@ -324,18 +369,28 @@ impl TryFrom<TriggerInput> for TriggerSpec {
             catch_up_limit: input.catch_up_limit.unwrap_or(defaults::CATCH_UP_LIMIT),
             description: input.description.clone(),
         });
-        if let Some(Err(error)) = spec.as_ref().map(TriggerSpec::timetable) {
-            let field = match error {
-                ScheduleError::TimeZone(_) => "timezone",
-                ScheduleError::Interval(_) => "every",
-                ScheduleError::Expression(_) => "expression",
-            };
-            errors.push(field, error.to_string());
+        match spec.as_ref().map(TriggerSpec::timetable) {
+            Some(Err(error)) => errors.push(schedule_field(&error), error.to_string()),
+            // Whenever it is written, an expression no date matches never fires.
+            Some(Ok(timetable)) if !timetable.schedule.can_fire() => errors.push(
+                "expression",
+                "never fires: no month has the day of the month it names (like 30 February \
+                 or 31 April)",
+            ),
+            _ => {}
         }
         if let (Some(start), Some(end)) = (input.start_at, input.end_at)
             && end <= start
         {
             errors.push("end_at", "must be after start_at");
+        }
+        if let Some(at) = input.at.filter(|_| input.kind == TriggerKind::Once) {
+            if input.start_at.is_some_and(|start| at < start) {
+                errors.push("at", "is before start_at: the trigger would never fire");
+            }
+            if input.end_at.is_some_and(|end| at > end) {
+                errors.push("at", "is after end_at: the trigger would never fire");
+            }
         }
         let grace = input.misfire_grace.unwrap_or(defaults::MISFIRE_GRACE);
         if grace < Span::from_secs(1) || grace > Span::from_secs(86_400) {
@@ -358,5 +413,96 @@ impl TryFrom<TriggerInput> for TriggerSpec {
             Some(spec) if errors.is_empty() => Ok(spec),
             _ => Err(errors),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input(json: serde_json::Value) -> TriggerInput {
+        serde_json::from_value(json).expect("a trigger input")
+    }
+
+    fn refusal(json: serde_json::Value) -> Vec<(String, String)> {
+        let errors = TriggerSpec::try_from(input(json)).expect_err("refused");
+        errors
+            .errors()
+            .iter()
+            .map(|e| (e.field.clone(), e.message.clone()))
+            .collect()
+    }
+
+    fn at(text: &str) -> DateTime<Utc> {
+        text.parse().expect("an instant")
+    }
+
+    #[test]
+    fn a_cron_expression_no_date_matches_is_refused_naming_the_expression() {
+        for expression in ["0 0 0 30 2 *", "0 0 31 4 *", "0 0 31 2,4,6 *"] {
+            let errors = refusal(serde_json::json!({ "kind": "cron", "expression": expression }));
+            assert_eq!(errors.len(), 1, "{expression}: {errors:?}");
+            assert_eq!(errors[0].0, "expression");
+            assert!(errors[0].1.contains("never fires"), "{errors:?}");
+        }
+        // 29 February comes every four years, and the last day of April every year.
+        for expression in ["0 0 29 2 *", "0 0 30 4 *", "0 0 31 2,3 *", "0 0 30 2 MON"] {
+            TriggerSpec::try_from(input(
+                serde_json::json!({ "kind": "cron", "expression": expression }),
+            ))
+            .unwrap_or_else(|e| panic!("{expression}: {e:?}"));
+        }
+    }
+
+    #[test]
+    fn a_trigger_whose_bounds_leave_no_fire_time_is_refused_naming_the_bound() {
+        let now = at("2026-12-07T10:00:00Z");
+        let ended = TriggerSpec::try_from(input(serde_json::json!({
+            "kind": "cron", "expression": "0 0 * * *", "end_at": "2026-12-07T11:00:00Z"
+        })))
+        .expect("valid on its own");
+        let errors = ended.first_fire(now).expect_err("never fires");
+        assert_eq!(errors.errors()[0].field, "end_at");
+        assert!(errors.errors()[0].message.contains("2026-12-08T00:00:00Z"));
+
+        let running = TriggerSpec::try_from(input(serde_json::json!({
+            "kind": "interval", "every": "1h"
+        })))
+        .expect("valid");
+        assert_eq!(
+            running.first_fire(now).ok(),
+            Some(at("2026-12-07T11:00:00Z"))
+        );
+
+        let errors = refusal(serde_json::json!({
+            "kind": "once", "at": "2026-12-01T00:00:00Z", "start_at": "2026-12-02T00:00:00Z"
+        }));
+        assert_eq!(
+            errors,
+            vec![(
+                "at".to_owned(),
+                "is before start_at: the trigger would never fire".to_owned()
+            )]
+        );
+        let errors = refusal(serde_json::json!({
+            "kind": "once", "at": "2026-12-03T00:00:00Z", "end_at": "2026-12-02T00:00:00Z"
+        }));
+        assert_eq!(errors[0].0, "at");
+    }
+
+    #[test]
+    fn a_once_trigger_in_the_past_is_due_at_its_instant() {
+        let spec = TriggerSpec::try_from(input(serde_json::json!({
+            "kind": "once", "at": "2001-01-01T00:00:00Z"
+        })))
+        .expect("valid");
+        let now = at("2026-12-07T10:00:00Z");
+        assert_eq!(spec.first_fire(now).ok(), Some(at("2001-01-01T00:00:00Z")));
+        // Found that late, the default misfire policy gives it one task.
+        let plan = crate::firing::plan(at("2001-01-01T00:00:00Z"), now, spec.misfire_rule(), |t| {
+            spec.timetable().ok().and_then(|tt| tt.next_after(t))
+        });
+        assert_eq!(plan.fire, vec![at("2001-01-01T00:00:00Z")]);
+        assert_eq!(plan.next_fire_at, None);
     }
 }

@@ -24,6 +24,22 @@ use tokio_util::sync::CancellationToken;
 
 use crate::Result;
 
+/// Whether an AMQP `content-type` names JSON: `application/json` or `application/<x>+json`,
+/// with or without parameters such as `charset`.
+fn is_json(content_type: &str) -> bool {
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    match essence.strip_prefix("application/") {
+        Some("json") => true,
+        Some(subtype) => subtype.len() > "+json".len() && subtype.ends_with("+json"),
+        None => false,
+    }
+}
+
 /// The header a dead-lettered message carries its rejection reason in.
 pub const REJECT_REASON_HEADER: &str = "x-pacer-reject-reason";
 
@@ -389,8 +405,17 @@ impl Consumer {
     }
 
     /// The message in a delivery: a JSON object `{type, id?, key?, payload?}`. The AMQP `type`
-    /// and `message-id` properties stand in for a missing `type` and `id`.
+    /// and `message-id` properties stand in for a missing `type` and `id`. A content type other
+    /// than JSON says the publisher meant something else: refused, whatever the body.
     fn parse(&self, delivery: &Delivery) -> Result<Message, String> {
+        if let Some(content_type) = delivery.properties.content_type()
+            && !is_json(content_type.as_str())
+        {
+            return Err(format!(
+                "the content type `{content_type}` is not JSON (send application/json, \
+                 application/*+json, or no content type)"
+            ));
+        }
         let limit = self.config.max_message_bytes;
         if delivery.data.len() > limit {
             return Err(format!(
@@ -594,6 +619,36 @@ impl Publisher {
                 )),
                 None => DispatchOutcome::Published,
             },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_json;
+
+    #[test]
+    fn only_json_content_types_are_read_as_json() {
+        for json in [
+            "application/json",
+            "Application/JSON",
+            "application/json; charset=utf-8",
+            "application/cloudevents+json",
+            "application/vnd.acme.event+json;version=2",
+        ] {
+            assert!(is_json(json), "{json}");
+        }
+        for other in [
+            "text/plain",
+            "text/json",
+            "application/xml",
+            "application/octet-stream",
+            "application/+json",
+            "application/jsonx",
+            "text/plain+json",
+            "",
+        ] {
+            assert!(!is_json(other), "{other}");
         }
     }
 }

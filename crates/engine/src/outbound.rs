@@ -86,7 +86,7 @@ impl Outbound {
                 .map_err(|_| "the outbound credential is not a valid header value".to_owned())
         };
         Ok(match auth {
-            OutboundAuth::None => Vec::new(),
+            OutboundAuth::None {} => Vec::new(),
             OutboundAuth::Bearer { secret: name } => {
                 let mut header = value(format!("Bearer {}", secret(name)?.expose_secret()))?;
                 header.set_sensitive(true);

@@ -100,6 +100,7 @@ mod tests {
   triggers:
     - { kind: cron, expression: "not a cron" }
     - { kind: interval }
+    - { kind: cron, expression: "0 0 0 30 2 *" }
 - target: { url: "http://x/run" }
 "#,
         );
@@ -125,6 +126,11 @@ mod tests {
                 .iter()
                 .any(|p| p.starts_with("jobs.yaml: job `bad`: triggers[1].every")),
             "{problems:#?}"
+        );
+        assert!(
+            problems.iter().any(|p| p
+                .starts_with("jobs.yaml: job `bad`: triggers[2].expression: never fires")),
+            "a trigger that can never fire is refused before anything is written: {problems:#?}"
         );
         assert!(
             problems.contains(&"jobs.yaml: job `#3`: name: is required".to_owned()),

@@ -86,7 +86,7 @@ impl Default for WebhookSettings {
             url: String::new(),
             batch_size: 100,
             timeout: Span::from_secs(10),
-            auth: pacer_domain::OutboundAuth::None,
+            auth: pacer_domain::OutboundAuth::None {},
         }
     }
 }
@@ -179,6 +179,8 @@ pub(crate) struct IssuerSettings {
     pub(crate) public_key_file: Option<PathBuf>,
     /// `RS256`, `ES256` or `EdDSA`, with a public key.
     pub(crate) algorithm: Option<String>,
+    /// The public key's `kid`: a token naming another `kid` is refused.
+    pub(crate) kid: Option<String>,
     pub(crate) jwks_url: Option<String>,
 }
 
@@ -373,6 +375,7 @@ impl Config {
                 public_key_pem: None,
                 public_key_file: None,
                 algorithm: None,
+                kid: None,
                 jwks_url: None,
             });
         }

@@ -32,6 +32,11 @@ fn issuer_key(settings: &IssuerSettings) -> anyhow::Result<IssuerKey> {
             bail!("issuer {name}: give public_key_pem or public_key_file, not both")
         }
     };
+    if settings.kid.is_some() && pem.is_none() {
+        bail!(
+            "issuer {name}: kid names a public key; it applies with public_key_pem or public_key_file only"
+        )
+    }
     match (&settings.hs256_secret, pem, &settings.jwks_url) {
         (Some(secret), None, None) => Ok(IssuerKey::Hs256(secret.clone())),
         (None, Some(pem), None) => {
@@ -43,7 +48,11 @@ fn issuer_key(settings: &IssuerSettings) -> anyhow::Result<IssuerKey> {
                     "issuer {name}: a public key needs algorithm = \"RS256\", \"ES256\" or \"EdDSA\", got {other:?}"
                 ),
             };
-            Ok(IssuerKey::PublicKey { algorithm, pem })
+            Ok(IssuerKey::PublicKey {
+                algorithm,
+                pem,
+                kid: settings.kid.clone(),
+            })
         }
         (None, None, Some(url)) => Ok(IssuerKey::Jwks { url: url.clone() }),
         _ => {
@@ -139,6 +148,7 @@ pub(crate) fn add_dev_keys(config: &mut Config) {
             public_key_pem: None,
             public_key_file: None,
             algorithm: None,
+            kid: None,
             jwks_url: None,
         });
     }
@@ -196,4 +206,36 @@ pub(crate) fn mint(
         &claims,
         &key,
     )?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ED25519_PUBLIC: &str = "-----BEGIN PUBLIC KEY-----
+MCowBQYDK2VwAyEAGb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE=
+-----END PUBLIC KEY-----";
+
+    fn settings(public_key: bool, jwks: bool) -> IssuerSettings {
+        IssuerSettings {
+            issuer: "idp".into(),
+            audience: "pacer".into(),
+            hs256_secret: None,
+            public_key_pem: public_key.then(|| ED25519_PUBLIC.to_owned()),
+            public_key_file: None,
+            algorithm: public_key.then(|| "EdDSA".to_owned()),
+            kid: Some("ci-1".into()),
+            jwks_url: jwks.then(|| "https://idp/jwks.json".to_owned()),
+        }
+    }
+
+    #[test]
+    fn a_kid_names_a_public_key_and_nothing_else() {
+        match issuer_key(&settings(true, false)).expect("a public key with its kid") {
+            IssuerKey::PublicKey { kid, .. } => assert_eq!(kid.as_deref(), Some("ci-1")),
+            other => panic!("not a public key: {other:?}"),
+        }
+        let refused = issuer_key(&settings(false, true)).expect_err("a JWKS has kids of its own");
+        assert!(refused.to_string().contains("kid"), "{refused}");
+    }
 }
