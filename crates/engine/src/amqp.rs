@@ -86,14 +86,7 @@ fn connection_properties(node_id: &str, role: &str) -> ConnectionProperties {
 
 /// The error text of a lapin error, with its causes.
 fn describe(error: &lapin::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
+    crate::with_causes(error.to_string(), error)
 }
 
 /// The RabbitMQ consumer of one node.

@@ -46,3 +46,14 @@ pub fn install_crypto_provider() {
     // Installing fails only when a provider is already installed, which is what we want.
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
+
+/// `text` followed by the causes of `error`, each after a `: `, for one-line error messages.
+pub(crate) fn with_causes(mut text: String, error: &dyn std::error::Error) -> String {
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

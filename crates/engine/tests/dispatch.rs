@@ -101,14 +101,8 @@ async fn task(store: &Store, job: &Job, at: Option<DateTime<Utc>>) -> TaskId {
         .create_task(
             job,
             NewTask {
-                id: TaskId::new(),
-                origin: Origin::Api,
-                idempotency_key: None,
-                payload: json!({}),
                 not_before: at,
-                trace_context: None,
-                actor: None,
-                retry_of: None,
+                ..NewTask::new(Origin::Api, json!({}))
             },
             None,
         )

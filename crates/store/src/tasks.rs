@@ -82,6 +82,22 @@ pub struct NewTask {
     pub retry_of: Option<TaskId>,
 }
 
+impl NewTask {
+    /// A task of `origin` with `payload`, due now, with nothing else set.
+    pub fn new(origin: Origin, payload: Value) -> Self {
+        Self {
+            id: TaskId::new(),
+            origin,
+            idempotency_key: None,
+            payload,
+            not_before: None,
+            trace_context: None,
+            actor: None,
+            retry_of: None,
+        }
+    }
+}
+
 /// What creating a task did.
 #[derive(Debug)]
 pub enum CreatedTask {

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use pacer_domain::{JobInput, JobName, JobSpec, Span, TaskId, TriggerInput, TriggerSpec};
+use pacer_domain::{JobInput, JobName, JobSpec, Span, TriggerInput, TriggerSpec};
 use pacer_store::{CreatedTask, Fired, Job, NewTask, Origin, Store, Tenure};
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -27,16 +27,7 @@ fn trigger(body: Value) -> TriggerSpec {
 }
 
 fn api_task() -> NewTask {
-    NewTask {
-        id: TaskId::new(),
-        origin: Origin::Api,
-        idempotency_key: None,
-        payload: json!({}),
-        not_before: None,
-        trace_context: None,
-        actor: None,
-        retry_of: None,
-    }
+    NewTask::new(Origin::Api, json!({}))
 }
 
 async fn count(pool: &PgPool, sql: &'static str) -> i64 {

@@ -97,7 +97,7 @@ pub(crate) async fn record(recorder: &Recorder, task: &ClaimedTask, outcome: Out
 #[cfg(test)]
 mod tests {
     use pacer_domain::dispatch::DispatchOutcome;
-    use pacer_domain::{JobInput, JobName, JobSpec, Span, TaskId, after_dispatch};
+    use pacer_domain::{JobInput, JobName, JobSpec, Span, after_dispatch};
     use pacer_store::{CreatedTask, NewTask, Origin};
     use serde_json::json;
     use sqlx::PgPool;
@@ -114,16 +114,7 @@ mod tests {
         let name: JobName = "batched".parse().expect("name");
         let job = store.put_job(&name, &spec).await.expect("job").job;
         for _ in 0..n {
-            let task = NewTask {
-                id: TaskId::new(),
-                origin: Origin::Api,
-                idempotency_key: None,
-                payload: json!({}),
-                not_before: None,
-                trace_context: None,
-                actor: None,
-                retry_of: None,
-            };
+            let task = NewTask::new(Origin::Api, json!({}));
             assert!(matches!(
                 store.create_task(&job, task, None).await.expect("task"),
                 CreatedTask::Created { .. }

@@ -128,18 +128,12 @@ pub(crate) fn describe(error: &reqwest::Error, timeout: Span) -> String {
     if error.is_timeout() {
         return format!("no answer within the dispatch timeout ({timeout})");
     }
-    let mut text = if error.is_connect() {
+    let text = if error.is_connect() {
         "connection failed".to_owned()
     } else {
         error.to_string()
     };
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
+    crate::with_causes(text, error)
 }
 
 /// `Retry-After` as delay-seconds or an HTTP date.
