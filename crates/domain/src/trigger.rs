@@ -272,6 +272,9 @@ pub mod defaults {
     pub const CATCH_UP_LIMIT: u32 = 100;
 }
 
+/// Most occurrences one backfill creates; a longer range is refused, to be split.
+pub const MAX_BACKFILL: usize = 1000;
+
 /// The longest jitter a trigger takes.
 pub const MAX_JITTER: Span = Span::from_secs(3600);
 
@@ -308,6 +311,31 @@ impl Timetable {
         self.schedule
             .next_after(from)
             .filter(|at| self.end_at.is_none_or(|end| *at <= end))
+    }
+
+    /// Every fire time in `[from, to)`, oldest first, or `Err(cap)` when there are more than
+    /// `cap` of them.
+    pub fn between(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        cap: usize,
+    ) -> Result<Vec<DateTime<Utc>>, usize> {
+        let first = self
+            .next_after(from - chrono::Duration::seconds(1))
+            .filter(|at| *at >= from)
+            .or_else(|| self.next_after(from));
+        let mut found = Vec::new();
+        for at in std::iter::successors(first, |at| self.next_after(*at)) {
+            if at >= to {
+                break;
+            }
+            if found.len() == cap {
+                return Err(cap);
+            }
+            found.push(at);
+        }
+        Ok(found)
     }
 
     /// The next `count` fire times after `after`.
@@ -493,6 +521,36 @@ mod tests {
     fn jittered_by_one_second() -> TriggerSpec {
         spec(serde_json::json!({ "kind": "interval", "every": "1s", "jitter": "1s" }))
             .expect("valid")
+    }
+
+    #[test]
+    fn a_range_yields_its_occurrences_from_included_to_excluded_up_to_a_cap() {
+        let hourly = spec(serde_json::json!({ "kind": "cron", "expression": "0 0 * * * *" }))
+            .expect("valid")
+            .timetable()
+            .expect("timetable");
+        let t = |s: &str| s.parse::<DateTime<Utc>>().expect("instant");
+        let found = hourly
+            .between(t("2026-12-01T00:00:00Z"), t("2026-12-01T03:00:00Z"), 10)
+            .expect("within the cap");
+        assert_eq!(
+            found,
+            [t("2026-12-01T00:00:00Z"), t("2026-12-01T01:00:00Z"), t("2026-12-01T02:00:00Z")]
+        );
+        let shifted = hourly
+            .between(t("2026-12-01T00:00:00.5Z"), t("2026-12-01T02:00:00Z"), 10)
+            .expect("within the cap");
+        assert_eq!(shifted, [t("2026-12-01T01:00:00Z")]);
+        assert_eq!(
+            hourly.between(t("2026-12-01T00:00:00Z"), t("2026-12-02T00:00:00Z"), 23),
+            Err(23)
+        );
+        assert_eq!(
+            hourly
+                .between(t("2026-12-01T00:00:00Z"), t("2026-12-02T00:00:00Z"), 24)
+                .map(|v| v.len()),
+            Ok(24)
+        );
     }
 
     #[test]

@@ -33,6 +33,8 @@ pub enum Origin {
     Message,
     /// A retry of an earlier task.
     Retry,
+    /// A past occurrence of a trigger, created by a backfill.
+    Backfill,
 }
 
 impl std::str::FromStr for Origin {
@@ -45,9 +47,10 @@ impl std::str::FromStr for Origin {
             "trigger" => Origin::Trigger,
             "message" => Origin::Message,
             "retry" => Origin::Retry,
+            "backfill" => Origin::Backfill,
             other => {
                 return Err(format!(
-                    "unknown origin `{other}`; one of api, manual, trigger, message, retry"
+                    "unknown origin `{other}`; one of api, manual, trigger, message, retry, backfill"
                 ));
             }
         })
@@ -63,6 +66,7 @@ impl Origin {
             Origin::Trigger => "trigger",
             Origin::Message => "message",
             Origin::Retry => "retry",
+            Origin::Backfill => "backfill",
         }
     }
 }
@@ -911,6 +915,7 @@ pub(crate) async fn insert_tasks(
                 consecutive_failures: 0,
                 payload: task.payload.clone(),
                 scheduled_at: due_at,
+                fire_at: due_at,
                 deadline_at: row.deadline_at,
                 timeout_at,
                 claimed_at,
