@@ -84,7 +84,10 @@ async fn parse(
         let mut errors = pacer_domain::ValidationErrors::new();
         for (i, name) in spec.calendars.iter().enumerate() {
             if missing.contains(name) {
-                errors.push(format!("calendars[{i}]"), format!("no calendar named `{name}`"));
+                errors.push(
+                    format!("calendars[{i}]"),
+                    format!("no calendar named `{name}`"),
+                );
             }
         }
         return Err(Error::Validation(errors));
@@ -590,14 +593,17 @@ async fn plan_backfill(
     if request.to > now {
         return Err(Error::field(
             "to",
-            format!("must not be later than now ({now}); the trigger itself fires what is still to come"),
+            format!(
+                "must not be later than now ({now}); the trigger itself fires what is still to come"
+            ),
         ));
     }
-    let calendars = if request.ignore_calendars || triggers.iter().all(|t| t.spec.calendars.is_empty()) {
-        pacer_domain::Calendars::new()
-    } else {
-        state.store.calendars().await?
-    };
+    let calendars =
+        if request.ignore_calendars || triggers.iter().all(|t| t.spec.calendars.is_empty()) {
+            pacer_domain::Calendars::new()
+        } else {
+            state.store.calendars().await?
+        };
     let mut budget = MAX_BACKFILL;
     let mut planned = Vec::with_capacity(triggers.len());
     for trigger in triggers {

@@ -321,8 +321,9 @@ impl Timetable {
         to: DateTime<Utc>,
         cap: usize,
     ) -> Result<Vec<DateTime<Utc>>, usize> {
-        let first = self
-            .next_after(from - chrono::Duration::seconds(1))
+        let first = from
+            .checked_sub_signed(chrono::Duration::seconds(1))
+            .and_then(|before| self.next_after(before))
             .filter(|at| *at >= from)
             .or_else(|| self.next_after(from));
         let mut found = Vec::new();
@@ -535,7 +536,11 @@ mod tests {
             .expect("within the cap");
         assert_eq!(
             found,
-            [t("2026-12-01T00:00:00Z"), t("2026-12-01T01:00:00Z"), t("2026-12-01T02:00:00Z")]
+            [
+                t("2026-12-01T00:00:00Z"),
+                t("2026-12-01T01:00:00Z"),
+                t("2026-12-01T02:00:00Z")
+            ]
         );
         let shifted = hourly
             .between(t("2026-12-01T00:00:00.5Z"), t("2026-12-01T02:00:00Z"), 10)

@@ -80,7 +80,11 @@ pub(crate) async fn load_calendars(conn: &mut sqlx::PgConnection) -> Result<Cale
 impl Store {
     /// Creates or replaces the calendar `name`. Triggers read it when they next fire, so a
     /// change holds for every occurrence not fired yet.
-    pub async fn put_calendar(&self, name: &CalendarName, spec: &CalendarSpec) -> Result<PutCalendar> {
+    pub async fn put_calendar(
+        &self,
+        name: &CalendarName,
+        spec: &CalendarSpec,
+    ) -> Result<PutCalendar> {
         let mut tx = self.pool.begin().await?;
         // Readers (the firing pass) are not blocked; two writers take turns.
         sqlx::query!("lock table calendars in share row exclusive mode")
@@ -150,7 +154,11 @@ impl Store {
     }
 
     /// A page of calendars in name order: at most `limit`, after the calendar `after`.
-    pub async fn list_calendars_page(&self, after: Option<&str>, limit: i64) -> Result<Vec<Calendar>> {
+    pub async fn list_calendars_page(
+        &self,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<Calendar>> {
         let rows = sqlx::query_as!(
             CalendarRow,
             r#"select name, spec as "spec: Json<CalendarSpec>", created_at, updated_at
