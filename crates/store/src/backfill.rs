@@ -30,9 +30,14 @@ impl Store {
         dry_run: bool,
     ) -> Result<Backfilled> {
         let mut tx = self.pool.begin().await?;
-        // Shared: a concurrent delete of the trigger waits, and the trigger must still be there.
+        // The trigger row first, in the mode the tasks' foreign key checks take anyway: taken
+        // only there, after the inserts waited on the firing pass's rows, the firing pass (which
+        // holds the trigger `for update` while it inserts) and the backfill would each wait for
+        // the other. Taken first, a firing pass in progress finishes before the backfill reads
+        // what exists, and a later one passes over this trigger (`skip locked`) until the
+        // backfill commits, firing it on its next pass.
         sqlx::query_scalar!(
-            "select id from triggers where id = $1 and job_id = $2 for share",
+            "select id from triggers where id = $1 and job_id = $2 for key share",
             trigger,
             job.id
         )
