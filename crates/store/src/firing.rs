@@ -383,8 +383,11 @@ impl Store {
         .fetch_one(&mut *tx)
         .await?;
         sqlx::query!(
-            "insert into skipped_runs (id, job_id, job_name, trigger_id, scheduled_at, reason, fired_term, detail)
-             select s.id, s.job_id, s.job_name, s.trigger_id, s.scheduled_at, s.reason, $7, s.detail
+            // A calendar's exclusion is wanted, not missed: recorded and counted, but already
+            // `noticed`, so it raises no `missed` alert.
+            "insert into skipped_runs (id, job_id, job_name, trigger_id, scheduled_at, reason, fired_term, detail, noticed)
+             select s.id, s.job_id, s.job_name, s.trigger_id, s.scheduled_at, s.reason, $7, s.detail,
+                    s.reason = 'calendar'
              from unnest($1::uuid[], $2::uuid[], $3::text[], $4::uuid[], $5::timestamptz[], $6::text[], $8::text[])
                   as s(id, job_id, job_name, trigger_id, scheduled_at, reason, detail)
              on conflict on constraint skipped_runs_occurrence_key do nothing",
