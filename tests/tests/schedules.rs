@@ -79,7 +79,7 @@ async fn a_calendar_holds_back_occurrences_cluster_wide_and_jitter_and_backfill_
         PacerProcess::start_with(db.url(), node("node-2")),
         PacerProcess::start_with(db.url(), node("node-3")),
     );
-    let mut nodes = vec![first, second, third];
+    let mut nodes = [first, second, third];
     let api = nodes[0].api();
     api.put_job(
         "sync",

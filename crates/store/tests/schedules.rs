@@ -51,6 +51,14 @@ async fn seconds_ago(store: &Store, ago: i64) -> DateTime<Utc> {
     DateTime::from_timestamp(now.timestamp() - ago, 0).expect("instant")
 }
 
+/// A fired task: scheduled, fire time (null without offset), due and next dispatch time.
+type JitteredRow = (
+    DateTime<Utc>,
+    Option<DateTime<Utc>>,
+    DateTime<Utc>,
+    DateTime<Utc>,
+);
+
 fn clock(at: DateTime<Utc>) -> String {
     at.format("%H:%M:%S").to_string()
 }
@@ -239,12 +247,7 @@ async fn jittered_tasks_keep_their_occurrence_key_and_are_due_and_claimed_at_the
         .fire_due("a", term, 100, Span::from_secs(5))
         .await
         .expect("fire ahead");
-    let rows: Vec<(
-        DateTime<Utc>,
-        Option<DateTime<Utc>>,
-        DateTime<Utc>,
-        DateTime<Utc>,
-    )> = sqlx::query_as(
+    let rows: Vec<JitteredRow> = sqlx::query_as(
         "select scheduled_at, fire_at, due_at, next_dispatch_at from tasks
              where trigger_id = $1 order by scheduled_at",
     )
