@@ -80,6 +80,16 @@ impl From<Calendar> for CalendarView {
     }
 }
 
+/// A body that must be a JSON object, read as `T` with errors naming their field. serde reads a
+/// struct from an array too (its fields in order), which a body whose fields are all optional
+/// would otherwise accept.
+pub(crate) fn from_object<T: serde::de::DeserializeOwned>(
+    object: serde_json::Map<String, serde_json::Value>,
+) -> Result<T> {
+    let bytes = serde_json::to_vec(&object).map_err(|e| Error::Internal(Box::new(e)))?;
+    crate::extract::parse_json(&bytes)
+}
+
 fn name(raw: &str) -> Result<CalendarName> {
     raw.parse()
         .map_err(|e: InvalidCalendarName| Error::field("name", e.to_string()))
@@ -113,8 +123,9 @@ async fn put_calendar(
     State(state): State<AppState>,
     actor: Actor,
     Path(raw_name): Path<String>,
-    Json(input): Json<CalendarInput>,
+    Json(body): Json<serde_json::Map<String, serde_json::Value>>,
 ) -> Result<Response> {
+    let input: CalendarInput = from_object(body)?;
     let name = name(&raw_name)?;
     let spec = CalendarSpec::try_from(input).map_err(Error::Validation)?;
     let before = match state.store.get_calendar(name.as_str()).await {

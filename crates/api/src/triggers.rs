@@ -732,8 +732,9 @@ async fn backfill_trigger(
     State(state): State<AppState>,
     actor: Actor,
     Path((raw_name, raw_id)): Path<(String, String)>,
-    Json(request): Json<BackfillRequest>,
+    Json(body): Json<serde_json::Map<String, Value>>,
 ) -> Result<JsonResponse<BackfillView>> {
+    let request: BackfillRequest = crate::calendars::from_object(body)?;
     let job = job(&state, &raw_name).await?;
     let id = trigger_id(&raw_id)?;
     let trigger = state
@@ -769,8 +770,9 @@ async fn backfill_job(
     State(state): State<AppState>,
     actor: Actor,
     Path(raw_name): Path<String>,
-    Json(request): Json<BackfillRequest>,
+    Json(body): Json<serde_json::Map<String, Value>>,
 ) -> Result<JsonResponse<JobBackfillView>> {
+    let request: BackfillRequest = crate::calendars::from_object(body)?;
     let job = job(&state, &raw_name).await?;
     let triggers = state.store.list_triggers(&job).await?;
     let planned = plan_backfill(&state, triggers, &request).await?;
