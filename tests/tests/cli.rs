@@ -710,6 +710,19 @@ async fn calendars_apply_before_their_triggers_and_the_calendar_and_backfill_ver
         before,
         "the second apply writes nothing"
     );
+    let exported = pacer(&["export"]).ok();
+    assert!(
+        exported.stdout.starts_with("- calendar: holidays"),
+        "{exported:#?}"
+    );
+    let round_trip = scratch.write("exported.yaml", &exported.stdout);
+    let replayed = pacer(&["apply", "-f", &round_trip]).ok();
+    assert!(!replayed.stdout.contains("+ calendar"), "{replayed:#?}");
+    assert_eq!(
+        writes(&api).await,
+        before,
+        "applying the export writes nothing"
+    );
 
     let list = pacer(&["calendars", "list"]).ok();
     let lines: Vec<&str> = list.stdout.lines().collect();

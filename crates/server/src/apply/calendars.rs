@@ -7,6 +7,7 @@ use std::path::Path;
 
 use pacer_domain::{CalendarInput, CalendarName, CalendarSpec};
 use reqwest::Method;
+use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::client::{Client, Error, Result, segment};
@@ -143,6 +144,35 @@ pub(super) fn render(changes: &[CalendarChange]) -> String {
             CalendarChange::Keep(name) => format!("  calendar {name} (unchanged)\n"),
         })
         .collect()
+}
+
+/// One calendar as `export` writes it: its name first.
+#[derive(Debug, Serialize)]
+pub(super) struct Exported {
+    calendar: String,
+    #[serde(flatten)]
+    definition: Map<String, Value>,
+}
+
+/// Every calendar of the cluster, in the form `apply` reads.
+pub(super) async fn export(client: &Client) -> Result<Vec<Exported>> {
+    let views = client.all_items("/api/v1/calendars", Some(500)).await?;
+    Ok(views
+        .into_iter()
+        .filter_map(|mut view| {
+            let fields = view.as_object_mut()?;
+            let Some(Value::String(name)) = fields.remove("name") else {
+                return None;
+            };
+            for server_managed in ["created_at", "updated_at"] {
+                fields.remove(server_managed);
+            }
+            Some(Exported {
+                calendar: name,
+                definition: std::mem::take(fields),
+            })
+        })
+        .collect())
 }
 
 /// Writes the created and changed calendars, included ones first; returns how many.
