@@ -688,6 +688,8 @@ async fn run_backfill(
             excluded: plan.excluded,
         };
         if !request.dry_run {
+            metrics::counter!("pacer_tasks_created_total", "origin" => "backfill")
+                .increment(u64::try_from(view.created.len()).unwrap_or(u64::MAX));
             audit::record(
                 state,
                 actor,
