@@ -683,3 +683,124 @@ async fn verbs_over_routes_of_the_operator_api_send_and_read_the_documented_shap
     assert_eq!(connections[1].last_event_id.as_deref(), Some("2"));
     assert!(events.stderr.contains("401 Unauthorized"), "{events:#?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calendars_apply_before_their_triggers_and_the_calendar_and_backfill_verbs_work() {
+    let db = TestDb::create().await;
+    let downstream = FakeDownstream::start(|_| Reply::accept()).await;
+    let node = PacerProcess::start(db.url(), "cli-calendars").await;
+    let api = node.api();
+    let admin = token(&["admin"]);
+    let url = node.url();
+    let pacer = |args: &[&str]| pacer(url, Some(&admin), args);
+    let scratch = Scratch::new("calendars");
+    // The job comes first in the file, the calendars after, one including the other: apply
+    // writes the calendars first, the included one before the one that includes it.
+    let file = scratch.write(
+        "jobs.yaml",
+        &format!(
+            "- name: nightly\n  target: {{ url: \"{}\" }}\n  triggers:\n    - {{ kind: cron, expression: \"0 0 * * * *\", calendars: [maintenance], jitter: 5s }}\n\
+             - calendar: maintenance\n  timezone: Europe/Berlin\n  include: [holidays]\n  exclude:\n    - {{ kind: cron, expression: \"0 0 2 * * SUN\", duration: 2h }}\n\
+             - calendar: holidays\n  exclude:\n    - {{ kind: yearly, date: \"--12-25\" }}\n",
+            downstream.url("/nightly")
+        ),
+    );
+    let applied = pacer(&["apply", "-f", &file]).ok();
+    assert!(
+        applied.stdout.contains("+ calendar maintenance")
+            && applied.stdout.contains("+ calendar holidays"),
+        "{applied:#?}"
+    );
+    let trigger = &triggers(&api, "nightly").await[0];
+    assert_eq!(trigger["calendars"], json!(["maintenance"]));
+    assert_eq!(trigger["jitter"], "5s");
+    let before = writes(&api).await;
+    let again = pacer(&["apply", "-f", &file]).ok();
+    assert!(
+        again.stdout.contains("calendar maintenance (unchanged)"),
+        "{again:#?}"
+    );
+    assert_eq!(
+        writes(&api).await,
+        before,
+        "the second apply writes nothing"
+    );
+    let exported = pacer(&["export"]).ok();
+    assert!(
+        exported.stdout.starts_with("- calendar: holidays"),
+        "{exported:#?}"
+    );
+    let round_trip = scratch.write("exported.yaml", &exported.stdout);
+    let replayed = pacer(&["apply", "-f", &round_trip]).ok();
+    assert!(!replayed.stdout.contains("+ calendar"), "{replayed:#?}");
+    assert_eq!(
+        writes(&api).await,
+        before,
+        "applying the export writes nothing"
+    );
+
+    let list = pacer(&["calendars", "list"]).ok();
+    let lines: Vec<&str> = list.stdout.lines().collect();
+    assert!(lines[0].starts_with("NAME"), "{list:#?}");
+    assert!(lines[1].starts_with("holidays"), "{list:#?}");
+    assert!(
+        lines[2].starts_with("maintenance") && lines[2].contains("Europe/Berlin"),
+        "{list:#?}"
+    );
+    let shown = pacer(&["calendars", "get", "maintenance", "--output", "json"])
+        .ok()
+        .json();
+    assert_eq!(shown["include"], json!(["holidays"]));
+    let body = scratch.write(
+        "weekend.yaml",
+        "exclude:\n  - { kind: weekdays, days: [sat, sun] }\n",
+    );
+    pacer(&["calendars", "put", "weekend", "-f", &body]).ok();
+    let refused = pacer(&["calendars", "delete", "holidays"]);
+    assert_eq!(refused.code, 5, "{refused:#?}");
+    assert!(refused.stderr.contains("calendar-in-use"), "{refused:#?}");
+    pacer(&["calendars", "delete", "weekend"]).ok();
+
+    // A dry-run backfill of the job over the three last whole hours lists the occurrences it
+    // would create; a real one creates them; a second creates nothing.
+    let hour = chrono::Utc::now().timestamp() / 3600 * 3600;
+    let at = |seconds: i64| {
+        chrono::DateTime::from_timestamp(seconds, 0)
+            .expect("an instant")
+            .to_rfc3339()
+    };
+    let (from, to) = (at(hour - 3 * 3600 - 1), at(hour - 1));
+    let id = trigger["id"].as_str().expect("an id");
+    let dry = pacer(&[
+        "triggers",
+        "backfill",
+        "nightly",
+        id,
+        "--from",
+        &from,
+        "--to",
+        &to,
+        "--dry-run",
+    ])
+    .ok();
+    assert!(dry.stdout.contains("would create"), "{dry:#?}");
+    let done = pacer(&[
+        "triggers", "backfill", "nightly", "--from", &from, "--to", &to, "--output", "json",
+    ])
+    .ok()
+    .json();
+    let created = done["triggers"][0]["created"]
+        .as_array()
+        .map_or(0, Vec::len);
+    let excluded = done["triggers"][0]["excluded"]
+        .as_array()
+        .map_or(0, Vec::len);
+    assert_eq!(created + excluded, 3, "{done}");
+    let again = pacer(&[
+        "triggers", "backfill", "nightly", id, "--from", &from, "--to", &to, "--output", "json",
+    ])
+    .ok()
+    .json();
+    assert_eq!(again["created"], json!([]));
+    assert_eq!(again["existing"].as_array().map(Vec::len), Some(created));
+}

@@ -37,6 +37,10 @@ pub enum Error {
     TaskNotClaimed { task: TaskId, state: TaskState },
     #[error("job {job} is paused")]
     JobPaused { job: String },
+    #[error("calendar {calendar} is in use by {used_by}")]
+    CalendarInUse { calendar: String, used_by: String },
+    #[error("job {job}'s trigger fired an occurrence of the backfill meanwhile")]
+    BackfillRaced { job: String },
     #[error("job {job} already has an open task")]
     OverlapSkipped {
         job: String,
@@ -136,6 +140,16 @@ impl Error {
                 "Task already finished",
             ),
             Error::JobPaused { .. } => (StatusCode::CONFLICT, "/problems/job-paused", "Job paused"),
+            Error::CalendarInUse { .. } => (
+                StatusCode::CONFLICT,
+                "/problems/calendar-in-use",
+                "Calendar in use",
+            ),
+            Error::BackfillRaced { .. } => (
+                StatusCode::CONFLICT,
+                "/problems/backfill-raced",
+                "Backfill raced the trigger",
+            ),
             Error::AlertResolved { .. } => (
                 StatusCode::CONFLICT,
                 "/problems/alert-resolved",
@@ -205,6 +219,12 @@ impl Error {
                 format!("the task is already {state}; a finished task never changes")
             }
             Error::JobPaused { job } => format!("job {job} is paused; resume it to create tasks"),
+            Error::CalendarInUse { calendar, used_by } => format!(
+                "calendar {calendar} is used by {used_by}; remove it from them first, or delete with ?force=true (they then ignore it)"
+            ),
+            Error::BackfillRaced { job } => format!(
+                "a trigger of job {job} created a task for one of the occurrences while the serial backfill was written; nothing was created, send it again"
+            ),
             Error::AlertResolved { id } => format!(
                 "alert {id} is resolved, which is final; a repeat of its problem opens a new alert"
             ),

@@ -5,6 +5,7 @@ mod actions;
 mod alerts;
 mod audit;
 mod auth;
+mod calendars;
 mod cluster;
 mod error;
 mod events;
@@ -249,6 +250,7 @@ fn groups() -> [(Access, OpenApiRouter<AppState>); 6] {
             OpenApiRouter::new()
                 .merge(jobs::admin_routes())
                 .merge(triggers::admin_routes())
+                .merge(calendars::admin_routes())
                 .merge(audit::admin_routes()),
         ),
         (
@@ -259,6 +261,7 @@ fn groups() -> [(Access, OpenApiRouter<AppState>); 6] {
                 .merge(actions::operator_routes())
                 .merge(events::operator_routes())
                 .merge(triggers::operator_routes())
+                .merge(calendars::operator_routes())
                 .merge(cluster::operator_routes())
                 .merge(alerts::operator_routes())
                 .merge(messages::operator_routes()),

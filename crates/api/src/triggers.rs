@@ -8,9 +8,9 @@ use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use pacer_domain::{TriggerInput, TriggerSpec};
 use pacer_store::{Job, Trigger};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use utoipa::IntoParams;
+use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
@@ -21,13 +21,15 @@ use crate::error::Problem;
 use crate::extract::{Json, Path, Query};
 use crate::jobs::{JobPath, existing_name, not_found};
 use crate::pagination::{ListQuery, Listing, NoFilter, PageParams};
-use crate::views::{Page, PreviewView, TriggerView};
+use crate::views::{Page, PreviewOccurrence, PreviewView, TriggerView};
 use crate::{AppState, Error, Result};
 
 pub(crate) fn admin_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(create_trigger))
         .routes(routes!(replace_trigger, delete_trigger))
+        .routes(routes!(backfill_trigger))
+        .routes(routes!(backfill_job))
 }
 
 pub(crate) fn operator_routes() -> OpenApiRouter<AppState> {
@@ -77,6 +79,19 @@ async fn parse(
     input: TriggerInput,
 ) -> Result<(TriggerSpec, Option<DateTime<Utc>>)> {
     let spec = TriggerSpec::try_from(input).map_err(Error::Validation)?;
+    let missing = state.store.missing_calendars(&spec.calendars).await?;
+    if !missing.is_empty() {
+        let mut errors = pacer_domain::ValidationErrors::new();
+        for (i, name) in spec.calendars.iter().enumerate() {
+            if missing.contains(name) {
+                errors.push(
+                    format!("calendars[{i}]"),
+                    format!("no calendar named `{name}`"),
+                );
+            }
+        }
+        return Err(Error::Validation(errors));
+    }
     let now = state.store.now().await?;
     let first = spec.first_fire(now).map_err(Error::Validation)?;
     Ok((spec, Some(first)))
@@ -408,7 +423,9 @@ struct PreviewQuery {
 
 /// Preview a trigger's fire times
 ///
-/// The next `count` fire times of the trigger, from now (database clock).
+/// The next `count` occurrences of the trigger, from now (database clock): in `fire_times` their
+/// scheduled times, in `occurrences` also when each is sent after the trigger's jitter, and the
+/// calendar that excludes it, if one does (it will be recorded as a skip instead).
 #[utoipa::path(
     get,
     path = "/api/v1/jobs/{name}/triggers/{id}/preview",
@@ -448,8 +465,310 @@ async fn preview_trigger(
         .timetable()
         .map_err(|e| Error::Internal(Box::new(e)))?;
     let now = state.store.now().await?;
+    let fire_times = timetable.preview(now, count);
+    let calendars = if trigger.spec.calendars.is_empty() {
+        pacer_domain::Calendars::new()
+    } else {
+        state.store.calendars().await?
+    };
+    let occurrences = fire_times
+        .iter()
+        .map(|at| PreviewOccurrence {
+            scheduled_at: *at,
+            fire_at: trigger.spec.fire_at(trigger.id, *at),
+            excluded_by: calendars
+                .excluded_by(&trigger.spec.calendars, *at)
+                .map(str::to_owned),
+        })
+        .collect();
     Ok(JsonResponse(PreviewView {
         trigger: id,
-        fire_times: timetable.preview(now, count),
+        fire_times,
+        occurrences,
     }))
+}
+
+/// How the tasks of a backfill run beside one another.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+enum BackfillOverlap {
+    /// All due at once, side by side.
+    #[default]
+    Allow,
+    /// One after another, oldest first: each waits for the one before it to finish.
+    BufferAll,
+}
+
+/// A range of past occurrences to create tasks for.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({ "from": "2026-12-01T00:00:00Z", "to": "2026-12-04T00:00:00Z", "dry_run": true }))]
+struct BackfillRequest {
+    /// The first instant of the range (included).
+    from: DateTime<Utc>,
+    /// The end of the range (excluded); not later than now.
+    to: DateTime<Utc>,
+    /// `allow` (default): every task due at once; `buffer_all`: one after another.
+    #[serde(default)]
+    overlap: BackfillOverlap,
+    /// List what would be created; create nothing.
+    #[serde(default)]
+    dry_run: bool,
+    /// Create tasks for occurrences the trigger's calendars exclude, too.
+    #[serde(default)]
+    ignore_calendars: bool,
+}
+
+/// A task a backfill created, or would create.
+#[derive(Debug, Serialize, ToSchema)]
+struct BackfilledOccurrence {
+    scheduled_at: DateTime<Utc>,
+    /// The task created; absent on a dry run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = Uuid, nullable = false)]
+    task_id: Option<pacer_domain::TaskId>,
+}
+
+/// An occurrence a calendar excludes, left out of a backfill.
+#[derive(Debug, Serialize, ToSchema)]
+struct ExcludedOccurrence {
+    scheduled_at: DateTime<Utc>,
+    calendar: String,
+}
+
+/// What a backfill of one trigger did, or would do.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Backfill, example = json!({
+    "trigger": "0193a5c0-1b2c-7d3e-8f40-5a6b7c8d9e0f", "dry_run": false,
+    "created": [ { "scheduled_at": "2026-12-02T01:00:00Z", "task_id": "0193a5d9-0a1b-7c2d-8e3f-4a5b6c7d8e9f" } ],
+    "existing": [ "2026-12-01T01:00:00Z" ],
+    "excluded": [ { "scheduled_at": "2026-12-03T01:00:00Z", "calendar": "holidays" } ]
+}))]
+struct BackfillView {
+    trigger: Uuid,
+    dry_run: bool,
+    /// Occurrences that got a task (origin `backfill`), or would on a dry run.
+    created: Vec<BackfilledOccurrence>,
+    /// Occurrences that already had a task: left as they are.
+    existing: Vec<DateTime<Utc>>,
+    /// Occurrences a calendar excludes: no task (see `ignore_calendars`).
+    excluded: Vec<ExcludedOccurrence>,
+}
+
+/// What a backfill of every trigger of a job did, or would do.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = JobBackfill)]
+struct JobBackfillView {
+    triggers: Vec<BackfillView>,
+}
+
+/// One trigger's occurrences in the range, split into those to create and those excluded.
+struct Planned {
+    trigger: Trigger,
+    create: Vec<DateTime<Utc>>,
+    excluded: Vec<ExcludedOccurrence>,
+}
+
+/// Checks the range and finds the occurrences of `triggers` in it, at most
+/// [`pacer_domain::trigger::MAX_BACKFILL`] in all.
+async fn plan_backfill(
+    state: &AppState,
+    triggers: Vec<Trigger>,
+    request: &BackfillRequest,
+) -> Result<Vec<Planned>> {
+    use pacer_domain::trigger::MAX_BACKFILL;
+    if request.to <= request.from {
+        return Err(Error::field("to", "must be after `from`"));
+    }
+    let now = state.store.now().await?;
+    if request.to > now {
+        return Err(Error::field(
+            "to",
+            format!(
+                "must not be later than now ({now}); the trigger itself fires what is still to come"
+            ),
+        ));
+    }
+    let calendars =
+        if request.ignore_calendars || triggers.iter().all(|t| t.spec.calendars.is_empty()) {
+            pacer_domain::Calendars::new()
+        } else {
+            state.store.calendars().await?
+        };
+    let mut budget = MAX_BACKFILL;
+    let mut planned = Vec::with_capacity(triggers.len());
+    for trigger in triggers {
+        let timetable = trigger
+            .spec
+            .timetable()
+            .map_err(|e| Error::Internal(Box::new(e)))?;
+        let occurrences = timetable
+            .between(request.from, request.to, budget)
+            .map_err(|_| {
+                Error::field(
+                    "to",
+                    format!(
+                        "the range holds more than {MAX_BACKFILL} occurrences, the most one backfill creates; split it into shorter ranges"
+                    ),
+                )
+            })?;
+        budget -= occurrences.len();
+        let (mut create, mut excluded) = (Vec::new(), Vec::new());
+        for at in occurrences {
+            match calendars.excluded_by(&trigger.spec.calendars, at) {
+                Some(calendar) => excluded.push(ExcludedOccurrence {
+                    scheduled_at: at,
+                    calendar: calendar.to_owned(),
+                }),
+                None => create.push(at),
+            }
+        }
+        planned.push(Planned {
+            trigger,
+            create,
+            excluded,
+        });
+    }
+    Ok(planned)
+}
+
+/// Runs planned backfills and records each in the audit log.
+async fn run_backfill(
+    state: &AppState,
+    actor: &Actor,
+    job: &Job,
+    planned: Vec<Planned>,
+    request: &BackfillRequest,
+) -> Result<Vec<BackfillView>> {
+    if !request.dry_run && state.store.job_paused(job).await? {
+        return Err(Error::JobPaused {
+            job: job.name.to_string(),
+        });
+    }
+    let mut views = Vec::with_capacity(planned.len());
+    for plan in planned {
+        let id = plan.trigger.id;
+        let done = state
+            .store
+            .backfill(
+                job,
+                id,
+                &plan.create,
+                request.overlap == BackfillOverlap::BufferAll,
+                request.dry_run,
+            )
+            .await
+            .map_err(|e| match e {
+                pacer_store::Error::Conflict { .. } => Error::BackfillRaced {
+                    job: job.name.to_string(),
+                },
+                other => trigger_not_found(id)(other),
+            })?;
+        let view = BackfillView {
+            trigger: id,
+            dry_run: request.dry_run,
+            created: done
+                .created
+                .into_iter()
+                .map(|(scheduled_at, task_id)| BackfilledOccurrence {
+                    scheduled_at,
+                    task_id,
+                })
+                .collect(),
+            existing: done.existing,
+            excluded: plan.excluded,
+        };
+        if !request.dry_run {
+            metrics::counter!("pacer_tasks_created_total", "origin" => "backfill")
+                .increment(u64::try_from(view.created.len()).unwrap_or(u64::MAX));
+            audit::record(
+                state,
+                actor,
+                "backfill_trigger",
+                format!("trigger:{}/{id}", job.name),
+                None,
+                Some(json!({
+                    "from": request.from, "to": request.to,
+                    "ignore_calendars": request.ignore_calendars,
+                    "created": view.created.len(), "existing": view.existing.len(),
+                    "excluded": view.excluded.len(),
+                })),
+            )
+            .await;
+        }
+        views.push(view);
+    }
+    Ok(views)
+}
+
+/// Backfill a trigger
+///
+/// Creates a task (origin `backfill`, due now) for every occurrence of the trigger in
+/// `[from, to)` that has none yet, through the same key as the trigger's own firing: repeated, or
+/// racing the trigger, it never makes a second task for an occurrence. At most 1000 occurrences
+/// per backfill (a longer range is refused with `422`; split it); `to` may not be later than now.
+/// Occurrences the trigger's calendars exclude are left out unless `ignore_calendars`. With
+/// `dry_run`, lists what would be created and creates nothing.
+#[utoipa::path(
+    post,
+    path = "/api/v1/jobs/{name}/triggers/{id}/backfill",
+    tag = "triggers",
+    params(TriggerPath),
+    request_body = BackfillRequest,
+    responses(
+        (status = 200, description = "What was created (or would be, on a dry run).", body = BackfillView),
+        (status = 404, description = "No such job or trigger.", body = Problem),
+        (status = 409, description = "The job is paused, or a serial backfill raced the trigger; nothing was created.", body = Problem),
+    )
+)]
+async fn backfill_trigger(
+    State(state): State<AppState>,
+    actor: Actor,
+    Path((raw_name, raw_id)): Path<(String, String)>,
+    Json(body): Json<serde_json::Map<String, Value>>,
+) -> Result<JsonResponse<BackfillView>> {
+    let request: BackfillRequest = crate::calendars::from_object(body)?;
+    let job = job(&state, &raw_name).await?;
+    let id = trigger_id(&raw_id)?;
+    let trigger = state
+        .store
+        .get_trigger(&job, id)
+        .await
+        .map_err(trigger_not_found(id))?;
+    let planned = plan_backfill(&state, vec![trigger], &request).await?;
+    let mut views = run_backfill(&state, &actor, &job, planned, &request).await?;
+    views
+        .pop()
+        .map(JsonResponse)
+        .ok_or_else(|| Error::Internal("a backfill of one trigger returned none".into()))
+}
+
+/// Backfill every trigger of a job
+///
+/// [`backfill_trigger`] for each of the job's triggers over the same range; the 1000-occurrence
+/// cap counts them all together.
+#[utoipa::path(
+    post,
+    path = "/api/v1/jobs/{name}/backfill",
+    tag = "triggers",
+    params(JobPath),
+    request_body = BackfillRequest,
+    responses(
+        (status = 200, description = "What was created per trigger (or would be, on a dry run).", body = JobBackfillView),
+        (status = 404, description = "No such job.", body = Problem),
+        (status = 409, description = "The job is paused, or a serial backfill raced a trigger.", body = Problem),
+    )
+)]
+async fn backfill_job(
+    State(state): State<AppState>,
+    actor: Actor,
+    Path(raw_name): Path<String>,
+    Json(body): Json<serde_json::Map<String, Value>>,
+) -> Result<JsonResponse<JobBackfillView>> {
+    let request: BackfillRequest = crate::calendars::from_object(body)?;
+    let job = job(&state, &raw_name).await?;
+    let triggers = state.store.list_triggers(&job).await?;
+    let planned = plan_backfill(&state, triggers, &request).await?;
+    let triggers = run_backfill(&state, &actor, &job, planned, &request).await?;
+    Ok(JsonResponse(JobBackfillView { triggers }))
 }

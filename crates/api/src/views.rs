@@ -59,7 +59,7 @@ impl From<Job> for JobView {
 #[derive(Debug, Serialize, ToSchema)]
 #[schema(as = TaskOrigin)]
 struct OriginView {
-    #[schema(value_type = String, pattern = "^(api|manual|trigger|message|retry)$", examples("trigger", "manual"))]
+    #[schema(value_type = String, pattern = "^(api|manual|trigger|message|retry|backfill)$", examples("trigger", "manual"))]
     kind: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     trigger_id: Option<Uuid>,
@@ -304,6 +304,10 @@ pub(crate) struct SkipView {
     scheduled_at: Option<DateTime<Utc>>,
     #[schema(value_type = SkipReason)]
     reason: String,
+    /// For reason `calendar`: the calendar that excluded the occurrence.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    calendar: Option<String>,
     recorded_at: DateTime<Utc>,
 }
 
@@ -315,6 +319,7 @@ impl From<SkippedRun> for SkipView {
             trigger_id: s.trigger_id,
             scheduled_at: s.scheduled_at,
             reason: s.reason,
+            calendar: s.detail,
             recorded_at: s.recorded_at,
         }
     }
@@ -371,7 +376,23 @@ pub(crate) struct SchedulerView {
 #[schema(as = TriggerPreview)]
 pub(crate) struct PreviewView {
     pub(crate) trigger: Uuid,
+    /// The scheduled times of the next occurrences, excluded ones included.
     pub(crate) fire_times: Vec<DateTime<Utc>>,
+    /// The same occurrences in detail: when each is sent (after jitter), or which calendar
+    /// excludes it.
+    pub(crate) occurrences: Vec<PreviewOccurrence>,
+}
+
+/// One upcoming occurrence of a trigger.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct PreviewOccurrence {
+    pub(crate) scheduled_at: DateTime<Utc>,
+    /// When its task is sent: `scheduled_at` plus the trigger's jitter offset.
+    pub(crate) fire_at: DateTime<Utc>,
+    /// The calendar that excludes it: it will be recorded as a skip, not fired.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub(crate) excluded_by: Option<String>,
 }
 
 /// What deleting a job did.

@@ -970,7 +970,7 @@
 
   function skipTable(items, caption) {
     return table(caption, ['Job', 'Reason', 'Scheduled for', 'Recorded', { label: 'Trigger', cls: 'opt' }],
-      items.map((s) => [link(jobHref(s.job), s.job), badge(s.reason, 'warn'), time(s.scheduled_at), time(s.recorded_at),
+      items.map((s) => [link(jobHref(s.job), s.job), badge(s.calendar ? `${s.reason}: ${s.calendar}` : s.reason, 'warn'), time(s.scheduled_at), time(s.recorded_at),
         [s.trigger_id ? h('span', { class: 'mono small' }, s.trigger_id.slice(0, 8) + '…') : '—', { cell: true, class: 'opt' }]]),
       'No skipped occurrences.');
   }

@@ -243,6 +243,8 @@ pub(crate) struct Occurrences {
 pub(crate) struct OccurrenceTask {
     pub(crate) id: Uuid,
     pub(crate) scheduled_at: DateTime<Utc>,
+    /// When it was meant to go out: `scheduled_at` plus the trigger's jitter offset.
+    pub(crate) fire_at: DateTime<Utc>,
     pub(crate) created_at: DateTime<Utc>,
 }
 
@@ -259,7 +261,7 @@ impl Occurrences {
             .fetch_all(pool)
             .await?;
         let task_rows = sqlx::query(
-            "select id, trigger_id, scheduled_at, created_at from tasks
+            "select id, trigger_id, scheduled_at, coalesce(fire_at, scheduled_at) as fire_at, created_at from tasks
              where job_id = $1 and scheduled_at between $2 and $3",
         )
         .bind(job.id)
@@ -289,6 +291,7 @@ impl Occurrences {
             tasks.push(OccurrenceTask {
                 id: row.get("id"),
                 scheduled_at,
+                fire_at: row.get("fire_at"),
                 created_at: row.get("created_at"),
             });
         }
@@ -575,6 +578,10 @@ pub(crate) struct FiringArgs {
     /// Complete tasks by the dispatch's 2xx (`expect_callback: false`) instead of a callback.
     #[arg(long)]
     pub(crate) no_callback: bool,
+    /// Give every trigger this `jitter` (such as `1s`): lateness then counts from each task's
+    /// jittered fire time.
+    #[arg(long, value_parser = parse_span)]
+    pub(crate) jitter: Option<Duration>,
 }
 
 /// `pacer-bench failover` options.

@@ -42,6 +42,8 @@ pub enum SkipReason {
     Coalesced,
     /// Late, beyond the `catch_up` limit.
     CatchUpLimit,
+    /// In a period one of the trigger's exclusion calendars excludes.
+    Calendar,
     /// A task of the job was open, under the `skip` overlap policy.
     Overlap,
     /// A task of the job was open and one was already waiting, under `buffer_one`.
@@ -55,6 +57,7 @@ impl SkipReason {
             SkipReason::Misfire => "misfire",
             SkipReason::Coalesced => "coalesced",
             SkipReason::CatchUpLimit => "catch_up_limit",
+            SkipReason::Calendar => "calendar",
             SkipReason::Overlap => "overlap",
             SkipReason::BufferFull => "buffer_full",
         }
@@ -71,6 +74,9 @@ pub struct Plan {
     pub fire: Vec<DateTime<Utc>>,
     /// Occurrences recorded as skipped, with why.
     pub skip: Vec<(DateTime<Utc>, SkipReason)>,
+    /// Occurrences an exclusion calendar excludes, with the calendar's name: recorded as skipped
+    /// with reason [`SkipReason::Calendar`].
+    pub excluded: Vec<(DateTime<Utc>, String)>,
     /// The trigger's next fire time; `None` when it will never fire again.
     pub next_fire_at: Option<DateTime<Utc>>,
 }
@@ -95,6 +101,20 @@ pub fn plan_ahead(
     rule: MisfireRule,
     next: impl Fn(DateTime<Utc>) -> Option<DateTime<Utc>>,
 ) -> Plan {
+    plan_excluding(first, now, horizon, rule, next, |_| None)
+}
+
+/// Like [`plan_ahead`], but an occurrence `excluded` names a calendar for is set apart first:
+/// it is neither fired nor counted as late, so under `fire_once` the latest late occurrence
+/// that is *not* excluded is the one that fires.
+pub fn plan_excluding(
+    first: DateTime<Utc>,
+    now: DateTime<Utc>,
+    horizon: DateTime<Utc>,
+    rule: MisfireRule,
+    next: impl Fn(DateTime<Utc>) -> Option<DateTime<Utc>>,
+    excluded: impl Fn(DateTime<Utc>) -> Option<String>,
+) -> Plan {
     let mut due = Vec::new();
     let mut cursor = Some(first);
     while let Some(at) = cursor.filter(|at| *at <= horizon && due.len() < MAX_OCCURRENCES_PER_PASS)
@@ -108,6 +128,14 @@ pub fn plan_ahead(
     // More late occurrences remain than one pass takes: every late one here is followed by a
     // later late one, so a policy that keeps only the latest keeps none of these.
     let more = cursor.is_some_and(is_late);
+    let mut set_apart = Vec::new();
+    due.retain(|at| match excluded(*at) {
+        Some(calendar) => {
+            set_apart.push((*at, calendar));
+            false
+        }
+        None => true,
+    });
     let (late, on_time): (Vec<_>, Vec<_>) = due.into_iter().partition(|at| is_late(*at));
 
     let mut fire = Vec::new();
@@ -132,6 +160,7 @@ pub fn plan_ahead(
     Plan {
         fire,
         skip,
+        excluded: set_apart,
         next_fire_at: cursor,
     }
 }
@@ -344,6 +373,50 @@ mod tests {
             plan_ahead(at(40), at(20), at(35), rule(MisfirePolicy::Skip), every_ten);
         assert!(nothing_ahead.fire.is_empty() && nothing_ahead.skip.is_empty());
         assert_eq!(nothing_ahead.next_fire_at, Some(at(40)));
+    }
+
+    #[test]
+    fn excluded_occurrences_are_set_apart_before_the_misfire_policy_and_keep_one_outcome() {
+        // 30 and 40 are excluded; under fire_once the latest late one not excluded (20) fires.
+        let excluded = |t: DateTime<Utc>| {
+            [at(30), at(40)]
+                .contains(&t)
+                .then(|| "maintenance".to_owned())
+        };
+        let plan = plan_excluding(
+            at(0),
+            at(65),
+            at(65),
+            rule(MisfirePolicy::FireOnce),
+            every_ten,
+            excluded,
+        );
+        assert_eq!(
+            plan.excluded,
+            [
+                (at(30), "maintenance".to_owned()),
+                (at(40), "maintenance".to_owned())
+            ]
+        );
+        assert_eq!(plan.fire, [at(20), at(50), at(60)]);
+        assert_eq!(
+            plan.skip,
+            [
+                (at(0), SkipReason::Coalesced),
+                (at(10), SkipReason::Coalesced)
+            ]
+        );
+        let on_time = plan_excluding(
+            at(100),
+            at(125),
+            at(125),
+            rule(MisfirePolicy::Skip),
+            every_ten,
+            |t| (t == at(110)).then(|| "holidays".to_owned()),
+        );
+        assert_eq!(on_time.fire, [at(120)]);
+        assert_eq!(on_time.excluded, [(at(110), "holidays".to_owned())]);
+        assert_eq!(on_time.skip, [(at(100), SkipReason::Misfire)]);
     }
 
     #[test]

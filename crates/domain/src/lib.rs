@@ -2,6 +2,7 @@
 //! Nothing here does I/O; the store persists these types and the engine acts on their decisions.
 
 pub mod alert;
+pub mod calendar;
 pub mod dispatch;
 pub mod firing;
 pub mod ids;
@@ -16,6 +17,7 @@ pub mod validation;
 pub mod wire;
 
 pub use alert::{AlertKind, AlertState, JobAlerts, Severity};
+pub use calendar::{CalendarInput, CalendarName, CalendarSpec, Calendars, Exclusion};
 pub use dispatch::{
     AfterDispatch, DispatchOutcome, ResponseClass, after_dispatch, classify_status,
 };

@@ -3,6 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use uuid::Uuid;
 
 use crate::firing::{MisfirePolicy, MisfireRule};
 use crate::schedule::{Schedule, ScheduleError};
@@ -57,6 +58,8 @@ pub struct TriggerInput {
     #[serde(default, deserialize_with = "crate::validation::optional_whole_number")]
     pub catch_up_limit: Option<u32>,
     pub description: Option<String>,
+    pub calendars: Option<Vec<String>>,
+    pub jitter: Option<Span>,
 }
 
 /// The schema says which fields each kind takes (one object per kind), while the wire stays one
@@ -104,6 +107,20 @@ impl utoipa::PartialSchema for TriggerInput {
                         .description(Some("Most tasks `catch_up` creates (default 100).")),
                 )
                 .property("description", string())
+                .property(
+                    "calendars",
+                    utoipa::openapi::schema::ArrayBuilder::new()
+                        .items(string().pattern(Some(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")))
+                        .max_items(Some(crate::calendar::MAX_REFERENCES))
+                        .description(Some(
+                            "Exclusion calendars: an occurrence one of them excludes is recorded \
+                             as a skip (reason `calendar`) instead of becoming a task.",
+                        )),
+                )
+                .property(
+                    "jitter",
+                    RefOr::<Schema>::Ref(Ref::from_schema_name(crate::Span::name())),
+                )
                 .additional_properties(Some(
                     utoipa::openapi::schema::AdditionalProperties::FreeForm(false),
                 ))
@@ -238,6 +255,12 @@ pub struct TriggerSpec {
     pub catch_up_limit: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// Exclusion calendars, by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub calendars: Vec<String>,
+    /// Each occurrence fires this much later at most, by an offset of (trigger, occurrence).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jitter: Option<Span>,
 }
 
 /// Defaults a trigger takes when its definition leaves a field out.
@@ -248,6 +271,26 @@ pub mod defaults {
     pub const MISFIRE_GRACE: Span = Span::from_secs(60);
     /// Most tasks `catch_up` creates for missed occurrences.
     pub const CATCH_UP_LIMIT: u32 = 100;
+}
+
+/// Most occurrences one backfill creates; a longer range is refused, to be split.
+pub const MAX_BACKFILL: usize = 1000;
+
+/// The longest jitter a trigger takes.
+pub const MAX_JITTER: Span = Span::from_secs(3600);
+
+/// SplitMix64's finaliser over the trigger id and the occurrence's millisecond: well mixed, so
+/// a thousand triggers on one schedule spread evenly, and fixed forever (it decides fire times).
+fn jitter_hash(trigger: Uuid, scheduled: DateTime<Utc>) -> u64 {
+    let (high, low) = trigger.as_u64_pair();
+    let mut x = high ^ low.rotate_left(32) ^ scheduled.timestamp_millis().cast_unsigned();
+    for _ in 0..2 {
+        x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        x ^= x >> 31;
+    }
+    x
 }
 
 /// A trigger's schedule, parsed, with its bounds: ready to compute fire times.
@@ -269,6 +312,32 @@ impl Timetable {
         self.schedule
             .next_after(from)
             .filter(|at| self.end_at.is_none_or(|end| *at <= end))
+    }
+
+    /// Every fire time in `[from, to)`, oldest first, or `Err(cap)` when there are more than
+    /// `cap` of them.
+    pub fn between(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        cap: usize,
+    ) -> Result<Vec<DateTime<Utc>>, usize> {
+        let first = from
+            .checked_sub_signed(chrono::Duration::seconds(1))
+            .and_then(|before| self.next_after(before))
+            .filter(|at| *at >= from)
+            .or_else(|| self.next_after(from));
+        let mut found = Vec::new();
+        for at in std::iter::successors(first, |at| self.next_after(*at)) {
+            if at >= to {
+                break;
+            }
+            if found.len() == cap {
+                return Err(cap);
+            }
+            found.push(at);
+        }
+        Ok(found)
     }
 
     /// The next `count` fire times after `after`.
@@ -335,6 +404,19 @@ impl TriggerSpec {
         }
     }
 
+    /// When the occurrence scheduled at `scheduled` of trigger `trigger` fires: `scheduled`
+    /// plus an offset in `[0, jitter)` that depends on nothing but the two, so every node (and
+    /// every version of Pacer) computes the same one; `scheduled` itself without jitter.
+    pub fn fire_at(&self, trigger: Uuid, scheduled: DateTime<Utc>) -> DateTime<Utc> {
+        match self.jitter.map(|j| j.as_millis()) {
+            Some(jitter) if jitter > 0 => {
+                let offset = jitter_hash(trigger, scheduled) % jitter.unsigned_abs();
+                scheduled + chrono::Duration::milliseconds(i64::try_from(offset).unwrap_or(0))
+            }
+            _ => scheduled,
+        }
+    }
+
     /// The misfire settings.
     pub fn misfire_rule(&self) -> MisfireRule {
         MisfireRule {
@@ -368,6 +450,8 @@ impl TryFrom<TriggerInput> for TriggerSpec {
             misfire_grace: input.misfire_grace.unwrap_or(defaults::MISFIRE_GRACE),
             catch_up_limit: input.catch_up_limit.unwrap_or(defaults::CATCH_UP_LIMIT),
             description: input.description.clone(),
+            calendars: input.calendars.clone().unwrap_or_default(),
+            jitter: input.jitter,
         });
         match spec.as_ref().map(TriggerSpec::timetable) {
             Some(Err(error)) => errors.push(schedule_field(&error), error.to_string()),
@@ -408,6 +492,23 @@ impl TryFrom<TriggerInput> for TriggerSpec {
             .is_some_and(|d| d.chars().count() > 1000)
         {
             errors.push("description", "at most 1000 characters");
+        }
+        if let Some(calendars) = &input.calendars {
+            if calendars.len() > crate::calendar::MAX_REFERENCES {
+                errors.push(
+                    "calendars",
+                    format!("at most {} calendars", crate::calendar::MAX_REFERENCES),
+                );
+            }
+            crate::calendar::check_names("calendars", calendars, &mut errors);
+        }
+        if let Some(jitter) = input.jitter
+            && (jitter < Span::from_millis(1) || jitter > MAX_JITTER)
+        {
+            errors.push(
+                "jitter",
+                format!("must be between 1ms and {MAX_JITTER}, got {jitter}"),
+            );
         }
         match spec {
             Some(spec) if errors.is_empty() => Ok(spec),
@@ -504,5 +605,117 @@ mod tests {
         });
         assert_eq!(plan.fire, vec![at("2001-01-01T00:00:00Z")]);
         assert_eq!(plan.next_fire_at, None);
+    }
+
+    fn spec(body: serde_json::Value) -> Result<TriggerSpec, ValidationErrors> {
+        let input: TriggerInput = serde_json::from_value(body).expect("a trigger input");
+        TriggerSpec::try_from(input)
+    }
+
+    #[test]
+    fn jitter_delays_each_occurrence_deterministically_within_its_bound_and_never_early() {
+        let jittered =
+            spec(serde_json::json!({ "kind": "interval", "every": "1s", "jitter": "30s" }))
+                .expect("valid");
+        let trigger: Uuid = "0193a5c0-1b2c-7d3e-8f40-5a6b7c8d9e0f"
+            .parse()
+            .expect("uuid");
+        let other: Uuid = "0193a5c0-1b2c-7d3e-8f40-5a6b7c8d9e10"
+            .parse()
+            .expect("uuid");
+        let start: DateTime<Utc> = "2026-12-07T00:00:00Z".parse().expect("instant");
+        let mut offsets = std::collections::BTreeSet::new();
+        for second in 0..1000 {
+            let scheduled = start + chrono::Duration::seconds(second);
+            let fire = jittered.fire_at(trigger, scheduled);
+            assert_eq!(
+                fire,
+                jittered.fire_at(trigger, scheduled),
+                "the same every time"
+            );
+            let offset = fire - scheduled;
+            assert!(offset >= chrono::Duration::zero(), "never early");
+            assert!(offset < chrono::Duration::seconds(30), "within the jitter");
+            offsets.insert(offset.num_milliseconds());
+        }
+        assert!(
+            offsets.len() > 900,
+            "spread over the window: {}",
+            offsets.len()
+        );
+        assert_ne!(
+            jittered.fire_at(trigger, start),
+            jittered.fire_at(other, start),
+            "triggers on one schedule fire apart"
+        );
+        let plain = spec(serde_json::json!({ "kind": "interval", "every": "1s" })).expect("valid");
+        assert_eq!(plain.fire_at(trigger, start), start);
+        // A thousand triggers with 1s jitter fill the second evenly: no tenth holds a fifth.
+        let mut tenths = [0u32; 10];
+        for n in 0..1000u128 {
+            let offset =
+                jittered_by_one_second().fire_at(Uuid::from_u128(n << 64 | n), start) - start;
+            tenths[usize::try_from(offset.num_milliseconds() / 100).expect("small")] += 1;
+        }
+        assert!(tenths.iter().all(|n| (50..200).contains(n)), "{tenths:?}");
+    }
+
+    fn jittered_by_one_second() -> TriggerSpec {
+        spec(serde_json::json!({ "kind": "interval", "every": "1s", "jitter": "1s" }))
+            .expect("valid")
+    }
+
+    #[test]
+    fn a_range_yields_its_occurrences_from_included_to_excluded_up_to_a_cap() {
+        let hourly = spec(serde_json::json!({ "kind": "cron", "expression": "0 0 * * * *" }))
+            .expect("valid")
+            .timetable()
+            .expect("timetable");
+        let t = |s: &str| s.parse::<DateTime<Utc>>().expect("instant");
+        let found = hourly
+            .between(t("2026-12-01T00:00:00Z"), t("2026-12-01T03:00:00Z"), 10)
+            .expect("within the cap");
+        assert_eq!(
+            found,
+            [
+                t("2026-12-01T00:00:00Z"),
+                t("2026-12-01T01:00:00Z"),
+                t("2026-12-01T02:00:00Z")
+            ]
+        );
+        let shifted = hourly
+            .between(t("2026-12-01T00:00:00.5Z"), t("2026-12-01T02:00:00Z"), 10)
+            .expect("within the cap");
+        assert_eq!(shifted, [t("2026-12-01T01:00:00Z")]);
+        assert_eq!(
+            hourly.between(t("2026-12-01T00:00:00Z"), t("2026-12-02T00:00:00Z"), 23),
+            Err(23)
+        );
+        assert_eq!(
+            hourly
+                .between(t("2026-12-01T00:00:00Z"), t("2026-12-02T00:00:00Z"), 24)
+                .map(|v| v.len()),
+            Ok(24)
+        );
+    }
+
+    #[test]
+    fn calendars_and_jitter_are_checked() {
+        let errors = spec(serde_json::json!({
+            "kind": "cron", "expression": "0 * * * *",
+            "calendars": ["holidays", "holidays", "-bad"], "jitter": "2h"
+        }))
+        .expect_err("refused");
+        let fields: Vec<_> = errors.errors().iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["calendars[1]", "calendars[2]", "jitter"]);
+        let ok = spec(serde_json::json!({
+            "kind": "cron", "expression": "0 * * * *", "calendars": ["holidays"], "jitter": "30s"
+        }))
+        .expect("valid");
+        assert_eq!(ok.calendars, ["holidays"]);
+        let stored = serde_json::to_value(&ok).expect("json");
+        assert_eq!(stored["jitter"], "30s");
+        let back: TriggerSpec = serde_json::from_value(stored).expect("reads back");
+        assert_eq!(back, ok);
     }
 }

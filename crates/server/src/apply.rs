@@ -14,7 +14,11 @@
 //! unmatched replaces an unmatched existing one of the same kind in place (`PUT`, which keeps
 //! the trigger's id and history); the rest are created or deleted.
 //! Applying the same files twice therefore changes nothing the second time and writes nothing.
+//!
+//! A file may also declare exclusion calendars (`calendar: <name>`, see [`calendars`]); they
+//! are written before the jobs whose triggers name them.
 
+mod calendars;
 mod execute;
 mod export;
 mod load;
@@ -52,8 +56,14 @@ pub(crate) struct Options {
 /// `pacer apply`: validates every file, shows the changes, and (unless a dry run) makes them.
 pub(crate) async fn apply(client: &Client, path: &Path, options: &Options) -> Result<()> {
     let declared = load(path)?;
+    let declared_calendars = calendars::load(&files(path)?)?;
+    let calendar_changes = calendars::plan(client, declared_calendars).await?;
     let plans = plan(client, &declared, options.prune).await?;
     vet(client, &declared, &plans).await?;
+    let calendar_lines = calendars::render(&calendar_changes);
+    if !options.json && !calendar_lines.is_empty() {
+        emit(calendar_lines.trim_end());
+    }
     if options.json {
         emit(&crate::cli::output::json(&plan_json(
             &plans,
@@ -68,7 +78,8 @@ pub(crate) async fn apply(client: &Client, path: &Path, options: &Options) -> Re
         }
         return Ok(());
     }
-    let done = execute(client, &plans, options).await?;
+    let done = calendars::execute(client, &calendar_changes).await?
+        + execute(client, &plans, options).await?;
     if !options.json && done > 0 {
         emit(&format!("Applied {done} change(s)."));
     }

@@ -2,6 +2,7 @@
 //! `cluster`, `events`, `apply`, `export`): human tables by default, the API's JSON unchanged
 //! with `--output json`, and exit codes scripts can rely on (see [`crate::client::exit`]).
 
+mod calendars;
 mod events;
 pub(crate) mod output;
 
@@ -65,13 +66,21 @@ pub(crate) enum Remote {
         #[command(subcommand)]
         verb: TasksVerb,
     },
-    /// List a job's triggers and preview their next fire times.
+    /// List a job's triggers, preview their next fire times, and backfill past occurrences.
     #[command(after_help = EXIT_CODES)]
     Triggers {
         #[command(flatten)]
         connection: Connection,
         #[command(subcommand)]
         verb: TriggersVerb,
+    },
+    /// List, show, create or replace, and delete exclusion calendars.
+    #[command(after_help = EXIT_CODES)]
+    Calendars {
+        #[command(flatten)]
+        connection: Connection,
+        #[command(subcommand)]
+        verb: calendars::CalendarsVerb,
     },
     /// List, acknowledge and resolve alerts.
     #[command(after_help = EXIT_CODES)]
@@ -203,6 +212,9 @@ pub(crate) enum TriggersVerb {
         #[arg(long, default_value_t = 10)]
         count: u32,
     },
+    /// Create the tasks of a past range's occurrences that have none (of one trigger, or of
+    /// every trigger of the job); at most 1000 occurrences at a time.
+    Backfill(calendars::Backfill),
 }
 
 #[derive(Debug, Subcommand)]
@@ -267,6 +279,7 @@ async fn dispatch(remote: Remote) -> Result<()> {
         Remote::Tasks { connection, verb } => tasks(&connection, verb).await,
         Remote::Triggers { connection, verb } => triggers(&connection, verb).await,
         Remote::Alerts { connection, verb } => alerts(&connection, verb).await,
+        Remote::Calendars { connection, verb } => calendars::calendars(&connection, verb).await,
         Remote::Cluster {
             connection,
             verb: ClusterVerb::Status,
@@ -552,12 +565,21 @@ async fn triggers(connection: &Connection, verb: TriggersVerb) -> Result<()> {
                 .await?;
             connection.print(&value, |v| {
                 let mut text = String::new();
-                for at in v["fire_times"]
+                for occurrence in v["occurrences"]
                     .as_array()
                     .map(Vec::as_slice)
                     .unwrap_or_default()
                 {
-                    text.push_str(&output::format_time(at.as_str().unwrap_or_default()));
+                    text.push_str(&output::time(occurrence, "/scheduled_at"));
+                    if occurrence["fire_at"] != occurrence["scheduled_at"] {
+                        text.push_str(&format!(
+                            "  (fires {})",
+                            output::time(occurrence, "/fire_at")
+                        ));
+                    }
+                    if let Some(calendar) = occurrence["excluded_by"].as_str() {
+                        text.push_str(&format!("  excluded by calendar {calendar}"));
+                    }
                     text.push('\n');
                 }
                 if text.is_empty() {
@@ -566,6 +588,7 @@ async fn triggers(connection: &Connection, verb: TriggersVerb) -> Result<()> {
                 text
             });
         }
+        TriggersVerb::Backfill(args) => calendars::backfill(connection, args).await?,
     }
     Ok(())
 }

@@ -30,6 +30,9 @@ pub struct ClaimedTask {
     pub payload: Value,
     /// The occurrence's scheduled time, or when the task became due.
     pub scheduled_at: DateTime<Utc>,
+    /// When the task was meant to be sent: `scheduled_at` plus the trigger's jitter offset (the
+    /// same as `scheduled_at` without jitter). Lateness counts from here.
+    pub fire_at: DateTime<Utc>,
     pub deadline_at: Option<DateTime<Utc>>,
     pub timeout_at: DateTime<Utc>,
     pub claimed_at: DateTime<Utc>,
@@ -122,6 +125,7 @@ impl Store {
                     consecutive_failures: r.consecutive_failures,
                     payload: r.payload,
                     scheduled_at: r.scheduled_at,
+                    fire_at: r.fire_at,
                     deadline_at: r.deadline_at,
                     timeout_at: r.timeout_at,
                     claimed_at: r.claimed_at,

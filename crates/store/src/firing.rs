@@ -4,11 +4,12 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use pacer_domain::firing::{Admission, OpenWork, plan_ahead};
-use pacer_domain::{JobSpec, OverlapPolicy, SkipReason, Span, TaskId, TriggerSpec};
+use pacer_domain::firing::{Admission, OpenWork, plan_excluding};
+use pacer_domain::{Calendars, JobSpec, OverlapPolicy, SkipReason, Span, TaskId, TriggerSpec};
 use sqlx::types::Json;
 use uuid::Uuid;
 
+use crate::calendars::load_calendars;
 use crate::{Result, Store, TASKS_DUE_CHANNEL};
 
 /// What one firing pass did.
@@ -23,8 +24,8 @@ pub enum Fired {
         triggers: usize,
         tasks: usize,
         skips: usize,
-        /// How late each created task was: created − scheduled, in seconds (database clock);
-        /// negative for a task fired ahead.
+        /// How late each created task was: created − fire time (the scheduled time plus any
+        /// jitter), in seconds (database clock); negative for a task fired ahead.
         lateness: Vec<f64>,
         /// The skips by reason.
         skip_reasons: Vec<(SkipReason, usize)>,
@@ -57,6 +58,8 @@ struct NewTasks {
     job_names: Vec<String>,
     trigger_ids: Vec<Uuid>,
     scheduled: Vec<DateTime<Utc>>,
+    /// The jittered fire time, or null when it is the scheduled time.
+    fire_at: Vec<Option<DateTime<Utc>>>,
     payloads: Vec<serde_json::Value>,
     deadline_ms: Vec<Option<i64>>,
     timeout_ms: Vec<i64>,
@@ -71,10 +74,23 @@ struct Skips {
     trigger_ids: Vec<Uuid>,
     scheduled: Vec<DateTime<Utc>>,
     reasons: Vec<SkipReason>,
+    /// The excluding calendar of a `calendar` skip.
+    details: Vec<Option<String>>,
 }
 
 impl Skips {
     fn push(&mut self, trigger: &DueTrigger, at: DateTime<Utc>, reason: SkipReason) {
+        self.push_detailed(trigger, at, reason, None);
+    }
+
+    fn push_detailed(
+        &mut self,
+        trigger: &DueTrigger,
+        at: DateTime<Utc>,
+        reason: SkipReason,
+        detail: Option<String>,
+    ) {
+        self.details.push(detail);
         self.ids.push(Uuid::now_v7());
         self.job_ids.push(trigger.job_id);
         self.job_names.push(trigger.job_name.clone());
@@ -222,6 +238,13 @@ impl Store {
         guarded.sort();
         guarded.dedup();
         let mut open = open_work(&mut tx, &guarded).await?;
+        // Read in this transaction: a calendar changed before it holds for every occurrence
+        // this pass fires.
+        let calendars = if due.iter().any(|t| !t.spec.calendars.is_empty()) {
+            load_calendars(&mut tx).await?
+        } else {
+            Calendars::new()
+        };
         let horizon = now + chrono::Duration::milliseconds(ahead_ms);
         let mut tasks = NewTasks::default();
         let mut skips = Skips::default();
@@ -232,7 +255,7 @@ impl Store {
             let skips_before = skips.ids.len();
             let tasks_before = tasks.ids.len();
             let planned = match trigger.spec.timetable() {
-                Ok(timetable) => plan_ahead(
+                Ok(timetable) => plan_excluding(
                     trigger.next_fire_at,
                     now,
                     if trigger.job.overlap == OverlapPolicy::Allow {
@@ -242,6 +265,11 @@ impl Store {
                     },
                     trigger.spec.misfire_rule(),
                     |at| timetable.next_after(at),
+                    |at| {
+                        calendars
+                            .excluded_by(&trigger.spec.calendars, at)
+                            .map(str::to_owned)
+                    },
                 ),
                 Err(error) => {
                     // Validated on write, so only a hand-edited row lands here: stop it firing.
@@ -249,12 +277,16 @@ impl Store {
                     pacer_domain::firing::Plan {
                         fire: vec![],
                         skip: vec![],
+                        excluded: vec![],
                         next_fire_at: None,
                     }
                 }
             };
             for (at, reason) in &planned.skip {
                 skips.push(trigger, *at, *reason);
+            }
+            for (at, calendar) in planned.excluded {
+                skips.push_detailed(trigger, at, SkipReason::Calendar, Some(calendar));
             }
             let job_open = open.entry(trigger.job_id).or_default();
             for at in planned.fire {
@@ -281,6 +313,8 @@ impl Store {
                 tasks.job_names.push(trigger.job_name.clone());
                 tasks.trigger_ids.push(trigger.id);
                 tasks.scheduled.push(at);
+                let fire_at = trigger.spec.fire_at(trigger.id, at);
+                tasks.fire_at.push((fire_at != at).then_some(fire_at));
                 tasks.payloads.push(trigger.job.task_payload(None));
                 tasks
                     .deadline_ms
@@ -312,20 +346,21 @@ impl Store {
             r#"with inserted as (
                    insert into tasks (id, job_id, job_name, origin, payload, due_at, scheduled_at,
                                       trigger_id, fired_term, deadline_at, timeout_at,
-                                      next_dispatch_at, waits_for)
+                                      next_dispatch_at, waits_for, fire_at)
                    select n.id, n.job_id, n.job_name, 'trigger', n.payload, d.due_at, n.scheduled_at,
                           n.trigger_id, $10, d.due_at + n.deadline_ms * interval '1 millisecond',
                           d.due_at + n.timeout_ms * interval '1 millisecond',
                           case when n.waits_for is null then d.due_at
                                else d.due_at + n.timeout_ms * interval '1 millisecond' end,
-                          n.waits_for
-                   -- A task fired ahead is due at its scheduled time; any other at once.
+                          n.waits_for, n.fire_at
+                   -- A task fired ahead is due at its (jittered) fire time; any other at once.
                    from unnest($1::uuid[], $2::uuid[], $3::text[], $4::uuid[], $5::timestamptz[],
-                               $6::jsonb[], $7::bigint[], $8::bigint[], $9::uuid[])
-                        as n(id, job_id, job_name, trigger_id, scheduled_at, payload, deadline_ms, timeout_ms, waits_for),
-                        lateral (select greatest(now(), n.scheduled_at) as due_at) d
+                               $6::jsonb[], $7::bigint[], $8::bigint[], $9::uuid[], $12::timestamptz[])
+                        as n(id, job_id, job_name, trigger_id, scheduled_at, payload, deadline_ms, timeout_ms, waits_for, fire_at),
+                        lateral (select greatest(now(), coalesce(n.fire_at, n.scheduled_at)) as due_at) d
                    on conflict (trigger_id, scheduled_at) where trigger_id is not null do nothing
-                   returning waits_for, extract(epoch from now() - scheduled_at)::float8 as lateness
+                   returning waits_for,
+                             extract(epoch from now() - coalesce(fire_at, scheduled_at))::float8 as lateness
                )
                select coalesce(array_agg(inserted.lateness), '{}') as "lateness!: Vec<f64>"
                from inserted
@@ -343,14 +378,18 @@ impl Store {
             &tasks.waits_for as &[Option<Uuid>],
             term,
             TASKS_DUE_CHANNEL,
+            &tasks.fire_at as &[Option<DateTime<Utc>>],
         )
         .fetch_one(&mut *tx)
         .await?;
         sqlx::query!(
-            "insert into skipped_runs (id, job_id, job_name, trigger_id, scheduled_at, reason, fired_term)
-             select s.id, s.job_id, s.job_name, s.trigger_id, s.scheduled_at, s.reason, $7
-             from unnest($1::uuid[], $2::uuid[], $3::text[], $4::uuid[], $5::timestamptz[], $6::text[])
-                  as s(id, job_id, job_name, trigger_id, scheduled_at, reason)
+            // A calendar's exclusion is wanted, not missed: recorded and counted, but already
+            // `noticed`, so it raises no `missed` alert.
+            "insert into skipped_runs (id, job_id, job_name, trigger_id, scheduled_at, reason, fired_term, detail, noticed)
+             select s.id, s.job_id, s.job_name, s.trigger_id, s.scheduled_at, s.reason, $7, s.detail,
+                    s.reason = 'calendar'
+             from unnest($1::uuid[], $2::uuid[], $3::text[], $4::uuid[], $5::timestamptz[], $6::text[], $8::text[])
+                  as s(id, job_id, job_name, trigger_id, scheduled_at, reason, detail)
              on conflict on constraint skipped_runs_occurrence_key do nothing",
             &skips.ids,
             &skips.job_ids,
@@ -359,6 +398,7 @@ impl Store {
             &skips.scheduled,
             &skips.reasons.iter().map(|r| r.as_str().to_owned()).collect::<Vec<_>>(),
             term,
+            &skips.details as &[Option<String>],
         )
         .execute(&mut *tx)
         .await?;

@@ -3,7 +3,9 @@
 
 mod alerts;
 mod audit;
+mod backfill;
 pub mod batch;
+mod calendars;
 mod claims;
 mod cluster;
 mod error;
@@ -26,6 +28,8 @@ pub use alerts::{
     StreakNotice, TaskNotice,
 };
 pub use audit::{AuditEntry, NewAuditEntry};
+pub use backfill::Backfilled;
+pub use calendars::{Calendar, DeleteCalendar, PutCalendar};
 pub use claims::{ClaimedTask, Outcome, ReleasedClaim};
 pub use cluster::{LEADER_CHANNEL, Lease, Node, Tenure};
 pub use error::{Error, Result};

@@ -31,6 +31,8 @@ pub enum Origin {
     Message,
     /// A retry of an earlier task.
     Retry,
+    /// A past occurrence of a trigger, created by a backfill.
+    Backfill,
 }
 
 impl std::str::FromStr for Origin {
@@ -43,9 +45,10 @@ impl std::str::FromStr for Origin {
             "trigger" => Origin::Trigger,
             "message" => Origin::Message,
             "retry" => Origin::Retry,
+            "backfill" => Origin::Backfill,
             other => {
                 return Err(format!(
-                    "unknown origin `{other}`; one of api, manual, trigger, message, retry"
+                    "unknown origin `{other}`; one of api, manual, trigger, message, retry, backfill"
                 ));
             }
         })
@@ -61,6 +64,7 @@ impl Origin {
             Origin::Trigger => "trigger",
             Origin::Message => "message",
             Origin::Retry => "retry",
+            Origin::Backfill => "backfill",
         }
     }
 }

@@ -32,6 +32,8 @@ pub struct SkippedRun {
     pub trigger_id: Option<Uuid>,
     pub scheduled_at: Option<DateTime<Utc>>,
     pub reason: String,
+    /// For reason `calendar`, the calendar that excluded the occurrence.
+    pub detail: Option<String>,
     pub recorded_at: DateTime<Utc>,
 }
 
@@ -307,7 +309,7 @@ impl Store {
     ) -> Result<Vec<SkippedRun>> {
         Ok(sqlx::query_as!(
             SkippedRun,
-            "select id, job_name, trigger_id, scheduled_at, reason, recorded_at from skipped_runs
+            "select id, job_name, trigger_id, scheduled_at, reason, detail, recorded_at from skipped_runs
              where ($1::text is null or job_name = $1) and ($2::uuid is null or trigger_id = $2)
                and ($3::uuid is null or id < $3)
              order by id desc limit $4",

@@ -76,7 +76,7 @@ pub(crate) async fn run(bench: &Bench, args: &FailoverArgs) -> Result<Report> {
             let downstream =
                 Downstream::start(&bench.common.downstream_host, bench.common.callback_delay)
                     .await?;
-            let setup = Setup::create(target, &downstream, args.triggers, true).await?;
+            let setup = Setup::create(target, &downstream, args.triggers, true, None).await?;
             eprintln!(
                 "pacer-bench: failover: {} triggers created; firing for {} s, killing the leader every {} s",
                 args.triggers,

@@ -35,8 +35,14 @@ pub(crate) async fn run(bench: &Bench, args: &FiringArgs) -> Result<Report> {
             let downstream =
                 Downstream::start(&bench.common.downstream_host, bench.common.callback_delay)
                     .await?;
-            let setup =
-                Setup::create(target, &downstream, args.triggers, !args.no_callback).await?;
+            let setup = Setup::create(
+                target,
+                &downstream,
+                args.triggers,
+                !args.no_callback,
+                args.jitter,
+            )
+            .await?;
             eprintln!(
                 "pacer-bench: firing: {} triggers created in {:.1} s; firing for {} s",
                 args.triggers,
@@ -63,17 +69,25 @@ pub(crate) async fn run(bench: &Bench, args: &FiringArgs) -> Result<Report> {
                     "duration_s": args.duration.as_secs_f64(),
                     "warmup_s": args.warmup.as_secs_f64(),
                     "expect_callback": !args.no_callback,
+                    "jitter_ms": args.jitter.map(|j| j.as_millis()),
                     "callback_delay_ms": bench.common.callback_delay.as_millis(),
                 }),
             );
             report.measured = format!(
                 "{} interval triggers firing every second for {} s; every occurrence of the \
                  steady window (from {} s after start to the last whole second) checked against \
-                 tasks + skipped_runs; lateness = tasks.created_at − scheduled_at and first \
-                 dispatch received − scheduled_at; {}.",
+                 tasks + skipped_runs; lateness = tasks.created_at − fire time and first \
+                 dispatch received − fire time, the fire time being scheduled_at{}; {}.",
                 args.triggers,
                 args.duration.as_secs(),
                 args.warmup.as_secs(),
+                match args.jitter {
+                    Some(jitter) => format!(
+                        " plus the trigger's deterministic jitter offset in [0, {} ms)",
+                        jitter.as_millis()
+                    ),
+                    None => String::new(),
+                },
                 if args.no_callback {
                     "tasks complete on the dispatch's 2xx (expect_callback: false)"
                 } else {
@@ -144,24 +158,32 @@ pub(crate) struct Setup {
     /// When the last trigger was created: occurrences after this are all expected.
     pub(crate) started: DateTime<Utc>,
     pub(crate) creation: Duration,
+    /// Each trigger's jitter, if any.
+    pub(crate) jitter: Option<Duration>,
 }
 
 impl Setup {
-    /// Defines the job and `triggers` interval triggers of 1 s.
+    /// Defines the job and `triggers` interval triggers of 1 s, each with `jitter` if given.
     pub(crate) async fn create(
         target: &Target,
         downstream: &Downstream,
         triggers: usize,
         expect_callback: bool,
+        jitter: Option<Duration>,
     ) -> Result<Self> {
         let job = define_job(target, downstream, "bench-firing", expect_callback).await?;
-        let specs = vec![json!({"kind": "interval", "every": "1s"}); triggers];
+        let mut spec = json!({"kind": "interval", "every": "1s"});
+        if let Some(jitter) = jitter {
+            spec["jitter"] = json!(format!("{}ms", jitter.as_millis()));
+        }
+        let specs = vec![spec; triggers];
         let began = Instant::now();
         create_triggers(target, &job, specs, 16).await?;
         Ok(Self {
             job,
             started: Utc::now(),
             creation: began.elapsed(),
+            jitter,
         })
     }
 }
@@ -179,8 +201,10 @@ pub(crate) struct Measured {
     pub(crate) undispatched: u64,
     /// Dispatches beyond the first of a task (at-least-once re-sends).
     pub(crate) repeated_dispatches: u64,
-    /// Tasks whose first dispatch arrived before their scheduled time.
+    /// Tasks whose first dispatch arrived before their fire time.
     pub(crate) early: u64,
+    /// The triggers had jitter: lateness counts from the jittered fire time.
+    pub(crate) jittered: bool,
     pub(crate) raw: Value,
 }
 
@@ -242,14 +266,15 @@ impl Measured {
         let mut per_second: BTreeMap<i64, Vec<f64>> = BTreeMap::new();
         let mut undispatched = 0;
         for task in &occurrences.tasks {
-            let late = millis(task.created_at, task.scheduled_at);
+            // From the fire time: the scheduled time plus the trigger's jitter offset.
+            let late = millis(task.created_at, task.fire_at);
             created_ms.push(late);
             per_second
                 .entry(task.scheduled_at.timestamp())
                 .or_default()
                 .push(late);
             match first_seen.get(task.id.to_string().as_str()) {
-                Some(at) => dispatched_ms.push(millis(*at, task.scheduled_at)),
+                Some(at) => dispatched_ms.push(millis(*at, task.fire_at)),
                 None => undispatched += 1,
             }
         }
@@ -283,6 +308,7 @@ impl Measured {
             undispatched,
             repeated_dispatches: repeated,
             early: u64::try_from(early).unwrap_or(u64::MAX),
+            jittered: setup.jitter.is_some(),
             raw,
         })
     }
@@ -316,12 +342,20 @@ impl Measured {
                 format!("{:?}", o.skips)
             },
         ));
-        for (measure, distribution) in [
-            ("task created − scheduled, p50 / p99 / max", self.created),
+        let (created, dispatched) = if self.jittered {
             (
+                "task created − fire time (scheduled + jitter), p50 / p99 / max",
+                "dispatch received − fire time (scheduled + jitter), p50 / p99 / max",
+            )
+        } else {
+            (
+                "task created − scheduled, p50 / p99 / max",
                 "dispatch received − scheduled, p50 / p99 / max",
-                self.dispatched,
-            ),
+            )
+        };
+        for (measure, distribution) in [
+            (created, self.created),
+            (dispatched, self.dispatched),
             (
                 "callback answered (state committed) − sent, p50 / p99 / max",
                 self.callbacks,
@@ -344,7 +378,11 @@ impl Measured {
             });
         }
         report.rows.push(Row::check(
-            "dispatched before the scheduled time",
+            if self.jittered {
+                "dispatched before the fire time"
+            } else {
+                "dispatched before the scheduled time"
+            },
             self.early.to_string(),
             "0",
             self.early == 0,

@@ -22,7 +22,7 @@ pub(crate) async fn run(bench: &Bench, args: &SmokeArgs) -> Result<Report> {
             let downstream =
                 Downstream::start(&bench.common.downstream_host, bench.common.callback_delay)
                     .await?;
-            let setup = Setup::create(target, &downstream, args.triggers, true).await?;
+            let setup = Setup::create(target, &downstream, args.triggers, true, None).await?;
             // The tasks go through their cycle while the triggers fire.
             let (phase, ()) = tokio::join!(
                 Phase::run(target, &downstream, args.tasks, 16, true, false),

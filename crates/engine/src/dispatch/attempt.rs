@@ -87,7 +87,8 @@ impl Attempt {
         };
         let started = Instant::now();
         if task.attempt == 1 {
-            let late_at_due = (task.claimed_at - task.scheduled_at).as_seconds_f64();
+            // From the fire time: a jittered occurrence is meant to go out after its schedule.
+            let late_at_due = (task.claimed_at - task.fire_at).as_seconds_f64();
             let late_to_send = if started >= due {
                 started.duration_since(due).as_secs_f64()
             } else {

@@ -53,7 +53,8 @@ pub(crate) fn observe(task: &ClaimedTask, outcome: &DispatchOutcome, record: &Ou
         .record(record.latency.as_secs_f64());
 }
 
-/// How late the first dispatch of a task went out, against its scheduled time: signed, since a
+/// How late the first dispatch of a task went out, against its fire time (the scheduled time
+/// plus any jitter): signed, since a
 /// dispatch sent early is a fault to count, not to hide. `late_at_due` is how late the time the
 /// claim set to send at was (on the database clock, zero for a task claimed ahead), `late_to_send`
 /// how far the request went out after that time on this node's clock (negative if before it).

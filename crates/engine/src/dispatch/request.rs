@@ -20,6 +20,10 @@ struct DispatchBody<'a> {
     job: &'a str,
     attempt: i32,
     scheduled_at: DateTime<Utc>,
+    /// When a jittered occurrence was meant to go out (`scheduled_at` plus the trigger's jitter
+    /// offset); left out when it is `scheduled_at` itself, so a body without jitter is unchanged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fire_at: Option<DateTime<Utc>>,
     deadline_at: Option<DateTime<Utc>>,
     last_success_at: Option<DateTime<Utc>>,
     payload: &'a Value,
@@ -86,6 +90,7 @@ pub(crate) fn prepare(
         job: &task.job_name,
         attempt: task.attempt,
         scheduled_at: task.scheduled_at,
+        fire_at: (task.fire_at != task.scheduled_at).then_some(task.fire_at),
         deadline_at: task.deadline_at,
         last_success_at: task.last_success_at,
         payload: &task.payload,

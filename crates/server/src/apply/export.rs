@@ -16,7 +16,16 @@ pub(super) struct Exported {
     pub(super) triggers: Vec<Map<String, Value>>,
 }
 
-/// `pacer export`: the named jobs (all when none is named) in the format `apply` reads.
+/// An entry of an exported file: a calendar or a job.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+enum Entry {
+    Calendar(super::calendars::Exported),
+    Job(Exported),
+}
+
+/// `pacer export`: the named jobs (all when none is named) in the format `apply` reads, after
+/// the calendars when every job is exported.
 pub(crate) async fn export(client: &Client, names: &[String], json: bool) -> Result<String> {
     let jobs = if names.is_empty() {
         client.all_items("/api/v1/jobs", Some(500)).await?
@@ -47,6 +56,19 @@ pub(crate) async fn export(client: &Client, names: &[String], json: bool) -> Res
             triggers: triggers.iter().map(trigger_definition).collect(),
         });
     }
+    // The calendars first, so that the file applies in order; only with every job, since which
+    // calendars some jobs need is not worked out.
+    let mut document: Vec<Entry> = if names.is_empty() {
+        super::calendars::export(client)
+            .await?
+            .into_iter()
+            .map(Entry::Calendar)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    document.extend(exported.into_iter().map(Entry::Job));
+    let exported = document;
     if json {
         let text = serde_json::to_string_pretty(&exported)
             .map_err(|e| Error::Unexpected(format!("cannot write JSON: {e}")))?;

@@ -45,7 +45,8 @@ claimed as (
     where t.id = due.id and j.id = t.job_id
     returning t.id, t.claim_token, t.job_id, t.job_name, j.version as job_version, j.spec,
               t.state, t.attempt, t.consecutive_failures, t.payload,
-              coalesce(t.scheduled_at, t.due_at) as scheduled_at, t.deadline_at,
+              coalesce(t.scheduled_at, t.due_at) as scheduled_at,
+              coalesce(t.fire_at, t.scheduled_at, t.due_at) as fire_at, t.deadline_at,
               t.timeout_at, t.claimed_at, t.timeout_at <= now() as timed_out, t.trace_context,
               t.dispatched,
               (extract(epoch from due.dispatch_at - now()) * 1000)::bigint as dispatch_in_ms
@@ -53,7 +54,7 @@ claimed as (
 select c.id as "id!", c.claim_token as "claim_token!", c.job_name as "job_name!",
        c.job_version as "job_version!", c.spec as "spec!: Json<JobSpec>", c.state as "state!",
        c.attempt as "attempt!", c.consecutive_failures as "consecutive_failures!",
-       c.payload as "payload!", c.scheduled_at as "scheduled_at!", c.deadline_at, c.timeout_at as "timeout_at!",
+       c.payload as "payload!", c.scheduled_at as "scheduled_at!", c.fire_at as "fire_at!", c.deadline_at, c.timeout_at as "timeout_at!",
        c.claimed_at as "claimed_at!", c.timed_out as "timed_out!", c.trace_context,
        c.dispatched as "dispatched!",
        c.dispatch_in_ms as "dispatch_in_ms!",

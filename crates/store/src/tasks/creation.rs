@@ -292,6 +292,7 @@ pub(crate) async fn insert_tasks(
                 consecutive_failures: 0,
                 payload: task.payload.clone(),
                 scheduled_at: due_at,
+                fire_at: due_at,
                 deadline_at: row.deadline_at,
                 timeout_at,
                 claimed_at,
