@@ -9,8 +9,7 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
-use tracing::Level;
-use tracing_subscriber::filter::Targets;
+use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
@@ -65,24 +64,20 @@ pub(crate) fn init(format: LogFormat, level: &str) -> Telemetry {
         });
     // Each layer has its own filter: turning logs down (`RUST_LOG=warn`) must not drop the
     // spans that carry a task's trace, nor the `traceparent` its dispatches send.
-    let traces = provider.as_ref().map(|p| {
-        tracing_opentelemetry::layer()
-            .with_tracer(p.tracer("pacer"))
-            .with_filter(trace_filter())
-    });
-    tracing_subscriber::registry()
-        .with(logs.with_filter(filter))
-        .with(traces)
-        .init();
+    let registry = tracing_subscriber::registry().with(logs.with_filter(filter));
+    match &provider {
+        Some(provider) => registry
+            .with(
+                tracing_opentelemetry::layer()
+                    .with_tracer(provider.tracer("pacer"))
+                    // Whatever the log level: spans and events at `info` and above. (A filter by
+                    // target here made the log layer miss events of targets it excluded.)
+                    .with_filter(LevelFilter::INFO),
+            )
+            .init(),
+        None => registry.init(),
+    }
     Telemetry { provider }
-}
-
-/// What is exported as traces, whatever the log level: Pacer's own spans (requests, dispatches)
-/// and their events at `info` and above; the libraries' only from `warn`.
-fn trace_filter() -> Targets {
-    Targets::new()
-        .with_default(Level::WARN)
-        .with_target("pacer", Level::INFO)
 }
 
 fn tracer_provider() -> anyhow::Result<SdkTracerProvider> {
