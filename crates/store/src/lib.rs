@@ -12,6 +12,7 @@ mod firing;
 mod jobs;
 mod messages;
 mod operations;
+mod runs;
 mod tasks;
 mod triggers;
 mod withdrawal;
@@ -26,7 +27,7 @@ pub use alerts::{
     StreakNotice, TaskNotice,
 };
 pub use audit::{AuditEntry, NewAuditEntry};
-pub use claims::{ClaimedTask, Outcome, ReleasedClaim};
+pub use claims::{ChildWork, ClaimedTask, Outcome, ReleasedClaim};
 pub use cluster::{LEADER_CHANNEL, Lease, Node, Tenure};
 pub use error::{Error, Result};
 pub use events::{
@@ -36,6 +37,7 @@ pub use firing::{Fired, Swept};
 pub use jobs::{DeletedJob, Job, PutJob};
 pub use messages::{Ingested, MessageFilter, Route, StoredMessage};
 pub use operations::{CancelNotice, JobStats, Released, RetryCandidate, TaskBrief};
+pub use runs::{RunChild, RunView, retry_errors_key};
 pub use tasks::{
     Attempt, CreatedTask, KeptTask, NewTask, Origin, ReportOutcome, Reporting, Task, TaskCreation,
     TaskFilter, TaskReport,
