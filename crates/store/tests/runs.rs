@@ -326,11 +326,7 @@ async fn a_failed_child_stops_its_run_and_cancels_its_siblings(pool: PgPool) {
         .await
         .expect("record");
     assert_eq!(state_of(&pool, run).await, "failed");
-    let states: Vec<_> = children_of(&pool, run)
-        .await
-        .into_iter()
-        .map(|(step, child, state)| (step, child, state))
-        .collect();
+    let states = children_of(&pool, run).await;
     assert_eq!(
         states,
         [

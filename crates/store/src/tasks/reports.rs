@@ -102,6 +102,14 @@ impl Store {
             drop(tx);
             return self.settle(id, event, report).await;
         };
+        let runs = if event == TaskEvent::Cancel && runs.is_empty() {
+            // A run cancelled while it was being started had no run to lock a moment ago; the
+            // start committed first (the cancel waited for its row), so its children exist now
+            // and are cancelled with it.
+            lock_runs(&mut tx, &[id.as_uuid()]).await?
+        } else {
+            runs
+        };
         advance_runs(&mut tx, &runs).await?;
         notify_cancel(&mut tx, event).await?;
         tx.commit().await?;
