@@ -412,3 +412,89 @@ async fn retrying_a_runs_errors_reruns_exactly_the_failed_items(pool: PgPool) {
     }
     assert_eq!(state_of(&pool, retry).await, "completed");
 }
+
+#[sqlx::test(migrator = "pacer_store::MIGRATOR")]
+async fn a_run_whose_inputs_would_pass_the_limit_fails_instead_of_truncating_them(pool: PgPool) {
+    let store = Store::new(pool.clone());
+    let job = job(
+        &store,
+        "big",
+        json!({ "steps": [
+            { "name": "extract", "target": { "url": "http://x.invalid/extract" } },
+            { "name": "load", "target": { "url": "http://x.invalid/load" } } ] }),
+    )
+    .await;
+    let run = create(&store, &job, new_task(None, None)).await;
+    let extract = claim_children(&store).await;
+    let big = "x".repeat(300 * 1024);
+    store
+        .report(
+            extract[0].id,
+            &report(CallbackStatus::Completed, Some(json!({ "blob": big }))),
+        )
+        .await
+        .expect("report");
+    assert_eq!(state_of(&pool, run).await, "failed");
+    let task = store.get_task(run).await.expect("run");
+    let message = task.message.unwrap_or_default();
+    assert!(message.contains("step `load`") && message.contains("262144"), "{message}");
+    assert_eq!(children_of(&pool, run).await.len(), 1, "the next step never started");
+}
+
+#[sqlx::test(migrator = "pacer_store::MIGRATOR")]
+async fn a_run_that_times_out_fails_and_cancels_its_open_children(pool: PgPool) {
+    let store = Store::new(pool.clone());
+    let job = job(
+        &store,
+        "slow",
+        json!({ "steps": [
+            { "name": "upload", "parallel": [
+                { "name": "a", "target": { "url": "http://x.invalid/a" } },
+                { "name": "b", "target": { "url": "http://x.invalid/b" } } ] } ],
+            "timeout": "1s" }),
+    )
+    .await;
+    let run = create(&store, &job, new_task(None, None)).await;
+    let children = claim_children(&store).await;
+    assert_eq!(children.len(), 2);
+    // Child `a` is accepted and stays open; once the timeout passes, the run (and its children,
+    // which share its timeout) are claimed as timed out.
+    let a = &children[0];
+    let accepted = DispatchOutcome::Accepted {
+        status: 202,
+        report: None,
+    };
+    let outcome = Outcome {
+        decision: after_dispatch(a.state, 0, &a.job, &accepted, 0.5),
+        attempt: AttemptOutcome::Accepted,
+        node: "node-a".to_owned(),
+        http_status: Some(202),
+        error: None,
+        latency: Duration::from_millis(5),
+    };
+    store
+        .record_outcomes(&[(a.claim(), outcome)])
+        .await
+        .expect("record");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let due = store
+        .claim_due("node-a", 10, Span::from_secs(30), Span::from_millis(0))
+        .await
+        .expect("claim");
+    let the_run = due
+        .iter()
+        .find(|t| t.id == run)
+        .expect("the run is due at its timeout");
+    assert!(the_run.timed_out);
+    assert!(store.fail_timed_out(the_run).await.expect("time out"));
+    assert_eq!(state_of(&pool, run).await, "failed");
+    let states: Vec<_> = children_of(&pool, run)
+        .await
+        .into_iter()
+        .map(|(_, _, state)| state)
+        .collect();
+    assert!(
+        states.iter().all(|s| s == "cancelled" || s == "failed"),
+        "no child of a timed-out run stays open: {states:?}"
+    );
+}
