@@ -200,6 +200,17 @@ async fn a_for_each_over_200_items_keeps_at_most_max_parallel_at_the_downstream(
     let page = failed.expect_status(200);
     assert_eq!(page["items"].as_array().map(Vec::len), Some(1));
     assert_eq!(page["items"][0]["name"], "p-13");
+    // A child is retried with its run, never on its own.
+    let child = page["items"][0]["id"].as_str().expect("the child's id");
+    let refused = api
+        .request(
+            Method::POST,
+            &format!("/api/v1/tasks/{child}/retry"),
+            None,
+            &[],
+        )
+        .await;
+    refused.expect_problem(422);
 
     // Retrying the errors reruns the failed item alone.
     let retried = api

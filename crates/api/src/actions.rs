@@ -296,6 +296,14 @@ async fn retry_task(
 ) -> Result<Response> {
     let id = task_id(&raw_id)?;
     let task = state.store.get_task(id).await.map_err(task_not_found(id))?;
+    if let Some(run) = state.store.run_of(id).await? {
+        return Err(Error::field(
+            "id",
+            format!(
+                "a child of a run is retried with its run: POST /api/v1/tasks/{run}/retry with {{\"only\": \"failed\"}}"
+            ),
+        ));
+    }
     let only_errors = request.only == Some(RetryOnly::Failed);
     if only_errors && state.store.run_view(id).await?.is_none() {
         return Err(Error::field(

@@ -134,11 +134,12 @@ impl Store {
         })
     }
 
-    /// Up to `limit` failed tasks of `job` that no task retries yet, oldest first.
+    /// Up to `limit` failed tasks of `job` that no task retries yet, oldest first. The children
+    /// of a run are retried with their run, never on their own.
     pub async fn failed_without_retry(&self, job: &Job, limit: i64) -> Result<Vec<RetryCandidate>> {
         Ok(sqlx::query!(
             "select t.id, t.payload from tasks t
-             where t.job_name = $1 and t.state = 'failed'
+             where t.job_name = $1 and t.state = 'failed' and t.step is null
                and not exists (select 1 from tasks r where r.retry_of = t.id)
              order by t.id limit $2",
             job.name.as_str(),

@@ -141,6 +141,18 @@ impl Store {
         }))
     }
 
+    /// The run `id` is a child of, if it is one.
+    pub async fn run_of(&self, id: TaskId) -> Result<Option<TaskId>> {
+        Ok(sqlx::query_scalar!(
+            r#"select run_id as "run_id!" from tasks
+               where id = $1 and step is not null"#,
+            id.as_uuid(),
+        )
+        .fetch_optional(&self.pool)
+        .await?
+        .map(TaskId::from))
+    }
+
     /// A page of a run's children in creation order, after `after` (a child's id), optionally of
     /// one step and in one state.
     pub async fn run_children(

@@ -437,8 +437,15 @@ async fn a_run_whose_inputs_would_pass_the_limit_fails_instead_of_truncating_the
     assert_eq!(state_of(&pool, run).await, "failed");
     let task = store.get_task(run).await.expect("run");
     let message = task.message.unwrap_or_default();
-    assert!(message.contains("step `load`") && message.contains("262144"), "{message}");
-    assert_eq!(children_of(&pool, run).await.len(), 1, "the next step never started");
+    assert!(
+        message.contains("step `load`") && message.contains("262144"),
+        "{message}"
+    );
+    assert_eq!(
+        children_of(&pool, run).await.len(),
+        1,
+        "the next step never started"
+    );
 }
 
 #[sqlx::test(migrator = "pacer_store::MIGRATOR")]
