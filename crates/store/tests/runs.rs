@@ -337,6 +337,17 @@ async fn a_failed_child_stops_its_run_and_cancels_its_siblings(pool: PgPool) {
     );
     let task = store.get_task(run).await.expect("run");
     assert!(task.message.unwrap_or_default().contains("step `upload`"));
+    // The cancelled sibling's downstream, its step's target, is to be told.
+    let notices = store.take_cancel_notices(10).await.expect("notices");
+    assert_eq!(notices.len(), 1);
+    assert_eq!(
+        notices[0]
+            .child_target
+            .as_ref()
+            .and_then(|t| t.http())
+            .map(|t| t.url.as_str()),
+        Some("http://core.invalid/b")
+    );
 
     // An operator's cancel of a run cancels its open children.
     let run = create(&store, &job, new_task(None, None)).await;
