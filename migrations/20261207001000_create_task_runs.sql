@@ -37,3 +37,37 @@ create table task_runs (
 );
 -- A run's children, found by their run (and the cascade when a run is pruned).
 create index tasks_run_idx on tasks (run_id) where run_id is not null;
+
+-- A child's state changes say which run, step and child they belong to, so the event stream can
+-- follow a run; other tasks' events are unchanged (the fields are null and stripped).
+create or replace function pacer_task_created_events() returns trigger language plpgsql as $$
+begin
+    insert into events (kind, job_name, task_id, data)
+    select 'task.state', n.job_name, n.id,
+           jsonb_strip_nulls(jsonb_build_object(
+               'state', n.state, 'attempt', n.attempt, 'origin', n.origin,
+               'run', case when n.step is not null then n.run_id end,
+               'step', r.steps -> n.step ->> 'name', 'child', n.child))
+    from inserted n
+    left join task_runs r on r.task_id = n.run_id and n.step is not null
+    order by n.id;
+    return null;
+end $$;
+
+create or replace function pacer_task_state_events() returns trigger language plpgsql as $$
+begin
+    insert into events (kind, job_name, task_id, data)
+    select 'task.state', n.job_name, n.id,
+           jsonb_strip_nulls(jsonb_build_object(
+               'state', n.state, 'previous', o.state, 'attempt', n.attempt,
+               'origin', n.origin, 'message', n.message, 'failure_reason', n.failure_reason,
+               'last_error', n.last_error,
+               'run', case when n.step is not null then n.run_id end,
+               'step', r.steps -> n.step ->> 'name', 'child', n.child))
+    from changed n
+    join previous o on o.id = n.id
+    left join task_runs r on r.task_id = n.run_id and n.step is not null
+    where o.state is distinct from n.state
+    order by n.id;
+    return null;
+end $$;

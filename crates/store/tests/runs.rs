@@ -208,6 +208,22 @@ async fn a_step_advances_exactly_once_when_its_last_children_end_at_the_same_tim
     for run in &runs {
         assert_eq!(state_of(&pool, *run).await, "completed");
     }
+    // A child's state changes in the event log name its run, step and child.
+    let events: Vec<Value> = sqlx::query_scalar(
+        "select e.data from events e join tasks t on t.id = e.task_id
+         where t.run_id = $1 and t.step = 0 and t.child = 'faculty' and e.kind = 'task.state'
+         order by e.id",
+    )
+    .bind(runs[0].as_uuid())
+    .fetch_all(&pool)
+    .await
+    .expect("events");
+    assert_eq!(events.len(), 2, "created, then completed: {events:?}");
+    for event in &events {
+        assert_eq!(event["run"], runs[0].to_string());
+        assert_eq!(event["step"], "upload");
+        assert_eq!(event["child"], "faculty");
+    }
     let view = store.run_view(runs[0]).await.expect("view").expect("a run");
     assert_eq!(view.tallies[0].completed, 2);
     assert_eq!(view.tallies[1].completed, 1);
