@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use pacer_tests::{FakeDownstream, PacerProcess, Reply, TestDb};
+use pacer_tests::{FakeDownstream, PacerProcess, Reply, TestDb, pacer_binary, token};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -109,6 +109,22 @@ async fn the_timetable_workflow_runs_its_steps_in_order_with_their_inputs() {
     assert_eq!(steps[2]["children"].as_array().map(Vec::len), Some(2));
     assert_eq!(task["progress"], json!({ "done": 5, "total": 5 }));
     assert_eq!(task["result"]["result"], json!({ "finished": true }));
+
+    // `pacer tasks tree` draws the same run.
+    let tree = std::process::Command::new(pacer_binary())
+        .args(["tasks", "tree", &run])
+        .env("PACER_URL", node.url())
+        .env("PACER_TOKEN", token(&["operator"]))
+        .output()
+        .expect("pacer runs");
+    let text = String::from_utf8_lossy(&tree.stdout);
+    assert!(tree.status.success(), "{tree:?}");
+    assert!(text.contains("(5 done of 5)"), "{text}");
+    assert!(
+        text.contains("  upload [parallel] completed (completed 2)"),
+        "{text}"
+    );
+    assert!(text.contains("    faculty completed "), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
