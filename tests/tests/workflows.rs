@@ -53,6 +53,35 @@ async fn the_timetable_workflow_runs_its_steps_in_order_with_their_inputs() {
         }),
     )
     .await;
+    // A bad definition is refused whole, each bad field named.
+    let refused = api
+        .request(
+            Method::PUT,
+            "/api/v1/jobs/broken-workflow",
+            Some(&json!({ "steps": [
+                { "name": "a", "target": { "url": "http://x/a" } },
+                { "name": "a", "parallel": [] },
+                { "name": "c", "for_each": "later", "max_parallel": 0, "target": { "url": "http://x/c" } } ] })),
+            &[],
+        )
+        .await;
+    let problem = refused.expect_problem(422);
+    let fields: Vec<&str> = problem["errors"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["field"].as_str())
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            "steps[1].name",
+            "steps[1].parallel",
+            "steps[2].for_each",
+            "steps[2].max_parallel"
+        ]
+    );
+
     let run = api.create_task_id("timetable-extraction", &json!({})).await;
     let task = api.wait_for_state(&run, "completed", SETTLE).await;
 
