@@ -35,8 +35,10 @@ create table task_runs (
     reuse_from uuid references tasks (id) on delete set null,
     updated_at timestamptz not null default now()
 );
--- A run's children, found by their run (and the cascade when a run is pruned).
-create index tasks_run_idx on tasks (run_id) where run_id is not null;
+-- A run's children by step and state: what an ending reads of its step (the open, failed and
+-- cancelled children, found without a visit to the step's completed ones, of which a `for_each`
+-- step may have many), and the cascade when a run is pruned.
+create index tasks_run_idx on tasks (run_id, step, state, held) where run_id is not null;
 
 -- A child's state changes say which run, step and child they belong to, so the event stream can
 -- follow a run; other tasks' events are unchanged (the fields are null and stripped).

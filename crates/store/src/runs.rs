@@ -280,7 +280,11 @@ async fn advance_run(conn: &mut sqlx::PgConnection, run: Uuid) -> Result<()> {
         let step = steps
             .get(at)
             .ok_or_else(|| corrupt("a run is at a step it does not have"))?;
-        let tally = step_tally(conn, run, index).await?;
+        let cap = match step.kind() {
+            Some(StepKind::ForEach { max_parallel, .. }) => i64::from(max_parallel),
+            _ => i64::try_from(pacer_domain::workflow::MAX_PARALLEL_CHILDREN).unwrap_or(i64::MAX),
+        };
+        let tally = step_tally(conn, run, index, cap).await?;
         match decide(step, &tally) {
             StepVerdict::Wait { release } => {
                 if release > 0 {
@@ -359,22 +363,47 @@ async fn advance_run(conn: &mut sqlx::PgConnection, run: Uuid) -> Result<()> {
     }
 }
 
-/// The children of one step of a run, counted by state.
-async fn step_tally(conn: &mut sqlx::PgConnection, run: Uuid, step: i32) -> Result<StepTally> {
-    let rows = sqlx::query!(
-        r#"select state, held, count(*) as "n!" from tasks
-           where run_id = $1 and step = $2 group by state, held"#,
+/// What [`decide`] needs of one step of a run, read through the index on (run, step, state,
+/// held) so an ending costs what the step's open children cost, not what all its children do:
+/// pending, processing and held items, and failed and cancelled ones, are counted only up to
+/// `cap` (a `for_each` step's `max_parallel`: no more held items are ever released at once, and
+/// a failure needs only to be seen). Completed children are not counted.
+async fn step_tally(
+    conn: &mut sqlx::PgConnection,
+    run: Uuid,
+    step: i32,
+    cap: i64,
+) -> Result<StepTally> {
+    let row = sqlx::query!(
+        r#"select
+             (select count(*) from (select 1 from tasks where run_id = $1 and step = $2
+                                    and state = 'pending' and not held limit $3) x) as "pending!",
+             (select count(*) from (select 1 from tasks where run_id = $1 and step = $2
+                                    and state = 'processing' limit $3) x) as "processing!",
+             (select count(*) from (select 1 from tasks where run_id = $1 and step = $2
+                                    and state = 'pending' and held limit $3) x) as "held!",
+             (select count(*) from (select 1 from tasks where run_id = $1 and step = $2
+                                    and state = 'failed' limit $3) x) as "failed!",
+             (select count(*) from (select 1 from tasks where run_id = $1 and step = $2
+                                    and state = 'cancelled' limit $3) x) as "cancelled!",
+             exists (select 1 from tasks where run_id = $1 and step = $2
+                     and state = 'completed_with_errors') as "with_errors!""#,
         run,
         step,
+        cap,
     )
-    .fetch_all(&mut *conn)
+    .fetch_one(&mut *conn)
     .await?;
-    let mut tally = StepTally::default();
-    for r in rows {
-        let state: TaskState = r.state.parse().map_err(corrupt)?;
-        tally.add(state, r.held, u64::try_from(r.n).unwrap_or_default());
-    }
-    Ok(tally)
+    let n = |count: i64| u64::try_from(count).unwrap_or_default();
+    Ok(StepTally {
+        pending: n(row.pending),
+        processing: n(row.processing),
+        held: n(row.held),
+        failed: n(row.failed),
+        cancelled: n(row.cancelled),
+        completed_with_errors: u64::from(row.with_errors),
+        completed: 0,
+    })
 }
 
 /// Every step's tally, in step order.
