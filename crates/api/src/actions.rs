@@ -250,15 +250,35 @@ fn retry_task_of(actor: &Actor, source: TaskId, payload: Value) -> NewTask {
     }
 }
 
+/// What to retry of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+enum RetryOnly {
+    /// Only the children that failed or were cancelled (for a `for_each` step, only the failed
+    /// items), and every step after the first one that reruns a child.
+    Failed,
+}
+
+/// The body of a retry, optional.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct RetryRequest {
+    /// For a run of a job made of steps: `failed` reruns only what failed, reusing the results
+    /// of the children that completed. Without it, the whole run (any task) runs again.
+    only: Option<RetryOnly>,
+}
+
 /// Retry a task
 ///
 /// A finished task gets a new task with the same payload, origin `{kind: "retry", task_id}`:
 /// `202` with the new task, or `200` with the existing retry when this task was retried already.
+/// A run of a job made of steps may retry only its errors (`{"only": "failed"}`).
 #[utoipa::path(
     post,
     path = "/api/v1/tasks/{id}/retry",
     tag = "tasks",
     params(TaskPath),
+    request_body(content = Option<RetryRequest>, content_type = "application/json"),
     responses(
         (status = 202, description = "The retry was created.", body = TaskView,
             headers(("Location" = String, description = "The new task's URL."))),
@@ -272,9 +292,25 @@ async fn retry_task(
     State(state): State<AppState>,
     actor: Actor,
     Path(raw_id): Path<String>,
+    JsonOrEmpty(request): JsonOrEmpty<RetryRequest>,
 ) -> Result<Response> {
     let id = task_id(&raw_id)?;
     let task = state.store.get_task(id).await.map_err(task_not_found(id))?;
+    if let Some(run) = state.store.run_of(id).await? {
+        return Err(Error::field(
+            "id",
+            format!(
+                "a child of a run is retried with its run: POST /api/v1/tasks/{run}/retry with {{\"only\": \"failed\"}}"
+            ),
+        ));
+    }
+    let only_errors = request.only == Some(RetryOnly::Failed);
+    if only_errors && state.store.run_view(id).await?.is_none() {
+        return Err(Error::field(
+            "only",
+            "only the run of a job made of steps can retry just its failed children",
+        ));
+    }
     if !task.state.is_terminal() {
         return Err(Error::TaskOpen {
             task: id,
@@ -287,7 +323,11 @@ async fn retry_task(
             job: job.name.to_string(),
         });
     }
-    let new = retry_task_of(&actor, id, task.payload);
+    let mut new = retry_task_of(&actor, id, task.payload);
+    if only_errors {
+        // The key tells the run, when it starts, to reuse what the retried run completed.
+        new.idempotency_key = Some(pacer_store::retry_errors_key(id));
+    }
     match start_task(&state, &job, new, "retry").await? {
         Started::Created { id: retry, .. } => {
             audit::record(

@@ -100,7 +100,9 @@ async fn put_job(
         .parse()
         .map_err(|e: pacer_domain::job::InvalidJobName| Error::field("name", e.to_string()))?;
     let spec = JobSpec::try_from(input).map_err(Error::Validation)?;
-    if matches!(spec.target, pacer_domain::Target::Amqp(_))
+    if spec
+        .targets()
+        .any(|target| matches!(target, pacer_domain::Target::Amqp(_)))
         && state.consumer.borrow().state == pacer_domain::ConsumerState::Disabled
     {
         return Err(Error::field(
@@ -108,9 +110,12 @@ async fn put_job(
             "no RabbitMQ broker is configured on this cluster (see `amqp.url` in the configuration)",
         ));
     }
-    if let Some(secret) = spec.target.auth().secret()
-        && !state.secrets.contains(secret)
-    {
+    if let Some(secret) = spec.targets().find_map(|target| {
+        target
+            .auth()
+            .secret()
+            .filter(|secret| !state.secrets.contains(*secret))
+    }) {
         return Err(Error::field(
             "target.auth.secret",
             format!(

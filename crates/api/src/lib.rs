@@ -16,6 +16,7 @@ mod messages;
 mod observe;
 mod openapi;
 mod pagination;
+mod runs;
 mod schemas;
 mod tasks;
 mod triggers;
@@ -258,6 +259,7 @@ fn groups() -> [(Access, OpenApiRouter<AppState>); 6] {
             OpenApiRouter::new()
                 .merge(jobs::operator_routes())
                 .merge(tasks::operator_routes())
+                .merge(runs::operator_routes())
                 .merge(actions::operator_routes())
                 .merge(events::operator_routes())
                 .merge(triggers::operator_routes())

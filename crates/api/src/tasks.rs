@@ -345,9 +345,12 @@ async fn get_task(
     // A task reporting progress for days has a long history; its latest part is what matters.
     let history = state.store.task_history(id, 1000).await?;
     let retries = state.store.retries_of(id).await?;
-    Ok(JsonResponse(TaskView::detail(
-        task, attempts, history, retries,
-    )))
+    let run = crate::runs::run_steps(&state, id, task.state).await?;
+    let view = TaskView::detail(task, attempts, history, retries);
+    Ok(JsonResponse(match run {
+        Some((steps, progress)) => view.with_steps(steps, progress),
+        None => view,
+    }))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

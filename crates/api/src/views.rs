@@ -132,10 +132,21 @@ pub struct TaskView {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     retries: Option<Vec<TaskId>>,
+    /// For a run of a job made of steps, its steps; only in `GET /api/v1/tasks/{id}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub(crate) steps: Option<Vec<crate::runs::StepView>>,
 }
 
 impl TaskView {
     /// The detail view: the task with its attempts, its history and its retries.
+    /// Shows a run's steps and its progress (its children done of those created).
+    pub(crate) fn with_steps(mut self, steps: Vec<crate::runs::StepView>, progress: Value) -> Self {
+        self.steps = Some(steps);
+        self.progress = Some(progress);
+        self
+    }
+
     pub(crate) fn detail(
         task: Task,
         attempts: Vec<Attempt>,
@@ -187,6 +198,7 @@ impl From<Task> for TaskView {
             attempts: None,
             history: None,
             retries: None,
+            steps: None,
         }
     }
 }

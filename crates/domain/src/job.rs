@@ -12,6 +12,7 @@ use serde_json::{Map, Value};
 use crate::alert::JobAlerts;
 use crate::firing::OverlapPolicy;
 use crate::message::{MessageType, parse_subscriptions};
+use crate::workflow::{Step, check_steps};
 use crate::{RetryPolicy, Span, ValidationErrors};
 
 /// A job's name: 1–64 characters of letters, digits, `.`, `_` and `-`, starting with a letter
@@ -303,7 +304,13 @@ impl OutboundAuth {
 pub struct JobSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
-    pub target: Target,
+    /// Where the job's tasks are dispatched; absent for a job made of `steps`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<Target>,
+    /// The steps of a job made of steps (a workflow): its task is a run whose children are
+    /// dispatched step by step. Empty for a job with a `target`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<Step>,
     #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub payload: Value,
     pub repoll_interval: Span,
@@ -343,7 +350,11 @@ pub struct JobInput {
     /// At most 1000 characters.
     #[cfg_attr(feature = "openapi", schema(max_length = 1000))]
     pub description: Option<String>,
-    pub target: Target,
+    /// Where the job's tasks are dispatched; a job has either a `target` or `steps`.
+    pub target: Option<Target>,
+    /// The steps of a job made of steps, run one after another; a step's children run in
+    /// parallel.
+    pub steps: Option<Vec<Step>>,
     /// A JSON object; a task's own payload is laid over it key by key.
     #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     pub payload: Option<Value>,
@@ -438,35 +449,35 @@ fn check_range(errors: &mut ValidationErrors, field: &str, value: Span, min: Spa
     }
 }
 
-fn check_amqp(errors: &mut ValidationErrors, target: &AmqpTarget) {
+fn check_amqp(errors: &mut ValidationErrors, prefix: &str, target: &AmqpTarget) {
     // AMQP short strings: at most 255 bytes; exchange names are also limited by RabbitMQ.
     let name = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':' | '/');
     if target.exchange.len() > 127 || !target.exchange.chars().all(name) {
         errors.push(
-            "target.exchange",
+            format!("{prefix}.exchange"),
             "at most 127 letters, digits, '.', '_', '-', ':' or '/' (empty: the default exchange)",
         );
     }
     if target.routing_key.len() > 255 || target.routing_key.chars().any(char::is_control) {
         errors.push(
-            "target.routing_key",
+            format!("{prefix}.routing_key"),
             "at most 255 bytes, no control characters",
         );
     }
     if target.exchange.is_empty() && target.routing_key.is_empty() {
         errors.push(
-            "target.routing_key",
+            format!("{prefix}.routing_key"),
             "the default exchange routes by queue name: name the queue",
         );
     }
 }
 
-fn check_headers(errors: &mut ValidationErrors, headers: &BTreeMap<String, String>) {
+fn check_headers(errors: &mut ValidationErrors, prefix: &str, headers: &BTreeMap<String, String>) {
     if headers.len() > 32 {
-        errors.push("target.headers", "at most 32 headers");
+        errors.push(format!("{prefix}.headers"), "at most 32 headers");
     }
     for (name, value) in headers {
-        let field = format!("target.headers.{name}");
+        let field = format!("{prefix}.headers.{name}");
         let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
         if name.is_empty() || name.len() > 128 || !name.chars().all(token) {
             errors.push(field, "not a valid HTTP header name");
@@ -499,6 +510,39 @@ fn check_url(errors: &mut ValidationErrors, field: &str, raw: &str) {
         }
         Ok(_) => {}
         Err(e) => errors.push(field, format!("not a valid URL: {e}")),
+    }
+}
+
+/// Checks a target; `prefix` is its field path (`target`, `steps[1].target`).
+pub(crate) fn check_target(errors: &mut ValidationErrors, prefix: &str, target: &Target) {
+    match target {
+        Target::Http(http) => {
+            check_url(errors, &format!("{prefix}.url"), &http.url);
+            if let Some(cancel_url) = &http.cancel_url {
+                // The placeholder is not URL syntax; check the URL around it.
+                check_url(
+                    errors,
+                    &format!("{prefix}.cancel_url"),
+                    &cancel_url.replace("{task_id}", "task"),
+                );
+            }
+        }
+        Target::Amqp(amqp) => check_amqp(errors, prefix, amqp),
+    }
+    check_headers(errors, prefix, target.headers());
+    match target.auth() {
+        OutboundAuth::Bearer { secret } | OutboundAuth::Hmac { secret }
+            if secret.parse::<JobName>().is_err() =>
+        {
+            errors.push(
+                format!("{prefix}.auth.secret"),
+                "a secret name is 1 to 64 letters, digits, '.', '_' or '-'",
+            );
+        }
+        OutboundAuth::Jwt { audience } if audience.is_empty() || audience.chars().count() > 256 => {
+            errors.push(format!("{prefix}.auth.audience"), "1 to 256 characters");
+        }
+        _ => {}
     }
 }
 
@@ -577,37 +621,25 @@ impl TryFrom<JobInput> for JobSpec {
         {
             errors.push("description", "at most 1000 characters");
         }
-        match &input.target {
-            Target::Http(http) => {
-                check_url(&mut errors, "target.url", &http.url);
-                if let Some(cancel_url) = &http.cancel_url {
-                    // The placeholder is not URL syntax; check the URL around it.
-                    check_url(
-                        &mut errors,
-                        "target.cancel_url",
-                        &cancel_url.replace("{task_id}", "task"),
-                    );
-                }
+        let mut steps_out = Vec::new();
+        let target = match (input.target, input.steps) {
+            (Some(target), None) => {
+                check_target(&mut errors, "target", &target);
+                Some(target)
             }
-            Target::Amqp(amqp) => check_amqp(&mut errors, amqp),
-        }
-        check_headers(&mut errors, input.target.headers());
-        match input.target.auth() {
-            OutboundAuth::Bearer { secret } | OutboundAuth::Hmac { secret }
-                if secret.parse::<JobName>().is_err() =>
-            {
-                errors.push(
-                    "target.auth.secret",
-                    "a secret name is 1 to 64 letters, digits, '.', '_' or '-'",
-                );
+            (None, Some(steps)) => {
+                steps_out = check_steps(&mut errors, steps);
+                None
             }
-            OutboundAuth::Jwt { audience }
-                if audience.is_empty() || audience.chars().count() > 256 =>
-            {
-                errors.push("target.auth.audience", "1 to 256 characters");
+            (Some(_), Some(_)) => {
+                errors.push("steps", "a job has either a `target` or `steps`, not both");
+                None
             }
-            _ => {}
-        }
+            (None, None) => {
+                errors.push("target", "a job needs a `target`, or `steps`");
+                None
+            }
+        };
         let payload = input.payload.unwrap_or_else(|| Value::Object(Map::new()));
         if !payload.is_object() {
             errors.push("payload", "must be a JSON object");
@@ -661,7 +693,8 @@ impl TryFrom<JobInput> for JobSpec {
         let on_messages = parse_subscriptions(&mut errors, input.on_messages);
         errors.into_result(JobSpec {
             description: input.description,
-            target: input.target,
+            target,
+            steps: steps_out,
             payload,
             repoll_interval,
             dispatch_timeout,
@@ -678,6 +711,20 @@ impl TryFrom<JobInput> for JobSpec {
 }
 
 impl JobSpec {
+    /// Every target the job dispatches to: its own, or each of its steps' and children's.
+    pub fn targets(&self) -> impl Iterator<Item = &Target> {
+        let steps = self.steps.iter().flat_map(|step| {
+            let children = step.parallel.iter().flatten().map(|child| &child.target);
+            step.target.iter().chain(children)
+        });
+        self.target.iter().chain(steps)
+    }
+
+    /// True for a job made of steps, whose tasks are runs.
+    pub fn is_workflow(&self) -> bool {
+        !self.steps.is_empty()
+    }
+
     /// A task's payload: the job's payload with the task's own top-level keys laid over it.
     pub fn task_payload(&self, overrides: Option<&Map<String, Value>>) -> Value {
         let mut payload = self.payload.as_object().cloned().unwrap_or_default();
@@ -779,7 +826,10 @@ mod tests {
             "url": "http://svc/run", "cancel_url": "http://svc/runs/{task_id}" } }))
         .expect("a placeholder is allowed");
         assert_eq!(
-            spec.target.http().and_then(|t| t.cancel_url.as_deref()),
+            spec.target
+                .as_ref()
+                .and_then(Target::http)
+                .and_then(|t| t.cancel_url.as_deref()),
             Some("http://svc/runs/{task_id}")
         );
         let errors =
@@ -804,11 +854,11 @@ mod tests {
         .expect("valid");
         assert_eq!(
             spec.target,
-            Target::Amqp(AmqpTarget {
+            Some(Target::Amqp(AmqpTarget {
                 exchange: "pacer.jobs".into(),
                 routing_key: "sync".into(),
                 headers: BTreeMap::from([("x-tenant".into(), "a".into())]),
-            })
+            }))
         );
         let written = serde_json::to_value(&spec).expect("serialises");
         assert_eq!(written["target"]["kind"], "amqp");

@@ -15,6 +15,7 @@ pub mod task;
 pub mod trigger;
 pub mod validation;
 pub mod wire;
+pub mod workflow;
 
 pub use alert::{AlertKind, AlertState, JobAlerts, Severity};
 pub use calendar::{CalendarInput, CalendarName, CalendarSpec, Calendars, Exclusion};
@@ -33,3 +34,6 @@ pub use span::Span;
 pub use task::{CallbackStatus, FailureReason, TaskEvent, TaskState, Transition, Withdrawal};
 pub use trigger::{ScheduleSpec, Timetable, TriggerInput, TriggerSpec};
 pub use validation::{FieldError, ValidationErrors};
+pub use workflow::{
+    OnFailure, OnItemFailure, ParallelChild, Step, StepKind, StepTally, StepVerdict,
+};

@@ -81,7 +81,9 @@ async fn send(client: &reqwest::Client, outbound: &Outbound, notice: CancelNotic
         tracing::info!(task.id = %notice.id, "the cancelled task's job is gone; no one to tell");
         return;
     };
-    let Some(target) = spec.target.http() else {
+    // A child of a run was dispatched to its step's target, any other task to its job's.
+    let target = notice.child_target.as_ref().or(spec.target.as_ref());
+    let Some(target) = target.and_then(pacer_domain::Target::http) else {
         // A message on a queue cannot be withdrawn; the downstream learns of the cancellation
         // from its next callback's `409`.
         tracing::debug!(task.id = %notice.id, "the cancelled task's job publishes to RabbitMQ; no cancel notice");

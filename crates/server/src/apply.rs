@@ -99,6 +99,15 @@ mod tests {
     }
 
     #[test]
+    fn the_example_workflows_file_declares_its_two_jobs_without_a_problem() {
+        let (jobs, problems) = parse(include_str!("../../../examples/workflows.yaml"));
+        assert!(problems.is_empty(), "{problems:#?}");
+        let names: Vec<&str> = jobs.iter().map(|j| j.name.as_str()).collect();
+        assert_eq!(names, ["timetable-extraction", "item-sync"]);
+        assert_eq!(jobs[1].normalized["steps"][1]["max_parallel"], 50);
+    }
+
+    #[test]
     fn problems_name_the_file_the_job_and_the_field() {
         let (jobs, problems) = parse(
             r#"

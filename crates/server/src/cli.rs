@@ -189,7 +189,15 @@ pub(crate) enum TasksVerb {
     /// Cancel an open task.
     Cancel { id: String },
     /// Retry a finished task: a new task linked to it.
-    Retry { id: String },
+    Retry {
+        id: String,
+        /// For a run of a job made of steps: rerun only the children that failed or were
+        /// cancelled, reusing the results of those that completed.
+        #[arg(long)]
+        only_failed: bool,
+    },
+    /// A run of a job made of steps: its steps, their children, and how each stands.
+    Tree { id: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -509,14 +517,72 @@ async fn tasks(connection: &Connection, verb: TasksVerb) -> Result<()> {
                 .await?;
             connection.print(&task, task_line);
         }
-        TasksVerb::Retry { id } => {
+        TasksVerb::Retry { id, only_failed } => {
+            let body = only_failed.then(|| serde_json::json!({ "only": "failed" }));
             let task = client
-                .post(&format!("/api/v1/tasks/{}/retry", segment(&id)), None)
+                .post(
+                    &format!("/api/v1/tasks/{}/retry", segment(&id)),
+                    body.as_ref(),
+                )
                 .await?;
             connection.print(&task, |t| format!("retried as {}", task_line(t)));
         }
+        TasksVerb::Tree { id } => {
+            let run = client
+                .get(&format!("/api/v1/tasks/{}", segment(&id)), &[])
+                .await?;
+            connection.print(&run, run_tree);
+        }
     }
     Ok(())
+}
+
+/// A run as a tree: the run, each step with its children's counts, and the children of the
+/// steps that list them.
+fn run_tree(run: &Value) -> String {
+    let mut lines = vec![format!(
+        "{} ({} done of {})",
+        task_line(run),
+        output::text(run, "/progress/done"),
+        output::text(run, "/progress/total"),
+    )];
+    let Some(steps) = run["steps"].as_array() else {
+        lines.push("  not a run of a job made of steps (or not started yet)".to_owned());
+        return lines.join("\n");
+    };
+    for step in steps {
+        let counts = step["counts"]
+            .as_object()
+            .map(|counts| {
+                counts
+                    .iter()
+                    .filter(|(_, n)| n.as_u64().is_some_and(|n| n > 0))
+                    .map(|(state, n)| format!("{state} {n}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default();
+        lines.push(format!(
+            "  {} [{}] {}{}",
+            output::text(step, "/name"),
+            output::text(step, "/kind"),
+            output::text(step, "/state"),
+            if counts.is_empty() {
+                String::new()
+            } else {
+                format!(" ({counts})")
+            },
+        ));
+        for child in step["children"].as_array().into_iter().flatten() {
+            lines.push(format!(
+                "    {} {} {}",
+                output::text(child, "/name"),
+                output::text(child, "/state"),
+                output::text(child, "/id"),
+            ));
+        }
+    }
+    lines.join("\n")
 }
 
 async fn triggers(connection: &Connection, verb: TriggersVerb) -> Result<()> {

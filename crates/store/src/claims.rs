@@ -5,12 +5,13 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use pacer_domain::dispatch::AttemptOutcome;
-use pacer_domain::{AfterDispatch, FailureReason, JobSpec, Span, TaskId, TaskState};
+use pacer_domain::{AfterDispatch, FailureReason, JobSpec, Span, Step, Target, TaskId, TaskState};
 use serde_json::Value;
 use sqlx::types::Json;
 use uuid::Uuid;
 
 use crate::error::corrupt;
+use crate::runs::{advance_runs, lock_runs};
 use crate::{Result, Store, TASKS_DUE_CHANNEL};
 
 /// A task claimed by this node, with what its dispatch needs.
@@ -48,6 +49,27 @@ pub struct ClaimedTask {
     /// The task may be sent: it was claimed when due, or dispatched before. A task claimed ahead
     /// is not, until [`Store::mark_dispatched`] says its claim still holds.
     pub dispatched: bool,
+    /// For a child of a run (a job made of steps): what its dispatch adds.
+    pub child: Option<ChildWork>,
+}
+
+/// What the dispatch of a run's child carries beyond a task's: where it sits in its run, and the
+/// target of its step (a job made of steps has none of its own).
+#[derive(Debug, Clone)]
+pub struct ChildWork {
+    pub run: TaskId,
+    /// The step's index in the job's steps.
+    pub step: i32,
+    pub step_name: String,
+    /// The child's name in a `parallel` step, its item's key in a `for_each` step, the step's
+    /// name otherwise.
+    pub name: String,
+    /// The item of a `for_each` child.
+    pub item: Option<Value>,
+    /// The results of the steps before this one, by step name.
+    pub inputs: Value,
+    /// Where it is dispatched; `None` only when the run's stored step no longer reads.
+    pub target: Option<Target>,
 }
 
 /// What one dispatch came to, ready to record.
@@ -68,6 +90,8 @@ pub struct ReleasedClaim {
     pub claim_token: Uuid,
     pub attempt: i32,
     pub claimed_at: DateTime<Utc>,
+    /// The task is a child of a run: ending it may advance the run.
+    pub in_run: bool,
 }
 
 impl ClaimedTask {
@@ -79,6 +103,7 @@ impl ClaimedTask {
             claim_token: self.claim_token,
             attempt: self.attempt,
             claimed_at: self.claimed_at,
+            in_run: self.child.is_some(),
         }
     }
 }
@@ -89,6 +114,32 @@ fn ids_and_tokens(claims: &[ReleasedClaim]) -> (Vec<Uuid>, Vec<Uuid>) {
         .iter()
         .map(|c| (c.id.as_uuid(), c.claim_token))
         .unzip()
+}
+
+/// The child part of a claimed task, when it is a child of a run.
+fn child_work(
+    run: Option<Uuid>,
+    step: Option<i32>,
+    name: Option<String>,
+    item: Option<Value>,
+    definition: Option<Value>,
+    inputs: Option<Value>,
+) -> Option<ChildWork> {
+    let (run, step, name) = (run?, step?, name?);
+    let definition: Option<Step> = definition.and_then(|d| serde_json::from_value(d).ok());
+    let target = definition
+        .as_ref()
+        .and_then(|d| d.child_target(&name))
+        .map(|(target, _)| target.clone());
+    Some(ChildWork {
+        run: run.into(),
+        step,
+        step_name: definition.map(|d| d.name).unwrap_or_default(),
+        name,
+        item,
+        inputs: inputs.unwrap_or(Value::Null),
+        target,
+    })
 }
 
 impl Store {
@@ -136,6 +187,14 @@ impl Store {
                         u64::try_from(r.dispatch_in_ms).unwrap_or_default(),
                     ),
                     dispatched: r.dispatched,
+                    child: child_work(
+                        r.run_id,
+                        r.step,
+                        r.child,
+                        r.item,
+                        r.step_definition,
+                        r.inputs,
+                    ),
                 })
             })
             .collect()
@@ -209,28 +268,55 @@ impl Store {
             statuses.push(outcome.http_status.map(i32::from));
             latencies.push(i64::try_from(outcome.latency.as_millis()).unwrap_or(i64::MAX));
         }
-        let rows = sqlx::query_file!(
-            "src/sql/record_outcomes.sql",
-            &ids,
-            &tokens,
-            &states as &[Option<&str>],
-            &next_ms as &[Option<i64>],
-            &failures,
-            &reasons as &[Option<&str>],
-            &errors as &[Option<String>],
-            &progress as &[Option<Value>],
-            &messages as &[Option<String>],
-            &results as &[Option<Value>],
-            &attempts,
-            &nodes as &[&str],
-            &started,
-            &kinds as &[&str],
-            &statuses as &[Option<i32>],
-            &latencies,
-        )
-        .fetch_all(&self.batches)
-        .await?;
-        Ok(rows.into_iter().map(|r| r.applied).collect())
+        // Outcomes that end a task may end the last open child of a run's step: their runs are
+        // locked before the tasks, and advanced after them, in the same transaction (see
+        // `runs.rs`). A batch that ends nothing needs neither.
+        let ending: Vec<Uuid> = outcomes
+            .iter()
+            .filter(|(claim, outcome)| claim.in_run && outcome.decision.next_dispatch_in.is_none())
+            .map(|(claim, _)| claim.id.as_uuid())
+            .collect();
+        // One statement, expanded twice: on its own (the common case), or in a transaction with
+        // the runs it advances.
+        macro_rules! record {
+            ($executor:expr) => {
+                sqlx::query_file!(
+                    "src/sql/record_outcomes.sql",
+                    &ids,
+                    &tokens,
+                    &states as &[Option<&str>],
+                    &next_ms as &[Option<i64>],
+                    &failures,
+                    &reasons as &[Option<&str>],
+                    &errors as &[Option<String>],
+                    &progress as &[Option<Value>],
+                    &messages as &[Option<String>],
+                    &results as &[Option<Value>],
+                    &attempts,
+                    &nodes as &[&str],
+                    &started,
+                    &kinds as &[&str],
+                    &statuses as &[Option<i32>],
+                    &latencies,
+                )
+                .fetch_all($executor)
+                .await?
+                .into_iter()
+                .map(|r| r.applied)
+                .collect::<Vec<bool>>()
+            };
+        }
+        let rows = if ending.is_empty() {
+            record!(&self.batches)
+        } else {
+            let mut tx = self.batches.begin().await?;
+            let runs = lock_runs(&mut tx, &ending).await?;
+            let rows = record!(&mut *tx);
+            advance_runs(&mut tx, &runs).await?;
+            tx.commit().await?;
+            rows
+        };
+        Ok(rows)
     }
 
     /// Fails a claimed task whose hard timeout has passed. Returns false when the claim was no
@@ -240,6 +326,13 @@ impl Store {
             "timed out: still open {} after it was due",
             task.job.timeout
         );
+        let mut tx = self.pool.begin().await?;
+        // A child or a run timing out ends a run's child or the run: see `runs.rs`.
+        let runs = if task.child.is_some() || task.job.is_workflow() {
+            lock_runs(&mut tx, &[task.id.as_uuid()]).await?
+        } else {
+            Vec::new()
+        };
         let updated = sqlx::query!(
             "update tasks set state = 'failed', failure_reason = 'timed_out', last_error = $3,
                  finished_at = now(), next_dispatch_at = null,
@@ -249,8 +342,10 @@ impl Store {
             task.claim_token,
             message,
         )
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        advance_runs(&mut tx, &runs).await?;
+        tx.commit().await?;
         Ok(updated.rows_affected() == 1)
     }
 

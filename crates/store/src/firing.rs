@@ -128,6 +128,8 @@ pub(crate) async fn open_work(
                   count(*) filter (where waits_for is not null) as "waiting!",
                   max(id::text) filter (where waits_for is null) as running_task
            from tasks where job_id = any($1) and state in ('pending', 'processing')
+             -- A run's children are the run's work, not the job's: the run stands for them.
+             and step is null
            group by job_id"#,
         jobs,
     )

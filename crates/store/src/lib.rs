@@ -14,6 +14,7 @@ mod firing;
 mod jobs;
 mod messages;
 mod operations;
+mod runs;
 mod tasks;
 mod triggers;
 mod withdrawal;
@@ -30,7 +31,7 @@ pub use alerts::{
 pub use audit::{AuditEntry, NewAuditEntry};
 pub use backfill::Backfilled;
 pub use calendars::{Calendar, DeleteCalendar, PutCalendar};
-pub use claims::{ClaimedTask, Outcome, ReleasedClaim};
+pub use claims::{ChildWork, ClaimedTask, Outcome, ReleasedClaim};
 pub use cluster::{LEADER_CHANNEL, Lease, Node, Tenure};
 pub use error::{Error, Result};
 pub use events::{
@@ -40,6 +41,7 @@ pub use firing::{Fired, Swept};
 pub use jobs::{DeletedJob, Job, PutJob};
 pub use messages::{Ingested, MessageFilter, Route, StoredMessage};
 pub use operations::{CancelNotice, JobStats, Released, RetryCandidate, TaskBrief};
+pub use runs::{RunChild, RunView, retry_errors_key};
 pub use tasks::{
     Attempt, CreatedTask, KeptTask, NewTask, Origin, ReportOutcome, Reporting, Task, TaskCreation,
     TaskFilter, TaskReport,

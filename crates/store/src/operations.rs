@@ -3,7 +3,7 @@
 //! task it was sent has been cancelled.
 
 use chrono::{DateTime, Utc};
-use pacer_domain::{JobSpec, TaskId, TaskState};
+use pacer_domain::{JobSpec, Step, Target, TaskId, TaskState};
 use serde_json::Value;
 use sqlx::types::Json;
 use uuid::Uuid;
@@ -62,6 +62,8 @@ pub struct CancelNotice {
     pub job_name: String,
     /// The job's current definition; `None` when the job has been deleted since.
     pub job: Option<JobSpec>,
+    /// For a child of a run, the target of its step (its job has none of its own).
+    pub child_target: Option<Target>,
 }
 
 struct BriefRow {
@@ -134,11 +136,12 @@ impl Store {
         })
     }
 
-    /// Up to `limit` failed tasks of `job` that no task retries yet, oldest first.
+    /// Up to `limit` failed tasks of `job` that no task retries yet, oldest first. The children
+    /// of a run are retried with their run, never on their own.
     pub async fn failed_without_retry(&self, job: &Job, limit: i64) -> Result<Vec<RetryCandidate>> {
         Ok(sqlx::query!(
             "select t.id, t.payload from tasks t
-             where t.job_name = $1 and t.state = 'failed'
+             where t.job_name = $1 and t.state = 'failed' and t.step is null
                and not exists (select 1 from tasks r where r.retry_of = t.id)
              order by t.id limit $2",
             job.name.as_str(),
@@ -248,7 +251,10 @@ impl Store {
                update tasks t set cancel_notice_at = null
                from taken where t.id = taken.id
                returning t.id, t.job_name,
-                         (select j.spec from jobs j where j.id = t.job_id) as "spec: Json<JobSpec>""#,
+                         (select j.spec from jobs j where j.id = t.job_id) as "spec: Json<JobSpec>",
+                         t.child,
+                         (select r.steps -> t.step from task_runs r
+                          where r.task_id = t.run_id and t.step is not null) as "step: Json<Step>""#,
             limit,
         )
         .fetch_all(&self.pool)
@@ -258,6 +264,10 @@ impl Store {
             id: r.id.into(),
             job_name: r.job_name,
             job: r.spec.map(|s| s.0),
+            child_target: r.step.and_then(|step| {
+                let child = r.child.as_deref().unwrap_or_default();
+                step.0.child_target(child).map(|(target, _)| target.clone())
+            }),
         })
         .collect())
     }

@@ -74,14 +74,31 @@ impl Attempt {
             shared.in_flight.remove(task.id);
             return;
         }
+        // A run (the task of a job made of steps) is never sent: at its time it is started,
+        // which creates its first step's children.
+        let is_run = task.job.is_workflow() && task.child.is_none();
         // Everything but the sending is done before the task's time.
-        let prepared = prepare(
-            &task,
-            &shared.client,
-            &shared.outbound,
-            &shared.config.public_url,
-        );
+        let prepared = (!is_run).then(|| {
+            prepare(
+                &task,
+                &shared.client,
+                &shared.outbound,
+                &shared.config.public_url,
+            )
+        });
         let Some(permit) = shared.ahead.until_due(&task, due, permit).await else {
+            shared.in_flight.remove(task.id);
+            return;
+        };
+        let Some(prepared) = prepared else {
+            drop(permit);
+            match shared.store.start_run(&task).await {
+                Ok(true) => tracing::info!("run started"),
+                Ok(false) => {}
+                Err(error) => {
+                    tracing::warn!(%error, "starting a run did not commit; it will be claimed again")
+                }
+            }
             shared.in_flight.remove(task.id);
             return;
         };

@@ -27,6 +27,23 @@ struct DispatchBody<'a> {
     deadline_at: Option<DateTime<Utc>>,
     last_success_at: Option<DateTime<Utc>>,
     payload: &'a Value,
+    /// For a child of a run: the run's id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    run: Option<TaskId>,
+    /// For a child of a run: its step's name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    step: Option<&'a str>,
+    /// For a child of a run: its name in a `parallel` step, its item's key in a `for_each` step,
+    /// the step's name otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    child: Option<&'a str>,
+    /// For a child of a `for_each` step: its item.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    item: Option<&'a Value>,
+    /// For a child of a run: the results of the steps before its own, by step name (a
+    /// `parallel` step's by child name, a `for_each` step's by item key).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    inputs: Option<&'a Value>,
     /// Only for a job that expects a callback: a plain webhook (`expect_callback: false`) ends
     /// its task with its answer, so it is handed no credential it has no use for.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -94,6 +111,11 @@ pub(crate) fn prepare(
         deadline_at: task.deadline_at,
         last_success_at: task.last_success_at,
         payload: &task.payload,
+        run: task.child.as_ref().map(|c| c.run),
+        step: task.child.as_ref().map(|c| c.step_name.as_str()),
+        child: task.child.as_ref().map(|c| c.name.as_str()),
+        item: task.child.as_ref().and_then(|c| c.item.as_ref()),
+        inputs: task.child.as_ref().map(|c| &c.inputs),
         callback,
     };
     let body = serde_json::to_vec(&body)
@@ -107,9 +129,17 @@ pub(crate) fn prepare(
             &mut opentelemetry_http::HeaderInjector(&mut headers),
         );
     });
-    let target = match &task.job.target {
-        Target::Http(target) => target,
-        Target::Amqp(target) => {
+    // A child of a run goes to its step's target; any other task to its job's.
+    let target = match &task.child {
+        Some(child) => child.target.as_ref(),
+        None => task.job.target.as_ref(),
+    };
+    let target = match target {
+        None => {
+            return Err(unsigned("the task has no target to dispatch to".to_owned()));
+        }
+        Some(Target::Http(target)) => target,
+        Some(Target::Amqp(target)) => {
             return Ok(Prepared::Amqp {
                 target: target.clone(),
                 body,

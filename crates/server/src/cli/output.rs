@@ -88,8 +88,12 @@ pub(crate) fn flag(value: &Value, pointer: &str) -> String {
     }
 }
 
-/// Where a job's tasks go: the URL of an HTTP target, `exchange/routing_key` of an AMQP one.
+/// Where a job's tasks go: the URL of an HTTP target, `exchange/routing_key` of an AMQP one, or
+/// how many steps a job made of steps has.
 pub(crate) fn target(job: &Value) -> String {
+    if let Some(steps) = job.get("steps").and_then(Value::as_array) {
+        return format!("{} steps", steps.len());
+    }
     let target = &job["target"];
     if let Some(url) = target.get("url").and_then(Value::as_str) {
         return url.to_owned();

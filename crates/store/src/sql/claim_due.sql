@@ -8,6 +8,8 @@
 -- A task dispatched before, or queued behind another, is claimed only when due. A task claimed
 -- when due is marked `dispatched` by its claim; one claimed ahead is marked by its node shortly
 -- before its time (until then a pause, standby or trigger delete may still withdraw it).
+-- A run (the task of a job made of steps) is claimed like a task when it is created, and the
+-- dispatcher starts it instead of sending it; started, it is due again only at its timeout.
 -- The new lease is the job's dispatch timeout plus a margin ($3 ms) from the dispatch's time, on
 -- the database clock.
 with due as (
@@ -48,7 +50,7 @@ claimed as (
               coalesce(t.scheduled_at, t.due_at) as scheduled_at,
               coalesce(t.fire_at, t.scheduled_at, t.due_at) as fire_at, t.deadline_at,
               t.timeout_at, t.claimed_at, t.timeout_at <= now() as timed_out, t.trace_context,
-              t.dispatched,
+              t.dispatched, t.run_id, t.step, t.child, t.item,
               (extract(epoch from due.dispatch_at - now()) * 1000)::bigint as dispatch_in_ms
 )
 select c.id as "id!", c.claim_token as "claim_token!", c.job_name as "job_name!",
@@ -59,5 +61,9 @@ select c.id as "id!", c.claim_token as "claim_token!", c.job_name as "job_name!"
        c.dispatched as "dispatched!",
        c.dispatch_in_ms as "dispatch_in_ms!",
        (select max(s.started_at) from tasks s
-        where s.job_id = c.job_id and s.state = 'completed') as last_success_at
+        where s.job_id = c.job_id and s.state = 'completed') as last_success_at,
+       -- A child of a run: its run, step and name, its item, its step's definition (its target)
+       -- and the results of the steps before it; all null for any other task.
+       c.run_id, c.step, c.child, c.item, r.steps -> c.step as step_definition, r.inputs
 from claimed c
+left join task_runs r on r.task_id = c.run_id and c.step is not null

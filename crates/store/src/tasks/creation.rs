@@ -301,6 +301,7 @@ pub(crate) async fn insert_tasks(
                 trace_context: task.trace_context.clone(),
                 dispatch_in: std::time::Duration::ZERO,
                 dispatched: true,
+                child: None,
             })),
             _ => None,
         };

@@ -11,6 +11,7 @@ use super::{ReportOutcome, Task, TaskReport, TaskRow, select_task, strip_nulls};
 use crate::batch::BatchWrite;
 use crate::error::corrupt;
 use crate::events::{NewEvent, append_event};
+use crate::runs::{advance_runs, lock_runs};
 use crate::{CANCELS_CHANNEL, Error, Result, Store};
 
 impl Store {
@@ -50,8 +51,14 @@ impl Store {
             }
         }
         if let Some(from) = from {
-            let mut conn = self.batches.acquire().await?;
-            let finished = finish_tasks(&mut conn, &ends, &from).await?;
+            // The runs of children ending here are locked first and advanced after (see
+            // `runs.rs`), in the same transaction.
+            let ids: Vec<_> = ends.iter().map(|end| end.id.as_uuid()).collect();
+            let mut tx = self.batches.begin().await?;
+            let runs = lock_runs(&mut tx, &ids).await?;
+            let finished = finish_tasks(&mut tx, &ends, &from).await?;
+            advance_runs(&mut tx, &runs).await?;
+            tx.commit().await?;
             for ((i, end), task) in batch.into_iter().zip(&ends).zip(finished) {
                 answers[i] = Some(match task {
                     Some(task) => Ok((ReportOutcome::Applied(end.next), task)),
@@ -90,10 +97,20 @@ impl Store {
             report,
         };
         let mut tx = self.pool.begin().await?;
+        let runs = lock_runs(&mut tx, &[id.as_uuid()]).await?;
         let Some(task) = finish_tasks(&mut tx, &[end], &from).await?.pop().flatten() else {
             drop(tx);
             return self.settle(id, event, report).await;
         };
+        let runs = if event == TaskEvent::Cancel && runs.is_empty() {
+            // A run cancelled while it was being started had no run to lock a moment ago; the
+            // start committed first (the cancel waited for its row), so its children exist now
+            // and are cancelled with it.
+            lock_runs(&mut tx, &[id.as_uuid()]).await?
+        } else {
+            runs
+        };
+        advance_runs(&mut tx, &runs).await?;
         notify_cancel(&mut tx, event).await?;
         tx.commit().await?;
         Ok((ReportOutcome::Applied(next), task))
@@ -124,6 +141,8 @@ impl Store {
         report: Option<&TaskReport>,
     ) -> Result<(ReportOutcome, Task)> {
         let mut tx = self.pool.begin().await?;
+        // A run's lock comes before its tasks' (see `runs.rs`).
+        let runs = lock_runs(&mut tx, &[id.as_uuid()]).await?;
         let row = sqlx::query!(
             r#"select t.state, t.job_name, j.spec ->> 'repoll_interval' as repoll_interval
                from tasks t left join jobs j on j.id = t.job_id
@@ -147,6 +166,7 @@ impl Store {
                     report,
                 };
                 finish_tasks(&mut tx, &[end], &[state.as_str()]).await?;
+                advance_runs(&mut tx, &runs).await?;
                 notify_cancel(&mut tx, event).await?;
                 ReportOutcome::Applied(next)
             }
