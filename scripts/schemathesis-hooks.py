@@ -74,7 +74,31 @@ SEMANTIC = {
         "retry.max_backoff": SPAN,
     },
 }
+# A trigger's jitter is a duration with its own range, and its calendars must exist.
+SEMANTIC["POST /api/v1/jobs/{name}/triggers"]["jitter"] = ("must be between",) + SPAN
+SEMANTIC["POST /api/v1/jobs/{name}/triggers"]["calendars[]"] = ("no calendar named",)
 SEMANTIC["PUT /api/v1/jobs/{name}/triggers/{id}"] = SEMANTIC["POST /api/v1/jobs/{name}/triggers"]
+# A backfill's range is checked against itself, the database's clock and its cap.
+BACKFILL = {
+    "to": (
+        "must be after `from`",
+        "must not be later than now",
+        "the range holds more than",
+    ),
+}
+SEMANTIC["POST /api/v1/jobs/{name}/backfill"] = BACKFILL
+SEMANTIC["POST /api/v1/jobs/{name}/triggers/{id}/backfill"] = BACKFILL
+# A calendar's rules are dates, times and cron expressions read in its time zone (their grammar
+# is not JSON Schema's), and what it includes must exist and not include it back.
+CALENDAR_RULE_FIELDS = ("date", "from", "to", "days", "expression", "duration", "kind")
+SEMANTIC["PUT /api/v1/calendars/{name}"] = {
+    "include[]": ("no calendar named", "`"),
+    "include": ("a calendar may not include itself",),
+    "timezone": ("unknown time zone",),
+    **{f"exclude[].{field}": ("",) for field in CALENDAR_RULE_FIELDS},
+}
+# The calendar list's cursor is opaque: only what the API returned decodes.
+SEMANTIC["GET /api/v1/calendars"] = {"cursor": ("not a cursor returned by this API",)}
 
 UUID = r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$"
 
