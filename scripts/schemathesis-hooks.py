@@ -97,6 +97,12 @@ SEMANTIC["PUT /api/v1/calendars/{name}"] = {
     "timezone": ("unknown time zone",),
     **{f"exclude[].{field}": ("",) for field in CALENDAR_RULE_FIELDS},
 }
+# A job has a target or steps, and what its steps name and reach is checked as for a target.
+SEMANTIC["PUT /api/v1/jobs/{name}"]["steps*"] = ("",)
+SEMANTIC["PUT /api/v1/jobs/{name}"]["target"] = ("a job has either",)
+# Retrying only what failed is for the run of a job made of steps, and a run's child is retried
+# with its run.
+SEMANTIC["POST /api/v1/tasks/{id}/retry"] = {"only": ("only the run of a job made of steps",)}
 # The calendar list's cursor is opaque: only what the API returned decodes.
 SEMANTIC["GET /api/v1/calendars"] = {"cursor": ("not a cursor returned by this API",)}
 
@@ -135,6 +141,10 @@ def _expected(operation: str, errors: list) -> bool:
     # `target.headers.*`.
     def field(error):
         name = re.sub(r"\[\d+\]", "[]", str(error.get("field")))
+        # A job's steps: names that must be unique or name an earlier step, and targets checked
+        # as a job's target is; every field under `steps` is listed as `steps*`.
+        if name.startswith("steps"):
+            return "steps*"
         return re.sub(r"^target\.headers\..*$", "target.headers.*", name)
     return bool(errors) and all(
         isinstance(error, dict)
