@@ -102,7 +102,10 @@ SEMANTIC["PUT /api/v1/jobs/{name}"]["steps*"] = ("",)
 SEMANTIC["PUT /api/v1/jobs/{name}"]["target"] = ("a job has either",)
 # Retrying only what failed is for the run of a job made of steps, and a run's child is retried
 # with its run.
-SEMANTIC["POST /api/v1/tasks/{id}/retry"] = {"only": ("only the run of a job made of steps",)}
+SEMANTIC["POST /api/v1/tasks/{id}/retry"] = {
+    "only": ("only the run of a job made of steps",),
+    "id": ("a child of a run is retried with its run",),
+}
 # The calendar list's cursor is opaque: only what the API returned decodes.
 SEMANTIC["GET /api/v1/calendars"] = {"cursor": ("not a cursor returned by this API",)}
 
