@@ -76,7 +76,11 @@ SEMANTIC = {
 }
 # A trigger's jitter is a duration with its own range, and its calendars must exist.
 SEMANTIC["POST /api/v1/jobs/{name}/triggers"]["jitter"] = ("must be between",) + SPAN
-SEMANTIC["POST /api/v1/jobs/{name}/triggers"]["calendars[]"] = ("no calendar named",)
+SEMANTIC["POST /api/v1/jobs/{name}/triggers"]["calendars[]"] = (
+    "no calendar named",
+    "a calendar name is",
+    "`",
+)
 SEMANTIC["PUT /api/v1/jobs/{name}/triggers/{id}"] = SEMANTIC["POST /api/v1/jobs/{name}/triggers"]
 # A backfill's range is checked against itself, the database's clock and its cap.
 BACKFILL = {
@@ -92,14 +96,14 @@ SEMANTIC["POST /api/v1/jobs/{name}/triggers/{id}/backfill"] = BACKFILL
 # is not JSON Schema's), and what it includes must exist and not include it back.
 CALENDAR_RULE_FIELDS = ("date", "from", "to", "days", "expression", "duration", "kind")
 SEMANTIC["PUT /api/v1/calendars/{name}"] = {
-    "include[]": ("no calendar named", "`"),
+    "include[]": ("no calendar named", "a calendar name is", "`"),
     "include": ("a calendar may not include itself",),
     "timezone": ("unknown time zone",),
     **{f"exclude[].{field}": ("",) for field in CALENDAR_RULE_FIELDS},
 }
 # A job has a target or steps, and what its steps name and reach is checked as for a target.
 SEMANTIC["PUT /api/v1/jobs/{name}"]["steps*"] = ("",)
-SEMANTIC["PUT /api/v1/jobs/{name}"]["target"] = ("a job has either",)
+SEMANTIC["PUT /api/v1/jobs/{name}"]["target"] = ("a job has either", "a job needs a `target`")
 # Retrying only what failed is for the run of a job made of steps, and a run's child is retried
 # with its run.
 SEMANTIC["POST /api/v1/tasks/{id}/retry"] = {
