@@ -100,6 +100,9 @@ SEMANTIC["PUT /api/v1/calendars/{name}"] = {
     "include": ("a calendar may not include itself",),
     "timezone": ("unknown time zone",),
     **{f"exclude[].{field}": ("",) for field in CALENDAR_RULE_FIELDS},
+    # A rule is read by its kind, each kind's fields only; the document does not yet close each
+    # kind's object to other properties.
+    "exclude[]": ("unknown field", "unknown variant", "missing field", "invalid type"),
 }
 # A job has a target or steps, and what its steps name and reach is checked as for a target.
 SEMANTIC["PUT /api/v1/jobs/{name}"]["steps*"] = ("",)
