@@ -62,11 +62,11 @@ pub(crate) fn init(format: LogFormat, level: &str) -> Telemetry {
                 None
             }
         });
-    // Each layer has its own filter: turning logs down (`RUST_LOG=warn`) must not drop the
-    // spans that carry a task's trace, nor the `traceparent` its dispatches send.
-    let registry = tracing_subscriber::registry().with(logs.with_filter(filter));
     match &provider {
-        Some(provider) => registry
+        // Each layer has its own filter: turning logs down must not drop the spans that carry a
+        // task's trace, nor the `traceparent` its dispatches send.
+        Some(provider) => tracing_subscriber::registry()
+            .with(logs.with_filter(filter))
             .with(
                 tracing_opentelemetry::layer()
                     .with_tracer(provider.tracer("pacer"))
@@ -75,7 +75,11 @@ pub(crate) fn init(format: LogFormat, level: &str) -> Telemetry {
                     .with_filter(LevelFilter::INFO),
             )
             .init(),
-        None => registry.init(),
+        // Without traces the log filter is the whole subscriber's: nothing else needs a span.
+        None => tracing_subscriber::registry()
+            .with(logs)
+            .with(filter)
+            .init(),
     }
     Telemetry { provider }
 }
