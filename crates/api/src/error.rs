@@ -37,6 +37,8 @@ pub enum Error {
     TaskNotClaimed { task: TaskId, state: TaskState },
     #[error("job {job} is paused")]
     JobPaused { job: String },
+    #[error("concurrency group {group} is named by jobs {jobs}")]
+    GroupInUse { group: String, jobs: String },
     #[error("calendar {calendar} is in use by {used_by}")]
     CalendarInUse { calendar: String, used_by: String },
     #[error("job {job}'s trigger fired an occurrence of the backfill meanwhile")]
@@ -140,6 +142,11 @@ impl Error {
                 "Task already finished",
             ),
             Error::JobPaused { .. } => (StatusCode::CONFLICT, "/problems/job-paused", "Job paused"),
+            Error::GroupInUse { .. } => (
+                StatusCode::CONFLICT,
+                "/problems/concurrency-group-in-use",
+                "Concurrency group in use",
+            ),
             Error::CalendarInUse { .. } => (
                 StatusCode::CONFLICT,
                 "/problems/calendar-in-use",
@@ -219,6 +226,9 @@ impl Error {
                 format!("the task is already {state}; a finished task never changes")
             }
             Error::JobPaused { job } => format!("job {job} is paused; resume it to create tasks"),
+            Error::GroupInUse { group, jobs } => {
+                format!("concurrency group {group} is named by jobs {jobs}; change them first")
+            }
             Error::CalendarInUse { calendar, used_by } => format!(
                 "calendar {calendar} is used by {used_by}; remove it from them first, or delete with ?force=true (they then ignore it)"
             ),

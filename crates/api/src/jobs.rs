@@ -133,6 +133,15 @@ async fn put_job(
             );
         }
     }
+    if let Some(group) = &spec.concurrency_group {
+        match state.store.get_group(group).await {
+            Ok(_) => {}
+            Err(pacer_store::Error::NotFound(_)) => {
+                unknown.push("concurrency_group", no_group(group))
+            }
+            Err(other) => return Err(other.into()),
+        }
+    }
     unknown.into_result(()).map_err(Error::Validation)?;
     let before = match state.store.get_job(&name).await {
         Ok(job) => Some(job),
@@ -143,7 +152,19 @@ async fn put_job(
     if query.dry_run {
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
-    let put = state.store.put_job(&name, &spec).await?;
+    let put = match state.store.put_job(&name, &spec).await {
+        // Deleted since the check above.
+        Err(pacer_store::Error::Conflict { constraint })
+            if constraint == "jobs_concurrency_group_fkey" =>
+        {
+            let group = spec.concurrency_group.as_ref().map(ToString::to_string);
+            return Err(Error::field(
+                "concurrency_group",
+                no_group(group.unwrap_or_default()),
+            ));
+        }
+        other => other?,
+    };
     if before.as_ref().is_none_or(|b| b.version != put.job.version) {
         let summary =
             |job: &pacer_store::Job| serde_json::to_value(JobView::from(job.clone())).ok();
@@ -367,4 +388,10 @@ async fn set_paused(
         .await;
     }
     Ok(JsonResponse(updated.into()))
+}
+
+fn no_group(group: impl std::fmt::Display) -> String {
+    format!(
+        "no concurrency group named `{group}`: create it with PUT /api/v1/concurrency-groups/{group} first"
+    )
 }

@@ -7,6 +7,7 @@ mod audit;
 mod auth;
 mod calendars;
 mod cluster;
+mod concurrency;
 mod error;
 mod events;
 mod extract;
@@ -252,6 +253,7 @@ fn groups() -> [(Access, OpenApiRouter<AppState>); 6] {
                 .merge(jobs::admin_routes())
                 .merge(triggers::admin_routes())
                 .merge(calendars::admin_routes())
+                .merge(concurrency::admin_routes())
                 .merge(audit::admin_routes()),
         ),
         (
@@ -264,6 +266,7 @@ fn groups() -> [(Access, OpenApiRouter<AppState>); 6] {
                 .merge(events::operator_routes())
                 .merge(triggers::operator_routes())
                 .merge(calendars::operator_routes())
+                .merge(concurrency::operator_routes())
                 .merge(cluster::operator_routes())
                 .merge(alerts::operator_routes())
                 .merge(messages::operator_routes()),

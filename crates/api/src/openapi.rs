@@ -97,6 +97,7 @@ pub(crate) enum Access {
         (name = "jobs", description = "Named definitions of work: where to dispatch, with what payload and policy."),
         (name = "triggers", description = "When a job fires: cron, interval or once; backfills of past occurrences."),
         (name = "calendars", description = "Named exclusion calendars (holidays, maintenance windows) that triggers skip."),
+        (name = "concurrency", description = "Concurrency groups: a limit on open tasks that several jobs share."),
         (name = "tasks", description = "Runs of a job, their attempts, and the downstream's callbacks."),
         (name = "messages", description = "Notices from upstreams, each creating a task for every job subscribed to its type."),
         (name = "alerts", description = "Late or failing work, raised once per problem: list, acknowledge, resolve."),

@@ -324,7 +324,8 @@ pub(crate) fn task_not_found(id: TaskId) -> impl FnOnce(pacer_store::Error) -> E
 /// Get a task
 ///
 /// The task with every attempt so far, its latest 1000 state changes and callbacks in order
-/// (`history`), and the tasks that retry it (`retries`).
+/// (`history`), the tasks that retry it (`retries`), and, while it waits for a concurrency
+/// slot, what it waits for (`waiting_for`).
 #[utoipa::path(
     get,
     path = "/api/v1/tasks/{id}",
@@ -346,7 +347,8 @@ async fn get_task(
     let history = state.store.task_history(id, 1000).await?;
     let retries = state.store.retries_of(id).await?;
     let run = crate::runs::run_steps(&state, id, task.state).await?;
-    let view = TaskView::detail(task, attempts, history, retries);
+    let waiting_for = state.store.waiting_for(id.as_uuid()).await?;
+    let view = TaskView::detail(task, attempts, history, retries).waiting_for(waiting_for);
     Ok(JsonResponse(match run {
         Some((steps, progress)) => view.with_steps(steps, progress),
         None => view,

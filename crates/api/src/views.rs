@@ -136,6 +136,12 @@ pub struct TaskView {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     pub(crate) steps: Option<Vec<crate::runs::StepView>>,
+    /// While the task waits for a slot of its job's `max_concurrency` or its concurrency group:
+    /// the limit and the tasks holding its slots; only in `GET /api/v1/tasks/{id}`. Such a task
+    /// is first dispatched when a slot frees up, not at `next_dispatch_at`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    waiting_for: Option<crate::concurrency::WaitingForView>,
 }
 
 impl TaskView {
@@ -144,6 +150,12 @@ impl TaskView {
     pub(crate) fn with_steps(mut self, steps: Vec<crate::runs::StepView>, progress: Value) -> Self {
         self.steps = Some(steps);
         self.progress = Some(progress);
+        self
+    }
+
+    /// Says what the task waits for, if it waits for a concurrency slot.
+    pub(crate) fn waiting_for(mut self, waiting: Option<pacer_store::WaitingFor>) -> Self {
+        self.waiting_for = waiting.map(Into::into);
         self
     }
 
@@ -199,6 +211,7 @@ impl From<Task> for TaskView {
             history: None,
             retries: None,
             steps: None,
+            waiting_for: None,
         }
     }
 }

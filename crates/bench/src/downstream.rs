@@ -4,7 +4,7 @@
 //! immediately or after `--callback-delay`; on `/accept` it does nothing more (for jobs with
 //! `expect_callback: false`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -74,8 +74,17 @@ pub(crate) struct CallbackAnswer {
     pub(crate) millis: f64,
 }
 
+/// The tasks the downstream is working on (dispatched on `/callback`, not yet called back) and
+/// the most at once.
+#[derive(Default)]
+struct Open {
+    tasks: HashSet<String>,
+    max: usize,
+}
+
 struct Shared {
     dispatches: Mutex<Vec<Dispatch>>,
+    open: Mutex<Open>,
     answers: Mutex<Vec<CallbackAnswer>>,
     client: Caller,
     delay: Duration,
@@ -101,6 +110,7 @@ impl Downstream {
         let address: SocketAddr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             dispatches: Mutex::new(Vec::with_capacity(64 * 1024)),
+            open: Mutex::default(),
             answers: Mutex::new(Vec::with_capacity(64 * 1024)),
             client: Caller::new()?,
             delay,
@@ -163,6 +173,16 @@ impl Downstream {
             .collect()
     }
 
+    /// The most distinct tasks the downstream was working on at once (from a dispatch on
+    /// `/callback` until its callback is sent).
+    pub(crate) fn max_open(&self) -> usize {
+        self.shared
+            .open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .max
+    }
+
     pub(crate) fn callbacks(&self) -> CallbackCounts {
         CallbackCounts {
             answered: self.shared.answered.load(Ordering::Relaxed),
@@ -202,13 +222,18 @@ async fn receive(State(shared): State<Arc<Shared>>, uri: Uri, body: Bytes) -> St
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .push(Dispatch {
-            task_id,
+            task_id: task_id.clone(),
             received_at,
         });
     if uri.path() == "/callback"
         && let Some(CallbackBody { url, token }) = callback
     {
-        tokio::spawn(call_back(shared, url, token));
+        {
+            let mut open = shared.open.lock().unwrap_or_else(PoisonError::into_inner);
+            open.tasks.insert(task_id.clone());
+            open.max = open.max.max(open.tasks.len());
+        }
+        tokio::spawn(call_back(shared, task_id, url, token));
     }
     StatusCode::ACCEPTED
 }
@@ -218,10 +243,17 @@ const CALLBACK_BODY: &str = r#"{"status":"completed","result":{"by":"pacer-bench
 
 /// Reports the task completed, retrying while the node is unreachable or busy: during a
 /// failover the node that dispatched may be gone.
-async fn call_back(shared: Arc<Shared>, url: String, token: String) {
+async fn call_back(shared: Arc<Shared>, task_id: String, url: String, token: String) {
     if !shared.delay.is_zero() {
         tokio::time::sleep(shared.delay).await;
     }
+    // The work is done: from here the task is Pacer's to end.
+    shared
+        .open
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .tasks
+        .remove(&task_id);
     let mut backoff = Duration::from_millis(100);
     for attempt in 0..6 {
         if attempt > 0 {

@@ -18,7 +18,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::report::Report;
 use crate::workloads::{
-    FailoverArgs, FiringArgs, IdleArgs, OneshotArgs, SmokeArgs, ThroughputArgs,
+    ConcurrencyArgs, FailoverArgs, FiringArgs, IdleArgs, OneshotArgs, SmokeArgs, ThroughputArgs,
 };
 
 /// Benchmarks for Pacer: firing lateness, failover, task throughput, one-shot precision and
@@ -43,6 +43,9 @@ enum Workload {
     Throughput(ThroughputArgs),
     /// `once` triggers due at precise instants: lateness percentiles.
     Oneshot(OneshotArgs),
+    /// T tasks of a job with `max_concurrency` N over the cluster: the most tasks the downstream
+    /// saw at once (must be N) and the throughput under the limit.
+    Concurrency(ConcurrencyArgs),
     /// A node at rest: memory, CPU and database writes.
     Idle(IdleArgs),
     /// All of the machinery in a few seconds; exits non-zero on any lost, missing or duplicate
@@ -162,6 +165,7 @@ async fn run(cli: Cli) -> anyhow::Result<Report> {
             Workload::Failover(args) => workloads::failover::run(&bench, &args).await,
             Workload::Throughput(args) => workloads::throughput::run(&bench, &args).await,
             Workload::Oneshot(args) => workloads::oneshot::run(&bench, &args).await,
+            Workload::Concurrency(args) => workloads::concurrency::run(&bench, &args).await,
             Workload::Idle(args) => workloads::idle::run(&bench, &args).await,
             Workload::Smoke(args) => workloads::smoke::run(&bench, &args).await,
         }

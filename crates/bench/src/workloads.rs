@@ -2,6 +2,7 @@
 //! job, creating triggers, checking every occurrence of interval triggers against the tasks and
 //! skips recorded for it, and sampling CPU while a workload runs.
 
+pub(crate) mod concurrency;
 pub(crate) mod failover;
 pub(crate) mod firing;
 pub(crate) mod idle;
@@ -178,6 +179,17 @@ pub(crate) async fn define_job(
     prefix: &str,
     expect_callback: bool,
 ) -> Result<BenchJob> {
+    define_job_with(target, downstream, prefix, expect_callback, json!({})).await
+}
+
+/// [`define_job`] with `extra` fields laid over the definition.
+pub(crate) async fn define_job_with(
+    target: &Target,
+    downstream: &Downstream,
+    prefix: &str,
+    expect_callback: bool,
+    extra: Value,
+) -> Result<BenchJob> {
     let id = Uuid::now_v7().simple().to_string();
     let name = format!("{prefix}-{}", &id[id.len() - 8..]);
     let url = if expect_callback {
@@ -185,7 +197,7 @@ pub(crate) async fn define_job(
     } else {
         downstream.accept_url()
     };
-    let spec = json!({
+    let mut spec = json!({
         "description": "pacer-bench",
         "target": { "url": url },
         "expect_callback": expect_callback,
@@ -193,6 +205,9 @@ pub(crate) async fn define_job(
         "dispatch_timeout": "10s",
         "timeout": "1h",
     });
+    if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
+        spec.extend(extra.clone());
+    }
     target.api.put_job(target.url(0), &name, &spec).await?;
     target.note_job(&name);
     let id: Uuid = sqlx::query_scalar("select id from jobs where name = $1")
@@ -615,6 +630,20 @@ pub(crate) struct ThroughputArgs {
     /// Which phases: `both`, `callback` (full cycle) or `no-callback` (2xx completes).
     #[arg(long, default_value = "both", value_parser = ["both", "callback", "no-callback"])]
     pub(crate) mode: String,
+}
+
+/// `pacer-bench concurrency` options.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct ConcurrencyArgs {
+    /// Tasks to create.
+    #[arg(long, default_value_t = 2000)]
+    pub(crate) tasks: usize,
+    /// The job's `max_concurrency`.
+    #[arg(long, default_value_t = 5)]
+    pub(crate) limit: u32,
+    /// Create requests in flight at once.
+    #[arg(long, default_value_t = 32)]
+    pub(crate) concurrency: usize,
 }
 
 /// `pacer-bench oneshot` options.

@@ -46,12 +46,7 @@ impl FromStr for CalendarName {
     type Err = InvalidCalendarName;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let valid = !s.is_empty()
-            && s.len() <= 64
-            && s.starts_with(|c: char| c.is_ascii_alphanumeric())
-            && s.chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-        if valid {
+        if crate::validation::is_name(s) {
             Ok(Self(s.to_owned()))
         } else {
             Err(InvalidCalendarName)

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::alert::JobAlerts;
+use crate::concurrency::{GroupName, check_limit};
 use crate::firing::OverlapPolicy;
 use crate::message::{MessageType, parse_subscriptions};
 use crate::workflow::{Step, check_steps};
@@ -30,12 +31,7 @@ impl FromStr for JobName {
     type Err = InvalidJobName;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let valid = !s.is_empty()
-            && s.len() <= 64
-            && s.starts_with(|c: char| c.is_ascii_alphanumeric())
-            && s.chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-        if valid {
+        if crate::validation::is_name(s) {
             Ok(Self(s.to_owned()))
         } else {
             Err(InvalidJobName)
@@ -330,6 +326,14 @@ pub struct JobSpec {
     /// Message types this job subscribes to: each such message creates a task.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub on_messages: Vec<MessageType>,
+    /// Most of this job's tasks holding a slot (dispatched and not yet ended) at once,
+    /// cluster-wide; the others wait `pending` in due order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrency: Option<u32>,
+    /// The concurrency group whose limit this job's tasks share with every other job in it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
+    pub concurrency_group: Option<GroupName>,
 }
 
 /// A job definition as a client writes it: everything but the target is optional.
@@ -373,6 +377,18 @@ pub struct JobInput {
     /// Message types this job subscribes to: each such message creates a task.
     #[cfg_attr(feature = "openapi", schema(value_type = Option<Vec<MessageType>>))]
     pub on_messages: Option<Vec<String>>,
+    /// Most of this job's tasks dispatched and not yet ended at once, cluster-wide (1–10000);
+    /// the others wait `pending` in due order and start as slots free up.
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 10000))]
+    #[serde(default, deserialize_with = "crate::validation::optional_whole_number")]
+    pub max_concurrency: Option<u32>,
+    /// A concurrency group (defined with `PUT /api/v1/concurrency-groups/{name}`) whose limit
+    /// this job's tasks share with every other job in it.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(value_type = Option<String>, pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    )]
+    pub concurrency_group: Option<String>,
 }
 
 /// The schema of a job's labels: the rules [`check_labels`] applies.
@@ -691,6 +707,14 @@ impl TryFrom<JobInput> for JobSpec {
         let alerts = input.alerts.unwrap_or_default();
         alerts.check(&mut errors);
         let on_messages = parse_subscriptions(&mut errors, input.on_messages);
+        if let Some(limit) = input.max_concurrency {
+            check_limit(&mut errors, "max_concurrency", limit);
+        }
+        let concurrency_group = input.concurrency_group.and_then(|name| {
+            name.parse::<GroupName>()
+                .map_err(|e| errors.push("concurrency_group", e.to_string()))
+                .ok()
+        });
         errors.into_result(JobSpec {
             description: input.description,
             target,
@@ -706,6 +730,8 @@ impl TryFrom<JobInput> for JobSpec {
             labels,
             alerts,
             on_messages,
+            max_concurrency: input.max_concurrency,
+            concurrency_group,
         })
     }
 }
@@ -718,6 +744,11 @@ impl JobSpec {
             step.target.iter().chain(children)
         });
         self.target.iter().chain(steps)
+    }
+
+    /// True when the job's tasks wait for a slot before their first dispatch.
+    pub fn is_limited(&self) -> bool {
+        self.max_concurrency.is_some() || self.concurrency_group.is_some()
     }
 
     /// True for a job made of steps, whose tasks are runs.

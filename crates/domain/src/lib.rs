@@ -3,6 +3,7 @@
 
 pub mod alert;
 pub mod calendar;
+pub mod concurrency;
 pub mod dispatch;
 pub mod firing;
 pub mod ids;
@@ -19,6 +20,7 @@ pub mod workflow;
 
 pub use alert::{AlertKind, AlertState, JobAlerts, Severity};
 pub use calendar::{CalendarInput, CalendarName, CalendarSpec, Calendars, Exclusion};
+pub use concurrency::{GroupInput, GroupName, GroupSpec};
 pub use dispatch::{
     AfterDispatch, DispatchOutcome, ResponseClass, after_dispatch, classify_status,
 };

@@ -99,3 +99,25 @@ where
         ))
     })
 }
+
+/// Reads a required whole number as [`optional_whole_number`] does.
+pub fn whole_number<'de, D>(deserializer: D) -> Result<u32, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    use serde::de::Error;
+
+    optional_whole_number(deserializer)?
+        .ok_or_else(|| D::Error::custom("a whole number is required"))
+}
+
+/// True for a name of 1–64 letters, digits, `.`, `_` and `-` starting with a letter or digit:
+/// the rule for the names of jobs, calendars, secrets and concurrency groups, which appear in URLs
+/// without escaping.
+pub fn is_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}

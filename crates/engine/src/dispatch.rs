@@ -282,6 +282,8 @@ impl Dispatcher {
         }
         let wanted = permits.len();
         let limit = i64::try_from(wanted).unwrap_or(i64::MAX);
+        // Tasks of limited jobs given their slots now are due now: claimed just below.
+        let admitted = self.store.admit_waiting().await?;
         let tasks = self
             .store
             .claim_due(
@@ -303,7 +305,7 @@ impl Dispatcher {
             let ahead = claimed - due;
             tracing::debug!(claimed, ahead, "claimed tasks");
         }
-        let looked = if claimed == wanted {
+        let looked = if claimed == wanted || admitted.more {
             Claimed::Full
         } else {
             Claimed::Partial

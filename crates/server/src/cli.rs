@@ -4,6 +4,7 @@
 
 mod calendars;
 mod events;
+mod groups;
 pub(crate) mod output;
 
 use std::path::PathBuf;
@@ -81,6 +82,14 @@ pub(crate) enum Remote {
         connection: Connection,
         #[command(subcommand)]
         verb: calendars::CalendarsVerb,
+    },
+    /// List, show, create or change, and delete concurrency groups.
+    #[command(after_help = EXIT_CODES)]
+    Groups {
+        #[command(flatten)]
+        connection: Connection,
+        #[command(subcommand)]
+        verb: groups::GroupsVerb,
     },
     /// List, acknowledge and resolve alerts.
     #[command(after_help = EXIT_CODES)]
@@ -288,6 +297,7 @@ async fn dispatch(remote: Remote) -> Result<()> {
         Remote::Triggers { connection, verb } => triggers(&connection, verb).await,
         Remote::Alerts { connection, verb } => alerts(&connection, verb).await,
         Remote::Calendars { connection, verb } => calendars::calendars(&connection, verb).await,
+        Remote::Groups { connection, verb } => groups::groups(&connection, verb).await,
         Remote::Cluster {
             connection,
             verb: ClusterVerb::Status,

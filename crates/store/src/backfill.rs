@@ -79,13 +79,14 @@ impl Store {
         let created = sqlx::query!(
             r#"with inserted as (
                    insert into tasks (id, job_id, job_name, origin, payload, due_at, scheduled_at,
-                                      trigger_id, deadline_at, timeout_at, next_dispatch_at, waits_for)
+                                      trigger_id, deadline_at, timeout_at, next_dispatch_at, waits_for,
+                                      waiting)
                    select n.id, $2, $3, 'backfill', $4, now(), n.scheduled_at, $5,
                           now() + $6::bigint * interval '1 millisecond',
                           now() + $7::bigint * interval '1 millisecond',
-                          case when n.waits_for is null then now()
+                          case when n.waits_for is null and not $11 then now()
                                else now() + $7::bigint * interval '1 millisecond' end,
-                          n.waits_for
+                          n.waits_for, $11
                    from unnest($1::uuid[], $8::timestamptz[], $9::uuid[])
                         as n(id, scheduled_at, waits_for)
                    on conflict (trigger_id, scheduled_at) where trigger_id is not null do nothing
@@ -104,6 +105,7 @@ impl Store {
             &missing,
             &waits_for as &[Option<Uuid>],
             TASKS_DUE_CHANNEL,
+            job.spec.is_limited(),
         )
         .fetch_all(&mut *tx)
         .await?;

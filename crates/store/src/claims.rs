@@ -454,6 +454,9 @@ impl Store {
                )
                select extract(epoch from least(
                    (select at from first),
+                   -- A task waiting for a concurrency slot is first looked at when it is due.
+                   (select min(due_at) from tasks
+                    where waiting and state = 'pending' and due_at > now()),
                    (select t.next_dispatch_at - $1::bigint * interval '1 millisecond'
                     from tasks t, first
                     where t.next_dispatch_at is not null

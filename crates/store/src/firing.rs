@@ -64,6 +64,8 @@ struct NewTasks {
     deadline_ms: Vec<Option<i64>>,
     timeout_ms: Vec<i64>,
     waits_for: Vec<Option<Uuid>>,
+    /// The job has concurrency limits: the task waits for a slot.
+    waiting: Vec<bool>,
 }
 
 #[derive(Default)]
@@ -323,6 +325,7 @@ impl Store {
                     .push(trigger.job.deadline.map(|d| d.as_millis()));
                 tasks.timeout_ms.push(trigger.job.timeout.as_millis());
                 tasks.waits_for.push(waits_for);
+                tasks.waiting.push(trigger.job.is_limited());
             }
             trigger_ids.push(trigger.id);
             next_fire.push(planned.next_fire_at);
@@ -348,17 +351,19 @@ impl Store {
             r#"with inserted as (
                    insert into tasks (id, job_id, job_name, origin, payload, due_at, scheduled_at,
                                       trigger_id, fired_term, deadline_at, timeout_at,
-                                      next_dispatch_at, waits_for, fire_at)
+                                      next_dispatch_at, waits_for, fire_at, waiting)
                    select n.id, n.job_id, n.job_name, 'trigger', n.payload, d.due_at, n.scheduled_at,
                           n.trigger_id, $10, d.due_at + n.deadline_ms * interval '1 millisecond',
                           d.due_at + n.timeout_ms * interval '1 millisecond',
-                          case when n.waits_for is null then d.due_at
+                          case when n.waits_for is null and not n.waiting then d.due_at
                                else d.due_at + n.timeout_ms * interval '1 millisecond' end,
-                          n.waits_for, n.fire_at
+                          n.waits_for, n.fire_at, n.waiting
                    -- A task fired ahead is due at its (jittered) fire time; any other at once.
+                   -- One of a job with concurrency limits waits for a slot from then.
                    from unnest($1::uuid[], $2::uuid[], $3::text[], $4::uuid[], $5::timestamptz[],
-                               $6::jsonb[], $7::bigint[], $8::bigint[], $9::uuid[], $12::timestamptz[])
-                        as n(id, job_id, job_name, trigger_id, scheduled_at, payload, deadline_ms, timeout_ms, waits_for, fire_at),
+                               $6::jsonb[], $7::bigint[], $8::bigint[], $9::uuid[], $12::timestamptz[],
+                               $13::bool[])
+                        as n(id, job_id, job_name, trigger_id, scheduled_at, payload, deadline_ms, timeout_ms, waits_for, fire_at, waiting),
                         lateral (select greatest(now(), coalesce(n.fire_at, n.scheduled_at)) as due_at) d
                    on conflict (trigger_id, scheduled_at) where trigger_id is not null do nothing
                    returning waits_for,
@@ -381,6 +386,7 @@ impl Store {
             term,
             TASKS_DUE_CHANNEL,
             &tasks.fire_at as &[Option<DateTime<Utc>>],
+            &tasks.waiting,
         )
         .fetch_one(&mut *tx)
         .await?;
@@ -473,7 +479,10 @@ impl Store {
         .await?;
         let released = sqlx::query_scalar!(
             r#"with released as (
-                   update tasks w set waits_for = null, next_dispatch_at = now(), updated_at = now()
+                   -- One waiting for a concurrency slot too goes on waiting: for admission now.
+                   update tasks w set waits_for = null, updated_at = now(),
+                       next_dispatch_at = case when w.waiting then w.next_dispatch_at else now() end,
+                       due_at = case when w.waiting then least(w.due_at, now()) else w.due_at end
                    where w.waits_for is not null and w.state in ('pending', 'processing')
                      and not exists (select 1 from tasks r
                                      where r.id = w.waits_for and r.state in ('pending', 'processing'))

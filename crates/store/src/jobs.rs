@@ -5,6 +5,7 @@ use pacer_domain::{JobName, JobSpec};
 use sqlx::types::Json;
 use uuid::Uuid;
 
+use crate::concurrency::limits_changed;
 use crate::error::corrupt;
 use crate::{Error, Result, Store};
 
@@ -71,7 +72,17 @@ impl TryFrom<JobRow> for Job {
 impl Store {
     /// Creates the job or replaces its definition. Writing the same definition again changes
     /// nothing, not even the version.
+    /// A job naming a concurrency group that does not exist is refused as a `Conflict` on
+    /// `jobs_concurrency_group_fkey`. A change that switches the job's concurrency limits on or
+    /// off brings its open tasks in line in the same transaction.
     pub async fn put_job(&self, name: &JobName, spec: &JobSpec) -> Result<PutJob> {
+        let mut tx = self.pool.begin().await?;
+        let was_limited = sqlx::query_scalar!(
+            "select limited from jobs where name = $1 for update",
+            name.as_str()
+        )
+        .fetch_optional(&mut *tx)
+        .await?;
         let row = sqlx::query!(
             r#"
             insert into jobs (id, name, spec, dispatch_timeout_ms)
@@ -91,8 +102,12 @@ impl Store {
             Json(spec) as _,
             spec.dispatch_timeout.as_millis(),
         )
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *tx)
         .await?;
+        if was_limited.is_some_and(|was| was != spec.is_limited()) {
+            limits_changed(&mut tx, row.id, spec.is_limited()).await?;
+        }
+        tx.commit().await?;
         let created = row.created;
         let job = Job::try_from(JobRow {
             id: row.id,

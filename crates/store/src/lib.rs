@@ -8,6 +8,7 @@ pub mod batch;
 mod calendars;
 mod claims;
 mod cluster;
+mod concurrency;
 mod error;
 mod events;
 mod firing;
@@ -33,6 +34,7 @@ pub use backfill::Backfilled;
 pub use calendars::{Calendar, DeleteCalendar, PutCalendar};
 pub use claims::{ChildWork, ClaimedTask, Outcome, ReleasedClaim};
 pub use cluster::{LEADER_CHANNEL, Lease, Node, Tenure};
+pub use concurrency::{Admitted, Group, SlotHolder, WaitingFor};
 pub use error::{Error, Result};
 pub use events::{
     Event, EventBatch, EventCursor, EventFilter, InvalidEventCursor, NewEvent, append_event,

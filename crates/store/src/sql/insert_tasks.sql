@@ -22,9 +22,13 @@ with n as (
               message_id, message_type, ord)
 ),
 current as (
-    select n.*, coalesce(n.not_before, now()) as due_at,
-           n.node is not null and n.waits_for is null and coalesce(n.not_before, now()) <= now() as claim
+    select n.*, coalesce(n.not_before, now()) as due_at, l.waiting,
+           n.node is not null and n.waits_for is null and not l.waiting
+               and coalesce(n.not_before, now()) <= now() as claim
     from n
+    -- A task of a job with concurrency limits waits for a slot: never created claimed.
+    cross join lateral (select exists (select 1 from jobs j where j.id = n.job_id and j.limited)
+                        as waiting) l
     where n.version is null
        or exists (select 1 from jobs j where j.id = n.job_id and j.version = n.version and not j.paused)
 ),
@@ -32,10 +36,11 @@ inserted as (
     insert into tasks (id, job_id, job_name, origin, idempotency_key, payload, due_at,
                        next_dispatch_at, deadline_at, timeout_at,
                        claim_token, claimed_by, claimed_at, attempt, started_at, dispatched,
-                       waits_for, trace_context, actor, retry_of, message_id, message_type)
+                       waits_for, trace_context, actor, retry_of, message_id, message_type,
+                       waiting)
     select id, job_id, job_name, origin, idempotency_key, payload, due_at,
            case when claim then now() + lease_ms * interval '1 millisecond'
-                when waits_for is not null then due_at + timeout_ms * interval '1 millisecond'
+                when waits_for is not null or waiting then due_at + timeout_ms * interval '1 millisecond'
                 else due_at end,
            due_at + deadline_ms * interval '1 millisecond',
            due_at + timeout_ms * interval '1 millisecond',
@@ -45,7 +50,7 @@ inserted as (
            case when claim then 1 else 0 end,
            case when claim then now() end,
            claim,
-           waits_for, trace_context, actor, retry_of, message_id, message_type
+           waits_for, trace_context, actor, retry_of, message_id, message_type, waiting
     from current
     order by ord
     on conflict (job_id, idempotency_key) where idempotency_key is not null do nothing
