@@ -65,7 +65,8 @@ pub struct WaitingFor {
 pub struct Admitted {
     /// Tasks given a slot (or let go, their job no longer limited).
     pub admitted: u64,
-    /// Some job had more waiting than one pass looks at: look again soon.
+    /// Some job had every task one pass looks at admitted, and may have slots for more: look
+    /// again at once.
     pub more: bool,
 }
 
@@ -261,11 +262,6 @@ impl Store {
         )
         .fetch_all(&mut *tx)
         .await?;
-        let mut per_job_seen: HashMap<&str, i64> = HashMap::new();
-        for w in &waiting {
-            *per_job_seen.entry(w.job.as_str()).or_default() += 1;
-        }
-        let more = per_job_seen.values().any(|&n| n >= ADMIT_PER_JOB);
         let held = sqlx::query!(
             r#"select j.name as job, j.concurrency_group, count(*) as "n!"
                from tasks t join jobs j on j.id = t.job_id
@@ -299,6 +295,13 @@ impl Store {
             })
             .collect();
         let chosen = admit(&candidates, &holders);
+        // Every task a job's window held was admitted: it may have more slots for the next ones.
+        let mut admitted_per_job: HashMap<&str, i64> = HashMap::new();
+        let chosen_set: std::collections::HashSet<Uuid> = chosen.iter().copied().collect();
+        for w in candidates.iter().filter(|w| chosen_set.contains(&w.task)) {
+            *admitted_per_job.entry(w.job.as_str()).or_default() += 1;
+        }
+        let more = admitted_per_job.values().any(|&n| n >= ADMIT_PER_JOB);
         if chosen.is_empty() {
             tx.commit().await?;
             return Ok(Admitted::default());
