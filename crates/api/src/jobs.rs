@@ -133,12 +133,18 @@ async fn put_job(
             );
         }
     }
-    if let Some(group) = &spec.concurrency_group {
+    let groups = spec
+        .concurrency_group
+        .iter()
+        .map(|group| ("concurrency_group".to_owned(), group))
+        .chain(spec.steps.iter().enumerate().filter_map(|(i, step)| {
+            let group = step.concurrency_group.as_ref()?;
+            Some((format!("steps[{i}].concurrency_group"), group))
+        }));
+    for (field, group) in groups {
         match state.store.get_group(group).await {
             Ok(_) => {}
-            Err(pacer_store::Error::NotFound(_)) => {
-                unknown.push("concurrency_group", no_group(group))
-            }
+            Err(pacer_store::Error::NotFound(_)) => unknown.push(field, no_group(group)),
             Err(other) => return Err(other.into()),
         }
     }

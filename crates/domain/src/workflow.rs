@@ -86,6 +86,14 @@ pub struct Step {
     pub on_item_failure: Option<OnItemFailure>,
     #[serde(default)]
     pub on_failure: OnFailure,
+    /// A concurrency group the step's children share with every task in it: each child waits
+    /// for one of its slots before its first dispatch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(value_type = Option<String>, pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    )]
+    pub concurrency_group: Option<crate::GroupName>,
 }
 
 /// What a step fans out to.

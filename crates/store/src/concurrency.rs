@@ -12,7 +12,6 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use pacer_domain::concurrency::{Holders, Waiting, admit};
 use pacer_domain::{GroupName, GroupSpec, JobSpec};
-use sqlx::types::Json;
 use uuid::Uuid;
 
 use crate::{Error, Result, Store, TASKS_DUE_CHANNEL};
@@ -96,16 +95,39 @@ impl Store {
 
     /// Deletes a group no job names; `Conflict` while one does.
     pub async fn delete_group(&self, name: &GroupName) -> Result<()> {
-        let deleted = sqlx::query!(
+        let mut tx = self.pool.begin().await?;
+        // Locked first: a job written meanwhile that names it in a step waits for this
+        // transaction (see `put_job`), and then finds it gone.
+        let found = sqlx::query_scalar!(
+            "select name from concurrency_groups where name = $1 for update",
+            name.as_str()
+        )
+        .fetch_optional(&mut *tx)
+        .await?;
+        if found.is_none() {
+            return Err(Error::NotFound("concurrency group"));
+        }
+        let named_by_a_step = sqlx::query_scalar!(
+            r#"select exists (select 1 from jobs
+                              where spec -> 'steps' @> jsonb_build_array(
+                                        jsonb_build_object('concurrency_group', $1::text)))
+                   as "named!""#,
+            name.as_str()
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        if named_by_a_step {
+            return Err(Error::Conflict {
+                constraint: "jobs_concurrency_group_fkey".into(),
+            });
+        }
+        sqlx::query!(
             "delete from concurrency_groups where name = $1",
             name.as_str()
         )
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        if deleted == 0 {
-            return Err(Error::NotFound("concurrency group"));
-        }
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -126,10 +148,13 @@ impl Store {
         let rows = sqlx::query!(
             r#"select g.name, g."limit", g.description, g.created_at, g.updated_at,
                       coalesce((select array_agg(j.name order by j.name) from jobs j
-                                where j.concurrency_group = g.name), '{}') as "jobs!",
-                      (select count(*) from tasks t join jobs j on j.id = t.job_id
-                       where j.concurrency_group = g.name and t.waiting and t.state = 'pending'
-                         and t.due_at <= now()) as "waiting!"
+                                where j.concurrency_group = g.name
+                                   or j.spec -> 'steps' @> jsonb_build_array(
+                                          jsonb_build_object('concurrency_group', g.name))),
+                               '{}') as "jobs!",
+                      (select count(*) from task_limits t
+                       where t.concurrency_group = g.name and t.waiting and t.state = 'pending'
+                         and not t.held and t.due_at <= now()) as "waiting!"
                from concurrency_groups g
                where $1::text is null or g.name = $1
                order by g.name"#,
@@ -158,10 +183,11 @@ impl Store {
 
     async fn group_holders(&self, groups: &[String]) -> Result<HashMap<String, Vec<SlotHolder>>> {
         let rows = sqlx::query!(
-            r#"select j.concurrency_group as "group!", t.id, t.job_name, t.state
-               from tasks t join jobs j on j.id = t.job_id
+            r#"select t.concurrency_group as "group!", t.id as "id!", t.job_name as "job_name!",
+                      t.state as "state!"
+               from task_limits t
                where t.holds_slot and t.state in ('pending', 'processing')
-                 and j.concurrency_group = any($1)
+                 and t.concurrency_group = any($1)
                order by t.started_at nulls last, t.id"#,
             groups,
         )
@@ -181,9 +207,10 @@ impl Store {
     /// Why the task `id` waits for a slot; `None` when it does not.
     pub async fn waiting_for(&self, id: Uuid) -> Result<Option<WaitingFor>> {
         let Some(row) = sqlx::query!(
-            r#"select j.id as job_id, j.spec as "spec: Json<JobSpec>", g."limit" as "group_limit?"
-               from tasks t join jobs j on j.id = t.job_id
-               left join concurrency_groups g on g.name = j.concurrency_group
+            r#"select t.job_id as "job_id!", t.concurrency_group, t.max_concurrency,
+                      g."limit" as "group_limit?"
+               from task_limits t
+               left join concurrency_groups g on g.name = t.concurrency_group
                where t.id = $1 and t.waiting and t.state = 'pending'"#,
             id,
         )
@@ -192,11 +219,7 @@ impl Store {
         else {
             return Ok(None);
         };
-        let spec = row.spec.0;
-        let group = spec
-            .concurrency_group
-            .as_ref()
-            .map(|g| g.as_str().to_owned());
+        let group = row.concurrency_group;
         let holders = match &group {
             Some(group) => self
                 .group_holders(std::slice::from_ref(group))
@@ -206,6 +229,7 @@ impl Store {
             None => sqlx::query!(
                 r#"select t.id, t.job_name, t.state from tasks t
                    where t.job_id = $1 and t.holds_slot and t.state in ('pending', 'processing')
+                     and t.step is null
                    order by t.started_at nulls last, t.id"#,
                 row.job_id,
             )
@@ -222,7 +246,7 @@ impl Store {
         Ok(Some(WaitingFor {
             group,
             group_limit: row.group_limit.and_then(|l| u32::try_from(l).ok()),
-            max_concurrency: spec.max_concurrency,
+            max_concurrency: row.max_concurrency.and_then(|n| u32::try_from(n).ok()),
             holders,
         }))
     }
@@ -232,7 +256,8 @@ impl Store {
     pub async fn admit_waiting(&self) -> Result<Admitted> {
         let any = sqlx::query_scalar!(
             r#"select exists (select 1 from tasks
-                              where waiting and state = 'pending' and due_at <= now()) as "any!""#
+                              where waiting and state = 'pending' and due_at <= now()
+                                and not held) as "any!""#
         )
         .fetch_one(&self.pool)
         .await?;
@@ -246,15 +271,15 @@ impl Store {
         // Per job, its first waiting tasks in due order: a long queue of one job never hides
         // another job's tasks from the pass.
         let waiting = sqlx::query!(
-            r#"select w.id as "id!", j.name as job, j.concurrency_group,
-                      (j.spec ->> 'max_concurrency')::int as max_concurrency
+            r#"select w.id as "id!", w.limit_key as "limit_key!", w.concurrency_group,
+                      w.max_concurrency
                from (select distinct job_id from tasks
-                     where waiting and state = 'pending' and due_at <= now()) q
-               join jobs j on j.id = q.job_id
+                     where waiting and state = 'pending' and due_at <= now() and not held) q
                cross join lateral (
-                   select t.id, t.due_at from tasks t
+                   select t.id, t.due_at, t.limit_key, t.concurrency_group, t.max_concurrency
+                   from task_limits t
                    where t.job_id = q.job_id and t.waiting and t.state = 'pending'
-                     and t.due_at <= now() and t.waits_for is null
+                     and t.due_at <= now() and t.waits_for is null and not t.held
                    order by t.due_at, t.id limit $1
                ) w
                order by w.due_at, w.id"#,
@@ -263,10 +288,10 @@ impl Store {
         .fetch_all(&mut *tx)
         .await?;
         let held = sqlx::query!(
-            r#"select j.name as job, j.concurrency_group, count(*) as "n!"
-               from tasks t join jobs j on j.id = t.job_id
+            r#"select t.limit_key as "limit_key!", t.concurrency_group, count(*) as "n!"
+               from task_limits t
                where t.holds_slot and t.state in ('pending', 'processing')
-               group by j.name, j.concurrency_group"#
+               group by t.limit_key, t.concurrency_group"#
         )
         .fetch_all(&mut *tx)
         .await?;
@@ -276,7 +301,7 @@ impl Store {
         let mut holders = Holders::default();
         for h in held {
             let n = u32::try_from(h.n).unwrap_or(u32::MAX);
-            *holders.per_job.entry(h.job).or_default() += n;
+            *holders.per_job.entry(h.limit_key).or_default() += n;
             if let Some(group) = h.concurrency_group {
                 *holders.per_group.entry(group).or_default() += n;
             }
@@ -289,7 +314,7 @@ impl Store {
             .iter()
             .map(|w| Waiting {
                 task: w.id,
-                job: w.job.clone(),
+                job: w.limit_key.clone(),
                 job_limit: w.max_concurrency.and_then(|n| u32::try_from(n).ok()),
                 group: w.concurrency_group.clone(),
             })
@@ -309,11 +334,12 @@ impl Store {
         // A task whose job is no longer limited is let go without a slot.
         let admitted = sqlx::query_scalar!(
             r#"with admitted as (
-                   update tasks t set waiting = false, holds_slot = j.limited,
+                   update tasks t set waiting = false,
+                       holds_slot = l.max_concurrency is not null or l.concurrency_group is not null,
                        next_dispatch_at = greatest(t.due_at, now()), updated_at = now()
-                   from jobs j
-                   where t.id = any($1) and j.id = t.job_id and t.waiting and t.state = 'pending'
-                   returning t.id, t.job_name, j.concurrency_group, t.holds_slot
+                   from task_limits l
+                   where t.id = any($1) and l.id = t.id and t.waiting and t.state = 'pending'
+                   returning t.id, t.job_name, l.concurrency_group, t.holds_slot
                ),
                acquired as (
                    insert into events (kind, job_name, task_id, data)
@@ -378,4 +404,31 @@ pub(crate) async fn limits_changed(
             .await?;
     }
     Ok(())
+}
+
+/// Refuses (as the job's own group is, by its foreign key) a job whose steps name a group that
+/// does not exist; the groups stay locked against deletion until the job's transaction ends.
+pub(crate) async fn check_step_groups(conn: &mut sqlx::PgConnection, spec: &JobSpec) -> Result<()> {
+    let named: Vec<String> = spec
+        .steps
+        .iter()
+        .filter_map(|step| step.concurrency_group.as_ref())
+        .map(|group| group.as_str().to_owned())
+        .collect();
+    if named.is_empty() {
+        return Ok(());
+    }
+    let found = sqlx::query_scalar!(
+        "select name from concurrency_groups where name = any($1) for key share",
+        &named,
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    if named.iter().all(|name| found.contains(name)) {
+        Ok(())
+    } else {
+        Err(Error::Conflict {
+            constraint: "jobs_concurrency_group_fkey".into(),
+        })
+    }
 }

@@ -5,7 +5,7 @@ use pacer_domain::{JobName, JobSpec};
 use sqlx::types::Json;
 use uuid::Uuid;
 
-use crate::concurrency::limits_changed;
+use crate::concurrency::{check_step_groups, limits_changed};
 use crate::error::corrupt;
 use crate::{Error, Result, Store};
 
@@ -77,6 +77,7 @@ impl Store {
     /// off brings its open tasks in line in the same transaction.
     pub async fn put_job(&self, name: &JobName, spec: &JobSpec) -> Result<PutJob> {
         let mut tx = self.pool.begin().await?;
+        check_step_groups(&mut tx, spec).await?;
         let was_limited = sqlx::query_scalar!(
             "select limited from jobs where name = $1 for update",
             name.as_str()

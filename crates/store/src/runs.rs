@@ -431,7 +431,10 @@ async fn tallies(conn: &mut sqlx::PgConnection, run: Uuid, steps: usize) -> Resu
 /// Makes up to `n` held items of a `for_each` step due now, oldest first.
 async fn release_held(conn: &mut sqlx::PgConnection, run: Uuid, step: i32, n: u64) -> Result<()> {
     sqlx::query!(
-        "update tasks set held = false, next_dispatch_at = now(), updated_at = now()
+        // An item waiting for a concurrency slot too is only now due for admission.
+        "update tasks set held = false, updated_at = now(),
+             next_dispatch_at = case when waiting then next_dispatch_at else now() end,
+             due_at = case when waiting then now() else due_at end
          where id in (select id from tasks
                       where run_id = $1 and step = $2 and held and state = 'pending'
                       order by id limit $3)",
@@ -566,6 +569,7 @@ async fn create_children(
         reuse.map(|id| id.as_uuid()),
         step.name,
         run.timeout_at,
+        step.concurrency_group.is_some(),
     )
     .fetch_all(&mut *conn)
     .await?;

@@ -252,3 +252,84 @@ async fn switching_limits_on_and_off_brings_open_tasks_in_line(pool: PgPool) {
         .expect("claim");
     assert_eq!(claimed.len(), 2);
 }
+
+/// Admits, claims, and starts the runs among what was claimed (as the dispatcher does); returns
+/// the rest.
+async fn admit_claim_and_start_runs(store: &Store) -> Vec<ClaimedTask> {
+    let mut out = Vec::new();
+    for task in admit_and_claim(store).await {
+        if task.child.is_none() && task.job.is_workflow() {
+            assert!(store.start_run(&task).await.expect("start run"));
+        } else {
+            out.push(task);
+        }
+    }
+    out
+}
+
+#[sqlx::test(migrator = "pacer_store::MIGRATOR")]
+async fn a_step_naming_a_group_runs_its_children_within_the_group_limit(pool: PgPool) {
+    let store = Store::new(pool.clone());
+    group(&store, "uploads", 1).await;
+    let children = |n: usize| {
+        (0..n)
+            .map(|i| {
+                json!({ "name": format!("upload-{i}"),
+                             "target": { "url": "http://downstream.test/up" } })
+            })
+            .collect::<Vec<_>>()
+    };
+    // The run holds its job's one slot; its children take the step's group's, one at a time.
+    let job = job(
+        &store,
+        "sync",
+        json!({ "target": null, "max_concurrency": 1, "steps": [
+            { "name": "upload", "parallel": children(3), "concurrency_group": "uploads" }
+        ] }),
+    )
+    .await;
+    create(&store, &job, 1).await;
+    let mut ended = 0;
+    for _ in 0..10 {
+        let due = admit_claim_and_start_runs(&store).await;
+        let open_children: i64 = sqlx::query_scalar(
+            "select count(*) from tasks where step is not null and holds_slot
+               and state in ('pending', 'processing')",
+        )
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+        assert!(
+            open_children <= 1,
+            "the group's limit holds for a step's children"
+        );
+        assert!(due.len() <= 1);
+        for task in due {
+            assert!(task.child.is_some());
+            store.report(task.id, &done()).await.expect("callback");
+            ended += 1;
+        }
+        if ended == 3 {
+            break;
+        }
+    }
+    assert_eq!(ended, 3, "every child ran, one after another");
+    let run_state: String =
+        sqlx::query_scalar("select state from tasks where step is null and run_id = id")
+            .fetch_one(&pool)
+            .await
+            .expect("run");
+    assert_eq!(run_state, "completed");
+    let released: i64 = sqlx::query_scalar(
+        "select count(*) from events where kind = 'group.released' and data ->> 'group' = 'uploads'",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("events");
+    assert_eq!(released, 3);
+    // A group a step names is not deleted.
+    assert!(matches!(
+        store.delete_group(&"uploads".parse().expect("name")).await,
+        Err(pacer_store::Error::Conflict { .. })
+    ));
+}
