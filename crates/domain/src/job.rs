@@ -330,6 +330,11 @@ pub struct JobSpec {
     /// Message types this job subscribes to: each such message creates a task.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub on_messages: Vec<MessageType>,
+    /// Skip if unchanged: each dispatch carries `last_fingerprint`, and a task whose downstream
+    /// reports the same fingerprint (or `unchanged: true`) ends `completed`, outcome `unchanged`.
+    /// A job made of steps sets it on a step instead.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub skip_if_unchanged: bool,
 }
 
 /// A job definition as a client writes it: everything but the target is optional.
@@ -373,6 +378,10 @@ pub struct JobInput {
     /// Message types this job subscribes to: each such message creates a task.
     #[cfg_attr(feature = "openapi", schema(value_type = Option<Vec<MessageType>>))]
     pub on_messages: Option<Vec<String>>,
+    /// Dispatch with `last_fingerprint` (the fingerprint of the job's last completed run) and end
+    /// a task whose downstream reports the same fingerprint, or `unchanged: true`, as `completed`
+    /// with outcome `unchanged`. Default false; a job made of steps sets it on a step.
+    pub skip_if_unchanged: Option<bool>,
 }
 
 /// The schema of a job's labels: the rules [`check_labels`] applies.
@@ -691,6 +700,14 @@ impl TryFrom<JobInput> for JobSpec {
         let alerts = input.alerts.unwrap_or_default();
         alerts.check(&mut errors);
         let on_messages = parse_subscriptions(&mut errors, input.on_messages);
+        let skip_if_unchanged = input.skip_if_unchanged.unwrap_or(false);
+        if skip_if_unchanged && !steps_out.is_empty() {
+            errors.push(
+                "skip_if_unchanged",
+                "a job made of steps sets `skip_if_unchanged` on the step whose downstream \
+                 reports the fingerprint",
+            );
+        }
         errors.into_result(JobSpec {
             description: input.description,
             target,
@@ -706,6 +723,7 @@ impl TryFrom<JobInput> for JobSpec {
             labels,
             alerts,
             on_messages,
+            skip_if_unchanged,
         })
     }
 }

@@ -4,6 +4,7 @@
 pub mod alert;
 pub mod calendar;
 pub mod dispatch;
+pub mod fingerprint;
 pub mod firing;
 pub mod ids;
 pub mod job;
@@ -22,6 +23,7 @@ pub use calendar::{CalendarInput, CalendarName, CalendarSpec, Calendars, Exclusi
 pub use dispatch::{
     AfterDispatch, DispatchOutcome, ResponseClass, after_dispatch, classify_status,
 };
+pub use fingerprint::TaskOutcome;
 pub use firing::{MisfirePolicy, OverlapPolicy, SkipReason};
 pub use ids::TaskId;
 pub use job::{AmqpTarget, HttpTarget, JobInput, JobName, JobSpec, OutboundAuth, Target};
