@@ -613,7 +613,7 @@ async fn report_task(
         progress: request.progress,
         message: request.message,
         result: request.result,
-        fingerprint: request.fingerprint,
+        fingerprint: request.fingerprint.map(String::into_boxed_str),
         unchanged: request.unchanged.unwrap_or(false),
     };
     let reported = report.status;

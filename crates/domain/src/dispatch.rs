@@ -47,8 +47,9 @@ pub struct Report {
     #[serde(default)]
     pub result: Option<Value>,
     /// What the downstream saw of its input (`skip_if_unchanged`); see [`crate::fingerprint`].
+    /// Boxed, so that an answer carrying a report stays small on the dispatch path.
     #[serde(default)]
-    pub fingerprint: Option<String>,
+    pub fingerprint: Option<Box<str>>,
     /// The downstream found its input unchanged and did nothing.
     #[serde(default)]
     pub unchanged: bool,

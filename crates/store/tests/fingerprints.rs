@@ -65,7 +65,7 @@ fn report(status: CallbackStatus, fingerprint: Option<&str>, unchanged: bool) ->
         progress: None,
         message: None,
         result: Some(json!({ "rows": 3 })),
-        fingerprint: fingerprint.map(str::to_owned),
+        fingerprint: fingerprint.map(Box::from),
         unchanged,
     }
 }
