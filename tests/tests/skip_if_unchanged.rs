@@ -4,11 +4,14 @@
 //! run whose later step fails does not move the fingerprint; an operator's reset forces the next
 //! run through.
 
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use pacer_tests::{FakeDownstream, PacerProcess, Reply, TestDb, http_client, wait_until};
+use pacer_tests::{
+    FakeDownstream, PacerProcess, Reply, TestDb, http_client, pacer_binary, token, wait_until,
+};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -232,6 +235,34 @@ async fn a_run_ends_unchanged_at_its_skip_step_and_a_failed_run_keeps_the_finger
     assert_eq!(publishes(), 2, "no step after an unchanged one runs");
     let steps = run["steps"].as_array().cloned().unwrap_or_default();
     assert_eq!(steps.len(), 2, "{:#}", run["steps"]);
+
+    // The CLI's reset forces the next run through all its steps.
+    let mut cli = Command::new(pacer_binary());
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("PACER_") {
+            cli.env_remove(key);
+        }
+    }
+    let output = cli
+        .args([
+            "jobs",
+            "reset-fingerprint",
+            "timetable-extraction",
+            "--output",
+            "json",
+        ])
+        .env("PACER_URL", node.url())
+        .env("PACER_TOKEN", token(&["operator"]))
+        .output()
+        .expect("pacer runs");
+    assert!(output.status.success(), "{output:#?}");
+    let reset: Value = serde_json::from_slice(&output.stdout).expect("JSON on stdout");
+    assert_eq!(reset["previous"]["fingerprint"], FINGERPRINT);
+    let forced = api.create_task_id("timetable-extraction", &json!({})).await;
+    let run = api.wait_for_state(&forced, "completed", SETTLE).await;
+    assert_eq!(run["outcome"], Value::Null);
+    assert_eq!(download_bodies()[3]["last_fingerprint"], Value::Null);
+    assert_eq!(publishes(), 3, "a reset run runs every step");
 
     drop(node);
 }
