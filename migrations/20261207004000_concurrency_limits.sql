@@ -57,7 +57,7 @@ begin
            jsonb_strip_nulls(jsonb_build_object(
                'state', n.state, 'previous', o.state, 'attempt', n.attempt,
                'origin', n.origin, 'message', n.message, 'failure_reason', n.failure_reason,
-               'last_error', n.last_error,
+               'last_error', n.last_error, 'outcome', n.outcome,
                'run', case when n.step is not null then n.run_id end,
                'step', r.steps -> n.step ->> 'name', 'child', n.child))
     from changed n

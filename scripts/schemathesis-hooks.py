@@ -109,6 +109,8 @@ SEMANTIC["PUT /api/v1/calendars/{name}"] = {
 # A job has a target or steps, and what its steps name and reach is checked as for a target.
 SEMANTIC["PUT /api/v1/jobs/{name}"]["steps*"] = ("",)
 SEMANTIC["PUT /api/v1/jobs/{name}"]["target"] = ("a job has either", "a job needs a `target`")
+# Skip if unchanged belongs to a job with a target; a job made of steps sets it on a step.
+SEMANTIC["PUT /api/v1/jobs/{name}"]["skip_if_unchanged"] = ("a job made of steps sets",)
 # Retrying only what failed is for the run of a job made of steps, and a run's child is retried
 # with its run.
 SEMANTIC["POST /api/v1/tasks/{id}/retry"] = {

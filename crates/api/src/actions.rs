@@ -1,5 +1,6 @@
 //! Operator actions on runs — run a job now, run every enabled job now, retry a task, retry a
-//! job's failed tasks, force-release a dead claim — and the job summary. Every action that changes
+//! job's failed tasks, force-release a dead claim, reset a job's fingerprint — and the job
+//! summary. Every action that changes
 //! something is audited; new tasks go through the job's overlap policy like any other.
 
 use std::collections::BTreeMap;
@@ -10,7 +11,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use pacer_domain::{SkipReason, TaskId, TaskState};
-use pacer_store::{Job, NewTask, Origin, Released, TaskBrief};
+use pacer_store::{Job, JobFingerprint, NewTask, Origin, Released, TaskBrief};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use utoipa::{IntoParams, ToSchema};
@@ -35,6 +36,7 @@ pub(crate) fn operator_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(run_all_jobs))
         .routes(routes!(retry_task))
         .routes(routes!(release_task))
+        .routes(routes!(reset_job_fingerprint))
 }
 
 /// What a manual run sends; every field is optional, and so is the body.
@@ -562,6 +564,9 @@ impl From<TaskBrief> for BriefView {
     "recent": { "window": 100, "finished": 100, "completed": 97, "completed_with_errors": 1,
                 "failed": 2, "cancelled": 0, "success_rate": 0.97, "p50_ms": 118000.0, "p95_ms": 240500.0 },
     "open": { "pending": 0, "processing": 1 },
+    "unchanged": { "recent": 12, "last_at": "2026-11-24T08:45:02Z",
+                   "fingerprint": { "fingerprint": "sha256:9f86d081884c7d65", "task": "0193a5c4-7f2e-7c1a-9d3e-2b1f4a6c8e01",
+                                    "updated_at": "2026-11-24T09:02:10Z" } },
     "open_alerts": { "total": 1, "by_kind": { "overdue": 1 } },
     "next_fire_times": [ { "at": "2026-11-24T09:15:00Z", "trigger": "0193a5c0-1b2c-7d3e-8f40-5a6b7c8d9e0f" } ]
 }))]
@@ -574,6 +579,9 @@ struct JobSummary {
     last_success: Option<BriefView>,
     recent: RecentStats,
     open: OpenCounts,
+    /// Skip if unchanged: how often the job's input was found unchanged, and the fingerprint its
+    /// next task compares with.
+    unchanged: UnchangedStats,
     open_alerts: OpenAlerts,
     /// The next (at most 5) fire times of its unpaused triggers; none while the job is paused.
     next_fire_times: Vec<NextFire>,
@@ -595,6 +603,91 @@ struct RecentStats {
     p50_ms: Option<f64>,
     /// 95th percentile duration, start to finish, in milliseconds.
     p95_ms: Option<f64>,
+}
+
+/// How often a job's input was unchanged (`skip_if_unchanged`).
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = JobSummaryUnchanged)]
+struct UnchangedStats {
+    /// Of the latest `window` finished tasks, those that completed with outcome `unchanged`.
+    recent: i64,
+    /// When the job's latest task with outcome `unchanged` finished.
+    last_at: Option<DateTime<Utc>>,
+    /// The fingerprint of the job's last completed run, which the next one is compared with;
+    /// null when there is none (never reported, or reset).
+    fingerprint: Option<FingerprintView>,
+}
+
+/// The fingerprint of a job's last completed run.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = JobFingerprint)]
+struct FingerprintView {
+    fingerprint: String,
+    /// The task (or run) whose completion stored it.
+    task: Option<TaskId>,
+    updated_at: DateTime<Utc>,
+}
+
+impl From<JobFingerprint> for FingerprintView {
+    fn from(f: JobFingerprint) -> Self {
+        Self {
+            fingerprint: f.fingerprint,
+            task: f.task,
+            updated_at: f.updated_at,
+        }
+    }
+}
+
+/// What resetting a job's fingerprint did.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = FingerprintReset, example = json!({
+    "job": "timetable-import",
+    "previous": { "fingerprint": "sha256:9f86d081884c7d65", "task": "0193a5c4-7f2e-7c1a-9d3e-2b1f4a6c8e01",
+                  "updated_at": "2026-11-24T09:02:10Z" }
+}))]
+struct FingerprintReset {
+    job: String,
+    /// The fingerprint forgotten; null when the job had none.
+    previous: Option<FingerprintView>,
+}
+
+/// Reset a job's fingerprint
+///
+/// Forgets the fingerprint of the job's last completed run (`skip_if_unchanged`), so that its
+/// next task is dispatched with `last_fingerprint: null` and does its work whatever its input.
+/// Resetting a job without a fingerprint changes nothing.
+#[utoipa::path(
+    post,
+    path = "/api/v1/jobs/{name}/fingerprint/reset",
+    tag = "jobs",
+    params(JobPath),
+    responses(
+        (status = 200, description = "The fingerprint is forgotten.", body = FingerprintReset),
+        (status = 404, description = "No such job.", body = Problem),
+    )
+)]
+async fn reset_job_fingerprint(
+    State(state): State<AppState>,
+    actor: Actor,
+    Path(raw_name): Path<String>,
+) -> Result<JsonResponse<FingerprintReset>> {
+    let job = job_by_name(&state, &raw_name).await?;
+    let previous = state.store.reset_fingerprint(&job).await?;
+    if let Some(previous) = &previous {
+        audit::record(
+            &state,
+            &actor,
+            "reset_fingerprint",
+            format!("job:{}", job.name),
+            Some(json!({ "fingerprint": previous.fingerprint, "task": previous.task })),
+            Some(json!({ "fingerprint": null })),
+        )
+        .await;
+    }
+    Ok(JsonResponse(FingerprintReset {
+        job: job.name.to_string(),
+        previous: previous.map(FingerprintView::from),
+    }))
 }
 
 /// The job's open tasks.
@@ -694,6 +787,11 @@ async fn get_job_summary(
         open: OpenCounts {
             pending: stats.pending,
             processing: stats.processing,
+        },
+        unchanged: UnchangedStats {
+            recent: stats.unchanged,
+            last_at: stats.last_unchanged_at,
+            fingerprint: stats.fingerprint.map(FingerprintView::from),
         },
         open_alerts: OpenAlerts {
             total: open_alerts.iter().map(|(_, n)| n).sum::<i64>(),

@@ -10,8 +10,9 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use pacer_domain::dispatch::Report;
+use pacer_domain::fingerprint::check_fingerprint;
 use pacer_domain::{
-    CallbackStatus, OverlapPolicy, SkipReason, TaskId, TaskState, ValidationErrors,
+    CallbackStatus, OverlapPolicy, SkipReason, TaskId, TaskOutcome, TaskState, ValidationErrors,
 };
 use pacer_store::{CreatedTask, KeptTask, NewTask, Origin, ReportOutcome, TaskFilter};
 use serde::Deserialize;
@@ -386,6 +387,9 @@ struct ListTasks {
     /// Only the tasks past their deadline (`true`) or not (`false`).
     #[param(value_type = Option<bool>)]
     overdue: Option<String>,
+    /// Only the tasks that ended with this outcome: `unchanged` (skip if unchanged).
+    #[param(value_type = Option<String>, pattern = r"^unchanged$", example = "unchanged")]
+    outcome: Option<String>,
 }
 
 /// Tasks page on their id (time-ordered), newest first.
@@ -414,7 +418,7 @@ fn instant(errors: &mut ValidationErrors, field: &str, raw: Option<&str>) -> Opt
 /// List tasks
 ///
 /// Tasks newest first, filtered by job, state (one or several, comma-separated), origin,
-/// creation and finish time ranges, and overdue; `cursor` is the `next_cursor` of the previous
+/// creation and finish time ranges, overdue, and outcome (`unchanged`); `cursor` is the `next_cursor` of the previous
 /// page. Paging is keyset on the task id, so pages neither repeat nor skip a task while new ones
 /// are created.
 #[utoipa::path(
@@ -461,6 +465,13 @@ async fn list_tasks(
             None
         }
     };
+    let outcome = match query.outcome.as_deref().map(str::parse::<TaskOutcome>) {
+        Some(Err(e)) => {
+            errors.push("outcome", e);
+            None
+        }
+        other => other.and_then(Result::ok),
+    };
     let created_after = instant(&mut errors, "created_after", query.created_after.as_deref());
     let created_before = instant(
         &mut errors,
@@ -487,6 +498,7 @@ async fn list_tasks(
         finished_after,
         finished_before,
         overdue,
+        outcome,
         before: page.after,
         limit: page.fetch(),
     };
@@ -551,6 +563,17 @@ struct CallbackRequest {
     message: Option<String>,
     /// Any JSON, kept on the task.
     result: Option<Value>,
+    /// What the downstream saw of its input (1–256 characters, e.g. `sha256:…`). For a job or
+    /// step with `skip_if_unchanged`, a `completed` report whose fingerprint equals the
+    /// `last_fingerprint` it was dispatched with ends the task with outcome `unchanged`.
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]+$"
+    )]
+    fingerprint: Option<String>,
+    /// The downstream found its input unchanged and did nothing (`skip_if_unchanged`).
+    unchanged: Option<bool>,
 }
 
 /// Report on a task (the downstream's callback)
@@ -584,11 +607,16 @@ async fn report_task(
     {
         return Err(Error::field("message", "at most 4000 characters"));
     }
+    if let Some(fingerprint) = &request.fingerprint {
+        check_fingerprint(fingerprint).map_err(|e| Error::field("fingerprint", e))?;
+    }
     let report = Report {
         status: request.status,
         progress: request.progress,
         message: request.message,
         result: request.result,
+        fingerprint: request.fingerprint.map(String::into_boxed_str),
+        unchanged: request.unchanged.unwrap_or(false),
     };
     let reported = report.status;
     let (outcome, task) = state
@@ -600,6 +628,11 @@ async fn report_task(
     if let (ReportOutcome::Applied(_), Some(Extension(Received(at)))) = (&outcome, received) {
         // From the callback's arrival to its state committed: what a downstream waits for.
         metrics::histogram!("pacer_callback_apply_seconds").record(at.elapsed().as_secs_f64());
+    }
+    if let (ReportOutcome::Applied(_), Some(TaskOutcome::Unchanged)) = (&outcome, task.outcome) {
+        // The engine counts the ones whose dispatch answer carried the report.
+        metrics::counter!("pacer_tasks_unchanged_total", "pacer_job" => task.job_name.clone())
+            .increment(1);
     }
     let result = match outcome {
         ReportOutcome::Applied(_) => "applied",

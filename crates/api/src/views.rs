@@ -3,7 +3,9 @@
 use chrono::{DateTime, Utc};
 use pacer_domain::TriggerSpec;
 use pacer_domain::wire::EventView;
-use pacer_domain::{ConsumerStatus, FailureReason, JobSpec, SkipReason, TaskId, TaskState};
+use pacer_domain::{
+    ConsumerStatus, FailureReason, JobSpec, SkipReason, TaskId, TaskOutcome, TaskState,
+};
 use pacer_store::{Attempt, Event, Job, Node, SkippedRun, Task, Trigger};
 use serde::Serialize;
 use serde_json::Value;
@@ -89,7 +91,8 @@ struct OriginView {
     "next_dispatch_at": "2026-11-24T09:01:00Z", "deadline_at": "2026-11-24T09:15:00Z",
     "timeout_at": "2026-11-24T11:00:00Z", "overdue": false, "claimed_by": null,
     "progress": { "done": 120, "total": 500 }, "message": null, "result": null, "last_error": null,
-    "failure_reason": null, "updated_at": "2026-11-24T09:00:30Z"
+    "failure_reason": null, "outcome": null, "fingerprint": null,
+    "updated_at": "2026-11-24T09:00:30Z"
 }))]
 pub struct TaskView {
     id: TaskId,
@@ -115,6 +118,13 @@ pub struct TaskView {
     last_error: Option<String>,
     #[schema(value_type = Option<FailureReason>)]
     failure_reason: Option<String>,
+    /// How a completed task ended beyond its state: `unchanged` when its input equalled the last
+    /// completed run's (`skip_if_unchanged`); for a run, the steps after the one that found it
+    /// did not run.
+    outcome: Option<TaskOutcome>,
+    /// What the downstream reported about its input (`skip_if_unchanged`); a run's is its skip
+    /// step's, once the run completed.
+    fingerprint: Option<String>,
     /// Under the `buffer_one` overlap policy: the open task this one waits for.
     #[serde(skip_serializing_if = "Option::is_none")]
     waits_for: Option<TaskId>,
@@ -206,6 +216,8 @@ impl From<Task> for TaskView {
             result: t.result,
             last_error: t.last_error,
             failure_reason: t.failure_reason,
+            outcome: t.outcome,
+            fingerprint: t.fingerprint,
             updated_at: t.updated_at,
             attempts: None,
             history: None,

@@ -46,12 +46,33 @@ pub struct Report {
     pub message: Option<String>,
     #[serde(default)]
     pub result: Option<Value>,
+    /// What the downstream saw of its input (`skip_if_unchanged`); see [`crate::fingerprint`].
+    /// Boxed, so that an answer carrying a report stays small on the dispatch path.
+    #[serde(default)]
+    pub fingerprint: Option<Box<str>>,
+    /// The downstream found its input unchanged and did nothing.
+    #[serde(default)]
+    pub unchanged: bool,
 }
 
 impl Report {
     /// The task event this report stands for.
     pub fn event(&self) -> TaskEvent {
         TaskEvent::Reported(self.status)
+    }
+
+    /// The report with a fingerprint [`check_fingerprint`](crate::fingerprint::check_fingerprint)
+    /// refuses left out: for an answer's status body, which no one can be told is wrong. Without
+    /// it the input counts as changed, so the next run does its work rather than skip it.
+    pub fn without_bad_fingerprint(mut self) -> Self {
+        if self
+            .fingerprint
+            .as_deref()
+            .is_some_and(|f| crate::fingerprint::check_fingerprint(f).is_err())
+        {
+            self.fingerprint = None;
+        }
+        self
     }
 }
 
@@ -333,6 +354,8 @@ mod tests {
             progress: None,
             message: Some("bad input".into()),
             result: None,
+            fingerprint: None,
+            unchanged: false,
         };
         let after = after_dispatch(
             TaskState::Processing,

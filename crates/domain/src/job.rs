@@ -334,6 +334,11 @@ pub struct JobSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
     pub concurrency_group: Option<GroupName>,
+    /// Skip if unchanged: each dispatch carries `last_fingerprint`, and a task whose downstream
+    /// reports the same fingerprint (or `unchanged: true`) ends `completed`, outcome `unchanged`.
+    /// A job made of steps sets it on a step instead.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub skip_if_unchanged: bool,
 }
 
 /// A job definition as a client writes it: everything but the target is optional.
@@ -389,6 +394,10 @@ pub struct JobInput {
         schema(value_type = Option<String>, pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
     )]
     pub concurrency_group: Option<String>,
+    /// Dispatch with `last_fingerprint` (the fingerprint of the job's last completed run) and end
+    /// a task whose downstream reports the same fingerprint, or `unchanged: true`, as `completed`
+    /// with outcome `unchanged`. Default false; a job made of steps sets it on a step.
+    pub skip_if_unchanged: Option<bool>,
 }
 
 /// The schema of a job's labels: the rules [`check_labels`] applies.
@@ -715,6 +724,14 @@ impl TryFrom<JobInput> for JobSpec {
                 .map_err(|e| errors.push("concurrency_group", e.to_string()))
                 .ok()
         });
+        let skip_if_unchanged = input.skip_if_unchanged.unwrap_or(false);
+        if skip_if_unchanged && !steps_out.is_empty() {
+            errors.push(
+                "skip_if_unchanged",
+                "a job made of steps sets `skip_if_unchanged` on the step whose downstream \
+                 reports the fingerprint",
+            );
+        }
         errors.into_result(JobSpec {
             description: input.description,
             target,
@@ -732,6 +749,7 @@ impl TryFrom<JobInput> for JobSpec {
             on_messages,
             max_concurrency: input.max_concurrency,
             concurrency_group,
+            skip_if_unchanged,
         })
     }
 }

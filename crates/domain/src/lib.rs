@@ -5,6 +5,7 @@ pub mod alert;
 pub mod calendar;
 pub mod concurrency;
 pub mod dispatch;
+pub mod fingerprint;
 pub mod firing;
 pub mod ids;
 pub mod job;
@@ -24,6 +25,7 @@ pub use concurrency::{GroupInput, GroupName, GroupSpec};
 pub use dispatch::{
     AfterDispatch, DispatchOutcome, ResponseClass, after_dispatch, classify_status,
 };
+pub use fingerprint::TaskOutcome;
 pub use firing::{MisfirePolicy, OverlapPolicy, SkipReason};
 pub use ids::TaskId;
 pub use job::{AmqpTarget, HttpTarget, JobInput, JobName, JobSpec, OutboundAuth, Target};

@@ -94,6 +94,12 @@ pub struct Step {
         schema(value_type = Option<String>, pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
     )]
     pub concurrency_group: Option<crate::GroupName>,
+    /// Skip if unchanged (a single-target step only): its child is dispatched with
+    /// `last_fingerprint`, and when it reports the same fingerprint (or `unchanged: true`) the
+    /// run ends `completed` with outcome `unchanged` and no later step runs. Its fingerprint
+    /// becomes the job's when the run completes.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub skip_if_unchanged: bool,
 }
 
 /// What a step fans out to.
@@ -200,6 +206,12 @@ pub(crate) fn check_steps(errors: &mut ValidationErrors, steps: Vec<Step>) -> Ve
                     step.on_item_failure.get_or_insert_default();
                 }
             }
+        }
+        if step.skip_if_unchanged && !matches!(step.kind(), Some(StepKind::Single(_))) {
+            errors.push(
+                format!("{at}.skip_if_unchanged"),
+                "only a single-target step (a `target` without `for_each`) reports one fingerprint",
+            );
         }
         if step.for_each.is_none() {
             if step.max_parallel.is_some() {
@@ -308,6 +320,9 @@ pub struct StepTally {
     pub failed: u64,
     pub cancelled: u64,
     pub held: u64,
+    /// Of the completed children, those whose input was unchanged (`skip_if_unchanged`).
+    #[serde(skip)]
+    pub unchanged: u64,
 }
 
 impl StepTally {
@@ -363,6 +378,9 @@ pub enum StepVerdict {
     Advance { with_errors: bool },
     /// A child failed or was cancelled under `stop`: cancel the open children, fail the run.
     Fail { reason: String },
+    /// Every child ended and a `skip_if_unchanged` step found its input unchanged: the run ends
+    /// `completed` with outcome `unchanged`, and no later step runs.
+    Unchanged,
 }
 
 /// Decides what a run does with its current `step` given its children's `tally`.
@@ -401,6 +419,9 @@ pub fn decide(step: &Step, tally: &StepTally) -> StepVerdict {
             None => 0,
         };
         return StepVerdict::Wait { release };
+    }
+    if step.skip_if_unchanged && tally.unchanged > 0 {
+        return StepVerdict::Unchanged;
     }
     StepVerdict::Advance {
         with_errors: tally.completed_with_errors + broken > 0,
@@ -575,5 +596,69 @@ mod tests {
             decide(single, &tally(0, 0, 0, 1, 0)),
             StepVerdict::Fail { .. }
         ));
+    }
+
+    #[test]
+    fn an_unchanged_input_at_a_skip_step_ends_the_run_and_nowhere_else() {
+        let spec = parse(json!({ "steps": [
+            { "name": "download", "skip_if_unchanged": true,
+              "target": { "url": "http://extractor/download" } },
+            { "name": "publish", "target": { "url": "http://extractor/publish" } } ] }))
+        .expect("valid");
+        let (download, publish) = (&spec.steps[0], &spec.steps[1]);
+        let unchanged = StepTally {
+            unchanged: 1,
+            ..StepTally::default()
+        };
+        assert_eq!(decide(download, &unchanged), StepVerdict::Unchanged);
+        assert_eq!(
+            decide(download, &StepTally::default()),
+            StepVerdict::Advance { with_errors: false },
+            "a changed input goes on to the next step"
+        );
+        assert_eq!(
+            decide(publish, &unchanged),
+            StepVerdict::Advance { with_errors: false },
+            "a step without skip_if_unchanged never ends its run early"
+        );
+        let open = StepTally {
+            processing: 1,
+            unchanged: 1,
+            ..StepTally::default()
+        };
+        assert_eq!(decide(download, &open), StepVerdict::Wait { release: 0 });
+    }
+
+    #[test]
+    fn skip_if_unchanged_belongs_to_a_single_target_step_or_a_job_with_a_target() {
+        let errors = parse(json!({ "skip_if_unchanged": true, "steps": [
+            { "name": "list", "target": { "url": "http://iis/projects" } },
+            { "name": "fan", "skip_if_unchanged": true, "parallel": [
+                { "name": "a", "target": { "url": "http://iis/a" } } ] },
+            { "name": "each", "skip_if_unchanged": true, "for_each": "list",
+              "target": { "url": "http://iis/ingest" } } ] }))
+        .expect_err("invalid");
+        assert_eq!(
+            fields(&errors),
+            [
+                "steps[1].skip_if_unchanged",
+                "steps[2].skip_if_unchanged",
+                "skip_if_unchanged"
+            ]
+        );
+        let job = parse(json!({ "skip_if_unchanged": true,
+                                "target": { "url": "http://timetable/download" } }))
+        .expect("valid");
+        assert!(job.skip_if_unchanged);
+        let stored = serde_json::to_value(&job).expect("serialises");
+        assert_eq!(stored["skip_if_unchanged"], true);
+        let plain = parse(json!({ "target": { "url": "http://a/b" } })).expect("valid");
+        assert!(
+            serde_json::to_value(&plain)
+                .expect("serialises")
+                .get("skip_if_unchanged")
+                .is_none(),
+            "a job without it is stored as before"
+        );
     }
 }

@@ -105,6 +105,13 @@ mod tests {
         let names: Vec<&str> = jobs.iter().map(|j| j.name.as_str()).collect();
         assert_eq!(names, ["timetable-extraction", "item-sync"]);
         assert_eq!(jobs[1].normalized["steps"][1]["max_parallel"], 50);
+        // The step's skip_if_unchanged survives normalization, as the server stores it.
+        assert_eq!(jobs[0].normalized["steps"][0]["skip_if_unchanged"], true);
+        assert!(
+            jobs[0].normalized["steps"][1]
+                .get("skip_if_unchanged")
+                .is_none()
+        );
     }
 
     #[test]

@@ -171,6 +171,9 @@ pub(crate) enum JobsVerb {
     Pause { name: String },
     /// Resume a paused job.
     Resume { name: String },
+    /// Forget the fingerprint of a job's last completed run (`skip_if_unchanged`), so that its
+    /// next task does its work whatever its input.
+    ResetFingerprint { name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -186,6 +189,9 @@ pub(crate) enum TasksVerb {
         /// Only tasks of this origin (trigger, api, manual, retry, message, …).
         #[arg(long)]
         origin: Option<String>,
+        /// Only tasks that ended with this outcome (unchanged).
+        #[arg(long)]
+        outcome: Option<String>,
         /// At most this many (1–500, default 50).
         #[arg(long)]
         limit: Option<u32>,
@@ -432,6 +438,21 @@ async fn jobs(connection: &Connection, verb: JobsVerb) -> Result<()> {
         }
         JobsVerb::Pause { name } => set_job_paused(connection, &client, &name, true).await?,
         JobsVerb::Resume { name } => set_job_paused(connection, &client, &name, false).await?,
+        JobsVerb::ResetFingerprint { name } => {
+            let reset = client
+                .post(
+                    &format!("/api/v1/jobs/{}/fingerprint/reset", segment(&name)),
+                    None,
+                )
+                .await?;
+            connection.print(&reset, |r| match r["previous"]["fingerprint"].as_str() {
+                Some(previous) => format!(
+                    "job {}: fingerprint {previous} forgotten; its next task runs in full",
+                    output::text(r, "/job")
+                ),
+                None => format!("job {} had no fingerprint", output::text(r, "/job")),
+            });
+        }
     }
     Ok(())
 }
@@ -483,12 +504,18 @@ async fn tasks(connection: &Connection, verb: TasksVerb) -> Result<()> {
             job,
             state,
             origin: origin_filter,
+            outcome,
             limit,
             cursor,
         } => {
             let mut query = page_query(limit, cursor);
             // Only filters that were given: a server without a filter refuses it by name.
-            for (key, value) in [("job", job), ("state", state), ("origin", origin_filter)] {
+            for (key, value) in [
+                ("job", job),
+                ("state", state),
+                ("origin", origin_filter),
+                ("outcome", outcome),
+            ] {
                 if let Some(value) = value {
                     query.push((key, value));
                 }
@@ -502,6 +529,9 @@ async fn tasks(connection: &Connection, verb: TasksVerb) -> Result<()> {
                     let mut state = output::text(task, "/state");
                     if task["overdue"] == Value::Bool(true) {
                         state.push_str(" (overdue)");
+                    }
+                    if let Some(outcome) = task["outcome"].as_str() {
+                        state.push_str(&format!(" ({outcome})"));
                     }
                     vec![
                         output::text(task, "/id"),

@@ -150,6 +150,11 @@ fn describe() {
     );
     describe_counter!("pacer_tasks_created_total", "Tasks created, by origin");
     describe_counter!(
+        "pacer_tasks_unchanged_total",
+        "Tasks that ended completed with their input unchanged (skip_if_unchanged), by job; a \
+         run's are its skip step's child's"
+    );
+    describe_counter!(
         "pacer_messages_total",
         "Upstream messages received, by source and result"
     );

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use pacer_domain::dispatch::AttemptOutcome;
-use pacer_domain::{AfterDispatch, FailureReason, JobSpec, Span, Step, Target, TaskId, TaskState};
+use pacer_domain::{
+    AfterDispatch, FailureReason, JobSpec, Span, Step, Target, TaskId, TaskOutcome, TaskState,
+};
 use serde_json::Value;
 use sqlx::types::Json;
 use uuid::Uuid;
@@ -41,6 +43,8 @@ pub struct ClaimedTask {
     pub timed_out: bool,
     /// The start of the job's latest completed task.
     pub last_success_at: Option<DateTime<Utc>>,
+    /// The fingerprint of the job's last completed run (see `skip_if_unchanged`).
+    pub last_fingerprint: Option<String>,
     /// The W3C `traceparent` the task was created under.
     pub trace_context: Option<String>,
     /// When to dispatch, from the claim: zero for a task that was due, the time left until it
@@ -70,6 +74,8 @@ pub struct ChildWork {
     pub inputs: Value,
     /// Where it is dispatched; `None` only when the run's stored step no longer reads.
     pub target: Option<Target>,
+    /// Its step has `skip_if_unchanged`.
+    pub skip_if_unchanged: bool,
 }
 
 /// What one dispatch came to, ready to record.
@@ -81,6 +87,15 @@ pub struct Outcome {
     pub http_status: Option<u16>,
     pub error: Option<String>,
     pub latency: Duration,
+}
+
+/// What recording one dispatch's outcome did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recorded {
+    /// The task still held the claim and took the outcome.
+    pub applied: bool,
+    /// How the task ended, when the outcome ended it with one (`unchanged`).
+    pub outcome: Option<TaskOutcome>,
 }
 
 /// A claim this node gives back unfinished.
@@ -104,6 +119,16 @@ impl ClaimedTask {
             attempt: self.attempt,
             claimed_at: self.claimed_at,
             in_run: self.child.is_some(),
+        }
+    }
+
+    /// Whether this dispatch compares its input with the last completed run's: a task of a job
+    /// with `skip_if_unchanged`, or a child of a step with it. Its body then carries
+    /// `last_fingerprint`.
+    pub fn skips_if_unchanged(&self) -> bool {
+        match &self.child {
+            Some(child) => child.skip_if_unchanged,
+            None => self.job.skip_if_unchanged,
         }
     }
 }
@@ -133,6 +158,7 @@ fn child_work(
         .map(|(target, _)| target.clone());
     Some(ChildWork {
         run: run.into(),
+        skip_if_unchanged: definition.as_ref().is_some_and(|d| d.skip_if_unchanged),
         step,
         step_name: definition.map(|d| d.name).unwrap_or_default(),
         name,
@@ -182,6 +208,7 @@ impl Store {
                     claimed_at: r.claimed_at,
                     timed_out: r.timed_out,
                     last_success_at: r.last_success_at,
+                    last_fingerprint: r.last_fingerprint,
                     trace_context: r.trace_context,
                     dispatch_in: Duration::from_millis(
                         u64::try_from(r.dispatch_in_ms).unwrap_or_default(),
@@ -204,19 +231,19 @@ impl Store {
     /// ended, was cancelled or was reclaimed meanwhile): the task is then left as it is, and only
     /// the attempt is recorded.
     pub async fn record_outcome(&self, task: &ClaimedTask, outcome: &Outcome) -> Result<bool> {
-        let applied = self
+        let recorded = self
             .record_outcomes(&[(task.claim(), outcome.clone())])
             .await?;
-        Ok(applied.first().copied().unwrap_or(false))
+        Ok(recorded.first().is_some_and(|r| r.applied))
     }
 
     /// Records the outcomes of several dispatches in one statement and one commit, in order;
     /// element `i` of the result says whether dispatch `i` still held its claim (see
-    /// [`Store::record_outcome`]).
+    /// [`Store::record_outcome`]) and how it ended its task.
     pub async fn record_outcomes(
         &self,
         outcomes: &[(ReleasedClaim, Outcome)],
-    ) -> Result<Vec<bool>> {
+    ) -> Result<Vec<Recorded>> {
         let n = outcomes.len();
         let mut ids = Vec::with_capacity(n);
         let mut tokens = Vec::with_capacity(n);
@@ -234,6 +261,8 @@ impl Store {
         let mut kinds = Vec::with_capacity(n);
         let mut statuses = Vec::with_capacity(n);
         let mut latencies = Vec::with_capacity(n);
+        let mut fingerprints = Vec::with_capacity(n);
+        let mut unchanged = Vec::with_capacity(n);
         for (claim, outcome) in outcomes {
             let decision = &outcome.decision;
             let report = decision.report.as_ref();
@@ -267,6 +296,8 @@ impl Store {
             kinds.push(outcome.attempt.as_str());
             statuses.push(outcome.http_status.map(i32::from));
             latencies.push(i64::try_from(outcome.latency.as_millis()).unwrap_or(i64::MAX));
+            fingerprints.push(report.and_then(|r| r.fingerprint.as_deref()));
+            unchanged.push(report.is_some_and(|r| r.unchanged));
         }
         // Outcomes that end a task may end the last open child of a run's step: their runs are
         // locked before the tasks, and advanced after them, in the same transaction (see
@@ -298,12 +329,19 @@ impl Store {
                     &kinds as &[&str],
                     &statuses as &[Option<i32>],
                     &latencies,
+                    &fingerprints as &[Option<&str>],
+                    &unchanged,
                 )
                 .fetch_all($executor)
                 .await?
                 .into_iter()
-                .map(|r| r.applied)
-                .collect::<Vec<bool>>()
+                .map(|r| {
+                    Ok(Recorded {
+                        applied: r.applied,
+                        outcome: r.outcome.map(|o| o.parse()).transpose().map_err(corrupt)?,
+                    })
+                })
+                .collect::<Result<Vec<Recorded>>>()?
             };
         }
         let rows = if ending.is_empty() {

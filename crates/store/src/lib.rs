@@ -32,7 +32,7 @@ pub use alerts::{
 pub use audit::{AuditEntry, NewAuditEntry};
 pub use backfill::Backfilled;
 pub use calendars::{Calendar, DeleteCalendar, PutCalendar};
-pub use claims::{ChildWork, ClaimedTask, Outcome, ReleasedClaim};
+pub use claims::{ChildWork, ClaimedTask, Outcome, Recorded, ReleasedClaim};
 pub use cluster::{LEADER_CHANNEL, Lease, Node, Tenure};
 pub use concurrency::{Admitted, Group, SlotHolder, WaitingFor};
 pub use error::{Error, Result};
@@ -42,7 +42,7 @@ pub use events::{
 pub use firing::{Fired, Swept};
 pub use jobs::{DeletedJob, Job, PutJob};
 pub use messages::{Ingested, MessageFilter, Route, StoredMessage};
-pub use operations::{CancelNotice, JobStats, Released, RetryCandidate, TaskBrief};
+pub use operations::{CancelNotice, JobFingerprint, JobStats, Released, RetryCandidate, TaskBrief};
 pub use runs::{RunChild, RunView, retry_errors_key};
 pub use tasks::{
     Attempt, CreatedTask, KeptTask, NewTask, Origin, ReportOutcome, Reporting, Task, TaskCreation,
@@ -225,13 +225,15 @@ mod tests {
 
     /// The indexes the batched statements may read: each finds rows by their key (or, under a
     /// limit, a job's latest success), never a range of rows that grows with the tables.
-    const KEY_INDEXES: [&str; 6] = [
+    const KEY_INDEXES: [&str; 8] = [
         "tasks_pkey",
         "tasks_job_idempotency_key",
         "tasks_job_success_idx",
         "jobs_pkey",
         "task_attempts_pkey",
         "dispatch_streaks_pkey",
+        "job_fingerprints_pkey",
+        "task_runs_pkey",
     ];
 
     /// On an empty database, where a whole-table scan is the cheapest plan there is, the one plan

@@ -53,6 +53,21 @@ pub struct JobStats {
     pub processing: i64,
     pub last_run: Option<TaskBrief>,
     pub last_success: Option<TaskBrief>,
+    /// Of the completed tasks looked at, those whose input was unchanged.
+    pub unchanged: i64,
+    /// When the job's latest task ended with its input unchanged.
+    pub last_unchanged_at: Option<DateTime<Utc>>,
+    /// The fingerprint its next task's input is compared with (`skip_if_unchanged`).
+    pub fingerprint: Option<JobFingerprint>,
+}
+
+/// The fingerprint of a job's last completed run, as stored.
+#[derive(Debug, Clone)]
+pub struct JobFingerprint {
+    pub fingerprint: String,
+    /// The task (or run) whose completion stored it.
+    pub task: Option<TaskId>,
+    pub updated_at: DateTime<Utc>,
 }
 
 /// A cancelled task whose downstream is to be told.
@@ -175,12 +190,13 @@ impl Store {
     pub async fn job_stats(&self, job: &Job, window: i64) -> Result<JobStats> {
         let recent = sqlx::query!(
             r#"with recent as (
-                   select state, started_at, finished_at from tasks
+                   select state, outcome, started_at, finished_at from tasks
                    where job_name = $1 and finished_at is not null
                    order by id desc limit $2
                )
                select count(*) as "finished!",
                       count(*) filter (where state = 'completed') as "completed!",
+                      count(*) filter (where outcome = 'unchanged') as "unchanged!",
                       count(*) filter (where state = 'completed_with_errors') as "completed_with_errors!",
                       count(*) filter (where state = 'failed') as "failed!",
                       count(*) filter (where state = 'cancelled') as "cancelled!",
@@ -224,7 +240,19 @@ impl Store {
         .await?
         .map(TaskBrief::try_from)
         .transpose()?;
+        let last_unchanged_at = sqlx::query_scalar!(
+            "select finished_at from tasks
+             where job_id = $1 and outcome = 'unchanged' order by finished_at desc limit 1",
+            job.id,
+        )
+        .fetch_optional(&self.pool)
+        .await?
+        .flatten();
+        let fingerprint = self.job_fingerprint(job).await?;
         Ok(JobStats {
+            unchanged: recent.unchanged,
+            last_unchanged_at,
+            fingerprint,
             finished: recent.finished,
             completed: recent.completed,
             completed_with_errors: recent.completed_with_errors,
@@ -237,6 +265,39 @@ impl Store {
             last_run,
             last_success,
         })
+    }
+
+    /// The fingerprint of `job`'s last completed run, if it has one.
+    pub async fn job_fingerprint(&self, job: &Job) -> Result<Option<JobFingerprint>> {
+        Ok(sqlx::query!(
+            "select fingerprint, task_id, updated_at from job_fingerprints where job_id = $1",
+            job.id,
+        )
+        .fetch_optional(&self.pool)
+        .await?
+        .map(|r| JobFingerprint {
+            fingerprint: r.fingerprint,
+            task: r.task_id.map(TaskId::from),
+            updated_at: r.updated_at,
+        }))
+    }
+
+    /// Forgets the fingerprint of `job`'s last completed run, so that its next task does its work
+    /// whatever its input (it is dispatched with `last_fingerprint: null`). Returns the
+    /// fingerprint it forgot, if there was one.
+    pub async fn reset_fingerprint(&self, job: &Job) -> Result<Option<JobFingerprint>> {
+        Ok(sqlx::query!(
+            "delete from job_fingerprints where job_id = $1
+             returning fingerprint, task_id, updated_at",
+            job.id,
+        )
+        .fetch_optional(&self.pool)
+        .await?
+        .map(|r| JobFingerprint {
+            fingerprint: r.fingerprint,
+            task: r.task_id.map(TaskId::from),
+            updated_at: r.updated_at,
+        }))
     }
 
     /// Takes up to `limit` cancel notices. A notice is taken once, by one node (`skip locked`),

@@ -14,7 +14,7 @@
 
 use chrono::{DateTime, Utc};
 use pacer_domain::workflow::{MAX_INPUTS_BYTES, StepKind, decide, items_of};
-use pacer_domain::{Step, StepTally, StepVerdict, TaskId, TaskState};
+use pacer_domain::{Step, StepTally, StepVerdict, TaskId, TaskOutcome, TaskState};
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
@@ -296,6 +296,22 @@ async fn advance_run(conn: &mut sqlx::PgConnection, run: Uuid) -> Result<()> {
                 end_run(conn, run, TaskState::Failed, &reason).await?;
                 return Ok(());
             }
+            StepVerdict::Unchanged => {
+                // The job's fingerprint stays: it is the one the step's input equalled.
+                let summary = run_summary(conn, run, &steps, Value::Null).await?;
+                let reason = format!(
+                    "input unchanged at step `{}`: the steps after it did not run",
+                    step.name
+                );
+                let end = RunEnd {
+                    state: TaskState::Completed,
+                    reason: Some(&reason),
+                    result: Some(&summary),
+                    outcome: Some(TaskOutcome::Unchanged),
+                };
+                finish_run(conn, run, &end).await?;
+                return Ok(());
+            }
             StepVerdict::Advance { .. } => {}
         }
         let result = step_result(conn, run, index, step).await?;
@@ -308,12 +324,21 @@ async fn advance_run(conn: &mut sqlx::PgConnection, run: Uuid) -> Result<()> {
             )
             .fetch_one(&mut *conn)
             .await?;
-            let end = if broken > 0 {
+            let state = if broken > 0 {
                 TaskState::CompletedWithErrors
             } else {
                 TaskState::Completed
             };
-            finish_run(conn, run, end, None, Some(&summary)).await?;
+            let end = RunEnd {
+                state,
+                reason: None,
+                result: Some(&summary),
+                outcome: None,
+            };
+            finish_run(conn, run, &end).await?;
+            if state == TaskState::Completed {
+                store_fingerprint(conn, run).await?;
+            }
             return Ok(());
         }
         if let Some(map) = inputs.as_object_mut() {
@@ -386,6 +411,9 @@ async fn step_tally(
                                     and state = 'failed' limit $3) x) as "failed!",
              (select count(*) from (select 1 from tasks where run_id = $1 and step = $2
                                     and state = 'cancelled' limit $3) x) as "cancelled!",
+             (select count(*) from (select 1 from tasks where run_id = $1 and step = $2
+                                    and state = 'completed' and outcome = 'unchanged'
+                                    limit 1) x) as "unchanged!",
              exists (select 1 from tasks where run_id = $1 and step = $2
                      and state = 'completed_with_errors') as "with_errors!""#,
         run,
@@ -403,6 +431,7 @@ async fn step_tally(
         cancelled: n(row.cancelled),
         completed_with_errors: u64::from(row.with_errors),
         completed: 0,
+        unchanged: n(row.unchanged),
     })
 }
 
@@ -600,28 +629,64 @@ async fn end_run(
         .map_err(corrupt)?
         .unwrap_or_default();
     let summary = run_summary(conn, run, &steps, Value::Null).await?;
-    finish_run(conn, run, state, Some(reason), Some(&summary)).await?;
+    let end = RunEnd {
+        state,
+        reason: Some(reason),
+        result: Some(&summary),
+        outcome: None,
+    };
+    finish_run(conn, run, &end).await?;
     cancel_open_children(conn, run, &format!("cancelled: {reason}")).await
 }
 
-/// Writes a run's final state.
-async fn finish_run(
-    conn: &mut sqlx::PgConnection,
-    run: Uuid,
+/// How a run ends.
+struct RunEnd<'a> {
     state: TaskState,
-    reason: Option<&str>,
-    result: Option<&Value>,
-) -> Result<()> {
+    reason: Option<&'a str>,
+    result: Option<&'a Value>,
+    outcome: Option<TaskOutcome>,
+}
+
+/// Writes a run's final state.
+async fn finish_run(conn: &mut sqlx::PgConnection, run: Uuid, end: &RunEnd<'_>) -> Result<()> {
     sqlx::query!(
         "update tasks set state = $2, finished_at = now(), next_dispatch_at = null,
              claim_token = null, claimed_by = null, claimed_at = null,
              message = coalesce($3, message), last_error = case when $2 = 'failed' then $3 end,
-             result = coalesce($4, result), updated_at = now()
+             result = coalesce($4, result), outcome = $5, updated_at = now()
          where id = $1 and state in ('pending', 'processing')",
         run,
-        state.as_str(),
-        reason,
-        result,
+        end.state.as_str(),
+        end.reason,
+        end.result,
+        end.outcome.map(TaskOutcome::as_str),
+    )
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// A run that completed makes the fingerprint its `skip_if_unchanged` step's child reported its
+/// own and its job's: the input the next run compares with. Only the children of such steps keep
+/// a fingerprint (see `sql/finish_tasks.sql`), and only a completed run gets this far, so a run
+/// that failed at a later step leaves the job's fingerprint where it was.
+async fn store_fingerprint(conn: &mut sqlx::PgConnection, run: Uuid) -> Result<()> {
+    sqlx::query!(
+        "with kept as (
+             select c.fingerprint from tasks c
+             where c.run_id = $1 and c.step is not null and c.fingerprint is not null
+             order by c.step desc, c.finished_at desc limit 1
+         ),
+         run as (
+             update tasks t set fingerprint = kept.fingerprint
+             from kept where t.id = $1
+             returning t.job_id, t.fingerprint
+         )
+         insert into job_fingerprints (job_id, fingerprint, task_id)
+         select job_id, fingerprint, $1 from run where job_id is not null
+         on conflict (job_id) do update set
+             fingerprint = excluded.fingerprint, task_id = excluded.task_id, updated_at = now()",
+        run,
     )
     .execute(&mut *conn)
     .await?;

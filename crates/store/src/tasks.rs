@@ -7,7 +7,7 @@ mod reports;
 
 use chrono::{DateTime, Utc};
 use pacer_domain::dispatch::Report;
-use pacer_domain::{SkipReason, TaskId, TaskState};
+use pacer_domain::{SkipReason, TaskId, TaskOutcome, TaskState};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -159,6 +159,12 @@ pub struct Task {
     pub last_error: Option<String>,
     pub failure_reason: Option<String>,
     pub updated_at: DateTime<Utc>,
+    /// What the downstream last reported about its input (`skip_if_unchanged`); a run's is its
+    /// skip step's, once the run completed.
+    pub fingerprint: Option<String>,
+    /// How a completed task ended beyond its state: `unchanged` when its input equalled the last
+    /// completed run's.
+    pub outcome: Option<TaskOutcome>,
 }
 
 /// One dispatch of a task.
@@ -191,6 +197,8 @@ pub struct TaskFilter {
     pub finished_before: Option<DateTime<Utc>>,
     /// Only tasks past (true) or within (false) their deadline.
     pub overdue: Option<bool>,
+    /// Only tasks that ended with this outcome.
+    pub outcome: Option<TaskOutcome>,
     /// Keyset cursor: only tasks older than this one.
     pub before: Option<TaskId>,
     pub limit: i64,
@@ -240,6 +248,8 @@ struct TaskRow {
     last_error: Option<String>,
     failure_reason: Option<String>,
     updated_at: DateTime<Utc>,
+    fingerprint: Option<String>,
+    outcome: Option<String>,
     overdue: bool,
 }
 
@@ -277,6 +287,8 @@ impl TryFrom<TaskRow> for Task {
             last_error: r.last_error,
             failure_reason: r.failure_reason,
             updated_at: r.updated_at,
+            fingerprint: r.fingerprint,
+            outcome: r.outcome.map(|o| o.parse()).transpose().map_err(corrupt)?,
         })
     }
 }
@@ -321,6 +333,7 @@ impl Store {
             filter.finished_before,
             filter.overdue,
             states.as_deref(),
+            filter.outcome.map(TaskOutcome::as_str),
         )
         .fetch_all(&mut *tx)
         .await?;

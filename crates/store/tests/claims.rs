@@ -195,6 +195,8 @@ async fn a_callback_ending_the_task_fences_off_the_dispatch_in_flight(pool: PgPo
         progress: None,
         message: Some("done".into()),
         result: Some(json!({ "rows": 3 })),
+        fingerprint: None,
+        unchanged: false,
     };
     assert_eq!(
         store.report(id, &report).await.expect("report").0,
@@ -409,7 +411,8 @@ async fn a_batch_of_outcomes_is_recorded_as_if_in_sequence(pool: PgPool) {
         (of_b[1].claim(), transient(of_b[1], "node-a", "b2")),
         (of_a[3].claim(), transient(of_a[3], "node-a", "a4")),
     ];
-    let applied = store.record_outcomes(&batch).await.expect("record");
+    let recorded = store.record_outcomes(&batch).await.expect("record");
+    let applied: Vec<bool> = recorded.iter().map(|r| r.applied).collect();
     assert_eq!(applied, [true, true, true, true, false, true, true]);
 
     // Job a answered well in the middle: its stored streak ended there, two errors came after.

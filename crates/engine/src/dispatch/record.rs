@@ -4,9 +4,10 @@
 
 use std::time::Duration;
 
+use pacer_domain::TaskOutcome;
 use pacer_domain::dispatch::DispatchOutcome;
 use pacer_store::batch::{BatchWrite, Batcher};
-use pacer_store::{ClaimedTask, Outcome, Store};
+use pacer_store::{ClaimedTask, Outcome, Recorded, Store};
 
 /// The most dispatch outcomes written in one statement.
 pub(crate) const OUTCOME_BATCH: usize = 256;
@@ -21,13 +22,13 @@ pub(crate) struct Outcomes {
 
 impl BatchWrite for Outcomes {
     type Item = (pacer_store::ReleasedClaim, Outcome);
-    /// Whether the task still held the claim and took the outcome.
-    type Output = bool;
+    /// Whether the task still held the claim and took the outcome, and how it ended.
+    type Output = Recorded;
 
     async fn write(
         &self,
         items: &[(pacer_store::ReleasedClaim, Outcome)],
-    ) -> pacer_store::Result<Vec<bool>> {
+    ) -> pacer_store::Result<Vec<Recorded>> {
         metrics::histogram!("pacer_outcome_batch_size").record(items.len() as f64);
         self.store.record_outcomes(items).await
     }
@@ -51,6 +52,12 @@ pub(crate) fn observe(task: &ClaimedTask, outcome: &DispatchOutcome, record: &Ou
     metrics::counter!("pacer_dispatches_total", &labels).increment(1);
     metrics::histogram!("pacer_dispatch_duration_seconds", &labels)
         .record(record.latency.as_secs_f64());
+}
+
+/// Counts a task (or a run's child at a `skip_if_unchanged` step, which ends its run) that ended
+/// with its input unchanged, whichever way its report came.
+pub(crate) fn observe_unchanged(job: &str) {
+    metrics::counter!("pacer_tasks_unchanged_total", "pacer_job" => job.to_owned()).increment(1);
 }
 
 /// How late the first dispatch of a task went out, against its fire time (the scheduled time
@@ -77,8 +84,16 @@ pub(crate) async fn record(recorder: &Recorder, task: &ClaimedTask, outcome: Out
     let mut backoff = Duration::from_millis(100);
     for _ in 0..5 {
         match recorder.submit((task.claim(), outcome.clone())).await {
-            Ok(true) => return,
-            Ok(false) => {
+            Ok(Recorded {
+                applied: true,
+                outcome,
+            }) => {
+                if outcome == Some(TaskOutcome::Unchanged) {
+                    observe_unchanged(&task.job_name);
+                }
+                return;
+            }
+            Ok(Recorded { applied: false, .. }) => {
                 // Most often the downstream called back before this answer was recorded.
                 tracing::debug!("the task moved on during the dispatch; its newer state stands");
                 return;
@@ -176,7 +191,7 @@ mod tests {
             if id == poisoned {
                 assert!(answer.is_err(), "the poisoned outcome fails alone");
             } else {
-                assert!(answer.expect("written"), "the claim held");
+                assert!(answer.expect("written").applied, "the claim held");
                 written += 1;
             }
         }

@@ -26,6 +26,10 @@ struct DispatchBody<'a> {
     fire_at: Option<DateTime<Utc>>,
     deadline_at: Option<DateTime<Utc>>,
     last_success_at: Option<DateTime<Utc>>,
+    /// Only for a job (or step) with `skip_if_unchanged`: the fingerprint of the job's last
+    /// completed run, or null.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_fingerprint: Option<Option<&'a str>>,
     payload: &'a Value,
     /// For a child of a run: the run's id.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -110,6 +114,9 @@ pub(crate) fn prepare(
         fire_at: (task.fire_at != task.scheduled_at).then_some(task.fire_at),
         deadline_at: task.deadline_at,
         last_success_at: task.last_success_at,
+        last_fingerprint: task
+            .skips_if_unchanged()
+            .then_some(task.last_fingerprint.as_deref()),
         payload: &task.payload,
         run: task.child.as_ref().map(|c| c.run),
         step: task.child.as_ref().map(|c| c.step_name.as_str()),

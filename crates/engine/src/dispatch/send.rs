@@ -67,7 +67,9 @@ pub(crate) async fn send(
     match classify_status(status.as_u16()) {
         ResponseClass::Accepted => DispatchOutcome::Accepted {
             status: status.as_u16(),
-            report: serde_json::from_slice::<Report>(&body).ok(),
+            report: serde_json::from_slice::<Report>(&body)
+                .ok()
+                .map(Report::without_bad_fingerprint),
         },
         ResponseClass::AlreadyRunning => DispatchOutcome::AlreadyRunning,
         ResponseClass::Transient => DispatchOutcome::Transient {

@@ -7,12 +7,29 @@
 -- Element i: $1 id, $2 final state, $3 progress, $4 message, $5 result, $6 failure reason, $7 a
 -- cancellation (which asks the cancel notifiers to tell the downstream when a dispatch went out
 -- to it), $9 the callback's own event (null for a cancellation), written just before the
--- state change it caused.
+-- state change it caused, $10 the fingerprint reported and $11 whether the downstream said its
+-- input was unchanged (see `skips`).
 with o as (
     select *
     from unnest($1::uuid[], $2::text[], $3::jsonb[], $4::text[], $5::jsonb[], $6::text[],
-                $7::bool[], $9::jsonb[])
-         with ordinality as o(id, state, progress, message, result, failure_reason, cancel, event, ord)
+                $7::bool[], $9::jsonb[], $10::text[], $11::bool[])
+         with ordinality as o(id, state, progress, message, result, failure_reason, cancel, event,
+                              fingerprint, unchanged, ord)
+),
+-- Skip if unchanged, for the reports that speak of their input: a task of a job, or a child of a
+-- step, with `skip_if_unchanged` keeps the fingerprint it reports, and a completed one ends
+-- `unchanged` when its downstream said so or reported the fingerprint stored for its job. (A run's
+-- steps are the ones it started with, in `task_runs`.) Other tasks ignore both fields.
+skips as (
+    select t.id, f.fingerprint as last
+    from o
+    join tasks t on t.id = o.id
+    left join jobs j on j.id = t.job_id
+    left join task_runs r on r.task_id = t.run_id and t.step is not null
+    left join job_fingerprints f on f.job_id = t.job_id
+    where (o.fingerprint is not null or o.unchanged)
+      and coalesce(case when t.step is null then (j.spec ->> 'skip_if_unchanged')::boolean
+                        else (r.steps -> t.step ->> 'skip_if_unchanged')::boolean end, false)
 ),
 -- Rows are locked in id order, the same order every batched writer of tasks uses, so two batches
 -- touching the same tasks wait for each other instead of deadlocking. A locking read returns each
@@ -30,10 +47,26 @@ updated as (
         last_heartbeat_at = now(), updated_at = now(),
         -- A task completed for a job nobody watches for success needs no alert evaluation.
         outcome_noticed = o.state = 'completed' and not exists (
-            select 1 from jobs j where j.id = t.job_id and j.spec -> 'alerts' ? 'on_success')
-    from o join locked l on l.id = o.id
+            select 1 from jobs j where j.id = t.job_id and j.spec -> 'alerts' ? 'on_success'),
+        fingerprint = case when s.id is not null then coalesce(o.fingerprint, t.fingerprint)
+                           else t.fingerprint end,
+        outcome = case when o.state = 'completed' and s.id is not null
+                        and (o.unchanged or o.fingerprint = s.last) then 'unchanged' end
+    from o join locked l on l.id = o.id left join skips s on s.id = o.id
     where t.id = l.id and l.state = any($8)
     returning t.*, o.ord, o.event
+),
+-- A plain task that completed with a new fingerprint makes it its job's: the input the next task
+-- compares with. (A run's child keeps it until its run completes: see `runs.rs`.) The latest of a
+-- job's in the batch wins; rows are written in job order, as every writer of them does.
+stored as (
+    insert into job_fingerprints (job_id, fingerprint, task_id)
+    select distinct on (job_id) job_id, fingerprint, id from updated
+    where state = 'completed' and outcome is null and step is null and fingerprint is not null
+      and job_id is not null
+    order by job_id, ord desc
+    on conflict (job_id) do update set
+        fingerprint = excluded.fingerprint, task_id = excluded.task_id, updated_at = now()
 ),
 callback as (
     insert into events (kind, job_name, task_id, data)
@@ -42,7 +75,7 @@ callback as (
 select id, job_name, state, origin, idempotency_key, payload, attempt, created_at,
        due_at, trigger_id, scheduled_at, waits_for, actor, retry_of, message_id, message_type,
        started_at, finished_at, next_dispatch_at, deadline_at, timeout_at, claimed_by,
-       progress, message, result, last_error, failure_reason, updated_at,
+       progress, message, result, last_error, failure_reason, updated_at, fingerprint, outcome,
        coalesce(deadline_at < coalesce(finished_at, now()), false) as "overdue!"
 from updated
 order by ord

@@ -6,7 +6,8 @@
 -- timeout until the admission pass gives it one.
 -- With $8, the earlier run of a retry of errors, a child whose namesake in step $9 (by name, so a
 -- job edited in between reuses only what still matches) completed there is created already ended
--- with that child's state and result: not due, never dispatched, and with no alert to evaluate.
+-- with that child's state, result and fingerprint: not due, never dispatched, and with no alert
+-- to evaluate.
 -- The unique key (run, step, child) makes the creation exactly once: a repeat inserts nothing.
 with n as (
     select *
@@ -17,7 +18,8 @@ run as (
     select job_id, job_name, origin, trace_context from tasks where id = $1
 ),
 old as (
-    select c.child, c.state, c.result, c.progress, c.message, c.attempt, c.started_at, c.finished_at
+    select c.child, c.state, c.result, c.progress, c.message, c.attempt, c.started_at, c.finished_at,
+           c.fingerprint
     from tasks c join task_runs o on o.task_id = c.run_id
     where $8::uuid is not null and c.run_id = $8 and c.step is not null
       and o.steps -> c.step ->> 'name' = $9::text
@@ -25,7 +27,8 @@ old as (
 )
 insert into tasks (id, job_id, job_name, state, origin, payload, due_at, next_dispatch_at,
                    timeout_at, attempt, started_at, finished_at, result, progress, message,
-                   outcome_noticed, trace_context, run_id, step, child, item, held, waiting)
+                   outcome_noticed, trace_context, run_id, step, child, item, held, waiting,
+                   fingerprint)
 select n.id, run.job_id, run.job_name, coalesce(old.state, 'pending'), run.origin, n.payload,
        now(),
        case when old.state is not null then null
@@ -35,7 +38,7 @@ select n.id, run.job_id, run.job_name, coalesce(old.state, 'pending'), run.origi
        old.progress,
        case when old.state is not null then 'reused from the retried run' end,
        old.state is not null, run.trace_context, $1, $2, n.child, n.item,
-       n.held and old.state is null, $11::bool and old.state is null
+       n.held and old.state is null, $11::bool and old.state is null, old.fingerprint
 from n cross join run
 left join old on old.child = n.child
 order by n.ord

@@ -66,6 +66,9 @@ select n.id as "id!", c.id is not null as "current!", i.id as "inserted?",
        case when i.claim_token is not null then
            (select max(s.started_at) from tasks s
             where s.job_id = n.job_id and s.state = 'completed') end as "last_success_at?",
+       case when i.claim_token is not null then
+           (select f.fingerprint from job_fingerprints f
+            where f.job_id = n.job_id) end as "last_fingerprint?",
        -- The task that already has this key (one inserted by this same statement is not visible
        -- here; the caller looks for it afterwards).
        case when c.id is not null and i.id is null then

@@ -12,10 +12,27 @@ with o as (
     select *
     from unnest($1::uuid[], $2::uuid[], $3::text[], $4::bigint[], $5::int[], $6::text[],
                 $7::text[], $8::jsonb[], $9::text[], $10::jsonb[], $11::int[], $12::text[],
-                $13::timestamptz[], $14::text[], $15::int[], $16::bigint[])
+                $13::timestamptz[], $14::text[], $15::int[], $16::bigint[], $17::text[],
+                $18::bool[])
          with ordinality
          as o(id, token, state, next_ms, failures, failure_reason, error, progress, message,
-              result, attempt, node, started_at, outcome, http_status, latency_ms, ord)
+              result, attempt, node, started_at, outcome, http_status, latency_ms, fingerprint,
+              unchanged, ord)
+),
+-- Skip if unchanged, for the answers whose status body speaks of their input: as in
+-- `finish_tasks.sql`, a task of a job, or a child of a step, with `skip_if_unchanged` keeps the
+-- fingerprint reported, and one completed ends `unchanged` when its downstream said so or
+-- reported the fingerprint stored for its job.
+skips as (
+    select t.id, f.fingerprint as last
+    from o
+    join tasks t on t.id = o.id
+    left join jobs j on j.id = t.job_id
+    left join task_runs r on r.task_id = t.run_id and t.step is not null
+    left join job_fingerprints f on f.job_id = t.job_id
+    where (o.fingerprint is not null or o.unchanged)
+      and coalesce(case when t.step is null then (j.spec ->> 'skip_if_unchanged')::boolean
+                        else (r.steps -> t.step ->> 'skip_if_unchanged')::boolean end, false)
 ),
 -- Rows are locked in id order, the same order every batched writer of tasks uses, so two batches
 -- touching the same tasks wait for each other instead of deadlocking. A locking read returns each
@@ -39,13 +56,27 @@ updated as (
         -- A task completed for a job nobody watches for success needs no alert evaluation.
         outcome_noticed = t.outcome_noticed or coalesce(o.state = 'completed' and not exists (
             select 1 from jobs j where j.id = t.job_id and j.spec -> 'alerts' ? 'on_success'), false),
+        fingerprint = case when s.id is not null then coalesce(o.fingerprint, t.fingerprint)
+                           else t.fingerprint end,
+        outcome = case when o.state = 'completed' and s.id is not null
+                        and (o.unchanged or o.fingerprint = s.last) then 'unchanged' end,
         claim_token = null,
         claimed_by = null,
         claimed_at = null,
         updated_at = now()
-    from o join locked l on l.id = o.id
+    from o join locked l on l.id = o.id left join skips s on s.id = o.id
     where t.id = l.id and l.claim_token = o.token
-    returning t.id
+    returning t.id, t.job_id, t.state, t.step, t.fingerprint, t.outcome, o.ord
+),
+-- A plain task completed with a new fingerprint makes it its job's (see `finish_tasks.sql`).
+stored as (
+    insert into job_fingerprints (job_id, fingerprint, task_id)
+    select distinct on (job_id) job_id, fingerprint, id from updated
+    where state = 'completed' and outcome is null and step is null and fingerprint is not null
+      and job_id is not null
+    order by job_id, ord desc
+    on conflict (job_id) do update set
+        fingerprint = excluded.fingerprint, task_id = excluded.task_id, updated_at = now()
 ),
 recorded as (
     insert into task_attempts (task_id, number, node, started_at, outcome, http_status, error, latency_ms)
@@ -93,6 +124,7 @@ ended as (
     where d.job_id = g.job_id and g.last_ord is not null and d.errors > 0
       and not exists (select 1 from streaks s where s.job_id = g.job_id and s.errors > 0)
 )
-select o.id as "id!", exists (select 1 from updated u where u.id = o.id) as "applied!"
+select o.id as "id!", exists (select 1 from updated u where u.id = o.id) as "applied!",
+       (select u.outcome from updated u where u.id = o.id) as outcome
 from o
 order by o.ord

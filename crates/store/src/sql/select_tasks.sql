@@ -3,11 +3,12 @@
 -- last task of the previous page (ids are UUIDv7, so id order is creation order, and a page
 -- boundary stays put while new tasks arrive). The caller plans this statement per execution
 -- (`plan_cache_mode = force_custom_plan`), so the filters given pick their index.
--- `overdue` is computed on the database clock.
+-- `overdue` is computed on the database clock. $12 is an outcome (`unchanged`), served by its
+-- partial index.
 select id, job_name, state, origin, idempotency_key, payload, attempt, created_at, due_at,
        trigger_id, scheduled_at, waits_for, actor, retry_of, message_id, message_type,
        started_at, finished_at, next_dispatch_at, deadline_at, timeout_at, claimed_by,
-       progress, message, result, last_error, failure_reason, updated_at,
+       progress, message, result, last_error, failure_reason, updated_at, fingerprint, outcome,
        coalesce(deadline_at < coalesce(finished_at, now()), false) as "overdue!"
 from tasks
 where ($1::text is null or job_name = $1)
@@ -20,5 +21,6 @@ where ($1::text is null or job_name = $1)
   and ($8::timestamptz is null or finished_at >= $8)
   and ($9::timestamptz is null or finished_at < $9)
   and ($10::bool is null or coalesce(deadline_at < coalesce(finished_at, now()), false) = $10)
+  and ($12::text is null or outcome = $12)
 order by id desc
 limit $4

@@ -298,6 +298,7 @@ pub(crate) async fn insert_tasks(
                 claimed_at,
                 timed_out: false,
                 last_success_at: row.last_success_at,
+                last_fingerprint: row.last_fingerprint,
                 trace_context: task.trace_context.clone(),
                 dispatch_in: std::time::Duration::ZERO,
                 dispatched: true,
@@ -335,6 +336,8 @@ pub(crate) async fn insert_tasks(
             last_error: None,
             failure_reason: None,
             updated_at,
+            fingerprint: None,
+            outcome: None,
         };
         created.push(Some(CreatedTask::Created {
             id: id.into(),

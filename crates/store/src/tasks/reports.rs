@@ -250,6 +250,8 @@ async fn finish_tasks(
     let mut reasons = Vec::with_capacity(n);
     let mut cancels = Vec::with_capacity(n);
     let mut events = Vec::with_capacity(n);
+    let mut fingerprints = Vec::with_capacity(n);
+    let mut unchanged = Vec::with_capacity(n);
     for end in ends {
         let report = end.report;
         ids.push(end.id.as_uuid());
@@ -263,6 +265,8 @@ async fn finish_tasks(
         reasons.push((end.next == TaskState::Failed).then_some(FailureReason::Reported.as_str()));
         cancels.push(end.event == TaskEvent::Cancel);
         events.push(report.map(callback_event));
+        fingerprints.push(report.and_then(|r| r.fingerprint.as_deref()));
+        unchanged.push(report.is_some_and(|r| r.unchanged));
     }
     let rows = sqlx::query_file_as!(
         TaskRow,
@@ -276,6 +280,8 @@ async fn finish_tasks(
         &cancels,
         from as &[&str],
         &events as &[Option<Value>],
+        &fingerprints as &[Option<&str>],
+        &unchanged,
     )
     .fetch_all(&mut *conn)
     .await?;
@@ -337,5 +343,7 @@ fn callback_event(report: &TaskReport) -> Value {
         "progress": report.progress,
         "message": report.message,
         "result": report.result,
+        "fingerprint": report.fingerprint,
+        "unchanged": report.unchanged.then_some(true),
     }))
 }
