@@ -9,7 +9,7 @@ use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
-use pacer_domain::dispatch::Report;
+use pacer_domain::dispatch::{Report, ReportedError};
 use pacer_domain::{
     CallbackStatus, OverlapPolicy, SkipReason, TaskId, TaskState, ValidationErrors,
 };
@@ -549,6 +549,13 @@ struct CallbackRequest {
     message: Option<String>,
     /// Any JSON, kept on the task.
     result: Option<Value>,
+    /// With `failed`: what went wrong. A code the job's `retry.on_errors` names dispatches the
+    /// task again with backoff instead of ending it; the task's `last_error` shows
+    /// `code: message`.
+    error: Option<ReportedError>,
+    /// With `failed`: dispatch the task again (with backoff, counted against the job's
+    /// `retry.max_attempts`) whatever the error code.
+    retryable: Option<bool>,
 }
 
 /// Report on a task (the downstream's callback)
@@ -582,11 +589,16 @@ async fn report_task(
     {
         return Err(Error::field("message", "at most 4000 characters"));
     }
+    if let Some(Err((field, message))) = request.error.as_ref().map(|e| e.check("error")) {
+        return Err(Error::field(&field, message));
+    }
     let report = Report {
         status: request.status,
         progress: request.progress,
         message: request.message,
         result: request.result,
+        error: request.error.map(Box::new),
+        retryable: request.retryable.unwrap_or(false),
     };
     let reported = report.status;
     let (outcome, task) = state

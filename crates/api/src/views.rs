@@ -217,6 +217,10 @@ struct AttemptView {
     outcome: String,
     http_status: Option<i32>,
     error: Option<String>,
+    /// The error code the downstream reported for this attempt (`"error": {"code": …}` in a
+    /// `failed` callback or status body).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error_code: Option<String>,
     latency_ms: Option<i64>,
 }
 
@@ -230,6 +234,7 @@ impl From<Attempt> for AttemptView {
             outcome: a.outcome,
             http_status: a.http_status,
             error: a.error,
+            error_code: a.error_code,
             latency_ms: a.latency_ms,
         }
     }

@@ -154,6 +154,8 @@ async fn callbacks_applied_together_are_answered_as_if_applied_alone(pool: PgPoo
         progress: None,
         message: Some("done".into()),
         result: Some(json!({ "rows": 1 })),
+        error: None,
+        retryable: false,
     };
     let mut requests = Vec::new();
     for id in &ids {

@@ -7,12 +7,14 @@
 -- Element i: $1 id, $2 final state, $3 progress, $4 message, $5 result, $6 failure reason, $7 a
 -- cancellation (which asks the cancel notifiers to tell the downstream when a dispatch went out
 -- to it), $9 the callback's own event (null for a cancellation), written just before the
--- state change it caused.
+-- state change it caused, $10 the task's `last_error` (the error a failed report named), kept
+-- as it was when null.
 with o as (
     select *
     from unnest($1::uuid[], $2::text[], $3::jsonb[], $4::text[], $5::jsonb[], $6::text[],
-                $7::bool[], $9::jsonb[])
-         with ordinality as o(id, state, progress, message, result, failure_reason, cancel, event, ord)
+                $7::bool[], $9::jsonb[], $10::text[])
+         with ordinality as o(id, state, progress, message, result, failure_reason, cancel, event,
+                              error, ord)
 ),
 -- Rows are locked in id order, the same order every batched writer of tasks uses, so two batches
 -- touching the same tasks wait for each other instead of deadlocking. A locking read returns each
@@ -26,6 +28,7 @@ updated as (
         claim_token = null, claimed_by = null, claimed_at = null,
         progress = coalesce(o.progress, t.progress), message = coalesce(o.message, t.message),
         result = coalesce(o.result, t.result), failure_reason = o.failure_reason,
+        last_error = coalesce(o.error, t.last_error),
         cancel_notice_at = case when o.cancel and t.dispatched then now() end,
         last_heartbeat_at = now(), updated_at = now(),
         -- A task completed for a job nobody watches for success needs no alert evaluation.
