@@ -38,6 +38,11 @@ pub(crate) struct JobView {
     paused: bool,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
+    /// For a job with `freshness`: until when its data counts as fresh (the start of its last
+    /// completed run, or when it began watching before any, plus `freshness`); past it, a
+    /// `stale` alert is open.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fresh_until: Option<DateTime<Utc>>,
 }
 
 impl From<Job> for JobView {
@@ -49,6 +54,7 @@ impl From<Job> for JobView {
             paused: job.paused,
             created_at: job.created_at,
             updated_at: job.updated_at,
+            fresh_until: job.fresh_until,
         }
     }
 }

@@ -331,6 +331,10 @@ pub struct JobSpec {
     /// Message types this job subscribes to: each such message creates a task.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub on_messages: Vec<MessageType>,
+    /// How old the job's data may get: a `stale` alert opens when its last completed run started
+    /// longer ago than this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub freshness: Option<Span>,
 }
 
 /// A job definition as a client writes it: everything but the target is optional.
@@ -343,7 +347,7 @@ pub struct JobSpec {
     "repoll_interval": "30s", "dispatch_timeout": "10s", "timeout": "2h", "deadline": "15m",
     "retry": { "max_attempts": 10, "initial_backoff": "1s", "max_backoff": "5m", "multiplier": 2.0, "jitter": 0.2 },
     "expect_callback": true, "overlap": "skip", "on_messages": ["masterdata.changed"],
-    "labels": { "team": "registration" }
+    "labels": { "team": "registration" }, "freshness": "6h"
 })))]
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -374,6 +378,10 @@ pub struct JobInput {
     /// Message types this job subscribes to: each such message creates a task.
     #[cfg_attr(feature = "openapi", schema(value_type = Option<Vec<MessageType>>))]
     pub on_messages: Option<Vec<String>>,
+    /// How old the job's data may get (1s–365d): when its last completed run started longer ago
+    /// than this (or, before any completed, it has watched its freshness that long), a `stale`
+    /// alert opens; the next completed run resolves it.
+    pub freshness: Option<Span>,
 }
 
 /// The schema of a job's labels: the rules [`check_labels`] applies.
@@ -761,6 +769,15 @@ impl TryFrom<JobInput> for JobSpec {
         let alerts = input.alerts.unwrap_or_default();
         alerts.check(&mut errors);
         let on_messages = parse_subscriptions(&mut errors, input.on_messages);
+        if let Some(freshness) = input.freshness {
+            check_range(
+                &mut errors,
+                "freshness",
+                freshness,
+                Span::from_secs(1),
+                Span::from_secs(365 * 86_400),
+            );
+        }
         errors.into_result(JobSpec {
             description: input.description,
             target,
@@ -776,6 +793,7 @@ impl TryFrom<JobInput> for JobSpec {
             labels,
             alerts,
             on_messages,
+            freshness: input.freshness,
         })
     }
 }
@@ -1047,6 +1065,18 @@ mod tests {
             }))
             .expect_err("refused");
             assert!(error.to_string().contains(message), "{bad}: {error}");
+        }
+    }
+
+    #[test]
+    fn freshness_is_between_a_second_and_a_year() {
+        let spec =
+            parse(json!({ "target": { "url": "http://a" }, "freshness": "6h" })).expect("valid");
+        assert_eq!(spec.freshness, Some(Span::from_secs(6 * 3600)));
+        for bad in ["500ms", "366d"] {
+            let errors = parse(json!({ "target": { "url": "http://a" }, "freshness": bad }))
+                .expect_err("out of range");
+            assert_eq!(fields(&errors), ["freshness"], "{bad}");
         }
     }
 }

@@ -71,11 +71,16 @@ impl Store {
             .error
             .as_ref()
             .map(|e| e.text().replace('\0', "\u{fffd}"));
+        // The callback may come before its dispatch's answer is recorded: the attempt's row is
+        // then written here, and the answer's record fills in the rest and keeps the code.
         sqlx::query!(
-            "update task_attempts set error_code = $3, error = coalesce($4, error)
-             where task_id = $1 and number = $2",
+            "insert into task_attempts (task_id, number, node, started_at, outcome, error, error_code)
+             select t.id, t.attempt, coalesce(t.claimed_by, 'unknown'), coalesce(t.claimed_at, now()),
+                    'accepted', $3, $2
+             from tasks t where t.id = $1 and t.attempt > 0
+             on conflict (task_id, number) do update set
+                 error_code = excluded.error_code, error = coalesce(excluded.error, task_attempts.error)",
             id.as_uuid(),
-            row.attempt,
             report.error_code(),
             error,
         )
