@@ -1073,7 +1073,10 @@ mod tests {
         let spec =
             parse(json!({ "target": { "url": "http://a" }, "freshness": "6h" })).expect("valid");
         assert_eq!(spec.freshness, Some(Span::from_secs(6 * 3600)));
-        for bad in ["500ms", "366d"] {
+        let longest = parse(json!({ "target": { "url": "http://a" }, "freshness": "365d" }))
+            .expect("a year is the most");
+        assert_eq!(longest.freshness, Some(Span::from_secs(365 * 86_400)));
+        for bad in ["500ms", "0s"] {
             let errors = parse(json!({ "target": { "url": "http://a" }, "freshness": bad }))
                 .expect_err("out of range");
             assert_eq!(fields(&errors), ["freshness"], "{bad}");
