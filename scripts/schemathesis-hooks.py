@@ -74,6 +74,10 @@ SEMANTIC = {
         "concurrency_group": ("no concurrency group named",),
         "retry.initial_backoff": SPAN,
         "retry.max_backoff": SPAN,
+        # A status or code named twice, or in both lists; a code's characters.
+        "retry.on_status[]": ("is named twice",),
+        "retry.never_on_status[]": ("is named twice", "is named in both"),
+        "retry.on_errors[]": ("is named twice", "1 to 128 characters"),
     },
 }
 # A trigger's jitter is a duration with its own range, and its calendars must exist.

@@ -9,7 +9,7 @@ use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
-use pacer_domain::dispatch::Report;
+use pacer_domain::dispatch::{Report, ReportedError};
 use pacer_domain::fingerprint::check_fingerprint;
 use pacer_domain::{
     CallbackStatus, OverlapPolicy, SkipReason, TaskId, TaskOutcome, TaskState, ValidationErrors,
@@ -574,6 +574,13 @@ struct CallbackRequest {
     fingerprint: Option<String>,
     /// The downstream found its input unchanged and did nothing (`skip_if_unchanged`).
     unchanged: Option<bool>,
+    /// With `failed`: what went wrong. A code the job's `retry.on_errors` names dispatches the
+    /// task again with backoff instead of ending it; the task's `last_error` shows
+    /// `code: message`.
+    error: Option<ReportedError>,
+    /// With `failed`: dispatch the task again (with backoff, counted against the job's
+    /// `retry.max_attempts`) whatever the error code.
+    retryable: Option<bool>,
 }
 
 /// Report on a task (the downstream's callback)
@@ -610,6 +617,9 @@ async fn report_task(
     if let Some(fingerprint) = &request.fingerprint {
         check_fingerprint(fingerprint).map_err(|e| Error::field("fingerprint", e))?;
     }
+    if let Some(Err((field, message))) = request.error.as_ref().map(|e| e.check("error")) {
+        return Err(Error::field(&field, message));
+    }
     let report = Report {
         status: request.status,
         progress: request.progress,
@@ -617,6 +627,8 @@ async fn report_task(
         result: request.result,
         fingerprint: request.fingerprint.map(String::into_boxed_str),
         unchanged: request.unchanged.unwrap_or(false),
+        error: request.error.map(Box::new),
+        retryable: request.retryable.unwrap_or(false),
     };
     let reported = report.status;
     let (outcome, task) = state

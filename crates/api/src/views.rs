@@ -40,6 +40,11 @@ pub(crate) struct JobView {
     paused: bool,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
+    /// For a job with `freshness`: until when its data counts as fresh (the start of its last
+    /// completed run, or when it began watching before any, plus `freshness`); past it, a
+    /// `stale` alert is open.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fresh_until: Option<DateTime<Utc>>,
 }
 
 impl From<Job> for JobView {
@@ -51,6 +56,7 @@ impl From<Job> for JobView {
             paused: job.paused,
             created_at: job.created_at,
             updated_at: job.updated_at,
+            fresh_until: job.fresh_until,
         }
     }
 }
@@ -242,6 +248,10 @@ struct AttemptView {
     outcome: String,
     http_status: Option<i32>,
     error: Option<String>,
+    /// The error code the downstream reported for this attempt (`"error": {"code": …}` in a
+    /// `failed` callback or status body).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error_code: Option<String>,
     latency_ms: Option<i64>,
 }
 
@@ -255,6 +265,7 @@ impl From<Attempt> for AttemptView {
             outcome: a.outcome,
             http_status: a.http_status,
             error: a.error,
+            error_code: a.error_code,
             latency_ms: a.latency_ms,
         }
     }

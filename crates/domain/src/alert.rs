@@ -25,16 +25,19 @@ pub enum AlertKind {
     DispatchErrors,
     /// A node stopped heartbeating without a clean shutdown.
     NodeLost,
+    /// A job's last completed run started longer ago than its `freshness`: its data is old.
+    Stale,
 }
 
 impl AlertKind {
     /// Every kind, for gauges and listings.
-    pub const ALL: [AlertKind; 5] = [
+    pub const ALL: [AlertKind; 6] = [
         AlertKind::Overdue,
         AlertKind::Failed,
         AlertKind::Missed,
         AlertKind::DispatchErrors,
         AlertKind::NodeLost,
+        AlertKind::Stale,
     ];
 
     /// The wire and database name.
@@ -45,13 +48,14 @@ impl AlertKind {
             AlertKind::Missed => "missed",
             AlertKind::DispatchErrors => "dispatch_errors",
             AlertKind::NodeLost => "node_lost",
+            AlertKind::Stale => "stale",
         }
     }
 
     /// The severity of this kind unless configuration says otherwise.
     pub fn default_severity(self) -> Severity {
         match self {
-            AlertKind::Overdue | AlertKind::Missed => Severity::Warning,
+            AlertKind::Overdue | AlertKind::Missed | AlertKind::Stale => Severity::Warning,
             AlertKind::Failed | AlertKind::DispatchErrors | AlertKind::NodeLost => {
                 Severity::Critical
             }
@@ -82,7 +86,7 @@ impl FromStr for AlertKind {
             .find(|k| k.as_str() == s)
             .ok_or_else(|| UnknownName {
                 given: s.to_owned(),
-                expected: "overdue, failed, missed, dispatch_errors, node_lost",
+                expected: "overdue, failed, missed, dispatch_errors, node_lost, stale",
             })
     }
 }
@@ -180,7 +184,7 @@ impl fmt::Display for AlertState {
 pub const LOG_SINK: &str = "log";
 
 /// A job's alert routes: which configured sinks hear about its failures (`failed`, `missed`,
-/// `dispatch_errors`), its overdue tasks, and its completed tasks; and severity overrides per
+/// `dispatch_errors`, `stale`), its overdue tasks, and its completed tasks; and severity overrides per
 /// kind. Every field is optional; a job without routes alerts only the global sinks.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -228,7 +232,13 @@ fn severity_schema() -> utoipa::openapi::schema::Object {
         .property_names(Some(
             ObjectBuilder::new()
                 .schema_type(Type::String)
-                .enum_values(Some(["overdue", "failed", "missed", "dispatch_errors"])),
+                .enum_values(Some([
+                    "overdue",
+                    "failed",
+                    "missed",
+                    "dispatch_errors",
+                    "stale",
+                ])),
         ))
         .additional_properties(Some(AdditionalProperties::RefOr(RefOr::Ref(
             Ref::from_schema_name("Severity"),
@@ -246,7 +256,10 @@ impl JobAlerts {
     pub fn routes(&self, kind: AlertKind) -> &[String] {
         match kind {
             AlertKind::Overdue => &self.on_overdue,
-            AlertKind::Failed | AlertKind::Missed | AlertKind::DispatchErrors => &self.on_failure,
+            AlertKind::Failed
+            | AlertKind::Missed
+            | AlertKind::DispatchErrors
+            | AlertKind::Stale => &self.on_failure,
             AlertKind::NodeLost => &[],
         }
     }

@@ -13,6 +13,7 @@ use crate::alert::JobAlerts;
 use crate::concurrency::{GroupName, check_limit};
 use crate::firing::OverlapPolicy;
 use crate::message::{MessageType, parse_subscriptions};
+use crate::retry::StatusMatch;
 use crate::workflow::{Step, check_steps};
 use crate::{RetryPolicy, Span, ValidationErrors};
 
@@ -339,6 +340,10 @@ pub struct JobSpec {
     /// A job made of steps sets it on a step instead.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub skip_if_unchanged: bool,
+    /// How old the job's data may get: a `stale` alert opens when its last completed run started
+    /// longer ago than this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub freshness: Option<Span>,
 }
 
 /// A job definition as a client writes it: everything but the target is optional.
@@ -351,7 +356,7 @@ pub struct JobSpec {
     "repoll_interval": "30s", "dispatch_timeout": "10s", "timeout": "2h", "deadline": "15m",
     "retry": { "max_attempts": 10, "initial_backoff": "1s", "max_backoff": "5m", "multiplier": 2.0, "jitter": 0.2 },
     "expect_callback": true, "overlap": "skip", "on_messages": ["masterdata.changed"],
-    "labels": { "team": "registration" }
+    "labels": { "team": "registration" }, "freshness": "6h"
 })))]
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -398,6 +403,10 @@ pub struct JobInput {
     /// a task whose downstream reports the same fingerprint, or `unchanged: true`, as `completed`
     /// with outcome `unchanged`. Default false; a job made of steps sets it on a step.
     pub skip_if_unchanged: Option<bool>,
+    /// How old the job's data may get (1s–365d): when its last completed run started longer ago
+    /// than this (or, before any completed, it has watched its freshness that long), a `stale`
+    /// alert opens; the next completed run resolves it.
+    pub freshness: Option<Span>,
 }
 
 /// The schema of a job's labels: the rules [`check_labels`] applies.
@@ -440,6 +449,57 @@ pub struct RetryInput {
     /// Each backoff is shortened by up to this share of it, at random (0.0–1.0, default 0.2).
     #[cfg_attr(feature = "openapi", schema(minimum = 0.0, maximum = 1.0))]
     pub jitter: Option<f64>,
+    /// HTTP statuses (300–599) or classes (`"4xx"`, `"5xx"`) a dispatch may answer that count as
+    /// transient for this job, replacing the default set (408, 429, 5xx). At most 32. 409 keeps
+    /// meaning "already running" unless named as a status.
+    #[cfg_attr(feature = "openapi", schema(max_items = 32))]
+    pub on_status: Option<Vec<StatusMatch>>,
+    /// Statuses or classes that fail the task at once even where `on_status` (or the default
+    /// set) would retry them; a status named on its own wins over a class. At most 32.
+    #[cfg_attr(feature = "openapi", schema(max_items = 32))]
+    pub never_on_status: Option<Vec<StatusMatch>>,
+    /// Error codes a downstream reports with a `failed` status (`"error": {"code": …}`) that
+    /// dispatch the task again with backoff instead of ending it, counted against
+    /// `max_attempts`. At most 32, each 1 to 128 characters without control characters.
+    #[cfg_attr(feature = "openapi", schema(max_items = 32))]
+    pub on_errors: Option<Vec<String>>,
+}
+
+/// Checks the statuses a retry list names: at most 32, none twice, none in `other` (the other
+/// list) as the same status or class.
+fn check_statuses(
+    errors: &mut ValidationErrors,
+    field: &str,
+    list: &[StatusMatch],
+    other: &[StatusMatch],
+) {
+    if list.len() > 32 {
+        errors.push(field, "at most 32 statuses");
+    }
+    for (i, status) in list.iter().enumerate() {
+        if list[..i].contains(status) {
+            errors.push(format!("{field}[{i}]"), format!("{status} is named twice"));
+        } else if other.contains(status) {
+            errors.push(
+                format!("{field}[{i}]"),
+                format!("{status} is named in both `on_status` and `never_on_status`"),
+            );
+        }
+    }
+}
+
+fn check_error_codes(errors: &mut ValidationErrors, codes: &[String]) {
+    if codes.len() > 32 {
+        errors.push("retry.on_errors", "at most 32 error codes");
+    }
+    for (i, code) in codes.iter().enumerate() {
+        let field = format!("retry.on_errors[{i}]");
+        if code.is_empty() || code.chars().count() > 128 || code.chars().any(char::is_control) {
+            errors.push(field, "1 to 128 characters, no control characters");
+        } else if codes[..i].contains(code) {
+            errors.push(field, format!("`{code}` is named twice"));
+        }
+    }
 }
 
 /// Defaults a job takes when its definition leaves a field out.
@@ -605,8 +665,26 @@ impl TryFrom<RetryInput> for RetryPolicy {
             }),
             multiplier: input.multiplier.unwrap_or(defaults.multiplier),
             jitter: input.jitter.unwrap_or(defaults.jitter),
+            on_status: input.on_status,
+            never_on_status: input.never_on_status.unwrap_or_default(),
+            on_errors: input.on_errors.unwrap_or_default(),
         };
         let mut errors = ValidationErrors::new();
+        // The never list is checked against the other: an entry in both is refused where it
+        // carves out, which is where it has an effect.
+        check_statuses(
+            &mut errors,
+            "retry.on_status",
+            policy.on_status.as_deref().unwrap_or_default(),
+            &[],
+        );
+        check_statuses(
+            &mut errors,
+            "retry.never_on_status",
+            &policy.never_on_status,
+            policy.on_status.as_deref().unwrap_or_default(),
+        );
+        check_error_codes(&mut errors, &policy.on_errors);
         if !(1..=1000).contains(&policy.max_attempts) {
             errors.push("retry.max_attempts", "must be between 1 and 1000");
         }
@@ -732,6 +810,15 @@ impl TryFrom<JobInput> for JobSpec {
                  reports the fingerprint",
             );
         }
+        if let Some(freshness) = input.freshness {
+            check_range(
+                &mut errors,
+                "freshness",
+                freshness,
+                Span::from_secs(1),
+                Span::from_secs(365 * 86_400),
+            );
+        }
         errors.into_result(JobSpec {
             description: input.description,
             target,
@@ -750,6 +837,7 @@ impl TryFrom<JobInput> for JobSpec {
             max_concurrency: input.max_concurrency,
             concurrency_group,
             skip_if_unchanged,
+            freshness: input.freshness,
         })
     }
 }
@@ -975,5 +1063,72 @@ mod tests {
             spec.task_payload(None),
             json!({ "tables": ["centers"], "full": false })
         );
+    }
+
+    #[test]
+    fn retry_lists_are_checked_and_named_by_their_index() {
+        let spec = parse(json!({
+            "target": { "url": "http://a" },
+            "retry": { "on_status": [404, "5xx"], "never_on_status": [501],
+                       "on_errors": ["UpstreamTimeout"] },
+        }))
+        .expect("valid");
+        assert_eq!(
+            spec.retry.on_status,
+            Some(vec![StatusMatch::Status(404), StatusMatch::Class(5)])
+        );
+        assert_eq!(spec.retry.never_on_status, [StatusMatch::Status(501)]);
+        assert_eq!(spec.retry.on_errors, ["UpstreamTimeout"]);
+        // Stored and read back as written.
+        let stored = serde_json::to_value(&spec.retry).expect("serializes");
+        assert_eq!(stored["on_status"], json!([404, "5xx"]));
+        assert_eq!(
+            serde_json::from_value::<RetryPolicy>(stored).expect("reads back"),
+            spec.retry
+        );
+
+        let errors = parse(json!({
+            "target": { "url": "http://a" },
+            "retry": { "on_status": [503, 503], "never_on_status": ["5xx", 404, "4xx"],
+                       "on_errors": ["A", "", "A"] },
+        }))
+        .expect_err("invalid");
+        assert_eq!(
+            fields(&errors),
+            [
+                "retry.on_status[1]",
+                "retry.on_errors[1]",
+                "retry.on_errors[2]"
+            ]
+        );
+
+        for (bad, message) in [
+            (json!([200]), "cannot be named"),
+            (json!(["2xx"]), "cannot be named"),
+            (json!([99]), "300 to 599"),
+            (json!(["6xx"]), "`4xx` or `5xx`"),
+            (json!([true]), "a number"),
+        ] {
+            let error = serde_json::from_value::<JobInput>(json!({
+                "target": { "url": "http://a" }, "retry": { "on_status": bad },
+            }))
+            .expect_err("refused");
+            assert!(error.to_string().contains(message), "{bad}: {error}");
+        }
+    }
+
+    #[test]
+    fn freshness_is_between_a_second_and_a_year() {
+        let spec =
+            parse(json!({ "target": { "url": "http://a" }, "freshness": "6h" })).expect("valid");
+        assert_eq!(spec.freshness, Some(Span::from_secs(6 * 3600)));
+        let longest = parse(json!({ "target": { "url": "http://a" }, "freshness": "365d" }))
+            .expect("a year is the most");
+        assert_eq!(longest.freshness, Some(Span::from_secs(365 * 86_400)));
+        for bad in ["500ms", "0s"] {
+            let errors = parse(json!({ "target": { "url": "http://a" }, "freshness": bad }))
+                .expect_err("out of range");
+            assert_eq!(fields(&errors), ["freshness"], "{bad}");
+        }
     }
 }

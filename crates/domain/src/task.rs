@@ -44,6 +44,9 @@ pub enum TaskEvent {
     DispatchRetrying,
     /// The downstream reported on the task.
     Reported(CallbackStatus),
+    /// The downstream reported the task failed with an error its job's retry policy retries:
+    /// the task waits `pending` to be dispatched again.
+    ReportedRetry,
     /// An operator cancelled the task.
     Cancel,
     /// The occurrence the task was fired ahead for was withdrawn before its time: see
@@ -126,6 +129,7 @@ impl TaskState {
             E::DispatchCompleted => Transition::To(S::Completed),
             E::DispatchFailed | E::TimedOut => Transition::To(S::Failed),
             E::DispatchRetrying => Transition::To(self),
+            E::ReportedRetry => Transition::To(S::Pending),
             E::Reported(status) => Transition::To(status.state()),
             E::Cancel => Transition::To(S::Cancelled),
         }
@@ -223,6 +227,7 @@ mod tests {
             E::DispatchCompleted,
             E::DispatchFailed,
             E::DispatchRetrying,
+            E::ReportedRetry,
             E::Cancel,
             E::Withdraw,
             E::TimedOut,
@@ -249,6 +254,7 @@ mod tests {
             (S::Pending | S::Processing, E::DispatchFailed) => To(S::Failed),
             (S::Pending, E::DispatchRetrying) => To(S::Pending),
             (S::Processing, E::DispatchRetrying) => To(S::Processing),
+            (S::Pending | S::Processing, E::ReportedRetry) => To(S::Pending),
             (S::Pending | S::Processing, E::Cancel) => To(S::Cancelled),
             (S::Pending, E::Withdraw) => To(S::Cancelled),
             (S::Processing, E::Withdraw) => Refused,

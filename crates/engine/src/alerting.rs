@@ -1,5 +1,5 @@
 //! The alert evaluation, a leader duty: finds overdue and ended tasks, skips, dispatch-error
-//! streaks and lost nodes; raises one alert per kind and subject (repeats are counted); resolves
+//! streaks, lost nodes and stale jobs; raises one alert per kind and subject (repeats are counted); resolves
 //! alerts whose condition cleared; and queues the notifications for the sinks, all in one
 //! transaction fenced by the leader's term.
 
@@ -181,6 +181,17 @@ impl Alerting {
                     }
                     Err(error) => tracing::warn!(%error, "counting open alerts failed"),
                 }
+                match self.store.last_successes().await {
+                    Ok(jobs) => {
+                        for (job, at) in jobs {
+                            #[allow(clippy::cast_precision_loss)]
+                            let seconds = at.timestamp_millis() as f64 / 1000.0;
+                            metrics::gauge!("pacer_job_last_success_timestamp_seconds", "pacer_job" => job)
+                                .set(seconds);
+                        }
+                    }
+                    Err(error) => tracing::warn!(%error, "reading the jobs' last successes failed"),
+                }
             }
             tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),
@@ -222,6 +233,7 @@ impl Alerting {
         let skips = tx.take_skips(limit).await?;
         let streaks = tx.take_streaks(threshold).await?;
         let lost = tx.take_lost_nodes(dead_after_ms).await?;
+        let stale = tx.take_stale().await?;
         let skipped: i64 = skips.iter().map(|s| s.count).sum();
         let full = overdue.len() == config.batch_size
             || ended.len() == config.batch_size
@@ -328,6 +340,28 @@ impl Alerting {
                 &mut deliveries,
             )
             .await?;
+        }
+        for job in &stale {
+            let since = job.last_success_at.map_or_else(
+                || "has completed no run".to_owned(),
+                |at| format!("last completed a run started at {}", at.to_rfc3339()),
+            );
+            let summary = format!(
+                "job {} {since}: its data is stale (fresh until {})",
+                job.job_name,
+                job.fresh_until.to_rfc3339()
+            );
+            let alert = NewAlert {
+                kind: AlertKind::Stale,
+                severity: severity_of(AlertKind::Stale, Some(&job.alerts), &config.severity),
+                task_id: None,
+                job_name: Some(job.job_name.clone()),
+                node_id: None,
+                summary,
+                count: 1,
+            };
+            self.raise(&mut tx, &alert, &job.alerts, &mut changes, &mut deliveries)
+                .await?;
         }
         for node in &lost {
             let alert = NewAlert {

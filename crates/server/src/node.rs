@@ -320,6 +320,7 @@ impl Node {
                     max_backoff: alert_settings.delivery_max_backoff,
                     multiplier: 2.0,
                     jitter: 0.2,
+                    ..pacer_domain::RetryPolicy::default()
                 },
             },
             store: self.store.clone(),

@@ -17,7 +17,7 @@ use crate::{Error, Result, Store};
 pub use deliveries::{
     ClaimedDelivery, Delivery, DeliveryAttempt, DeliveryOutcome, DeliveryState, NewDelivery,
 };
-pub use raising::{AlertTx, NewAlert, Raised, SkipNotice, StreakNotice, TaskNotice};
+pub use raising::{AlertTx, NewAlert, Raised, SkipNotice, StaleNotice, StreakNotice, TaskNotice};
 
 /// The channel delivery loops listen on to hear that deliveries were queued.
 pub const ALERTS_CHANNEL: &str = "pacer_alerts";

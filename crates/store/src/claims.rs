@@ -30,6 +30,9 @@ pub struct ClaimedTask {
     /// The number of this dispatch (1 for the first).
     pub attempt: i32,
     pub consecutive_failures: i32,
+    /// Failures the downstream reported that were retried so far (see
+    /// [`pacer_domain::dispatch::after_failed_report`]).
+    pub reported_failures: i32,
     pub payload: Value,
     /// The occurrence's scheduled time, or when the task became due.
     pub scheduled_at: DateTime<Utc>,
@@ -86,6 +89,8 @@ pub struct Outcome {
     pub node: String,
     pub http_status: Option<u16>,
     pub error: Option<String>,
+    /// The error code the downstream reported in its answer's status body.
+    pub error_code: Option<String>,
     pub latency: Duration,
 }
 
@@ -200,6 +205,7 @@ impl Store {
                     state: r.state.parse().map_err(corrupt)?,
                     attempt: r.attempt,
                     consecutive_failures: r.consecutive_failures,
+                    reported_failures: r.reported_failures,
                     payload: r.payload,
                     scheduled_at: r.scheduled_at,
                     fire_at: r.fire_at,
@@ -263,6 +269,8 @@ impl Store {
         let mut latencies = Vec::with_capacity(n);
         let mut fingerprints = Vec::with_capacity(n);
         let mut unchanged = Vec::with_capacity(n);
+        let mut codes = Vec::with_capacity(n);
+        let mut reported = Vec::with_capacity(n);
         for (claim, outcome) in outcomes {
             let decision = &outcome.decision;
             let report = decision.report.as_ref();
@@ -298,6 +306,17 @@ impl Store {
             latencies.push(i64::try_from(outcome.latency.as_millis()).unwrap_or(i64::MAX));
             fingerprints.push(report.and_then(|r| r.fingerprint.as_deref()));
             unchanged.push(report.is_some_and(|r| r.unchanged));
+            codes.push(
+                outcome
+                    .error_code
+                    .as_deref()
+                    .map(|c| c.replace('\0', "\u{fffd}")),
+            );
+            reported.push(
+                decision
+                    .reported_failures
+                    .map(|n| i32::try_from(n).unwrap_or(i32::MAX)),
+            );
         }
         // Outcomes that end a task may end the last open child of a run's step: their runs are
         // locked before the tasks, and advanced after them, in the same transaction (see
@@ -331,6 +350,8 @@ impl Store {
                     &latencies,
                     &fingerprints as &[Option<&str>],
                     &unchanged,
+                    &codes as &[Option<String>],
+                    &reported as &[Option<i32>],
                 )
                 .fetch_all($executor)
                 .await?

@@ -21,6 +21,9 @@ pub struct Job {
     pub paused: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// For a job with `freshness`: until when its data counts as fresh, from the start of its
+    /// last completed run (or since it began watching, before any).
+    pub fresh_until: Option<DateTime<Utc>>,
 }
 
 /// The result of a create-or-replace.
@@ -47,6 +50,7 @@ pub(crate) struct JobRow {
     pub(crate) paused: bool,
     pub(crate) created_at: DateTime<Utc>,
     pub(crate) updated_at: DateTime<Utc>,
+    pub(crate) fresh_until: Option<DateTime<Utc>>,
 }
 
 impl TryFrom<JobRow> for Job {
@@ -65,6 +69,7 @@ impl TryFrom<JobRow> for Job {
             paused: row.paused,
             created_at: row.created_at,
             updated_at: row.updated_at,
+            fresh_until: row.fresh_until,
         })
     }
 }
@@ -86,22 +91,33 @@ impl Store {
         .await?;
         let row = sqlx::query!(
             r#"
-            insert into jobs (id, name, spec, dispatch_timeout_ms)
-            values ($1, $2, $3, $4)
+            insert into jobs (id, name, spec, dispatch_timeout_ms, freshness_ms, fresh_since)
+            values ($1, $2, $3, $4, $5, case when $5::bigint is not null then now() end)
             on conflict (name) do update set
                 spec = excluded.spec,
                 dispatch_timeout_ms = excluded.dispatch_timeout_ms,
+                freshness_ms = excluded.freshness_ms,
+                -- A job begins watching its freshness when the field appears; a new value keeps
+                -- the start.
+                fresh_since = case when excluded.freshness_ms is not null
+                                   then coalesce(jobs.fresh_since, now()) end,
                 version = jobs.version + (jobs.spec is distinct from excluded.spec)::int,
                 updated_at = case when jobs.spec is distinct from excluded.spec
                                   then now() else jobs.updated_at end
             -- xmax is zero only on a freshly inserted row version
             returning id, name, version, spec as "spec: Json<JobSpec>", paused, created_at, updated_at,
-                      (xmax = 0) as "created!"
+                      (xmax = 0) as "created!",
+                      case when jobs.freshness_ms is not null then
+                    coalesce((select max(s.started_at) from tasks s
+                              where s.job_id = jobs.id and s.state = 'completed' and s.run_id is null),
+                             jobs.fresh_since, jobs.created_at)
+                    + jobs.freshness_ms * interval '1 millisecond' end as fresh_until
             "#,
             Uuid::now_v7(),
             name.as_str(),
             Json(spec) as _,
             spec.dispatch_timeout.as_millis(),
+            spec.freshness.map(|f| f.as_millis()),
         )
         .fetch_one(&mut *tx)
         .await?;
@@ -118,6 +134,7 @@ impl Store {
             paused: row.paused,
             created_at: row.created_at,
             updated_at: row.updated_at,
+            fresh_until: row.fresh_until,
         })?;
         Ok(PutJob { job, created })
     }
@@ -126,8 +143,13 @@ impl Store {
     pub async fn get_job(&self, name: &JobName) -> Result<Job> {
         sqlx::query_as!(
             JobRow,
-            r#"select id, name, version, spec as "spec: Json<JobSpec>", paused, created_at, updated_at
-               from jobs where name = $1"#,
+            r#"select id, name, version, spec as "spec: Json<JobSpec>", paused, created_at, updated_at,
+                      case when j.freshness_ms is not null then
+                    coalesce((select max(s.started_at) from tasks s
+                              where s.job_id = j.id and s.state = 'completed' and s.run_id is null),
+                             j.fresh_since, j.created_at)
+                    + j.freshness_ms * interval '1 millisecond' end as fresh_until
+               from jobs j where name = $1"#,
             name.as_str(),
         )
         .fetch_optional(&self.pool)
@@ -140,8 +162,13 @@ impl Store {
     pub async fn list_jobs(&self, after: Option<&str>, limit: i64) -> Result<Vec<Job>> {
         sqlx::query_as!(
             JobRow,
-            r#"select id, name, version, spec as "spec: Json<JobSpec>", paused, created_at, updated_at
-               from jobs where ($1::text is null or name > $1) order by name limit $2"#,
+            r#"select id, name, version, spec as "spec: Json<JobSpec>", paused, created_at, updated_at,
+                      case when j.freshness_ms is not null then
+                    coalesce((select max(s.started_at) from tasks s
+                              where s.job_id = j.id and s.state = 'completed' and s.run_id is null),
+                             j.fresh_since, j.created_at)
+                    + j.freshness_ms * interval '1 millisecond' end as fresh_until
+               from jobs j where ($1::text is null or name > $1) order by name limit $2"#,
             after,
             limit,
         )
@@ -150,6 +177,24 @@ impl Store {
         .into_iter()
         .map(Job::try_from)
         .collect()
+    }
+
+    /// The start of each job's last completed run, for jobs that completed one (the gauge
+    /// `pacer_job_last_success_timestamp_seconds`).
+    pub async fn last_successes(&self) -> Result<Vec<(String, DateTime<Utc>)>> {
+        let rows = sqlx::query!(
+            r#"select j.name, s.started_at as "started_at!"
+               from jobs j
+               cross join lateral (
+                   select started_at from tasks t
+                   where t.job_id = j.id and t.state = 'completed' and t.run_id is null
+                     and t.started_at is not null
+                   order by started_at desc limit 1
+               ) s"#
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|r| (r.name, r.started_at)).collect())
     }
 
     /// Deletes a job. A job with open tasks is deleted only with `cancel_open_tasks`, which

@@ -27,7 +27,7 @@ use sqlx::postgres::PgPoolOptions;
 pub use alerts::{
     ALERTS_CHANNEL, Alert, AlertChange, AlertFilter, AlertTx, ClaimedDelivery, Delivery,
     DeliveryAttempt, DeliveryOutcome, DeliveryState, NewAlert, NewDelivery, Raised, SkipNotice,
-    StreakNotice, TaskNotice,
+    StaleNotice, StreakNotice, TaskNotice,
 };
 pub use audit::{AuditEntry, NewAuditEntry};
 pub use backfill::Backfilled;

@@ -154,7 +154,7 @@ impl Store {
         let jobs: Vec<Job> = sqlx::query_as!(
             JobRow,
             r#"select id, name, version, spec as "spec: Json<pacer_domain::JobSpec>", paused,
-                      created_at, updated_at
+                      created_at, updated_at, null::timestamptz as fresh_until
                from jobs where spec -> 'on_messages' ? $1 order by id"#,
             message.kind.as_str(),
         )

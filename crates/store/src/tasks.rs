@@ -177,6 +177,8 @@ pub struct Attempt {
     pub outcome: String,
     pub http_status: Option<i32>,
     pub error: Option<String>,
+    /// The error code the downstream reported for this attempt.
+    pub error_code: Option<String>,
     pub latency_ms: Option<i64>,
 }
 
@@ -345,7 +347,8 @@ impl Store {
     pub async fn task_attempts(&self, id: TaskId) -> Result<Vec<Attempt>> {
         Ok(sqlx::query_as!(
             Attempt,
-            "select number, node, started_at, finished_at, outcome, http_status, error, latency_ms
+            "select number, node, started_at, finished_at, outcome, http_status, error, error_code,
+                    latency_ms
              from task_attempts where task_id = $1 order by number",
             id.as_uuid()
         )

@@ -156,6 +156,8 @@ async fn callbacks_applied_together_are_answered_as_if_applied_alone(pool: PgPoo
         result: Some(json!({ "rows": 1 })),
         fingerprint: None,
         unchanged: false,
+        error: None,
+        retryable: false,
     };
     let mut requests = Vec::new();
     for id in &ids {

@@ -57,11 +57,12 @@ fn accepted(task: &ClaimedTask, node: &str) -> Outcome {
         report: None,
     };
     Outcome {
-        decision: after_dispatch(task.state, 0, &task.job, &outcome, 0.5),
+        decision: after_dispatch(task.state, 0, 0, &task.job, &outcome, 0.5),
         attempt: AttemptOutcome::Accepted,
         node: node.to_owned(),
         http_status: Some(202),
         error: None,
+        error_code: None,
         latency: Duration::from_millis(5),
     }
 }
@@ -197,6 +198,8 @@ async fn a_callback_ending_the_task_fences_off_the_dispatch_in_flight(pool: PgPo
         result: Some(json!({ "rows": 3 })),
         fingerprint: None,
         unchanged: false,
+        error: None,
+        retryable: false,
     };
     assert_eq!(
         store.report(id, &report).await.expect("report").0,
@@ -349,11 +352,12 @@ fn transient(task: &ClaimedTask, node: &str, error: &str) -> Outcome {
         retry_after: None,
     };
     Outcome {
-        decision: after_dispatch(task.state, 0, &task.job, &outcome, 0.5),
+        decision: after_dispatch(task.state, 0, 0, &task.job, &outcome, 0.5),
         attempt: AttemptOutcome::TransientError,
         node: node.to_owned(),
         http_status: Some(503),
         error: Some(error.to_owned()),
+        error_code: None,
         latency: Duration::from_millis(5),
     }
 }

@@ -67,6 +67,8 @@ fn report(status: CallbackStatus, fingerprint: Option<&str>, unchanged: bool) ->
         result: Some(json!({ "rows": 3 })),
         fingerprint: fingerprint.map(Box::from),
         unchanged,
+        error: None,
+        retryable: false,
     }
 }
 
@@ -77,11 +79,12 @@ fn answered(task: &ClaimedTask, report: Report) -> Outcome {
         report: Some(report),
     };
     Outcome {
-        decision: after_dispatch(task.state, 0, &task.job, &outcome, 0.5),
+        decision: after_dispatch(task.state, 0, 0, &task.job, &outcome, 0.5),
         attempt: AttemptOutcome::Accepted,
         node: "node-a".to_owned(),
         http_status: Some(200),
         error: None,
+        error_code: None,
         latency: Duration::from_millis(5),
     }
 }

@@ -75,6 +75,8 @@ fn report(status: CallbackStatus, result: Option<Value>) -> Report {
         result,
         fingerprint: None,
         unchanged: false,
+        error: None,
+        retryable: false,
     }
 }
 
@@ -85,11 +87,12 @@ fn answered(task: &ClaimedTask, status: CallbackStatus) -> Outcome {
         report: Some(report(status, Some(json!({ "by": "outcome" })))),
     };
     Outcome {
-        decision: after_dispatch(task.state, 0, &task.job, &outcome, 0.5),
+        decision: after_dispatch(task.state, 0, 0, &task.job, &outcome, 0.5),
         attempt: AttemptOutcome::Accepted,
         node: "node-a".to_owned(),
         http_status: Some(200),
         error: None,
+        error_code: None,
         latency: Duration::from_millis(5),
     }
 }
@@ -501,11 +504,12 @@ async fn a_run_that_times_out_fails_and_cancels_its_open_children(pool: PgPool) 
         report: None,
     };
     let outcome = Outcome {
-        decision: after_dispatch(a.state, 0, &a.job, &accepted, 0.5),
+        decision: after_dispatch(a.state, 0, 0, &a.job, &accepted, 0.5),
         attempt: AttemptOutcome::Accepted,
         node: "node-a".to_owned(),
         http_status: Some(202),
         error: None,
+        error_code: None,
         latency: Duration::from_millis(5),
     };
     store

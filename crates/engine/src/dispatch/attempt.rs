@@ -132,15 +132,22 @@ impl Attempt {
         let decision = after_dispatch(
             task.state,
             u32::try_from(task.consecutive_failures).unwrap_or_default(),
+            u32::try_from(task.reported_failures).unwrap_or_default(),
             &task.job,
             &outcome,
             rand::random(),
         );
         let outcome_record = Outcome {
-            attempt: outcome.attempt_outcome(),
+            attempt: decision
+                .attempt
+                .unwrap_or_else(|| outcome.attempt_outcome()),
             node: shared.config.node_id.clone(),
             http_status: outcome.http_status(),
-            error: outcome.error().map(str::to_owned),
+            error: outcome
+                .error()
+                .map(str::to_owned)
+                .or_else(|| decision.reported_error()),
+            error_code: decision.error_code().map(str::to_owned),
             latency,
             decision,
         };

@@ -149,11 +149,12 @@ mod tests {
             report: None,
         };
         Outcome {
-            decision: after_dispatch(task.state, 0, &task.job, &outcome, 0.5),
+            decision: after_dispatch(task.state, 0, 0, &task.job, &outcome, 0.5),
             attempt: outcome.attempt_outcome(),
             node: "node".into(),
             http_status: Some(200),
             error: None,
+            error_code: None,
             latency: Duration::from_millis(3),
         }
     }

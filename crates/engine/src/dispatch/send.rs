@@ -64,7 +64,7 @@ pub(crate) async fn send(
             format!("{status}: {}", text.trim())
         }
     };
-    match classify_status(status.as_u16()) {
+    match classify_status(status.as_u16(), &task.job.retry) {
         ResponseClass::Accepted => DispatchOutcome::Accepted {
             status: status.as_u16(),
             report: serde_json::from_slice::<Report>(&body)

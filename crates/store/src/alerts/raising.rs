@@ -82,6 +82,16 @@ pub struct StreakNotice {
     pub alerts: JobAlerts,
 }
 
+/// A job whose data is older than its `freshness`.
+#[derive(Debug, Clone)]
+pub struct StaleNotice {
+    pub job_name: String,
+    /// The start of its last completed run, if it completed one.
+    pub last_success_at: Option<DateTime<Utc>>,
+    pub fresh_until: DateTime<Utc>,
+    pub alerts: JobAlerts,
+}
+
 /// A task as the evaluation reads it, with its job's alert routes still as stored.
 struct TaskNoticeRow {
     id: Uuid,
@@ -120,8 +130,9 @@ fn job_alerts(spec: Option<Value>) -> JobAlerts {
 impl Store {
     /// True when the alert evaluation has something to look at: an open task past its deadline
     /// not yet noticed, an ended task or a skip not yet evaluated, a dispatch streak at the
-    /// threshold, a node silent for `dead_after_ms` not yet reported, or an open alert whose
-    /// condition cleared. Reads only, so an idle leader writes nothing.
+    /// threshold, a node silent for `dead_after_ms` not yet reported, a job gone stale not yet
+    /// alerted, or an open alert whose condition cleared. Reads only, so an idle leader writes
+    /// nothing.
     pub async fn alert_work_due(&self, threshold: i32, dead_after_ms: i64) -> Result<bool> {
         Ok(sqlx::query_scalar!(
             r#"select (
@@ -134,13 +145,26 @@ impl Store {
                 or exists (select 1 from nodes where stopped_at is null
                            and last_heartbeat_at < now() - $2::bigint * interval '1 millisecond'
                            and (lost_noticed_at is null or lost_noticed_at < last_heartbeat_at))
+                or exists (select 1 from jobs j where j.freshness_ms is not null
+                   and coalesce((select max(s.started_at) from tasks s
+                                 where s.job_id = j.id and s.state = 'completed' and s.run_id is null),
+                                j.fresh_since, j.created_at)
+                       + j.freshness_ms * interval '1 millisecond' <= now()
+                           and not exists (select 1 from alerts a where a.kind = 'stale'
+                                           and a.job_name = j.name and a.state in ('open', 'acked')))
                 or exists (select 1 from alerts a where a.state in ('open', 'acked')
-                           and a.kind in ('overdue', 'dispatch_errors', 'node_lost') and (
+                           and a.kind in ('overdue', 'dispatch_errors', 'node_lost', 'stale') and (
                            (a.kind = 'overdue' and exists (select 1 from tasks t where t.id = a.task_id and t.next_dispatch_at is null))
                         or (a.kind = 'dispatch_errors' and not exists (select 1 from dispatch_streaks s join jobs j on j.id = s.job_id
                                                                        where j.name = a.job_name and s.errors > 0))
                         or (a.kind = 'node_lost' and exists (select 1 from nodes n where n.id = a.node_id
-                               and (n.stopped_at is not null or n.last_heartbeat_at > a.opened_at)))))
+                               and (n.stopped_at is not null or n.last_heartbeat_at > a.opened_at)))
+                        or (a.kind = 'stale' and not exists (select 1 from jobs j where j.name = a.job_name
+                               and j.freshness_ms is not null
+                   and coalesce((select max(s.started_at) from tasks s
+                                 where s.job_id = j.id and s.state = 'completed' and s.run_id is null),
+                                j.fresh_since, j.created_at)
+                       + j.freshness_ms * interval '1 millisecond' <= now()))))
                ) as "due!""#,
             threshold,
             dead_after_ms,
@@ -321,8 +345,49 @@ impl AlertTx {
         .await?)
     }
 
+    /// Jobs whose data went stale (their last completed run started longer ago than their
+    /// `freshness`, or they have watched it that long with none) and that have no open `stale`
+    /// alert. A job is alerted once per stretch of staleness: an alert resolved by an operator
+    /// while the job is still stale is not raised again until a run completes.
+    pub async fn take_stale(&mut self) -> Result<Vec<StaleNotice>> {
+        let rows = sqlx::query!(
+            r#"with watched as (
+                   select j.name, j.spec -> 'alerts' as alerts,
+                          (select max(s.started_at) from tasks s
+                           where s.job_id = j.id and s.state = 'completed' and s.run_id is null)
+                              as last_success_at,
+                          coalesce(j.fresh_since, j.created_at) as since, j.freshness_ms
+                   from jobs j where j.freshness_ms is not null
+               ),
+               stale as (
+                   select name, alerts, last_success_at,
+                          coalesce(last_success_at, since) + freshness_ms * interval '1 millisecond'
+                              as fresh_until
+                   from watched
+               )
+               select name, alerts, last_success_at, fresh_until as "fresh_until!"
+               from stale
+               where fresh_until <= now()
+                 and not exists (select 1 from alerts a where a.kind = 'stale' and a.job_name = stale.name
+                                 and (a.state in ('open', 'acked') or a.opened_at >= stale.fresh_until))
+               order by name"#
+        )
+        .fetch_all(&mut *self.tx)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| StaleNotice {
+                job_name: r.name,
+                last_success_at: r.last_success_at,
+                fresh_until: r.fresh_until,
+                alerts: job_alerts(r.alerts),
+            })
+            .collect())
+    }
+
     /// Resolves the alerts whose condition cleared: overdue tasks that ended, jobs whose
-    /// dispatches succeed again, lost nodes that came back or stopped cleanly.
+    /// dispatches succeed again, lost nodes that came back or stopped cleanly, jobs fresh again
+    /// (a run completed, or the job no longer watches its freshness).
     pub async fn resolve_cleared(&mut self) -> Result<Vec<Alert>> {
         sqlx::query_as!(
             AlertRow,
@@ -330,17 +395,24 @@ impl AlertTx {
                  resolve_note = case a.kind
                      when 'overdue' then 'the task ended'
                      when 'dispatch_errors' then 'a dispatch succeeded'
+                     when 'stale' then 'the job''s data is fresh again'
                      else 'the node is back' end
              where a.state in ('open', 'acked')
                -- Only these kinds clear by themselves; naming them keeps the scan to them (the
                -- open-alert index leads with the kind), however many failed or missed alerts
                -- stay open.
-               and a.kind in ('overdue', 'dispatch_errors', 'node_lost') and (
+               and a.kind in ('overdue', 'dispatch_errors', 'node_lost', 'stale') and (
                    (a.kind = 'overdue' and exists (select 1 from tasks t where t.id = a.task_id and t.next_dispatch_at is null))
                 or (a.kind = 'dispatch_errors' and not exists (select 1 from dispatch_streaks s join jobs j on j.id = s.job_id
                                                                where j.name = a.job_name and s.errors > 0))
                 or (a.kind = 'node_lost' and exists (select 1 from nodes n where n.id = a.node_id
-                       and (n.stopped_at is not null or n.last_heartbeat_at > a.opened_at))))
+                       and (n.stopped_at is not null or n.last_heartbeat_at > a.opened_at)))
+                or (a.kind = 'stale' and not exists (select 1 from jobs j where j.name = a.job_name
+                       and j.freshness_ms is not null
+                   and coalesce((select max(s.started_at) from tasks s
+                                 where s.job_id = j.id and s.state = 'completed' and s.run_id is null),
+                                j.fresh_since, j.created_at)
+                       + j.freshness_ms * interval '1 millisecond' <= now())))
              returning a.*"
         )
         .fetch_all(&mut *self.tx)

@@ -46,7 +46,7 @@ claimed as (
     from due, jobs j
     where t.id = due.id and j.id = t.job_id
     returning t.id, t.claim_token, t.job_id, t.job_name, j.version as job_version, j.spec,
-              t.state, t.attempt, t.consecutive_failures, t.payload,
+              t.state, t.attempt, t.consecutive_failures, t.reported_failures, t.payload,
               coalesce(t.scheduled_at, t.due_at) as scheduled_at,
               coalesce(t.fire_at, t.scheduled_at, t.due_at) as fire_at, t.deadline_at,
               t.timeout_at, t.claimed_at, t.timeout_at <= now() as timed_out, t.trace_context,
@@ -56,6 +56,7 @@ claimed as (
 select c.id as "id!", c.claim_token as "claim_token!", c.job_name as "job_name!",
        c.job_version as "job_version!", c.spec as "spec!: Json<JobSpec>", c.state as "state!",
        c.attempt as "attempt!", c.consecutive_failures as "consecutive_failures!",
+       c.reported_failures as "reported_failures!",
        c.payload as "payload!", c.scheduled_at as "scheduled_at!", c.fire_at as "fire_at!", c.deadline_at, c.timeout_at as "timeout_at!",
        c.claimed_at as "claimed_at!", c.timed_out as "timed_out!", c.trace_context,
        c.dispatched as "dispatched!",

@@ -8,13 +8,14 @@
 -- cancellation (which asks the cancel notifiers to tell the downstream when a dispatch went out
 -- to it), $9 the callback's own event (null for a cancellation), written just before the
 -- state change it caused, $10 the fingerprint reported and $11 whether the downstream said its
--- input was unchanged (see `skips`).
+-- input was unchanged (see `skips`), $12 the task's `last_error` (the error a failed report
+-- named), kept as it was when null.
 with o as (
     select *
     from unnest($1::uuid[], $2::text[], $3::jsonb[], $4::text[], $5::jsonb[], $6::text[],
-                $7::bool[], $9::jsonb[], $10::text[], $11::bool[])
+                $7::bool[], $9::jsonb[], $10::text[], $11::bool[], $12::text[])
          with ordinality as o(id, state, progress, message, result, failure_reason, cancel, event,
-                              fingerprint, unchanged, ord)
+                              fingerprint, unchanged, error, ord)
 ),
 -- Skip if unchanged, for the reports that speak of their input: a task of a job, or a child of a
 -- step, with `skip_if_unchanged` keeps the fingerprint it reports, and a completed one ends
@@ -43,6 +44,7 @@ updated as (
         claim_token = null, claimed_by = null, claimed_at = null,
         progress = coalesce(o.progress, t.progress), message = coalesce(o.message, t.message),
         result = coalesce(o.result, t.result), failure_reason = o.failure_reason,
+        last_error = coalesce(o.error, t.last_error),
         cancel_notice_at = case when o.cancel and t.dispatched then now() end,
         last_heartbeat_at = now(), updated_at = now(),
         -- A task completed for a job nobody watches for success needs no alert evaluation.

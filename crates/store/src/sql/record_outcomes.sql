@@ -13,11 +13,11 @@ with o as (
     from unnest($1::uuid[], $2::uuid[], $3::text[], $4::bigint[], $5::int[], $6::text[],
                 $7::text[], $8::jsonb[], $9::text[], $10::jsonb[], $11::int[], $12::text[],
                 $13::timestamptz[], $14::text[], $15::int[], $16::bigint[], $17::text[],
-                $18::bool[])
+                $18::bool[], $19::text[], $20::int[])
          with ordinality
          as o(id, token, state, next_ms, failures, failure_reason, error, progress, message,
               result, attempt, node, started_at, outcome, http_status, latency_ms, fingerprint,
-              unchanged, ord)
+              unchanged, error_code, reported, ord)
 ),
 -- Skip if unchanged, for the answers whose status body speaks of their input: as in
 -- `finish_tasks.sql`, a task of a job, or a child of a step, with `skip_if_unchanged` keeps the
@@ -48,6 +48,9 @@ updated as (
                                 else least(now() + o.next_ms * interval '1 millisecond', t.timeout_at) end,
         finished_at = case when o.next_ms is null then now() end,
         consecutive_failures = o.failures,
+        -- Set when the answer's status body reported a failure the job's retry policy retries.
+        reported_failures = coalesce(o.reported, t.reported_failures),
+        reported_attempt = case when o.reported is null then t.reported_attempt else o.attempt end,
         failure_reason = o.failure_reason,
         last_error = coalesce(o.error, t.last_error),
         progress = coalesce(o.progress, t.progress),
@@ -79,12 +82,15 @@ stored as (
         fingerprint = excluded.fingerprint, task_id = excluded.task_id, updated_at = now()
 ),
 recorded as (
-    insert into task_attempts (task_id, number, node, started_at, outcome, http_status, error, latency_ms)
-    select id, attempt, node, started_at, outcome, http_status, error, latency_ms from o
+    insert into task_attempts (task_id, number, node, started_at, outcome, http_status, error,
+                               latency_ms, error_code)
+    select id, attempt, node, started_at, outcome, http_status, error, latency_ms, error_code from o
     on conflict (task_id, number) do update set
         node = excluded.node, started_at = excluded.started_at, finished_at = now(),
         outcome = excluded.outcome, http_status = excluded.http_status,
-        error = excluded.error, latency_ms = excluded.latency_ms
+        -- A callback for this attempt may have recorded its error before the answer came.
+        error = coalesce(excluded.error, task_attempts.error), latency_ms = excluded.latency_ms,
+        error_code = coalesce(excluded.error_code, task_attempts.error_code)
 ),
 per_job as (
     select l.job_id, o.ord, o.outcome, o.error

@@ -290,6 +290,7 @@ pub(crate) async fn insert_tasks(
                 state: TaskState::Pending,
                 attempt,
                 consecutive_failures: 0,
+                reported_failures: 0,
                 payload: task.payload.clone(),
                 scheduled_at: due_at,
                 fire_at: due_at,

@@ -2,8 +2,10 @@
 //! (callback) and an operator's cancel. Each is decided by the domain's state machine; the ones
 //! that end tasks are written many to a statement (see `sql/finish_tasks.sql`).
 
-use pacer_domain::{FailureReason, Span, TaskEvent, TaskId, TaskState, Transition};
+use pacer_domain::dispatch::{ReportedFailure, after_failed_report};
+use pacer_domain::{FailureReason, RetryPolicy, Span, TaskEvent, TaskId, TaskState, Transition};
 use serde_json::Value;
+use sqlx::types::Json;
 
 use std::collections::HashSet;
 
@@ -12,14 +14,139 @@ use crate::batch::BatchWrite;
 use crate::error::corrupt;
 use crate::events::{NewEvent, append_event};
 use crate::runs::{advance_runs, lock_runs};
-use crate::{CANCELS_CHANNEL, Error, Result, Store};
+use crate::{CANCELS_CHANNEL, Error, Result, Store, TASKS_DUE_CHANNEL};
 
 impl Store {
     /// Applies a downstream's report. Progress on an open task is recorded and counts as a
     /// heartbeat: the next re-poll moves to a full re-poll interval from now. Returns what the
     /// report did and the task as it stands after it.
     pub async fn report(&self, id: TaskId, report: &TaskReport) -> Result<(ReportOutcome, Task)> {
+        if report.is_failure_to_weigh() {
+            return self.report_failure(id, report).await;
+        }
         self.apply_event(id, report.event(), Some(report)).await
+    }
+
+    /// Applies a `failed` report that names an error or asks to be retried: the job's retry
+    /// policy decides (see [`after_failed_report`]) whether the task ends or waits `pending` to
+    /// be dispatched again after a backoff. The attempt the report is about keeps the error code;
+    /// the task's `last_error` shows it. A repeat of a report already retried for the task's
+    /// current attempt changes nothing.
+    async fn report_failure(
+        &self,
+        id: TaskId,
+        report: &TaskReport,
+    ) -> Result<(ReportOutcome, Task)> {
+        let mut tx = self.pool.begin().await?;
+        // A run's lock comes before its tasks' (see `runs.rs`): the failure may end a child.
+        let runs = lock_runs(&mut tx, &[id.as_uuid()]).await?;
+        let row = sqlx::query!(
+            r#"select t.state, t.job_name, t.attempt, t.consecutive_failures, t.reported_failures,
+                      t.reported_attempt, j.spec -> 'retry' as "retry: Json<RetryPolicy>"
+               from tasks t left join jobs j on j.id = t.job_id
+               where t.id = $1 for update of t"#,
+            id.as_uuid()
+        )
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(Error::NotFound("task"))?;
+        let state: TaskState = row.state.parse().map_err(corrupt)?;
+        if state.is_terminal() {
+            drop(tx);
+            return self.settle(id, report.event(), Some(report)).await;
+        }
+        if state == TaskState::Pending && row.reported_attempt == Some(row.attempt) {
+            let task = select_task(&mut tx, id).await?;
+            return Ok((ReportOutcome::Unchanged(state), task));
+        }
+        let retry = row.retry.map(|r| r.0).unwrap_or_default();
+        let decision = after_failed_report(
+            u32::try_from(row.consecutive_failures).unwrap_or_default(),
+            u32::try_from(row.reported_failures).unwrap_or_default(),
+            &retry,
+            report,
+            rand::random(),
+        );
+        let error = report
+            .error
+            .as_ref()
+            .map(|e| e.text().replace('\0', "\u{fffd}"));
+        // The callback may come before its dispatch's answer is recorded: the attempt's row is
+        // then written here, and the answer's record fills in the rest and keeps the code.
+        sqlx::query!(
+            "insert into task_attempts (task_id, number, node, started_at, outcome, error, error_code)
+             select t.id, t.attempt, coalesce(t.claimed_by, 'unknown'), coalesce(t.claimed_at, now()),
+                    'accepted', $3, $2
+             from tasks t where t.id = $1 and t.attempt > 0
+             on conflict (task_id, number) do update set
+                 error_code = excluded.error_code, error = coalesce(excluded.error, task_attempts.error)",
+            id.as_uuid(),
+            report.error_code(),
+            error,
+        )
+        .execute(&mut *tx)
+        .await?;
+        let outcome = match decision {
+            ReportedFailure::Fail(reason) => {
+                let end = Ending {
+                    id,
+                    event: report.event(),
+                    next: TaskState::Failed,
+                    report: Some(report),
+                    reason: Some(reason),
+                    error: error.as_deref(),
+                };
+                finish_tasks(&mut tx, &[end], &[state.as_str()]).await?;
+                advance_runs(&mut tx, &runs).await?;
+                ReportOutcome::Applied(TaskState::Failed)
+            }
+            ReportedFailure::Retry {
+                after,
+                consecutive_failures,
+                reported_failures,
+            } => {
+                let next = match state.apply(TaskEvent::ReportedRetry) {
+                    Transition::To(next) => next,
+                    _ => return Err(corrupt("an open task refused a retried failure")),
+                };
+                let event = NewEvent {
+                    kind: "task.callback",
+                    job_name: Some(&row.job_name),
+                    task_id: Some(id),
+                    data: callback_event(report),
+                };
+                append_event(&mut tx, &event).await?;
+                // Clearing the claim fences off a dispatch still in flight, as an ending does;
+                // the task is due again after the backoff, for any node to claim.
+                sqlx::query!(
+                    "update tasks set state = $2,
+                         next_dispatch_at = least(now() + $3::bigint * interval '1 millisecond', timeout_at),
+                         consecutive_failures = $4, reported_failures = $5,
+                         reported_attempt = attempt, last_error = coalesce($6, last_error),
+                         progress = coalesce($7, progress), message = coalesce($8, message),
+                         claim_token = null, claimed_by = null, claimed_at = null,
+                         last_heartbeat_at = now(), updated_at = now()
+                     where id = $1",
+                    id.as_uuid(),
+                    next.as_str(),
+                    i64::try_from(after.as_millis()).unwrap_or(i64::MAX),
+                    i32::try_from(consecutive_failures).unwrap_or(i32::MAX),
+                    i32::try_from(reported_failures).unwrap_or(i32::MAX),
+                    error.as_deref(),
+                    report.progress.as_ref(),
+                    report.message.as_deref(),
+                )
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query!("select pg_notify($1, '')", TASKS_DUE_CHANNEL)
+                    .execute(&mut *tx)
+                    .await?;
+                ReportOutcome::Applied(next)
+            }
+        };
+        let task = select_task(&mut tx, id).await?;
+        tx.commit().await?;
+        Ok((outcome, task))
     }
 
     /// Applies several downstreams' reports, answering for each in order as [`Store::report`]
@@ -38,6 +165,7 @@ impl Store {
         for (i, (id, report)) in reports.iter().enumerate() {
             let event = report.event();
             if let Some((states, next)) = ending(event)
+                && !report.is_failure_to_weigh()
                 && from.get_or_insert_with(|| states.clone()) == &states
                 && tasks.insert(*id)
             {
@@ -47,6 +175,8 @@ impl Store {
                     event,
                     next,
                     report: Some(report),
+                    reason: None,
+                    error: None,
                 });
             }
         }
@@ -70,7 +200,7 @@ impl Store {
         for ((id, report), answer) in reports.iter().zip(answers) {
             settled.push(match answer {
                 Some(answer) => answer,
-                None => self.apply_event(*id, report.event(), Some(report)).await,
+                None => self.report(*id, report).await,
             });
         }
         Ok(settled)
@@ -95,6 +225,8 @@ impl Store {
             event,
             next,
             report,
+            reason: None,
+            error: None,
         };
         let mut tx = self.pool.begin().await?;
         let runs = lock_runs(&mut tx, &[id.as_uuid()]).await?;
@@ -164,6 +296,8 @@ impl Store {
                     event,
                     next,
                     report,
+                    reason: None,
+                    error: None,
                 };
                 finish_tasks(&mut tx, &[end], &[state.as_str()]).await?;
                 advance_runs(&mut tx, &runs).await?;
@@ -231,6 +365,10 @@ struct Ending<'a> {
     /// The final state it moves the task to.
     next: TaskState,
     report: Option<&'a TaskReport>,
+    /// Why it fails, when not `reported` (the default for a `failed` report).
+    reason: Option<FailureReason>,
+    /// The task's `last_error`: the error the report named.
+    error: Option<&'a str>,
 }
 
 /// Ends tasks in one statement (see `sql/finish_tasks.sql`); `from` is the states every one of the
@@ -252,6 +390,7 @@ async fn finish_tasks(
     let mut events = Vec::with_capacity(n);
     let mut fingerprints = Vec::with_capacity(n);
     let mut unchanged = Vec::with_capacity(n);
+    let mut errors = Vec::with_capacity(n);
     for end in ends {
         let report = end.report;
         ids.push(end.id.as_uuid());
@@ -262,7 +401,11 @@ async fn finish_tasks(
             _ => report.and_then(|r| r.message.as_deref()),
         });
         results.push(report.and_then(|r| r.result.as_ref()));
-        reasons.push((end.next == TaskState::Failed).then_some(FailureReason::Reported.as_str()));
+        reasons.push(
+            (end.next == TaskState::Failed)
+                .then(|| end.reason.unwrap_or(FailureReason::Reported).as_str()),
+        );
+        errors.push(end.error);
         cancels.push(end.event == TaskEvent::Cancel);
         events.push(report.map(callback_event));
         fingerprints.push(report.and_then(|r| r.fingerprint.as_deref()));
@@ -282,6 +425,7 @@ async fn finish_tasks(
         &events as &[Option<Value>],
         &fingerprints as &[Option<&str>],
         &unchanged,
+        &errors as &[Option<&str>],
     )
     .fetch_all(&mut *conn)
     .await?;
@@ -345,5 +489,7 @@ fn callback_event(report: &TaskReport) -> Value {
         "result": report.result,
         "fingerprint": report.fingerprint,
         "unchanged": report.unchanged.then_some(true),
+        "error": report.error,
+        "retryable": report.retryable.then_some(true),
     }))
 }
