@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use pacer_domain::dispatch::DispatchOutcome;
 use pacer_domain::{TaskId, after_dispatch};
 use pacer_store::{ClaimedTask, Outcome, ReleasedClaim, Store};
 use tokio::sync::OwnedSemaphorePermit;
@@ -124,7 +125,13 @@ impl Attempt {
                 )
                 .await
             }
-            Err(unsent) => unsent,
+            // What stopped the request being made (a credential not signed, a body not
+            // serialised) may pass: a transient error.
+            Err(error) => DispatchOutcome::Transient {
+                status: None,
+                error,
+                retry_after: None,
+            },
         };
         let latency = started.elapsed();
         // The permit bounds requests in flight to downstreams; writing the outcome is not one.

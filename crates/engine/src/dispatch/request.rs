@@ -2,7 +2,6 @@
 //! context and the job's outbound auth, as one request ready to send.
 
 use chrono::{DateTime, Utc};
-use pacer_domain::dispatch::DispatchOutcome;
 use pacer_domain::{AmqpTarget, Target, TaskId};
 use pacer_store::ClaimedTask;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
@@ -81,24 +80,17 @@ pub fn callback_url(public_url: &str, task: TaskId) -> String {
     )
 }
 
-/// The body and headers of the dispatch of `task`, or the outcome when they cannot be made (a
-/// credential that cannot be signed is a transient error: the next attempt may succeed). Call
+/// The body and headers of the dispatch of `task`, or why they cannot be made (the dispatch then
+/// counts as a transient error: a credential not signed now may be next time). Call
 /// inside the dispatch's span, whose trace context the request carries.
 pub(crate) fn prepare(
     task: &ClaimedTask,
     client: &reqwest::Client,
     outbound: &Outbound,
     public_url: &str,
-) -> Result<Prepared, DispatchOutcome> {
-    let unsigned = |error: String| DispatchOutcome::Transient {
-        status: None,
-        error,
-        retry_after: None,
-    };
+) -> Result<Prepared, String> {
     let callback = if task.job.expect_callback {
-        let token = outbound
-            .callback_token(task.id, task.timeout_at)
-            .map_err(unsigned)?;
+        let token = outbound.callback_token(task.id, task.timeout_at)?;
         Some(Callback {
             url: callback_url(public_url, task.id),
             token,
@@ -126,7 +118,7 @@ pub(crate) fn prepare(
         callback,
     };
     let body = serde_json::to_vec(&body)
-        .map_err(|_| unsigned("the dispatch body could not be serialised".to_owned()))?;
+        .map_err(|_| "the dispatch body could not be serialised".to_owned())?;
     let mut headers = HeaderMap::new();
     // W3C trace context of this dispatch, so the downstream's work and callback join the trace.
     let context = tracing::Span::current().context();
@@ -143,7 +135,7 @@ pub(crate) fn prepare(
     };
     let target = match target {
         None => {
-            return Err(unsigned("the task has no target to dispatch to".to_owned()));
+            return Err("the task has no target to dispatch to".to_owned());
         }
         Some(Target::Http(target)) => target,
         Some(Target::Amqp(target)) => {
@@ -160,11 +152,7 @@ pub(crate) fn prepare(
             headers.insert(name, value);
         }
     }
-    headers.extend(
-        outbound
-            .headers(&target.auth, task.id, &body)
-            .map_err(unsigned)?,
-    );
+    headers.extend(outbound.headers(&target.auth, task.id, &body)?);
     client
         .post(&target.url)
         .headers(headers)
@@ -174,5 +162,5 @@ pub(crate) fn prepare(
         .body(body)
         .build()
         .map(Prepared::Http)
-        .map_err(|error| unsigned(describe(&error, task.job.dispatch_timeout)))
+        .map_err(|error| describe(&error, task.job.dispatch_timeout))
 }
