@@ -90,8 +90,12 @@ impl Kind {
     }
 }
 
-/// The kind an entry of a file declares, if it is not a job.
+/// The kind an entry of a file declares, if it is not a job. An entry with a `name` is a job,
+/// whatever else it has: a job names its group with the group kind's key.
 pub(super) fn kind_of(entry: &Value) -> Option<&'static Kind> {
+    if entry.get("name").is_some() {
+        return None;
+    }
     KINDS.into_iter().find(|k| entry.get(k.key).is_some())
 }
 
