@@ -560,7 +560,7 @@ mod tests {
         for expected in [
             "bad.yaml: concurrency_group `registry`: is declared twice",
             "bad.yaml: concurrency_group `-x`: ",
-            "bad.yaml: concurrency_group `both`: calendar: an entry declares one thing",
+            "bad.yaml: calendar `both`: concurrency_group: an entry declares one thing",
             "bad.yaml: concurrency_group `other`: colour: unknown field `colour`",
             "bad.yaml: calendar `holidays`: is declared twice",
         ] {
