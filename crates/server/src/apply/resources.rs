@@ -78,6 +78,16 @@ impl Kind {
         self.key == other.key
     }
 
+    /// Every resource of the kind the server holds, by name.
+    async fn list(&self, client: &Client) -> Result<BTreeMap<String, Value>> {
+        Ok(client
+            .all_items(self.route, self.page)
+            .await?
+            .into_iter()
+            .filter_map(|view| Some((view.get("name")?.as_str()?.to_owned(), view)))
+            .collect())
+    }
+
     fn path(&self, name: &str) -> String {
         format!("{}/{}", self.route, segment(name))
     }
@@ -232,12 +242,7 @@ pub(super) async fn plan(
 ) -> Result<Vec<ResourceChange>> {
     let mut changes = Vec::new();
     for kind in KINDS {
-        let existing: BTreeMap<String, Value> = client
-            .all_items(kind.route, kind.page)
-            .await?
-            .into_iter()
-            .filter_map(|view| Some((view.get("name")?.as_str()?.to_owned(), view)))
-            .collect();
+        let existing = kind.list(client).await?;
         let mine = declared.iter().filter(|d| d.kind.is(kind));
         for resource in mine.clone() {
             let action = match existing.get(&resource.name) {
@@ -332,16 +337,16 @@ pub(super) async fn delete(
 
 /// `pending` in an order where none comes before one it `waits_for` (same kind only); a cycle,
 /// which the server refuses anyway, is broken in declaration order.
-fn ordered<'a>(
-    mut pending: Vec<&'a ResourceChange>,
+fn ordered(
+    mut pending: Vec<&ResourceChange>,
     waits_for: impl Fn(&ResourceChange, &ResourceChange) -> bool,
-) -> Vec<&'a ResourceChange> {
+) -> Vec<&ResourceChange> {
     let mut order = Vec::with_capacity(pending.len());
     while !pending.is_empty() {
         let ready = pending.iter().position(|c| {
             !pending
                 .iter()
-                .any(|other| other.kind.is(c.kind) && waits_for(*c, *other))
+                .any(|other| other.kind.is(c.kind) && waits_for(c, other))
         });
         order.push(pending.remove(ready.unwrap_or(0)));
     }
@@ -378,12 +383,7 @@ pub(super) async fn export(
 ) -> Result<Vec<Exported>> {
     let mut exported = Vec::new();
     for kind in KINDS {
-        let views: BTreeMap<String, Value> = client
-            .all_items(kind.route, kind.page)
-            .await?
-            .into_iter()
-            .filter_map(|view| Some((view.get("name")?.as_str()?.to_owned(), view)))
-            .collect();
+        let views = kind.list(client).await?;
         let keep: BTreeSet<String> = match wanted {
             None => views.keys().cloned().collect(),
             Some(wanted) => {
