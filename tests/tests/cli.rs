@@ -141,7 +141,7 @@ async fn apply_export_apply_changes_nothing_prune_deletes_and_a_bad_file_changes
     let example = example();
     let example = example.to_str().expect("utf-8 path");
 
-    // The committed example applies: three jobs and their four triggers.
+    // The committed example applies: a concurrency group, three jobs and their four triggers.
     let first = pacer(&["apply", "-f", example]).ok();
     assert!(
         first.stdout.contains("+ job master-data-sync"),
@@ -150,7 +150,7 @@ async fn apply_export_apply_changes_nothing_prune_deletes_and_a_bad_file_changes
     assert!(
         first
             .stdout
-            .contains("7 to create, 0 to change, 0 to delete"),
+            .contains("8 to create, 0 to change, 0 to delete"),
         "{first:#?}"
     );
     let mut names = job_names(&api).await;
@@ -180,7 +180,8 @@ async fn apply_export_apply_changes_nothing_prune_deletes_and_a_bad_file_changes
     assert_eq!(writes(&api).await, before, "a second apply writes nothing");
     assert_eq!(triggers(&api, "heartbeat-webhook").await, trigger_before);
     let as_json = pacer(&["export", "--output", "json"]).ok().json();
-    assert_eq!(as_json.as_array().map(Vec::len), Some(3));
+    assert_eq!(as_json.as_array().map(Vec::len), Some(4));
+    assert_eq!(as_json[0]["concurrency_group"], "registry");
     let again = pacer(&["apply", "-f", example, "--output", "json"])
         .ok()
         .json();
@@ -225,6 +226,10 @@ async fn apply_export_apply_changes_nothing_prune_deletes_and_a_bad_file_changes
     assert_eq!(job_names(&api).await.len(), 3);
     pacer(&["apply", "-f", &one_file, "--prune"]).ok();
     assert_eq!(job_names(&api).await, ["master-data-sync"]);
+    assert!(
+        one.stdout.starts_with("- concurrency_group: registry"),
+        "a job's export carries the group it names: {one:#?}"
+    );
 
     // Bad files change nothing and name the file, the job and the field.
     let before = writes(&api).await;
@@ -803,4 +808,223 @@ async fn calendars_apply_before_their_triggers_and_the_calendar_and_backfill_ver
     .json();
     assert_eq!(again["created"], json!([]));
     assert_eq!(again["existing"].as_array().map(Vec::len), Some(created));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_and_calendars_apply_before_their_jobs_prune_after_them_and_export_applies_on_an_empty_cluster()
+ {
+    let db = TestDb::create().await;
+    let node = PacerProcess::start(db.url(), "cli-groups").await;
+    let api = node.api();
+    let admin = token(&["admin"]);
+    let url = node.url();
+    let pacer = |args: &[&str]| pacer(url, Some(&admin), args);
+    let scratch = Scratch::new("groups");
+    let group = |name: &str| {
+        let api = &api;
+        let path = format!("/api/v1/concurrency-groups/{name}");
+        async move { api.request(Method::GET, &path, None, &[]).await }
+    };
+    // The job comes first and names a group and a calendar declared after it.
+    let declared = |limit: u32| {
+        format!(
+            "- name: sync\n  target: {{ url: \"http://127.0.0.1:9/sync\" }}\n  concurrency_group: registry\n  triggers:\n    - {{ kind: cron, expression: \"0 0 3 * * *\", calendars: [holidays] }}\n\
+             - concurrency_group: registry\n  limit: {limit}\n  description: one sync at a time\n\
+             - calendar: holidays\n  exclude:\n    - {{ kind: yearly, date: \"--12-25\" }}\n"
+        )
+    };
+    let file = scratch.write("jobs.yaml", &declared(1));
+    let start = writes(&api).await;
+
+    // A dry run shows every creation, and the JSON plan lists the calendar and the group.
+    let dry = pacer(&["apply", "-f", &file, "--dry-run"]).ok();
+    for line in [
+        "+ calendar holidays",
+        "+ concurrency_group registry",
+        "+ job sync",
+    ] {
+        assert!(dry.stdout.contains(line), "{line}: {dry:#?}");
+    }
+    assert!(
+        dry.stdout.contains("4 to create, 0 to change, 0 to delete"),
+        "{dry:#?}"
+    );
+    let plan = pacer(&["apply", "-f", &file, "--dry-run", "--output", "json"])
+        .ok()
+        .json();
+    let changes = plan["changes"].as_array().expect("changes");
+    assert_eq!(changes[0]["action"], "create_calendar", "{plan:#}");
+    assert_eq!(changes[0]["calendar"], "holidays");
+    assert_eq!(changes[1]["action"], "create_concurrency_group", "{plan:#}");
+    assert_eq!(changes[1]["concurrency_group"], "registry");
+    assert_eq!(
+        changes[1]["definition"],
+        json!({ "limit": 1, "description": "one sync at a time" })
+    );
+    assert_eq!(changes[2]["action"], "create_job");
+    assert_eq!(plan["counts"]["create"], 4);
+    assert_eq!(
+        group("registry").await.status,
+        404,
+        "a dry run creates nothing"
+    );
+    assert_eq!(writes(&api).await, start);
+
+    // Applying creates the group before the job that names it.
+    let applied = pacer(&["apply", "-f", &file]).ok();
+    assert!(
+        applied.stdout.contains("Applied 4 change(s)."),
+        "{applied:#?}"
+    );
+    let registry = group("registry").await;
+    assert_eq!(registry.expect_status(200)["limit"], 1);
+    assert_eq!(registry.body["jobs"], json!(["sync"]));
+
+    // Again: unchanged, nothing written; the JSON plan says what was left alone.
+    let before = writes(&api).await;
+    let again = pacer(&["apply", "-f", &file]).ok();
+    assert!(
+        again
+            .stdout
+            .contains("  concurrency_group registry (unchanged)")
+            && again.stdout.contains("No changes: 1 job(s) already match."),
+        "{again:#?}"
+    );
+    let plan = pacer(&["apply", "-f", &file, "--output", "json"])
+        .ok()
+        .json();
+    assert_eq!(plan["changes"], json!([]));
+    assert_eq!(
+        plan["unchanged_resources"],
+        json!({ "calendar": ["holidays"], "concurrency_group": ["registry"] })
+    );
+    assert_eq!(
+        writes(&api).await,
+        before,
+        "an unchanged group is not written"
+    );
+
+    // A changed limit is shown field by field and updated in place.
+    let file = scratch.write("jobs.yaml", &declared(2));
+    let changed = pacer(&["apply", "-f", &file]).ok();
+    assert!(
+        changed.stdout.contains("~ concurrency_group registry")
+            && changed.stdout.contains("limit: 1 → 2")
+            && changed
+                .stdout
+                .contains("0 to create, 1 to change, 0 to delete"),
+        "{changed:#?}"
+    );
+    assert_eq!(group("registry").await.expect_status(200)["limit"], 2);
+
+    // One job's export carries the calendar and the group it needs: on an empty cluster it
+    // creates everything, and applying it again there changes nothing.
+    let exported = pacer(&["export", "sync"]).ok();
+    assert!(
+        exported.stdout.contains("- calendar: holidays")
+            && exported.stdout.contains("- concurrency_group: registry"),
+        "{exported:#?}"
+    );
+    let export_file = scratch.write("exported.yaml", &exported.stdout);
+    let fresh_db = TestDb::create().await;
+    let fresh = PacerProcess::start(fresh_db.url(), "cli-groups-fresh").await;
+    let on_fresh = |args: &[&str]| crate::pacer(fresh.url(), Some(&admin), args);
+    let created = on_fresh(&["apply", "-f", &export_file]).ok();
+    for line in [
+        "+ calendar holidays",
+        "+ concurrency_group registry",
+        "+ job sync",
+    ] {
+        assert!(created.stdout.contains(line), "{line}: {created:#?}");
+    }
+    let replayed = on_fresh(&["apply", "-f", &export_file]).ok();
+    assert!(
+        replayed
+            .stdout
+            .contains("No changes: 1 job(s) already match."),
+        "{replayed:#?}"
+    );
+    let everything = pacer(&["export", "--output", "json"]).ok().json();
+    assert_eq!(
+        everything.as_array().map(Vec::len),
+        Some(3),
+        "{everything:#}"
+    );
+    assert_eq!(everything[0]["calendar"], "holidays", "{everything:#}");
+    assert_eq!(everything[1]["concurrency_group"], "registry");
+    assert_eq!(everything[1]["limit"], 2);
+    assert_eq!(everything[2]["name"], "sync");
+    drop(fresh);
+
+    // --prune deletes the calendar and the group no file declares, after the jobs.
+    api.request(
+        Method::PUT,
+        "/api/v1/calendars/weekend",
+        Some(&json!({ "exclude": [{ "kind": "weekdays", "days": ["sat", "sun"] }] })),
+        &[],
+    )
+    .await
+    .expect_status(201);
+    api.request(
+        Method::PUT,
+        "/api/v1/concurrency-groups/spare",
+        Some(&json!({ "limit": 3 })),
+        &[],
+    )
+    .await;
+    assert_eq!(group("spare").await.status, 200);
+    let dry = pacer(&[
+        "apply",
+        "-f",
+        &file,
+        "--prune",
+        "--dry-run",
+        "--output",
+        "json",
+    ])
+    .ok()
+    .json();
+    assert_eq!(
+        dry["changes"],
+        json!([
+            { "action": "delete_calendar", "calendar": "weekend" },
+            { "action": "delete_concurrency_group", "concurrency_group": "spare" },
+        ])
+    );
+    let pruned = pacer(&["apply", "-f", &file, "--prune"]).ok();
+    assert!(
+        pruned.stdout.contains("- calendar weekend")
+            && pruned.stdout.contains("- concurrency_group spare")
+            && pruned.stdout.contains("Applied 2 change(s)."),
+        "{pruned:#?}"
+    );
+    assert_eq!(group("spare").await.status, 404);
+    let weekend = api
+        .request(Method::GET, "/api/v1/calendars/weekend", None, &[])
+        .await;
+    assert_eq!(weekend.status, 404);
+    assert_eq!(
+        group("registry").await.status,
+        200,
+        "a declared group stays"
+    );
+
+    // A calendar a trigger still names is refused by the server: apply says which and fails.
+    let only_job = scratch.write(
+        "only-job.yaml",
+        "- name: sync\n  target: { url: \"http://127.0.0.1:9/sync\" }\n  concurrency_group: registry\n  triggers:\n    - { kind: cron, expression: \"0 0 3 * * *\", calendars: [holidays] }\n",
+    );
+    let refused = pacer(&["apply", "-f", &only_job, "--prune"]);
+    assert_eq!(refused.code, 5, "{refused:#?}");
+    assert!(
+        refused
+            .stderr
+            .contains("calendar `holidays` was not pruned: the server still has it in use")
+            && refused.stderr.contains("calendar-in-use"),
+        "{refused:#?}"
+    );
+    let holidays = api
+        .request(Method::GET, "/api/v1/calendars/holidays", None, &[])
+        .await;
+    assert_eq!(holidays.status, 200);
 }

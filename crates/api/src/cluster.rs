@@ -2,6 +2,7 @@
 
 use axum::Json as JsonResponse;
 use axum::extract::State;
+use pacer_domain::SkipReason;
 use serde::Deserialize;
 use serde_json::json;
 use utoipa::IntoParams;
@@ -144,6 +145,9 @@ struct ListSkips {
     /// Only the skips of this trigger.
     #[param(value_type = Option<Uuid>)]
     trigger: Option<String>,
+    /// Only the skips for this reason.
+    #[param(value_type = Option<SkipReason>)]
+    reason: Option<String>,
 }
 
 /// Skips page on their id, newest first.
@@ -156,8 +160,8 @@ impl Listing for SkipList {
 
 /// List skipped runs
 ///
-/// Runs that got no task (under the misfire or the overlap policy), newest first, with their
-/// reason.
+/// Runs that got no task (under the misfire or the overlap policy, or excluded by a calendar),
+/// newest first, with their reason; `reason` keeps those of one reason.
 #[utoipa::path(
     get,
     path = "/api/v1/skips",
@@ -186,10 +190,23 @@ async fn list_skips(
         }
         other => other.and_then(Result::ok),
     };
+    let reason = match query.reason.as_deref().map(str::parse::<SkipReason>) {
+        Some(Err(unknown)) => {
+            errors.push("reason", unknown.to_string());
+            None
+        }
+        other => other.and_then(Result::ok),
+    };
     let page = page.check(errors)?;
     let skips = state
         .store
-        .list_skipped_runs(query.job.as_deref(), trigger, page.after, page.fetch())
+        .list_skipped_runs(
+            query.job.as_deref(),
+            trigger,
+            reason.map(SkipReason::as_str),
+            page.after,
+            page.fetch(),
+        )
         .await?;
     Ok(JsonResponse(page.page(skips, |s| s.id, SkipView::from)))
 }

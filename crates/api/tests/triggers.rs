@@ -433,3 +433,72 @@ async fn a_jobs_triggers_are_listed_a_bounded_page_at_a_time(pool: PgPool) {
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}: {problem}");
     }
 }
+
+#[sqlx::test(migrator = "pacer_store::MIGRATOR")]
+async fn skips_are_listed_by_reason_and_an_unknown_reason_is_refused_naming_the_field(
+    pool: PgPool,
+) {
+    let api = Api::new(pool.clone());
+    api.send(
+        Method::PUT,
+        "/api/v1/jobs/sync",
+        Some(json!({ "target": { "url": "http://a" }, "overlap": "skip" })),
+    )
+    .await;
+    // One overlap skip through the API, then skips of two other reasons as the leader records
+    // them.
+    api.send(Method::POST, "/api/v1/jobs/sync/tasks", None)
+        .await;
+    let (status, _) = api
+        .send(Method::POST, "/api/v1/jobs/sync/tasks", None)
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    for (reason, detail) in [("calendar", Some("holidays")), ("misfire", None)] {
+        sqlx::query(
+            "insert into skipped_runs (id, job_name, scheduled_at, reason, detail)
+             values ($1, 'sync', now(), $2, $3)",
+        )
+        .bind(uuid::Uuid::now_v7())
+        .bind(reason)
+        .bind(detail)
+        .execute(&pool)
+        .await
+        .expect("a skip");
+    }
+    let (_, all) = api.send(Method::GET, "/api/v1/skips", None).await;
+    assert_eq!(all["items"].as_array().map(Vec::len), Some(3), "{all}");
+
+    let (status, calendar) = api
+        .send(Method::GET, "/api/v1/skips?reason=calendar&job=sync", None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let items = calendar["items"].as_array().expect("items");
+    assert_eq!(items.len(), 1, "{calendar}");
+    assert_eq!(items[0]["reason"], "calendar");
+    assert_eq!(items[0]["calendar"], "holidays");
+    let (_, overlap) = api
+        .send(Method::GET, "/api/v1/skips?reason=overlap", None)
+        .await;
+    assert_eq!(overlap["items"][0]["reason"], "overlap");
+    assert_eq!(overlap["items"].as_array().map(Vec::len), Some(1));
+    let (_, none) = api
+        .send(Method::GET, "/api/v1/skips?reason=buffer_full", None)
+        .await;
+    assert_eq!(none["items"], json!([]));
+    let (_, other_job) = api
+        .send(Method::GET, "/api/v1/skips?reason=misfire&job=other", None)
+        .await;
+    assert_eq!(other_job["items"], json!([]));
+
+    let (status, problem) = api
+        .send(Method::GET, "/api/v1/skips?reason=job_paused", None)
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
+    assert_eq!(problem["errors"][0]["field"], "reason");
+    assert!(
+        problem["errors"][0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("buffer_full")),
+        "the refusal lists the reasons: {problem}"
+    );
+}

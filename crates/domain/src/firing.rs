@@ -51,6 +51,16 @@ pub enum SkipReason {
 }
 
 impl SkipReason {
+    /// Every reason, in the order the documentation lists them.
+    pub const ALL: [SkipReason; 6] = [
+        SkipReason::Misfire,
+        SkipReason::Coalesced,
+        SkipReason::CatchUpLimit,
+        SkipReason::Calendar,
+        SkipReason::Overlap,
+        SkipReason::BufferFull,
+    ];
+
     /// The wire and database name.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -61,6 +71,22 @@ impl SkipReason {
             SkipReason::Overlap => "overlap",
             SkipReason::BufferFull => "buffer_full",
         }
+    }
+}
+
+/// A name that is not a skip reason; says which are.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not a skip reason (one of {names})", names = SkipReason::ALL.map(SkipReason::as_str).join(", "))]
+pub struct UnknownSkipReason(pub String);
+
+impl std::str::FromStr for SkipReason {
+    type Err = UnknownSkipReason;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        SkipReason::ALL
+            .into_iter()
+            .find(|r| r.as_str() == name)
+            .ok_or_else(|| UnknownSkipReason(name.to_owned()))
     }
 }
 
@@ -246,6 +272,22 @@ mod tests {
         Utc.timestamp_opt(1_800_000_000 + second, 0)
             .single()
             .expect("instant")
+    }
+
+    #[test]
+    fn every_skip_reason_reads_back_from_its_wire_name_and_others_are_refused_naming_them() {
+        for reason in SkipReason::ALL {
+            assert_eq!(reason.as_str().parse::<SkipReason>(), Ok(reason));
+            assert_eq!(
+                serde_json::to_value(reason).expect("json"),
+                serde_json::json!(reason.as_str())
+            );
+        }
+        let refused = "paused".parse::<SkipReason>().expect_err("not a reason");
+        assert_eq!(
+            refused.to_string(),
+            "`paused` is not a skip reason (one of misfire, coalesced, catch_up_limit, calendar, overlap, buffer_full)"
+        );
     }
 
     /// Every 10 seconds from second 0, up to second 1000.

@@ -15,16 +15,17 @@
 //! the trigger's id and history); the rest are created or deleted.
 //! Applying the same files twice therefore changes nothing the second time and writes nothing.
 //!
-//! A file may also declare exclusion calendars (`calendar: <name>`, see [`calendars`]); they
-//! are written before the jobs whose triggers name them.
+//! A file may also declare the named resources jobs refer to, exclusion calendars
+//! (`calendar: <name>`) and concurrency groups (`concurrency_group: <name>`), see [`resources`]:
+//! they are written before the jobs and, with `--prune`, deleted after them.
 
-mod calendars;
 mod execute;
 mod export;
 mod load;
 mod normalize;
 mod plan;
 mod render;
+mod resources;
 
 use std::path::Path;
 
@@ -45,7 +46,7 @@ use render::*;
 pub(crate) struct Options {
     /// Show the changes, make none.
     pub(crate) dry_run: bool,
-    /// Delete the jobs no file names.
+    /// Delete the jobs, calendars and concurrency groups no file declares.
     pub(crate) prune: bool,
     /// Pruning cancels the open tasks of the jobs it deletes.
     pub(crate) cancel_open_tasks: bool,
@@ -53,24 +54,22 @@ pub(crate) struct Options {
     pub(crate) json: bool,
 }
 
-/// `pacer apply`: validates every file, shows the changes, and (unless a dry run) makes them.
+/// `pacer apply`: validates every file, shows the changes, and (unless a dry run) makes them:
+/// the calendars and groups written first, then the jobs, then the pruned calendars and groups.
 pub(crate) async fn apply(client: &Client, path: &Path, options: &Options) -> Result<()> {
     let declared = load(path)?;
-    let declared_calendars = calendars::load(&files(path)?)?;
-    let calendar_changes = calendars::plan(client, declared_calendars).await?;
+    let declared_resources = resources::load(&files(path)?)?;
+    let resource_changes = resources::plan(client, &declared_resources, options.prune).await?;
     let plans = plan(client, &declared, options.prune).await?;
-    vet(client, &declared, &plans).await?;
-    let calendar_lines = calendars::render(&calendar_changes);
-    if !options.json && !calendar_lines.is_empty() {
-        emit(calendar_lines.trim_end());
-    }
+    vet(client, &declared, &plans, &resource_changes).await?;
     if options.json {
         emit(&crate::cli::output::json(&plan_json(
+            &resource_changes,
             &plans,
             options.dry_run,
         )));
     } else {
-        emit(&render(&plans));
+        emit(render(&resource_changes, &plans).trim_end());
     }
     if options.dry_run {
         if !options.json {
@@ -78,8 +77,9 @@ pub(crate) async fn apply(client: &Client, path: &Path, options: &Options) -> Re
         }
         return Ok(());
     }
-    let done = calendars::execute(client, &calendar_changes).await?
-        + execute(client, &plans, options).await?;
+    let written = resources::write(client, &resource_changes).await?;
+    let done = execute(client, &plans, options, written).await?;
+    let done = resources::delete(client, &resource_changes, done).await?;
     if !options.json && done > 0 {
         emit(&format!("Applied {done} change(s)."));
     }

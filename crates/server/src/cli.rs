@@ -116,8 +116,8 @@ pub(crate) enum Remote {
         #[arg(long)]
         job: Option<String>,
     },
-    /// Make jobs and their triggers match a jobs file (or every `.yaml`, `.yml` and `.json`
-    /// file of a directory): shows the changes, then makes them.
+    /// Make jobs and their triggers, calendars and concurrency groups match a jobs file (or
+    /// every `.yaml`, `.yml` and `.json` file of a directory): shows the changes, then makes them.
     #[command(after_help = EXIT_CODES)]
     Apply {
         #[command(flatten)]
@@ -128,7 +128,8 @@ pub(crate) enum Remote {
         /// Show the changes without making them.
         #[arg(long)]
         dry_run: bool,
-        /// Also delete the jobs the files do not name.
+        /// Also delete the jobs, calendars and concurrency groups the files do not declare
+        /// (calendars and groups after the jobs; one still in use is refused with exit code 5).
         #[arg(long)]
         prune: bool,
         /// With `--prune`, cancel the open tasks of the jobs it deletes (otherwise such a job is
@@ -137,7 +138,7 @@ pub(crate) enum Remote {
         cancel_open_tasks: bool,
     },
     /// Print the current job definitions and triggers in the format `apply` reads (YAML; JSON
-    /// with `--output json`).
+    /// with `--output json`), after the calendars and concurrency groups they need.
     #[command(after_help = EXIT_CODES)]
     Export {
         #[command(flatten)]

@@ -299,11 +299,13 @@ impl Store {
             .ok_or(Error::NotFound("job"))
     }
 
-    /// Skipped runs newest first, optionally of one job or one trigger; `before` is the cursor.
+    /// Skipped runs newest first, optionally of one job, one trigger or one reason; `before` is
+    /// the cursor.
     pub async fn list_skipped_runs(
         &self,
         job: Option<&str>,
         trigger: Option<Uuid>,
+        reason: Option<&str>,
         before: Option<Uuid>,
         limit: i64,
     ) -> Result<Vec<SkippedRun>> {
@@ -311,10 +313,11 @@ impl Store {
             SkippedRun,
             "select id, job_name, trigger_id, scheduled_at, reason, detail, recorded_at from skipped_runs
              where ($1::text is null or job_name = $1) and ($2::uuid is null or trigger_id = $2)
-               and ($3::uuid is null or id < $3)
-             order by id desc limit $4",
+               and ($3::text is null or reason = $3) and ($4::uuid is null or id < $4)
+             order by id desc limit $5",
             job,
             trigger,
+            reason,
             before,
             limit,
         )

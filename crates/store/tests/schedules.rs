@@ -155,7 +155,7 @@ async fn excluded_occurrences_are_skips_naming_their_calendar_and_a_change_holds
     assert_eq!(all.len(), fired.len() + excluded.len(), "one outcome each");
     assert!(fired.len() >= 5, "the occurrences after the window fire");
     let listed = store
-        .list_skipped_runs(Some("sync"), None, None, 100)
+        .list_skipped_runs(Some("sync"), None, None, None, 100)
         .await
         .expect("list");
     assert!(

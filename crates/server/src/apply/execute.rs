@@ -8,31 +8,27 @@ use crate::client::{Client, Error, Result, segment};
 use super::*;
 
 /// Makes the changes, in order: each job's definition, then its triggers (deletions, then
-/// replacements, then creations); pruned jobs last.
+/// replacements, then creations); pruned jobs last. `done` is how many changes were made before.
 pub(super) async fn execute(
     client: &Client,
     plans: &[JobPlan],
     options: &Options,
+    mut done: usize,
 ) -> Result<usize> {
-    let mut done = 0;
     let mut ordered: Vec<&JobPlan> = plans
         .iter()
-        .filter(|p| !matches!(p.action, JobAction::Delete))
+        .filter(|p| !matches!(p.action, Action::Delete))
         .collect();
-    ordered.extend(
-        plans
-            .iter()
-            .filter(|p| matches!(p.action, JobAction::Delete)),
-    );
+    ordered.extend(plans.iter().filter(|p| matches!(p.action, Action::Delete)));
     for plan in ordered {
         let job_path = format!("/api/v1/jobs/{}", segment(&plan.name));
         let step = match &plan.action {
-            JobAction::Create | JobAction::Update(_) => {
+            Action::Create | Action::Update(_) => {
                 client
                     .send(Method::PUT, &job_path, &[], plan.body.as_ref())
                     .await
             }
-            JobAction::Delete => {
+            Action::Delete => {
                 let query = if options.cancel_open_tasks {
                     vec![("cancel_open_tasks", "true".to_owned())]
                 } else {
@@ -40,10 +36,10 @@ pub(super) async fn execute(
                 };
                 client.send(Method::DELETE, &job_path, &query, None).await
             }
-            JobAction::Keep => Ok(Value::Null),
+            Action::Keep => Ok(Value::Null),
         };
         step.map_err(|e| stopped(done, e))?;
-        if !matches!(plan.action, JobAction::Keep) {
+        if !matches!(plan.action, Action::Keep) {
             done += 1;
         }
         let rank = |c: &&TriggerChange| match c {
@@ -88,12 +84,17 @@ pub(super) fn stopped(done: usize, error: Error) -> Error {
 }
 
 /// Has the server validate every job definition to be written (`?dry_run=true`), for what only
-/// it can check (such as the secrets it has), so a refused file changes nothing.
-pub(super) async fn vet(client: &Client, declared: &[Declared], plans: &[JobPlan]) -> Result<()> {
+/// it can check (such as the secrets it has), so a refused file changes nothing. A refusal that
+/// only says a group is missing which `apply` creates first is not one.
+pub(super) async fn vet(
+    client: &Client,
+    declared: &[Declared],
+    plans: &[JobPlan],
+    resources: &[super::resources::ResourceChange],
+) -> Result<()> {
     let mut problems = Vec::new();
     for plan in plans {
-        let (JobAction::Create | JobAction::Update(_), Some(body)) = (&plan.action, &plan.body)
-        else {
+        let (Action::Create | Action::Update(_), Some(body)) = (&plan.action, &plan.body) else {
             continue;
         };
         let path = format!("/api/v1/jobs/{}", segment(&plan.name));
@@ -121,6 +122,13 @@ pub(super) async fn vet(client: &Client, declared: &[Declared], plans: &[JobPlan
         let fields = body.get("errors").and_then(Value::as_array);
         match fields {
             Some(fields) if !fields.is_empty() => {
+                let fields = fields.iter().filter(|field| {
+                    let name = field
+                        .get("field")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default();
+                    !super::resources::created_first(resources, name, body_of(plan))
+                });
                 for field in fields {
                     let text = |key: &str| {
                         field
@@ -143,4 +151,8 @@ pub(super) async fn vet(client: &Client, declared: &[Declared], plans: &[JobPlan
         "the server refused job definitions; nothing was changed:\n  {}",
         lines.join("\n  ")
     )))
+}
+
+fn body_of(plan: &JobPlan) -> &Value {
+    plan.body.as_ref().unwrap_or(&Value::Null)
 }

@@ -16,16 +16,18 @@ pub(super) struct Exported {
     pub(super) triggers: Vec<Map<String, Value>>,
 }
 
-/// An entry of an exported file: a calendar or a job.
+/// An entry of an exported file: a named resource or a job.
 #[derive(Debug, Serialize)]
 #[serde(untagged)]
 enum Entry {
-    Calendar(super::calendars::Exported),
+    Resource(super::resources::Exported),
     Job(Exported),
 }
 
 /// `pacer export`: the named jobs (all when none is named) in the format `apply` reads, after
-/// the calendars when every job is exported.
+/// the calendars and concurrency groups they need: every one of the cluster with every job, or
+/// those the named jobs and their triggers name (and the calendars those include), so that the
+/// output applies on an empty cluster.
 pub(crate) async fn export(client: &Client, names: &[String], json: bool) -> Result<String> {
     let jobs = if names.is_empty() {
         client.all_items("/api/v1/jobs", Some(500)).await?
@@ -56,17 +58,17 @@ pub(crate) async fn export(client: &Client, names: &[String], json: bool) -> Res
             triggers: triggers.iter().map(trigger_definition).collect(),
         });
     }
-    // The calendars first, so that the file applies in order; only with every job, since which
-    // calendars some jobs need is not worked out.
-    let mut document: Vec<Entry> = if names.is_empty() {
-        super::calendars::export(client)
-            .await?
-            .into_iter()
-            .map(Entry::Calendar)
+    let needed: Option<Vec<_>> = (!names.is_empty()).then(|| {
+        exported
+            .iter()
+            .flat_map(|job| super::resources::named_by(&job.definition, &job.triggers))
             .collect()
-    } else {
-        Vec::new()
-    };
+    });
+    let mut document: Vec<Entry> = super::resources::export(client, needed.as_deref())
+        .await?
+        .into_iter()
+        .map(Entry::Resource)
+        .collect();
     document.extend(exported.into_iter().map(Entry::Job));
     let exported = document;
     if json {

@@ -153,7 +153,7 @@ pub(super) fn parse_file(file: &Path, text: &str) -> (Vec<Declared>, Vec<Problem
     let mut jobs = Vec::new();
     let mut problems = Vec::new();
     for (index, item) in items.into_iter().enumerate() {
-        if item.get(super::calendars::KEY).is_some() {
+        if super::resources::kind_of(&item).is_some() {
             continue;
         }
         let Value::Object(mut fields) = item else {

@@ -68,9 +68,9 @@ pub(super) enum TriggerChange {
     },
 }
 
-/// What happens to one job.
+/// What happens to one job or one named resource.
 #[derive(Debug, Clone)]
-pub(super) enum JobAction {
+pub(super) enum Action {
     Create,
     Update(Vec<String>),
     Keep,
@@ -80,14 +80,14 @@ pub(super) enum JobAction {
 #[derive(Debug, Clone)]
 pub(super) struct JobPlan {
     pub(super) name: String,
-    pub(super) action: JobAction,
+    pub(super) action: Action,
     pub(super) body: Option<Value>,
     pub(super) triggers: Vec<TriggerChange>,
 }
 
 impl JobPlan {
     pub(super) fn changes(&self) -> bool {
-        !matches!(self.action, JobAction::Keep) || !self.triggers.is_empty()
+        !matches!(self.action, Action::Keep) || !self.triggers.is_empty()
     }
 }
 
@@ -181,7 +181,7 @@ pub(super) async fn plan(
         let Some(view) = existing.get(&job.name) else {
             plans.push(JobPlan {
                 name: job.name.clone(),
-                action: JobAction::Create,
+                action: Action::Create,
                 body: Some(job.body.clone()),
                 triggers: plan_triggers(&[], &job.triggers),
             });
@@ -191,9 +191,9 @@ pub(super) async fn plan(
         let mut lines = Vec::new();
         diff("", &current, &job.normalized, &mut lines);
         let action = if lines.is_empty() {
-            JobAction::Keep
+            Action::Keep
         } else {
-            JobAction::Update(lines)
+            Action::Update(lines)
         };
         let triggers = client
             .all_items(
@@ -213,7 +213,7 @@ pub(super) async fn plan(
         for name in existing.keys().filter(|n| !named.contains(n.as_str())) {
             plans.push(JobPlan {
                 name: name.clone(),
-                action: JobAction::Delete,
+                action: Action::Delete,
                 body: None,
                 triggers: Vec::new(),
             });

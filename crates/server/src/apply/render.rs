@@ -1,11 +1,14 @@
-//! The plan shown to a person (a table of changes with their diffs) or to a script (JSON).
+//! The plan shown to a person (a table of changes with their diffs) or to a script (JSON):
+//! calendars and groups written first, then the jobs, then the calendars and groups pruned.
 
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use super::resources::{self, ResourceChange};
 use super::*;
 
-/// Counts of created, changed, deleted and unchanged things (jobs and triggers).
+/// Counts of created, changed and deleted things (jobs, triggers, calendars and groups), and of
+/// unchanged jobs.
 #[derive(Debug, Default, Serialize)]
 pub(super) struct Counts {
     pub(super) create: usize,
@@ -14,15 +17,23 @@ pub(super) struct Counts {
     pub(super) unchanged_jobs: usize,
 }
 
-pub(super) fn counts(plans: &[JobPlan]) -> Counts {
+pub(super) fn counts(resources: &[ResourceChange], plans: &[JobPlan]) -> Counts {
     let mut counts = Counts::default();
+    for change in resources {
+        match change.action {
+            Action::Create => counts.create += 1,
+            Action::Update(_) => counts.change += 1,
+            Action::Delete => counts.delete += 1,
+            Action::Keep => {}
+        }
+    }
     for plan in plans {
         match plan.action {
-            JobAction::Create => counts.create += 1,
-            JobAction::Update(_) => counts.change += 1,
-            JobAction::Delete => counts.delete += 1,
-            JobAction::Keep if plan.triggers.is_empty() => counts.unchanged_jobs += 1,
-            JobAction::Keep => {}
+            Action::Create => counts.create += 1,
+            Action::Update(_) => counts.change += 1,
+            Action::Delete => counts.delete += 1,
+            Action::Keep if plan.triggers.is_empty() => counts.unchanged_jobs += 1,
+            Action::Keep => {}
         }
         for trigger in &plan.triggers {
             match trigger {
@@ -36,19 +47,19 @@ pub(super) fn counts(plans: &[JobPlan]) -> Counts {
 }
 
 /// The plan for people: `+` create, `~` change, `-` delete.
-pub(super) fn render(plans: &[JobPlan]) -> String {
-    let mut out = String::new();
+pub(super) fn render(resources: &[ResourceChange], plans: &[JobPlan]) -> String {
+    let mut out = resources::render(resources, false);
     for plan in plans.iter().filter(|p| p.changes()) {
         match &plan.action {
-            JobAction::Create => out.push_str(&format!("+ job {}\n", plan.name)),
-            JobAction::Update(lines) => {
+            Action::Create => out.push_str(&format!("+ job {}\n", plan.name)),
+            Action::Update(lines) => {
                 out.push_str(&format!("~ job {}\n", plan.name));
                 for line in lines {
                     out.push_str(&format!("      {line}\n"));
                 }
             }
-            JobAction::Keep => out.push_str(&format!("~ job {}\n", plan.name)),
-            JobAction::Delete => out.push_str(&format!("- job {}\n", plan.name)),
+            Action::Keep => out.push_str(&format!("~ job {}\n", plan.name)),
+            Action::Delete => out.push_str(&format!("- job {}\n", plan.name)),
         }
         for trigger in &plan.triggers {
             match trigger {
@@ -69,7 +80,8 @@ pub(super) fn render(plans: &[JobPlan]) -> String {
             }
         }
     }
-    let c = counts(plans);
+    out.push_str(&resources::render(resources, true));
+    let c = counts(resources, plans);
     if c.create + c.change + c.delete == 0 {
         out.push_str(&format!(
             "No changes: {} job(s) already match.\n",
@@ -85,22 +97,22 @@ pub(super) fn render(plans: &[JobPlan]) -> String {
 }
 
 /// The plan for scripts.
-pub(super) fn plan_json(plans: &[JobPlan], dry_run: bool) -> Value {
-    let mut changes = Vec::new();
+pub(super) fn plan_json(resources: &[ResourceChange], plans: &[JobPlan], dry_run: bool) -> Value {
+    let mut changes = resources::changes_json(resources, false);
     let mut unchanged = Vec::new();
     for plan in plans {
         match &plan.action {
-            JobAction::Create => {
+            Action::Create => {
                 changes.push(
                     json!({ "action": "create_job", "job": plan.name, "definition": plan.body }),
                 );
             }
-            JobAction::Update(lines) => {
+            Action::Update(lines) => {
                 changes.push(json!({ "action": "update_job", "job": plan.name, "diff": lines }));
             }
-            JobAction::Delete => changes.push(json!({ "action": "delete_job", "job": plan.name })),
-            JobAction::Keep if plan.triggers.is_empty() => unchanged.push(plan.name.clone()),
-            JobAction::Keep => {}
+            Action::Delete => changes.push(json!({ "action": "delete_job", "job": plan.name })),
+            Action::Keep if plan.triggers.is_empty() => unchanged.push(plan.name.clone()),
+            Action::Keep => {}
         }
         for trigger in &plan.triggers {
             changes.push(match trigger {
@@ -117,10 +129,12 @@ pub(super) fn plan_json(plans: &[JobPlan], dry_run: bool) -> Value {
             });
         }
     }
+    changes.extend(resources::changes_json(resources, true));
     json!({
         "dry_run": dry_run,
         "changes": changes,
         "unchanged": unchanged,
-        "counts": counts(plans),
+        "unchanged_resources": resources::unchanged_json(resources),
+        "counts": counts(resources, plans),
     })
 }
