@@ -75,9 +75,9 @@ SEMANTIC = {
         "retry.initial_backoff": SPAN,
         "retry.max_backoff": SPAN,
         # A status or code named twice, or in both lists; a code's characters.
-        "retry.on_status[]": ("is named twice",),
-        "retry.never_on_status[]": ("is named twice", "is named in both"),
-        "retry.on_errors[]": ("is named twice", "1 to 128 characters"),
+        "retry.on_status[]": ("named twice",),
+        "retry.never_on_status[]": ("named twice", "named in both"),
+        "retry.on_errors[]": ("named twice", "1 to 128 characters"),
     },
 }
 # A trigger's jitter is a duration with its own range, and its calendars must exist.

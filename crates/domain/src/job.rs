@@ -478,11 +478,11 @@ fn check_statuses(
     }
     for (i, status) in list.iter().enumerate() {
         if list[..i].contains(status) {
-            errors.push(format!("{field}[{i}]"), format!("{status} is named twice"));
+            errors.push(format!("{field}[{i}]"), format!("named twice: {status}"));
         } else if other.contains(status) {
             errors.push(
                 format!("{field}[{i}]"),
-                format!("{status} is named in both `on_status` and `never_on_status`"),
+                format!("named in both `on_status` and `never_on_status`: {status}"),
             );
         }
     }
@@ -497,7 +497,7 @@ fn check_error_codes(errors: &mut ValidationErrors, codes: &[String]) {
         if code.is_empty() || code.chars().count() > 128 || code.chars().any(char::is_control) {
             errors.push(field, "1 to 128 characters, no control characters");
         } else if codes[..i].contains(code) {
-            errors.push(field, format!("`{code}` is named twice"));
+            errors.push(field, format!("named twice: `{code}`"));
         }
     }
 }
