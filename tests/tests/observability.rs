@@ -132,6 +132,7 @@ const ENUMERATED: &[(&str, &str, &[&str])] = &[
             "missed",
             "dispatch_errors",
             "node_lost",
+            "stale",
         ],
     ),
     ("pacer_db_pool_connections", "state", &["idle", "in_use"]),
