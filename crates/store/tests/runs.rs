@@ -516,11 +516,22 @@ async fn a_run_that_times_out_fails_and_cancels_its_open_children(pool: PgPool) 
         .record_outcomes(&[(a.claim(), outcome)])
         .await
         .expect("record");
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-    let due = store
-        .claim_due("node-a", 10, Span::from_secs(30), Span::from_millis(0))
-        .await
-        .expect("claim");
+    // Claimed once its timeout has passed: look until it is, with a deadline.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut due = Vec::new();
+    while !due.iter().any(|t: &ClaimedTask| t.id == run) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the run never became due at its timeout"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        due.extend(
+            store
+                .claim_due("node-a", 10, Span::from_secs(30), Span::from_millis(0))
+                .await
+                .expect("claim"),
+        );
+    }
     let the_run = due
         .iter()
         .find(|t| t.id == run)
