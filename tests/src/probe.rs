@@ -1,7 +1,8 @@
 //! `ConcurrencyProbe`: a downstream that counts how many distinct tasks it is working on at once.
 //! It accepts each dispatch (202), works for a set time, then calls back `completed`. A task is
 //! its own from a dispatch until its work is done; a callback that fails (its node is gone)
-//! makes it its own again until a later dispatch of it calls back.
+//! makes it its own again until a later dispatch of it calls back. What it calls back with is
+//! `{"status": "completed"}` unless [`ConcurrencyProbe::start_answering`] says otherwise.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -23,10 +24,14 @@ struct Counts {
     dispatches: usize,
 }
 
+/// The callback body for a dispatch body.
+type Answer = dyn Fn(&Value) -> Value + Send + Sync;
+
 struct Shared {
     work: Duration,
     counts: Mutex<Counts>,
     client: reqwest::Client,
+    answer: Box<Answer>,
 }
 
 /// A downstream that records the most tasks it held at once; stops when dropped.
@@ -39,10 +44,21 @@ pub struct ConcurrencyProbe {
 impl ConcurrencyProbe {
     /// Starts a probe that works `work` on each task before calling back.
     pub async fn start(work: Duration) -> Self {
+        Self::start_answering(work, |_| json!({ "status": "completed" })).await
+    }
+
+    /// Starts a probe that works `work` on each task, then calls back with what `answer` makes
+    /// of the dispatch body (a workflow's list step answering with `result.items`, an item that
+    /// fails).
+    pub async fn start_answering(
+        work: Duration,
+        answer: impl Fn(&Value) -> Value + Send + Sync + 'static,
+    ) -> Self {
         let shared = Arc::new(Shared {
             work,
             counts: Mutex::default(),
             client: crate::http_client(),
+            answer: Box::new(answer),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -76,7 +92,7 @@ impl ConcurrencyProbe {
         self.counts(|c| c.open.len())
     }
 
-    /// Distinct tasks called back `completed` and answered 2xx.
+    /// Distinct tasks called back and answered 2xx.
     pub fn done(&self) -> usize {
         self.counts(|c| c.done.len())
     }
@@ -118,6 +134,7 @@ async fn handle(State(shared): State<Arc<Shared>>, body: Bytes) -> StatusCode {
         counts.open.insert(task.clone());
         counts.max_open = counts.max_open.max(counts.open.len());
     }
+    let answer = (shared.answer)(&body);
     tokio::spawn(async move {
         tokio::time::sleep(shared.work).await;
         // The work is done before the callback goes out: from here the task is Pacer's to end,
@@ -132,7 +149,7 @@ async fn handle(State(shared): State<Arc<Shared>>, body: Bytes) -> StatusCode {
             .client
             .post(&url)
             .bearer_auth(&token)
-            .json(&json!({ "status": "completed" }))
+            .json(&answer)
             .send()
             .await
             .is_ok_and(|r| r.status().is_success());

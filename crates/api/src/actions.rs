@@ -270,22 +270,75 @@ struct RetryRequest {
     only: Option<RetryOnly>,
 }
 
+/// The query of a retry.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct RetryQuery {
+    /// Say what the retry would run again, and create nothing: `200` with the plan.
+    #[serde(default)]
+    #[param(default = false)]
+    dry_run: bool,
+}
+
+/// What a retry would run again (`?dry_run=true`); nothing was created.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = RetryPlan, example = json!({
+    "task": "0193a5c4-7f2e-7c1a-9d3e-2b1f4a6c8e01", "dry_run": true, "only": "failed",
+    "steps": [ { "name": "list", "reused": 1, "rerun": 0, "children": [] },
+               { "name": "ingest", "reused": 993, "rerun": 7, "children": ["p-0", "p-143"] },
+               { "name": "report", "reused": 0, "rerun": null, "children": [] } ]
+}))]
+struct RetryPlanView {
+    /// The task that would be retried.
+    task: TaskId,
+    /// Always true: nothing was created.
+    dry_run: bool,
+    /// `failed` when only the errors would run again, `all` when everything would.
+    only: &'static str,
+    /// For a run of a job made of steps, each step of the job as it is now: how many children
+    /// it would reuse, how many it would run again and which. Empty for a single task, which
+    /// runs again whole.
+    steps: Vec<RetryPlanStep>,
+}
+
+/// One step of a retry plan.
+#[derive(Debug, Serialize, ToSchema)]
+struct RetryPlanStep {
+    name: String,
+    /// Children that completed in the retried run: reused, not dispatched again.
+    reused: u64,
+    /// Children that would run again; `null` when the step runs in full (every child, a
+    /// `for_each` step's as many as its list will hold).
+    rerun: Option<u64>,
+    /// The first 100 children that would run again, by name (a `for_each` item's key).
+    children: Vec<String>,
+}
+
+/// The `200` answer of a retry: the existing retry, or the plan of a dry run.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+enum RetryAnswer {
+    Existing(Box<TaskView>),
+    Plan(RetryPlanView),
+}
+
 /// Retry a task
 ///
 /// A finished task gets a new task with the same payload, origin `{kind: "retry", task_id}`:
 /// `202` with the new task, or `200` with the existing retry when this task was retried already.
-/// A run of a job made of steps may retry only its errors (`{"only": "failed"}`).
+/// A run of a job made of steps may retry only its errors (`{"only": "failed"}`). With
+/// `?dry_run=true` nothing is created: `200` says what would run again, step by step.
 #[utoipa::path(
     post,
     path = "/api/v1/tasks/{id}/retry",
     tag = "tasks",
-    params(TaskPath),
+    params(TaskPath, RetryQuery),
     request_body(content = Option<RetryRequest>, content_type = "application/json"),
     responses(
         (status = 202, description = "The retry was created.", body = TaskView,
             headers(("Location" = String, description = "The new task's URL."))),
-        (status = 200, description = "The task had been retried already: the existing retry.", body = TaskView,
-            headers(("Location" = String, description = "The retry's URL."))),
+        (status = 200, description = "The task had been retried already: the existing retry (with a `Location`); or, with `?dry_run=true`, what a retry would run again.", body = RetryAnswer),
         (status = 404, description = "No such task, or its job was deleted.", body = Problem),
         (status = 409, description = "The task is still open (`/problems/task-open`), its job is paused (`/problems/job-paused`), or the overlap policy skipped the retry (`/problems/overlap-skipped`).", body = Problem),
     )
@@ -294,6 +347,7 @@ async fn retry_task(
     State(state): State<AppState>,
     actor: Actor,
     Path(raw_id): Path<String>,
+    Query(query): Query<RetryQuery>,
     JsonOrEmpty(request): JsonOrEmpty<RetryRequest>,
 ) -> Result<Response> {
     let id = task_id(&raw_id)?;
@@ -320,6 +374,37 @@ async fn retry_task(
         });
     }
     let job = job_by_name(&state, &task.job_name).await?;
+    if query.dry_run {
+        let steps = if only_errors {
+            state.store.retry_errors_plan(id, &job.spec.steps).await?
+        } else {
+            job.spec
+                .steps
+                .iter()
+                .map(|step| pacer_store::RetryStep {
+                    name: step.name.clone(),
+                    reused: 0,
+                    rerun: None,
+                    children: Vec::new(),
+                })
+                .collect()
+        };
+        let plan = RetryPlanView {
+            task: id,
+            dry_run: true,
+            only: if only_errors { "failed" } else { "all" },
+            steps: steps
+                .into_iter()
+                .map(|s| RetryPlanStep {
+                    name: s.name,
+                    reused: s.reused,
+                    rerun: s.rerun,
+                    children: s.children,
+                })
+                .collect(),
+        };
+        return Ok((StatusCode::OK, JsonResponse(RetryAnswer::Plan(plan))).into_response());
+    }
     if job.paused {
         return Err(Error::JobPaused {
             job: job.name.to_string(),
@@ -343,7 +428,15 @@ async fn retry_task(
             .await;
             accepted(&state, retry, StatusCode::ACCEPTED).await
         }
-        Started::Existing(retry) => accepted(&state, retry, StatusCode::OK).await,
+        Started::Existing(retry) => {
+            let task = state.store.get_task(retry).await?;
+            Ok((
+                StatusCode::OK,
+                [(header::LOCATION, format!("/api/v1/tasks/{retry}"))],
+                JsonResponse(RetryAnswer::Existing(Box::new(TaskView::from(task)))),
+            )
+                .into_response())
+        }
         Started::Skipped { reason, open_task } => Err(Error::OverlapSkipped {
             job: job.name.to_string(),
             reason,
@@ -390,7 +483,8 @@ struct RetryFailedSummary {
 ///
 /// Retries every `failed` task of a job that has not been retried yet, oldest first, up to
 /// `limit` (default 100, at most 500). Each retry is a new task linked to the one it retries;
-/// the job's overlap policy applies to each, and the first refusal stops the pass.
+/// the job's overlap policy applies to each, and the first refusal stops the pass. A run of a
+/// job made of steps retries only its errors (as `{"only": "failed"}` on the run's retry).
 #[utoipa::path(
     post,
     path = "/api/v1/jobs/{name}/retry-failed",
@@ -425,7 +519,12 @@ async fn retry_failed_tasks(
         more: false,
     };
     for candidate in candidates {
-        let new = retry_task_of(&actor, candidate.id, candidate.payload);
+        let mut new = retry_task_of(&actor, candidate.id, candidate.payload);
+        if !job.spec.steps.is_empty() {
+            // A run retries only its errors, as `POST /api/v1/tasks/{run}/retry` with
+            // `{"only": "failed"}` does.
+            new.idempotency_key = Some(pacer_store::retry_errors_key(candidate.id));
+        }
         match start_task(&state, &job, new, "retry").await? {
             Started::Created { id: retry, .. } | Started::Existing(retry) => {
                 summary.retried.push(RetriedTask {

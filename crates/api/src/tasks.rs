@@ -390,6 +390,10 @@ struct ListTasks {
     /// Only the tasks that ended with this outcome: `unchanged` (skip if unchanged).
     #[param(value_type = Option<String>, pattern = r"^unchanged$", example = "unchanged")]
     outcome: Option<String>,
+    /// The children of this run (a task of a job made of steps). Without it, the list holds
+    /// runs and single tasks, not the children of runs.
+    #[param(value_type = Option<Uuid>)]
+    run: Option<String>,
 }
 
 /// Tasks page on their id (time-ordered), newest first.
@@ -488,6 +492,14 @@ async fn list_tasks(
         "finished_before",
         query.finished_before.as_deref(),
     );
+    let run = match query.run.as_deref().map(str::parse::<Uuid>) {
+        Some(Ok(id)) => Some(TaskId::from(id)),
+        Some(Err(_)) => {
+            errors.push("run", "must be a task id (a UUID)");
+            None
+        }
+        None => None,
+    };
     let page = page.check(errors)?;
     let filter = TaskFilter {
         job: query.job,
@@ -499,6 +511,7 @@ async fn list_tasks(
         finished_before,
         overdue,
         outcome,
+        run,
         before: page.after,
         limit: page.fetch(),
     };

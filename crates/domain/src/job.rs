@@ -780,6 +780,17 @@ impl TryFrom<JobInput> for JobSpec {
                 timeout,
             );
         }
+        for (i, step) in steps_out.iter().enumerate() {
+            if let Some(deadline) = step.deadline {
+                check_range(
+                    &mut errors,
+                    &format!("steps[{i}].deadline"),
+                    deadline,
+                    Span::from_secs(1),
+                    timeout,
+                );
+            }
+        }
         let retry = match RetryPolicy::try_from(input.retry.unwrap_or_default()) {
             Ok(policy) => policy,
             Err(retry_errors) => {

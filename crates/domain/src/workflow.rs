@@ -30,6 +30,9 @@ pub enum OnFailure {
     /// The run fails: its open children are cancelled and no later step starts.
     #[default]
     Stop,
+    /// The step's other children go on and the later steps run; the run ends
+    /// `completed_with_errors`. For a `for_each` step, the same as `on_item_failure: continue`.
+    Continue,
 }
 
 /// What a failed item of a `for_each` step does to its step.
@@ -86,6 +89,10 @@ pub struct Step {
     pub on_item_failure: Option<OnItemFailure>,
     #[serde(default)]
     pub on_failure: OnFailure,
+    /// The step's children are overdue (an `overdue` alert naming the run, the step and the
+    /// child) when still open this long after the step started; at most the job's `timeout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<crate::Span>,
     /// A concurrency group the step's children share with every task in it: each child waits
     /// for one of its slots before its first dispatch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -392,9 +399,9 @@ pub fn decide(step: &Step, tally: &StepTally) -> StepVerdict {
             ..
         }) => (
             Some(u64::from(max_parallel)),
-            on_item_failure == OnItemFailure::Continue,
+            on_item_failure == OnItemFailure::Continue || step.on_failure == OnFailure::Continue,
         ),
-        _ => (None, false),
+        _ => (None, step.on_failure == OnFailure::Continue),
     };
     let broken = tally.failed + tally.cancelled;
     if broken > 0 && !continues {
@@ -596,6 +603,60 @@ mod tests {
             decide(single, &tally(0, 0, 0, 1, 0)),
             StepVerdict::Fail { .. }
         ));
+    }
+
+    #[test]
+    fn on_failure_continue_lets_a_step_with_a_failed_child_advance_with_errors() {
+        let spec = parse(json!({ "steps": [
+            { "name": "download", "on_failure": "continue", "target": { "url": "http://x/d" } },
+            { "name": "upload", "on_failure": "continue", "parallel": [
+                { "name": "a", "target": { "url": "http://x/a" } },
+                { "name": "b", "target": { "url": "http://x/b" } } ] },
+            { "name": "list", "target": { "url": "http://x/l" } },
+            { "name": "each", "for_each": "list", "on_failure": "continue",
+              "target": { "url": "http://x/e" } } ] }))
+        .expect("valid");
+        let failed = StepTally {
+            failed: 1,
+            ..StepTally::default()
+        };
+        assert_eq!(
+            decide(&spec.steps[0], &failed),
+            StepVerdict::Advance { with_errors: true }
+        );
+        let one_open = StepTally {
+            cancelled: 1,
+            processing: 1,
+            ..StepTally::default()
+        };
+        assert_eq!(
+            decide(&spec.steps[1], &one_open),
+            StepVerdict::Wait { release: 0 },
+            "the other children go on"
+        );
+        assert_eq!(
+            decide(&spec.steps[3], &failed),
+            StepVerdict::Advance { with_errors: true },
+            "on a for_each step it means on_item_failure: continue"
+        );
+        assert!(matches!(
+            decide(&spec.steps[2], &failed),
+            StepVerdict::Fail { .. }
+        ));
+    }
+
+    #[test]
+    fn a_step_deadline_is_at_most_the_job_timeout() {
+        let spec = parse(json!({ "timeout": "1h", "steps": [
+            { "name": "a", "deadline": "10m", "target": { "url": "http://x/a" } } ] }))
+        .expect("valid");
+        assert_eq!(spec.steps[0].deadline, Some(crate::Span::from_secs(600)));
+        let errors = parse(json!({ "timeout": "1h", "steps": [
+            { "name": "a", "target": { "url": "http://x/a" } },
+            { "name": "b", "deadline": "2h", "target": { "url": "http://x/b" } },
+            { "name": "c", "deadline": "0s", "target": { "url": "http://x/c" } } ] }))
+        .expect_err("invalid");
+        assert_eq!(fields(&errors), ["steps[1].deadline", "steps[2].deadline"]);
     }
 
     #[test]

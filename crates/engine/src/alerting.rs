@@ -245,8 +245,10 @@ impl Alerting {
                 .deadline_at
                 .map_or_else(String::new, |d| format!(" ({})", d.to_rfc3339()));
             let summary = format!(
-                "task {} of job {} passed its deadline{deadline} and is still {}",
-                task.task_id, task.job_name, task.state
+                "{} of job {} passed its deadline{deadline} and is still {}",
+                task.named(),
+                task.job_name,
+                task.state
             );
             let alert = self.task_alert(AlertKind::Overdue, task, summary, None);
             self.raise(&mut tx, &alert, &task.alerts, &mut changes, &mut deliveries)
@@ -262,8 +264,9 @@ impl Alerting {
                         .or(task.message.as_deref())
                         .map_or_else(String::new, |e| format!(": {}", clip(e, 200)));
                     let summary = format!(
-                        "task {} of job {} failed ({reason}){why}",
-                        task.task_id, task.job_name
+                        "{} of job {} failed ({reason}){why}",
+                        task.named(),
+                        task.job_name
                     );
                     let alert = self.task_alert(AlertKind::Failed, task, summary, None);
                     self.raise(&mut tx, &alert, &task.alerts, &mut changes, &mut deliveries)
@@ -275,8 +278,9 @@ impl Alerting {
                         .as_deref()
                         .map_or_else(String::new, |m| format!(": {}", clip(m, 200)));
                     let summary = format!(
-                        "task {} of job {} completed with errors{why}",
-                        task.task_id, task.job_name
+                        "{} of job {} completed with errors{why}",
+                        task.named(),
+                        task.job_name
                     );
                     let alert =
                         self.task_alert(AlertKind::Failed, task, summary, Some(Severity::Warning));

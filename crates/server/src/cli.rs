@@ -211,6 +211,9 @@ pub(crate) enum TasksVerb {
         /// cancelled, reusing the results of those that completed.
         #[arg(long)]
         only_failed: bool,
+        /// Say what would run again, step by step, and create nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// A run of a job made of steps: its steps, their children, and how each stands.
     Tree { id: String },
@@ -558,15 +561,24 @@ async fn tasks(connection: &Connection, verb: TasksVerb) -> Result<()> {
                 .await?;
             connection.print(&task, task_line);
         }
-        TasksVerb::Retry { id, only_failed } => {
+        TasksVerb::Retry {
+            id,
+            only_failed,
+            dry_run,
+        } => {
             let body = only_failed.then(|| serde_json::json!({ "only": "failed" }));
-            let task = client
+            let query = if dry_run { "?dry_run=true" } else { "" };
+            let answer = client
                 .post(
-                    &format!("/api/v1/tasks/{}/retry", segment(&id)),
+                    &format!("/api/v1/tasks/{}/retry{query}", segment(&id)),
                     body.as_ref(),
                 )
                 .await?;
-            connection.print(&task, |t| format!("retried as {}", task_line(t)));
+            if dry_run {
+                connection.print(&answer, retry_plan);
+            } else {
+                connection.print(&answer, |t| format!("retried as {}", task_line(t)));
+            }
         }
         TasksVerb::Tree { id } => {
             let run = client
@@ -576,6 +588,48 @@ async fn tasks(connection: &Connection, verb: TasksVerb) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A retry plan: what each step would reuse and run again.
+fn retry_plan(plan: &Value) -> String {
+    let mut lines = vec![format!(
+        "retrying {} would run again ({}):",
+        output::text(plan, "/task"),
+        output::text(plan, "/only"),
+    )];
+    let Some(steps) = plan["steps"].as_array().filter(|s| !s.is_empty()) else {
+        lines.push("  the whole task".to_owned());
+        return lines.join("\n");
+    };
+    for step in steps {
+        let name = output::text(step, "/name");
+        match step["rerun"].as_u64() {
+            None => lines.push(format!("  {name}: in full")),
+            Some(0) => lines.push(format!(
+                "  {name}: nothing (reuses {})",
+                output::text(step, "/reused")
+            )),
+            Some(n) => {
+                let names: Vec<&str> = step["children"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect();
+                let more = if u64::try_from(names.len()).unwrap_or(u64::MAX) < n {
+                    ", …"
+                } else {
+                    ""
+                };
+                lines.push(format!(
+                    "  {name}: {n} (reuses {}): {}{more}",
+                    output::text(step, "/reused"),
+                    names.join(", ")
+                ));
+            }
+        }
+    }
+    lines.join("\n")
 }
 
 /// A run as a tree: the run, each step with its children's counts, and the children of the

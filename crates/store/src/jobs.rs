@@ -187,7 +187,7 @@ impl Store {
                from jobs j
                cross join lateral (
                    select started_at from tasks t
-                   where t.job_id = j.id and t.state = 'completed' and t.run_id is null
+                   where t.job_id = j.id and t.state = 'completed' and t.step is null
                      and t.started_at is not null
                    order by started_at desc limit 1
                ) s"#

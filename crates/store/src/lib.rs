@@ -43,7 +43,7 @@ pub use firing::{Fired, Swept};
 pub use jobs::{DeletedJob, Job, PutJob};
 pub use messages::{Ingested, MessageFilter, Route, StoredMessage};
 pub use operations::{CancelNotice, JobFingerprint, JobStats, Released, RetryCandidate, TaskBrief};
-pub use runs::{RunChild, RunView, retry_errors_key};
+pub use runs::{RETRY_PLAN_NAMES, RetryStep, RunChild, RunView, retry_errors_key};
 pub use tasks::{
     Attempt, CreatedTask, KeptTask, NewTask, Origin, ReportOutcome, Reporting, Task, TaskCreation,
     TaskFilter, TaskReport,

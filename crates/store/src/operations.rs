@@ -186,12 +186,13 @@ impl Store {
     }
 
     /// How the last `window` finished tasks of `job` went, its open tasks, its latest task and
-    /// its latest success.
+    /// its latest success. For a job made of steps these are its runs; their children are not
+    /// counted.
     pub async fn job_stats(&self, job: &Job, window: i64) -> Result<JobStats> {
         let recent = sqlx::query!(
             r#"with recent as (
                    select state, outcome, started_at, finished_at from tasks
-                   where job_name = $1 and finished_at is not null
+                   where job_name = $1 and finished_at is not null and step is null
                    order by id desc limit $2
                )
                select count(*) as "finished!",
@@ -215,7 +216,8 @@ impl Store {
         let open = sqlx::query!(
             r#"select count(*) filter (where state = 'pending') as "pending!",
                       count(*) filter (where state = 'processing') as "processing!"
-               from tasks where job_id = $1 and state in ('pending', 'processing')"#,
+               from tasks
+               where job_id = $1 and state in ('pending', 'processing') and step is null"#,
             job.id,
         )
         .fetch_one(&self.pool)
@@ -223,7 +225,7 @@ impl Store {
         let last_run = sqlx::query_as!(
             BriefRow,
             "select id, state, created_at, started_at, finished_at from tasks
-             where job_name = $1 order by id desc limit 1",
+             where job_name = $1 and step is null order by id desc limit 1",
             job.name.as_str(),
         )
         .fetch_optional(&self.pool)
@@ -233,7 +235,8 @@ impl Store {
         let last_success = sqlx::query_as!(
             BriefRow,
             "select id, state, created_at, started_at, finished_at from tasks
-             where job_id = $1 and state = 'completed' order by started_at desc limit 1",
+             where job_id = $1 and state = 'completed' and step is null
+             order by started_at desc limit 1",
             job.id,
         )
         .fetch_optional(&self.pool)
@@ -242,7 +245,8 @@ impl Store {
         .transpose()?;
         let last_unchanged_at = sqlx::query_scalar!(
             "select finished_at from tasks
-             where job_id = $1 and outcome = 'unchanged' order by finished_at desc limit 1",
+             where job_id = $1 and outcome = 'unchanged' and step is null
+             order by finished_at desc limit 1",
             job.id,
         )
         .fetch_optional(&self.pool)

@@ -52,7 +52,75 @@ pub struct RunChild {
     pub finished_at: Option<DateTime<Utc>>,
 }
 
+/// What retrying the errors of a run would do at one step of the job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryStep {
+    pub name: String,
+    /// Children that completed in the retried run and are reused, not dispatched again.
+    pub reused: u64,
+    /// How many children run again; `None` when the step runs in full (every child it will
+    /// have, a `for_each` step's as many as its list holds then).
+    pub rerun: Option<u64>,
+    /// The first [`RETRY_PLAN_NAMES`] children that run again, by name, when `rerun` counts.
+    pub children: Vec<String>,
+}
+
+/// The most children a retry plan names per step.
+pub const RETRY_PLAN_NAMES: i32 = 100;
+
 impl Store {
+    /// What retrying only the errors of run `old` would rerun, step by step, for the job's
+    /// current `steps` (reuse matches children by step and child name, as the retry does): the
+    /// steps up to the first one with a child to rerun reuse what completed; from that step on,
+    /// every later step runs in full.
+    pub async fn retry_errors_plan(&self, old: TaskId, steps: &[Step]) -> Result<Vec<RetryStep>> {
+        let rows = sqlx::query!(
+            r#"select o.steps -> t.step ->> 'name' as "name!",
+                      count(*) filter (where t.state in ('completed', 'completed_with_errors'))
+                          as "reused!",
+                      count(*) filter (where t.state not in ('completed', 'completed_with_errors'))
+                          as "rerun!",
+                      coalesce((array_agg(t.child order by t.id) filter (
+                          where t.state not in ('completed', 'completed_with_errors')))[1:$2],
+                          '{}') as "children!"
+               from tasks t join task_runs o on o.task_id = t.run_id
+               where t.run_id = $1 and t.step is not null
+               group by 1"#,
+            old.as_uuid(),
+            RETRY_PLAN_NAMES,
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut in_full = false;
+        let mut plan = Vec::with_capacity(steps.len());
+        for step in steps {
+            let found = rows.iter().find(|r| r.name == step.name);
+            let planned = match found {
+                Some(row) if !in_full => {
+                    in_full = row.rerun > 0;
+                    RetryStep {
+                        name: step.name.clone(),
+                        reused: u64::try_from(row.reused).unwrap_or_default(),
+                        rerun: Some(u64::try_from(row.rerun).unwrap_or_default()),
+                        children: row.children.clone(),
+                    }
+                }
+                _ => {
+                    // Never reached by the retried run, or after a step that reruns: in full.
+                    in_full = true;
+                    RetryStep {
+                        name: step.name.clone(),
+                        reused: 0,
+                        rerun: None,
+                        children: Vec::new(),
+                    }
+                }
+            };
+            plan.push(planned);
+        }
+        Ok(plan)
+    }
+
     /// Starts the run a dispatcher claimed instead of dispatching it: records the job's steps
     /// with it, creates its first step's children and moves it to `processing`, not due again
     /// before its timeout. Fenced by the claim; false when the claim is no longer held (the run
@@ -293,6 +361,7 @@ async fn advance_run(conn: &mut sqlx::PgConnection, run: Uuid) -> Result<()> {
                 return Ok(());
             }
             StepVerdict::Fail { reason } => {
+                let reason = format!("{reason}: {}", broken_children(conn, run, index).await?);
                 end_run(conn, run, TaskState::Failed, &reason).await?;
                 return Ok(());
             }
@@ -385,6 +454,43 @@ async fn advance_run(conn: &mut sqlx::PgConnection, run: Uuid) -> Result<()> {
             return Err(corrupt("a run's step moved under its lock"));
         }
         index = next;
+    }
+}
+
+/// The first few failed or cancelled children of a step, named with how they ended, for the
+/// reason their run fails with: "`faculty` (failed: 500 Internal Server Error)".
+async fn broken_children(conn: &mut sqlx::PgConnection, run: Uuid, step: i32) -> Result<String> {
+    const NAMED: i64 = 5;
+    let rows = sqlx::query!(
+        r#"select child as "child!", state, coalesce(last_error, message, failure_reason) as why
+           from tasks
+           where run_id = $1 and step = $2 and state in ('failed', 'cancelled')
+           order by finished_at, id limit $3"#,
+        run,
+        step,
+        NAMED + 1,
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut named: Vec<String> = rows
+        .iter()
+        .take(usize::try_from(NAMED).unwrap_or_default())
+        .map(|r| match r.why.as_deref() {
+            Some(why) => format!("`{}` ({}: {})", r.child, r.state, clip(why, 120)),
+            None => format!("`{}` ({})", r.child, r.state),
+        })
+        .collect();
+    if rows.len() > named.len() {
+        named.push("…".to_owned());
+    }
+    Ok(named.join(", "))
+}
+
+/// `text` cut to at most `max` characters, with an ellipsis when cut.
+fn clip(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_owned(),
     }
 }
 
@@ -599,6 +705,7 @@ async fn create_children(
         step.name,
         run.timeout_at,
         step.concurrency_group.is_some(),
+        step.deadline.map(|d| d.as_millis()),
     )
     .fetch_all(&mut *conn)
     .await?;

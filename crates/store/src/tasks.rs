@@ -201,6 +201,8 @@ pub struct TaskFilter {
     pub overdue: Option<bool>,
     /// Only tasks that ended with this outcome.
     pub outcome: Option<TaskOutcome>,
+    /// The children of this run; without it, runs and single tasks (no children).
+    pub run: Option<TaskId>,
     /// Keyset cursor: only tasks older than this one.
     pub before: Option<TaskId>,
     pub limit: i64,
@@ -336,6 +338,7 @@ impl Store {
             filter.overdue,
             states.as_deref(),
             filter.outcome.map(TaskOutcome::as_str),
+            filter.run.map(|id| id.as_uuid()),
         )
         .fetch_all(&mut *tx)
         .await?;

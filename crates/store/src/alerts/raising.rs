@@ -59,8 +59,21 @@ pub struct TaskNotice {
     pub last_error: Option<String>,
     pub result: Option<Value>,
     pub deadline_at: Option<DateTime<Utc>>,
+    /// For a child of a run: `step `upload`, child `faculty` of run <id>`.
+    pub place: Option<String>,
     /// The job's alert routes (empty when the job has none or is gone).
     pub alerts: JobAlerts,
+}
+
+impl TaskNotice {
+    /// `task <id>`, and for a child of a run the step, child and run it belongs to, as alert
+    /// summaries name it.
+    pub fn named(&self) -> String {
+        match &self.place {
+            Some(place) => format!("task {} ({place})", self.task_id),
+            None => format!("task {}", self.task_id),
+        }
+    }
 }
 
 /// Skips of one job not yet counted into an alert.
@@ -102,6 +115,7 @@ struct TaskNoticeRow {
     last_error: Option<String>,
     result: Option<Value>,
     deadline_at: Option<DateTime<Utc>>,
+    place: Option<String>,
     alerts: Option<Value>,
 }
 
@@ -116,6 +130,7 @@ impl From<TaskNoticeRow> for TaskNotice {
             last_error: r.last_error,
             result: r.result,
             deadline_at: r.deadline_at,
+            place: r.place,
             alerts: job_alerts(r.alerts),
         }
     }
@@ -147,7 +162,7 @@ impl Store {
                            and (lost_noticed_at is null or lost_noticed_at < last_heartbeat_at))
                 or exists (select 1 from jobs j where j.freshness_ms is not null
                    and coalesce((select max(s.started_at) from tasks s
-                                 where s.job_id = j.id and s.state = 'completed' and s.run_id is null),
+                                 where s.job_id = j.id and s.state = 'completed' and s.step is null),
                                 j.fresh_since, j.created_at)
                        + j.freshness_ms * interval '1 millisecond' <= now()
                            and not exists (select 1 from alerts a where a.kind = 'stale'
@@ -162,7 +177,7 @@ impl Store {
                         or (a.kind = 'stale' and not exists (select 1 from jobs j where j.name = a.job_name
                                and j.freshness_ms is not null
                    and coalesce((select max(s.started_at) from tasks s
-                                 where s.job_id = j.id and s.state = 'completed' and s.run_id is null),
+                                 where s.job_id = j.id and s.state = 'completed' and s.step is null),
                                 j.fresh_since, j.created_at)
                        + j.freshness_ms * interval '1 millisecond' <= now()))))
                ) as "due!""#,
@@ -239,6 +254,12 @@ impl AlertTx {
                from due where t.id = due.id
                returning t.id, t.job_name, t.state, t.failure_reason, t.message, t.last_error,
                          t.result, t.deadline_at,
+                         case when t.step is not null then
+                             format('step `%s`, child `%s` of run %s',
+                                    (select r.steps -> t.step ->> 'name' from task_runs r
+                                     where r.task_id = t.run_id),
+                                    t.child, t.run_id)
+                         end as place,
                          (select j.spec -> 'alerts' from jobs j where j.id = t.job_id) as alerts"#,
             limit,
         )
@@ -262,6 +283,12 @@ impl AlertTx {
                from ended where t.id = ended.id
                returning t.id, t.job_name, t.state, t.failure_reason, t.message, t.last_error,
                          t.result, t.deadline_at,
+                         case when t.step is not null then
+                             format('step `%s`, child `%s` of run %s',
+                                    (select r.steps -> t.step ->> 'name' from task_runs r
+                                     where r.task_id = t.run_id),
+                                    t.child, t.run_id)
+                         end as place,
                          (select j.spec -> 'alerts' from jobs j where j.id = t.job_id) as alerts"#,
             limit,
         )
@@ -354,7 +381,7 @@ impl AlertTx {
             r#"with watched as (
                    select j.name, j.spec -> 'alerts' as alerts,
                           (select max(s.started_at) from tasks s
-                           where s.job_id = j.id and s.state = 'completed' and s.run_id is null)
+                           where s.job_id = j.id and s.state = 'completed' and s.step is null)
                               as last_success_at,
                           coalesce(j.fresh_since, j.created_at) as since, j.freshness_ms
                    from jobs j where j.freshness_ms is not null
@@ -410,7 +437,7 @@ impl AlertTx {
                 or (a.kind = 'stale' and not exists (select 1 from jobs j where j.name = a.job_name
                        and j.freshness_ms is not null
                    and coalesce((select max(s.started_at) from tasks s
-                                 where s.job_id = j.id and s.state = 'completed' and s.run_id is null),
+                                 where s.job_id = j.id and s.state = 'completed' and s.step is null),
                                 j.fresh_since, j.created_at)
                        + j.freshness_ms * interval '1 millisecond' <= now())))
              returning a.*"

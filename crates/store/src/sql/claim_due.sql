@@ -62,7 +62,7 @@ select c.id as "id!", c.claim_token as "claim_token!", c.job_name as "job_name!"
        c.dispatched as "dispatched!",
        c.dispatch_in_ms as "dispatch_in_ms!",
        (select max(s.started_at) from tasks s
-        where s.job_id = c.job_id and s.state = 'completed') as last_success_at,
+        where s.job_id = c.job_id and s.state = 'completed' and s.step is null) as last_success_at,
        (select f.fingerprint from job_fingerprints f where f.job_id = c.job_id) as last_fingerprint,
        -- A child of a run: its run, step and name, its item, its step's definition (its target)
        -- and the results of the steps before it; all null for any other task.

@@ -3,7 +3,8 @@
 -- `max_parallel`: pending, not due before the run's timeout $10 until an ending releases it).
 -- Children inherit the run's job, origin and trace, and time out with the run. With $11 (the step
 -- names a concurrency group), each waits for a slot of the group: not due before the run's
--- timeout until the admission pass gives it one.
+-- timeout until the admission pass gives it one. With $12 (the step's deadline, in milliseconds),
+-- each child is overdue when still open that long after the step started.
 -- With $8, the earlier run of a retry of errors, a child whose namesake in step $9 (by name, so a
 -- job edited in between reuses only what still matches) completed there is created already ended
 -- with that child's state, result and fingerprint: not due, never dispatched, and with no alert
@@ -28,7 +29,7 @@ old as (
 insert into tasks (id, job_id, job_name, state, origin, payload, due_at, next_dispatch_at,
                    timeout_at, attempt, started_at, finished_at, result, progress, message,
                    outcome_noticed, trace_context, run_id, step, child, item, held, waiting,
-                   fingerprint)
+                   fingerprint, deadline_at)
 select n.id, run.job_id, run.job_name, coalesce(old.state, 'pending'), run.origin, n.payload,
        now(),
        case when old.state is not null then null
@@ -38,7 +39,8 @@ select n.id, run.job_id, run.job_name, coalesce(old.state, 'pending'), run.origi
        old.progress,
        case when old.state is not null then 'reused from the retried run' end,
        old.state is not null, run.trace_context, $1, $2, n.child, n.item,
-       n.held and old.state is null, $11::bool and old.state is null, old.fingerprint
+       n.held and old.state is null, $11::bool and old.state is null, old.fingerprint,
+       case when old.state is null then now() + $12::bigint * interval '1 millisecond' end
 from n cross join run
 left join old on old.child = n.child
 order by n.ord

@@ -4,7 +4,8 @@
 -- boundary stays put while new tasks arrive). The caller plans this statement per execution
 -- (`plan_cache_mode = force_custom_plan`), so the filters given pick their index.
 -- `overdue` is computed on the database clock. $12 is an outcome (`unchanged`), served by its
--- partial index.
+-- partial index. $13 is a run: its children (through the run index); without it the children of
+-- runs are left out, so a run fanning out over 10,000 items lists as one task.
 select id, job_name, state, origin, idempotency_key, payload, attempt, created_at, due_at,
        trigger_id, scheduled_at, waits_for, actor, retry_of, message_id, message_type,
        started_at, finished_at, next_dispatch_at, deadline_at, timeout_at, claimed_by,
@@ -22,5 +23,6 @@ where ($1::text is null or job_name = $1)
   and ($9::timestamptz is null or finished_at < $9)
   and ($10::bool is null or coalesce(deadline_at < coalesce(finished_at, now()), false) = $10)
   and ($12::text is null or outcome = $12)
+  and (case when $13::uuid is null then step is null else run_id = $13 and step is not null end)
 order by id desc
 limit $4
