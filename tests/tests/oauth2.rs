@@ -16,7 +16,9 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use pacer_tests::{FakeDownstream, NodeSettings, PacerProcess, Reply, TestDb, attempts};
+use pacer_tests::{
+    FakeDownstream, NodeSettings, PacerProcess, Reply, TestDb, attempts, wait_until,
+};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -203,7 +205,7 @@ async fn an_oauth2_token_is_fetched_once_kept_until_it_expires_and_refreshed_on_
     let downstream = FakeDownstream::start(move |request| {
         let token = bearer(request);
         let refused = refused.lock().unwrap_or_else(PoisonError::into_inner);
-        if token.is_empty() || refused.contains(&token) {
+        if token.is_empty() || refused.contains(&token) || request.path == "/denied" {
             Reply::status(401)
         } else {
             Reply::status(200)
@@ -294,6 +296,39 @@ async fn an_oauth2_token_is_fetched_once_kept_until_it_expires_and_refreshed_on_
     }
     assert_eq!(tokens.calls_for("many"), 2, "{:#?}", tokens.calls());
 
+    // Another job naming the same endpoint, client, scope and audience shares the token, and
+    // a cancel notice carries it too.
+    let mut waits = job(&downstream, &tokens, "many");
+    waits["expect_callback"] = json!(true);
+    waits["target"]["url"] = json!(downstream.url("/waits"));
+    api.put_job("waits", &waits).await;
+    let held = api.create_task_id("waits", &json!({})).await;
+    api.wait_for_state(&held, "processing", SETTLE).await;
+    api.cancel(&held).await.expect_status(200);
+    let sent = wait_until("the cancel notice", SETTLE, || async {
+        let sent = downstream.requests_for(&held);
+        sent.iter().any(|r| r.method == "DELETE").then_some(sent)
+    })
+    .await;
+    assert!(sent.iter().all(|r| bearer(r) == "token-2"), "{sent:#?}");
+    assert_eq!(tokens.calls_for("many"), 2, "{:#?}", tokens.calls());
+
+    // A downstream that refuses every token: one new token, one more try, and then its `401`
+    // counts as any other, rejecting the task.
+    api.put_job("denied", &job(&downstream, &tokens, "denied"))
+        .await;
+    let denied = api.create_task_id("denied", &json!({})).await;
+    let task = api.wait_for_state(&denied, "failed", SETTLE).await;
+    assert_eq!(task["failure_reason"], "rejected", "{task:#}");
+    let used: Vec<String> = downstream
+        .requests_for(&denied)
+        .iter()
+        .map(bearer)
+        .collect();
+    assert_eq!(used.len(), 2, "{used:?}");
+    assert_ne!(used[0], used[1]);
+    assert_eq!(tokens.calls_for("denied"), 2);
+
     // A token that lives 2 s is kept for its first 1.8 s, and a dispatch after that fetches a
     // new one (another scope: another token).
     api.put_job("short", &job(&downstream, &tokens, "short"))
@@ -333,6 +368,44 @@ async fn an_oauth2_token_is_fetched_once_kept_until_it_expires_and_refreshed_on_
     let done = api.wait_for_state(&waiting, "completed", SETTLE).await;
     assert!(attempts(&done).len() >= 2, "{done:#}");
     assert_eq!(downstream.requests_for(&waiting).len(), 1);
+
+    // A token endpoint answering something that is not a token, or not answering at all.
+    tokens.set_down(Some((200, "<html>login</html>")));
+    api.put_job("garbled", &job(&downstream, &tokens, "garbled"))
+        .await;
+    let garbled = api.create_task_id("garbled", &json!({})).await;
+    let task = api.wait_for_attempts(&garbled, 1, SETTLE).await;
+    let prefix = format!(
+        "oauth2 token from {}: the answer is not a token response",
+        tokens.url()
+    );
+    assert!(
+        task["last_error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with(&prefix)),
+        "{task:#}"
+    );
+    tokens.set_down(None);
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+        format!(
+            "http://{}/token",
+            listener.local_addr().expect("an address")
+        )
+    };
+    let mut nowhere = job(&downstream, &tokens, "nowhere");
+    nowhere["target"]["auth"]["token_url"] = json!(closed);
+    api.put_job("nowhere", &nowhere).await;
+    let unreachable = api.create_task_id("nowhere", &json!({})).await;
+    let task = api.wait_for_attempts(&unreachable, 1, SETTLE).await;
+    let prefix = format!("oauth2 token from {closed}: connection failed");
+    assert!(
+        task["last_error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with(&prefix)),
+        "{task:#}"
+    );
+    assert!(downstream.requests_for(&unreachable).is_empty());
 
     // The client secret and the tokens appear in no log line.
     let logs = node.output();

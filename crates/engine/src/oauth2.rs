@@ -194,8 +194,6 @@ async fn fetch(
         .bytes()
         .await
         .map_err(|error| fail(crate::with_causes(error.to_string(), &error)))?;
-    metrics::histogram!("pacer_oauth2_token_fetch_seconds", "status" => status.as_u16().to_string())
-        .record(started.elapsed().as_secs_f64());
     if !status.is_success() {
         let text = String::from_utf8_lossy(&body);
         let text: String = text.trim().chars().take(QUOTED_ANSWER).collect();
