@@ -94,7 +94,7 @@ async fn pending_counts_and_the_oldest_wait_are_reported_per_job() {
     assert_eq!(later["open"]["pending"], 1, "{later:#}");
     assert!(later["open"]["oldest_pending_at"].is_null(), "{later:#}");
 
-    // The leader's gauges agree.
+    // The leader's gauges agree, typed and described.
     let (tasks_gauge, oldest_gauge) = wait_until("the workload gauges", SETTLE, || async {
         let tasks = samples(&node, "pacer_job_tasks").await?;
         let oldest = samples(&node, "pacer_job_oldest_pending_seconds").await?;
@@ -106,6 +106,18 @@ async fn pending_counts_and_the_oldest_wait_are_reported_per_job() {
         .then_some((tasks, oldest))
     })
     .await;
+    let text = http_client()
+        .get(format!("{}/metrics", node.url()))
+        .send()
+        .await
+        .expect("/metrics answers")
+        .text()
+        .await
+        .expect("text");
+    for name in ["pacer_job_tasks", "pacer_job_oldest_pending_seconds"] {
+        assert!(text.contains(&format!("# TYPE {name} gauge\n")), "{text}");
+        assert!(text.contains(&format!("# HELP {name} ")), "{text}");
+    }
     assert_eq!(tasks_gauge[r#"pacer_job="later",state="pending""#], 1.0);
     assert_eq!(tasks_gauge[r#"pacer_job="idle",state="pending""#], 0.0);
     assert_eq!(tasks_gauge[r#"pacer_job="idle",state="processing""#], 0.0);
