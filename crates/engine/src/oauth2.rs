@@ -224,7 +224,149 @@ async fn fetch(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use axum::Router;
+    use axum::extract::State;
+    use axum::http::StatusCode;
+    use axum::response::{IntoResponse, Response};
+
     use super::*;
+
+    /// A token endpoint counting its calls: `token-<n>` for the n-th, or 503 while `down`.
+    #[derive(Clone, Default)]
+    struct Endpoint {
+        calls: Arc<AtomicUsize>,
+        down: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    async fn issue(State(endpoint): State<Endpoint>) -> Response {
+        let n = endpoint.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        // Long enough that every caller of a test asks while this fetch is under way.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if endpoint.down.load(Ordering::SeqCst) {
+            return (StatusCode::SERVICE_UNAVAILABLE, "maintenance").into_response();
+        }
+        axum::Json(serde_json::json!({
+            "access_token": format!("token-{n}"), "token_type": "bearer", "expires_in": 3600
+        }))
+        .into_response()
+    }
+
+    async fn endpoint() -> (Endpoint, TokenKey) {
+        let endpoint = Endpoint::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("address");
+        let app = Router::new()
+            .route("/token", axum::routing::post(issue))
+            .with_state(endpoint.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let key = TokenKey {
+            token_url: format!("http://{address}/token"),
+            client_id: "pacer".into(),
+            scope: None,
+            audience: None,
+        };
+        (endpoint, key)
+    }
+
+    async fn ask_at_once(
+        tokens: &Tokens,
+        key: &TokenKey,
+        n: usize,
+    ) -> Vec<Result<Arc<SecretString>, String>> {
+        let client = crate::http_client().expect("a client");
+        let secret = SecretString::from("s");
+        join_all(
+            (0..n)
+                .map(|_| tokens.token(&client, key, &secret))
+                .collect(),
+        )
+        .await
+    }
+
+    /// Polls every future to completion concurrently on this task.
+    async fn join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
+        let mut set = Vec::new();
+        for future in futures {
+            set.push(Box::pin(future));
+        }
+        let mut outputs: Vec<Option<F::Output>> = set.iter().map(|_| None).collect();
+        std::future::poll_fn(|cx| {
+            let mut pending = false;
+            for (future, output) in set.iter_mut().zip(outputs.iter_mut()) {
+                if output.is_none() {
+                    match future.as_mut().poll(cx) {
+                        std::task::Poll::Ready(value) => *output = Some(value),
+                        std::task::Poll::Pending => pending = true,
+                    }
+                }
+            }
+            if pending {
+                std::task::Poll::Pending
+            } else {
+                std::task::Poll::Ready(())
+            }
+        })
+        .await;
+        outputs.into_iter().flatten().collect()
+    }
+
+    #[tokio::test]
+    async fn many_callers_share_one_fetch_and_one_refusal_makes_one_more() {
+        let (endpoint, key) = endpoint().await;
+        let tokens = Tokens::default();
+        let first = ask_at_once(&tokens, &key, 10).await;
+        assert_eq!(endpoint.calls.load(Ordering::SeqCst), 1);
+        let first: Vec<Arc<SecretString>> =
+            first.into_iter().map(|r| r.expect("a token")).collect();
+        assert!(first.iter().all(|t| t.expose_secret() == "token-1"));
+
+        // Every holder of the refused token reports it; one new fetch serves them all.
+        for token in &first {
+            tokens.refused(&key, token).await;
+        }
+        let second = ask_at_once(&tokens, &key, 10).await;
+        assert_eq!(endpoint.calls.load(Ordering::SeqCst), 2);
+        let second = second.into_iter().next().expect("one").expect("a token");
+        assert_eq!(second.expose_secret(), "token-2");
+        // A late report of the old token leaves the new one alone.
+        tokens.refused(&key, &first[0]).await;
+        let again = ask_at_once(&tokens, &key, 1).await;
+        assert_eq!(endpoint.calls.load(Ordering::SeqCst), 2);
+        assert_eq!(
+            again[0].as_ref().expect("a token").expose_secret(),
+            "token-2"
+        );
+    }
+
+    #[tokio::test]
+    async fn callers_waiting_on_a_failed_fetch_share_its_error_and_a_later_one_tries_again() {
+        let (endpoint, key) = endpoint().await;
+        endpoint.down.store(true, Ordering::SeqCst);
+        let tokens = Tokens::default();
+        let failed = ask_at_once(&tokens, &key, 5).await;
+        assert_eq!(endpoint.calls.load(Ordering::SeqCst), 1);
+        for result in &failed {
+            let error = result.as_ref().expect_err("the endpoint is down");
+            assert_eq!(
+                *error,
+                format!(
+                    "oauth2 token from {}: 503 Service Unavailable: maintenance",
+                    key.token_url
+                )
+            );
+        }
+        endpoint.down.store(false, Ordering::SeqCst);
+        let later = ask_at_once(&tokens, &key, 1).await;
+        assert_eq!(endpoint.calls.load(Ordering::SeqCst), 2);
+        assert_eq!(
+            later[0].as_ref().expect("a token").expose_secret(),
+            "token-2"
+        );
+    }
 
     #[test]
     fn a_token_is_refreshed_a_tenth_of_its_life_early_and_at_most_thirty_seconds_early() {
