@@ -49,6 +49,13 @@ SEMANTIC = {
         # What the cluster is configured with: the fuzzed node has no broker and no secrets.
         "target.kind": ("no RabbitMQ broker is configured",),
         "target.auth.secret": ("no secret named",),
+        "target.auth.client_secret": ("no secret named",),
+        # An OAuth2 token endpoint's URL like the target's; no control characters in the
+        # client id, scope or audience.
+        "target.auth.token_url": ("at most 2048", "must be an http", "must name a host", "not a valid URL"),
+        "target.auth.client_id": ("1 to 256 characters, no control characters",),
+        "target.auth.scope": ("at most 1024 characters, no control characters",),
+        "target.auth.audience": ("at most 256 characters, no control characters",),
         # A URL's grammar, and its scheme and host.
         "target.url": ("at most 2048", "must be an http", "must name a host", "not a valid URL"),
         "target.cancel_url": ("at most 2048", "must be an http", "must name a host", "not a valid URL"),

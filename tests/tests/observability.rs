@@ -82,6 +82,7 @@ const METHODS: &[&str] = &[
 /// The values each enumerated label of a documented family may take. `job` (bounded by the jobs
 /// that exist) and `route` (a template) are checked on their own.
 const ENUMERATED: &[(&str, &str, &[&str])] = &[
+    ("pacer_job_tasks", "state", &["pending", "processing"]),
     (
         "pacer_tasks_created_total",
         "origin",

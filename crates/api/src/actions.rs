@@ -662,7 +662,7 @@ impl From<TaskBrief> for BriefView {
                       "finished_at": "2026-11-24T09:02:10Z", "duration_ms": 129980 },
     "recent": { "window": 100, "finished": 100, "completed": 97, "completed_with_errors": 1,
                 "failed": 2, "cancelled": 0, "success_rate": 0.97, "p50_ms": 118000.0, "p95_ms": 240500.0 },
-    "open": { "pending": 0, "processing": 1 },
+    "open": { "pending": 3, "processing": 1, "oldest_pending_at": "2026-11-24T09:14:30Z" },
     "unchanged": { "recent": 12, "last_at": "2026-11-24T08:45:02Z",
                    "fingerprint": { "fingerprint": "sha256:9f86d081884c7d65", "task": "0193a5c4-7f2e-7c1a-9d3e-2b1f4a6c8e01",
                                     "updated_at": "2026-11-24T09:02:10Z" } },
@@ -795,6 +795,9 @@ async fn reset_job_fingerprint(
 struct OpenCounts {
     pending: i64,
     processing: i64,
+    /// When the longest-waiting pending task that is due fell due (its due time: its schedule
+    /// or `not_before`, not a retry's backoff); null when no pending task is due.
+    oldest_pending_at: Option<DateTime<Utc>>,
 }
 
 /// The job's open (or acknowledged) alerts.
@@ -886,6 +889,7 @@ async fn get_job_summary(
         open: OpenCounts {
             pending: stats.pending,
             processing: stats.processing,
+            oldest_pending_at: stats.oldest_pending_at,
         },
         unchanged: UnchangedStats {
             recent: stats.unchanged,

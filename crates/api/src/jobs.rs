@@ -110,14 +110,14 @@ async fn put_job(
             "no RabbitMQ broker is configured on this cluster (see `amqp.url` in the configuration)",
         ));
     }
-    if let Some(secret) = spec.targets().find_map(|target| {
-        target
-            .auth()
-            .secret()
+    if let Some((field, secret)) = spec.targets().find_map(|target| {
+        let auth = target.auth();
+        auth.secret()
             .filter(|secret| !state.secrets.contains(*secret))
+            .map(|secret| (auth.secret_field(), secret))
     }) {
         return Err(Error::field(
-            "target.auth.secret",
+            &format!("target.auth.{field}"),
             format!(
                 "no secret named `{secret}` is configured on this cluster (see `secrets` in the configuration)"
             ),

@@ -272,6 +272,42 @@ pub enum OutboundAuth {
         )]
         secret: String,
     },
+    /// `Authorization: Bearer <an access token>` fetched from an OAuth2 token endpoint with the
+    /// client credentials grant (RFC 6749 §4.4; the client authenticates with HTTP Basic). Each
+    /// node keeps the token until shortly before it expires, and fetches a new one once when the
+    /// downstream answers `401`.
+    #[serde(rename = "oauth2")]
+    OAuth2 {
+        /// The token endpoint: an `http` or `https` URL with a host, at most 2048 characters.
+        #[cfg_attr(
+            feature = "openapi",
+            schema(
+                max_length = 2048,
+                pattern = r"^https?://[^/?#\s]+([/?#]\S*)?$",
+                example = "https://auth.example.com/oauth2/token"
+            )
+        )]
+        token_url: String,
+        /// 1 to 256 characters.
+        #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 256))]
+        client_id: String,
+        /// The name of the secret holding the client secret: 1 to 64 letters, digits, `.`, `_`
+        /// or `-`.
+        #[cfg_attr(
+            feature = "openapi",
+            schema(pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+        )]
+        client_secret: String,
+        /// The `scope` asked for (space-separated scopes), at most 1024 characters.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[cfg_attr(feature = "openapi", schema(max_length = 1024))]
+        scope: Option<String>,
+        /// The `audience` asked for (an extension some providers need), at most 256
+        /// characters.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[cfg_attr(feature = "openapi", schema(max_length = 256))]
+        audience: Option<String>,
+    },
 }
 
 impl Default for OutboundAuth {
@@ -290,7 +326,16 @@ impl OutboundAuth {
     pub fn secret(&self) -> Option<&str> {
         match self {
             OutboundAuth::Bearer { secret } | OutboundAuth::Hmac { secret } => Some(secret),
+            OutboundAuth::OAuth2 { client_secret, .. } => Some(client_secret),
             OutboundAuth::None {} | OutboundAuth::Jwt { .. } => None,
+        }
+    }
+
+    /// The field naming the secret of [`OutboundAuth::secret`] (`secret`, `client_secret`).
+    pub fn secret_field(&self) -> &'static str {
+        match self {
+            OutboundAuth::OAuth2 { .. } => "client_secret",
+            _ => "secret",
         }
     }
 }
@@ -627,6 +672,46 @@ pub(crate) fn check_target(errors: &mut ValidationErrors, prefix: &str, target: 
         OutboundAuth::Jwt { audience } if audience.is_empty() || audience.chars().count() > 256 => {
             errors.push(format!("{prefix}.auth.audience"), "1 to 256 characters");
         }
+        OutboundAuth::OAuth2 {
+            token_url,
+            client_id,
+            client_secret,
+            scope,
+            audience,
+        } => {
+            check_url(errors, &format!("{prefix}.auth.token_url"), token_url);
+            if client_id.is_empty()
+                || client_id.chars().count() > 256
+                || client_id.chars().any(char::is_control)
+            {
+                errors.push(
+                    format!("{prefix}.auth.client_id"),
+                    "1 to 256 characters, no control characters",
+                );
+            }
+            if client_secret.parse::<JobName>().is_err() {
+                errors.push(
+                    format!("{prefix}.auth.client_secret"),
+                    "a secret name is 1 to 64 letters, digits, '.', '_' or '-'",
+                );
+            }
+            if let Some(scope) = scope
+                && (scope.chars().count() > 1024 || scope.chars().any(char::is_control))
+            {
+                errors.push(
+                    format!("{prefix}.auth.scope"),
+                    "at most 1024 characters, no control characters",
+                );
+            }
+            if let Some(audience) = audience
+                && (audience.chars().count() > 256 || audience.chars().any(char::is_control))
+            {
+                errors.push(
+                    format!("{prefix}.auth.audience"),
+                    "at most 256 characters, no control characters",
+                );
+            }
+        }
         _ => {}
     }
 }
@@ -915,6 +1000,8 @@ mod tests {
             json!({ "kind": "none", "secret": "x" }),
             json!({ "kind": "jwt", "audience": "a", "x": 1 }),
             json!({ "kind": "bearer", "secret": "s", "x": 1 }),
+            json!({ "kind": "oauth2", "token_url": "http://a/t", "client_id": "c", "client_secret": "s", "x": 1 }),
+            json!({ "kind": "oauth2", "token_url": "http://a/t", "client_id": "c" }),
         ] {
             assert!(
                 serde_json::from_value::<OutboundAuth>(auth.clone()).is_err(),
@@ -927,6 +1014,49 @@ mod tests {
             serde_json::to_value(&none).ok(),
             Some(json!({ "kind": "none" }))
         );
+    }
+
+    #[test]
+    fn an_oauth2_target_is_checked_field_by_field_and_reads_back_as_written() {
+        let written = json!({
+            "kind": "oauth2",
+            "token_url": "https://auth.example.com/token",
+            "client_id": "pacer",
+            "client_secret": "sync-client",
+            "scope": "items.write",
+        });
+        let spec = parse(json!({ "target": { "url": "http://svc/run", "auth": written } }))
+            .expect("valid");
+        let auth = spec.target.as_ref().expect("target").auth();
+        assert_eq!(auth.secret(), Some("sync-client"));
+        assert_eq!(auth.secret_field(), "client_secret");
+        assert_eq!(serde_json::to_value(auth).ok(), Some(written));
+
+        let errors = parse(json!({ "target": { "url": "http://svc/run", "auth": {
+            "kind": "oauth2",
+            "token_url": "ftp://auth/token",
+            "client_id": "",
+            "client_secret": "not a name",
+            "scope": "a\nb",
+            "audience": "x".repeat(257),
+        } } }))
+        .expect_err("invalid");
+        assert_eq!(
+            fields(&errors),
+            [
+                "target.auth.token_url",
+                "target.auth.client_id",
+                "target.auth.client_secret",
+                "target.auth.scope",
+                "target.auth.audience",
+            ]
+        );
+        // The broker authenticates an AMQP target: no auth of any kind belongs there.
+        let amqp = serde_json::from_value::<JobInput>(json!({ "target": {
+            "kind": "amqp", "exchange": "x", "routing_key": "y",
+            "auth": { "kind": "oauth2", "token_url": "http://a/t", "client_id": "c", "client_secret": "s" },
+        } }));
+        assert!(amqp.is_err());
     }
 
     #[test]

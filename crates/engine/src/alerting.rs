@@ -3,14 +3,15 @@
 //! alerts whose condition cleared; and queues the notifications for the sinks, all in one
 //! transaction fenced by the leader's term.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::Utc;
 use pacer_domain::alert::{LOG_SINK, severity_of};
 use pacer_domain::wire::AlertView;
 use pacer_domain::{AlertKind, JobAlerts, Severity, Span};
-use pacer_store::{Alert, AlertTx, NewAlert, NewDelivery, Store, TaskNotice};
+use pacer_store::{Alert, AlertTx, JobWorkload, NewAlert, NewDelivery, Store, TaskNotice};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::time::Instant;
@@ -126,6 +127,11 @@ impl Default for AlertsConfig {
 /// How often the leader counts open alerts for the `pacer_alerts_open` gauge.
 const GAUGE_INTERVAL: Duration = Duration::from_secs(5);
 
+/// How often the leader counts every job's open tasks (`pacer_job_tasks`,
+/// `pacer_job_oldest_pending_seconds`): one scan of the open tasks, so less often than the
+/// other gauges.
+const WORKLOAD_INTERVAL: Duration = Duration::from_secs(10);
+
 /// Evaluates alerts for one leader term.
 pub(crate) struct Alerting {
     pub(crate) store: Store,
@@ -154,11 +160,42 @@ struct Changes {
     succeeded: Vec<TaskNotice>,
 }
 
+/// Sets `pacer_job_tasks{pacer_job,state}` and `pacer_job_oldest_pending_seconds{pacer_job}` for
+/// every job, and zeroes them for a job reported last time (`reported`) that is gone.
+fn report_workload(jobs: &[JobWorkload], reported: &mut HashSet<String>) {
+    let now = Utc::now();
+    let mut seen = HashSet::with_capacity(jobs.len());
+    for job in jobs {
+        #[allow(clippy::cast_precision_loss)]
+        let (pending, processing) = (job.pending as f64, job.processing as f64);
+        let oldest = job
+            .oldest_pending_at
+            .map_or(0.0, |at| (now - at).as_seconds_f64().max(0.0));
+        metrics::gauge!("pacer_job_tasks", "pacer_job" => job.job.clone(), "state" => "pending")
+            .set(pending);
+        metrics::gauge!("pacer_job_tasks", "pacer_job" => job.job.clone(), "state" => "processing")
+            .set(processing);
+        metrics::gauge!("pacer_job_oldest_pending_seconds", "pacer_job" => job.job.clone())
+            .set(oldest);
+        seen.insert(job.job.clone());
+    }
+    for gone in reported.difference(&seen) {
+        for state in ["pending", "processing"] {
+            metrics::gauge!("pacer_job_tasks", "pacer_job" => gone.clone(), "state" => state)
+                .set(0.0);
+        }
+        metrics::gauge!("pacer_job_oldest_pending_seconds", "pacer_job" => gone.clone()).set(0.0);
+    }
+    *reported = seen;
+}
+
 impl Alerting {
     /// Runs until cancelled; returns [`Error::Fenced`] when the term no longer holds the lease.
     pub(crate) async fn run(self, shutdown: CancellationToken) -> Result<()> {
         let interval = self.config.evaluation_interval.as_duration();
         let mut gauges_due = Instant::now();
+        let mut workload_due = Instant::now();
+        let mut workload_jobs = HashSet::new();
         loop {
             let sleep = match self.pass().await {
                 Ok(Pass::Fenced) => return Err(Error::Fenced),
@@ -191,6 +228,13 @@ impl Alerting {
                         }
                     }
                     Err(error) => tracing::warn!(%error, "reading the jobs' last successes failed"),
+                }
+            }
+            if Instant::now() >= workload_due {
+                workload_due = Instant::now() + WORKLOAD_INTERVAL;
+                match self.store.workload().await {
+                    Ok(jobs) => report_workload(&jobs, &mut workload_jobs),
+                    Err(error) => tracing::warn!(%error, "counting the jobs' open tasks failed"),
                 }
             }
             tokio::select! {

@@ -103,7 +103,10 @@ async fn send(client: &reqwest::Client, outbound: &Outbound, notice: CancelNotic
             headers.insert(name, value);
         }
     }
-    match outbound.headers(&target.auth, notice.id, &body) {
+    match outbound
+        .all_headers_for(client, &target.auth, &notice.id.to_string(), &body)
+        .await
+    {
         Ok(signed) => headers.extend(signed),
         Err(error) => {
             tracing::warn!(task.id = %notice.id, %error, "cannot sign the cancel notice; not sent");

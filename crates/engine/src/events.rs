@@ -125,7 +125,8 @@ impl EventWebhook {
         loop {
             let outcome = match self
                 .outbound
-                .headers_for(&self.config.auth, "events", &body)
+                .all_headers_for(&self.client, &self.config.auth, "events", &body)
+                .await
             {
                 Err(error) => Err(error),
                 Ok(signed) => {

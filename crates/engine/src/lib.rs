@@ -11,6 +11,7 @@ mod events;
 mod firing;
 mod heartbeat;
 mod leader;
+mod oauth2;
 mod outbound;
 mod sweeper;
 mod wakeup;

@@ -105,6 +105,16 @@ mod tests {
         let names: Vec<&str> = jobs.iter().map(|j| j.name.as_str()).collect();
         assert_eq!(names, ["timetable-extraction", "item-sync"]);
         assert_eq!(jobs[1].normalized["steps"][1]["max_parallel"], 50);
+        assert_eq!(
+            jobs[1].normalized["steps"][0]["target"]["auth"],
+            json!({
+                "kind": "oauth2",
+                "token_url": "http://openam:8080/openam/oauth2/access_token",
+                "client_id": "pacer",
+                "client_secret": "iis_client",
+                "scope": "imrt",
+            })
+        );
         // The step's skip_if_unchanged survives normalization, as the server stores it.
         assert_eq!(jobs[0].normalized["steps"][0]["skip_if_unchanged"], true);
         assert!(

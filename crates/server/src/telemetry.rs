@@ -217,6 +217,15 @@ fn describe() {
         "pacer_alerts_open",
         "Open and acknowledged alerts by kind (exported by the leader)"
     );
+    describe_gauge!(
+        "pacer_job_tasks",
+        "Each job's pending and processing tasks (exported by the leader)"
+    );
+    describe_gauge!(
+        "pacer_job_oldest_pending_seconds",
+        Unit::Seconds,
+        "How long each job's longest-waiting due pending task has waited (exported by the leader)"
+    );
     describe_counter!(
         "pacer_alerts_raised_total",
         "Alerts raised by the leader's evaluation, opened or repeated, by kind"

@@ -35,6 +35,17 @@ pub struct PutJob {
 }
 
 /// The result of deleting a job.
+/// One job's open tasks (see [`Store::workload`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobWorkload {
+    pub job: String,
+    pub pending: i64,
+    pub processing: i64,
+    /// When the longest-waiting pending task that is due fell due; none when no pending task is
+    /// due.
+    pub oldest_pending_at: Option<DateTime<Utc>>,
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct DeletedJob {
     /// Open tasks cancelled along with the job.
@@ -195,6 +206,42 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         Ok(rows.into_iter().map(|r| (r.name, r.started_at)).collect())
+    }
+
+    /// Every job's open tasks: how many are pending and processing, and when the longest-waiting
+    /// pending task that is due fell due (the gauges `pacer_job_tasks` and
+    /// `pacer_job_oldest_pending_seconds`). One grouped scan of the open tasks through the
+    /// partial index on `next_dispatch_at`, which only open tasks have.
+    pub async fn workload(&self) -> Result<Vec<JobWorkload>> {
+        let rows = sqlx::query!(
+            r#"select j.name,
+                      coalesce(o.pending, 0) as "pending!",
+                      coalesce(o.processing, 0) as "processing!",
+                      o.oldest_pending_at
+               from jobs j
+               left join (
+                   select job_id,
+                          count(*) filter (where state = 'pending') as pending,
+                          count(*) filter (where state = 'processing') as processing,
+                          min(due_at) filter (where state = 'pending' and due_at <= now())
+                              as oldest_pending_at
+                   from tasks
+                   where next_dispatch_at is not null
+                   group by job_id
+               ) o on o.job_id = j.id
+               order by j.name"#
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| JobWorkload {
+                job: r.name,
+                pending: r.pending,
+                processing: r.processing,
+                oldest_pending_at: r.oldest_pending_at,
+            })
+            .collect())
     }
 
     /// Deletes a job. A job with open tasks is deleted only with `cancel_open_tasks`, which

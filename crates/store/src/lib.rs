@@ -40,7 +40,7 @@ pub use events::{
     Event, EventBatch, EventCursor, EventFilter, InvalidEventCursor, NewEvent, append_event,
 };
 pub use firing::{Fired, Swept};
-pub use jobs::{DeletedJob, Job, PutJob};
+pub use jobs::{DeletedJob, Job, JobWorkload, PutJob};
 pub use messages::{Ingested, MessageFilter, Route, StoredMessage};
 pub use operations::{CancelNotice, JobFingerprint, JobStats, Released, RetryCandidate, TaskBrief};
 pub use runs::{RETRY_PLAN_NAMES, RetryStep, RunChild, RunView, retry_errors_key};

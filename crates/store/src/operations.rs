@@ -51,6 +51,8 @@ pub struct JobStats {
     pub p95_ms: Option<f64>,
     pub pending: i64,
     pub processing: i64,
+    /// When the longest-waiting pending task fell due (its `due_at`), of those due by now.
+    pub oldest_pending_at: Option<DateTime<Utc>>,
     pub last_run: Option<TaskBrief>,
     pub last_success: Option<TaskBrief>,
     /// Of the completed tasks looked at, those whose input was unchanged.
@@ -215,7 +217,9 @@ impl Store {
         .await?;
         let open = sqlx::query!(
             r#"select count(*) filter (where state = 'pending') as "pending!",
-                      count(*) filter (where state = 'processing') as "processing!"
+                      count(*) filter (where state = 'processing') as "processing!",
+                      min(due_at) filter (where state = 'pending' and due_at <= now())
+                          as oldest_pending_at
                from tasks
                where job_id = $1 and state in ('pending', 'processing') and step is null"#,
             job.id,
@@ -266,6 +270,7 @@ impl Store {
             p95_ms: recent.p95_ms,
             pending: open.pending,
             processing: open.processing,
+            oldest_pending_at: open.oldest_pending_at,
             last_run,
             last_success,
         })

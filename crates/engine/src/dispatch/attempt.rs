@@ -120,6 +120,7 @@ impl Attempt {
                     &task,
                     prepared,
                     &shared.client,
+                    &shared.outbound,
                     &shared.publisher,
                     shared.config.max_response_bytes,
                 )

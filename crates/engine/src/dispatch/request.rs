@@ -2,7 +2,7 @@
 //! context and the job's outbound auth, as one request ready to send.
 
 use chrono::{DateTime, Utc};
-use pacer_domain::{AmqpTarget, Target, TaskId};
+use pacer_domain::{AmqpTarget, OutboundAuth, Target, TaskId};
 use pacer_store::ClaimedTask;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde::Serialize;
@@ -62,8 +62,12 @@ struct Callback {
 
 /// A dispatch made ready to send.
 pub(crate) enum Prepared {
-    /// The whole request, URL parsed and headers set.
-    Http(reqwest::Request),
+    /// The whole request, URL parsed and headers set but for an OAuth2 access token, which is
+    /// added when it is sent (`auth`, the target's `oauth2` auth).
+    Http {
+        request: reqwest::Request,
+        auth: Option<OutboundAuth>,
+    },
     /// The job's exchange, the body, and as headers the trace context alone.
     Amqp {
         target: AmqpTarget,
@@ -161,6 +165,9 @@ pub(crate) fn prepare(
         .timeout(task.job.dispatch_timeout.as_duration())
         .body(body)
         .build()
-        .map(Prepared::Http)
+        .map(|request| Prepared::Http {
+            request,
+            auth: matches!(target.auth, OutboundAuth::OAuth2 { .. }).then(|| target.auth.clone()),
+        })
         .map_err(|error| describe(&error, task.job.dispatch_timeout))
 }

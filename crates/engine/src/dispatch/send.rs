@@ -7,22 +7,29 @@ use chrono::{DateTime, Utc};
 use pacer_domain::dispatch::{DispatchOutcome, Report, ResponseClass};
 use pacer_domain::{AmqpTarget, Span, classify_status};
 use pacer_store::ClaimedTask;
-use reqwest::header::{HeaderMap, HeaderValue, RETRY_AFTER};
+use reqwest::StatusCode;
+use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue, RETRY_AFTER};
 
 use super::request::Prepared;
 use crate::amqp::Publisher;
+use crate::outbound::Outbound;
 
 /// Sends a prepared dispatch and classifies the answer; at most `max_response_bytes` of the
 /// answer's body are read (to look for a status report).
+///
+/// A target with `oauth2` auth gets this node's access token first (a token endpoint failing
+/// is a transient error naming it); when the downstream answers `401`, the token is dropped, a
+/// new one fetched and the request sent once more, and that answer is the dispatch's.
 pub(crate) async fn send(
     task: &ClaimedTask,
     prepared: Prepared,
     client: &reqwest::Client,
+    outbound: &Outbound,
     publisher: &Publisher,
     max_response_bytes: usize,
 ) -> DispatchOutcome {
-    let request = match prepared {
-        Prepared::Http(request) => request,
+    let (mut request, auth) = match prepared {
+        Prepared::Http { request, auth } => (request, auth),
         Prepared::Amqp {
             target,
             body,
@@ -30,7 +37,25 @@ pub(crate) async fn send(
         } => return publish(task, &target, &headers, &body, publisher).await,
     };
     let timeout = task.job.dispatch_timeout;
-    let response = match client.execute(request).await {
+    let token_failed = |status: Option<u16>, error: String| DispatchOutcome::Transient {
+        status,
+        error,
+        retry_after: None,
+    };
+    let mut granted = None;
+    if let Some(auth) = &auth {
+        match outbound.authorize(client, auth).await {
+            Ok(Some((token, header))) => {
+                request.headers_mut().insert(AUTHORIZATION, header);
+                granted = Some(token);
+            }
+            Ok(None) => {}
+            Err(error) => return token_failed(None, error),
+        }
+    }
+    // A body held in memory clones; kept for one more try should the token be refused.
+    let again = granted.as_ref().and_then(|_| request.try_clone());
+    let mut response = match client.execute(request).await {
         Ok(response) => response,
         Err(error) => {
             return DispatchOutcome::Transient {
@@ -40,6 +65,28 @@ pub(crate) async fn send(
             };
         }
     };
+    if response.status() == StatusCode::UNAUTHORIZED
+        && let (Some(refused), Some(auth), Some(mut again)) = (granted, &auth, again)
+    {
+        outbound.refused(&refused).await;
+        match outbound.authorize(client, auth).await {
+            Ok(Some((_, header))) => {
+                again.headers_mut().insert(AUTHORIZATION, header);
+            }
+            Ok(None) => {}
+            Err(error) => return token_failed(Some(StatusCode::UNAUTHORIZED.as_u16()), error),
+        }
+        response = match client.execute(again).await {
+            Ok(response) => response,
+            Err(error) => {
+                return DispatchOutcome::Transient {
+                    status: None,
+                    error: describe(&error, timeout),
+                    retry_after: None,
+                };
+            }
+        };
+    }
     let status = response.status();
     let retry_after = response
         .headers()
