@@ -12,6 +12,7 @@ mod firing;
 mod heartbeat;
 mod leader;
 mod outbound;
+mod pruning;
 mod sweeper;
 mod wakeup;
 
@@ -27,6 +28,7 @@ pub use events::WebhookConfig;
 pub use heartbeat::Heartbeat;
 pub use leader::{EventPush, Leader, LeaderConfig};
 pub use outbound::Outbound;
+pub use pruning::RetentionSettings;
 
 /// Builds the HTTP client Pacer makes outbound calls with: pooled, no redirects followed
 /// (a redirected `POST` would silently become a `GET`), TLS through rustls with the ring provider.

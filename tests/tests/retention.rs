@@ -1,0 +1,182 @@
+//! End-to-end: retention. With a short `retention.tasks`, the leader prunes finished tasks with
+//! their attempts and events, keeps open tasks, the job's last completed run and the tasks of a
+//! job whose own `retention` is longer; `pacer_pruned_rows_total` counts what went and
+//! `GET /api/v1/cluster` shows the tables' sizes. A job's `retention` out of range is refused.
+
+use std::time::Duration;
+
+use pacer_tests::{
+    FakeDownstream, NodeSettings, PacerProcess, Reply, TestDb, http_client, wait_until,
+};
+use reqwest::Method;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+/// Generous: covers a node start, a few tasks and a few pruning passes on a loaded machine.
+const SETTLE: Duration = Duration::from_secs(30);
+
+async fn pruned_rows(node: &PacerProcess, table: &str) -> Option<f64> {
+    let text = http_client()
+        .get(format!("{}/metrics", node.url()))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    let prefix = format!("pacer_pruned_rows_total{{table=\"{table}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_tasks_past_the_retention_go_with_their_history_and_the_floor_stays() {
+    let db = TestDb::create().await;
+    let downstream = FakeDownstream::start(|request| match request.path.as_str() {
+        // Accepted and never reported: the task stays processing.
+        "/open" => Reply::accept(),
+        // Refused: the task fails at once (a failed task is no job's last completed run).
+        "/marker" => Reply::status(400),
+        _ => Reply::accept()
+            .then_callback(Duration::from_millis(20), json!({ "status": "completed" })),
+    })
+    .await;
+    let settings = NodeSettings::new("retention-a")
+        .env("PACER_RETENTION__TASKS", "2s")
+        .env("PACER_RETENTION__INTERVAL", "200ms");
+    let node = PacerProcess::start_with(db.url(), settings).await;
+    let api = node.api();
+    api.put_job(
+        "brief",
+        &json!({ "target": { "url": downstream.url("/brief") } }),
+    )
+    .await;
+    let long = api
+        .put_job(
+            "long",
+            &json!({ "target": { "url": downstream.url("/long") }, "retention": "1h" }),
+        )
+        .await;
+    assert_eq!(long["retention"], "1h");
+    api.put_job(
+        "marker",
+        &json!({ "target": { "url": downstream.url("/marker") }, "retry": { "max_attempts": 1 } }),
+    )
+    .await;
+    api.put_job(
+        "open",
+        &json!({ "target": { "url": downstream.url("/open") }, "repoll_interval": "1h" }),
+    )
+    .await;
+
+    // Out of range: refused, naming the field, and nothing changes.
+    let refused = api
+        .request(
+            Method::PUT,
+            "/api/v1/jobs/long",
+            Some(&json!({ "target": { "url": downstream.url("/long") }, "retention": "10s" })),
+            &[],
+        )
+        .await;
+    let problem = refused.expect_problem(422);
+    assert!(problem.to_string().contains("retention"), "{problem:#}");
+    let long = api
+        .request(Method::GET, "/api/v1/jobs/long", None, &[])
+        .await;
+    assert_eq!(long.expect_status(200)["retention"], "1h");
+
+    let open = api.create_task_id("open", &json!({})).await;
+    api.wait_for_state(&open, "processing", SETTLE).await;
+    let long_first = api.create_task_id("long", &json!({})).await;
+    api.wait_for_state(&long_first, "completed", SETTLE).await;
+    let mut brief = vec![];
+    for _ in 0..3 {
+        let id = api.create_task_id("brief", &json!({})).await;
+        api.wait_for_state(&id, "completed", SETTLE).await;
+        brief.push(id);
+    }
+    let long_last = api.create_task_id("long", &json!({})).await;
+    api.wait_for_state(&long_last, "completed", SETTLE).await;
+
+    // The first two of `brief` go, with their attempts and events; the last completed stays.
+    let status = |id: String| {
+        let api = api.clone();
+        async move {
+            api.request(Method::GET, &format!("/api/v1/tasks/{id}"), None, &[])
+                .await
+                .status
+        }
+    };
+    wait_until(
+        "the brief job's older tasks to be pruned",
+        SETTLE,
+        || async {
+            (status(brief[0].clone()).await == 404 && status(brief[1].clone()).await == 404)
+                .then_some(())
+        },
+    )
+    .await;
+    for id in &brief[..2] {
+        let uuid: Uuid = id.parse().expect("a task id");
+        for sql in [
+            "select count(*) from events where task_id = $1",
+            "select count(*) from task_attempts where task_id = $1",
+        ] {
+            let left: i64 = sqlx::query_scalar(sql)
+                .bind(uuid)
+                .fetch_one(db.pool())
+                .await
+                .expect("count");
+            assert_eq!(left, 0, "{sql} of {id}");
+        }
+    }
+    // A task that fails after all the others: once it is pruned, a pass has run with every
+    // other task past the default retention, and those it kept are kept for good.
+    let marker = api.create_task_id("marker", &json!({})).await;
+    api.wait_for_state(&marker, "failed", SETTLE).await;
+    wait_until("the failed marker task to be pruned", SETTLE, || async {
+        (status(marker.clone()).await == 404).then_some(())
+    })
+    .await;
+    for id in [&brief[2], &open, &long_first, &long_last] {
+        assert_eq!(status(id.clone()).await, 200, "{id} is kept");
+    }
+    let kept = api.get_task(&brief[2]).await;
+    assert_eq!(
+        kept["attempts"].as_array().map(Vec::len),
+        Some(1),
+        "{kept:#}"
+    );
+
+    let pruned = wait_until("pacer_pruned_rows_total to count them", SETTLE, || async {
+        let tasks = pruned_rows(&node, "tasks").await?;
+        let events = pruned_rows(&node, "events").await?;
+        let attempts = pruned_rows(&node, "task_attempts").await?;
+        (tasks >= 3.0 && attempts >= 3.0 && events >= 8.0).then_some((tasks, attempts, events))
+    })
+    .await;
+    assert_eq!(
+        pruned.0, 3.0,
+        "only the two brief tasks and the marker: {pruned:?}"
+    );
+
+    // The cluster view shows the size of the tables that grow.
+    let cluster = api.request(Method::GET, "/api/v1/cluster", None, &[]).await;
+    let tables = cluster.expect_status(200)["tables"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let named = |name: &str| -> Value {
+        tables
+            .iter()
+            .find(|t| t["table"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {name} in {tables:#?}"))
+    };
+    for name in ["tasks", "task_attempts", "events", "audit_log", "messages"] {
+        let table = named(name);
+        assert!(table["bytes"].as_i64().is_some_and(|b| b > 0), "{table}");
+        assert!(table["rows"].as_i64().is_some_and(|r| r >= 0), "{table}");
+    }
+}
