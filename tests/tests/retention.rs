@@ -1,13 +1,15 @@
 //! End-to-end: retention. With a short `retention.tasks`, the leader prunes finished tasks with
 //! their attempts and events, keeps open tasks, the job's last completed run and the tasks of a
 //! job whose own `retention` is longer; `pacer_pruned_rows_total` counts what went and
-//! `GET /api/v1/cluster` shows the tables' sizes. A job's `retention` out of range is refused.
+//! `GET /api/v1/cluster` shows the tables' sizes. A job's `retention` out of range is refused, and
+//! so is a node configured with retention settings out of range.
 
 use std::time::Duration;
 
 use pacer_tests::{
     FakeDownstream, NodeSettings, PacerProcess, Reply, TestDb, http_client, wait_until,
 };
+use pacer_tests::{TEST_SECRET, pacer_binary, signing_key_file};
 use reqwest::Method;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -178,5 +180,52 @@ async fn finished_tasks_past_the_retention_go_with_their_history_and_the_floor_s
         let table = named(name);
         assert!(table["bytes"].as_i64().is_some_and(|b| b > 0), "{table}");
         assert!(table["rows"].as_i64().is_some_and(|r| r >= 0), "{table}");
+    }
+}
+
+#[test]
+fn a_node_refuses_retention_settings_out_of_range() {
+    for (key, value, message) in [
+        (
+            "PACER_RETENTION__TASKS",
+            "0s",
+            "retention.tasks must be at least 1s",
+        ),
+        (
+            "PACER_RETENTION__AUDIT",
+            "500ms",
+            "retention.audit must be at least 1s",
+        ),
+        (
+            "PACER_RETENTION__BATCH_SIZE",
+            "0",
+            "retention.batch_size must be between 1 and 100000",
+        ),
+        (
+            "PACER_RETENTION__BUDGET",
+            "0s",
+            "retention.budget must be at least 100ms",
+        ),
+        ("PACER_RETENTION__KEEP", "1d", "unknown field"),
+    ] {
+        let mut command = std::process::Command::new(pacer_binary());
+        for (name, _) in std::env::vars_os() {
+            let name = name.to_string_lossy();
+            if name.starts_with("PACER_") || name == "RUST_LOG" {
+                command.env_remove(&*name);
+            }
+        }
+        let output = command
+            .arg("serve")
+            .env("PACER_DATABASE_URL", "postgres://postgres@127.0.0.1:1/none")
+            .env("PACER_LISTEN", "127.0.0.1:0")
+            .env("PACER_JWT_HS256_SECRET", TEST_SECRET)
+            .env("PACER_SIGNING_KEY_FILE", signing_key_file())
+            .env(key, value)
+            .output()
+            .expect("pacer runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{key}={value}: {stderr}");
+        assert!(stderr.contains(message), "{key}={value}: {stderr}");
     }
 }
