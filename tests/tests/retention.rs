@@ -2,7 +2,8 @@
 //! their attempts and events, keeps open tasks, the job's last completed run and the tasks of a
 //! job whose own `retention` is longer; `pacer_pruned_rows_total` counts what went and
 //! `GET /api/v1/cluster` shows the tables' sizes. A job's `retention` out of range is refused, and
-//! so is a node configured with retention settings out of range.
+//! so is a node configured with retention settings out of range. A leader killed in the middle
+//! of pruning leaves every task whole, and the next leader finishes the work.
 
 use std::time::Duration;
 
@@ -228,4 +229,102 @@ fn a_node_refuses_retention_settings_out_of_range() {
         assert_eq!(output.status.code(), Some(2), "{key}={value}: {stderr}");
         assert!(stderr.contains(message), "{key}={value}: {stderr}");
     }
+}
+
+async fn scalar(db: &TestDb, sql: &'static str) -> i64 {
+    sqlx::query_scalar(sql)
+        .fetch_one(db.pool())
+        .await
+        .expect(sql)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_killed_while_pruning_leaves_every_task_whole_and_the_next_one_finishes() {
+    const BACKLOG: i64 = 4_000;
+    let db = TestDb::create().await;
+    // Small batches, so the backlog takes many of them and the kill lands in the middle.
+    let settings = |id: &str| {
+        NodeSettings::new(id)
+            .env("PACER_RETENTION__TASKS", "1d")
+            .env("PACER_RETENTION__INTERVAL", "200ms")
+            .env("PACER_RETENTION__BATCH_SIZE", "10")
+    };
+    let mut first = PacerProcess::start_with(db.url(), settings("prune-a")).await;
+    first
+        .api()
+        .put_job(
+            "backlog",
+            &json!({ "target": { "url": "http://127.0.0.1:9/none" } }),
+        )
+        .await;
+    // Two days of finished tasks, each with an attempt (and its event, written by the table's
+    // trigger), in one statement: the leader may prune at any moment.
+    sqlx::query(
+        "with created as (
+             insert into tasks (id, job_id, job_name, state, origin, payload, attempt, due_at,
+                                started_at, finished_at, timeout_at, outcome_noticed)
+             select gen_random_uuid(), j.id, j.name, 'completed', 'api', '{}', 1,
+                    now() - interval '2 days' - i * interval '1 second',
+                    now() - interval '2 days' - i * interval '1 second',
+                    now() - interval '2 days' - i * interval '1 second',
+                    now(), true
+             from jobs j cross join generate_series(1, $1) i where j.name = 'backlog'
+             returning id, started_at, finished_at
+         )
+         insert into task_attempts (task_id, number, node, started_at, finished_at, outcome)
+         select id, 1, 'prune-a', started_at, finished_at, 'accepted' from created",
+    )
+    .bind(BACKLOG)
+    .execute(db.pool())
+    .await
+    .expect("backlog");
+
+    wait_until("the leader to start pruning", SETTLE, || async {
+        (scalar(&db, "select count(*) from tasks").await < BACKLOG).then_some(())
+    })
+    .await;
+    first.kill();
+    let left = scalar(&db, "select count(*) from tasks").await;
+    assert!(
+        left > 1,
+        "the kill landed before the backlog was gone: {left} left"
+    );
+    // Every batch went whole or not at all: no task without its attempt, no event without its
+    // task.
+    assert_eq!(
+        scalar(
+            &db,
+            "select count(*) from tasks t
+             where not exists (select 1 from task_attempts a where a.task_id = t.id)"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        scalar(
+            &db,
+            "select count(*) from events e where e.task_id is not null
+             and not exists (select 1 from tasks t where t.id = e.task_id)"
+        )
+        .await,
+        0
+    );
+
+    // The next leader carries on to the end, and keeps the job's last completed run.
+    let second = PacerProcess::start_with(db.url(), settings("prune-b")).await;
+    wait_until("the next leader to finish pruning", SETTLE * 2, || async {
+        (scalar(&db, "select count(*) from tasks").await == 1).then_some(())
+    })
+    .await;
+    assert_eq!(
+        scalar(
+            &db,
+            "select count(*) from tasks t join (select max(started_at) as latest from tasks) m
+             on t.started_at = m.latest"
+        )
+        .await,
+        1
+    );
+    assert_eq!(scalar(&db, "select count(*) from task_attempts").await, 1);
+    drop(second);
 }
