@@ -24,6 +24,8 @@ create index if not exists task_runs_reuse_from_idx on task_runs (reuse_from) wh
 -- Events without a task keep the event retention; the others go with their task.
 create index if not exists events_untasked_idx on events (at) where task_id is null;
 
+-- Messages were found by their ordinal, which scans every kept message when none is old enough.
+create index if not exists messages_received_idx on messages (received_at);
 create index if not exists skipped_runs_recorded_idx on skipped_runs (recorded_at);
 create index if not exists alerts_resolved_idx on alerts (resolved_at) where state = 'resolved';
 create index if not exists alert_deliveries_ended_idx on alert_deliveries (created_at) where state <> 'pending';

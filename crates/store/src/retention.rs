@@ -171,7 +171,7 @@ impl Store {
                 "delete from messages where ordinal in (
                      select ordinal from messages
                      where received_at < now() - $1::bigint * interval '1 millisecond'
-                     order by ordinal limit $2)",
+                     order by received_at limit $2)",
                 retention_ms,
                 batch,
             )
@@ -260,12 +260,11 @@ impl Store {
             }
             Prunable::Messages => {
                 sqlx::query_scalar!(
-                    "select received_at from messages
-                     where received_at < now() - $1::bigint * interval '1 millisecond'
-                     order by ordinal limit 1",
+                    "select min(received_at) from messages
+                     where received_at < now() - $1::bigint * interval '1 millisecond'",
                     retention_ms
                 )
-                .fetch_optional(&self.pool)
+                .fetch_one(&self.pool)
                 .await?
             }
             Prunable::SkippedRuns => {

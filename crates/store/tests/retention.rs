@@ -198,6 +198,14 @@ async fn pruning_takes_finished_tasks_past_retention_whole_and_keeps_open_tasks_
         Some((run_open, 0, "a")),
     )
     .await;
+    // Tasks of a deleted job follow the default retention, with no floor.
+    put_job(&store, "gone", target.clone()).await;
+    let orphan_old = task(&pool, "gone", "completed", "3 days", Some("3 days"), None).await;
+    let orphan_recent = task(&pool, "gone", "failed", "2 hours", Some("1 hour"), None).await;
+    sqlx::query("delete from jobs where name = 'gone'")
+        .execute(&pool)
+        .await
+        .expect("delete job");
     // An event of the pruned task written by an alert, and one of a kept task.
     sqlx::query("insert into events (kind, task_id, at) values ('alert.opened', $1, now() - interval '3 days')")
         .bind(old_failed)
@@ -212,6 +220,7 @@ async fn pruning_takes_finished_tasks_past_retention_whole_and_keeps_open_tasks_
         run_old,
         child_a,
         child_b,
+        orphan_old,
     ];
     let events_before: i64 =
         sqlx::query_scalar("select count(*) from events where task_id = any($1)")
@@ -219,7 +228,7 @@ async fn pruning_takes_finished_tasks_past_retention_whole_and_keeps_open_tasks_
             .fetch_one(&pool)
             .await
             .expect("count");
-    assert!(events_before >= 7, "every task has its events");
+    assert!(events_before >= 8, "every task has its events");
 
     let term = lead(&store).await;
     let pruned = store
@@ -230,10 +239,10 @@ async fn pruning_takes_finished_tasks_past_retention_whole_and_keeps_open_tasks_
     assert_eq!(
         pruned,
         PrunedTasks {
-            tasks: 6,
-            attempts: 6,
+            tasks: 7,
+            attempts: 7,
             events: u64::try_from(events_before).expect("count"),
-            roots: 4,
+            roots: 5,
         }
     );
 
@@ -249,6 +258,7 @@ async fn pruning_takes_finished_tasks_past_retention_whole_and_keeps_open_tasks_
         run_new,
         run_open,
         open_child,
+        orphan_recent,
     ]
     .into_iter()
     .collect();

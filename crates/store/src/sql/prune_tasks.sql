@@ -36,7 +36,8 @@ with doomed as (
        and t.finished_at < now() - $1::bigint * interval '1 millisecond'
        and (t.outcome_noticed or t.state not in ('completed', 'completed_with_errors', 'failed'))
        and t.cancel_notice_at is null
-     order by t.finished_at limit $2)
+     -- By job first: the order of tasks_prune_idx, so no sort (job_id is null throughout).
+     order by t.job_id, t.finished_at limit $2)
     limit $2
 ),
 family as (

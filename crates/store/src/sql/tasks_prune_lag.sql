@@ -26,10 +26,11 @@ from (
         order by t.finished_at limit 1
     ) c
     union all
-    select now() - $1::bigint * interval '1 millisecond' - min(t.finished_at)
-    from tasks t
-    where t.job_id is null and t.next_dispatch_at is null and t.run_id is null
-      and t.finished_at < now() - $1::bigint * interval '1 millisecond'
-      and (t.outcome_noticed or t.state not in ('completed', 'completed_with_errors', 'failed'))
-      and t.cancel_notice_at is null
+    (select now() - $1::bigint * interval '1 millisecond' - t.finished_at
+     from tasks t
+     where t.job_id is null and t.next_dispatch_at is null and t.run_id is null
+       and t.finished_at < now() - $1::bigint * interval '1 millisecond'
+       and (t.outcome_noticed or t.state not in ('completed', 'completed_with_errors', 'failed'))
+       and t.cancel_notice_at is null
+     order by t.job_id, t.finished_at limit 1)
 ) lags
