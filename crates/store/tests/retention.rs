@@ -125,6 +125,14 @@ async fn pruning_takes_finished_tasks_past_retention_whole_and_keeps_open_tasks_
     let last_completed = task(&pool, "plain", "completed", "3 days", Some("3 days"), None).await;
     let recent = task(&pool, "plain", "failed", "2 hours", Some("1 hour"), None).await;
     let open_old = task(&pool, "plain", "processing", "5 days", None, None).await;
+    // A finished task an open one waits for (`buffer_one`) stays until the waiter is released.
+    let waited = task(&pool, "plain", "failed", "6 days", Some("6 days"), None).await;
+    sqlx::query("update tasks set waits_for = $1 where id = $2")
+        .bind(waited)
+        .bind(open_old)
+        .execute(&pool)
+        .await
+        .expect("wait");
     // `short` keeps its own hour.
     let short_old = task(&pool, "short", "failed", "3 hours", Some("2 hours"), None).await;
     let short_recent = task(
@@ -259,6 +267,7 @@ async fn pruning_takes_finished_tasks_past_retention_whole_and_keeps_open_tasks_
         run_open,
         open_child,
         orphan_recent,
+        waited,
     ]
     .into_iter()
     .collect();

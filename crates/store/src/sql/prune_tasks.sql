@@ -6,8 +6,9 @@
 --
 -- Kept: open tasks (they have a due time), children (with their run), the job's last completed
 -- run (the latest to start, as freshness counts it), the run whose fingerprint the job keeps,
--- and tasks whose outcome alerting has not looked at yet or whose cancellation is still to be
--- told to the downstream.
+-- tasks whose outcome alerting has not looked at yet or whose cancellation is still to be told
+-- to the downstream, and tasks another task waits for (`buffer_one`: the sweep releases the
+-- waiter when it sees the task finished, which it could not once the task was gone).
 with doomed as (
     (select c.id
      from jobs j
@@ -28,6 +29,7 @@ with doomed as (
            and t.id is distinct from k.fingerprinted
            and (t.outcome_noticed or t.state not in ('completed', 'completed_with_errors', 'failed'))
            and t.cancel_notice_at is null
+           and not exists (select 1 from tasks w where w.waits_for = t.id)
          order by t.finished_at limit $2
      ) c)
     union all
@@ -36,6 +38,7 @@ with doomed as (
        and t.finished_at < now() - $1::bigint * interval '1 millisecond'
        and (t.outcome_noticed or t.state not in ('completed', 'completed_with_errors', 'failed'))
        and t.cancel_notice_at is null
+       and not exists (select 1 from tasks w where w.waits_for = t.id)
      -- By job first: the order of tasks_prune_idx, so no sort (job_id is null throughout).
      order by t.job_id, t.finished_at limit $2)
     limit $2

@@ -23,6 +23,7 @@ from (
           and t.id is distinct from k.fingerprinted
           and (t.outcome_noticed or t.state not in ('completed', 'completed_with_errors', 'failed'))
           and t.cancel_notice_at is null
+          and not exists (select 1 from tasks w where w.waits_for = t.id)
         order by t.finished_at limit 1
     ) c
     union all
@@ -32,5 +33,6 @@ from (
        and t.finished_at < now() - $1::bigint * interval '1 millisecond'
        and (t.outcome_noticed or t.state not in ('completed', 'completed_with_errors', 'failed'))
        and t.cancel_notice_at is null
+       and not exists (select 1 from tasks w where w.waits_for = t.id)
      order by t.job_id, t.finished_at limit 1)
 ) lags
