@@ -1,8 +1,8 @@
 //! Leader election by the lease row. Every node tries to take or renew the lease every TTL/3; the
-//! holder runs the cluster-wide duties (firing, sweeping, pruning, alerting) under its term. It stops them the moment
-//! a renewal fails, another node holds the lease, or its own monotonic clock says the lease might
-//! have lapsed (the trust window, shorter than the lease), whichever comes first. A clean
-//! shutdown resigns and notifies, so a follower takes over at once.
+//! holder runs the cluster-wide duties (firing, sweeping, pruning, alerting) under its term. It
+//! stops them the moment a renewal fails, another node holds the lease, or its own monotonic clock
+//! says the lease might have lapsed (the trust window, shorter than the lease), whichever comes
+//! first. A clean shutdown resigns and notifies, so a follower takes over at once.
 
 use std::sync::Arc;
 use std::time::Duration;
