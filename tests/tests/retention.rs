@@ -164,6 +164,28 @@ async fn finished_tasks_past_the_retention_go_with_their_history_and_the_floor_s
         "only the two brief tasks and the marker: {pruned:?}"
     );
 
+    // The leader exports the tables' sizes and how far behind pruning is (not at all).
+    wait_until("the size and lag gauges", SETTLE, || async {
+        let text = http_client()
+            .get(format!("{}/metrics", node.url()))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        let value = |prefix: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(prefix))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        };
+        let rows = value("pacer_rows{table=\"tasks\"} ")?;
+        let bytes = value("pacer_bytes{table=\"events\"} ")?;
+        let lag = value("pacer_prune_lag_seconds{table=\"tasks\"} ")?;
+        (rows >= 0.0 && bytes > 0.0 && lag < 60.0).then_some(())
+    })
+    .await;
+
     // The cluster view shows the size of the tables that grow.
     let cluster = api.request(Method::GET, "/api/v1/cluster", None, &[]).await;
     let tables = cluster.expect_status(200)["tables"]
