@@ -77,6 +77,7 @@ SEMANTIC = {
         "timeout": SPAN,
         "deadline": SPAN,
         "freshness": SPAN,
+        "retention": SPAN,
         # What the database holds: the group must have been created first.
         "concurrency_group": ("no concurrency group named",),
         "retry.initial_backoff": SPAN,

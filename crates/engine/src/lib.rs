@@ -13,6 +13,7 @@ mod heartbeat;
 mod leader;
 mod oauth2;
 mod outbound;
+mod pruning;
 mod sweeper;
 mod wakeup;
 
@@ -28,6 +29,7 @@ pub use events::WebhookConfig;
 pub use heartbeat::Heartbeat;
 pub use leader::{EventPush, Leader, LeaderConfig};
 pub use outbound::Outbound;
+pub use pruning::RetentionSettings;
 
 /// Builds the HTTP client Pacer makes outbound calls with: pooled, no redirects followed
 /// (a redirected `POST` would silently become a `GET`), TLS through rustls with the ring provider.

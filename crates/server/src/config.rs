@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 use pacer_domain::Span;
-use pacer_engine::{AlertsConfig, DispatchSettings};
+use pacer_engine::{AlertsConfig, DispatchSettings, RetentionSettings};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
@@ -30,6 +30,9 @@ pub(crate) struct Config {
     pub(crate) events: EventsSettings,
     pub(crate) messages: MessagesSettings,
     pub(crate) amqp: AmqpSettings,
+    /// How long finished tasks, skips, alerts and the audit log are kept, and how the leader
+    /// prunes them.
+    pub(crate) retention: RetentionSettings,
 }
 
 /// Upstream messages, over REST or RabbitMQ.
@@ -527,6 +530,26 @@ impl Config {
         }
         if self.messages.retention < Span::from_secs(60) {
             bail!("messages.retention must be at least 1m");
+        }
+        let retention = &self.retention;
+        for (key, value) in [
+            ("retention.tasks", retention.tasks),
+            ("retention.skips", retention.skips),
+            ("retention.alerts", retention.alerts),
+            ("retention.audit", retention.audit),
+        ] {
+            if value < Span::from_secs(1) {
+                bail!("{key} must be at least 1s");
+            }
+        }
+        if retention.interval < Span::from_millis(100) {
+            bail!("retention.interval must be at least 100ms");
+        }
+        if retention.budget < Span::from_millis(100) {
+            bail!("retention.budget must be at least 100ms");
+        }
+        if !(1..=100_000).contains(&retention.batch_size) {
+            bail!("retention.batch_size must be between 1 and 100000");
         }
         if let Some(webhook) = &self.events.webhook {
             if !(webhook.url.starts_with("http://") || webhook.url.starts_with("https://")) {

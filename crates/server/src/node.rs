@@ -293,6 +293,7 @@ impl Node {
                 alerts,
                 event_retention: self.config.events.retention,
                 message_retention: self.config.messages.retention,
+                retention: self.config.retention.clone(),
             },
         };
         let leader_shutdown = shutdown.child_token();

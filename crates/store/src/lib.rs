@@ -15,6 +15,7 @@ mod firing;
 mod jobs;
 mod messages;
 mod operations;
+mod retention;
 mod runs;
 mod tasks;
 mod triggers;
@@ -43,6 +44,7 @@ pub use firing::{Fired, Swept};
 pub use jobs::{DeletedJob, Job, JobWorkload, PutJob};
 pub use messages::{Ingested, MessageFilter, Route, StoredMessage};
 pub use operations::{CancelNotice, JobFingerprint, JobStats, Released, RetryCandidate, TaskBrief};
+pub use retention::{Prunable, PrunedTasks, SIZED_TABLES, TableSize};
 pub use runs::{RETRY_PLAN_NAMES, RetryStep, RunChild, RunView, retry_errors_key};
 pub use tasks::{
     Attempt, CreatedTask, KeptTask, NewTask, Origin, ReportOutcome, Reporting, Task, TaskCreation,
