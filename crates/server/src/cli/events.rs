@@ -88,6 +88,10 @@ fn render(event: &Event, output: Output) -> String {
     let name = event.event.as_deref().unwrap_or("message");
     match output {
         Output::Json => json!({ "id": event.id, "event": name, "data": data }).to_string(),
+        Output::Yaml => format!(
+            "---\n{}",
+            super::output::yaml(&json!({ "id": event.id, "event": name, "data": data }))
+        ),
         Output::Table => {
             let at = ["at", "time", "occurred_at", "created_at"]
                 .iter()
