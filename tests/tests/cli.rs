@@ -1170,6 +1170,10 @@ async fn every_operator_verb_works_against_a_real_node() {
     let refused = pacer(&["jobs", "put", "bad", "-f", &bad]);
     assert_code(&refused, 4);
     assert!(refused.stderr.contains("timeout"), "{refused:#?}");
+    assert_code(
+        &pacer(&["jobs", "put", "bad", "-f", "/nonexistent/job.yaml"]),
+        2,
+    );
     let listed = yaml(&pacer(&["jobs", "list", "-o", "yaml"]).ok());
     assert_eq!(listed["items"][0]["name"], "solo");
     assert_eq!(listed["items"][1]["name"], "sync");
@@ -1281,6 +1285,8 @@ async fn every_operator_verb_works_against_a_real_node() {
     assert_eq!(last["state"], "completed", "the watch ends with the task");
     assert_eq!(watching.wait(SETTLE), 0);
     assert_code(&pacer(&["tasks", "release", &task]), 5);
+    let missing = uuid::Uuid::now_v7().to_string();
+    assert_code(&pacer(&["tasks", "get", &missing, "--watch"]), 3);
     assert_code(&pacer(&["tasks", "report", &task, "--status", "bogus"]), 4);
 
     let failing = pacer(&["tasks", "create", "sync", "-o", "json"])
@@ -1419,7 +1425,13 @@ async fn every_operator_verb_works_against_a_real_node() {
             documents += 1;
         }
     }
-    drop(watching);
+    // Ctrl-C ends a watch, successfully.
+    let interrupted = Command::new("kill")
+        .args(["-INT", &watching.child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(interrupted.success());
+    assert_eq!(watching.wait(SETTLE), 0);
 
     // Messages: sent, listed, shown.
     let message = pacer(&[
@@ -1446,6 +1458,10 @@ async fn every_operator_verb_works_against_a_real_node() {
     let shown = yaml(&pacer(&["messages", "get", &message_id, "-o", "yaml"]).ok());
     assert_eq!(shown["key"], "centers");
     assert_code(&pacer(&["messages", "get", "no-such-message"]), 3);
+    let unrouted = pacer(&["messages", "list", "--routed", "false", "-o", "json"])
+        .ok()
+        .json();
+    assert_eq!(unrouted["items"], json!([]), "{unrouted:#}");
 
     // The scheduler: standby and back, and running every job while `solo` has an open task:
     // refused by its overlap policy and recorded as a skip.
@@ -1468,9 +1484,12 @@ async fn every_operator_verb_works_against_a_real_node() {
         "scheduler is running"
     );
     pacer(&["jobs", "run", "solo"]).ok();
+    pacer(&["jobs", "pause", "stuck"]).ok();
     let ran = pacer(&["scheduler", "run-all"]).ok();
     assert!(
-        ran.stdout.starts_with("JOB") && ran.stdout.contains("skipped (overlap"),
+        ran.stdout.starts_with("JOB")
+            && ran.stdout.contains("skipped (overlap")
+            && ran.stdout.contains("stuck  paused, not run"),
         "{ran:#?}"
     );
     let ran = pacer(&["scheduler", "run-all", "-o", "json"]).ok().json();
@@ -1606,6 +1625,19 @@ async fn every_operator_verb_works_against_a_real_node() {
         .filter_map(|e| e["action"].as_str())
         .collect();
     assert!(actions.iter().any(|a| a.contains("trigger")), "{actions:?}");
+    let pauses = pacer(&["audit", "list", "--action", "pause_trigger", "-o", "json"])
+        .ok()
+        .json();
+    assert_eq!(
+        pauses["items"].as_array().map(Vec::len),
+        Some(1),
+        "{pauses:#}"
+    );
+    assert_eq!(
+        pauses["items"][0]["target"],
+        format!("trigger:sync/{trigger}"),
+        "{pauses:#}"
+    );
     let table = pacer(&["audit", "list", "--limit", "3"]).ok();
     assert!(
         table.stdout.starts_with("AT") && table.stdout.contains("(more: --cursor "),
