@@ -1174,6 +1174,15 @@ async fn every_operator_verb_works_against_a_real_node() {
         &pacer(&["jobs", "put", "bad", "-f", "/nonexistent/job.yaml"]),
         2,
     );
+    let declared = scratch.write(
+        "declared.yaml",
+        &format!(
+            "- name: solo\n  target: {{ url: \"{}\" }}\n",
+            downstream.url("/other")
+        ),
+    );
+    let plan = yaml(&pacer(&["apply", "-f", &declared, "--dry-run", "-o", "yaml"]).ok());
+    assert_eq!(plan["changes"][0]["job"], "solo", "{plan:#?}");
     let listed = yaml(&pacer(&["jobs", "list", "-o", "yaml"]).ok());
     assert_eq!(listed["items"][0]["name"], "solo");
     assert_eq!(listed["items"][1]["name"], "sync");

@@ -67,7 +67,8 @@ pub(crate) enum Remote {
         #[command(subcommand)]
         verb: JobsVerb,
     },
-    /// List, show, create, cancel, retry and release tasks; a run's steps and children.
+    /// List, show, create, cancel, retry, release and report on tasks; a run's steps and
+    /// children.
     #[command(after_help = EXIT_CODES)]
     Tasks {
         #[command(flatten)]

@@ -1,6 +1,6 @@
 //! The `pacer` binary: `serve` runs a node, `dev` a local node with an example, `migrate`
-//! applies the database migrations, `openapi` prints the API's OpenAPI document; the operator
-//! verbs (`jobs`, `apply`, …) are in `cli`.
+//! applies the database migrations, `openapi` prints the API's OpenAPI document, `completions`
+//! a shell completion script; the operator verbs (`jobs`, `apply`, …) are in `cli`.
 
 mod apply;
 mod cli;
