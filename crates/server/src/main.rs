@@ -1,6 +1,6 @@
 //! The `pacer` binary: `serve` runs a node, `dev` a local node with an example, `migrate`
-//! applies the database migrations, `openapi` prints the API's OpenAPI document; the operator
-//! verbs (`jobs`, `apply`, …) are in `cli`.
+//! applies the database migrations, `openapi` prints the API's OpenAPI document, `completions`
+//! a shell completion script; the operator verbs (`jobs`, `apply`, …) are in `cli`.
 
 mod apply;
 mod cli;
@@ -73,8 +73,14 @@ enum Command {
         #[arg(long)]
         output: Option<PathBuf>,
     },
+    /// Print a shell completion script: `pacer completions bash > /etc/bash_completion.d/pacer`,
+    /// or for zsh and fish.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     #[command(flatten)]
-    Remote(cli::Remote),
+    Remote(Box<cli::Remote>),
 }
 
 fn write_openapi(output: Option<&std::path::Path>) -> ExitCode {
@@ -115,9 +121,16 @@ fn main() -> ExitCode {
     if let Command::Openapi { output } = &cli.command {
         return write_openapi(output.as_deref());
     }
+    if let Command::Completions { shell } = cli.command {
+        use clap::CommandFactory;
+        let mut script = Vec::new();
+        clap_complete::generate(shell, &mut Cli::command(), "pacer", &mut script);
+        cli::output::emit(&String::from_utf8_lossy(&script));
+        return ExitCode::SUCCESS;
+    }
     // The verbs over the REST API need no node configuration.
     let cli = match cli.command {
-        Command::Remote(remote) => return cli::run(remote),
+        Command::Remote(remote) => return cli::run(*remote),
         command => Cli { command, ..cli },
     };
     let mut config = match Config::load(cli.config.as_deref()) {
@@ -128,7 +141,7 @@ fn main() -> ExitCode {
         }
     };
     match &cli.command {
-        Command::Remote(_) => {}
+        Command::Remote(_) | Command::Completions { .. } => {}
         Command::Keygen => {
             print!("{}", pacer_auth::signing::generate_ed25519_pem());
             return ExitCode::SUCCESS;
@@ -190,7 +203,7 @@ fn main() -> ExitCode {
     );
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Remote(_) => Ok(()),
+            Command::Remote(_) | Command::Completions { .. } => Ok(()),
             Command::Serve => {
                 let security = security.context("security was not configured")?;
                 let shutdown = node::shutdown_on_signals()?;
@@ -229,5 +242,16 @@ fn main() -> ExitCode {
             eprintln!("pacer: {error:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every verb's arguments are consistent (no clashing short flags or group mistakes).
+    #[test]
+    fn the_command_line_is_well_formed() {
+        super::Cli::command().debug_assert();
     }
 }
