@@ -166,7 +166,10 @@ impl Node {
             ),
         };
         let outbound = Outbound::new(self.security.keyset.clone(), self.security.secrets.clone());
-        let alerts = Arc::new(self.config.alerts.clone());
+        let alerts = Arc::new(pacer_engine::AlertsConfig {
+            dashboard_url: format!("{}/ui/", self.public_url.trim_end_matches('/')),
+            ..self.config.alerts.clone()
+        });
         let amqp = &self.config.amqp;
         // A node with a broker starts out connecting, not disabled: the API answers before the
         // consumer's first report, and must not refuse AMQP targets meanwhile.
