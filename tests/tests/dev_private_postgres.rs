@@ -1,7 +1,8 @@
 //! End-to-end: `pacer dev` where no PostgreSQL answers. It starts a private throw-away cluster
 //! with the installed server programs, on a Unix socket in a temporary directory, serves the
 //! example job from it, and removes the directory when stopped with SIGTERM; with
-//! `--keep-data` the data outlives the process and the next start reuses it. The machine's
+//! `--keep-data` the data outlives the process and the next start reuses it. With a server
+//! answering, it uses that one and starts nothing. The machine's
 //! server on 127.0.0.1:5432 is never touched: the URL given points at a closed port.
 
 use std::io::{BufRead, BufReader, Read};
@@ -10,7 +11,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use pacer_tests::{http_client, pacer_binary, wait_until};
+use pacer_tests::{TestDb, http_client, pacer_binary, wait_until};
 use serde_json::{Value, json};
 
 /// initdb, the server's start and the node's: generous on a loaded machine.
@@ -241,6 +242,25 @@ async fn without_a_server_pacer_dev_runs_on_a_private_cluster_removed_at_sigterm
         dir.display(),
         dev.output()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_server_answering_pacer_dev_uses_it_and_starts_no_cluster() {
+    let db = TestDb::create().await;
+    let mut dev = Dev::start(&["--database-url", db.url()]).await;
+    assert!(
+        !dev.output().contains("No PostgreSQL answers"),
+        "{}",
+        dev.output()
+    );
+    let id = dev.complete_a_task().await;
+    let row: (String,) = sqlx::query_as("select state from tasks where id = $1::uuid")
+        .bind(&id)
+        .fetch_one(db.pool())
+        .await
+        .expect("the task is in the given database");
+    assert_eq!(row.0, "completed");
+    assert!(dev.terminate().await.success(), "{}", dev.output());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
