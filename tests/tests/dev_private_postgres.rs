@@ -100,7 +100,7 @@ impl Dev {
 
     /// The private cluster's directory, as `pacer dev` announced it.
     fn directory(&self) -> PathBuf {
-        PathBuf::from(after(&self.output(), "on a Unix socket only) in ", ","))
+        PathBuf::from(after(&self.output(), "(on a Unix socket only) in ", ","))
     }
 
     /// Creates a task of the example job and waits until the demo downstream completed it.

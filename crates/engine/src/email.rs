@@ -86,8 +86,8 @@ pub fn check_email_sink(
     }
     if smtp.username.is_some() != smtp.password.is_some() {
         return Err((
-            "smtp.username",
-            "username and password (a secret's name) go together".to_owned(),
+            "smtp",
+            "takes `username` and `password` (a secret's name) together, or neither".to_owned(),
         ));
     }
     Ok(())
@@ -334,5 +334,113 @@ pub(crate) async fn send(
         Ok(Ok(_)) => Ok(()),
         Ok(Err(error)) => Err(format!("sending the e-mail failed: {error}")),
         Err(_) => Err(format!("no answer within {timeout:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+    use pacer_domain::{AlertKind, AlertState, Severity};
+    use uuid::Uuid;
+
+    use super::*;
+
+    fn alert(summary: &str, task: Option<Uuid>, job: Option<&str>) -> Alert {
+        Alert {
+            id: Uuid::now_v7(),
+            kind: AlertKind::Failed,
+            severity: Severity::Critical,
+            task_id: task,
+            job_name: job.map(str::to_owned),
+            node_id: None,
+            state: AlertState::Open,
+            count: 2,
+            summary: summary.to_owned(),
+            opened_at: Utc::now(),
+            last_seen_at: Utc::now(),
+            notified_at: None,
+            acked_at: None,
+            acked_by: None,
+            ack_note: None,
+            resolved_at: None,
+            resolved_by: None,
+            resolve_note: None,
+        }
+    }
+
+    #[test]
+    fn the_html_body_escapes_what_the_alert_says_and_links_to_the_page() {
+        let task = Uuid::now_v7();
+        let summary = "task failed: <script>alert('x')</script> & more";
+        let (subject, text, html) = alert_message(
+            &alert(summary, Some(task), Some("nightly")),
+            "alert.opened",
+            "http://pacer.example/ui/",
+        );
+        assert!(subject.starts_with("[Pacer] critical failed: task failed"));
+        assert!(text.contains(summary), "{text}");
+        assert!(!html.contains("<script>"), "{html}");
+        assert!(html.contains("&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; more"));
+        let link = format!("http://pacer.example/ui/#/tasks/{task}");
+        assert!(text.contains(&format!("Dashboard: {link}")), "{text}");
+        assert!(html.contains(&format!("<a href=\"{link}\">")), "{html}");
+        assert!(
+            text.contains("Seen:") && text.contains("2 time(s)"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_job_alert_links_to_the_job_and_a_long_summary_is_cut_in_the_subject() {
+        let long = "x".repeat(400);
+        let (subject, text, _) = alert_message(
+            &alert(&long, None, Some("nightly")),
+            "alert.renotified",
+            "http://pacer.example/ui/",
+        );
+        assert!(subject.chars().count() < 200, "{subject}");
+        assert!(subject.ends_with('…'));
+        assert!(text.starts_with("Alert still open"));
+        assert!(
+            text.contains("http://pacer.example/ui/#/jobs/nightly"),
+            "{text}"
+        );
+        let (_, text, html) = alert_message(&alert("down", None, None), "alert.opened", "");
+        assert!(
+            !text.contains("Dashboard:") && !html.contains("<a "),
+            "no base, no link"
+        );
+    }
+
+    #[test]
+    fn e_mail_sinks_are_checked() {
+        let smtp = SmtpConfig {
+            host: "smtp.example.com".into(),
+            port: 587,
+            starttls: true,
+            username: Some("pacer".into()),
+            password: None,
+        };
+        let to = ["ops@example.com".to_owned()];
+        assert_eq!(
+            check_email_sink(&to, Some("pacer@example.com"), Some(&smtp)).map_err(|e| e.0),
+            Err("smtp")
+        );
+        let smtp = SmtpConfig {
+            password: Some("smtp_password".into()),
+            ..smtp
+        };
+        assert_eq!(
+            check_email_sink(&to, Some("Pacer <pacer@example.com>"), Some(&smtp)),
+            Ok(())
+        );
+        assert_eq!(
+            check_email_sink(&to, Some("nobody"), Some(&smtp)).map_err(|e| e.0),
+            Err("from")
+        );
+        assert_eq!(
+            check_email_sink(&[], Some("pacer@example.com"), Some(&smtp)).map_err(|e| e.0),
+            Err("to")
+        );
     }
 }

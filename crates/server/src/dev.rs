@@ -61,12 +61,15 @@ pub(crate) async fn run(
             let Some(bin) = dev_cluster::find_server_programs() else {
                 bail!("{}", dev_cluster::install_hint(&address));
             };
+            println!(
+                "\nNo PostgreSQL answers at {address}: starting a private one with {}",
+                bin.display()
+            );
             let cluster = PrivateCluster::start(bin, options.keep_data.as_deref()).await?;
             let name = options_of_url.get_database().unwrap_or("pacer").to_owned();
             let private = cluster.url(&name);
             println!(
-                "\nNo PostgreSQL answers at {address}: using a private one (PostgreSQL's own programs, \
-                 on a Unix socket only) in {}{}\n",
+                "Using the private PostgreSQL (on a Unix socket only) in {}{}\n",
                 cluster.directory().display(),
                 if options.keep_data.is_some() {
                     ", its data kept in --keep-data"
