@@ -208,6 +208,19 @@ async fn without_a_server_pacer_dev_runs_on_a_private_cluster_removed_at_sigterm
         dir.display()
     );
     assert!(has_socket(&dir), "the server's socket in {}", dir.display());
+    // postmaster.pid: line 5 is the socket directory, line 6 the first TCP address (none).
+    let pid_file = std::fs::read_to_string(dir.join("data/postmaster.pid")).expect("running");
+    let lines: Vec<&str> = pid_file.lines().collect();
+    assert_eq!(
+        lines.get(4).copied(),
+        Some(dir.to_str().expect("utf-8")),
+        "{pid_file}"
+    );
+    assert_eq!(
+        lines.get(5).map(|l| l.trim()),
+        Some(""),
+        "no TCP address: {pid_file}"
+    );
     assert!(
         dev.output()
             .contains("No PostgreSQL answers at 127.0.0.1:1"),

@@ -413,6 +413,16 @@ mod tests {
     }
 
     #[test]
+    fn smtp_defaults_to_the_submission_port_with_starttls() {
+        let smtp: SmtpConfig =
+            serde_json::from_value(json!({ "host": "smtp.example.com" })).expect("valid");
+        assert_eq!((smtp.port, smtp.starttls), (587, true));
+        let unknown: Result<SmtpConfig, _> =
+            serde_json::from_value(json!({ "host": "smtp.example.com", "tls": true }));
+        assert!(unknown.is_err());
+    }
+
+    #[test]
     fn e_mail_sinks_are_checked() {
         let smtp = SmtpConfig {
             host: "smtp.example.com".into(),
