@@ -28,26 +28,37 @@ pub(crate) fn install_hint(url_host: &str) -> String {
 /// The directory holding `initdb`, `pg_ctl` and `postgres`: on the `PATH`, else the newest
 /// `/usr/lib/postgresql/<version>/bin`, else the Homebrew and Postgres.app locations.
 pub(crate) fn find_server_programs() -> Option<PathBuf> {
+    let on_path = std::env::var_os("PATH")
+        .map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
+        .unwrap_or_default();
+    find_in(
+        &on_path,
+        Path::new("/usr/lib/postgresql"),
+        &[
+            "/opt/homebrew/bin",
+            "/usr/local/bin",
+            "/Applications/Postgres.app/Contents/Versions/latest/bin",
+        ],
+    )
+}
+
+fn find_in(on_path: &[PathBuf], versioned: &Path, known: &[&str]) -> Option<PathBuf> {
     let complete = |dir: &Path| {
         ["initdb", "pg_ctl", "postgres"]
             .iter()
             .all(|program| dir.join(program).is_file())
     };
-    let on_path = std::env::var_os("PATH")
-        .map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
-        .unwrap_or_default();
     // A symlink on the PATH (Debian's /usr/local/bin/initdb) leads to the real directory, where
     // `postgres` is too.
-    for dir in &on_path {
-        let initdb = dir.join("initdb");
-        if let Ok(real) = std::fs::canonicalize(&initdb)
+    for dir in on_path {
+        if let Ok(real) = std::fs::canonicalize(dir.join("initdb"))
             && let Some(real_dir) = real.parent()
             && complete(real_dir)
         {
             return Some(real_dir.to_owned());
         }
     }
-    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir(versioned)
         .into_iter()
         .flatten()
         .flatten()
@@ -61,14 +72,7 @@ pub(crate) fn find_server_programs() -> Option<PathBuf> {
     if let Some((_, dir)) = versions.pop() {
         return Some(dir);
     }
-    [
-        "/opt/homebrew/bin",
-        "/usr/local/bin",
-        "/Applications/Postgres.app/Contents/Versions/latest/bin",
-    ]
-    .iter()
-    .map(PathBuf::from)
-    .find(|dir| complete(dir))
+    known.iter().map(PathBuf::from).find(|dir| complete(dir))
 }
 
 /// Who runs the server programs: this user, or (as root, which `initdb` refuses) the `postgres`
@@ -355,6 +359,41 @@ mod tests {
         ] {
             assert!(hint.contains(expected), "`{expected}` in {hint}");
         }
+    }
+
+    #[test]
+    fn server_programs_are_found_on_the_path_else_the_newest_version_else_nowhere() {
+        let root =
+            std::env::temp_dir().join(format!("pacer-find-{}", uuid::Uuid::now_v7().simple()));
+        let install = |dir: &Path| {
+            std::fs::create_dir_all(dir).expect("dir");
+            for program in ["initdb", "pg_ctl", "postgres"] {
+                std::fs::write(dir.join(program), "").expect("file");
+            }
+        };
+        let versioned = root.join("lib");
+        let empty = root.join("empty");
+        std::fs::create_dir_all(&empty).expect("dir");
+        assert_eq!(
+            find_in(std::slice::from_ref(&empty), &versioned, &[]),
+            None,
+            "none installed"
+        );
+        install(&versioned.join("14/bin"));
+        install(&versioned.join("16/bin"));
+        // A version without its server programs does not count.
+        std::fs::create_dir_all(versioned.join("17/bin")).expect("dir");
+        assert_eq!(
+            find_in(std::slice::from_ref(&empty), &versioned, &[]),
+            Some(versioned.join("16/bin"))
+        );
+        let on_path = root.join("path");
+        install(&on_path);
+        assert_eq!(
+            find_in(&[empty, on_path.clone()], &versioned, &[]),
+            Some(std::fs::canonicalize(&on_path).expect("exists"))
+        );
+        std::fs::remove_dir_all(&root).expect("cleaned up");
     }
 
     #[test]
