@@ -6,6 +6,7 @@ pub mod amqp;
 mod cancel;
 mod delivery;
 pub mod dispatch;
+mod email;
 mod error;
 mod events;
 mod firing;
@@ -24,6 +25,7 @@ pub use delivery::{DELIVERY_ID_HEADER, Deliverer, DeliveryConfig, EVENT_HEADER};
 pub use dispatch::{
     DispatchConfig, DispatchSettings, Dispatcher, Handoff, Reservation, callback_url,
 };
+pub use email::{SmtpConfig, check_email_sink};
 pub use error::{Error, Result};
 pub use events::WebhookConfig;
 pub use heartbeat::Heartbeat;

@@ -490,6 +490,15 @@ impl Config {
             if !names.insert(sink.name.as_str()) {
                 bail!("alerts.sinks: the name `{}` is used twice", sink.name);
             }
+            if sink.kind == pacer_engine::SinkKind::Email {
+                self.check_email_sink(i, sink)?;
+                continue;
+            }
+            if !sink.to.is_empty() || sink.from.is_some() || sink.smtp.is_some() {
+                bail!(
+                    "alerts.sinks[{i}]: `to`, `from` and `smtp` are for e-mail sinks (kind = \"email\")"
+                );
+            }
             if !(sink.url.starts_with("http://") || sink.url.starts_with("https://")) {
                 bail!("alerts.sinks[{i}].url must be an http:// or https:// URL");
             }
@@ -520,6 +529,27 @@ impl Config {
         }
         if alerts.delivery_poll_interval < Span::from_millis(10) {
             bail!("alerts.delivery_poll_interval must be at least 10ms");
+        }
+        Ok(())
+    }
+
+    /// An e-mail sink: recipients and sender are addresses, the SMTP server is set, and its
+    /// password names a configured secret.
+    fn check_email_sink(&self, i: usize, sink: &pacer_engine::SinkConfig) -> anyhow::Result<()> {
+        if !sink.url.is_empty() || sink.secret.is_some() {
+            bail!(
+                "alerts.sinks[{i}]: an e-mail sink has no `url` or `secret`; its SMTP password is `smtp.password`"
+            );
+        }
+        if let Err((field, problem)) =
+            pacer_engine::check_email_sink(&sink.to, sink.from.as_deref(), sink.smtp.as_ref())
+        {
+            bail!("alerts.sinks[{i}].{field} {problem}");
+        }
+        if let Some(secret) = sink.smtp.as_ref().and_then(|s| s.password.as_ref())
+            && !self.secrets.contains_key(secret)
+        {
+            bail!("alerts.sinks[{i}].smtp.password names `{secret}`, which is not in `secrets`");
         }
         Ok(())
     }

@@ -7,6 +7,7 @@ mod cli;
 mod client;
 mod config;
 mod dev;
+mod dev_cluster;
 mod node;
 mod security;
 mod telemetry;
@@ -42,8 +43,17 @@ enum Command {
     /// Run a node: the API, the dispatcher and the loops (production entry point).
     Serve,
     /// Run one node for local development: creates the database, registers an example job
-    /// with a demo downstream, and prints how to try it.
-    Dev,
+    /// with a demo downstream, and prints how to try it. When no PostgreSQL answers and its
+    /// server programs are installed, runs on a private throw-away cluster.
+    Dev {
+        /// The PostgreSQL to use (default: the configured `database.url`,
+        /// postgres://postgres@127.0.0.1:5432/pacer).
+        #[arg(long)]
+        database_url: Option<String>,
+        /// Keep the private cluster's data in this directory, and reuse it next time.
+        #[arg(long, value_name = "DIR")]
+        keep_data: Option<PathBuf>,
+    },
     /// Apply the database migrations and exit.
     Migrate {
         /// How long to wait for an unreachable database before giving up, like `2m`.
@@ -163,11 +173,11 @@ fn main() -> ExitCode {
                 }
             };
         }
-        Command::Dev => security::add_dev_keys(&mut config),
+        Command::Dev { .. } => security::add_dev_keys(&mut config),
         Command::Serve | Command::Migrate { .. } | Command::Openapi { .. } => {}
     }
     let security = match &cli.command {
-        Command::Serve | Command::Dev => {
+        Command::Serve | Command::Dev { .. } => {
             match pacer_engine::http_client()
                 .map_err(anyhow::Error::from)
                 .and_then(|http| security::build(&config, http))
@@ -192,7 +202,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let default_format = if matches!(cli.command, Command::Dev) {
+    let default_format = if matches!(cli.command, Command::Dev { .. }) {
         LogFormat::Pretty
     } else {
         LogFormat::Json
@@ -211,8 +221,20 @@ fn main() -> ExitCode {
                     node::Node::start(config, security, telemetry::metrics()?, &shutdown).await?;
                 node.run(axum::Router::new(), shutdown).await
             }
-            Command::Dev => {
-                dev::run(config, security.context("security was not configured")?).await
+            Command::Dev {
+                database_url,
+                keep_data,
+            } => {
+                let options = dev::Options {
+                    database_url,
+                    keep_data,
+                };
+                dev::run(
+                    config,
+                    security.context("security was not configured")?,
+                    options,
+                )
+                .await
             }
             Command::Token { .. } | Command::Keygen | Command::Openapi { .. } => Ok(()),
             Command::Migrate { wait } => {
