@@ -97,7 +97,9 @@ pub struct NodeSettings {
 
 impl NodeSettings {
     /// A node named `node_id` with test-friendly timings: a 200 ms poll, the minimum lease
-    /// margin (1 s) and a 2 s drain.
+    /// margin (1 s) and a 2 s drain; and at most 10 database connections (the recommended
+    /// floor), so that the nodes of tests running side by side stay within the test server's
+    /// `max_connections`.
     pub fn new(node_id: &str) -> Self {
         Self {
             node_id: node_id.to_owned(),
@@ -105,6 +107,7 @@ impl NodeSettings {
                 ("PACER_DISPATCH__POLL_INTERVAL".into(), "200ms".into()),
                 ("PACER_DISPATCH__LEASE_MARGIN".into(), "1s".into()),
                 ("PACER_DISPATCH__DRAIN_TIMEOUT".into(), "2s".into()),
+                ("PACER_DATABASE__MAX_CONNECTIONS".into(), "10".into()),
             ],
         }
     }
