@@ -100,7 +100,7 @@ fn bad_alert_settings_are_refused_with_exit_code_2_naming_the_setting() {
         (
             &[(
                 "PACER_ALERTS__SINKS",
-                r#"[{name="ops", kind="email", url="http://hooks.example"}]"#,
+                r#"[{name="ops", kind="pager", url="http://hooks.example"}]"#,
             )],
             // Refused while the configuration is read, naming the key.
             "alerts.sinks.0.kind",
