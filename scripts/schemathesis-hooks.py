@@ -36,6 +36,11 @@ SPAN = ("must be between", "must be at least", "must be at most", "`")
 SEMANTIC = {
     "POST /api/v1/jobs/{name}/tasks": {
         "idempotency_key": ("differs from the Idempotency-Key header",),
+        # What the node is configured with: the allowed notice URL prefixes and the secrets.
+        "notify.url": ("not under an allowed prefix", "an http or https URL"),
+        "notify.events": ("name at least one of",),
+        "notify.auth.secret": ("the secret",),
+        "notify.auth.client_secret": ("the secret",),
     },
     "POST /api/v1/jobs/{name}/triggers": {
         "expression": ("`", "a cron expression", "the ", "never fires", "has no fire time"),

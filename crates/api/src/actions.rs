@@ -58,6 +58,7 @@ fn manual_task(job: &Job, actor: &Actor, payload: Option<&Map<String, Value>>) -
         trace_context: crate::observe::current_traceparent(),
         actor: Some(actor.principal.subject.clone()),
         retry_of: None,
+        notify: None,
     }
 }
 
@@ -249,6 +250,7 @@ fn retry_task_of(actor: &Actor, source: TaskId, payload: Value) -> NewTask {
         trace_context: crate::observe::current_traceparent(),
         actor: Some(actor.principal.subject.clone()),
         retry_of: Some(source),
+        notify: None,
     }
 }
 

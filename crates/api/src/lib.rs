@@ -97,6 +97,7 @@ pub struct Shared {
     auth: Auth,
     secrets: Arc<BTreeSet<String>>,
     request_timeout: Duration,
+    notify_urls: Arc<[String]>,
     alert_sinks: Arc<BTreeSet<String>>,
     /// This node's RabbitMQ consumer, as the engine reports it.
     consumer: watch::Receiver<ConsumerStatus>,
@@ -158,6 +159,7 @@ impl AppState {
             auth,
             secrets: Arc::new(config.secrets.clone()),
             request_timeout: config.request_timeout,
+            notify_urls: config.notify_urls.clone().into(),
             alert_sinks: Arc::new([pacer_domain::alert::LOG_SINK.to_owned()].into()),
             consumer: watch::channel(ConsumerStatus::disabled()).1,
             jobs: JobCache::default(),
@@ -207,6 +209,8 @@ pub struct ApiConfig {
     pub secrets: BTreeSet<String>,
     /// A request still running after this long is answered `503`.
     pub request_timeout: Duration,
+    /// The URL prefixes a task's `notify.url` must start with (none allowed when empty).
+    pub notify_urls: Vec<String>,
 }
 
 /// The whole API, ready to serve, with its OpenAPI document and the docs UI.

@@ -12,7 +12,8 @@ use chrono::{DateTime, Utc};
 use pacer_domain::dispatch::{Report, ReportedError};
 use pacer_domain::fingerprint::check_fingerprint;
 use pacer_domain::{
-    CallbackStatus, OverlapPolicy, SkipReason, TaskId, TaskOutcome, TaskState, ValidationErrors,
+    CallbackStatus, OutboundAuth, OverlapPolicy, SkipReason, TaskId, TaskOutcome, TaskState,
+    ValidationErrors,
 };
 use pacer_store::{CreatedTask, KeptTask, NewTask, Origin, ReportOutcome, TaskFilter};
 use serde::Deserialize;
@@ -85,6 +86,99 @@ struct CreateTaskRequest {
     idempotency_key: Option<String>,
     /// Dispatch no earlier than this.
     not_before: Option<DateTime<Utc>>,
+    /// Who to tell when the task ends (or at every state change).
+    notify: Option<NotifyRequest>,
+}
+
+/// Where and when Pacer tells the task's creator about it: a `POST` of the task to `url`, signed
+/// with `auth` (the job's outbound auth when absent), with an `Idempotency-Key` of
+/// `<task>:<event>`, retried with backoff until accepted.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({ "url": "https://rip.example/sync-done", "events": ["finished"] }))]
+pub(crate) struct NotifyRequest {
+    /// Where notices are posted: an `http` or `https` URL starting with one of the node's
+    /// configured `notify.allowed_urls`.
+    #[schema(max_length = 2048, pattern = r"^https?://[^/?#\s]+([/?#]\S*)?$")]
+    url: String,
+    /// `finished`: once, when the task (a run, for a job made of steps) ends; `state`: at every
+    /// state change. `["finished"]` when absent.
+    #[serde(default)]
+    events: Option<Vec<NotifyEvent>>,
+    /// How notices are signed; the job's outbound auth when absent.
+    auth: Option<OutboundAuth>,
+}
+
+/// What a task's creator is told about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum NotifyEvent {
+    Finished,
+    State,
+}
+
+impl NotifyRequest {
+    /// Checks the request against this node's allowed URL prefixes and secrets.
+    pub(crate) fn check(&self, state: &AppState) -> Result<()> {
+        let url = &self.url;
+        if url.len() > 2048
+            || !(url.starts_with("http://") || url.starts_with("https://"))
+            || url.chars().any(char::is_whitespace)
+        {
+            return Err(Error::field(
+                "notify.url",
+                "an http or https URL of at most 2048 characters",
+            ));
+        }
+        if !state
+            .notify_urls
+            .iter()
+            .any(|prefix| url.starts_with(prefix.as_str()))
+        {
+            return Err(Error::field(
+                "notify.url",
+                "not under an allowed prefix (the node's notify.allowed_urls)",
+            ));
+        }
+        if let Some(events) = &self.events
+            && events.is_empty()
+        {
+            return Err(Error::field(
+                "notify.events",
+                "name at least one of finished, state",
+            ));
+        }
+        if let Some(auth) = &self.auth
+            && let Some(secret) = auth.secret()
+            && !state.secrets.contains(secret)
+        {
+            return Err(Error::field(
+                &format!("notify.auth.{}", auth.secret_field()),
+                format!("the secret `{secret}` is not configured"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The stored form: `{url, events, auth}`, the auth resolved against `job`.
+    pub(crate) fn stored(&self, job: &pacer_store::Job) -> Value {
+        let mut events = self
+            .events
+            .clone()
+            .unwrap_or_else(|| vec![NotifyEvent::Finished]);
+        events.sort_by_key(|e| *e as u8);
+        events.dedup();
+        let auth = match &self.auth {
+            Some(auth) => auth.clone(),
+            None => job
+                .spec
+                .target
+                .as_ref()
+                .map(|t| t.auth().clone())
+                .unwrap_or_default(),
+        };
+        serde_json::json!({ "url": self.url, "events": events, "auth": auth })
+    }
 }
 
 /// Create a task
@@ -140,6 +234,9 @@ async fn create_task(
             "1 to 255 characters, no control characters",
         ));
     }
+    if let Some(notify) = &request.notify {
+        notify.check(&state)?;
+    }
     let name = existing_name(&raw_name)?;
     let payload = request.payload;
     let trace_context = crate::observe::current_traceparent();
@@ -179,6 +276,7 @@ async fn create_task(
             trace_context: trace_context.clone(),
             actor: None,
             retry_of: None,
+            notify: request.notify.as_ref().map(|n| n.stored(&job)),
         };
         let job = if job.spec.overlap == OverlapPolicy::Allow {
             Job::Kept(&job)
@@ -349,7 +447,10 @@ async fn get_task(
     let retries = state.store.retries_of(id).await?;
     let run = crate::runs::run_steps(&state, id, task.state).await?;
     let waiting_for = state.store.waiting_for(id.as_uuid()).await?;
-    let view = TaskView::detail(task, attempts, history, retries).waiting_for(waiting_for);
+    let notices = state.store.task_notices(id).await?;
+    let view = TaskView::detail(task, attempts, history, retries)
+        .waiting_for(waiting_for)
+        .notices(notices);
     Ok(JsonResponse(match run {
         Some((steps, progress)) => view.with_steps(steps, progress),
         None => view,

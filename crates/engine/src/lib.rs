@@ -11,6 +11,7 @@ mod events;
 mod firing;
 mod heartbeat;
 mod leader;
+mod notices;
 mod oauth2;
 mod outbound;
 mod sweeper;
@@ -27,6 +28,7 @@ pub use error::{Error, Result};
 pub use events::WebhookConfig;
 pub use heartbeat::Heartbeat;
 pub use leader::{EventPush, Leader, LeaderConfig};
+pub use notices::{NoticeConfig, Notifier, notice_body};
 pub use outbound::Outbound;
 
 /// Builds the HTTP client Pacer makes outbound calls with: pooled, no redirects followed

@@ -14,6 +14,7 @@ mod events;
 mod firing;
 mod jobs;
 mod messages;
+mod notices;
 mod operations;
 mod runs;
 mod tasks;
@@ -42,6 +43,7 @@ pub use events::{
 pub use firing::{Fired, Swept};
 pub use jobs::{DeletedJob, Job, JobWorkload, PutJob};
 pub use messages::{Ingested, MessageFilter, Route, StoredMessage};
+pub use notices::{ClaimedNotice, NOTICES_CHANNEL, Notice};
 pub use operations::{CancelNotice, JobFingerprint, JobStats, Released, RetryCandidate, TaskBrief};
 pub use runs::{RETRY_PLAN_NAMES, RetryStep, RunChild, RunView, retry_errors_key};
 pub use tasks::{

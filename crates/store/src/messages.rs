@@ -189,6 +189,7 @@ impl Store {
                 trace_context: trace_context.map(str::to_owned),
                 actor: None,
                 retry_of: None,
+                notify: None,
             };
             let outcome = if job.spec.overlap == OverlapPolicy::Allow {
                 insert_task(&mut tx, job, task, None, None, Some(from)).await?
