@@ -19,6 +19,7 @@ mod openapi;
 mod pagination;
 mod runs;
 mod schemas;
+mod subscriptions;
 mod tasks;
 mod triggers;
 mod ui;
@@ -258,6 +259,7 @@ fn groups() -> [(Access, OpenApiRouter<AppState>); 6] {
                 .merge(triggers::admin_routes())
                 .merge(calendars::admin_routes())
                 .merge(concurrency::admin_routes())
+                .merge(subscriptions::admin_routes())
                 .merge(audit::admin_routes()),
         ),
         (
@@ -271,6 +273,7 @@ fn groups() -> [(Access, OpenApiRouter<AppState>); 6] {
                 .merge(triggers::operator_routes())
                 .merge(calendars::operator_routes())
                 .merge(concurrency::operator_routes())
+                .merge(subscriptions::operator_routes())
                 .merge(cluster::operator_routes())
                 .merge(alerts::operator_routes())
                 .merge(messages::operator_routes()),

@@ -13,6 +13,7 @@ pub mod message;
 pub mod retry;
 pub mod schedule;
 pub mod span;
+pub mod subscription;
 pub mod task;
 pub mod trigger;
 pub mod validation;
@@ -35,6 +36,7 @@ pub use message::{
 pub use retry::RetryPolicy;
 pub use schedule::{Schedule, ScheduleError};
 pub use span::Span;
+pub use subscription::{SubscriptionInput, SubscriptionSpec};
 pub use task::{CallbackStatus, FailureReason, TaskEvent, TaskState, Transition, Withdrawal};
 pub use trigger::{ScheduleSpec, Timetable, TriggerInput, TriggerSpec};
 pub use validation::{FieldError, ValidationErrors};

@@ -27,7 +27,7 @@ pub use dispatch::{
 pub use error::{Error, Result};
 pub use events::WebhookConfig;
 pub use heartbeat::Heartbeat;
-pub use leader::{EventPush, Leader, LeaderConfig};
+pub use leader::{EventPush, Leader, LeaderConfig, SubscriptionPush};
 pub use notices::{NoticeConfig, Notifier, notice_body};
 pub use outbound::Outbound;
 

@@ -13,7 +13,7 @@ use pacer_domain::Span;
 use pacer_engine::{
     AmqpConfig, CancelNotifier, Consumer, Deliverer, DeliveryConfig, DispatchConfig, Dispatcher,
     EventPush, Heartbeat, Leader, LeaderConfig, NoticeConfig, Notifier, Outbound, Publisher,
-    WebhookConfig,
+    SubscriptionPush, WebhookConfig,
 };
 use pacer_store::{ClaimedTask, Store};
 use secrecy::ExposeSecret;
@@ -284,6 +284,10 @@ impl Node {
         let leader = Leader {
             store: self.store.clone(),
             webhook,
+            subscriptions: Some(SubscriptionPush {
+                client: client.clone(),
+                outbound: outbound.clone(),
+            }),
             config: LeaderConfig {
                 node_id: self.node_id.clone(),
                 lease_ttl: cluster.lease_ttl,

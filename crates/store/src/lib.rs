@@ -17,6 +17,7 @@ mod messages;
 mod notices;
 mod operations;
 mod runs;
+mod subscriptions;
 mod tasks;
 mod triggers;
 mod withdrawal;
@@ -46,6 +47,9 @@ pub use messages::{Ingested, MessageFilter, Route, StoredMessage};
 pub use notices::{ClaimedNotice, NOTICES_CHANNEL, Notice};
 pub use operations::{CancelNotice, JobFingerprint, JobStats, Released, RetryCandidate, TaskBrief};
 pub use runs::{RETRY_PLAN_NAMES, RetryStep, RunChild, RunView, retry_errors_key};
+pub use subscriptions::{
+    LAG_COUNT_LIMIT, Lag, Subscription, filter as subscription_filter, subscription_cursor,
+};
 pub use tasks::{
     Attempt, CreatedTask, KeptTask, NewTask, Origin, ReportOutcome, Reporting, Task, TaskCreation,
     TaskFilter, TaskReport,
