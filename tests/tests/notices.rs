@@ -237,6 +237,29 @@ async fn a_notify_url_outside_the_allowed_prefixes_is_refused_and_nothing_is_cre
         let text = problem.to_string();
         assert!(text.contains("notify.url"), "names the field: {problem:#}");
     }
+    // Nor may its auth send Pacer to a token endpoint elsewhere, or name a secret not configured.
+    for (auth, field) in [
+        (
+            json!({ "kind": "oauth2", "token_url": "https://evil.example/token", "client_id": "c", "client_secret": "notice_secret" }),
+            "notify.auth.kind",
+        ),
+        (
+            json!({ "kind": "hmac", "secret": "missing" }),
+            "notify.auth.secret",
+        ),
+    ] {
+        let refused = api
+            .create_task(
+                "sync",
+                &json!({ "notify": { "url": "https://rip.example/done", "auth": auth } }),
+            )
+            .await;
+        let problem = refused.expect_problem(422);
+        assert!(
+            problem.to_string().contains(field),
+            "names {field}: {problem:#}"
+        );
+    }
     let listed = api
         .request(Method::GET, "/api/v1/tasks?job=sync", None, &[])
         .await;

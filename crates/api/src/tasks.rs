@@ -148,6 +148,18 @@ impl NotifyRequest {
                 "name at least one of finished, state",
             ));
         }
+        if let Some(auth) = &self.auth {
+            // An OAuth2 token endpoint would be a host outside the allowed prefixes.
+            if matches!(auth, OutboundAuth::OAuth2 { .. }) {
+                return Err(Error::field(
+                    "notify.auth.kind",
+                    "oauth2 is not taken for notices: hmac, bearer or jwt, or leave auth out to use the job's",
+                ));
+            }
+            let mut errors = ValidationErrors::new();
+            pacer_domain::job::check_auth(&mut errors, "notify.auth", auth);
+            errors.into_result(()).map_err(Error::Validation)?;
+        }
         if let Some(auth) = &self.auth
             && let Some(secret) = auth.secret()
             && !state.secrets.contains(secret)

@@ -117,6 +117,7 @@ impl TryFrom<SubscriptionInput> for SubscriptionSpec {
                 );
             }
         }
+        crate::job::check_auth(&mut errors, "auth", &input.auth);
         let batch_size = input.batch_size.unwrap_or(100);
         if !(1..=MAX_BATCH).contains(&batch_size) {
             errors.push("batch_size", format!("must be between 1 and {MAX_BATCH}"));

@@ -6,6 +6,7 @@ mod calendars;
 mod events;
 mod groups;
 pub(crate) mod output;
+mod subscriptions;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -90,6 +91,14 @@ pub(crate) enum Remote {
         connection: Connection,
         #[command(subcommand)]
         verb: groups::GroupsVerb,
+    },
+    /// List, show (with lag and failures), create or change, and delete event subscriptions.
+    #[command(after_help = EXIT_CODES)]
+    Subscriptions {
+        #[command(flatten)]
+        connection: Connection,
+        #[command(subcommand)]
+        verb: subscriptions::SubscriptionsVerb,
     },
     /// List, acknowledge and resolve alerts.
     #[command(after_help = EXIT_CODES)]
@@ -308,6 +317,9 @@ async fn dispatch(remote: Remote) -> Result<()> {
         Remote::Alerts { connection, verb } => alerts(&connection, verb).await,
         Remote::Calendars { connection, verb } => calendars::calendars(&connection, verb).await,
         Remote::Groups { connection, verb } => groups::groups(&connection, verb).await,
+        Remote::Subscriptions { connection, verb } => {
+            subscriptions::subscriptions(&connection, verb).await
+        }
         Remote::Cluster {
             connection,
             verb: ClusterVerb::Status,
