@@ -110,6 +110,12 @@ SEMANTIC["PUT /api/v1/subscriptions/{name}"] = {
     "auth.audience": ("at most 256 characters, no control characters", "1 to 256 characters"),
     "description": ("at most 1000 characters",),
 }
+# A message's notify is checked as a task's.
+SEMANTIC["POST /api/v1/messages"] = {
+    field: prefixes
+    for field, prefixes in SEMANTIC["POST /api/v1/jobs/{name}/tasks"].items()
+    if field.startswith("notify")
+}
 SEMANTIC["GET /api/v1/events"] = {
     "job": ("at most 100 jobs",),
     "label": ("each label is", "at most 32 labels"),

@@ -277,3 +277,78 @@ async fn a_notify_url_outside_the_allowed_prefixes_is_refused_and_nothing_is_cre
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_with_notify_gets_a_notice_for_each_task_it_creates() {
+    let db = TestDb::create().await;
+    let downstream = FakeDownstream::start(|_| Reply::accept()).await;
+    let receiver = FakeDownstream::start(|_| Reply::status(200)).await;
+    let node = PacerProcess::start_with(db.url(), notifying("node-a", &receiver.url("/"))).await;
+    let api = node.api();
+    for job in ["sync", "audit"] {
+        api.put_job(
+            job,
+            &json!({
+                "target": { "url": downstream.url("/run") },
+                "repoll_interval": "1h",
+                "on_messages": ["masterdata.changed"],
+            }),
+        )
+        .await;
+    }
+    let refused = api
+        .request(
+            Method::POST,
+            "/api/v1/messages",
+            Some(&json!({ "type": "masterdata.changed", "id": "m-0",
+                          "notify": { "url": "https://elsewhere.example/" } })),
+            &[],
+        )
+        .await;
+    assert!(
+        refused
+            .expect_problem(422)
+            .to_string()
+            .contains("notify.url")
+    );
+    let sent = api
+        .request(
+            Method::POST,
+            "/api/v1/messages",
+            Some(&json!({ "type": "masterdata.changed", "id": "m-1",
+                          "notify": { "url": receiver.url("/done") } })),
+            &[],
+        )
+        .await;
+    let tasks: Vec<String> = sent.expect_status(202)["tasks"]
+        .as_array()
+        .expect("tasks")
+        .iter()
+        .filter_map(|t| t["task_id"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(tasks.len(), 2);
+    for id in &tasks {
+        api.wait_for_state(id, "processing", SETTLE).await;
+        api.callback(id, &json!({ "status": "completed" }))
+            .await
+            .expect_status(200);
+    }
+    let received = wait_until("a notice per task", SETTLE, || async {
+        let received = receiver.requests();
+        (received.len() >= 2).then_some(received)
+    })
+    .await;
+    let mut keys: Vec<String> = received
+        .iter()
+        .map(|r| r.idempotency_key().to_owned())
+        .collect();
+    keys.sort();
+    let mut want: Vec<String> = tasks.iter().map(|id| format!("{id}:finished")).collect();
+    want.sort();
+    assert_eq!(keys, want);
+    let count: i64 = sqlx::query_scalar("select count(*) from messages where id = 'm-0'")
+        .fetch_one(db.pool())
+        .await
+        .expect("count");
+    assert_eq!(count, 0, "the refused message was not received");
+}

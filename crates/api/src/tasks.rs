@@ -12,8 +12,8 @@ use chrono::{DateTime, Utc};
 use pacer_domain::dispatch::{Report, ReportedError};
 use pacer_domain::fingerprint::check_fingerprint;
 use pacer_domain::{
-    CallbackStatus, OutboundAuth, OverlapPolicy, SkipReason, TaskId, TaskOutcome, TaskState,
-    ValidationErrors,
+    CallbackStatus, Notify, OutboundAuth, OverlapPolicy, SkipReason, TaskId, TaskOutcome,
+    TaskState, ValidationErrors,
 };
 use pacer_store::{CreatedTask, KeptTask, NewTask, Origin, ReportOutcome, TaskFilter};
 use serde::Deserialize;
@@ -87,110 +87,7 @@ struct CreateTaskRequest {
     /// Dispatch no earlier than this.
     not_before: Option<DateTime<Utc>>,
     /// Who to tell when the task ends (or at every state change).
-    notify: Option<NotifyRequest>,
-}
-
-/// Where and when Pacer tells the task's creator about it: a `POST` of the task to `url`, signed
-/// with `auth` (the job's outbound auth when absent), with an `Idempotency-Key` of
-/// `<task>:<event>`, retried with backoff until accepted.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-#[schema(example = json!({ "url": "https://rip.example/sync-done", "events": ["finished"] }))]
-pub(crate) struct NotifyRequest {
-    /// Where notices are posted: an `http` or `https` URL starting with one of the node's
-    /// configured `notify.allowed_urls`.
-    #[schema(max_length = 2048, pattern = r"^https?://[^/?#\s]+([/?#]\S*)?$")]
-    url: String,
-    /// `finished`: once, when the task (a run, for a job made of steps) ends; `state`: at every
-    /// state change. `["finished"]` when absent.
-    #[serde(default)]
-    events: Option<Vec<NotifyEvent>>,
-    /// How notices are signed; the job's outbound auth when absent.
-    auth: Option<OutboundAuth>,
-}
-
-/// What a task's creator is told about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub(crate) enum NotifyEvent {
-    Finished,
-    State,
-}
-
-impl NotifyRequest {
-    /// Checks the request against this node's allowed URL prefixes and secrets.
-    pub(crate) fn check(&self, state: &AppState) -> Result<()> {
-        let url = &self.url;
-        if url.len() > 2048
-            || !(url.starts_with("http://") || url.starts_with("https://"))
-            || url.chars().any(char::is_whitespace)
-        {
-            return Err(Error::field(
-                "notify.url",
-                "an http or https URL of at most 2048 characters",
-            ));
-        }
-        if !state
-            .notify_urls
-            .iter()
-            .any(|prefix| url.starts_with(prefix.as_str()))
-        {
-            return Err(Error::field(
-                "notify.url",
-                "not under an allowed prefix (the node's notify.allowed_urls)",
-            ));
-        }
-        if let Some(events) = &self.events
-            && events.is_empty()
-        {
-            return Err(Error::field(
-                "notify.events",
-                "name at least one of finished, state",
-            ));
-        }
-        if let Some(auth) = &self.auth {
-            // An OAuth2 token endpoint would be a host outside the allowed prefixes.
-            if matches!(auth, OutboundAuth::OAuth2 { .. }) {
-                return Err(Error::field(
-                    "notify.auth.kind",
-                    "oauth2 is not taken for notices: hmac, bearer or jwt, or leave auth out to use the job's",
-                ));
-            }
-            let mut errors = ValidationErrors::new();
-            pacer_domain::job::check_auth(&mut errors, "notify.auth", auth);
-            errors.into_result(()).map_err(Error::Validation)?;
-        }
-        if let Some(auth) = &self.auth
-            && let Some(secret) = auth.secret()
-            && !state.secrets.contains(secret)
-        {
-            return Err(Error::field(
-                &format!("notify.auth.{}", auth.secret_field()),
-                format!("the secret `{secret}` is not configured"),
-            ));
-        }
-        Ok(())
-    }
-
-    /// The stored form: `{url, events, auth}`, the auth resolved against `job`.
-    pub(crate) fn stored(&self, job: &pacer_store::Job) -> Value {
-        let mut events = self
-            .events
-            .clone()
-            .unwrap_or_else(|| vec![NotifyEvent::Finished]);
-        events.sort_by_key(|e| *e as u8);
-        events.dedup();
-        let auth = match &self.auth {
-            Some(auth) => auth.clone(),
-            None => job
-                .spec
-                .target
-                .as_ref()
-                .map(|t| t.auth().clone())
-                .unwrap_or_default(),
-        };
-        serde_json::json!({ "url": self.url, "events": events, "auth": auth })
-    }
+    notify: Option<Notify>,
 }
 
 /// Create a task
@@ -247,7 +144,9 @@ async fn create_task(
         ));
     }
     if let Some(notify) = &request.notify {
-        notify.check(&state)?;
+        notify
+            .check(&state.notify_urls, Some(&state.secrets))
+            .map_err(Error::Validation)?;
     }
     let name = existing_name(&raw_name)?;
     let payload = request.payload;
@@ -288,7 +187,7 @@ async fn create_task(
             trace_context: trace_context.clone(),
             actor: None,
             retry_of: None,
-            notify: request.notify.as_ref().map(|n| n.stored(&job)),
+            notify: request.notify.as_ref().map(|n| n.stored(job_auth(&job))),
         };
         let job = if job.spec.overlap == OverlapPolicy::Allow {
             Job::Kept(&job)
@@ -324,6 +223,12 @@ async fn create_task(
         JsonResponse(TaskView::from(task)),
     )
         .into_response())
+}
+
+/// The outbound auth of a job's target, the default of its tasks' notices.
+pub(crate) fn job_auth(job: &pacer_store::Job) -> &OutboundAuth {
+    static NONE: OutboundAuth = OutboundAuth::None {};
+    job.spec.target.as_ref().map_or(&NONE, |t| t.auth())
 }
 
 /// What starting a task came to.

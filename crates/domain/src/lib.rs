@@ -10,6 +10,7 @@ pub mod firing;
 pub mod ids;
 pub mod job;
 pub mod message;
+pub mod notify;
 pub mod retry;
 pub mod schedule;
 pub mod span;
@@ -33,6 +34,7 @@ pub use job::{AmqpTarget, HttpTarget, JobInput, JobName, JobSpec, OutboundAuth, 
 pub use message::{
     ConsumerState, ConsumerStatus, Message, MessageInput, MessageSource, MessageType,
 };
+pub use notify::{Notify, NotifyEvent};
 pub use retry::RetryPolicy;
 pub use schedule::{Schedule, ScheduleError};
 pub use span::Span;

@@ -388,6 +388,7 @@ impl Node {
                     reconnect_initial: amqp.reconnect_initial,
                     reconnect_max: amqp.reconnect_max,
                     node_id: self.node_id.clone(),
+                    notify_urls: self.config.notify.allowed_urls.clone(),
                 },
                 self.store.clone(),
                 consumer_status,
