@@ -352,3 +352,61 @@ async fn a_message_with_notify_gets_a_notice_for_each_task_it_creates() {
         .expect("count");
     assert_eq!(count, 0, "the refused message was not received");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_of_steps_is_noticed_as_the_run_not_per_child() {
+    let db = TestDb::create().await;
+    let downstream =
+        FakeDownstream::start(|_| Reply::status(200).json(json!({ "status": "completed" }))).await;
+    let receiver = FakeDownstream::start(|_| Reply::status(200)).await;
+    let node = PacerProcess::start_with(db.url(), notifying("node-a", &receiver.url("/"))).await;
+    let api = node.api();
+    api.put_job(
+        "extraction",
+        &json!({
+            "steps": [
+                { "name": "download", "target": { "url": downstream.url("/download") } },
+                { "name": "upload", "target": { "url": downstream.url("/upload") } },
+            ],
+        }),
+    )
+    .await;
+    let run = api
+        .create_task_id(
+            "extraction",
+            &json!({ "notify": { "url": receiver.url("/done"), "events": ["finished", "state"] } }),
+        )
+        .await;
+    api.wait_for_state(&run, "completed", SETTLE).await;
+    assert_eq!(downstream.requests().len(), 2, "both steps ran");
+    let task = wait_until("the run's finished notice delivered", SETTLE, || async {
+        let task = api.get_task(&run).await;
+        let notices = task["notices"].as_array().cloned().unwrap_or_default();
+        notices
+            .iter()
+            .any(|n| n["event"] == "finished" && n["delivered_at"].is_string())
+            .then_some(task)
+    })
+    .await;
+    let events: Vec<&str> = task["notices"]
+        .as_array()
+        .expect("notices")
+        .iter()
+        .filter_map(|n| n["event"].as_str())
+        .collect();
+    assert!(events.contains(&"state.completed.1"), "{events:?}");
+    let children: i64 =
+        sqlx::query_scalar("select count(*) from task_notices where task_id <> $1::uuid")
+            .bind(&run)
+            .fetch_one(db.pool())
+            .await
+            .expect("count");
+    assert_eq!(children, 0, "the run's children are not noticed");
+    for request in receiver.requests() {
+        assert!(
+            request.idempotency_key().starts_with(&format!("{run}:")),
+            "only the run is noticed: {}",
+            request.idempotency_key()
+        );
+    }
+}
