@@ -1,8 +1,10 @@
 //! End-to-end: event subscriptions through the CLI (`pacer subscriptions …`) and apply files
 //! (`subscription: <name>` entries).
 
+use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use pacer_tests::{PacerProcess, TestDb, pacer_binary, token};
 use reqwest::Method;
@@ -127,6 +129,70 @@ async fn subscriptions_are_managed_with_the_cli_and_declared_in_apply_files() {
         .request(Method::GET, "/api/v1/subscriptions/billing", None, &[])
         .await;
     assert_eq!(billing.expect_status(200)["jobs"], json!(["invoice"]));
+
+    // `pacer events` follows the stream with the same filters.
+    for (job, team) in [("intake", "registration"), ("billing", "finance")] {
+        api.put_job(
+            job,
+            &json!({ "target": { "url": "http://127.0.0.1:9/run" }, "labels": { "team": team } }),
+        )
+        .await;
+    }
+    let mut follower = Command::new(pacer_binary())
+        .args([
+            "events",
+            "--label",
+            "team:registration",
+            "--kind",
+            "task.state",
+            "--output",
+            "json",
+        ])
+        .env("PACER_URL", node.url())
+        .env("PACER_TOKEN", &admin)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("pacer events runs");
+    let stdout = follower.stdout.take().expect("stdout");
+    let (lines, received) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout)
+            .lines()
+            .map_while(std::result::Result::ok)
+        {
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // The stream starts at the present: create tasks until the labelled job's shows up.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut seen = Vec::new();
+    let intake = loop {
+        api.create_task_id("billing", &json!({})).await;
+        let intake = api.create_task_id("intake", &json!({})).await;
+        let mut found = false;
+        while let Ok(line) = received.recv_timeout(Duration::from_secs(1)) {
+            let event: Value = serde_json::from_str(&line).expect("a JSON line");
+            found |= event["data"]["task"] == json!(intake);
+            seen.push(event);
+        }
+        if found {
+            break intake;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no event of {intake}: {seen:#?}"
+        );
+    };
+    let _ = follower.kill();
+    let _ = follower.wait();
+    assert!(
+        seen.iter()
+            .all(|e| e["data"]["job"] == "intake" && e["event"] == "task.state"),
+        "only the labelled job's task.state events: {seen:#?}"
+    );
+    assert!(seen.iter().any(|e| e["data"]["task"] == json!(intake)));
 
     pacer(&["subscriptions", "delete", "team"]).ok();
     let gone = api

@@ -121,9 +121,8 @@ pub(crate) enum Remote {
     Events {
         #[command(flatten)]
         connection: Connection,
-        /// Only the events of this job.
-        #[arg(long)]
-        job: Option<String>,
+        #[command(flatten)]
+        filter: events::Filter,
     },
     /// Make jobs and their triggers, calendars and concurrency groups match a jobs file (or
     /// every `.yaml`, `.yml` and `.json` file of a directory): shows the changes, then makes them.
@@ -324,8 +323,8 @@ async fn dispatch(remote: Remote) -> Result<()> {
             connection,
             verb: ClusterVerb::Status,
         } => cluster_status(&connection).await,
-        Remote::Events { connection, job } => {
-            events::follow(&connection.client()?, job, connection.output).await
+        Remote::Events { connection, filter } => {
+            events::follow(&connection.client()?, filter, connection.output).await
         }
         Remote::Apply {
             connection,
