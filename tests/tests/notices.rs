@@ -212,6 +212,32 @@ async fn state_notices_follow_every_state_change_and_use_the_jobs_auth() {
             "signed with the job's outbound auth"
         );
     }
+    // An operator's retry is noticed to the same receiver, naming the task it retries.
+    let retried = api
+        .request(
+            Method::POST,
+            &format!("/api/v1/tasks/{id}/retry"),
+            None,
+            &[],
+        )
+        .await;
+    let retry = retried.expect_status(202)["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    api.wait_for_state(&retry, "processing", SETTLE).await;
+    api.callback(&retry, &json!({ "status": "completed" }))
+        .await
+        .expect_status(200);
+    let finished = wait_until("the retry's finished notice", SETTLE, || async {
+        receiver
+            .requests()
+            .into_iter()
+            .find(|r| r.idempotency_key() == format!("{retry}:finished"))
+    })
+    .await;
+    assert_eq!(finished.body["task"]["retry_of"], json!(id));
+    assert_eq!(finished.body["task"]["state"], "completed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -164,6 +164,7 @@ pub fn notice_body(event: &str, task: &Task) -> Value {
             "last_error": task.last_error,
             "failure_reason": task.failure_reason,
             "outcome": task.outcome,
+            "retry_of": task.retry_of,
             "updated_at": task.updated_at,
         }
     })

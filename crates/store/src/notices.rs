@@ -131,6 +131,16 @@ impl Store {
         Ok(ms.map(|ms| Duration::from_millis(u64::try_from(ms).unwrap_or(0))))
     }
 
+    /// Who a task's creator asked to be told about it (`notify` as stored), if anyone.
+    pub async fn task_notify(&self, id: TaskId) -> Result<Option<Value>> {
+        Ok(
+            sqlx::query_scalar!("select notify from tasks where id = $1", id.as_uuid())
+                .fetch_optional(&self.pool)
+                .await?
+                .flatten(),
+        )
+    }
+
     /// A task's notices, oldest first.
     pub async fn task_notices(&self, id: TaskId) -> Result<Vec<Notice>> {
         let rows = sqlx::query!(
