@@ -84,6 +84,7 @@ SEMANTIC = {
         "timeout": SPAN,
         "deadline": SPAN,
         "freshness": SPAN,
+        "retention": SPAN,
         # What the database holds: the group must have been created first.
         "concurrency_group": ("no concurrency group named",),
         "retry.initial_backoff": SPAN,
@@ -128,6 +129,11 @@ SEMANTIC["POST /api/v1/jobs/{name}/triggers"]["calendars[]"] = (
     "`",
 )
 SEMANTIC["PUT /api/v1/jobs/{name}/triggers/{id}"] = SEMANTIC["POST /api/v1/jobs/{name}/triggers"]
+# A batch refuses each definition as the single route does, under its index.
+SEMANTIC["POST /api/v1/jobs/{name}/triggers:batch"] = {
+    f"triggers[].{field}": rules
+    for field, rules in SEMANTIC["POST /api/v1/jobs/{name}/triggers"].items()
+}
 # A backfill's range is checked against itself, the database's clock and its cap.
 BACKFILL = {
     "to": (

@@ -208,7 +208,9 @@ impl Api {
             let task = self.get_task(id).await;
             let recorded = task["attempts"].as_array().map_or(0, Vec::len);
             if recorded >= count {
-                return task;
+                // The task and its attempts are read by separate statements: the task row may
+                // predate the commit that recorded the attempt. Read once more, after it.
+                return self.get_task(id).await;
             }
             assert!(
                 Instant::now() < deadline,

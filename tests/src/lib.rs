@@ -1,5 +1,6 @@
 //! Test support for Pacer's end-to-end tests: a fresh database per test ([`TestDb`]), real
-//! `pacer serve` processes ([`PacerProcess`]), a scriptable fake downstream ([`FakeDownstream`]),
+//! `pacer serve` processes ([`PacerProcess`]), a scriptable fake downstream ([`FakeDownstream`]), an SMTP server
+//! ([`SmtpServer`]),
 //! a small client for the REST API ([`Api`]), RabbitMQ helpers ([`amqp`]) and waiting on
 //! conditions with deadlines.
 
@@ -10,6 +11,7 @@ mod downstream;
 mod probe;
 mod process;
 mod security;
+mod smtp;
 mod wait;
 
 use std::time::Duration;
@@ -23,6 +25,7 @@ pub use downstream::{CallbackResult, FakeDownstream, Received, Reply};
 pub use probe::ConcurrencyProbe;
 pub use process::{NodeSettings, PacerProcess, pacer_binary};
 pub use security::{TEST_SECRET, signing_key_file, token};
+pub use smtp::{ReceivedMail, SmtpServer};
 pub use wait::wait_until;
 
 /// An HTTP client for tests. reqwest is built without a default TLS provider, so this installs

@@ -27,11 +27,15 @@ struct Counts {
 /// The callback body for a dispatch body.
 type Answer = dyn Fn(&Value) -> Value + Send + Sync;
 
+/// Another node's base URL to send a dispatch's callback to, instead of the dispatching node.
+type Route = dyn Fn(&Value) -> Option<String> + Send + Sync;
+
 struct Shared {
     work: Duration,
     counts: Mutex<Counts>,
     client: reqwest::Client,
     answer: Box<Answer>,
+    route: Box<Route>,
 }
 
 /// A downstream that records the most tasks it held at once; stops when dropped.
@@ -54,11 +58,23 @@ impl ConcurrencyProbe {
         work: Duration,
         answer: impl Fn(&Value) -> Value + Send + Sync + 'static,
     ) -> Self {
+        Self::start_routing(work, answer, |_| None).await
+    }
+
+    /// As [`ConcurrencyProbe::start_answering`], and sends the callback of a dispatch to the
+    /// node whose base URL `route` names for it (same path and token), when it names one: so
+    /// callbacks of one run can be made to land on different nodes.
+    pub async fn start_routing(
+        work: Duration,
+        answer: impl Fn(&Value) -> Value + Send + Sync + 'static,
+        route: impl Fn(&Value) -> Option<String> + Send + Sync + 'static,
+    ) -> Self {
         let shared = Arc::new(Shared {
             work,
             counts: Mutex::default(),
             client: crate::http_client(),
             answer: Box::new(answer),
+            route: Box::new(route),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -135,6 +151,14 @@ async fn handle(State(shared): State<Arc<Shared>>, body: Bytes) -> StatusCode {
         counts.max_open = counts.max_open.max(counts.open.len());
     }
     let answer = (shared.answer)(&body);
+    let url = match (shared.route)(&body) {
+        // `http://host:port/api/…`: keep the path, change the node.
+        Some(base) => match url.match_indices('/').nth(2) {
+            Some((at, _)) => format!("{base}{}", &url[at..]),
+            None => url,
+        },
+        None => url,
+    };
     tokio::spawn(async move {
         tokio::time::sleep(shared.work).await;
         // The work is done before the callback goes out: from here the task is Pacer's to end,

@@ -1028,3 +1028,664 @@ async fn groups_and_calendars_apply_before_their_jobs_prune_after_them_and_expor
         .await;
     assert_eq!(holidays.status, 200);
 }
+
+/// A `pacer` command left running (`--watch`): its standard output line by line.
+struct Watching {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Watching {
+    fn start(url: &str, token: &str, args: &[&str]) -> Self {
+        use std::io::BufRead;
+        let mut command = Command::new(pacer_binary());
+        command.args(args);
+        for (key, _) in std::env::vars_os() {
+            let key = key.to_string_lossy();
+            if key.starts_with("PACER_") || key == "RUST_LOG" {
+                command.env_remove(&*key);
+            }
+        }
+        command
+            .env("PACER_URL", url)
+            .env("PACER_TOKEN", token)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit());
+        let mut child = command.spawn().expect("pacer starts");
+        let stdout = child.stdout.take().expect("stdout");
+        let (send, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if send.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self { child, lines }
+    }
+
+    /// The next line, waiting at most `timeout`; None once the output has ended.
+    fn next_line(&self, timeout: Duration) -> Option<String> {
+        match self.lines.recv_timeout(timeout) {
+            Ok(line) => Some(line),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => None,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                panic!("no output from the watching pacer within {timeout:?}")
+            }
+        }
+    }
+
+    /// Waits for the process to exit by itself, at most `timeout`: its exit code.
+    fn wait(mut self, timeout: Duration) -> i32 {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status.code().unwrap_or(-1);
+            }
+            if std::time::Instant::now() >= deadline {
+                let _ = self.child.kill();
+                panic!("the watching pacer did not exit within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn yaml(run: &Run) -> Value {
+    serde_saphyr::from_str(&run.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not YAML ({e}): {run:#?}"))
+}
+
+fn assert_code(run: &Run, code: i32) {
+    assert_eq!(run.code, code, "expected exit code {code}: {run:#?}");
+    assert!(run.stderr.starts_with("pacer: ") || code == 2, "{run:#?}");
+}
+
+/// Every operator verb against a real node, with real objects: jobs, triggers, tasks, a run of
+/// a job made of steps, messages, skips, alerts, the scheduler, the audit log, groups and
+/// calendars; tables, `-o json`, `-o yaml`, `--watch`, the exit codes, and the completions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_operator_verb_works_against_a_real_node() {
+    let db = TestDb::create().await;
+    let downstream = FakeDownstream::start(|_| Reply::accept()).await;
+    let node = PacerProcess::start(db.url(), "cli-every-verb").await;
+    let api = node.api();
+    let admin = token(&["admin"]);
+    let url = node.url();
+    let pacer = |args: &[&str]| pacer(url, Some(&admin), args);
+    let scratch = Scratch::new("every-verb");
+
+    // Completions name the nouns and the verbs.
+    let bash = pacer(&["completions", "bash"]).ok();
+    for word in [
+        "complete -F",
+        "scheduler",
+        "retry-failed",
+        "children",
+        "messages",
+    ] {
+        assert!(
+            bash.stdout.contains(word),
+            "{word}: {}",
+            &bash.stdout[..200]
+        );
+    }
+    for shell in ["zsh", "fish"] {
+        let script = pacer(&["completions", shell]).ok();
+        assert!(script.stdout.contains("run-all"), "{shell}");
+    }
+
+    // Who am I.
+    let me = pacer(&["whoami", "-o", "json"]).ok().json();
+    assert_eq!(me["subject"], "e2e");
+    assert!(pacer(&["whoami"]).ok().stdout.starts_with("e2e (issuer "));
+
+    // Jobs from files: a dry run changes nothing, a bad one is refused with exit code 4.
+    let sync = scratch.write(
+        "sync.yaml",
+        &format!(
+            "target: {{ url: \"{}\" }}\non_messages: [item.changed]\n",
+            downstream.url("/sync")
+        ),
+    );
+    let dry = pacer(&["jobs", "put", "sync", "-f", &sync, "--dry-run"]).ok();
+    assert_eq!(dry.stdout.trim(), "job sync is valid; nothing was changed");
+    assert_code(&pacer(&["jobs", "get", "sync"]), 3);
+    let saved = pacer(&["jobs", "put", "sync", "-f", &sync]).ok();
+    assert_eq!(saved.stdout.trim(), "job sync saved (version 1)");
+    let solo = scratch.write(
+        "solo.json",
+        &json!({ "target": { "url": downstream.url("/solo") }, "overlap": "skip" }).to_string(),
+    );
+    pacer(&["jobs", "put", "solo", "-f", &solo]).ok();
+    let bad = scratch.write("bad.yaml", "target: { url: \"http://x\" }\ntimeout: nope\n");
+    let refused = pacer(&["jobs", "put", "bad", "-f", &bad]);
+    assert_code(&refused, 4);
+    assert!(refused.stderr.contains("timeout"), "{refused:#?}");
+    assert_code(
+        &pacer(&["jobs", "put", "bad", "-f", "/nonexistent/job.yaml"]),
+        2,
+    );
+    let declared = scratch.write(
+        "declared.yaml",
+        &format!(
+            "- name: solo\n  target: {{ url: \"{}\" }}\n",
+            downstream.url("/other")
+        ),
+    );
+    let plan = yaml(&pacer(&["apply", "-f", &declared, "--dry-run", "-o", "yaml"]).ok());
+    assert_eq!(plan["changes"][0]["job"], "solo", "{plan:#?}");
+    let listed = yaml(&pacer(&["jobs", "list", "-o", "yaml"]).ok());
+    assert_eq!(listed["items"][0]["name"], "solo");
+    assert_eq!(listed["items"][1]["name"], "sync");
+
+    // Triggers: create from flags, show, pause, resume, replace, delete.
+    let created = pacer(&["triggers", "create", "sync", "--every", "1h", "-o", "json"])
+        .ok()
+        .json();
+    let trigger = created["id"].as_str().expect("a trigger id").to_owned();
+    assert_eq!(created["every"], "1h");
+    let cron = pacer(&[
+        "triggers",
+        "create",
+        "sync",
+        "--cron",
+        "0 0 9 * * *",
+        "--timezone",
+        "Europe/Berlin",
+    ])
+    .ok();
+    assert!(
+        cron.stdout
+            .contains("created: cron 0 0 9 * * * (Europe/Berlin)"),
+        "{cron:#?}"
+    );
+    let shown = yaml(&pacer(&["triggers", "get", "sync", &trigger, "-o", "yaml"]).ok());
+    assert_eq!(shown["kind"], "interval");
+    assert_eq!(shown["id"], trigger.as_str());
+    let paused = pacer(&["triggers", "pause", "sync", &trigger]).ok();
+    assert_eq!(
+        paused.stdout.trim(),
+        format!("trigger {trigger} of job sync is paused")
+    );
+    let resumed = pacer(&["triggers", "resume", "sync", &trigger, "-o", "json"])
+        .ok()
+        .json();
+    assert_eq!(resumed["paused"], false);
+    let replaced = pacer(&[
+        "triggers", "put", "sync", &trigger, "--every", "2h", "-o", "json",
+    ])
+    .ok()
+    .json();
+    assert_eq!(
+        (replaced["id"].as_str(), &replaced["every"]),
+        (Some(trigger.as_str()), &json!("2h"))
+    );
+    assert_code(
+        &pacer(&["triggers", "create", "sync", "--every", "nonsense"]),
+        4,
+    );
+    assert_code(&pacer(&["triggers", "create", "sync"]), 2);
+    let deleted = pacer(&["triggers", "delete", "sync", &trigger]).ok();
+    assert_eq!(
+        deleted.stdout.trim(),
+        format!("trigger {trigger} of job sync deleted")
+    );
+    assert_code(&pacer(&["triggers", "get", "sync", &trigger]), 3);
+    assert_code(&pacer(&["triggers", "pause", "sync", &trigger]), 3);
+
+    // Tasks: create, watch until it ends, report, release.
+    let task = pacer(&[
+        "tasks",
+        "create",
+        "sync",
+        "--payload",
+        r#"{"table": "centers"}"#,
+        "-o",
+        "json",
+    ])
+    .ok()
+    .json();
+    let task = task["id"].as_str().expect("a task id").to_owned();
+    api.wait_for_state(&task, "processing", SETTLE).await;
+    let watching = Watching::start(
+        url,
+        &admin,
+        &[
+            "tasks",
+            "get",
+            &task,
+            "--watch",
+            "--interval",
+            "1s",
+            "-o",
+            "json",
+        ],
+    );
+    let first: Value = serde_json::from_str(&watching.next_line(SETTLE).expect("a first view"))
+        .expect("a JSON line");
+    assert_eq!(first["state"], "processing");
+    let reported = pacer(&[
+        "tasks",
+        "report",
+        &task,
+        "--status",
+        "completed",
+        "--message",
+        "done",
+    ])
+    .ok();
+    assert_eq!(
+        reported.stdout.trim(),
+        format!("task {task} of job sync: completed")
+    );
+    let mut last = first;
+    while let Some(line) = watching.next_line(SETTLE) {
+        last = serde_json::from_str(&line).expect("a JSON line");
+    }
+    assert_eq!(last["state"], "completed", "the watch ends with the task");
+    assert_eq!(watching.wait(SETTLE), 0);
+    assert_code(&pacer(&["tasks", "release", &task]), 5);
+    let missing = uuid::Uuid::now_v7().to_string();
+    assert_code(&pacer(&["tasks", "get", &missing, "--watch"]), 3);
+    assert_code(&pacer(&["tasks", "report", &task, "--status", "bogus"]), 4);
+
+    let failing = pacer(&["tasks", "create", "sync", "-o", "json"])
+        .ok()
+        .json()["id"]
+        .as_str()
+        .expect("a task id")
+        .to_owned();
+    api.wait_for_state(&failing, "processing", SETTLE).await;
+    pacer(&[
+        "tasks",
+        "report",
+        &failing,
+        "--status",
+        "failed",
+        "--error-code",
+        "boom",
+        "--error-message",
+        "it broke",
+    ])
+    .ok();
+    let retried = pacer(&["jobs", "retry-failed", "sync", "-o", "json"])
+        .ok()
+        .json();
+    assert_eq!(
+        retried["retried"][0]["task"],
+        failing.as_str(),
+        "{retried:#}"
+    );
+    let retry = retried["retried"][0]["retry"]
+        .as_str()
+        .expect("the retry's id")
+        .to_owned();
+    api.wait_for_state(&retry, "processing", SETTLE).await;
+    // A dispatch that hangs holds a claim; releasing it hands the task back.
+    let hanging = FakeDownstream::start(|_| Reply::hang()).await;
+    let stuck = scratch.write(
+        "stuck.json",
+        &json!({ "target": { "url": hanging.url("/stuck") } }).to_string(),
+    );
+    pacer(&["jobs", "put", "stuck", "-f", &stuck]).ok();
+    let held = pacer(&["jobs", "run", "stuck", "-o", "json"]).ok().json()["id"]
+        .as_str()
+        .expect("a task id")
+        .to_owned();
+    hanging.wait_for_requests(&held, 1, SETTLE).await;
+    let released = pacer(&["tasks", "release", &held]).ok();
+    assert!(
+        released
+            .stdout
+            .starts_with(&format!("released: task {held} of job stuck")),
+        "{released:#?}"
+    );
+    let by_state = pacer(&[
+        "tasks", "list", "--job", "sync", "--state", "failed", "-o", "yaml",
+    ])
+    .ok();
+    assert_eq!(yaml(&by_state)["items"][0]["id"], failing.as_str());
+
+    // The alert the failure opened: listed, watched, shown, acknowledged, resolved.
+    let alert = pacer_tests::wait_until("the failure's alert", SETTLE, || async {
+        let alerts = pacer(&[
+            "alerts", "list", "--job", "sync", "--kind", "failed", "-o", "json",
+        ])
+        .ok()
+        .json();
+        alerts["items"][0]["id"].as_str().map(str::to_owned)
+    })
+    .await;
+    let shown = pacer(&["alerts", "get", &alert, "-o", "json"]).ok().json();
+    assert_eq!(shown["kind"], "failed");
+    assert!(shown["deliveries"].is_array(), "{shown:#}");
+    let watching = Watching::start(
+        url,
+        &admin,
+        &["alerts", "list", "--watch", "--interval", "1s"],
+    );
+    let mut frames: Vec<Vec<String>> = Vec::new();
+    while frames.len() < 3 {
+        let line = watching.next_line(SETTLE).expect("the watch goes on");
+        if line.starts_with("every 1s, ") {
+            frames.push(Vec::new());
+        } else if let Some(frame) = frames.last_mut() {
+            frame.push(line);
+        }
+    }
+    drop(watching);
+    for frame in &frames[..2] {
+        assert!(
+            frame
+                .iter()
+                .any(|l| l.starts_with("ID") && l.contains("SEVERITY"))
+                && frame
+                    .iter()
+                    .any(|l| l.starts_with(alert.as_str()) && l.contains("failed")),
+            "{frames:#?}"
+        );
+    }
+    let acked = pacer(&["alerts", "ack", &alert, "--note", "looking"]).ok();
+    assert!(acked.stdout.ends_with("is acked\n"), "{acked:#?}");
+    pacer(&["alerts", "resolve", &alert]).ok();
+    assert_code(
+        &pacer(&["alerts", "get", &uuid::Uuid::now_v7().to_string()]),
+        3,
+    );
+
+    // The job's summary, once and watched.
+    let summary = pacer(&["jobs", "summary", "sync"]).ok();
+    assert!(
+        summary.stdout.starts_with("job:           sync\n")
+            && summary.stdout.contains("open:          "),
+        "{summary:#?}"
+    );
+    let figures = pacer(&["jobs", "summary", "sync", "--window", "2", "-o", "json"])
+        .ok()
+        .json();
+    assert_eq!(figures["job"], "sync");
+    assert_eq!(figures["recent"]["failed"], 1, "{figures:#}");
+    let watching = Watching::start(
+        url,
+        &admin,
+        &[
+            "jobs",
+            "summary",
+            "sync",
+            "-w",
+            "--interval",
+            "1s",
+            "-o",
+            "yaml",
+        ],
+    );
+    let mut documents = 0;
+    while documents < 2 {
+        if watching.next_line(SETTLE).expect("the watch goes on") == "---" {
+            documents += 1;
+        }
+    }
+    // Ctrl-C ends a watch, successfully.
+    let interrupted = Command::new("kill")
+        .args(["-INT", &watching.child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(interrupted.success());
+    assert_eq!(watching.wait(SETTLE), 0);
+
+    // Messages: sent, listed, shown.
+    let message = pacer(&[
+        "messages",
+        "send",
+        "--type",
+        "item.changed",
+        "--key",
+        "centers",
+        "--payload",
+        r#"{"since": "2026-12-01"}"#,
+        "-o",
+        "json",
+    ])
+    .ok()
+    .json();
+    assert_eq!(message["routed"], true, "{message:#}");
+    let message_id = message["id"].as_str().expect("a message id").to_owned();
+    let messages = pacer(&["messages", "list", "--type", "item.changed"]).ok();
+    assert!(
+        messages.stdout.starts_with("ID") && messages.stdout.contains(&message_id),
+        "{messages:#?}"
+    );
+    let shown = yaml(&pacer(&["messages", "get", &message_id, "-o", "yaml"]).ok());
+    assert_eq!(shown["key"], "centers");
+    assert_code(&pacer(&["messages", "get", "no-such-message"]), 3);
+    let unrouted = pacer(&["messages", "list", "--routed", "false", "-o", "json"])
+        .ok()
+        .json();
+    assert_eq!(unrouted["items"], json!([]), "{unrouted:#}");
+
+    // The scheduler: standby and back, and running every job while `solo` has an open task:
+    // refused by its overlap policy and recorded as a skip.
+    let standby = pacer(&["scheduler", "standby"]).ok();
+    assert_eq!(
+        standby.stdout.trim(),
+        "scheduler is in standby: no trigger fires"
+    );
+    assert_eq!(
+        pacer(&["scheduler", "status", "-o", "json"]).ok().json()["paused"],
+        true
+    );
+    assert_eq!(
+        yaml(&pacer(&["scheduler", "resume", "-o", "yaml"]).ok())["paused"],
+        false
+    );
+    pacer(&["scheduler", "pause"]).ok();
+    assert_eq!(
+        pacer(&["scheduler", "resume"]).ok().stdout.trim(),
+        "scheduler is running"
+    );
+    pacer(&["jobs", "run", "solo"]).ok();
+    pacer(&["jobs", "pause", "stuck"]).ok();
+    let ran = pacer(&["scheduler", "run-all"]).ok();
+    assert!(
+        ran.stdout.starts_with("JOB")
+            && ran.stdout.contains("skipped (overlap")
+            && ran.stdout.contains("stuck  paused, not run"),
+        "{ran:#?}"
+    );
+    let ran = pacer(&["scheduler", "run-all", "-o", "json"]).ok().json();
+    assert_eq!(ran["skipped"][0]["job"], "solo", "{ran:#}");
+    let skips = pacer(&["skips", "list", "--job", "solo"]).ok();
+    assert!(
+        skips.stdout.starts_with("RECORDED") && skips.stdout.contains("overlap"),
+        "{skips:#?}"
+    );
+    let skips = pacer(&["skips", "list", "--reason", "overlap", "-o", "json"])
+        .ok()
+        .json();
+    assert_eq!(
+        skips["items"].as_array().map(Vec::len),
+        Some(2),
+        "{skips:#}"
+    );
+    assert_code(&pacer(&["skips", "list", "--reason", "nope"]), 4);
+
+    // A run of a job made of steps: its children by step and state, the tasks of the run, the
+    // tree, and what retrying its failures would run again.
+    let flow = scratch.write(
+        "flow.json",
+        &json!({ "steps": [{ "name": "fan", "parallel": [
+            { "name": "a", "target": { "url": downstream.url("/a") } },
+            { "name": "b", "target": { "url": downstream.url("/b") } } ] }] })
+        .to_string(),
+    );
+    pacer(&["jobs", "put", "flow", "-f", &flow]).ok();
+    let run = pacer(&["jobs", "run", "flow", "-o", "json"]).ok().json()["id"]
+        .as_str()
+        .expect("a run id")
+        .to_owned();
+    let children =
+        pacer_tests::wait_until("the run's children to be dispatched", SETTLE, || async {
+            let page = pacer(&["tasks", "children", &run, "-o", "json"])
+                .ok()
+                .json();
+            let items = page["items"].as_array().cloned().unwrap_or_default();
+            (items.len() == 2 && items.iter().all(|c| c["state"] == "processing")).then_some(items)
+        })
+        .await;
+    let child = |name: &str| {
+        children
+            .iter()
+            .find(|c| c["name"] == name)
+            .and_then(|c| c["id"].as_str())
+            .expect("a child")
+            .to_owned()
+    };
+    let (a, b) = (child("a"), child("b"));
+    pacer(&["tasks", "report", &a, "--status", "completed"]).ok();
+    pacer(&[
+        "tasks",
+        "report",
+        &b,
+        "--status",
+        "failed",
+        "--error-code",
+        "boom",
+    ])
+    .ok();
+    api.wait_for_state(&run, "failed", SETTLE).await;
+    let failed = pacer(&[
+        "tasks", "children", &run, "--step", "fan", "--state", "failed",
+    ])
+    .ok();
+    let lines: Vec<&str> = failed.stdout.lines().collect();
+    assert!(
+        lines[0].starts_with("ID") && lines[0].contains("STEP"),
+        "{failed:#?}"
+    );
+    assert_eq!(lines.len(), 2, "{failed:#?}");
+    assert!(
+        lines[1].starts_with(&b) && lines[1].contains("boom"),
+        "{failed:#?}"
+    );
+    let of_run = pacer(&["tasks", "list", "--run", &run, "-o", "json"])
+        .ok()
+        .json();
+    let mut ids: Vec<&str> = of_run["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t["id"].as_str())
+        .collect();
+    ids.sort_unstable();
+    let mut expected = vec![a.as_str(), b.as_str()];
+    expected.sort_unstable();
+    assert_eq!(ids, expected, "{of_run:#}");
+    let tree = pacer(&["tasks", "tree", &run]).ok();
+    assert!(tree.stdout.contains("  fan [parallel] failed"), "{tree:#?}");
+    let plan = pacer(&["tasks", "retry", &run, "--only-failed", "--dry-run"]).ok();
+    assert!(plan.stdout.contains("  fan: 1 (reuses 1): b"), "{plan:#?}");
+    assert_code(
+        &pacer(&["tasks", "children", &uuid::Uuid::now_v7().to_string()]),
+        3,
+    );
+
+    // Groups and calendars.
+    pacer(&["groups", "put", "registry", "--limit", "2"]).ok();
+    assert_eq!(
+        yaml(&pacer(&["groups", "get", "registry", "-o", "yaml"]).ok())["limit"],
+        2
+    );
+    assert!(pacer(&["groups", "list"]).ok().stdout.contains("registry"));
+    pacer(&["groups", "delete", "registry"]).ok();
+    let weekend = scratch.write(
+        "weekend.yaml",
+        "exclude:\n  - { kind: weekdays, days: [sat, sun] }\n",
+    );
+    pacer(&["calendars", "put", "weekend", "-f", &weekend]).ok();
+    assert!(
+        pacer(&["calendars", "list"])
+            .ok()
+            .stdout
+            .contains("weekend")
+    );
+    assert_eq!(
+        yaml(&pacer(&["calendars", "get", "weekend", "-o", "yaml"]).ok())["name"],
+        "weekend"
+    );
+    pacer(&["calendars", "delete", "weekend"]).ok();
+
+    // The audit log names what was done, by whom.
+    let audit = pacer(&["audit", "list", "--actor", "e2e", "-o", "json"])
+        .ok()
+        .json();
+    let actions: Vec<&str> = audit["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    assert!(actions.iter().any(|a| a.contains("trigger")), "{actions:?}");
+    let pauses = pacer(&["audit", "list", "--action", "pause_trigger", "-o", "json"])
+        .ok()
+        .json();
+    assert_eq!(
+        pauses["items"].as_array().map(Vec::len),
+        Some(1),
+        "{pauses:#}"
+    );
+    assert_eq!(
+        pauses["items"][0]["target"],
+        format!("trigger:sync/{trigger}"),
+        "{pauses:#}"
+    );
+    let table = pacer(&["audit", "list", "--limit", "3"]).ok();
+    assert!(
+        table.stdout.starts_with("AT") && table.stdout.contains("(more: --cursor "),
+        "{table:#?}"
+    );
+
+    // Deleting a job with open tasks is refused until they are cancelled with it.
+    assert_code(&pacer(&["jobs", "delete", "sync"]), 5);
+    let gone = pacer(&[
+        "jobs",
+        "delete",
+        "sync",
+        "--cancel-open-tasks",
+        "-o",
+        "json",
+    ])
+    .ok()
+    .json();
+    assert_eq!(gone["deleted"], "sync");
+    assert!(
+        gone["cancelled_tasks"].as_u64().is_some_and(|n| n >= 1),
+        "{gone:#}"
+    );
+    assert_code(&pacer(&["jobs", "summary", "sync"]), 3);
+
+    // Unreachable: exit code 1, for the new nouns as for the old.
+    for args in [
+        &["scheduler", "status"][..],
+        &["skips", "list"],
+        &["audit", "list"],
+    ] {
+        let unreachable = self::pacer("http://127.0.0.1:1", Some(&admin), args);
+        assert_code(&unreachable, 1);
+        assert!(
+            unreachable.stderr.contains("cannot reach the server"),
+            "{unreachable:#?}"
+        );
+    }
+    let operator = token(&["operator"]);
+    let forbidden = self::pacer(url, Some(&operator), &["jobs", "delete", "solo"]);
+    assert_code(&forbidden, 6);
+}

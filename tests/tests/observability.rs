@@ -75,6 +75,30 @@ const OUTCOMES: &[&str] = &[
     "transient_error",
     "permanent_error",
 ];
+const SIZED_TABLES: &[&str] = &[
+    "tasks",
+    "task_attempts",
+    "task_runs",
+    "events",
+    "messages",
+    "skipped_runs",
+    "alerts",
+    "alert_deliveries",
+    "alert_delivery_attempts",
+    "audit_log",
+    "jobs",
+    "triggers",
+];
+const PRUNED_TABLES: &[&str] = &[
+    "tasks",
+    "task_attempts",
+    "events",
+    "messages",
+    "skipped_runs",
+    "alerts",
+    "alert_deliveries",
+    "audit_log",
+];
 const METHODS: &[&str] = &[
     "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE", "other",
 ];
@@ -137,6 +161,10 @@ const ENUMERATED: &[(&str, &str, &[&str])] = &[
         ],
     ),
     ("pacer_db_pool_connections", "state", &["idle", "in_use"]),
+    ("pacer_rows", "table", SIZED_TABLES),
+    ("pacer_bytes", "table", SIZED_TABLES),
+    ("pacer_pruned_rows_total", "table", PRUNED_TABLES),
+    ("pacer_prune_lag_seconds", "table", PRUNED_TABLES),
     ("pacer_http_requests_total", "method", METHODS),
     ("pacer_http_request_duration_seconds", "method", METHODS),
 ];

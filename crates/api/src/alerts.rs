@@ -64,7 +64,7 @@ pub(crate) struct DeliveryView {
     #[schema(examples("alert.opened"))]
     event: String,
     sink: String,
-    /// `webhook` or `slack`.
+    /// `webhook`, `slack` or `email`.
     #[schema(examples("webhook"))]
     sink_kind: String,
     /// `pending`, `delivered` or `failed`.

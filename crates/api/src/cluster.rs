@@ -13,7 +13,9 @@ use uuid::Uuid;
 use crate::audit;
 use crate::auth::Actor;
 use crate::pagination::{ListQuery, Listing, PageParams};
-use crate::views::{AmqpView, ClusterView, LeaderView, NodeView, Page, SchedulerView, SkipView};
+use crate::views::{
+    AmqpView, ClusterView, LeaderView, NodeView, Page, SchedulerView, SkipView, TableSizeView,
+};
 use crate::{AppState, Result};
 
 pub(crate) fn operator_routes() -> OpenApiRouter<AppState> {
@@ -27,8 +29,8 @@ pub(crate) fn operator_routes() -> OpenApiRouter<AppState> {
 
 /// Show the cluster
 ///
-/// The leader (null while no node holds a valid lease), the current term, and every known node,
-/// alive first.
+/// The leader (null while no node holds a valid lease), the current term, every known node,
+/// alive first, and the size of the tables that grow.
 #[utoipa::path(
     get,
     path = "/api/v1/cluster",
@@ -55,11 +57,19 @@ async fn get_cluster(State(state): State<AppState>) -> Result<JsonResponse<Clust
         node: state.node_id.to_string(),
         consumer: state.consumer.borrow().clone(),
     };
+    let tables = state
+        .store
+        .table_sizes()
+        .await?
+        .into_iter()
+        .map(TableSizeView::from)
+        .collect();
     Ok(JsonResponse(ClusterView {
         leader,
         term: lease.term,
         nodes,
         amqp,
+        tables,
     }))
 }
 

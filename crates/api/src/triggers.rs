@@ -27,6 +27,7 @@ use crate::{AppState, Error, Result};
 pub(crate) fn admin_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(create_trigger))
+        .routes(routes!(create_triggers))
         .routes(routes!(replace_trigger, delete_trigger))
         .routes(routes!(backfill_trigger))
         .routes(routes!(backfill_job))
@@ -155,6 +156,127 @@ async fn create_trigger(
         JsonResponse(view),
     )
         .into_response())
+}
+
+/// The most triggers one batch creates.
+const MAX_BATCH: usize = 10_000;
+
+/// Many triggers for one job, created together.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = TriggerBatch)]
+struct TriggerBatch {
+    /// 1 to 10,000 definitions, each the body of `POST /api/v1/jobs/{name}/triggers`.
+    #[schema(min_items = 1, max_items = 10000)]
+    triggers: Vec<TriggerInput>,
+}
+
+/// The triggers a batch created, in the order given.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = TriggersCreated)]
+struct TriggersCreated {
+    items: Vec<TriggerView>,
+}
+
+/// Add many triggers to a job
+///
+/// Validates every definition first, as `POST /api/v1/jobs/{name}/triggers` does, naming a bad
+/// one's fields under its index (`triggers[12].expression`): one bad definition creates none.
+/// Then writes them all in one statement and answers `201` with them, in the order given. For
+/// schedules by the thousand (`pacer apply` uses it for a job's new triggers).
+#[utoipa::path(
+    post,
+    path = "/api/v1/jobs/{name}/triggers:batch",
+    tag = "triggers",
+    params(JobPath),
+    request_body = TriggerBatch,
+    responses(
+        (status = 201, description = "The triggers were created.", body = TriggersCreated),
+        (status = 404, description = "No such job.", body = Problem),
+    )
+)]
+async fn create_triggers(
+    State(state): State<AppState>,
+    actor: Actor,
+    Path(raw_name): Path<String>,
+    Json(batch): Json<TriggerBatch>,
+) -> Result<Response> {
+    let job = job(&state, &raw_name).await?;
+    let mut errors = pacer_domain::ValidationErrors::new();
+    if batch.triggers.is_empty() || batch.triggers.len() > MAX_BATCH {
+        errors.push(
+            "triggers",
+            format!("1 to {MAX_BATCH} triggers, got {}", batch.triggers.len()),
+        );
+        return Err(Error::Validation(errors));
+    }
+    let mut specs = Vec::with_capacity(batch.triggers.len());
+    for (i, input) in batch.triggers.into_iter().enumerate() {
+        match TriggerSpec::try_from(input) {
+            Ok(spec) => specs.push(spec),
+            Err(refused) => {
+                for e in refused.errors() {
+                    errors.push(format!("triggers[{i}].{}", e.field), e.message.clone());
+                }
+            }
+        }
+    }
+    if !errors.is_empty() {
+        return Err(Error::Validation(errors));
+    }
+    let mut named: Vec<String> = specs
+        .iter()
+        .flat_map(|spec| spec.calendars.iter().cloned())
+        .collect();
+    named.sort();
+    named.dedup();
+    let missing = state.store.missing_calendars(&named).await?;
+    let now = state.store.now().await?;
+    let mut triggers = Vec::with_capacity(specs.len());
+    for (i, spec) in specs.into_iter().enumerate() {
+        for (j, name) in spec.calendars.iter().enumerate() {
+            if missing.contains(name) {
+                errors.push(
+                    format!("triggers[{i}].calendars[{j}]"),
+                    format!("no calendar named `{name}`"),
+                );
+            }
+        }
+        match spec.first_fire(now) {
+            Ok(first) => triggers.push((spec, Some(first))),
+            Err(refused) => {
+                for e in refused.errors() {
+                    errors.push(format!("triggers[{i}].{}", e.field), e.message.clone());
+                }
+            }
+        }
+    }
+    if !errors.is_empty() {
+        return Err(Error::Validation(errors));
+    }
+    let created = state
+        .store
+        .create_triggers(&job, &triggers)
+        .await
+        .map_err(|e| match e {
+            pacer_store::Error::Conflict { .. } => Error::NotFound {
+                what: "job",
+                id: raw_name.clone(),
+            },
+            other => other.into(),
+        })?;
+    let ids: Vec<Uuid> = created.iter().map(|t| t.id).collect();
+    let items: Vec<TriggerView> = created.into_iter().map(TriggerView::from).collect();
+    audit::record(
+        &state,
+        &actor,
+        "create_triggers",
+        format!("job:{}", job.name),
+        None,
+        Some(json!({ "count": ids.len(), "triggers": ids })),
+    )
+    .await;
+    Ok((StatusCode::CREATED, JsonResponse(TriggersCreated { items })).into_response())
 }
 
 /// A job's triggers page on their id, in id order.

@@ -441,7 +441,9 @@ pub(crate) struct LeaderView {
                  "stopped_at": null, "alive": true,
                  "amqp": { "state": "connected", "since": "2026-11-24T08:00:01Z", "queue": "pacer.messages" } } ],
     "amqp": { "node": "pacer-1",
-              "consumer": { "state": "connected", "since": "2026-11-24T08:00:01Z", "queue": "pacer.messages" } }
+              "consumer": { "state": "connected", "since": "2026-11-24T08:00:01Z", "queue": "pacer.messages" } },
+    "tables": [ { "table": "tasks", "rows": 1250000, "bytes": 780000000 },
+                { "table": "task_attempts", "rows": 1300000, "bytes": 200000000 } ]
 }))]
 pub(crate) struct ClusterView {
     pub(crate) leader: Option<LeaderView>,
@@ -449,6 +451,31 @@ pub(crate) struct ClusterView {
     pub(crate) nodes: Vec<NodeView>,
     /// The RabbitMQ consumer of the node that answered; each node reports its own in `/readyz`.
     pub(crate) amqp: AmqpView,
+    /// The size of every table that grows (and of `jobs` and `triggers`), what retention keeps
+    /// in check: approximate rows from the database's statistics, and bytes on disk with
+    /// indexes and TOAST.
+    pub(crate) tables: Vec<TableSizeView>,
+}
+
+/// The size of one table.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = TableSize)]
+pub(crate) struct TableSizeView {
+    pub(crate) table: String,
+    /// Approximate: the live rows the database's statistics count.
+    pub(crate) rows: i64,
+    /// On disk, indexes and TOAST included.
+    pub(crate) bytes: i64,
+}
+
+impl From<pacer_store::TableSize> for TableSizeView {
+    fn from(size: pacer_store::TableSize) -> Self {
+        Self {
+            table: size.table,
+            rows: size.rows,
+            bytes: size.bytes,
+        }
+    }
 }
 
 /// A node's RabbitMQ consumer.

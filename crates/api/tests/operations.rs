@@ -630,7 +630,10 @@ async fn a_task_reads_as_its_run_history_and_a_job_as_its_summary(pool: PgPool) 
     let p50 = body["recent"]["p50_ms"].as_f64().expect("p50");
     let p95 = body["recent"]["p95_ms"].as_f64().expect("p95");
     assert!(p50 > 0.0 && p95 >= p50, "{body}");
-    assert_eq!(body["open"], json!({ "pending": 0, "processing": 0 }));
+    assert_eq!(
+        body["open"],
+        json!({ "pending": 0, "processing": 0, "oldest_pending_at": null })
+    );
     assert_eq!(body["open_alerts"], json!({ "total": 0, "by_kind": {} }));
     let fires = body["next_fire_times"].as_array().expect("fires");
     assert_eq!(fires.len(), 5);

@@ -502,3 +502,89 @@ async fn skips_are_listed_by_reason_and_an_unknown_reason_is_refused_naming_the_
         "the refusal lists the reasons: {problem}"
     );
 }
+
+#[sqlx::test(migrator = "pacer_store::MIGRATOR")]
+async fn a_batch_of_triggers_is_validated_whole_and_written_together(pool: PgPool) {
+    let api = Api::new(pool.clone());
+    api.send(
+        Method::PUT,
+        "/api/v1/jobs/sync",
+        Some(json!({ "target": { "url": "http://a" } })),
+    )
+    .await;
+    let good: Vec<Value> = (0..500)
+        .map(|i| json!({ "kind": "interval", "every": format!("{}s", 10 + i) }))
+        .collect();
+
+    // One bad definition among good ones: nothing is written, each bad field named by index.
+    let mut mixed = good.clone();
+    mixed[3] = json!({ "kind": "cron", "expression": "not a cron" });
+    mixed[7] = json!({ "kind": "cron", "expression": "0 0 * * * *", "calendars": ["nope"] });
+    let (status, problem) = api
+        .send(
+            Method::POST,
+            "/api/v1/jobs/sync/triggers:batch",
+            Some(json!({ "triggers": mixed })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
+    let fields: Vec<&str> = problem["errors"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["field"].as_str())
+        .collect();
+    assert_eq!(fields, ["triggers[3].expression"]);
+    assert_eq!(triggers_in_db(&pool).await, 0);
+    mixed[3] = good[3].clone();
+    let (status, problem) = api
+        .send(
+            Method::POST,
+            "/api/v1/jobs/sync/triggers:batch",
+            Some(json!({ "triggers": mixed })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
+    assert_eq!(problem["errors"][0]["field"], "triggers[7].calendars[0]");
+    assert_eq!(triggers_in_db(&pool).await, 0);
+    let (status, _) = api
+        .send(
+            Method::POST,
+            "/api/v1/jobs/sync/triggers:batch",
+            Some(json!({ "triggers": [] })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let (status, _) = api
+        .send(
+            Method::POST,
+            "/api/v1/jobs/nope/triggers:batch",
+            Some(json!({ "triggers": good[..1] })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // All good: all written, in order, each with its first fire time.
+    let (status, created) = api
+        .send(
+            Method::POST,
+            "/api/v1/jobs/sync/triggers:batch",
+            Some(json!({ "triggers": good })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let items = created["items"].as_array().expect("items");
+    assert_eq!(items.len(), 500);
+    assert_eq!(items[0]["every"], "10s");
+    assert_eq!(items[499]["every"], "8m29s");
+    assert!(items.iter().all(|t| t["next_fire_at"].is_string()));
+    assert_eq!(triggers_in_db(&pool).await, 500);
+    let audited: i64 = sqlx::query_scalar(
+        "select count(*) from audit_log where action = 'create_triggers'
+           and (after ->> 'count')::int = 500",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("audit");
+    assert_eq!(audited, 1, "one audit entry for the batch");
+}

@@ -62,14 +62,20 @@ impl Api {
         Ok(())
     }
 
-    /// `POST /api/v1/jobs/{job}/triggers`.
-    pub(crate) async fn create_trigger(&self, base: &str, job: &str, spec: &Value) -> Result<()> {
-        let url = format!("{base}/api/v1/jobs/{job}/triggers");
-        let (status, body) = self
-            .with_retries(|| self.call(Method::POST, &url, Some(spec), None))
+    /// `POST /api/v1/jobs/{job}/triggers:batch`: the triggers of `specs`, created together.
+    pub(crate) async fn create_triggers(
+        &self,
+        base: &str,
+        job: &str,
+        specs: &[Value],
+    ) -> Result<()> {
+        let url = format!("{base}/api/v1/jobs/{job}/triggers:batch");
+        let body = serde_json::json!({ "triggers": specs });
+        let (status, answer) = self
+            .with_retries(|| self.call(Method::POST, &url, Some(&body), None))
             .await?;
         if status != StatusCode::CREATED {
-            bail!("POST {url} answered {status}: {body}");
+            bail!("POST {url} answered {status}: {answer}");
         }
         Ok(())
     }

@@ -2,7 +2,10 @@
 //! arrival time) and answers 202. On `/callback` it then reports the
 //! task `completed` on the dispatch's `callback.url` with the task's own `callback.token`,
 //! immediately or after `--callback-delay`; on `/accept` it does nothing more (for jobs with
-//! `expect_callback: false`).
+//! `expect_callback: false`). At most [`CALLBACKS_IN_FLIGHT`] callbacks are sent at once, over
+//! as many kept-alive connections: a second's thousands of occurrences dispatched together would
+//! otherwise each open a connection of their own, and run the harness and the nodes out of file
+//! descriptors.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -87,6 +90,8 @@ struct Shared {
     open: Mutex<Open>,
     answers: Mutex<Vec<CallbackAnswer>>,
     client: Caller,
+    /// A permit per callback in flight.
+    in_flight: tokio::sync::Semaphore,
     delay: Duration,
     answered: AtomicU64,
     conflicts: AtomicU64,
@@ -113,6 +118,7 @@ impl Downstream {
             open: Mutex::default(),
             answers: Mutex::new(Vec::with_capacity(64 * 1024)),
             client: Caller::new()?,
+            in_flight: tokio::sync::Semaphore::new(CALLBACKS_IN_FLIGHT),
             delay,
             answered: AtomicU64::new(0),
             conflicts: AtomicU64::new(0),
@@ -261,6 +267,11 @@ async fn call_back(shared: Arc<Shared>, task_id: String, url: String, token: Str
             tokio::time::sleep(backoff).await;
             backoff *= 2;
         }
+        // Waiting for a permit is the harness's queue, not the node's time: the clock starts
+        // once the callback goes out.
+        let Ok(_permit) = shared.in_flight.acquire().await else {
+            break;
+        };
         let sent_at = Utc::now();
         let started = tokio::time::Instant::now();
         match shared.client.call_back(&url, &token).await {
@@ -291,6 +302,11 @@ async fn call_back(shared: Arc<Shared>, task_id: String, url: String, token: Str
 /// The longest a callback waits for the node's answer.
 const CALLBACK_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The most callbacks sent at once, and connections kept open for them: far more than the
+/// nodes need to keep their callback batches full, far fewer than a process's default limit of
+/// 1024 open files.
+const CALLBACKS_IN_FLIGHT: usize = 256;
+
 /// Sends the callbacks. Nodes on plain HTTP get a bare HTTP/1.1 client, the request built straight
 /// from the URL: the harness shares the machine's cores with the nodes, so its own cost per
 /// callback is kept to the requests themselves. Nodes behind TLS (`--url https://…`) get reqwest.
@@ -302,9 +318,12 @@ struct Caller {
 impl Caller {
     fn new() -> Result<Self> {
         Ok(Self {
-            plain: Client::builder(TokioExecutor::new()).build_http(),
+            plain: Client::builder(TokioExecutor::new())
+                .pool_max_idle_per_host(CALLBACKS_IN_FLIGHT)
+                .build_http(),
             tls: reqwest::Client::builder()
                 .timeout(CALLBACK_TIMEOUT)
+                .pool_max_idle_per_host(CALLBACKS_IN_FLIGHT)
                 .build()?,
         })
     }

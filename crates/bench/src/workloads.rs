@@ -218,7 +218,11 @@ pub(crate) async fn define_job_with(
     Ok(BenchJob { name, id })
 }
 
-/// Creates one trigger per spec on `job`, spreading the requests over the nodes.
+/// How many triggers one `POST …/triggers:batch` of the harness creates.
+const TRIGGER_BATCH: usize = 1_000;
+
+/// Creates one trigger per spec on `job`, in batches of [`TRIGGER_BATCH`] spread over the nodes;
+/// returns how long each batch took.
 pub(crate) async fn create_triggers(
     target: &Target,
     job: &BenchJob,
@@ -228,12 +232,13 @@ pub(crate) async fn create_triggers(
     let api = target.api.clone();
     let urls = target.urls.clone();
     let name = job.name.clone();
-    let specs = Arc::new(specs);
-    let count = specs.len();
-    for_each_concurrent(count, concurrency, move |i| {
-        let (api, specs, name) = (api.clone(), specs.clone(), name.clone());
+    let batches: Arc<Vec<Vec<Value>>> =
+        Arc::new(specs.chunks(TRIGGER_BATCH).map(<[Value]>::to_vec).collect());
+    let count = batches.len();
+    for_each_concurrent(count, concurrency.min(4), move |i| {
+        let (api, batches, name) = (api.clone(), batches.clone(), name.clone());
         let url = urls[i % urls.len()].clone();
-        async move { api.create_trigger(&url, &name, &specs[i]).await }
+        async move { api.create_triggers(&url, &name, &batches[i]).await }
     })
     .await
 }

@@ -389,6 +389,9 @@ pub struct JobSpec {
     /// longer ago than this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub freshness: Option<Span>,
+    /// How long this job's finished tasks are kept, instead of the server's `retention.tasks`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<Span>,
 }
 
 /// A job definition as a client writes it: everything but the target is optional.
@@ -401,7 +404,7 @@ pub struct JobSpec {
     "repoll_interval": "30s", "dispatch_timeout": "10s", "timeout": "2h", "deadline": "15m",
     "retry": { "max_attempts": 10, "initial_backoff": "1s", "max_backoff": "5m", "multiplier": 2.0, "jitter": 0.2 },
     "expect_callback": true, "overlap": "skip", "on_messages": ["masterdata.changed"],
-    "labels": { "team": "registration" }, "freshness": "6h"
+    "labels": { "team": "registration" }, "freshness": "6h", "retention": "7d"
 })))]
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -452,6 +455,10 @@ pub struct JobInput {
     /// than this (or, before any completed, it has watched its freshness that long), a `stale`
     /// alert opens; the next completed run resolves it.
     pub freshness: Option<Span>,
+    /// How long this job's finished tasks (with their attempts, events and a run's children)
+    /// are kept before the leader prunes them (1m–365d), instead of the server's
+    /// `retention.tasks`. The job's last completed run is kept whatever its age.
+    pub retention: Option<Span>,
 }
 
 /// The schema of a job's labels: the rules [`check_labels`] applies.
@@ -921,6 +928,15 @@ impl TryFrom<JobInput> for JobSpec {
                 Span::from_secs(365 * 86_400),
             );
         }
+        if let Some(retention) = input.retention {
+            check_range(
+                &mut errors,
+                "retention",
+                retention,
+                Span::from_secs(60),
+                Span::from_secs(365 * 86_400),
+            );
+        }
         errors.into_result(JobSpec {
             description: input.description,
             target,
@@ -940,6 +956,7 @@ impl TryFrom<JobInput> for JobSpec {
             concurrency_group,
             skip_if_unchanged,
             freshness: input.freshness,
+            retention: input.retention,
         })
     }
 }
@@ -1261,6 +1278,24 @@ mod tests {
             }))
             .expect_err("refused");
             assert!(error.to_string().contains(message), "{bad}: {error}");
+        }
+    }
+
+    #[test]
+    fn retention_is_between_a_minute_and_a_year() {
+        let spec =
+            parse(json!({ "target": { "url": "http://a" }, "retention": "7d" })).expect("valid");
+        assert_eq!(spec.retention, Some(Span::from_secs(7 * 86_400)));
+        assert_eq!(
+            parse(json!({ "target": { "url": "http://a" } }))
+                .expect("valid")
+                .retention,
+            None
+        );
+        for bad in ["59s", "0s"] {
+            let errors = parse(json!({ "target": { "url": "http://a" }, "retention": bad }))
+                .expect_err("out of range");
+            assert_eq!(fields(&errors), ["retention"], "{bad}");
         }
     }
 

@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::email::{SmtpConfig, alert_message, email_body, success_message};
 use crate::{Error, Result};
 
 /// How a sink wants its notifications.
@@ -28,6 +29,8 @@ pub enum SinkKind {
     Webhook,
     /// A Slack-compatible incoming webhook: `{"text": "<one line>"}`.
     Slack,
+    /// An e-mail over SMTP, with plain-text and HTML bodies.
+    Email,
 }
 
 impl SinkKind {
@@ -36,6 +39,7 @@ impl SinkKind {
         match self {
             SinkKind::Webhook => "webhook",
             SinkKind::Slack => "slack",
+            SinkKind::Email => "email",
         }
     }
 }
@@ -46,12 +50,21 @@ impl SinkKind {
 pub struct SinkConfig {
     /// What jobs call it in their `alerts` routes.
     pub name: String,
-    /// `webhook` (JSON, signed with `secret`) or `slack` (an incoming webhook).
+    /// `webhook` (JSON, signed with `secret`), `slack` (an incoming webhook) or `email`.
     #[serde(default)]
     pub kind: SinkKind,
+    /// Where a webhook or Slack sink is POSTed to.
+    #[serde(default)]
     pub url: String,
     /// The name of the configured secret that signs each request (`pacer-signature`).
     pub secret: Option<String>,
+    /// An e-mail sink's recipients.
+    #[serde(default)]
+    pub to: Vec<String>,
+    /// An e-mail sink's sender.
+    pub from: Option<String>,
+    /// An e-mail sink's SMTP server.
+    pub smtp: Option<SmtpConfig>,
     /// Hears every alert of every job (true), or only those routed to it (false).
     #[serde(default = "hears_every_alert")]
     pub all_alerts: bool,
@@ -59,6 +72,43 @@ pub struct SinkConfig {
 
 fn hears_every_alert() -> bool {
     true
+}
+
+impl SinkConfig {
+    /// What a delivery records as its address: the URL, or `smtp://host:port` for e-mail.
+    fn address(&self) -> String {
+        match (&self.kind, &self.smtp) {
+            (SinkKind::Email, Some(smtp)) => format!("smtp://{}:{}", smtp.host, smtp.port),
+            _ => self.url.clone(),
+        }
+    }
+
+    /// The secret a delivery needs: the signing secret, or the SMTP password for e-mail.
+    fn secret_name(&self) -> Option<String> {
+        match self.kind {
+            SinkKind::Email => self.smtp.as_ref().and_then(|s| s.password.clone()),
+            SinkKind::Webhook | SinkKind::Slack => self.secret.clone(),
+        }
+    }
+
+    /// The queued body of an e-mail to this sink's recipients.
+    fn email(&self, subject: &str, text: &str, html: &str) -> Value {
+        let smtp = self.smtp.clone().unwrap_or(SmtpConfig {
+            host: String::new(),
+            port: 0,
+            starttls: true,
+            username: None,
+            password: None,
+        });
+        email_body(
+            &smtp,
+            self.from.as_deref().unwrap_or_default(),
+            &self.to,
+            subject,
+            text,
+            html,
+        )
+    }
 }
 
 /// The alert settings of the cluster (`alerts.*`): where alerts go, how they are evaluated, and
@@ -79,6 +129,10 @@ pub struct AlertsConfig {
     pub evaluation_interval: Span,
     /// Severity per kind, where not the default.
     pub severity: BTreeMap<AlertKind, Severity>,
+    /// The dashboard's address (`<public url>/ui/`), for links in e-mails; set by the node, not
+    /// a setting of its own.
+    #[serde(skip)]
+    pub dashboard_url: String,
     /// Most tasks (or skips) evaluated in one transaction: small enough that a pass holds the
     /// lease row's share lock only briefly. Not a setting.
     #[serde(skip)]
@@ -114,6 +168,7 @@ impl Default for AlertsConfig {
             dispatch_errors_threshold: 5,
             evaluation_interval: Span::from_secs(1),
             severity: BTreeMap::new(),
+            dashboard_url: String::new(),
             batch_size: 100,
             delivery_timeout: Span::from_secs(10),
             delivery_max_attempts: 100,
@@ -509,11 +564,16 @@ impl Alerting {
                 job_name: alert.job_name.clone(),
                 sink: sink.name.clone(),
                 sink_kind: sink.kind.as_str().to_owned(),
-                url: sink.url.clone(),
-                secret: sink.secret.clone(),
+                url: sink.address(),
+                secret: sink.secret_name(),
                 body: match sink.kind {
                     SinkKind::Webhook => json!({ "event": event, "alert": view, "text": text }),
                     SinkKind::Slack => json!({ "text": text }),
+                    SinkKind::Email => {
+                        let (subject, text, html) =
+                            alert_message(alert, event, &self.config.dashboard_url);
+                        sink.email(&subject, &text, &html)
+                    }
                 },
                 max_attempts: i32::try_from(self.config.delivery_max_attempts).unwrap_or(i32::MAX),
             })
@@ -534,8 +594,8 @@ impl Alerting {
                 job_name: Some(task.job_name.clone()),
                 sink: sink.name.clone(),
                 sink_kind: sink.kind.as_str().to_owned(),
-                url: sink.url.clone(),
-                secret: sink.secret.clone(),
+                url: sink.address(),
+                secret: sink.secret_name(),
                 body: match sink.kind {
                     SinkKind::Webhook => json!({
                         "event": "task.completed",
@@ -546,6 +606,11 @@ impl Alerting {
                         "text": text,
                     }),
                     SinkKind::Slack => json!({ "text": text }),
+                    SinkKind::Email => {
+                        let (subject, text, html) =
+                            success_message(task, &text, &self.config.dashboard_url);
+                        sink.email(&subject, &text, &html)
+                    }
                 },
                 max_attempts: i32::try_from(self.config.delivery_max_attempts).unwrap_or(i32::MAX),
             })

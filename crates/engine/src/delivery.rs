@@ -1,5 +1,5 @@
 //! The delivery loop, on every node: claims queued notifications with `for update skip locked`,
-//! POSTs each to its sink, and records every attempt. A failed attempt is retried with backoff;
+//! POSTs each to its sink (or sends it by e-mail), and records every attempt. A failed attempt is retried with backoff;
 //! a node that dies mid-delivery loses nothing, since its claim's lease runs out and any node
 //! takes the delivery over.
 
@@ -17,6 +17,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::Result;
+use crate::alerting::SinkKind;
 use crate::wakeup::Wakeups;
 
 /// The header carrying the delivery's id: the same on every retry of one notification, so a
@@ -106,7 +107,14 @@ impl Deliverer {
             let timeout = self.config.timeout.as_duration();
             running.spawn(async move {
                 let started = Instant::now();
-                let sent = send(&client, &secrets, &delivery, timeout).await;
+                let sent = if delivery.sink_kind == SinkKind::Email.as_str() {
+                    crate::email::send(&secrets, &delivery, timeout)
+                        .await
+                        .map(|()| None)
+                        .map_err(|error| (None, error))
+                } else {
+                    send(&client, &secrets, &delivery, timeout).await.map(Some)
+                };
                 (delivery, sent, started.elapsed())
             });
         }
@@ -121,12 +129,12 @@ impl Deliverer {
     async fn record(
         &self,
         delivery: &ClaimedDelivery,
-        sent: std::result::Result<u16, (Option<u16>, String)>,
+        sent: std::result::Result<Option<u16>, (Option<u16>, String)>,
         latency: Duration,
     ) {
         let failures = u32::try_from(delivery.attempt).unwrap_or(1).max(1);
         let (delivered, http_status, error) = match sent {
-            Ok(status) => (true, Some(status), None),
+            Ok(status) => (true, status, None),
             Err((status, error)) => (false, status, Some(error)),
         };
         let outcome = DeliveryOutcome {

@@ -122,7 +122,10 @@ impl Subscriptions {
                                 timeout: SUBSCRIBER_TIMEOUT,
                                 auth: subscription.spec.auth.clone(),
                             },
-                            receiver: Receiver::Subscription(subscription.name.clone()),
+                            receiver: Receiver::Subscription(
+                                subscription.name.clone(),
+                                subscription.updated_at,
+                            ),
                         };
                         let handle = tokio::spawn(pusher.run(stop.clone()));
                         running.insert(
@@ -156,22 +159,23 @@ impl Subscriptions {
 enum Receiver {
     /// The configured event webhook.
     Webhook,
-    /// The subscription of this name, which records how its deliveries go.
-    Subscription(String),
+    /// The subscription of this name, as defined at this time; it records how its deliveries
+    /// go.
+    Subscription(String, DateTime<Utc>),
 }
 
 impl Receiver {
     fn cursor_name(&self) -> String {
         match self {
             Receiver::Webhook => CURSOR.to_owned(),
-            Receiver::Subscription(name) => subscription_cursor(name),
+            Receiver::Subscription(name, _) => subscription_cursor(name),
         }
     }
 
     fn label(&self) -> &str {
         match self {
             Receiver::Webhook => CURSOR,
-            Receiver::Subscription(name) => name,
+            Receiver::Subscription(name, _) => name,
         }
     }
 }
@@ -201,7 +205,7 @@ impl Pusher {
                             .save_event_cursor(&name, start)
                             .await
                             .map(|()| start),
-                        Receiver::Subscription(_) => Ok(start),
+                        Receiver::Subscription(..) => Ok(start),
                     },
                     Err(error) => Err(error),
                 },
@@ -241,7 +245,7 @@ impl Pusher {
                             .save_event_cursor(&name, next)
                             .await
                             .map(|()| true),
-                        Receiver::Subscription(subscription) => {
+                        Receiver::Subscription(subscription, _) => {
                             self.store
                                 .subscription_delivered(
                                     subscription,
@@ -280,7 +284,23 @@ impl Pusher {
         }
     }
 
-    /// Posts one batch until the receiver accepts it (2xx). False when stopped first.
+    /// False once the subscription pushed is deleted or replaced; the webhook always is current.
+    /// A failed look counts as current: the batch is sent, at least once.
+    async fn current(&self) -> bool {
+        let Receiver::Subscription(name, version) = &self.receiver else {
+            return true;
+        };
+        match self.store.subscription_version(name).await {
+            Ok(found) => found == Some(*version),
+            Err(error) => {
+                tracing::warn!(%error, "reading a subscription failed");
+                true
+            }
+        }
+    }
+
+    /// Posts one batch until the receiver accepts it (2xx). False when stopped first, or when
+    /// the subscription is deleted or replaced.
     async fn deliver(
         &self,
         events: &[EventView],
@@ -292,6 +312,11 @@ impl Pusher {
         };
         let mut backoff = Duration::from_secs(1);
         loop {
+            // A subscription deleted or replaced meanwhile gets nothing more from this pusher
+            // (the leader starts a new one for a replaced subscription).
+            if !self.current().await {
+                return false;
+            }
             let outcome = match self
                 .outbound
                 .all_headers_for(&self.client, &self.config.auth, "events", &body)
@@ -325,7 +350,7 @@ impl Pusher {
                 Err(error) => {
                     metrics::counter!("pacer_event_webhook_failures_total", "receiver" => self.receiver.label().to_owned()).increment(1);
                     tracing::warn!(%error, receiver = self.receiver.label(), retry_in = ?backoff, "an event receiver refused a batch; retrying");
-                    if let Receiver::Subscription(name) = &self.receiver
+                    if let Receiver::Subscription(name, _) = &self.receiver
                         && let Err(error) = self.store.subscription_failed(name, &error).await
                     {
                         tracing::warn!(%error, "recording a subscription's failure failed");

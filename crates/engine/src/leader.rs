@@ -1,8 +1,8 @@
 //! Leader election by the lease row. Every node tries to take or renew the lease every TTL/3; the
-//! holder runs the cluster-wide duties (firing, sweeping, alerting) under its term. It stops them the moment
-//! a renewal fails, another node holds the lease, or its own monotonic clock says the lease might
-//! have lapsed (the trust window, shorter than the lease), whichever comes first. A clean
-//! shutdown resigns and notifies, so a follower takes over at once.
+//! holder runs the cluster-wide duties (firing, sweeping, pruning, alerting) under its term. It
+//! stops them the moment a renewal fails, another node holds the lease, or its own monotonic clock
+//! says the lease might have lapsed (the trust window, shorter than the lease), whichever comes
+//! first. A clean shutdown resigns and notifies, so a follower takes over at once.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +17,7 @@ use crate::alerting::{Alerting, AlertsConfig};
 use crate::events::{EventWebhook, Subscriptions, WebhookConfig};
 use crate::firing::Firing;
 use crate::outbound::Outbound;
+use crate::pruning::{Pruning, RetentionSettings};
 use crate::sweeper::Sweeper;
 use crate::wakeup::Wakeups;
 use crate::{Error, Result};
@@ -39,10 +40,13 @@ pub struct LeaderConfig {
     pub sweep_interval: Span,
     /// What the alert evaluation raises and where it sends it.
     pub alerts: Arc<AlertsConfig>,
-    /// Events older than this are pruned from the event log.
+    /// Events without a task older than this are pruned from the event log (a task's events
+    /// go with the task).
     pub event_retention: Span,
     /// Upstream messages older than this are pruned, and their deduplication ends.
     pub message_retention: Span,
+    /// How long finished tasks, skips, alerts and the audit log are kept, and how pruning runs.
+    pub retention: RetentionSettings,
 }
 
 /// Runs for leadership until shut down.
@@ -183,10 +187,17 @@ impl Leader {
             store: self.store.clone(),
             dead_after: self.config.dead_after,
             interval: self.config.sweep_interval.as_duration(),
+        };
+        running.spawn(sweeper.run(duties.child_token()));
+        let pruning = Pruning {
+            store: self.store.clone(),
+            node_id: self.config.node_id.clone(),
+            term,
+            settings: self.config.retention.clone(),
             event_retention: self.config.event_retention,
             message_retention: self.config.message_retention,
         };
-        running.spawn(sweeper.run(duties.child_token()));
+        running.spawn(pruning.run(duties.child_token()));
         let alerting = Alerting {
             store: self.store.clone(),
             node_id: self.config.node_id.clone(),

@@ -6,6 +6,7 @@ pub mod amqp;
 mod cancel;
 mod delivery;
 pub mod dispatch;
+mod email;
 mod error;
 mod events;
 mod firing;
@@ -14,6 +15,7 @@ mod leader;
 mod notices;
 mod oauth2;
 mod outbound;
+mod pruning;
 mod sweeper;
 mod wakeup;
 
@@ -24,12 +26,14 @@ pub use delivery::{DELIVERY_ID_HEADER, Deliverer, DeliveryConfig, EVENT_HEADER};
 pub use dispatch::{
     DispatchConfig, DispatchSettings, Dispatcher, Handoff, Reservation, callback_url,
 };
+pub use email::{SmtpConfig, check_email_sink};
 pub use error::{Error, Result};
 pub use events::WebhookConfig;
 pub use heartbeat::Heartbeat;
 pub use leader::{EventPush, Leader, LeaderConfig, SubscriptionPush};
 pub use notices::{NoticeConfig, Notifier, notice_body};
 pub use outbound::Outbound;
+pub use pruning::RetentionSettings;
 
 /// Builds the HTTP client Pacer makes outbound calls with: pooled, no redirects followed
 /// (a redirected `POST` would silently become a `GET`), TLS through rustls with the ring provider.

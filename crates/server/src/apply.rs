@@ -52,6 +52,8 @@ pub(crate) struct Options {
     pub(crate) cancel_open_tasks: bool,
     /// Print the plan as JSON.
     pub(crate) json: bool,
+    /// Print the plan as YAML.
+    pub(crate) yaml: bool,
 }
 
 /// `pacer apply`: validates every file, shows the changes, and (unless a dry run) makes them:
@@ -62,17 +64,19 @@ pub(crate) async fn apply(client: &Client, path: &Path, options: &Options) -> Re
     let resource_changes = resources::plan(client, &declared_resources, options.prune).await?;
     let plans = plan(client, &declared, options.prune).await?;
     vet(client, &declared, &plans, &resource_changes).await?;
-    if options.json {
-        emit(&crate::cli::output::json(&plan_json(
-            &resource_changes,
-            &plans,
-            options.dry_run,
-        )));
+    let machine = options.json || options.yaml;
+    if machine {
+        let plan = plan_json(&resource_changes, &plans, options.dry_run);
+        emit(&if options.yaml {
+            crate::cli::output::yaml(&plan)
+        } else {
+            crate::cli::output::json(&plan)
+        });
     } else {
         emit(render(&resource_changes, &plans).trim_end());
     }
     if options.dry_run {
-        if !options.json {
+        if !machine {
             emit("Dry run: nothing was changed.");
         }
         return Ok(());
@@ -80,7 +84,7 @@ pub(crate) async fn apply(client: &Client, path: &Path, options: &Options) -> Re
     let written = resources::write(client, &resource_changes).await?;
     let done = execute(client, &plans, options, written).await?;
     let done = resources::delete(client, &resource_changes, done).await?;
-    if !options.json && done > 0 {
+    if !machine && done > 0 {
         emit(&format!("Applied {done} change(s)."));
     }
     Ok(())

@@ -1,12 +1,17 @@
 //! The operator verbs of `pacer` over the REST API (`jobs`, `tasks`, `triggers`, `alerts`,
-//! `cluster`, `events`, `apply`, `export`): human tables by default, the API's JSON unchanged
-//! with `--output json`, and exit codes scripts can rely on (see [`crate::client::exit`]).
+//! `cluster`, `events`, `apply`, `export`, `scheduler`, `skips`, `messages`, `audit`, …): human
+//! tables by default, the API's JSON unchanged with `-o json` (or as YAML with `-o yaml`), and
+//! exit codes scripts can rely on (see [`crate::client::exit`]).
 
+mod admin;
 mod calendars;
 mod events;
 mod groups;
 pub(crate) mod output;
+mod runs;
 mod subscriptions;
+mod trigger_edit;
+mod watch;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -32,8 +37,9 @@ pub(crate) struct Connection {
     /// A bearer token (`pacer token` mints one for development).
     #[arg(long, env = "PACER_TOKEN", hide_env_values = true, global = true)]
     token: Option<String>,
-    /// `table` for people, `json` for scripts (the API's JSON, unchanged).
-    #[arg(long, value_enum, default_value_t = Output::Table, global = true)]
+    /// `table` for people; `json` (the API's JSON, unchanged) or `yaml` (the same, as YAML) for
+    /// scripts.
+    #[arg(short = 'o', long, value_enum, default_value_t = Output::Table, global = true)]
     output: Output,
 }
 
@@ -42,6 +48,7 @@ pub(crate) struct Connection {
 pub(crate) enum Output {
     Table,
     Json,
+    Yaml,
 }
 
 /// Shown under every verb's `--help`.
@@ -52,7 +59,8 @@ const EXIT_CODES: &str = "Exit codes: 0 done, 1 server or network failure, 2 usa
 /// The verbs that talk to a running cluster.
 #[derive(Debug, Subcommand)]
 pub(crate) enum Remote {
-    /// List, show, run, pause and resume jobs.
+    /// List, show, create or replace, run, pause, resume, summarize and delete jobs; retry their
+    /// failed tasks.
     #[command(after_help = EXIT_CODES)]
     Jobs {
         #[command(flatten)]
@@ -60,7 +68,8 @@ pub(crate) enum Remote {
         #[command(subcommand)]
         verb: JobsVerb,
     },
-    /// List, show, cancel and retry tasks.
+    /// List, show, create, cancel, retry, release and report on tasks; a run's steps and
+    /// children.
     #[command(after_help = EXIT_CODES)]
     Tasks {
         #[command(flatten)]
@@ -68,7 +77,8 @@ pub(crate) enum Remote {
         #[command(subcommand)]
         verb: TasksVerb,
     },
-    /// List a job's triggers, preview their next fire times, and backfill past occurrences.
+    /// List, show, create, replace, pause, resume and delete a job's triggers, preview their next
+    /// fire times, and backfill past occurrences.
     #[command(after_help = EXIT_CODES)]
     Triggers {
         #[command(flatten)]
@@ -100,7 +110,7 @@ pub(crate) enum Remote {
         #[command(subcommand)]
         verb: subscriptions::SubscriptionsVerb,
     },
-    /// List, acknowledge and resolve alerts.
+    /// List, show, acknowledge and resolve alerts.
     #[command(after_help = EXIT_CODES)]
     Alerts {
         #[command(flatten)]
@@ -115,6 +125,44 @@ pub(crate) enum Remote {
         connection: Connection,
         #[command(subcommand)]
         verb: ClusterVerb,
+    },
+    /// The scheduler: its standby, and running every job now.
+    #[command(after_help = EXIT_CODES)]
+    Scheduler {
+        #[command(flatten)]
+        connection: Connection,
+        #[command(subcommand)]
+        verb: admin::SchedulerVerb,
+    },
+    /// Runs that got no task (misfires, calendar exclusions, overlap refusals, …).
+    #[command(after_help = EXIT_CODES)]
+    Skips {
+        #[command(flatten)]
+        connection: Connection,
+        #[command(subcommand)]
+        verb: admin::SkipsVerb,
+    },
+    /// Send, list and show messages (the tasks of the jobs that subscribe to their type).
+    #[command(after_help = EXIT_CODES)]
+    Messages {
+        #[command(flatten)]
+        connection: Connection,
+        #[command(subcommand)]
+        verb: admin::MessagesVerb,
+    },
+    /// The audit log: who changed what, when, before and after.
+    #[command(after_help = EXIT_CODES)]
+    Audit {
+        #[command(flatten)]
+        connection: Connection,
+        #[command(subcommand)]
+        verb: admin::AuditVerb,
+    },
+    /// Who the token says the caller is, and its roles.
+    #[command(after_help = EXIT_CODES)]
+    Whoami {
+        #[command(flatten)]
+        connection: Connection,
     },
     /// Follow the cluster's event stream until interrupted (reconnects where it left off).
     #[command(after_help = EXIT_CODES)]
@@ -169,6 +217,40 @@ pub(crate) enum JobsVerb {
     },
     /// One job's definition.
     Get { name: String },
+    /// Create or replace one job from a YAML or JSON file holding the body of
+    /// `PUT /api/v1/jobs/{name}` (`pacer apply` does this for whole files of jobs).
+    Put {
+        name: String,
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        /// Validate and show the result; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Delete a job and its triggers; refused (exit code 5) while it has open tasks.
+    Delete {
+        name: String,
+        /// Cancel its open tasks first.
+        #[arg(long)]
+        cancel_open_tasks: bool,
+    },
+    /// How a job is doing: last run, last success, open tasks, recent figures, open alerts, next
+    /// fire times.
+    Summary {
+        name: String,
+        /// The figures' window in hours (default 24).
+        #[arg(long)]
+        window: Option<u32>,
+        #[command(flatten)]
+        watch: watch::Watch,
+    },
+    /// Retry a job's failed tasks (oldest first): a new task linked to each.
+    RetryFailed {
+        name: String,
+        /// At most this many (1–1000).
+        #[arg(long)]
+        limit: Option<u32>,
+    },
     /// Run a job now: creates a task and prints it.
     Run {
         name: String,
@@ -201,6 +283,24 @@ pub(crate) enum TasksVerb {
         /// Only tasks that ended with this outcome (unchanged).
         #[arg(long)]
         outcome: Option<String>,
+        /// Only the children of this run (a task of a job made of steps).
+        #[arg(long)]
+        run: Option<String>,
+        /// Only tasks that are overdue (or, with `false`, not overdue).
+        #[arg(long)]
+        overdue: Option<bool>,
+        /// Only tasks created at or after this time (RFC 3339).
+        #[arg(long)]
+        created_after: Option<String>,
+        /// Only tasks created before this time (RFC 3339).
+        #[arg(long)]
+        created_before: Option<String>,
+        /// Only tasks finished at or after this time (RFC 3339).
+        #[arg(long)]
+        finished_after: Option<String>,
+        /// Only tasks finished before this time (RFC 3339).
+        #[arg(long)]
+        finished_before: Option<String>,
         /// At most this many (1–500, default 50).
         #[arg(long)]
         limit: Option<u32>,
@@ -209,7 +309,33 @@ pub(crate) enum TasksVerb {
         cursor: Option<String>,
     },
     /// One task with its attempts.
-    Get { id: String },
+    Get {
+        id: String,
+        /// Redraw until the task ends (or Ctrl-C).
+        #[command(flatten)]
+        watch: watch::Watch,
+    },
+    /// Create a task of a job (`POST /api/v1/jobs/{name}/tasks`).
+    Create(runs::NewTask),
+    /// Release a processing task's claim: it goes back to pending and is dispatched again.
+    Release { id: String },
+    /// A run's children (of a job made of steps), filtered by step and state.
+    Children {
+        run: String,
+        #[arg(long)]
+        step: Option<String>,
+        /// pending, processing, completed, failed, …
+        #[arg(long)]
+        state: Option<String>,
+        /// At most this many (1–500).
+        #[arg(long)]
+        limit: Option<u32>,
+        /// The `next_cursor` of the previous page.
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+    /// Report on a task as its downstream would (`processing`, `completed`, `failed`, …).
+    Report(runs::Report),
     /// Cancel an open task.
     Cancel { id: String },
     /// Retry a finished task: a new task linked to it.
@@ -239,6 +365,27 @@ pub(crate) enum TriggersVerb {
         #[arg(long)]
         cursor: Option<String>,
     },
+    /// One trigger.
+    Get { job: String, id: String },
+    /// Add a trigger to a job, from flags (`--cron`, `--every`, `--at`) or a file (`-f`).
+    Create {
+        job: String,
+        #[command(flatten)]
+        spec: trigger_edit::Spec,
+    },
+    /// Replace a trigger (same id), from flags or a file.
+    Put {
+        job: String,
+        id: String,
+        #[command(flatten)]
+        spec: trigger_edit::Spec,
+    },
+    /// Pause a trigger: it stops firing; its job is unaffected.
+    Pause { job: String, id: String },
+    /// Resume a paused trigger.
+    Resume { job: String, id: String },
+    /// Delete a trigger.
+    Delete { job: String, id: String },
     /// A trigger's next fire times.
     Preview {
         job: String,
@@ -264,7 +411,11 @@ pub(crate) enum AlertsVerb {
         kind: Option<String>,
         #[arg(long)]
         job: Option<String>,
+        #[command(flatten)]
+        watch: watch::Watch,
     },
+    /// One alert with its notifications and their attempts.
+    Get { id: String },
     /// Acknowledge an alert: it stays open but notifies no one again.
     Ack {
         id: String,
@@ -323,6 +474,11 @@ async fn dispatch(remote: Remote) -> Result<()> {
             connection,
             verb: ClusterVerb::Status,
         } => cluster_status(&connection).await,
+        Remote::Scheduler { connection, verb } => admin::scheduler(&connection, verb).await,
+        Remote::Skips { connection, verb } => admin::skips(&connection, verb).await,
+        Remote::Messages { connection, verb } => admin::messages(&connection, verb).await,
+        Remote::Audit { connection, verb } => admin::audit(&connection, verb).await,
+        Remote::Whoami { connection } => admin::whoami(&connection).await,
         Remote::Events { connection, filter } => {
             events::follow(&connection.client()?, filter, connection.output).await
         }
@@ -338,6 +494,7 @@ async fn dispatch(remote: Remote) -> Result<()> {
                 prune,
                 cancel_open_tasks,
                 json: connection.output == Output::Json,
+                yaml: connection.output == Output::Yaml,
             };
             apply::apply(&connection.client()?, &path, &options).await
         }
@@ -359,10 +516,11 @@ impl Connection {
         Client::new(&self.url, self.token.clone())
     }
 
-    /// Prints `value` as JSON, or hands it to `human` for the table form.
+    /// Prints `value` as JSON or YAML, or hands it to `human` for the table form.
     fn print(&self, value: &Value, human: impl FnOnce(&Value) -> String) {
         let text = match self.output {
             Output::Json => output::json(value),
+            Output::Yaml => output::yaml(value),
             Output::Table => human(value),
         };
         output::emit(&text);
@@ -451,6 +609,23 @@ async fn jobs(connection: &Connection, verb: JobsVerb) -> Result<()> {
                 )
             });
         }
+        JobsVerb::Put {
+            name,
+            file,
+            dry_run,
+        } => runs::put_job(connection, &client, &name, &file, dry_run).await?,
+        JobsVerb::Delete {
+            name,
+            cancel_open_tasks,
+        } => runs::delete_job(connection, &client, &name, cancel_open_tasks).await?,
+        JobsVerb::Summary {
+            name,
+            window,
+            watch,
+        } => runs::summary(connection, &client, &name, window, &watch).await?,
+        JobsVerb::RetryFailed { name, limit } => {
+            runs::retry_failed(connection, &client, &name, limit).await?;
+        }
         JobsVerb::Pause { name } => set_job_paused(connection, &client, &name, true).await?,
         JobsVerb::Resume { name } => set_job_paused(connection, &client, &name, false).await?,
         JobsVerb::ResetFingerprint { name } => {
@@ -520,6 +695,12 @@ async fn tasks(connection: &Connection, verb: TasksVerb) -> Result<()> {
             state,
             origin: origin_filter,
             outcome,
+            run,
+            overdue,
+            created_after,
+            created_before,
+            finished_after,
+            finished_before,
             limit,
             cursor,
         } => {
@@ -530,6 +711,12 @@ async fn tasks(connection: &Connection, verb: TasksVerb) -> Result<()> {
                 ("state", state),
                 ("origin", origin_filter),
                 ("outcome", outcome),
+                ("run", run),
+                ("overdue", overdue.map(|o| o.to_string())),
+                ("created_after", created_after),
+                ("created_before", created_before),
+                ("finished_after", finished_after),
+                ("finished_before", finished_before),
             ] {
                 if let Some(value) = value {
                     query.push((key, value));
@@ -560,12 +747,37 @@ async fn tasks(connection: &Connection, verb: TasksVerb) -> Result<()> {
                 })
             });
         }
-        TasksVerb::Get { id } => {
-            let value = client
-                .get(&format!("/api/v1/tasks/{}", segment(&id)), &[])
-                .await?;
-            connection.print(&value, output::yaml);
+        TasksVerb::Get { id, watch } => {
+            let path = format!("/api/v1/tasks/{}", segment(&id));
+            watch::watch(
+                connection,
+                &watch,
+                || client.get(&path, &[]),
+                output::yaml,
+                |task| {
+                    matches!(
+                        task["state"].as_str(),
+                        Some("completed" | "completed_with_errors" | "failed" | "cancelled")
+                    )
+                },
+            )
+            .await?;
         }
+        TasksVerb::Create(new) => runs::create_task(connection, &client, new).await?,
+        TasksVerb::Release { id } => {
+            let task = client
+                .post(&format!("/api/v1/tasks/{}/release", segment(&id)), None)
+                .await?;
+            connection.print(&task, |t| format!("released: {}", task_line(t)));
+        }
+        TasksVerb::Children {
+            run,
+            step,
+            state,
+            limit,
+            cursor,
+        } => runs::children(connection, &client, &run, step, state, limit, cursor).await?,
+        TasksVerb::Report(report) => runs::report(connection, &client, report).await?,
         TasksVerb::Cancel { id } => {
             let task = client
                 .post(&format!("/api/v1/tasks/{}/cancel", segment(&id)), None)
@@ -761,6 +973,22 @@ async fn triggers(connection: &Connection, verb: TriggersVerb) -> Result<()> {
             });
         }
         TriggersVerb::Backfill(args) => calendars::backfill(connection, args).await?,
+        TriggersVerb::Get { job, id } => trigger_edit::get(connection, &client, &job, &id).await?,
+        TriggersVerb::Create { job, spec } => {
+            trigger_edit::create(connection, &client, &job, &spec).await?;
+        }
+        TriggersVerb::Put { job, id, spec } => {
+            trigger_edit::replace(connection, &client, &job, &id, &spec).await?;
+        }
+        TriggersVerb::Pause { job, id } => {
+            trigger_edit::set_paused(connection, &client, &job, &id, true).await?;
+        }
+        TriggersVerb::Resume { job, id } => {
+            trigger_edit::set_paused(connection, &client, &job, &id, false).await?;
+        }
+        TriggersVerb::Delete { job, id } => {
+            trigger_edit::delete(connection, &client, &job, &id).await?;
+        }
     }
     Ok(())
 }
@@ -784,40 +1012,59 @@ fn subject(alert: &Value) -> String {
 async fn alerts(connection: &Connection, verb: AlertsVerb) -> Result<()> {
     let client = connection.client()?;
     match verb {
-        AlertsVerb::List { state, kind, job } => {
+        AlertsVerb::Get { id } => {
+            let value = client
+                .get(&format!("/api/v1/alerts/{}", segment(&id)), &[])
+                .await?;
+            connection.print(&value, output::yaml);
+        }
+        AlertsVerb::List {
+            state,
+            kind,
+            job,
+            watch,
+        } => {
             let query: Vec<(&str, String)> = [("state", state), ("kind", kind), ("job", job)]
                 .into_iter()
                 .filter_map(|(key, value)| value.map(|v| (key, v)))
                 .collect();
-            let value = client.get("/api/v1/alerts", &query).await?;
-            connection.print(&value, |v| {
-                let table = Table::new(&[
-                    "ID",
-                    "KIND",
-                    "SEVERITY",
-                    "STATE",
-                    "SUBJECT",
-                    "COUNT",
-                    "OPENED",
-                    "LAST SEEN",
-                    "ACKED BY",
-                    "SUMMARY",
-                ]);
-                page(v, table, |alert| {
-                    vec![
-                        output::text(alert, "/id"),
-                        output::text(alert, "/kind"),
-                        output::text(alert, "/severity"),
-                        output::text(alert, "/state"),
-                        subject(alert),
-                        output::text(alert, "/count"),
-                        output::time(alert, "/opened_at"),
-                        output::time(alert, "/last_seen_at"),
-                        output::text(alert, "/acked_by"),
-                        output::text(alert, "/summary"),
-                    ]
-                })
-            });
+            let query = &query;
+            let client = &client;
+            watch::watch(
+                connection,
+                &watch,
+                || client.get("/api/v1/alerts", query),
+                |v| {
+                    let table = Table::new(&[
+                        "ID",
+                        "KIND",
+                        "SEVERITY",
+                        "STATE",
+                        "SUBJECT",
+                        "COUNT",
+                        "OPENED",
+                        "LAST SEEN",
+                        "ACKED BY",
+                        "SUMMARY",
+                    ]);
+                    page(v, table, |alert| {
+                        vec![
+                            output::text(alert, "/id"),
+                            output::text(alert, "/kind"),
+                            output::text(alert, "/severity"),
+                            output::text(alert, "/state"),
+                            subject(alert),
+                            output::text(alert, "/count"),
+                            output::time(alert, "/opened_at"),
+                            output::time(alert, "/last_seen_at"),
+                            output::text(alert, "/acked_by"),
+                            output::text(alert, "/summary"),
+                        ]
+                    })
+                },
+                |_| false,
+            )
+            .await?;
         }
         AlertsVerb::Ack { id, note } => alert_action(connection, &client, "ack", &id, note).await?,
         AlertsVerb::Resolve { id, note } => {

@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 use pacer_domain::Span;
-use pacer_engine::{AlertsConfig, DispatchSettings};
+use pacer_engine::{AlertsConfig, DispatchSettings, RetentionSettings};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
@@ -31,6 +31,9 @@ pub(crate) struct Config {
     pub(crate) notify: NotifySettings,
     pub(crate) messages: MessagesSettings,
     pub(crate) amqp: AmqpSettings,
+    /// How long finished tasks, skips, alerts and the audit log are kept, and how the leader
+    /// prunes them.
+    pub(crate) retention: RetentionSettings,
 }
 
 /// Completion notices a task's creator asks for with `notify`.
@@ -516,6 +519,15 @@ impl Config {
             if !names.insert(sink.name.as_str()) {
                 bail!("alerts.sinks: the name `{}` is used twice", sink.name);
             }
+            if sink.kind == pacer_engine::SinkKind::Email {
+                self.check_email_sink(i, sink)?;
+                continue;
+            }
+            if !sink.to.is_empty() || sink.from.is_some() || sink.smtp.is_some() {
+                bail!(
+                    "alerts.sinks[{i}]: `to`, `from` and `smtp` are for e-mail sinks (kind = \"email\")"
+                );
+            }
             if !(sink.url.starts_with("http://") || sink.url.starts_with("https://")) {
                 bail!("alerts.sinks[{i}].url must be an http:// or https:// URL");
             }
@@ -550,6 +562,27 @@ impl Config {
         Ok(())
     }
 
+    /// An e-mail sink: recipients and sender are addresses, the SMTP server is set, and its
+    /// password names a configured secret.
+    fn check_email_sink(&self, i: usize, sink: &pacer_engine::SinkConfig) -> anyhow::Result<()> {
+        if !sink.url.is_empty() || sink.secret.is_some() {
+            bail!(
+                "alerts.sinks[{i}]: an e-mail sink has no `url` or `secret`; its SMTP password is `smtp.password`"
+            );
+        }
+        if let Err((field, problem)) =
+            pacer_engine::check_email_sink(&sink.to, sink.from.as_deref(), sink.smtp.as_ref())
+        {
+            bail!("alerts.sinks[{i}].{field} {problem}");
+        }
+        if let Some(secret) = sink.smtp.as_ref().and_then(|s| s.password.as_ref())
+            && !self.secrets.contains_key(secret)
+        {
+            bail!("alerts.sinks[{i}].smtp.password names `{secret}`, which is not in `secrets`");
+        }
+        Ok(())
+    }
+
     fn check_events(&self) -> anyhow::Result<()> {
         if self.events.retention < Span::from_secs(60) {
             bail!("events.retention must be at least 1m");
@@ -564,6 +597,26 @@ impl Config {
         }
         if self.notify.max_attempts == 0 {
             bail!("notify.max_attempts must be at least 1");
+        }
+        let retention = &self.retention;
+        for (key, value) in [
+            ("retention.tasks", retention.tasks),
+            ("retention.skips", retention.skips),
+            ("retention.alerts", retention.alerts),
+            ("retention.audit", retention.audit),
+        ] {
+            if value < Span::from_secs(1) {
+                bail!("{key} must be at least 1s");
+            }
+        }
+        if retention.interval < Span::from_millis(100) {
+            bail!("retention.interval must be at least 100ms");
+        }
+        if retention.budget < Span::from_millis(100) {
+            bail!("retention.budget must be at least 100ms");
+        }
+        if !(1..=100_000).contains(&retention.batch_size) {
+            bail!("retention.batch_size must be between 1 and 100000");
         }
         if let Some(webhook) = &self.events.webhook {
             if !(webhook.url.starts_with("http://") || webhook.url.starts_with("https://")) {

@@ -1,29 +1,109 @@
 //! `pacer dev`: a single node for local development, on a `pacer` database it creates, with an
 //! example job whose downstream is a demo endpoint served by the same process. The demo accepts
 //! each dispatch, reports progress and then calls back `completed`, as a real downstream would.
+//! When no PostgreSQL answers, it runs on a private one (see [`crate::dev_cluster`]).
 
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::post;
 use axum::{Json, Router};
 use pacer_domain::{JobInput, JobName, JobSpec};
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sqlx::migrate::MigrateDatabase;
+use sqlx::postgres::PgConnectOptions;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::dev_cluster::{self, PrivateCluster};
 use crate::node::Node;
 use crate::security::Security;
 use pacer_auth::Role;
 
-/// Runs the dev node until Ctrl-C.
-pub(crate) async fn run(config: Config, security: Security) -> anyhow::Result<()> {
+/// `pacer dev`'s options.
+pub(crate) struct Options {
+    pub(crate) database_url: Option<String>,
+    pub(crate) keep_data: Option<PathBuf>,
+}
+
+/// How long `pacer dev` waits for a PostgreSQL to answer before starting its own.
+const ANSWER_WITHIN: Duration = Duration::from_secs(5);
+
+/// Runs the dev node until Ctrl-C (or SIGTERM).
+pub(crate) async fn run(
+    mut config: Config,
+    security: Security,
+    options: Options,
+) -> anyhow::Result<()> {
+    let shutdown = crate::node::shutdown_on_signals()?;
+    if let Some(url) = options.database_url {
+        config.database.url = SecretString::from(url);
+    }
+    let url = config.database.url.expose_secret().to_owned();
+    let answer = tokio::time::timeout(ANSWER_WITHIN, sqlx::Postgres::database_exists(&url)).await;
+    let (exists, cluster) = match answer {
+        Ok(Ok(exists)) => (exists, None),
+        Ok(Err(sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut)) | Err(_) => {
+            let options_of_url = PgConnectOptions::from_str(&url).context("database.url")?;
+            let address = format!(
+                "{}:{}",
+                options_of_url.get_host(),
+                options_of_url.get_port()
+            );
+            let Some(bin) = dev_cluster::find_server_programs() else {
+                bail!("{}", dev_cluster::install_hint(&address));
+            };
+            println!(
+                "\nNo PostgreSQL answers at {address}: starting a private one with {}",
+                bin.display()
+            );
+            let cluster = PrivateCluster::start(bin, options.keep_data.as_deref()).await?;
+            let name = options_of_url.get_database().unwrap_or("pacer").to_owned();
+            let private = cluster.url(&name);
+            println!(
+                "Using the private PostgreSQL (on a Unix socket only) in {}{}\n",
+                cluster.directory().display(),
+                if options.keep_data.is_some() {
+                    ", its data kept in --keep-data"
+                } else {
+                    ", removed when `pacer dev` stops"
+                }
+            );
+            let cluster = Arc::new(Mutex::new(cluster));
+            let _ = crate::node::EXIT_HOOK.set(dev_cluster::exit_hook(cluster.clone()));
+            config.database.url = SecretString::from(private.clone());
+            let exists = sqlx::Postgres::database_exists(&private).await;
+            (
+                exists.context("cannot reach the private PostgreSQL")?,
+                Some(cluster),
+            )
+        }
+        Ok(Err(error)) => return Err(error).context("cannot reach PostgreSQL"),
+    };
+    let result = serve(config, security, exists, shutdown).await;
+    if let Some(cluster) = cluster {
+        cluster
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .stop();
+    }
+    result
+}
+
+async fn serve(
+    config: Config,
+    security: Security,
+    exists: bool,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let token = crate::security::mint(
         &config,
         None,
@@ -31,17 +111,12 @@ pub(crate) async fn run(config: Config, security: Security) -> anyhow::Result<()
         "dev",
         Duration::from_secs(24 * 3600),
     )?;
-    let url = config.database.url.expose_secret().to_owned();
-    if !sqlx::Postgres::database_exists(&url)
-        .await
-        .context("cannot reach PostgreSQL")?
-    {
-        sqlx::Postgres::create_database(&url)
+    if !exists {
+        sqlx::Postgres::create_database(config.database.url.expose_secret())
             .await
             .context("creating the database failed")?;
         tracing::info!("created the database");
     }
-    let shutdown = crate::node::shutdown_on_signals()?;
     let node = Node::start(config, security, crate::telemetry::metrics()?, &shutdown).await?;
     let base = node.public_url.trim_end_matches('/').to_owned();
     register_example(&node, &base).await?;

@@ -1,12 +1,13 @@
 //! The `pacer` binary: `serve` runs a node, `dev` a local node with an example, `migrate`
-//! applies the database migrations, `openapi` prints the API's OpenAPI document; the operator
-//! verbs (`jobs`, `apply`, …) are in `cli`.
+//! applies the database migrations, `openapi` prints the API's OpenAPI document, `completions`
+//! a shell completion script; the operator verbs (`jobs`, `apply`, …) are in `cli`.
 
 mod apply;
 mod cli;
 mod client;
 mod config;
 mod dev;
+mod dev_cluster;
 mod node;
 mod security;
 mod telemetry;
@@ -42,8 +43,17 @@ enum Command {
     /// Run a node: the API, the dispatcher and the loops (production entry point).
     Serve,
     /// Run one node for local development: creates the database, registers an example job
-    /// with a demo downstream, and prints how to try it.
-    Dev,
+    /// with a demo downstream, and prints how to try it. When no PostgreSQL answers and its
+    /// server programs are installed, runs on a private throw-away cluster.
+    Dev {
+        /// The PostgreSQL to use (default: the configured `database.url`,
+        /// postgres://postgres@127.0.0.1:5432/pacer).
+        #[arg(long)]
+        database_url: Option<String>,
+        /// Keep the private cluster's data in this directory, and reuse it next time.
+        #[arg(long, value_name = "DIR")]
+        keep_data: Option<PathBuf>,
+    },
     /// Apply the database migrations and exit.
     Migrate {
         /// How long to wait for an unreachable database before giving up, like `2m`.
@@ -73,8 +83,14 @@ enum Command {
         #[arg(long)]
         output: Option<PathBuf>,
     },
+    /// Print a shell completion script: `pacer completions bash > /etc/bash_completion.d/pacer`,
+    /// or for zsh and fish.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     #[command(flatten)]
-    Remote(cli::Remote),
+    Remote(Box<cli::Remote>),
 }
 
 fn write_openapi(output: Option<&std::path::Path>) -> ExitCode {
@@ -115,9 +131,16 @@ fn main() -> ExitCode {
     if let Command::Openapi { output } = &cli.command {
         return write_openapi(output.as_deref());
     }
+    if let Command::Completions { shell } = cli.command {
+        use clap::CommandFactory;
+        let mut script = Vec::new();
+        clap_complete::generate(shell, &mut Cli::command(), "pacer", &mut script);
+        cli::output::emit(&String::from_utf8_lossy(&script));
+        return ExitCode::SUCCESS;
+    }
     // The verbs over the REST API need no node configuration.
     let cli = match cli.command {
-        Command::Remote(remote) => return cli::run(remote),
+        Command::Remote(remote) => return cli::run(*remote),
         command => Cli { command, ..cli },
     };
     let mut config = match Config::load(cli.config.as_deref()) {
@@ -128,7 +151,7 @@ fn main() -> ExitCode {
         }
     };
     match &cli.command {
-        Command::Remote(_) => {}
+        Command::Remote(_) | Command::Completions { .. } => {}
         Command::Keygen => {
             print!("{}", pacer_auth::signing::generate_ed25519_pem());
             return ExitCode::SUCCESS;
@@ -150,11 +173,11 @@ fn main() -> ExitCode {
                 }
             };
         }
-        Command::Dev => security::add_dev_keys(&mut config),
+        Command::Dev { .. } => security::add_dev_keys(&mut config),
         Command::Serve | Command::Migrate { .. } | Command::Openapi { .. } => {}
     }
     let security = match &cli.command {
-        Command::Serve | Command::Dev => {
+        Command::Serve | Command::Dev { .. } => {
             match pacer_engine::http_client()
                 .map_err(anyhow::Error::from)
                 .and_then(|http| security::build(&config, http))
@@ -179,7 +202,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let default_format = if matches!(cli.command, Command::Dev) {
+    let default_format = if matches!(cli.command, Command::Dev { .. }) {
         LogFormat::Pretty
     } else {
         LogFormat::Json
@@ -190,7 +213,7 @@ fn main() -> ExitCode {
     );
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Remote(_) => Ok(()),
+            Command::Remote(_) | Command::Completions { .. } => Ok(()),
             Command::Serve => {
                 let security = security.context("security was not configured")?;
                 let shutdown = node::shutdown_on_signals()?;
@@ -198,8 +221,20 @@ fn main() -> ExitCode {
                     node::Node::start(config, security, telemetry::metrics()?, &shutdown).await?;
                 node.run(axum::Router::new(), shutdown).await
             }
-            Command::Dev => {
-                dev::run(config, security.context("security was not configured")?).await
+            Command::Dev {
+                database_url,
+                keep_data,
+            } => {
+                let options = dev::Options {
+                    database_url,
+                    keep_data,
+                };
+                dev::run(
+                    config,
+                    security.context("security was not configured")?,
+                    options,
+                )
+                .await
             }
             Command::Token { .. } | Command::Keygen | Command::Openapi { .. } => Ok(()),
             Command::Migrate { wait } => {
@@ -229,5 +264,16 @@ fn main() -> ExitCode {
             eprintln!("pacer: {error:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every verb's arguments are consistent (no clashing short flags or group mistakes).
+    #[test]
+    fn the_command_line_is_well_formed() {
+        super::Cli::command().debug_assert();
     }
 }

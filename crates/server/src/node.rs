@@ -168,7 +168,10 @@ impl Node {
             ),
         };
         let outbound = Outbound::new(self.security.keyset.clone(), self.security.secrets.clone());
-        let alerts = Arc::new(self.config.alerts.clone());
+        let alerts = Arc::new(pacer_engine::AlertsConfig {
+            dashboard_url: format!("{}/ui/", self.public_url.trim_end_matches('/')),
+            ..self.config.alerts.clone()
+        });
         let amqp = &self.config.amqp;
         // A node with a broker starts out connecting, not disabled: the API answers before the
         // consumer's first report, and must not refuse AMQP targets meanwhile.
@@ -299,6 +302,7 @@ impl Node {
                 alerts,
                 event_retention: self.config.events.retention,
                 message_retention: self.config.messages.retention,
+                retention: self.config.retention.clone(),
             },
         };
         let leader_shutdown = shutdown.child_token();
@@ -473,6 +477,11 @@ fn describe_exit(
 }
 
 /// A token cancelled by the first SIGTERM or Ctrl-C; a second one exits the process at once.
+/// What must happen even when a second signal exits at once (`pacer dev`'s private
+/// PostgreSQL is stopped and removed).
+pub(crate) static EXIT_HOOK: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>> =
+    std::sync::OnceLock::new();
+
 pub(crate) fn shutdown_on_signals() -> anyhow::Result<CancellationToken> {
     use tokio::signal::unix::{SignalKind, signal};
     // Both streams are registered once, up front, so a second signal is seen whenever it comes.
@@ -492,6 +501,9 @@ pub(crate) fn shutdown_on_signals() -> anyhow::Result<CancellationToken> {
             _ = interrupt.recv() => {}
         }
         tracing::warn!("second signal; exiting now");
+        if let Some(hook) = EXIT_HOOK.get() {
+            hook();
+        }
         std::process::exit(130);
     });
     Ok(token)

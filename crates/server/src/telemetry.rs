@@ -234,4 +234,27 @@ fn describe() {
         "pacer_alert_deliveries_total",
         "Alert delivery attempts by sink kind and outcome (delivered, retry, failed, lost)"
     );
+    describe_gauge!(
+        "pacer_rows",
+        "Approximate rows per table, from the database's statistics (exported by the leader)"
+    );
+    describe_gauge!(
+        "pacer_bytes",
+        Unit::Bytes,
+        "Bytes on disk per table, indexes and TOAST included (exported by the leader)"
+    );
+    describe_counter!(
+        "pacer_pruned_rows_total",
+        "Rows the leader pruned past their retention, by table"
+    );
+    describe_gauge!(
+        "pacer_prune_lag_seconds",
+        Unit::Seconds,
+        "How long ago the oldest row still to be pruned passed its retention, by table (0: none waits)"
+    );
+    describe_histogram!(
+        "pacer_prune_batch_seconds",
+        Unit::Seconds,
+        "Duration of one pruning batch, its transaction included"
+    );
 }

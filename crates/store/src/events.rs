@@ -289,35 +289,6 @@ impl Store {
         .collect())
     }
 
-    /// Deletes up to `batch` events older than `older_than_ms`; returns how many.
-    pub async fn prune_events(&self, older_than_ms: i64, batch: i64) -> Result<u64> {
-        let deleted = sqlx::query!(
-            "delete from events where id in (
-                 select id from events where at < now() - $1::bigint * interval '1 millisecond'
-                 order by id limit $2)",
-            older_than_ms,
-            batch,
-        )
-        .execute(&self.pool)
-        .await?;
-        Ok(deleted.rows_affected())
-    }
-
-    /// Deletes up to `batch` messages received longer than `older_than_ms` ago: their
-    /// deduplication ends with them, and their tasks keep the message's type but lose the link.
-    pub async fn prune_messages(&self, older_than_ms: i64, batch: i64) -> Result<u64> {
-        let deleted = sqlx::query!(
-            "delete from messages where ordinal in (
-                 select ordinal from messages where received_at < now() - $1::bigint * interval '1 millisecond'
-                 order by ordinal limit $2)",
-            older_than_ms,
-            batch,
-        )
-        .execute(&self.pool)
-        .await?;
-        Ok(deleted.rows_affected())
-    }
-
     /// Where the consumer `name` has got to.
     pub async fn event_cursor(&self, name: &str) -> Result<Option<EventCursor>> {
         Ok(sqlx::query!(

@@ -102,12 +102,14 @@ impl Store {
         .await?;
         let row = sqlx::query!(
             r#"
-            insert into jobs (id, name, spec, dispatch_timeout_ms, freshness_ms, fresh_since)
-            values ($1, $2, $3, $4, $5, case when $5::bigint is not null then now() end)
+            insert into jobs (id, name, spec, dispatch_timeout_ms, freshness_ms, fresh_since,
+                              retention_ms)
+            values ($1, $2, $3, $4, $5, case when $5::bigint is not null then now() end, $6)
             on conflict (name) do update set
                 spec = excluded.spec,
                 dispatch_timeout_ms = excluded.dispatch_timeout_ms,
                 freshness_ms = excluded.freshness_ms,
+                retention_ms = excluded.retention_ms,
                 -- A job begins watching its freshness when the field appears; a new value keeps
                 -- the start.
                 fresh_since = case when excluded.freshness_ms is not null
@@ -129,6 +131,7 @@ impl Store {
             Json(spec) as _,
             spec.dispatch_timeout.as_millis(),
             spec.freshness.map(|f| f.as_millis()),
+            spec.retention.map(|r| r.as_millis()),
         )
         .fetch_one(&mut *tx)
         .await?;

@@ -16,6 +16,7 @@ mod jobs;
 mod messages;
 mod notices;
 mod operations;
+mod retention;
 mod runs;
 mod subscriptions;
 mod tasks;
@@ -46,6 +47,7 @@ pub use jobs::{DeletedJob, Job, JobWorkload, PutJob};
 pub use messages::{Ingested, MessageFilter, Route, StoredMessage};
 pub use notices::{ClaimedNotice, NOTICES_CHANNEL, Notice};
 pub use operations::{CancelNotice, JobFingerprint, JobStats, Released, RetryCandidate, TaskBrief};
+pub use retention::{Prunable, PrunedTasks, SIZED_TABLES, TableSize};
 pub use runs::{RETRY_PLAN_NAMES, RetryStep, RunChild, RunView, retry_errors_key};
 pub use subscriptions::{
     LAG_COUNT_LIMIT, Lag, Subscription, filter as subscription_filter, subscription_cursor,

@@ -158,6 +158,15 @@ impl Store {
         .collect())
     }
 
+    /// When a subscription was last created or replaced; `None` once it is deleted.
+    pub async fn subscription_version(&self, name: &str) -> Result<Option<DateTime<Utc>>> {
+        Ok(
+            sqlx::query_scalar!("select updated_at from subscriptions where name = $1", name)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
     /// Deletes a subscription and its position.
     pub async fn delete_subscription(&self, name: &str) -> Result<()> {
         let mut tx = self.pool.begin().await?;

@@ -101,6 +101,41 @@ impl Store {
         Ok(row.into())
     }
 
+    /// Adds many triggers to `job` in one statement (each with its first fire time), in the
+    /// order given; the firing loop is woken once.
+    pub async fn create_triggers(
+        &self,
+        job: &Job,
+        triggers: &[(TriggerSpec, Option<DateTime<Utc>>)],
+    ) -> Result<Vec<Trigger>> {
+        let ids: Vec<Uuid> = triggers.iter().map(|_| Uuid::now_v7()).collect();
+        let specs: Vec<Json<&TriggerSpec>> = triggers.iter().map(|(spec, _)| Json(spec)).collect();
+        let first: Vec<Option<DateTime<Utc>>> = triggers.iter().map(|(_, at)| *at).collect();
+        let rows = sqlx::query_as!(
+            TriggerRow,
+            r#"with created as (
+                   insert into triggers (id, job_id, spec, next_fire_at)
+                   select n.id, $2, n.spec, n.next_fire_at
+                   from unnest($1::uuid[], $3::jsonb[], $4::timestamptz[]) as n(id, spec, next_fire_at)
+                   returning *
+               ),
+               notified as (select pg_notify($6, ''))
+               select c.id, $5::text as "job_name!", c.spec as "spec: Json<TriggerSpec>", c.paused,
+                      c.next_fire_at, c.last_fired_at, c.skip_count, c.created_at, c.updated_at
+               from created c cross join notified
+               order by c.id"#,
+            &ids,
+            job.id,
+            &specs as &[Json<&TriggerSpec>],
+            &first as &[Option<DateTime<Utc>>],
+            job.name.as_str(),
+            TRIGGERS_CHANNEL,
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(Trigger::from).collect())
+    }
+
     /// The triggers of `job`, oldest first.
     pub async fn list_triggers(&self, job: &Job) -> Result<Vec<Trigger>> {
         let rows = sqlx::query_as!(

@@ -3,7 +3,7 @@
 //! policy.
 
 use pacer_domain::{JobInput, JobName, JobSpec, Message, MessageInput, MessageSource};
-use pacer_store::Store;
+use pacer_store::{Prunable, Store};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
@@ -145,8 +145,16 @@ async fn messages_past_the_retention_are_pruned_and_their_tasks_keep_the_type(po
         .await
         .expect("age");
 
-    let pruned = store.prune_messages(3_600_000, 100).await.expect("prune");
-    assert_eq!(pruned, 1);
+    let tenure = store
+        .acquire_lease("n1", 60_000, true)
+        .await
+        .expect("lease")
+        .expect("held");
+    let pruned = store
+        .prune("n1", tenure.term, Prunable::Messages, 3_600_000, 100)
+        .await
+        .expect("prune");
+    assert_eq!(pruned, Some(1));
     let left: Vec<String> = sqlx::query_scalar("select id from messages")
         .fetch_all(&pool)
         .await

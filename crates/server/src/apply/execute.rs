@@ -8,7 +8,7 @@ use crate::client::{Client, Error, Result, segment};
 use super::*;
 
 /// Makes the changes, in order: each job's definition, then its triggers (deletions, then
-/// replacements, then creations); pruned jobs last. `done` is how many changes were made before.
+/// replacements, then creations, in batches); pruned jobs last. `done` is how many changes were made before.
 pub(super) async fn execute(
     client: &Client,
     plans: &[JobPlan],
@@ -49,18 +49,18 @@ pub(super) async fn execute(
         };
         let mut triggers: Vec<&TriggerChange> = plan.triggers.iter().collect();
         triggers.sort_by_key(rank);
+        // New triggers go last, together: one request per batch of up to 10,000, each created
+        // whole or not at all.
+        let created: Vec<&Value> = triggers
+            .iter()
+            .filter_map(|c| match c {
+                TriggerChange::Create { body, .. } => Some(body),
+                _ => None,
+            })
+            .collect();
         for change in triggers {
             let step = match change {
-                TriggerChange::Create { body, .. } => {
-                    client
-                        .send(
-                            Method::POST,
-                            &format!("{job_path}/triggers"),
-                            &[],
-                            Some(body),
-                        )
-                        .await
-                }
+                TriggerChange::Create { .. } => continue,
                 TriggerChange::Replace { id, body, .. } => {
                     let path = format!("{job_path}/triggers/{}", segment(id));
                     client.send(Method::PUT, &path, &[], Some(body)).await
@@ -73,9 +73,25 @@ pub(super) async fn execute(
             step.map_err(|e| stopped(done, e))?;
             done += 1;
         }
+        for batch in created.chunks(TRIGGER_BATCH) {
+            let body = serde_json::json!({ "triggers": batch });
+            client
+                .send(
+                    Method::POST,
+                    &format!("{job_path}/triggers:batch"),
+                    &[],
+                    Some(&body),
+                )
+                .await
+                .map_err(|e| stopped(done, e))?;
+            done += batch.len();
+        }
     }
     Ok(done)
 }
+
+/// The most triggers `POST …/triggers:batch` takes at once.
+const TRIGGER_BATCH: usize = 10_000;
 
 /// Says how far `apply` got before a refused change; the exit code stays the refusal's.
 pub(super) fn stopped(done: usize, error: Error) -> Error {

@@ -88,6 +88,10 @@ fn render(event: &Event, output: Output) -> String {
     let name = event.event.as_deref().unwrap_or("message");
     match output {
         Output::Json => json!({ "id": event.id, "event": name, "data": data }).to_string(),
+        Output::Yaml => format!(
+            "---\n{}",
+            super::output::yaml(&json!({ "id": event.id, "event": name, "data": data }))
+        ),
         Output::Table => {
             let at = ["at", "time", "occurred_at", "created_at"]
                 .iter()
@@ -242,5 +246,10 @@ mod tests {
             render(&event, Output::Table),
             r#"2026-12-01T09:00:00Z  task.failed  {"at":"2026-12-01T09:00:00.5Z","task":"t1"}"#
         );
+        let document = render(&event, Output::Yaml);
+        let document = document.strip_prefix("---\n").expect("a YAML document");
+        let document: Value = serde_saphyr::from_str(document).expect("yaml");
+        assert_eq!(document["event"], "task.failed");
+        assert_eq!(document["data"]["task"], "t1");
     }
 }

@@ -18,7 +18,7 @@ pub struct NewDelivery {
     pub task_id: Option<Uuid>,
     pub job_name: Option<String>,
     pub sink: String,
-    /// `webhook` or `slack`.
+    /// `webhook`, `slack` or `email`.
     pub sink_kind: String,
     pub url: String,
     /// The name of the configured secret the request is signed with.

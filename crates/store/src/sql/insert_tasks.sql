@@ -66,7 +66,7 @@ select n.id as "id!", c.id is not null as "current!", i.id as "inserted?",
        coalesce(i.deadline_at < now(), false) as "overdue!",
        case when i.claim_token is not null then
            (select max(s.started_at) from tasks s
-            where s.job_id = n.job_id and s.state = 'completed') end as "last_success_at?",
+            where s.job_id = n.job_id and s.state = 'completed' and s.step is null) end as "last_success_at?",
        case when i.claim_token is not null then
            (select f.fingerprint from job_fingerprints f
             where f.job_id = n.job_id) end as "last_fingerprint?",
