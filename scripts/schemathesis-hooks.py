@@ -36,6 +36,13 @@ SPAN = ("must be between", "must be at least", "must be at most", "`")
 SEMANTIC = {
     "POST /api/v1/jobs/{name}/tasks": {
         "idempotency_key": ("differs from the Idempotency-Key header",),
+        # What the node is configured with: the allowed notice URL prefixes and the secrets.
+        "notify.url": ("not under an allowed prefix", "an http or https URL"),
+        "notify.events": ("name at least one of",),
+        "notify.auth.secret": ("the secret", "a secret name is"),
+        "notify.auth.client_secret": ("the secret", "a secret name is"),
+        "notify.auth.kind": ("oauth2 is not taken for notices",),
+        "notify.auth.audience": ("1 to 256 characters",),
     },
     "POST /api/v1/jobs/{name}/triggers": {
         "expression": ("`", "a cron expression", "the ", "never fires", "has no fire time"),
@@ -87,6 +94,32 @@ SEMANTIC = {
         "retry.never_on_status[]": ("named twice", "named in both"),
         "retry.on_errors[]": ("named twice", "1 to 128 characters"),
     },
+}
+# A subscription's URL like a target's, its filters, and the secrets the node is configured with.
+SEMANTIC["PUT /api/v1/subscriptions/{name}"] = {
+    "url": ("at most 2048", "must be an http", "must name a host", "not a valid URL"),
+    "jobs": ("filter by jobs or by labels", "at most 100 jobs"),
+    "jobs[]": ("not a job name",),
+    "events": ("at most 64 event kinds",),
+    "events[]": ("an event kind like",),
+    "labels": ("at most 32 labels",),
+    "auth.secret": ("no secret named", "a secret name is"),
+    "auth.client_secret": ("no secret named", "a secret name is"),
+    "auth.token_url": ("at most 2048", "must be an http", "must name a host", "not a valid URL"),
+    "auth.client_id": ("1 to 256 characters, no control characters",),
+    "auth.scope": ("at most 1024 characters, no control characters",),
+    "auth.audience": ("at most 256 characters, no control characters", "1 to 256 characters"),
+    "description": ("at most 1000 characters",),
+}
+# A message's notify is checked as a task's.
+SEMANTIC["POST /api/v1/messages"] = {
+    field: prefixes
+    for field, prefixes in SEMANTIC["POST /api/v1/jobs/{name}/tasks"].items()
+    if field.startswith("notify")
+}
+SEMANTIC["GET /api/v1/events"] = {
+    "job": ("at most 100 jobs",),
+    "label": ("each label is", "at most 32 labels"),
 }
 # A trigger's jitter is a duration with its own range, and its calendars must exist.
 SEMANTIC["POST /api/v1/jobs/{name}/triggers"]["jitter"] = ("must be between",) + SPAN

@@ -896,7 +896,7 @@ async fn groups_and_calendars_apply_before_their_jobs_prune_after_them_and_expor
     assert_eq!(plan["changes"], json!([]));
     assert_eq!(
         plan["unchanged_resources"],
-        json!({ "calendar": ["holidays"], "concurrency_group": ["registry"] })
+        json!({ "calendar": ["holidays"], "concurrency_group": ["registry"], "subscription": [] })
     );
     assert_eq!(
         writes(&api).await,

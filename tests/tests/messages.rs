@@ -84,8 +84,12 @@ async fn broker_messages_create_tasks_once_and_malformed_ones_are_dead_lettered(
 
     // Malformed messages first: they must not hold up the good ones behind them.
     let plain = json_message(&json!({ "type": "masterdata.changed", "id": "evt-plain" }));
-    let bad: [(&[u8], &str, &str); 5] = [
+    // This node allows no notice URLs, so any `notify` is refused.
+    let notifying = json_message(&json!({ "type": "masterdata.changed", "id": "evt-notify",
+                                          "notify": { "url": "https://rip.example/done" } }));
+    let bad: [(&[u8], &str, &str); 6] = [
         (b"not json at all", "", "not a JSON message"),
+        (&notifying, "", "notify.url"),
         (br#"{"payload": {"a": 1}}"#, "", "type"),
         (&[b' '; 4096], "", "over the 2048-byte limit"),
         // Well-formed JSON, but its publisher said it is something else.
@@ -216,7 +220,7 @@ async fn broker_messages_create_tasks_once_and_malformed_ones_are_dead_lettered(
         .await
         .expect("metrics text");
     for line in [
-        r#"pacer_messages_total{source="amqp",result="rejected"} 5"#,
+        r#"pacer_messages_total{source="amqp",result="rejected"} 6"#,
         r#"pacer_messages_total{source="amqp",result="duplicate"} 2"#,
         r#"pacer_messages_total{source="amqp",result="routed"} 2"#,
         r#"pacer_tasks_created_total{origin="message"} 3"#,

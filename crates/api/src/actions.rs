@@ -58,6 +58,7 @@ fn manual_task(job: &Job, actor: &Actor, payload: Option<&Map<String, Value>>) -
         trace_context: crate::observe::current_traceparent(),
         actor: Some(actor.principal.subject.clone()),
         retry_of: None,
+        notify: None,
     }
 }
 
@@ -249,6 +250,7 @@ fn retry_task_of(actor: &Actor, source: TaskId, payload: Value) -> NewTask {
         trace_context: crate::observe::current_traceparent(),
         actor: Some(actor.principal.subject.clone()),
         retry_of: Some(source),
+        notify: None,
     }
 }
 
@@ -411,6 +413,8 @@ async fn retry_task(
         });
     }
     let mut new = retry_task_of(&actor, id, task.payload);
+    // Whoever asked to hear about the task hears about its retry too.
+    new.notify = state.store.task_notify(id).await?;
     if only_errors {
         // The key tells the run, when it starts, to reuse what the retried run completed.
         new.idempotency_key = Some(pacer_store::retry_errors_key(id));
@@ -520,6 +524,7 @@ async fn retry_failed_tasks(
     };
     for candidate in candidates {
         let mut new = retry_task_of(&actor, candidate.id, candidate.payload);
+        new.notify = state.store.task_notify(candidate.id).await?;
         if !job.spec.steps.is_empty() {
             // A run retries only its errors, as `POST /api/v1/tasks/{run}/retry` with
             // `{"only": "failed"}` does.

@@ -1,5 +1,5 @@
 //! `GET /api/v1/events`: the event log as Server-Sent Events — task state changes, callbacks,
-//! leader changes — filterable by job and kind, resumable exactly with `Last-Event-ID`. Each
+//! leader changes — filterable by job, job label and kind, resumable exactly with `Last-Event-ID`. Each
 //! connection reads the log from the database by position, polling its tail, so any node serves
 //! any client and a resume survives a switch of node.
 
@@ -42,8 +42,13 @@ pub(crate) fn operator_routes() -> OpenApiRouter<AppState> {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 struct EventsQuery {
-    /// Only the events of this job.
+    /// Only the events of these jobs: one name, or several separated by commas (at most 100).
+    #[param(example = "masterdata-sync")]
     job: Option<String>,
+    /// Only the events of jobs carrying these labels, each `key:value`, several separated by
+    /// commas (all must match; at most 32). With `job`, both apply.
+    #[param(example = "team:registration")]
+    label: Option<String>,
     /// Comma-separated kinds (`task.state,leader.changed`); all when absent. At most 20 kinds
     /// of at most 64 characters each.
     #[param(
@@ -170,6 +175,34 @@ async fn stream_events(
     if parts.clone().count() > 20 || parts.clone().any(|k| k.chars().count() > 64) {
         errors.push("kind", "at most 20 kinds of at most 64 characters each");
     }
+    let jobs: Vec<String> = query
+        .job
+        .as_deref()
+        .into_iter()
+        .flat_map(|j| j.split(','))
+        .map(|j| j.trim().to_owned())
+        .filter(|j| !j.is_empty())
+        .collect();
+    if jobs.len() > 100 {
+        errors.push("job", "at most 100 jobs");
+    }
+    let mut labels = std::collections::BTreeMap::new();
+    for part in query
+        .label
+        .as_deref()
+        .into_iter()
+        .flat_map(|l| l.split(','))
+    {
+        match part.split_once(':') {
+            Some((key, value)) if !key.trim().is_empty() => {
+                labels.insert(key.trim().to_owned(), value.trim().to_owned());
+            }
+            _ => errors.push("label", "each label is `key:value`"),
+        }
+    }
+    if labels.len() > 32 {
+        errors.push("label", "at most 32 labels");
+    }
     errors.into_result(()).map_err(Error::Validation)?;
     // A stream that starts at the present first tells the client where that is (an `id:` line
     // alone, which sets the client's last event id without an event), so a client that drops
@@ -184,7 +217,8 @@ async fn stream_events(
     let reader = Reader {
         store: state.store.clone(),
         filter: EventFilter {
-            job: query.job,
+            jobs,
+            labels,
             kinds,
         },
         cursor,

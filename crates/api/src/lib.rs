@@ -19,6 +19,7 @@ mod openapi;
 mod pagination;
 mod runs;
 mod schemas;
+mod subscriptions;
 mod tasks;
 mod triggers;
 mod ui;
@@ -97,6 +98,7 @@ pub struct Shared {
     auth: Auth,
     secrets: Arc<BTreeSet<String>>,
     request_timeout: Duration,
+    notify_urls: Arc<[String]>,
     alert_sinks: Arc<BTreeSet<String>>,
     /// This node's RabbitMQ consumer, as the engine reports it.
     consumer: watch::Receiver<ConsumerStatus>,
@@ -158,6 +160,7 @@ impl AppState {
             auth,
             secrets: Arc::new(config.secrets.clone()),
             request_timeout: config.request_timeout,
+            notify_urls: config.notify_urls.clone().into(),
             alert_sinks: Arc::new([pacer_domain::alert::LOG_SINK.to_owned()].into()),
             consumer: watch::channel(ConsumerStatus::disabled()).1,
             jobs: JobCache::default(),
@@ -207,6 +210,8 @@ pub struct ApiConfig {
     pub secrets: BTreeSet<String>,
     /// A request still running after this long is answered `503`.
     pub request_timeout: Duration,
+    /// The URL prefixes a task's `notify.url` must start with (none allowed when empty).
+    pub notify_urls: Vec<String>,
 }
 
 /// The whole API, ready to serve, with its OpenAPI document and the docs UI.
@@ -254,6 +259,7 @@ fn groups() -> [(Access, OpenApiRouter<AppState>); 6] {
                 .merge(triggers::admin_routes())
                 .merge(calendars::admin_routes())
                 .merge(concurrency::admin_routes())
+                .merge(subscriptions::admin_routes())
                 .merge(audit::admin_routes()),
         ),
         (
@@ -267,6 +273,7 @@ fn groups() -> [(Access, OpenApiRouter<AppState>); 6] {
                 .merge(triggers::operator_routes())
                 .merge(calendars::operator_routes())
                 .merge(concurrency::operator_routes())
+                .merge(subscriptions::operator_routes())
                 .merge(cluster::operator_routes())
                 .merge(alerts::operator_routes())
                 .merge(messages::operator_routes()),

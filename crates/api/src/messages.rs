@@ -147,6 +147,11 @@ async fn create_message(
     Json(input): Json<MessageInput>,
 ) -> Result<Response> {
     let message = Message::try_from(input).map_err(Error::Validation)?;
+    if let Some(notify) = &message.notify {
+        notify
+            .check(&state.notify_urls, Some(&state.secrets))
+            .map_err(Error::Validation)?;
+    }
     let traceparent = crate::observe::current_traceparent();
     let ingested = state
         .store

@@ -101,7 +101,7 @@ pub(crate) enum Access {
         (name = "tasks", description = "Runs of a job, their attempts, and the downstream's callbacks."),
         (name = "messages", description = "Notices from upstreams, each creating a task for every job subscribed to its type."),
         (name = "alerts", description = "Late or failing work, raised once per problem: list, acknowledge, resolve."),
-        (name = "events", description = "The event log as a live stream of server-sent events."),
+        (name = "events", description = "The event log as a live stream of server-sent events, and subscriptions that push it, filtered, to receivers."),
         (name = "cluster", description = "Nodes, leadership, scheduler standby, running every job, and skipped runs."),
         (name = "audit", description = "Every change an admin or operator made."),
         (name = "session", description = "Who the caller's token says it is, and its roles."),

@@ -12,7 +12,8 @@ use chrono::{DateTime, Utc};
 use pacer_domain::dispatch::{Report, ReportedError};
 use pacer_domain::fingerprint::check_fingerprint;
 use pacer_domain::{
-    CallbackStatus, OverlapPolicy, SkipReason, TaskId, TaskOutcome, TaskState, ValidationErrors,
+    CallbackStatus, Notify, OutboundAuth, OverlapPolicy, SkipReason, TaskId, TaskOutcome,
+    TaskState, ValidationErrors,
 };
 use pacer_store::{CreatedTask, KeptTask, NewTask, Origin, ReportOutcome, TaskFilter};
 use serde::Deserialize;
@@ -85,6 +86,8 @@ struct CreateTaskRequest {
     idempotency_key: Option<String>,
     /// Dispatch no earlier than this.
     not_before: Option<DateTime<Utc>>,
+    /// Who to tell when the task ends (or at every state change).
+    notify: Option<Notify>,
 }
 
 /// Create a task
@@ -140,6 +143,11 @@ async fn create_task(
             "1 to 255 characters, no control characters",
         ));
     }
+    if let Some(notify) = &request.notify {
+        notify
+            .check(&state.notify_urls, Some(&state.secrets))
+            .map_err(Error::Validation)?;
+    }
     let name = existing_name(&raw_name)?;
     let payload = request.payload;
     let trace_context = crate::observe::current_traceparent();
@@ -179,6 +187,7 @@ async fn create_task(
             trace_context: trace_context.clone(),
             actor: None,
             retry_of: None,
+            notify: request.notify.as_ref().map(|n| n.stored(job_auth(&job))),
         };
         let job = if job.spec.overlap == OverlapPolicy::Allow {
             Job::Kept(&job)
@@ -214,6 +223,12 @@ async fn create_task(
         JsonResponse(TaskView::from(task)),
     )
         .into_response())
+}
+
+/// The outbound auth of a job's target, the default of its tasks' notices.
+pub(crate) fn job_auth(job: &pacer_store::Job) -> &OutboundAuth {
+    static NONE: OutboundAuth = OutboundAuth::None {};
+    job.spec.target.as_ref().map_or(&NONE, |t| t.auth())
 }
 
 /// What starting a task came to.
@@ -349,7 +364,10 @@ async fn get_task(
     let retries = state.store.retries_of(id).await?;
     let run = crate::runs::run_steps(&state, id, task.state).await?;
     let waiting_for = state.store.waiting_for(id.as_uuid()).await?;
-    let view = TaskView::detail(task, attempts, history, retries).waiting_for(waiting_for);
+    let notices = state.store.task_notices(id).await?;
+    let view = TaskView::detail(task, attempts, history, retries)
+        .waiting_for(waiting_for)
+        .notices(notices);
     Ok(JsonResponse(match run {
         Some((steps, progress)) => view.with_steps(steps, progress),
         None => view,

@@ -158,6 +158,46 @@ pub struct TaskView {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     waiting_for: Option<crate::concurrency::WaitingForView>,
+    /// The notices sent (or being sent) to whoever created the task with `notify`; only in
+    /// `GET /api/v1/tasks/{id}`, and only for such a task.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    notices: Option<Vec<NoticeView>>,
+}
+
+/// A completion notice of a task created with `notify`.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct NoticeView {
+    /// `finished`, or for `state` notices `state.<state>.<attempt>`.
+    event: String,
+    /// The task's state the notice was written for.
+    state: TaskState,
+    /// Attempts so far.
+    attempts: i32,
+    created_at: DateTime<Utc>,
+    /// When the receiver accepted it.
+    delivered_at: Option<DateTime<Utc>>,
+    /// When the next attempt is due, while it is neither delivered nor given up.
+    next_attempt_at: Option<DateTime<Utc>>,
+    /// The last failed attempt's error.
+    last_error: Option<String>,
+    /// Given up after the last allowed attempt.
+    failed: bool,
+}
+
+impl From<pacer_store::Notice> for NoticeView {
+    fn from(n: pacer_store::Notice) -> Self {
+        Self {
+            event: n.event,
+            state: n.state.parse().unwrap_or(TaskState::Pending),
+            attempts: n.attempts,
+            created_at: n.created_at,
+            delivered_at: n.delivered_at,
+            next_attempt_at: n.next_attempt_at,
+            last_error: n.last_error,
+            failed: n.failed,
+        }
+    }
 }
 
 impl TaskView {
@@ -166,6 +206,12 @@ impl TaskView {
     pub(crate) fn with_steps(mut self, steps: Vec<crate::runs::StepView>, progress: Value) -> Self {
         self.steps = Some(steps);
         self.progress = Some(progress);
+        self
+    }
+
+    /// Shows the task's notices, when it has any.
+    pub(crate) fn notices(mut self, notices: Vec<pacer_store::Notice>) -> Self {
+        self.notices = (!notices.is_empty()).then(|| notices.into_iter().map(Into::into).collect());
         self
     }
 
@@ -230,6 +276,7 @@ impl From<Task> for TaskView {
             retries: None,
             steps: None,
             waiting_for: None,
+            notices: None,
         }
     }
 }

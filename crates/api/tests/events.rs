@@ -385,3 +385,47 @@ async fn a_client_that_drops_before_any_event_resumes_from_the_announced_start(p
     assert_eq!(event.data["task"], task.as_str());
     assert_eq!(event.data["data"]["state"], "pending");
 }
+
+#[sqlx::test(migrator = "pacer_store::MIGRATOR")]
+async fn the_stream_filters_by_several_jobs_and_by_job_labels(pool: PgPool) {
+    let client = Client::new(pool);
+    for (job, team) in [
+        ("intake", "registration"),
+        ("upload", "registration"),
+        ("billing", "finance"),
+    ] {
+        client
+            .call(
+                Method::PUT,
+                &format!("/api/v1/jobs/{job}"),
+                Some(json!({
+                    "target": { "url": "http://registry:8080/sync" },
+                    "labels": { "team": team },
+                })),
+                "admin",
+            )
+            .await;
+    }
+    let mut by_label = client
+        .connect("?label=team:registration&kind=task.state", None)
+        .await;
+    let mut by_jobs = client.connect("?job=billing,upload", None).await;
+    let billing = client.create("billing").await;
+    let intake = client.create("intake").await;
+    let upload = client.create("upload").await;
+
+    let mut labelled = Vec::new();
+    for _ in 0..2 {
+        labelled.push(by_label.next().await.data["task"].clone());
+    }
+    assert_eq!(
+        labelled,
+        [json!(intake), json!(upload)],
+        "not billing's {billing}"
+    );
+    let mut listed = Vec::new();
+    for _ in 0..2 {
+        listed.push(by_jobs.next().await.data["task"].clone());
+    }
+    assert_eq!(listed, [json!(billing), json!(upload)]);
+}

@@ -667,17 +667,23 @@ pub(crate) fn check_target(errors: &mut ValidationErrors, prefix: &str, target: 
         Target::Amqp(amqp) => check_amqp(errors, prefix, amqp),
     }
     check_headers(errors, prefix, target.headers());
-    match target.auth() {
+    check_auth(errors, &format!("{prefix}.auth"), target.auth());
+}
+
+/// Checks an outbound auth written at `prefix` (`target.auth`, `auth`): secret names, a JWT's
+/// audience, an OAuth2 token endpoint and its parameters.
+pub fn check_auth(errors: &mut ValidationErrors, prefix: &str, auth: &OutboundAuth) {
+    match auth {
         OutboundAuth::Bearer { secret } | OutboundAuth::Hmac { secret }
             if secret.parse::<JobName>().is_err() =>
         {
             errors.push(
-                format!("{prefix}.auth.secret"),
+                format!("{prefix}.secret"),
                 "a secret name is 1 to 64 letters, digits, '.', '_' or '-'",
             );
         }
         OutboundAuth::Jwt { audience } if audience.is_empty() || audience.chars().count() > 256 => {
-            errors.push(format!("{prefix}.auth.audience"), "1 to 256 characters");
+            errors.push(format!("{prefix}.audience"), "1 to 256 characters");
         }
         OutboundAuth::OAuth2 {
             token_url,
@@ -686,19 +692,19 @@ pub(crate) fn check_target(errors: &mut ValidationErrors, prefix: &str, target: 
             scope,
             audience,
         } => {
-            check_url(errors, &format!("{prefix}.auth.token_url"), token_url);
+            check_url(errors, &format!("{prefix}.token_url"), token_url);
             if client_id.is_empty()
                 || client_id.chars().count() > 256
                 || client_id.chars().any(char::is_control)
             {
                 errors.push(
-                    format!("{prefix}.auth.client_id"),
+                    format!("{prefix}.client_id"),
                     "1 to 256 characters, no control characters",
                 );
             }
             if client_secret.parse::<JobName>().is_err() {
                 errors.push(
-                    format!("{prefix}.auth.client_secret"),
+                    format!("{prefix}.client_secret"),
                     "a secret name is 1 to 64 letters, digits, '.', '_' or '-'",
                 );
             }
@@ -706,7 +712,7 @@ pub(crate) fn check_target(errors: &mut ValidationErrors, prefix: &str, target: 
                 && (scope.chars().count() > 1024 || scope.chars().any(char::is_control))
             {
                 errors.push(
-                    format!("{prefix}.auth.scope"),
+                    format!("{prefix}.scope"),
                     "at most 1024 characters, no control characters",
                 );
             }
@@ -714,7 +720,7 @@ pub(crate) fn check_target(errors: &mut ValidationErrors, prefix: &str, target: 
                 && (audience.chars().count() > 256 || audience.chars().any(char::is_control))
             {
                 errors.push(
-                    format!("{prefix}.auth.audience"),
+                    format!("{prefix}.audience"),
                     "at most 256 characters, no control characters",
                 );
             }

@@ -10,9 +10,11 @@ pub mod firing;
 pub mod ids;
 pub mod job;
 pub mod message;
+pub mod notify;
 pub mod retry;
 pub mod schedule;
 pub mod span;
+pub mod subscription;
 pub mod task;
 pub mod trigger;
 pub mod validation;
@@ -32,9 +34,11 @@ pub use job::{AmqpTarget, HttpTarget, JobInput, JobName, JobSpec, OutboundAuth, 
 pub use message::{
     ConsumerState, ConsumerStatus, Message, MessageInput, MessageSource, MessageType,
 };
+pub use notify::{Notify, NotifyEvent};
 pub use retry::RetryPolicy;
 pub use schedule::{Schedule, ScheduleError};
 pub use span::Span;
+pub use subscription::{SubscriptionInput, SubscriptionSpec};
 pub use task::{CallbackStatus, FailureReason, TaskEvent, TaskState, Transition, Withdrawal};
 pub use trigger::{ScheduleSpec, Timetable, TriggerInput, TriggerSpec};
 pub use validation::{FieldError, ValidationErrors};

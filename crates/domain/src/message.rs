@@ -114,6 +114,9 @@ pub struct MessageInput {
     /// A JSON object, laid over each subscribing job's payload key by key.
     #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     pub payload: Option<Value>,
+    /// Who to tell when each task the message creates ends (or at every state change): as a
+    /// task's `notify`, the auth resolved per job.
+    pub notify: Option<crate::Notify>,
 }
 
 /// A checked message.
@@ -124,6 +127,9 @@ pub struct Message {
     pub key: Option<String>,
     /// Laid over each subscribing job's payload, key by key.
     pub payload: Map<String, Value>,
+    /// Who to tell about each task it creates; checked against the allowed URL prefixes by
+    /// whoever receives the message.
+    pub notify: Option<crate::Notify>,
 }
 
 /// Where a message came from.
@@ -242,6 +248,7 @@ impl TryFrom<MessageInput> for Message {
                 id: input.id,
                 key: input.key,
                 payload,
+                notify: input.notify,
             }),
             _ => Err(errors),
         }

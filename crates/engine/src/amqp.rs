@@ -66,6 +66,8 @@ pub struct AmqpConfig {
     pub reconnect_max: Span,
     /// Names this node's connection and consumer in the broker's management UI.
     pub node_id: String,
+    /// The URL prefixes a message's `notify.url` must start with (none allowed when empty).
+    pub notify_urls: Vec<String>,
 }
 
 impl std::fmt::Debug for AmqpConfig {
@@ -428,7 +430,14 @@ impl Consumer {
                 .as_ref()
                 .map(|id| id.to_string());
         }
-        Message::try_from(input).map_err(|e| format!("invalid message: {e}"))
+        let message = Message::try_from(input).map_err(|e| format!("invalid message: {e}"))?;
+        if let Some(notify) = &message.notify {
+            // Secrets are checked when a notice is signed: a missing one fails its attempts.
+            notify
+                .check(&self.config.notify_urls, None)
+                .map_err(|e| format!("invalid message: {e}"))?;
+        }
+        Ok(message)
     }
 
     /// Moves a delivery to the dead-letter queue with `reason` in a header, then acknowledges

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::alerting::{Alerting, AlertsConfig};
-use crate::events::{EventWebhook, WebhookConfig};
+use crate::events::{EventWebhook, Subscriptions, WebhookConfig};
 use crate::firing::Firing;
 use crate::outbound::Outbound;
 use crate::pruning::{Pruning, RetentionSettings};
@@ -55,6 +55,15 @@ pub struct Leader {
     pub config: LeaderConfig,
     /// Pushes the event log to a webhook while this node leads, when configured.
     pub webhook: Option<EventPush>,
+    /// Pushes the event log to each event subscription while this node leads.
+    pub subscriptions: Option<SubscriptionPush>,
+}
+
+/// What the event subscriptions duty needs.
+#[derive(Debug, Clone)]
+pub struct SubscriptionPush {
+    pub client: reqwest::Client,
+    pub outbound: Outbound,
 }
 
 /// What the event webhook duty needs.
@@ -205,6 +214,14 @@ impl Leader {
                 config: push.config.clone(),
             };
             running.spawn(webhook.run(duties.child_token()));
+        }
+        if let Some(push) = &self.subscriptions {
+            let subscriptions = Subscriptions {
+                store: self.store.clone(),
+                client: push.client.clone(),
+                outbound: push.outbound.clone(),
+            };
+            running.spawn(subscriptions.run(duties.child_token()));
         }
         Tenure {
             term,

@@ -12,6 +12,7 @@ mod events;
 mod firing;
 mod heartbeat;
 mod leader;
+mod notices;
 mod oauth2;
 mod outbound;
 mod pruning;
@@ -29,7 +30,8 @@ pub use email::{SmtpConfig, check_email_sink};
 pub use error::{Error, Result};
 pub use events::WebhookConfig;
 pub use heartbeat::Heartbeat;
-pub use leader::{EventPush, Leader, LeaderConfig};
+pub use leader::{EventPush, Leader, LeaderConfig, SubscriptionPush};
+pub use notices::{NoticeConfig, Notifier, notice_body};
 pub use outbound::Outbound;
 pub use pruning::RetentionSettings;
 

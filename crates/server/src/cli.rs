@@ -9,6 +9,7 @@ mod events;
 mod groups;
 pub(crate) mod output;
 mod runs;
+mod subscriptions;
 mod trigger_edit;
 mod watch;
 
@@ -101,6 +102,14 @@ pub(crate) enum Remote {
         #[command(subcommand)]
         verb: groups::GroupsVerb,
     },
+    /// List, show (with lag and failures), create or change, and delete event subscriptions.
+    #[command(after_help = EXIT_CODES)]
+    Subscriptions {
+        #[command(flatten)]
+        connection: Connection,
+        #[command(subcommand)]
+        verb: subscriptions::SubscriptionsVerb,
+    },
     /// List, show, acknowledge and resolve alerts.
     #[command(after_help = EXIT_CODES)]
     Alerts {
@@ -160,9 +169,8 @@ pub(crate) enum Remote {
     Events {
         #[command(flatten)]
         connection: Connection,
-        /// Only the events of this job.
-        #[arg(long)]
-        job: Option<String>,
+        #[command(flatten)]
+        filter: events::Filter,
     },
     /// Make jobs and their triggers, calendars and concurrency groups match a jobs file (or
     /// every `.yaml`, `.yml` and `.json` file of a directory): shows the changes, then makes them.
@@ -459,6 +467,9 @@ async fn dispatch(remote: Remote) -> Result<()> {
         Remote::Alerts { connection, verb } => alerts(&connection, verb).await,
         Remote::Calendars { connection, verb } => calendars::calendars(&connection, verb).await,
         Remote::Groups { connection, verb } => groups::groups(&connection, verb).await,
+        Remote::Subscriptions { connection, verb } => {
+            subscriptions::subscriptions(&connection, verb).await
+        }
         Remote::Cluster {
             connection,
             verb: ClusterVerb::Status,
@@ -468,8 +479,8 @@ async fn dispatch(remote: Remote) -> Result<()> {
         Remote::Messages { connection, verb } => admin::messages(&connection, verb).await,
         Remote::Audit { connection, verb } => admin::audit(&connection, verb).await,
         Remote::Whoami { connection } => admin::whoami(&connection).await,
-        Remote::Events { connection, job } => {
-            events::follow(&connection.client()?, job, connection.output).await
+        Remote::Events { connection, filter } => {
+            events::follow(&connection.client()?, filter, connection.output).await
         }
         Remote::Apply {
             connection,

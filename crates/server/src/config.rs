@@ -28,11 +28,40 @@ pub(crate) struct Config {
     pub(crate) log: LogConfig,
     pub(crate) alerts: AlertsConfig,
     pub(crate) events: EventsSettings,
+    pub(crate) notify: NotifySettings,
     pub(crate) messages: MessagesSettings,
     pub(crate) amqp: AmqpSettings,
     /// How long finished tasks, skips, alerts and the audit log are kept, and how the leader
     /// prunes them.
     pub(crate) retention: RetentionSettings,
+}
+
+/// Completion notices a task's creator asks for with `notify`.
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct NotifySettings {
+    /// The URL prefixes a `notify.url` must start with; none allowed when empty, so an upstream
+    /// cannot make Pacer call arbitrary hosts.
+    pub(crate) allowed_urls: Vec<String>,
+    /// How long one notice `POST` may take.
+    pub(crate) timeout: Span,
+    /// Attempts at one notice before it is given up.
+    pub(crate) max_attempts: u32,
+    /// The wait after the first failed attempt; doubles up to `max_backoff`.
+    pub(crate) initial_backoff: Span,
+    pub(crate) max_backoff: Span,
+}
+
+impl Default for NotifySettings {
+    fn default() -> Self {
+        Self {
+            allowed_urls: Vec::new(),
+            timeout: Span::from_secs(10),
+            max_attempts: 20,
+            initial_backoff: Span::from_secs(1),
+            max_backoff: Span::from_secs(300),
+        }
+    }
 }
 
 /// Upstream messages, over REST or RabbitMQ.
@@ -560,6 +589,14 @@ impl Config {
         }
         if self.messages.retention < Span::from_secs(60) {
             bail!("messages.retention must be at least 1m");
+        }
+        for prefix in &self.notify.allowed_urls {
+            if !(prefix.starts_with("http://") || prefix.starts_with("https://")) {
+                bail!("notify.allowed_urls: `{prefix}` is not an http:// or https:// URL prefix");
+            }
+        }
+        if self.notify.max_attempts == 0 {
+            bail!("notify.max_attempts must be at least 1");
         }
         let retention = &self.retention;
         for (key, value) in [

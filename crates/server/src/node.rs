@@ -12,7 +12,8 @@ use pacer_domain::ConsumerStatus;
 use pacer_domain::Span;
 use pacer_engine::{
     AmqpConfig, CancelNotifier, Consumer, Deliverer, DeliveryConfig, DispatchConfig, Dispatcher,
-    EventPush, Heartbeat, Leader, LeaderConfig, Outbound, Publisher, WebhookConfig,
+    EventPush, Heartbeat, Leader, LeaderConfig, NoticeConfig, Notifier, Outbound, Publisher,
+    SubscriptionPush, WebhookConfig,
 };
 use pacer_store::{ClaimedTask, Store};
 use secrecy::ExposeSecret;
@@ -155,6 +156,7 @@ impl Node {
             dead_after: cluster.dead_after,
             secrets: self.security.secrets.keys().cloned().collect(),
             request_timeout: self.config.http.request_timeout.as_duration(),
+            notify_urls: self.config.notify.allowed_urls.clone(),
         };
         let auth = Auth {
             verifier: self.security.verifier.clone(),
@@ -285,6 +287,10 @@ impl Node {
         let leader = Leader {
             store: self.store.clone(),
             webhook,
+            subscriptions: Some(SubscriptionPush {
+                client: client.clone(),
+                outbound: outbound.clone(),
+            }),
             config: LeaderConfig {
                 node_id: self.node_id.clone(),
                 lease_ttl: cluster.lease_ttl,
@@ -341,6 +347,37 @@ impl Node {
                     .context("the alert delivery loop failed"),
             )
         });
+        // Every node sends completion notices; the state change that warrants one queues it.
+        let notify = &self.config.notify;
+        let notifier = Notifier {
+            config: NoticeConfig {
+                node_id: self.node_id.clone(),
+                timeout: notify.timeout,
+                poll_interval: Span::from_secs(1),
+                batch_size: 16,
+                backoff: pacer_domain::RetryPolicy {
+                    max_attempts: notify.max_attempts,
+                    initial_backoff: notify.initial_backoff,
+                    max_backoff: notify.max_backoff,
+                    multiplier: 2.0,
+                    jitter: 0.2,
+                    ..pacer_domain::RetryPolicy::default()
+                },
+            },
+            store: self.store.clone(),
+            client: client.clone(),
+            outbound: outbound.clone(),
+        };
+        let notice_shutdown = shutdown.child_token();
+        parts.spawn(async move {
+            (
+                "task notices",
+                notifier
+                    .run(notice_shutdown)
+                    .await
+                    .context("the task notice loop failed"),
+            )
+        });
         if let Some(url) = &amqp.url {
             let consumer = Consumer::new(
                 AmqpConfig {
@@ -355,6 +392,7 @@ impl Node {
                     reconnect_initial: amqp.reconnect_initial,
                     reconnect_max: amqp.reconnect_max,
                     node_id: self.node_id.clone(),
+                    notify_urls: self.config.notify.allowed_urls.clone(),
                 },
                 self.store.clone(),
                 consumer_status,

@@ -2,6 +2,7 @@
 //! callbacks, leader changes, and anything another module appends in its own transaction. Read in
 //! commit-safe order by the live event stream, the event webhook, and a task's history.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
@@ -99,10 +100,22 @@ pub struct NewEvent<'a> {
 /// Which events to read.
 #[derive(Debug, Clone, Default)]
 pub struct EventFilter {
-    /// Only this job's events.
-    pub job: Option<String>,
+    /// Only these jobs' events; all when empty.
+    pub jobs: Vec<String>,
+    /// Only the events of jobs carrying all these labels; all when empty.
+    pub labels: BTreeMap<String, String>,
     /// Only these kinds; all when empty.
     pub kinds: Vec<String>,
+}
+
+impl EventFilter {
+    /// Events of these jobs.
+    pub fn job(job: impl Into<String>) -> Self {
+        Self {
+            jobs: vec![job.into()],
+            ..Self::default()
+        }
+    }
 }
 
 /// A batch of events in delivery order.
@@ -204,6 +217,11 @@ impl Store {
         limit: i64,
     ) -> Result<EventBatch> {
         let kinds = (!filter.kinds.is_empty()).then_some(filter.kinds.as_slice());
+        let jobs = (!filter.jobs.is_empty()).then_some(filter.jobs.as_slice());
+        let labels = (!filter.labels.is_empty())
+            .then(|| serde_json::to_value(&filter.labels))
+            .transpose()
+            .map_err(crate::error::corrupt)?;
         let mut conn = self.pool.acquire().await?;
         // Separate statements, each with its own snapshot taken after the horizon was computed:
         // every transaction below the horizon had finished by then, so its events are visible.
@@ -212,16 +230,19 @@ impl Store {
             EventRow,
             "select id, tx, at, kind, job_name, task_id, data from events
              where (tx, id) > ($1, $2) and tx < $3
-               and ($4::text is null or job_name = $4)
+               and ($4::text[] is null or job_name = any($4))
                and ($5::text[] is null or kind = any($5))
+               and ($7::jsonb is null
+                    or job_name in (select name from jobs where spec -> 'labels' @> $7))
              order by tx, id
              limit $6",
             after.tx,
             after.id,
             horizon,
-            filter.job.as_deref(),
+            jobs,
             kinds,
             limit,
+            labels,
         )
         .fetch_all(&mut *conn)
         .await?;

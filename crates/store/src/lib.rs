@@ -14,9 +14,11 @@ mod events;
 mod firing;
 mod jobs;
 mod messages;
+mod notices;
 mod operations;
 mod retention;
 mod runs;
+mod subscriptions;
 mod tasks;
 mod triggers;
 mod withdrawal;
@@ -43,9 +45,13 @@ pub use events::{
 pub use firing::{Fired, Swept};
 pub use jobs::{DeletedJob, Job, JobWorkload, PutJob};
 pub use messages::{Ingested, MessageFilter, Route, StoredMessage};
+pub use notices::{ClaimedNotice, NOTICES_CHANNEL, Notice};
 pub use operations::{CancelNotice, JobFingerprint, JobStats, Released, RetryCandidate, TaskBrief};
 pub use retention::{Prunable, PrunedTasks, SIZED_TABLES, TableSize};
 pub use runs::{RETRY_PLAN_NAMES, RetryStep, RunChild, RunView, retry_errors_key};
+pub use subscriptions::{
+    LAG_COUNT_LIMIT, Lag, Subscription, filter as subscription_filter, subscription_cursor,
+};
 pub use tasks::{
     Attempt, CreatedTask, KeptTask, NewTask, Origin, ReportOutcome, Reporting, Task, TaskCreation,
     TaskFilter, TaskReport,

@@ -189,6 +189,10 @@ impl Store {
                 trace_context: trace_context.map(str::to_owned),
                 actor: None,
                 retry_of: None,
+                notify: message.notify.as_ref().map(|n| {
+                    let none = pacer_domain::OutboundAuth::None {};
+                    n.stored(job.spec.target.as_ref().map_or(&none, |t| t.auth()))
+                }),
             };
             let outcome = if job.spec.overlap == OverlapPolicy::Allow {
                 insert_task(&mut tx, job, task, None, None, Some(from)).await?

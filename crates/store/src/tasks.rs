@@ -84,6 +84,9 @@ pub struct NewTask {
     pub actor: Option<String>,
     /// The task it retries (origin `retry`).
     pub retry_of: Option<TaskId>,
+    /// Who to tell when it ends (or at every state change): `{url, events, auth}`, checked by
+    /// the caller.
+    pub notify: Option<Value>,
 }
 
 impl NewTask {
@@ -98,6 +101,7 @@ impl NewTask {
             trace_context: None,
             actor: None,
             retry_of: None,
+            notify: None,
         }
     }
 }

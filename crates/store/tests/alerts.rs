@@ -31,6 +31,7 @@ async fn overdue_task(store: &Store, pool: &PgPool) -> Uuid {
         trace_context: None,
         actor: None,
         retry_of: None,
+        notify: None,
     };
     let CreatedTask::Created { id, .. } = store.create_task(&job, task, None).await.expect("task")
     else {
@@ -344,6 +345,7 @@ async fn a_completed_task_needs_evaluation_only_when_its_job_has_success_watcher
             trace_context: None,
             actor: None,
             retry_of: None,
+            notify: None,
         };
         let CreatedTask::Created { id, .. } =
             store.create_task(&job, task, None).await.expect("task")

@@ -32,6 +32,7 @@ fn kept(job: &Arc<Job>, key: Option<&str>, payload: Value, claim: bool) -> KeptT
             trace_context: None,
             actor: None,
             retry_of: None,
+            notify: None,
         },
         claim: claim.then(|| Span::from_millis(1000)),
     }

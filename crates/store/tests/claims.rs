@@ -35,6 +35,7 @@ fn new_task(key: Option<&str>) -> NewTask {
         trace_context: None,
         actor: None,
         retry_of: None,
+        notify: None,
     }
 }
 

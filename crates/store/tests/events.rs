@@ -94,10 +94,7 @@ async fn an_event_is_held_back_until_every_older_transaction_has_finished(pool: 
         .await
         .expect("read");
     assert!(after.events.is_empty(), "nothing is delivered twice");
-    let only = EventFilter {
-        job: Some("other".into()),
-        kinds: vec![],
-    };
+    let only = EventFilter::job("other");
     assert!(
         store
             .events_after(EventCursor::START, &only, 100)

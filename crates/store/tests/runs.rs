@@ -34,6 +34,7 @@ fn new_task(key: Option<String>, retry_of: Option<TaskId>) -> NewTask {
         trace_context: None,
         actor: None,
         retry_of,
+        notify: None,
     }
 }
 

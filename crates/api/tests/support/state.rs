@@ -69,6 +69,7 @@ pub(crate) fn config() -> ApiConfig {
         dead_after: Span::from_secs(10),
         secrets: ["registry-token".to_owned()].into(),
         request_timeout: Duration::from_secs(30),
+        notify_urls: vec!["https://notify.test/".to_owned()],
     }
 }
 

@@ -1,5 +1,5 @@
 //! Named resources declared beside the jobs: an entry keyed by its kind instead of `name:`
-//! (`calendar: <name>`, `concurrency_group: <name>`), its other fields the body of
+//! (`calendar: <name>`, `concurrency_group: <name>`, `subscription: <name>`), its other fields the body of
 //! `PUT <route>/{name}`. Jobs and triggers name them, so they are written before any job, and
 //! deleted (with `--prune`, the ones no file declares) after every job is written or deleted.
 //! Each kind is one [`Kind`] value: the rest of this module knows none of them by name.
@@ -8,7 +8,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use pacer_domain::{
-    CalendarInput, CalendarName, CalendarSpec, GroupInput, GroupName, GroupSpec, ValidationErrors,
+    CalendarInput, CalendarName, CalendarSpec, GroupInput, GroupName, GroupSpec, SubscriptionInput,
+    SubscriptionSpec, ValidationErrors,
 };
 use reqwest::Method;
 use serde::Serialize;
@@ -70,8 +71,25 @@ pub(super) static GROUP: Kind = Kind {
     needs: |_| Vec::new(),
 };
 
+/// Event subscriptions: receivers of the event log, filtered by job or label and event kind.
+pub(super) static SUBSCRIPTION: Kind = Kind {
+    key: "subscription",
+    route: "/api/v1/subscriptions",
+    page: None,
+    check_name: |name| {
+        if pacer_domain::validation::is_name(name) {
+            Ok(())
+        } else {
+            Err("a subscription name is 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit".into())
+        }
+    },
+    normalize: normalize::<SubscriptionInput, SubscriptionSpec>,
+    definition: view_definition::<SubscriptionInput>,
+    needs: |_| Vec::new(),
+};
+
 /// Every kind, in the order they are written.
-pub(super) static KINDS: [&Kind; 2] = [&CALENDAR, &GROUP];
+pub(super) static KINDS: [&Kind; 3] = [&CALENDAR, &GROUP, &SUBSCRIPTION];
 
 impl Kind {
     fn is(&self, other: &Kind) -> bool {

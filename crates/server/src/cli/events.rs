@@ -109,10 +109,32 @@ fn render(event: &Event, output: Output) -> String {
     }
 }
 
+/// Which events `pacer events` follows: the stream's `job`, `label` and `kind` filters.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Filter {
+    /// Only the events of these jobs, comma-separated.
+    #[arg(long)]
+    job: Option<String>,
+    /// Only the events of jobs carrying these labels, `key:value`, comma-separated (all must
+    /// match).
+    #[arg(long)]
+    label: Option<String>,
+    /// Only these event kinds, comma-separated (`task.state,alert.opened`).
+    #[arg(long)]
+    kind: Option<String>,
+}
+
 /// Prints events until interrupted. A refused request (4xx) ends it with that error; a dropped
 /// connection or a 5xx is retried, resuming after the last event seen.
-pub(crate) async fn follow(client: &Client, job: Option<String>, output: Output) -> Result<()> {
-    let query: Vec<(&str, String)> = job.into_iter().map(|j| ("job", j)).collect();
+pub(crate) async fn follow(client: &Client, filter: Filter, output: Output) -> Result<()> {
+    let query: Vec<(&str, String)> = [
+        ("job", filter.job),
+        ("label", filter.label),
+        ("kind", filter.kind),
+    ]
+    .into_iter()
+    .filter_map(|(name, value)| Some((name, value?)))
+    .collect();
     let mut last_id: Option<String> = None;
     let mut delay = Duration::from_secs(1);
     loop {

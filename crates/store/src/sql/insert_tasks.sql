@@ -6,7 +6,8 @@
 -- $11 the node to claim it for and $12 that claim's lease in ms, $13 the open task it is queued
 -- behind (overlap policy `buffer_one`: not due before its timeout, and the leader's sweep makes it
 -- due once the task it waits for has finished), $14 traceparent, $15 the operator who ran it now,
--- $16 the task it retries, $17 and $18 the id and type of the message that created it.
+-- $16 the task it retries, $17 and $18 the id and type of the message that created it, $19 who
+-- to notify when it ends (`notify`).
 -- A task due now with a node is created already claimed by that node, so the node can dispatch it
 -- without a separate claim commit; one due now without, wakes the dispatchers (the notification
 -- is delivered at commit).
@@ -15,11 +16,11 @@ with n as (
     from unnest($1::uuid[], $2::uuid[], $3::text[], $4::int[], $5::text[], $6::text[],
                 $7::jsonb[], $8::timestamptz[], $9::bigint[], $10::bigint[], $11::text[],
                 $12::bigint[], $13::uuid[], $14::text[], $15::text[], $16::uuid[], $17::text[],
-                $18::text[])
+                $18::text[], $19::jsonb[])
          with ordinality
          as n(id, job_id, job_name, version, origin, idempotency_key, payload, not_before,
               deadline_ms, timeout_ms, node, lease_ms, waits_for, trace_context, actor, retry_of,
-              message_id, message_type, ord)
+              message_id, message_type, notify, ord)
 ),
 current as (
     select n.*, coalesce(n.not_before, now()) as due_at, l.waiting,
@@ -37,7 +38,7 @@ inserted as (
                        next_dispatch_at, deadline_at, timeout_at,
                        claim_token, claimed_by, claimed_at, attempt, started_at, dispatched,
                        waits_for, trace_context, actor, retry_of, message_id, message_type,
-                       waiting)
+                       waiting, notify)
     select id, job_id, job_name, origin, idempotency_key, payload, due_at,
            case when claim then now() + lease_ms * interval '1 millisecond'
                 when waits_for is not null or waiting then due_at + timeout_ms * interval '1 millisecond'
@@ -50,7 +51,7 @@ inserted as (
            case when claim then 1 else 0 end,
            case when claim then now() end,
            claim,
-           waits_for, trace_context, actor, retry_of, message_id, message_type, waiting
+           waits_for, trace_context, actor, retry_of, message_id, message_type, waiting, notify
     from current
     order by ord
     on conflict (job_id, idempotency_key) where idempotency_key is not null do nothing

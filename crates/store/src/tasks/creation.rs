@@ -180,6 +180,7 @@ pub(crate) async fn insert_tasks(
     let mut retry_of = Vec::with_capacity(n);
     let mut message_ids = Vec::with_capacity(n);
     let mut message_types = Vec::with_capacity(n);
+    let mut notify = Vec::with_capacity(n);
     for insert in &inserts {
         let (job, task) = (insert.job, &insert.task);
         ids.push(task.id.as_uuid());
@@ -204,6 +205,7 @@ pub(crate) async fn insert_tasks(
         retry_of.push(task.retry_of.map(|id| id.as_uuid()));
         message_ids.push(insert.message.map(|m| m.id));
         message_types.push(insert.message.map(|m| m.kind));
+        notify.push(task.notify.as_ref());
     }
     let rows = sqlx::query_file!(
         "src/sql/insert_tasks.sql",
@@ -225,6 +227,7 @@ pub(crate) async fn insert_tasks(
         &retry_of as &[Option<Uuid>],
         &message_ids as &[Option<&str>],
         &message_types as &[Option<&str>],
+        &notify as &[Option<&Value>],
     )
     .fetch_all(&mut *conn)
     .await?;
