@@ -83,6 +83,11 @@ impl Api {
     /// `POST /api/v1/jobs/{job}/tasks` with an idempotency key, so a retry never makes a second
     /// task.
     pub(crate) async fn create_task(&self, base: &str, job: &str, key: &str) -> Result<()> {
+        self.create_task_id(base, job, key).await.map(drop)
+    }
+
+    /// [`Api::create_task`], returning the task's id.
+    pub(crate) async fn create_task_id(&self, base: &str, job: &str, key: &str) -> Result<String> {
         let url = format!("{base}/api/v1/jobs/{job}/tasks");
         let empty = Value::Object(serde_json::Map::new());
         let (status, body) = self
@@ -91,7 +96,10 @@ impl Api {
         if status != StatusCode::ACCEPTED && status != StatusCode::OK {
             bail!("POST {url} answered {status}: {body}");
         }
-        Ok(())
+        body["id"]
+            .as_str()
+            .map(str::to_owned)
+            .with_context(|| format!("POST {url} answered without the task's id: {body}"))
     }
 
     /// `DELETE /api/v1/jobs/{name}?cancel_open_tasks=true`, for cleaning up a cluster the harness

@@ -1,11 +1,14 @@
-//! The fake downstream: an HTTP server in the harness that records every dispatch (task id and
-//! arrival time) and answers 202. On `/callback` it then reports the
-//! task `completed` on the dispatch's `callback.url` with the task's own `callback.token`,
-//! immediately or after `--callback-delay`; on `/accept` it does nothing more (for jobs with
-//! `expect_callback: false`). At most [`CALLBACKS_IN_FLIGHT`] callbacks are sent at once, over
-//! as many kept-alive connections: a second's thousands of occurrences dispatched together would
-//! otherwise each open a connection of their own, and run the harness and the nodes out of file
-//! descriptors.
+//! The fake downstream: an HTTP server in the harness that records every dispatch (task id,
+//! arrival time and, for a child of a run, its run, step and child name) and answers 202. On
+//! `/callback` it then reports the task `completed` on the dispatch's `callback.url` with the
+//! task's own `callback.token`, immediately or after `--callback-delay`; on `/accept` it does
+//! nothing more (for jobs with `expect_callback: false`). Two more callback paths serve
+//! workflows: `/callback/bare` reports `completed` without a result (a `for_each` step's results
+//! are its later steps' `inputs`, so they stay small), and `/callback/items/<n>` reports the
+//! result `{"items": [0, 1, …, n − 1]}` for a `for_each` step to fan out over. At most
+//! [`CALLBACKS_IN_FLIGHT`] callbacks are sent at once, over as many kept-alive connections: a
+//! second's thousands of occurrences dispatched together would otherwise each open a connection
+//! of their own, and run the harness and the nodes out of file descriptors.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -33,6 +36,13 @@ use tokio::task::JoinHandle;
 pub(crate) struct Dispatch {
     pub(crate) task_id: String,
     pub(crate) received_at: DateTime<Utc>,
+    /// A child of a run: the run's task id, the step's name and the child's name (an item's key
+    /// in a `for_each` step).
+    pub(crate) run: Option<String>,
+    pub(crate) step: Option<String>,
+    pub(crate) child: Option<String>,
+    /// The size of the dispatch's body.
+    pub(crate) bytes: usize,
 }
 
 /// What became of the callbacks made so far.
@@ -77,6 +87,14 @@ pub(crate) struct CallbackAnswer {
     pub(crate) millis: f64,
 }
 
+/// A callback the node answered 2xx (at any try): which task, and when the try it answered was
+/// sent.
+#[derive(Debug, Clone)]
+pub(crate) struct Answered {
+    pub(crate) task_id: String,
+    pub(crate) sent_at: DateTime<Utc>,
+}
+
 /// The tasks the downstream is working on (dispatched on `/callback`, not yet called back) and
 /// the most at once.
 #[derive(Default)]
@@ -89,6 +107,7 @@ struct Shared {
     dispatches: Mutex<Vec<Dispatch>>,
     open: Mutex<Open>,
     answers: Mutex<Vec<CallbackAnswer>>,
+    answered_tasks: Mutex<Vec<Answered>>,
     client: Caller,
     /// A permit per callback in flight.
     in_flight: tokio::sync::Semaphore,
@@ -117,6 +136,7 @@ impl Downstream {
             dispatches: Mutex::new(Vec::with_capacity(64 * 1024)),
             open: Mutex::default(),
             answers: Mutex::new(Vec::with_capacity(64 * 1024)),
+            answered_tasks: Mutex::new(Vec::with_capacity(64 * 1024)),
             client: Caller::new()?,
             in_flight: tokio::sync::Semaphore::new(CALLBACKS_IN_FLIGHT),
             delay,
@@ -141,6 +161,16 @@ impl Downstream {
     /// The target URL for jobs that expect a callback.
     pub(crate) fn callback_url(&self) -> String {
         format!("{}/callback", self.base)
+    }
+
+    /// The target URL for children of runs called back `completed` without a result.
+    pub(crate) fn bare_callback_url(&self) -> String {
+        format!("{}/callback/bare", self.base)
+    }
+
+    /// The target URL for a step called back `completed` with `result.items` = `[0, …, n − 1]`.
+    pub(crate) fn items_callback_url(&self, n: usize) -> String {
+        format!("{}/callback/items/{n}", self.base)
     }
 
     /// The target URL for jobs completed by the dispatch's 2xx alone.
@@ -179,6 +209,15 @@ impl Downstream {
             .collect()
     }
 
+    /// Every callback answered 2xx so far, with the task it was for.
+    pub(crate) fn answered(&self) -> Vec<Answered> {
+        self.shared
+            .answered_tasks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
     /// The most distinct tasks the downstream was working on at once (from a dispatch on
     /// `/callback` until its callback is sent).
     pub(crate) fn max_open(&self) -> usize {
@@ -187,6 +226,16 @@ impl Downstream {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .max
+    }
+
+    /// Starts counting the most at once afresh, from the tasks open now.
+    pub(crate) fn reset_max_open(&self) {
+        let mut open = self
+            .shared
+            .open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        open.max = open.tasks.len();
     }
 
     pub(crate) fn callbacks(&self) -> CallbackCounts {
@@ -211,6 +260,9 @@ struct DispatchBody {
     #[serde(default)]
     task_id: String,
     callback: Option<CallbackBody>,
+    run: Option<String>,
+    step: Option<String>,
+    child: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -221,8 +273,11 @@ struct CallbackBody {
 
 async fn receive(State(shared): State<Arc<Shared>>, uri: Uri, body: Bytes) -> StatusCode {
     let received_at = Utc::now();
-    let body: Option<DispatchBody> = serde_json::from_slice(&body).ok();
-    let (task_id, callback) = body.map_or_else(Default::default, |b| (b.task_id, b.callback));
+    let bytes = body.len();
+    let parsed: Option<DispatchBody> = serde_json::from_slice(&body).ok();
+    let (task_id, callback, run, step, child) = parsed.map_or_else(Default::default, |b| {
+        (b.task_id, b.callback, b.run, b.step, b.child)
+    });
     shared
         .dispatches
         .lock()
@@ -230,8 +285,12 @@ async fn receive(State(shared): State<Arc<Shared>>, uri: Uri, body: Bytes) -> St
         .push(Dispatch {
             task_id: task_id.clone(),
             received_at,
+            run,
+            step,
+            child,
+            bytes,
         });
-    if uri.path() == "/callback"
+    if let Some(reply) = callback_body(uri.path())
         && let Some(CallbackBody { url, token }) = callback
     {
         {
@@ -239,17 +298,33 @@ async fn receive(State(shared): State<Arc<Shared>>, uri: Uri, body: Bytes) -> St
             open.tasks.insert(task_id.clone());
             open.max = open.max.max(open.tasks.len());
         }
-        tokio::spawn(call_back(shared, task_id, url, token));
+        tokio::spawn(call_back(shared, task_id, url, token, reply));
     }
     StatusCode::ACCEPTED
 }
 
-/// The body of every callback.
+/// The body of every callback on `/callback`.
 const CALLBACK_BODY: &str = r#"{"status":"completed","result":{"by":"pacer-bench"}}"#;
+/// The body of a callback on `/callback/bare`.
+const BARE_CALLBACK_BODY: &str = r#"{"status":"completed"}"#;
 
-/// Reports the task completed, retrying while the node is unreachable or busy: during a
-/// failover the node that dispatched may be gone.
-async fn call_back(shared: Arc<Shared>, task_id: String, url: String, token: String) {
+/// The callback a dispatch on `path` gets, if any (see the module's documentation).
+fn callback_body(path: &str) -> Option<Bytes> {
+    match path {
+        "/callback" => Some(Bytes::from_static(CALLBACK_BODY.as_bytes())),
+        "/callback/bare" => Some(Bytes::from_static(BARE_CALLBACK_BODY.as_bytes())),
+        _ => {
+            let n: usize = path.strip_prefix("/callback/items/")?.parse().ok()?;
+            let items: Vec<usize> = (0..n).collect();
+            let body = json!({ "status": "completed", "result": { "items": items } });
+            serde_json::to_vec(&body).ok().map(Bytes::from)
+        }
+    }
+}
+
+/// Reports the task completed with `body`, retrying while the node is unreachable or busy:
+/// during a failover the node that dispatched may be gone.
+async fn call_back(shared: Arc<Shared>, task_id: String, url: String, token: String, body: Bytes) {
     if !shared.delay.is_zero() {
         tokio::time::sleep(shared.delay).await;
     }
@@ -274,9 +349,14 @@ async fn call_back(shared: Arc<Shared>, task_id: String, url: String, token: Str
         };
         let sent_at = Utc::now();
         let started = tokio::time::Instant::now();
-        match shared.client.call_back(&url, &token).await {
+        match shared.client.call_back(&url, &token, body.clone()).await {
             Ok(status) if status.is_success() => {
                 shared.answered.fetch_add(1, Ordering::Relaxed);
+                shared
+                    .answered_tasks
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(Answered { task_id, sent_at });
                 if attempt == 0 {
                     let millis = started.elapsed().as_secs_f64() * 1000.0;
                     shared
@@ -328,15 +408,20 @@ impl Caller {
         })
     }
 
-    /// Reports the task completed on `url`: the answer's status, or `Err` when none came.
-    async fn call_back(&self, url: &str, token: &str) -> std::result::Result<StatusCode, ()> {
+    /// Sends `body` to `url`: the answer's status, or `Err` when none came.
+    async fn call_back(
+        &self,
+        url: &str,
+        token: &str,
+        body: Bytes,
+    ) -> std::result::Result<StatusCode, ()> {
         if !url.starts_with("http://") {
             return self
                 .tls
                 .post(url)
                 .bearer_auth(token)
                 .header(CONTENT_TYPE, "application/json")
-                .body(CALLBACK_BODY)
+                .body(body)
                 .send()
                 .await
                 .map(|r| r.status())
@@ -345,7 +430,7 @@ impl Caller {
         let request = Request::post(url)
             .header(AUTHORIZATION, format!("Bearer {token}"))
             .header(CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from_static(CALLBACK_BODY.as_bytes())))
+            .body(Full::new(body))
             .map_err(drop)?;
         let answered = tokio::time::timeout(CALLBACK_TIMEOUT, async {
             let response = self.plain.request(request).await.map_err(drop)?;

@@ -1,6 +1,7 @@
 //! `pacer-bench`: measures Pacer on this machine. Each workload starts what it needs (a fresh
 //! database, `pacer serve` nodes, a fake downstream), runs, stops everything and reports.
 
+mod activity;
 mod api;
 mod cluster;
 mod database;
@@ -19,10 +20,11 @@ use clap::{Args, Parser, Subcommand};
 use crate::report::Report;
 use crate::workloads::{
     ConcurrencyArgs, FailoverArgs, FiringArgs, IdleArgs, OneshotArgs, SmokeArgs, ThroughputArgs,
+    WorkflowArgs,
 };
 
-/// Benchmarks for Pacer: firing lateness, failover, task throughput, one-shot precision and
-/// the cost of a node at rest. Build first with
+/// Benchmarks for Pacer: firing lateness, failover, task throughput, one-shot precision,
+/// workflows and the cost of a node at rest. Build first with
 /// `cargo build --release -p pacer-server -p pacer-bench`.
 #[derive(Debug, Parser)]
 #[command(name = "pacer-bench", version)]
@@ -46,6 +48,10 @@ enum Workload {
     /// T tasks of a job with `max_concurrency` N over the cluster: the most tasks the downstream
     /// saw at once (must be N) and the throughput under the limit.
     Concurrency(ConcurrencyArgs),
+    /// R small runs of single-target steps (step advance latency), then one run fanning out N
+    /// items over two `for_each` steps: children/s, step advances, the most children open at
+    /// once, exactly-once delivery.
+    Workflow(WorkflowArgs),
     /// A node at rest: memory, CPU and database writes.
     Idle(IdleArgs),
     /// All of the machinery in a few seconds; exits non-zero on any lost, missing or duplicate
@@ -166,6 +172,7 @@ async fn run(cli: Cli) -> anyhow::Result<Report> {
             Workload::Throughput(args) => workloads::throughput::run(&bench, &args).await,
             Workload::Oneshot(args) => workloads::oneshot::run(&bench, &args).await,
             Workload::Concurrency(args) => workloads::concurrency::run(&bench, &args).await,
+            Workload::Workflow(args) => workloads::workflow::run(&bench, &args).await,
             Workload::Idle(args) => workloads::idle::run(&bench, &args).await,
             Workload::Smoke(args) => workloads::smoke::run(&bench, &args).await,
         }

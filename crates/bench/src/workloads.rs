@@ -9,6 +9,7 @@ pub(crate) mod idle;
 pub(crate) mod oneshot;
 pub(crate) mod smoke;
 pub(crate) mod throughput;
+pub(crate) mod workflow;
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -649,6 +650,36 @@ pub(crate) struct ConcurrencyArgs {
     /// Create requests in flight at once.
     #[arg(long, default_value_t = 32)]
     pub(crate) concurrency: usize,
+}
+
+/// `pacer-bench workflow` options.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct WorkflowArgs {
+    /// Items the fan-out run's `list` step reports; its two `for_each` steps each make one
+    /// child per item. The items are the numbers 0 … N − 1, and every child's `inputs` carry
+    /// the list: above ~40,000 items they pass the 256 KiB limit and the run fails.
+    #[arg(long, default_value_t = 10_000)]
+    pub(crate) items: usize,
+    /// The `max_parallel` of both `for_each` steps.
+    #[arg(long, default_value_t = 256)]
+    pub(crate) max_parallel: u32,
+    /// Small runs for the step-advance distribution (0: none).
+    #[arg(long, default_value_t = 200)]
+    pub(crate) runs: usize,
+    /// Single-target steps in each small run (each run advances one less times).
+    #[arg(long, default_value_t = 4)]
+    pub(crate) steps: usize,
+    /// Small runs created per second; 0 creates them all at once.
+    #[arg(long, default_value_t = 50.0)]
+    pub(crate) rate: f64,
+    /// Run the small runs after the fan-out instead of before it, on the table it leaves.
+    #[arg(long)]
+    pub(crate) advance_after: bool,
+    /// `ANALYZE tasks, task_runs` this often while the workload runs, as autovacuum's
+    /// auto-analyze would on a server that runs it (off: the tables keep the planner
+    /// statistics of no analyze at all, like every other workload here).
+    #[arg(long, value_parser = parse_span)]
+    pub(crate) analyze_every: Option<Duration>,
 }
 
 /// `pacer-bench oneshot` options.
