@@ -313,7 +313,7 @@ struct RunRow<'a> {
 /// slots its ended ones freed.
 async fn advance_run(conn: &mut sqlx::PgConnection, run: Uuid) -> Result<()> {
     let Some(row) = sqlx::query!(
-        r#"select r.steps, r.step, r.inputs, r.reuse_from, t.state, t.payload, t.timeout_at
+        r#"select r.steps, r.step, r.reuse_from, t.state, t.payload, t.timeout_at
            from task_runs r join tasks t on t.id = r.task_id
            where r.task_id = $1"#,
         run,
@@ -335,7 +335,8 @@ async fn advance_run(conn: &mut sqlx::PgConnection, run: Uuid) -> Result<()> {
         return Ok(());
     }
     let steps: Vec<Step> = serde_json::from_value(row.steps).map_err(corrupt)?;
-    let mut inputs = row.inputs;
+    // The earlier steps' results, read only when the run advances: most endings wait.
+    let mut inputs: Option<Value> = None;
     let mut reuse = row.reuse_from.map(TaskId::from);
     let mut index = row.step;
     let this = RunRow {
@@ -352,7 +353,7 @@ async fn advance_run(conn: &mut sqlx::PgConnection, run: Uuid) -> Result<()> {
             Some(StepKind::ForEach { max_parallel, .. }) => i64::from(max_parallel),
             _ => i64::try_from(pacer_domain::workflow::MAX_PARALLEL_CHILDREN).unwrap_or(i64::MAX),
         };
-        let tally = step_tally(conn, run, index, cap).await?;
+        let tally = step_tally(conn, run, index, cap, step.skip_if_unchanged).await?;
         match decide(step, &tally) {
             StepVerdict::Wait { release } => {
                 if release > 0 {
@@ -410,10 +411,18 @@ async fn advance_run(conn: &mut sqlx::PgConnection, run: Uuid) -> Result<()> {
             }
             return Ok(());
         }
+        let inputs = match &mut inputs {
+            Some(inputs) => inputs,
+            None => inputs.insert(
+                sqlx::query_scalar!("select inputs from task_runs where task_id = $1", run)
+                    .fetch_one(&mut *conn)
+                    .await?,
+            ),
+        };
         if let Some(map) = inputs.as_object_mut() {
             map.insert(step.name.clone(), result);
         }
-        let size = serde_json::to_vec(&inputs).map_or(usize::MAX, |v| v.len());
+        let size = serde_json::to_vec(&*inputs).map_or(usize::MAX, |v| v.len());
         if size > MAX_INPUTS_BYTES {
             let reason = format!(
                 "the results of the steps before step `{}` come to {size} bytes, more than the \
@@ -425,7 +434,7 @@ async fn advance_run(conn: &mut sqlx::PgConnection, run: Uuid) -> Result<()> {
         }
         let next = index + 1;
         let next_step = &steps[at + 1];
-        let created = create_children(conn, &this, next, next_step, &inputs, reuse).await?;
+        let created = create_children(conn, &this, next, next_step, inputs, reuse).await?;
         let rerun = match created {
             Ok(rerun) => rerun,
             Err(reason) => {
@@ -444,7 +453,7 @@ async fn advance_run(conn: &mut sqlx::PgConnection, run: Uuid) -> Result<()> {
              where task_id = $1 and step = $5",
             run,
             next,
-            inputs,
+            &*inputs,
             reuse.map(|id| id.as_uuid()),
             index,
         )
@@ -504,6 +513,7 @@ async fn step_tally(
     run: Uuid,
     step: i32,
     cap: i64,
+    skip_if_unchanged: bool,
 ) -> Result<StepTally> {
     let row = sqlx::query!(
         r#"select
@@ -517,14 +527,18 @@ async fn step_tally(
                                     and state = 'failed' limit $3) x) as "failed!",
              (select count(*) from (select 1 from tasks where run_id = $1 and step = $2
                                     and state = 'cancelled' limit $3) x) as "cancelled!",
-             (select count(*) from (select 1 from tasks where run_id = $1 and step = $2
-                                    and state = 'completed' and outcome = 'unchanged'
-                                    limit 1) x) as "unchanged!",
+             -- Only a `skip_if_unchanged` step looks: on another step the probe would walk its
+             -- completed children for nothing.
+             case when $4 then (select count(*) from (
+                 select 1 from tasks where run_id = $1 and step = $2
+                 and state = 'completed' and outcome = 'unchanged' limit 1) x)
+             else 0 end as "unchanged!",
              exists (select 1 from tasks where run_id = $1 and step = $2
                      and state = 'completed_with_errors') as "with_errors!""#,
         run,
         step,
         cap,
+        skip_if_unchanged,
     )
     .fetch_one(&mut *conn)
     .await?;
@@ -565,23 +579,28 @@ async fn tallies(conn: &mut sqlx::PgConnection, run: Uuid, steps: usize) -> Resu
 
 /// Makes up to `n` held items of a `for_each` step due now, oldest first.
 async fn release_held(conn: &mut sqlx::PgConnection, run: Uuid, step: i32, n: u64) -> Result<()> {
+    // One statement, one round trip under the run's lock: the first held items in creation
+    // order (the partial index on held items gives them in order), and the dispatchers told.
     sqlx::query!(
         // An item waiting for a concurrency slot too is only now due for admission.
-        "update tasks set held = false, updated_at = now(),
-             next_dispatch_at = case when waiting then next_dispatch_at else now() end,
-             due_at = case when waiting then now() else due_at end
-         where id in (select id from tasks
-                      where run_id = $1 and step = $2 and held and state = 'pending'
-                      order by id limit $3)",
+        r#"with released as (
+               update tasks set held = false, updated_at = now(),
+                   next_dispatch_at = case when waiting then next_dispatch_at else now() end,
+                   due_at = case when waiting then now() else due_at end
+               where id in (select id from tasks
+                            where run_id = $1 and step = $2 and held and state = 'pending'
+                            order by id limit $3)
+               returning id
+           )
+           select pg_notify($4, '') as "notified"
+           from (select count(*) as n from released) r where r.n > 0"#,
         run,
         step,
         i64::try_from(n).unwrap_or(i64::MAX),
+        TASKS_DUE_CHANNEL,
     )
-    .execute(&mut *conn)
+    .fetch_optional(&mut *conn)
     .await?;
-    sqlx::query!("select pg_notify($1, '')", TASKS_DUE_CHANNEL)
-        .execute(&mut *conn)
-        .await?;
     Ok(())
 }
 
