@@ -159,15 +159,15 @@ async fn create_trigger(
 }
 
 /// The most triggers one batch creates.
-const MAX_BATCH: usize = 10_000;
+const MAX_BATCH: usize = 1_000;
 
 /// Many triggers for one job, created together.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(as = TriggerBatch)]
 struct TriggerBatch {
-    /// 1 to 10,000 definitions, each the body of `POST /api/v1/jobs/{name}/triggers`.
-    #[schema(min_items = 1, max_items = 10000)]
+    /// 1 to 1,000 definitions, each the body of `POST /api/v1/jobs/{name}/triggers`.
+    #[schema(min_items = 1, max_items = 1000)]
     triggers: Vec<TriggerInput>,
 }
 
@@ -770,22 +770,31 @@ async fn run_backfill(
     let mut views = Vec::with_capacity(planned.len());
     for plan in planned {
         let id = plan.trigger.id;
-        let done = state
-            .store
-            .backfill(
-                job,
-                id,
-                &plan.create,
-                request.overlap == BackfillOverlap::BufferAll,
-                request.dry_run,
-            )
-            .await
-            .map_err(|e| match e {
-                pacer_store::Error::Conflict { .. } => Error::BackfillRaced {
-                    job: job.name.to_string(),
-                },
-                other => trigger_not_found(id)(other),
-            })?;
+        let done = if plan.create.is_empty() {
+            // Nothing of this trigger in the range (or all of it excluded): no statement to run,
+            // so a job with thousands of triggers pays only for those that have occurrences.
+            pacer_store::Backfilled {
+                created: Vec::new(),
+                existing: Vec::new(),
+            }
+        } else {
+            state
+                .store
+                .backfill(
+                    job,
+                    id,
+                    &plan.create,
+                    request.overlap == BackfillOverlap::BufferAll,
+                    request.dry_run,
+                )
+                .await
+                .map_err(|e| match e {
+                    pacer_store::Error::Conflict { .. } => Error::BackfillRaced {
+                        job: job.name.to_string(),
+                    },
+                    other => trigger_not_found(id)(other),
+                })?
+        };
         let view = BackfillView {
             trigger: id,
             dry_run: request.dry_run,

@@ -49,7 +49,7 @@ pub(super) async fn execute(
         };
         let mut triggers: Vec<&TriggerChange> = plan.triggers.iter().collect();
         triggers.sort_by_key(rank);
-        // New triggers go last, together: one request per batch of up to 10,000, each created
+        // New triggers go last, together: one request per batch of up to 1,000, each created
         // whole or not at all.
         let created: Vec<&Value> = triggers
             .iter()
@@ -91,7 +91,7 @@ pub(super) async fn execute(
 }
 
 /// The most triggers `POST …/triggers:batch` takes at once.
-const TRIGGER_BATCH: usize = 10_000;
+const TRIGGER_BATCH: usize = 1_000;
 
 /// Says how far `apply` got before a refused change; the exit code stays the refusal's.
 pub(super) fn stopped(done: usize, error: Error) -> Error {
