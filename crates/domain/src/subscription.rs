@@ -38,6 +38,7 @@ pub struct SubscriptionInput {
     pub auth: OutboundAuth,
     /// Most events in one `POST` (1–1000); 100 when absent.
     #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 1000))]
+    #[serde(default, deserialize_with = "crate::validation::optional_whole_number")]
     pub batch_size: Option<u32>,
     /// At most 1000 characters.
     #[cfg_attr(feature = "openapi", schema(max_length = 1000))]
@@ -175,5 +176,12 @@ mod tests {
         assert!(spec(json!({ "url": "ftp://x.example/" })).is_err());
         assert!(spec(json!({ "url": "https://x.example/", "events": ["Task State"] })).is_err());
         assert!(spec(json!({ "url": "https://x.example/", "batch_size": 0 })).is_err());
+        // JSON says nothing of how a number is written: 66.0 is the whole number 66.
+        assert_eq!(
+            spec(json!({ "url": "https://x.example/", "batch_size": 66.0 }))
+                .expect("valid")
+                .batch_size,
+            66
+        );
     }
 }
