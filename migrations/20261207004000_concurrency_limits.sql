@@ -31,22 +31,6 @@ create index tasks_waiting_by_job_idx on tasks (job_id, due_at, id) where waitin
 create index tasks_slot_holders_idx on tasks (job_id)
     where holds_slot and state in ('pending', 'processing');
 
--- What limits a task: the concurrency group it takes a slot of (its job's; for a child of a run,
--- its step's), and the job whose `max_concurrency` applies (a run's or a plain task's; a child is
--- bounded by its step's group alone, as its run already holds the job's slot). `limit_key` names
--- the tasks one `max_concurrency` counts.
-create view task_limits as
-select t.id, t.job_id, t.job_name, t.state, t.due_at, t.started_at, t.waiting, t.held,
-       t.holds_slot, t.waits_for,
-       case when t.step is null then j.concurrency_group
-            else r.steps -> t.step ->> 'concurrency_group' end as concurrency_group,
-       case when t.step is null then (j.spec ->> 'max_concurrency')::int end as max_concurrency,
-       case when t.step is null then j.name else j.name || '/steps' end as limit_key,
-       j.spec as job_spec
-from tasks t
-join jobs j on j.id = t.job_id
-left join task_runs r on r.task_id = t.run_id and t.step is not null;
-
 -- A slot holder's ending is an event of its group (`group.released`) and wakes the dispatchers,
 -- whose admission pass hands the slot to the next waiting task. Only statements that end a slot
 -- holder notify: the task cycle of unlimited jobs never does.
@@ -57,7 +41,7 @@ begin
            jsonb_strip_nulls(jsonb_build_object(
                'state', n.state, 'previous', o.state, 'attempt', n.attempt,
                'origin', n.origin, 'message', n.message, 'failure_reason', n.failure_reason,
-               'last_error', n.last_error, 'outcome', n.outcome,
+               'last_error', n.last_error,
                'run', case when n.step is not null then n.run_id end,
                'step', r.steps -> n.step ->> 'name', 'child', n.child))
     from changed n
@@ -70,18 +54,13 @@ begin
                  and n.state not in ('pending', 'processing')) then
         insert into events (kind, job_name, task_id, data)
         select 'group.released', n.job_name, n.id,
-               jsonb_build_object('group', g.name, 'state', n.state)
+               jsonb_build_object('group', j.concurrency_group, 'state', n.state)
         from changed n
         join previous o on o.id = n.id
         join jobs j on j.id = n.job_id
-        left join task_runs r on r.task_id = n.run_id and n.step is not null
-        cross join lateral (
-            select case when n.step is null then j.concurrency_group
-                        else r.steps -> n.step ->> 'concurrency_group' end as name
-        ) g
         where o.holds_slot and o.state in ('pending', 'processing')
           and n.state not in ('pending', 'processing')
-          and g.name is not null
+          and j.concurrency_group is not null
         order by n.id;
         perform pg_notify('pacer_tasks_due', '');
     end if;
