@@ -147,11 +147,30 @@ async fn a_finished_task_is_noticed_once_despite_repeated_callbacks_and_a_killed
         assert_eq!(request.body["task"]["state"], "completed");
         assert_eq!(request.body["task"]["result"], json!({ "rows": 12 }));
     }
-    // Nothing more is sent once the receiver accepted it.
+    // Nothing more is sent once the receiver accepted it. A second task's notice is the
+    // witness: once it is delivered, the notifier has looked again since the first one.
     let accepted = received.len();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let witness = api_b
+        .create_task_id(
+            "sync",
+            &json!({ "notify": { "url": receiver.url("/rip/witness"), "events": ["finished"],
+                                 "auth": { "kind": "hmac", "secret": "notice_secret" } } }),
+        )
+        .await;
+    downstream.wait_for_requests(&witness, 1, SETTLE).await;
+    api_b.wait_for_state(&witness, "processing", SETTLE).await;
+    api_b.callback(&witness, &done).await.expect_status(200);
+    wait_until("the witness's notice delivered", SETTLE, || async {
+        let task = api_b.get_task(&witness).await;
+        task["notices"][0]["delivered_at"].is_string().then_some(())
+    })
+    .await;
     assert_eq!(
-        receiver.requests().len(),
+        receiver
+            .requests()
+            .iter()
+            .filter(|r| r.path == "/rip/sync-done")
+            .count(),
         accepted,
         "no notice after the accepted one"
     );

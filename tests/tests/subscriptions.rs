@@ -235,7 +235,19 @@ async fn a_subscriber_down_for_20s_gets_every_event_afterwards_in_order_none_los
     );
     assert!(caught_up["delivered_at"].is_string());
 
-    // Deleted, it receives nothing more.
+    // Deleted, it receives nothing more. A second subscription to the same events is the
+    // witness: once it has been pushed the new task's events, so would the deleted one have been.
+    let witness = FakeDownstream::start(|_| Reply::status(204)).await;
+    put_subscription(
+        &api,
+        "witness",
+        &json!({
+            "url": witness.url("/events"),
+            "labels": { "team": "registration" },
+            "events": ["task.state"],
+        }),
+    )
+    .await;
     api.request(
         Method::DELETE,
         "/api/v1/subscriptions/registration",
@@ -247,7 +259,21 @@ async fn a_subscriber_down_for_20s_gets_every_event_afterwards_in_order_none_los
     let sent = receiver.requests().len();
     let after = api.create_task_id("intake", &json!({})).await;
     api.wait_for_state(&after, "processing", SETTLE).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    wait_until(
+        "the witness pushed the new task's events",
+        SETTLE,
+        || async {
+            let states: HashSet<String> = witness
+                .requests()
+                .iter()
+                .flat_map(|r| r.body["events"].as_array().cloned().unwrap_or_default())
+                .filter(|e| e["task"] == json!(after))
+                .filter_map(|e| e["data"]["state"].as_str().map(str::to_owned))
+                .collect();
+            (states.contains("pending") && states.contains("processing")).then_some(())
+        },
+    )
+    .await;
     assert_eq!(
         receiver.requests().len(),
         sent,
