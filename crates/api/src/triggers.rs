@@ -81,21 +81,40 @@ async fn parse(
 ) -> Result<(TriggerSpec, Option<DateTime<Utc>>)> {
     let spec = TriggerSpec::try_from(input).map_err(Error::Validation)?;
     let missing = state.store.missing_calendars(&spec.calendars).await?;
-    if !missing.is_empty() {
-        let mut errors = pacer_domain::ValidationErrors::new();
-        for (i, name) in spec.calendars.iter().enumerate() {
-            if missing.contains(name) {
-                errors.push(
-                    format!("calendars[{i}]"),
-                    format!("no calendar named `{name}`"),
-                );
-            }
-        }
-        return Err(Error::Validation(errors));
-    }
     let now = state.store.now().await?;
-    let first = spec.first_fire(now).map_err(Error::Validation)?;
+    let first = first_fire(&spec, &missing, now).map_err(Error::Validation)?;
     Ok((spec, Some(first)))
+}
+
+/// The first fire time from `now` of a definition that passed its own checks, or why it is
+/// refused: a calendar it names is among the `missing` ones, or it would never fire.
+fn first_fire(
+    spec: &TriggerSpec,
+    missing: &[String],
+    now: DateTime<Utc>,
+) -> std::result::Result<DateTime<Utc>, pacer_domain::ValidationErrors> {
+    let mut errors = pacer_domain::ValidationErrors::new();
+    for (i, name) in spec.calendars.iter().enumerate() {
+        if missing.contains(name) {
+            errors.push(
+                format!("calendars[{i}]"),
+                format!("no calendar named `{name}`"),
+            );
+        }
+    }
+    errors.into_result(())?;
+    spec.first_fire(now)
+}
+
+/// A job that went away while its trigger was written is not found.
+fn job_gone(raw_name: &str) -> impl FnOnce(pacer_store::Error) -> Error {
+    move |e| match e {
+        pacer_store::Error::Conflict { .. } => Error::NotFound {
+            what: "job",
+            id: raw_name.to_owned(),
+        },
+        other => other.into(),
+    }
 }
 
 /// Add a trigger to a job
@@ -127,13 +146,7 @@ async fn create_trigger(
         .store
         .create_trigger(&job, &spec, next_fire_at)
         .await
-        .map_err(|e| match e {
-            pacer_store::Error::Conflict { .. } => Error::NotFound {
-                what: "job",
-                id: raw_name.clone(),
-            },
-            other => other.into(),
-        })?;
+        .map_err(job_gone(&raw_name))?;
     let location = format!("/api/v1/jobs/{}/triggers/{}", job.name, trigger.id);
     let view = TriggerView::from(trigger);
     let target = format!(
@@ -214,11 +227,7 @@ async fn create_triggers(
     for (i, input) in batch.triggers.into_iter().enumerate() {
         match TriggerSpec::try_from(input) {
             Ok(spec) => specs.push(spec),
-            Err(refused) => {
-                for e in refused.errors() {
-                    errors.push(format!("triggers[{i}].{}", e.field), e.message.clone());
-                }
-            }
+            Err(refused) => errors.extend_under(&format!("triggers[{i}]"), &refused),
         }
     }
     if !errors.is_empty() {
@@ -234,21 +243,9 @@ async fn create_triggers(
     let now = state.store.now().await?;
     let mut triggers = Vec::with_capacity(specs.len());
     for (i, spec) in specs.into_iter().enumerate() {
-        for (j, name) in spec.calendars.iter().enumerate() {
-            if missing.contains(name) {
-                errors.push(
-                    format!("triggers[{i}].calendars[{j}]"),
-                    format!("no calendar named `{name}`"),
-                );
-            }
-        }
-        match spec.first_fire(now) {
+        match first_fire(&spec, &missing, now) {
             Ok(first) => triggers.push((spec, Some(first))),
-            Err(refused) => {
-                for e in refused.errors() {
-                    errors.push(format!("triggers[{i}].{}", e.field), e.message.clone());
-                }
-            }
+            Err(refused) => errors.extend_under(&format!("triggers[{i}]"), &refused),
         }
     }
     if !errors.is_empty() {
@@ -258,13 +255,7 @@ async fn create_triggers(
         .store
         .create_triggers(&job, &triggers)
         .await
-        .map_err(|e| match e {
-            pacer_store::Error::Conflict { .. } => Error::NotFound {
-                what: "job",
-                id: raw_name.clone(),
-            },
-            other => other.into(),
-        })?;
+        .map_err(job_gone(&raw_name))?;
     let ids: Vec<Uuid> = created.iter().map(|t| t.id).collect();
     let items: Vec<TriggerView> = created.into_iter().map(TriggerView::from).collect();
     audit::record(

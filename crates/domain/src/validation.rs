@@ -37,6 +37,14 @@ impl ValidationErrors {
         });
     }
 
+    /// Records the errors of a part of the input, their fields under `prefix`
+    /// (`triggers[3]` + `expression` → `triggers[3].expression`).
+    pub fn extend_under(&mut self, prefix: &str, part: &ValidationErrors) {
+        for e in &part.0 {
+            self.push(format!("{prefix}.{}", e.field), e.message.clone());
+        }
+    }
+
     /// True when nothing was recorded.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()

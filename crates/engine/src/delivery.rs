@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::Result;
 use crate::alerting::SinkKind;
-use crate::wakeup::Wakeups;
+use crate::outbox::{self, Outbox, Rhythm};
 
 /// The header carrying the delivery's id: the same on every retry of one notification, so a
 /// sink can drop a repeat after an ambiguous failure (a timeout after it had processed it).
@@ -55,75 +55,13 @@ impl Deliverer {
     /// Claims and sends until `shutdown`; deliveries in flight then finish (each is bounded by
     /// the sink timeout).
     pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
-        let mut wakeups = Wakeups::new(self.store.clone(), &[ALERTS_CHANNEL]);
-        let poll = self.config.poll_interval.as_duration();
-        let limit = i64::try_from(self.config.batch_size).unwrap_or(i64::MAX);
-        // The lease outlasts the request with room to record its outcome.
-        let lease_ms = self.config.timeout.as_millis() + 10_000;
-        loop {
-            let sleep = match self
-                .store
-                .claim_deliveries(&self.config.node_id, limit, lease_ms)
-                .await
-            {
-                Ok(claimed) if !claimed.is_empty() => {
-                    let full = claimed.len() == self.config.batch_size;
-                    self.deliver_all(claimed).await;
-                    if full && !shutdown.is_cancelled() {
-                        continue;
-                    }
-                    self.until_next(poll).await
-                }
-                Ok(_) => self.until_next(poll).await,
-                Err(error) => {
-                    tracing::warn!(%error, "claiming alert deliveries failed; retrying");
-                    Duration::from_secs(1)
-                }
-            };
-            tokio::select! {
-                () = shutdown.cancelled() => return Ok(()),
-                () = wakeups.next() => {}
-                () = tokio::time::sleep_until(Instant::now() + sleep) => {}
-            }
-        }
-    }
-
-    async fn until_next(&self, poll: Duration) -> Duration {
-        match self.store.next_delivery_in().await {
-            Ok(Some(due)) => due.clamp(Duration::from_millis(10), poll),
-            Ok(None) => poll,
-            Err(error) => {
-                tracing::warn!(%error, "reading the next delivery time failed");
-                poll
-            }
-        }
-    }
-
-    async fn deliver_all(&self, claimed: Vec<ClaimedDelivery>) {
-        let mut running = JoinSet::new();
-        for delivery in claimed {
-            let client = self.client.clone();
-            let secrets = self.secrets.clone();
-            let timeout = self.config.timeout.as_duration();
-            running.spawn(async move {
-                let started = Instant::now();
-                let sent = if delivery.sink_kind == SinkKind::Email.as_str() {
-                    crate::email::send(&secrets, &delivery, timeout)
-                        .await
-                        .map(|()| None)
-                        .map_err(|error| (None, error))
-                } else {
-                    send(&client, &secrets, &delivery, timeout).await.map(Some)
-                };
-                (delivery, sent, started.elapsed())
-            });
-        }
-        while let Some(joined) = running.join_next().await {
-            let Ok((delivery, sent, latency)) = joined else {
-                continue;
-            };
-            self.record(&delivery, sent, latency).await;
-        }
+        let rhythm = Rhythm {
+            channels: &[ALERTS_CHANNEL],
+            poll: self.config.poll_interval.as_duration(),
+            batch_size: self.config.batch_size,
+            timeout: self.config.timeout.as_duration(),
+        };
+        outbox::run(&self, self.store.clone(), &rhythm, shutdown).await
     }
 
     async fn record(
@@ -175,6 +113,48 @@ impl Deliverer {
                 delivery.id = %delivery.id, sink = %delivery.sink, attempt = delivery.attempt,
                 error = error.as_deref(), retry_in = ?outcome.retry_in, "alert delivery failed; will retry"
             ),
+        }
+    }
+}
+
+impl Outbox for Deliverer {
+    type Item = ClaimedDelivery;
+    const WHAT: &'static str = "alert deliveries";
+
+    async fn claim(&self, limit: i64, lease_ms: i64) -> pacer_store::Result<Vec<ClaimedDelivery>> {
+        self.store
+            .claim_deliveries(&self.config.node_id, limit, lease_ms)
+            .await
+    }
+
+    async fn next_due_in(&self) -> pacer_store::Result<Option<Duration>> {
+        self.store.next_delivery_in().await
+    }
+
+    async fn send_all(&self, claimed: Vec<ClaimedDelivery>) {
+        let mut running = JoinSet::new();
+        for delivery in claimed {
+            let client = self.client.clone();
+            let secrets = self.secrets.clone();
+            let timeout = self.config.timeout.as_duration();
+            running.spawn(async move {
+                let started = Instant::now();
+                let sent = if delivery.sink_kind == SinkKind::Email.as_str() {
+                    crate::email::send(&secrets, &delivery, timeout)
+                        .await
+                        .map(|()| None)
+                        .map_err(|error| (None, error))
+                } else {
+                    send(&client, &secrets, &delivery, timeout).await.map(Some)
+                };
+                (delivery, sent, started.elapsed())
+            });
+        }
+        while let Some(joined) = running.join_next().await {
+            let Ok((delivery, sent, latency)) = joined else {
+                continue;
+            };
+            self.record(&delivery, sent, latency).await;
         }
     }
 }

@@ -15,6 +15,7 @@ mod leader;
 mod notices;
 mod oauth2;
 mod outbound;
+mod outbox;
 mod pruning;
 mod sweeper;
 mod wakeup;

@@ -12,12 +12,11 @@ use pacer_domain::{OutboundAuth, RetryPolicy, Span};
 use pacer_store::{ClaimedNotice, NOTICES_CHANNEL, Store, Task};
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::Result;
 use crate::outbound::Outbound;
-use crate::wakeup::Wakeups;
+use crate::outbox::{self, Outbox, Rhythm};
 
 /// The notifier's settings.
 #[derive(Debug, Clone)]
@@ -45,67 +44,13 @@ impl Notifier {
     /// Claims and sends until `shutdown`; notices in flight then finish (each is bounded by the
     /// timeout).
     pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
-        let mut wakeups = Wakeups::new(self.store.clone(), &[NOTICES_CHANNEL]);
-        let poll = self.config.poll_interval.as_duration();
-        let limit = i64::try_from(self.config.batch_size).unwrap_or(i64::MAX);
-        // The lease outlasts the request with room to record its outcome.
-        let lease_ms = self.config.timeout.as_millis() + 10_000;
-        loop {
-            let sleep = match self
-                .store
-                .claim_notices(&self.config.node_id, limit, lease_ms)
-                .await
-            {
-                Ok(claimed) if !claimed.is_empty() => {
-                    let full = claimed.len() == self.config.batch_size;
-                    self.send_all(claimed).await;
-                    if full && !shutdown.is_cancelled() {
-                        continue;
-                    }
-                    self.until_next(poll).await
-                }
-                Ok(_) => self.until_next(poll).await,
-                Err(error) => {
-                    tracing::warn!(%error, "claiming task notices failed; retrying");
-                    Duration::from_secs(1)
-                }
-            };
-            tokio::select! {
-                () = shutdown.cancelled() => return Ok(()),
-                () = wakeups.next() => {}
-                () = tokio::time::sleep_until(Instant::now() + sleep) => {}
-            }
-        }
-    }
-
-    async fn until_next(&self, poll: Duration) -> Duration {
-        match self.store.next_notice_in().await {
-            Ok(Some(due)) => due.clamp(Duration::from_millis(10), poll),
-            Ok(None) => poll,
-            Err(error) => {
-                tracing::warn!(%error, "reading the next notice time failed");
-                poll
-            }
-        }
-    }
-
-    async fn send_all(&self, claimed: Vec<ClaimedNotice>) {
-        let mut running = JoinSet::new();
-        for notice in claimed {
-            let client = self.client.clone();
-            let outbound = self.outbound.clone();
-            let timeout = self.config.timeout.as_duration();
-            running.spawn(async move {
-                let sent = send(&client, &outbound, &notice, timeout).await;
-                (notice, sent)
-            });
-        }
-        while let Some(joined) = running.join_next().await {
-            let Ok((notice, sent)) = joined else {
-                continue;
-            };
-            self.record(&notice, sent).await;
-        }
+        let rhythm = Rhythm {
+            channels: &[NOTICES_CHANNEL],
+            poll: self.config.poll_interval.as_duration(),
+            batch_size: self.config.batch_size,
+            timeout: self.config.timeout.as_duration(),
+        };
+        outbox::run(&self, self.store.clone(), &rhythm, shutdown).await
     }
 
     async fn record(&self, notice: &ClaimedNotice, sent: std::result::Result<(), String>) {
@@ -140,6 +85,40 @@ impl Notifier {
                 task.id = %notice.task_id, event = %notice.event, attempt = notice.attempt,
                 %error, retry_in = ?retry_in, "task notice failed; will retry"
             ),
+        }
+    }
+}
+
+impl Outbox for Notifier {
+    type Item = ClaimedNotice;
+    const WHAT: &'static str = "task notices";
+
+    async fn claim(&self, limit: i64, lease_ms: i64) -> pacer_store::Result<Vec<ClaimedNotice>> {
+        self.store
+            .claim_notices(&self.config.node_id, limit, lease_ms)
+            .await
+    }
+
+    async fn next_due_in(&self) -> pacer_store::Result<Option<Duration>> {
+        self.store.next_notice_in().await
+    }
+
+    async fn send_all(&self, claimed: Vec<ClaimedNotice>) {
+        let mut running = JoinSet::new();
+        for notice in claimed {
+            let client = self.client.clone();
+            let outbound = self.outbound.clone();
+            let timeout = self.config.timeout.as_duration();
+            running.spawn(async move {
+                let sent = send(&client, &outbound, &notice, timeout).await;
+                (notice, sent)
+            });
+        }
+        while let Some(joined) = running.join_next().await {
+            let Ok((notice, sent)) = joined else {
+                continue;
+            };
+            self.record(&notice, sent).await;
         }
     }
 }

@@ -153,7 +153,7 @@ impl Store {
         if !fence(&mut tx, node, term).await? {
             return Ok(None);
         }
-        let deleted = match what {
+        let statement = match what {
             Prunable::Events => sqlx::query!(
                 "delete from events where id in (
                      select id from events
@@ -161,10 +161,7 @@ impl Store {
                      order by at limit $2)",
                 retention_ms,
                 batch,
-            )
-            .execute(&mut *tx)
-            .await?
-            .rows_affected(),
+            ),
             // Their deduplication ends with them; their tasks keep the message's type but lose
             // the link.
             Prunable::Messages => sqlx::query!(
@@ -174,10 +171,7 @@ impl Store {
                      order by received_at limit $2)",
                 retention_ms,
                 batch,
-            )
-            .execute(&mut *tx)
-            .await?
-            .rows_affected(),
+            ),
             // A skip alerting has not yet looked at stays.
             Prunable::SkippedRuns => sqlx::query!(
                 "delete from skipped_runs where id in (
@@ -186,10 +180,7 @@ impl Store {
                      order by recorded_at limit $2)",
                 retention_ms,
                 batch,
-            )
-            .execute(&mut *tx)
-            .await?
-            .rows_affected(),
+            ),
             // An alert goes with its deliveries (and their attempts), unless one is still to be
             // sent.
             Prunable::Alerts => sqlx::query!(
@@ -202,10 +193,7 @@ impl Store {
                      order by a.resolved_at limit $2)",
                 retention_ms,
                 batch,
-            )
-            .execute(&mut *tx)
-            .await?
-            .rows_affected(),
+            ),
             Prunable::AlertDeliveries => sqlx::query!(
                 "delete from alert_deliveries where id in (
                      select id from alert_deliveries
@@ -214,10 +202,7 @@ impl Store {
                      order by created_at limit $2)",
                 retention_ms,
                 batch,
-            )
-            .execute(&mut *tx)
-            .await?
-            .rows_affected(),
+            ),
             Prunable::AuditLog => sqlx::query!(
                 "delete from audit_log where id in (
                      select id from audit_log
@@ -225,11 +210,9 @@ impl Store {
                      order by at limit $2)",
                 retention_ms,
                 batch,
-            )
-            .execute(&mut *tx)
-            .await?
-            .rows_affected(),
+            ),
         };
+        let deleted = statement.execute(&mut *tx).await?.rows_affected();
         tx.commit().await?;
         Ok(Some(deleted))
     }
@@ -248,64 +231,41 @@ impl Store {
     /// seconds; 0 when none is waiting. Rows kept for a reason (a skip alerting has not looked
     /// at, an alert with a delivery to send) do not count.
     pub async fn prune_lag(&self, what: Prunable, retention_ms: i64) -> Result<f64> {
-        let oldest = match what {
-            Prunable::Events => {
-                sqlx::query_scalar!(
-                    "select min(at) from events where task_id is null
+        let statement = match what {
+            Prunable::Events => sqlx::query_scalar!(
+                "select min(at) from events where task_id is null
                      and at < now() - $1::bigint * interval '1 millisecond'",
-                    retention_ms
-                )
-                .fetch_one(&self.pool)
-                .await?
-            }
-            Prunable::Messages => {
-                sqlx::query_scalar!(
-                    "select min(received_at) from messages
+                retention_ms
+            ),
+            Prunable::Messages => sqlx::query_scalar!(
+                "select min(received_at) from messages
                      where received_at < now() - $1::bigint * interval '1 millisecond'",
-                    retention_ms
-                )
-                .fetch_one(&self.pool)
-                .await?
-            }
-            Prunable::SkippedRuns => {
-                sqlx::query_scalar!(
-                    "select min(recorded_at) from skipped_runs
+                retention_ms
+            ),
+            Prunable::SkippedRuns => sqlx::query_scalar!(
+                "select min(recorded_at) from skipped_runs
                      where recorded_at < now() - $1::bigint * interval '1 millisecond' and noticed",
-                    retention_ms
-                )
-                .fetch_one(&self.pool)
-                .await?
-            }
-            Prunable::Alerts => {
-                sqlx::query_scalar!(
-                    "select min(a.resolved_at) from alerts a where a.state = 'resolved'
+                retention_ms
+            ),
+            Prunable::Alerts => sqlx::query_scalar!(
+                "select min(a.resolved_at) from alerts a where a.state = 'resolved'
                      and a.resolved_at < now() - $1::bigint * interval '1 millisecond'
                      and not exists (select 1 from alert_deliveries d
                                      where d.alert_id = a.id and d.state = 'pending')",
-                    retention_ms
-                )
-                .fetch_one(&self.pool)
-                .await?
-            }
-            Prunable::AlertDeliveries => {
-                sqlx::query_scalar!(
-                    "select min(created_at) from alert_deliveries where state <> 'pending'
+                retention_ms
+            ),
+            Prunable::AlertDeliveries => sqlx::query_scalar!(
+                "select min(created_at) from alert_deliveries where state <> 'pending'
                      and created_at < now() - $1::bigint * interval '1 millisecond'",
-                    retention_ms
-                )
-                .fetch_one(&self.pool)
-                .await?
-            }
-            Prunable::AuditLog => {
-                sqlx::query_scalar!(
-                    "select min(at) from audit_log
+                retention_ms
+            ),
+            Prunable::AuditLog => sqlx::query_scalar!(
+                "select min(at) from audit_log
                      where at < now() - $1::bigint * interval '1 millisecond'",
-                    retention_ms
-                )
-                .fetch_one(&self.pool)
-                .await?
-            }
+                retention_ms
+            ),
         };
+        let oldest = statement.fetch_one(&self.pool).await?;
         let Some(oldest) = oldest else {
             return Ok(0.0);
         };
