@@ -1,10 +1,12 @@
 //! End-to-end: operator actions on real nodes — a cancel told to the downstream with a `DELETE`,
-//! whose next callback is refused — and the event log pushed to a webhook (retried until accepted)
-//! and streamed to a client as Server-Sent Events, resumed on another node.
+//! whose next callback is refused; a job deleted while its triggers fire — and the event log
+//! pushed to a webhook (retried until accepted) and streamed to a client as Server-Sent Events,
+//! resumed on another node.
 
 use std::time::Duration;
 
 use pacer_tests::{FakeDownstream, NodeSettings, PacerProcess, Reply, TestDb, wait_until};
+use reqwest::Method;
 use serde_json::{Value, json};
 
 /// Generous: these waits cover a dispatch or two on a loaded machine.
@@ -102,6 +104,91 @@ impl EventStream {
         })
         .await
         .expect("an event before the deadline")
+    }
+}
+
+/// A job whose triggers are firing, with triggered tasks still open at the downstream, is
+/// deleted with `cancel_open_tasks` at the first request, at whatever point of the second it
+/// lands: its open tasks are cancelled, its triggers go, and its tasks stay as history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_is_deleted_at_once_while_its_triggers_fire() {
+    const ROUNDS: usize = 5;
+    const TRIGGERS: usize = 300;
+    let db = TestDb::create().await;
+    let downstream = FakeDownstream::start(|_| Reply::accept()).await;
+    let node = PacerProcess::start(db.url(), "node-a").await;
+    let api = node.api();
+    let triggers: Vec<Value> = (0..TRIGGERS)
+        .map(|_| json!({"kind": "interval", "every": "1s"}))
+        .collect();
+    for round in 0..ROUNDS {
+        let job = format!("busy-{round}");
+        api.put_job(
+            &job,
+            &json!({
+                // Accepted and never called back: the tasks stay open.
+                "target": {"url": downstream.url("/busy")},
+                "repoll_interval": "1h",
+            }),
+        )
+        .await;
+        api.request(
+            Method::POST,
+            &format!("/api/v1/jobs/{job}/triggers:batch"),
+            Some(&json!({"triggers": triggers})),
+            &[],
+        )
+        .await
+        .expect_status(201);
+        // Fired at least twice, so the next pass may be under way at any point of the second.
+        wait_until("the triggers to fire twice", SETTLE, || async {
+            let fired: i64 = sqlx::query_scalar("select count(*) from tasks where job_name = $1")
+                .bind(&job)
+                .fetch_one(db.pool())
+                .await
+                .expect("tasks are readable");
+            (fired >= 2 * TRIGGERS as i64).then_some(())
+        })
+        .await;
+        // Land at a different point of the second each round.
+        tokio::time::sleep(Duration::from_millis(170 * round as u64)).await;
+        let deleted = api
+            .request(
+                Method::DELETE,
+                &format!("/api/v1/jobs/{job}?cancel_open_tasks=true"),
+                None,
+                &[],
+            )
+            .await;
+        assert_eq!(
+            deleted.status, 200,
+            "round {round}: deleting the job while it fires answered {}: {}",
+            deleted.status, deleted.body
+        );
+        let left: i64 = sqlx::query_scalar(
+            "select count(*) from triggers t join jobs j on j.id = t.job_id where j.name = $1",
+        )
+        .bind(&job)
+        .fetch_one(db.pool())
+        .await
+        .expect("triggers are readable");
+        assert_eq!(left, 0, "round {round}: the job's triggers went with it");
+        assert!(
+            deleted.body["cancelled_tasks"].as_u64().unwrap_or_default() > 0,
+            "round {round}: the open tasks were cancelled: {}",
+            deleted.body
+        );
+        let open: i64 = sqlx::query_scalar(
+            "select count(*) from tasks where job_name = $1 and state in ('pending', 'processing')",
+        )
+        .bind(&job)
+        .fetch_one(db.pool())
+        .await
+        .expect("tasks are readable");
+        assert_eq!(
+            open, 0,
+            "round {round}: no task of the deleted job is left open"
+        );
     }
 }
 

@@ -289,9 +289,11 @@ async fn delete_job(
         .delete_job(&name, query.cancel_open_tasks)
         .await
         .map_err(|e| match e {
-            pacer_store::Error::Conflict { .. } => Error::JobHasOpenTasks {
-                job: name.to_string(),
-            },
+            pacer_store::Error::Conflict { constraint } if constraint == "jobs_open_tasks" => {
+                Error::JobHasOpenTasks {
+                    job: name.to_string(),
+                }
+            }
             other => not_found(&name)(other),
         })?;
     let summary = DeletedJobView {

@@ -52,6 +52,16 @@ impl Api {
         Ok((status, body))
     }
 
+    /// `GET /metrics`: the node's Prometheus text.
+    pub(crate) async fn metrics(&self, base: &str) -> Result<String> {
+        let response = self.client.get(format!("{base}/metrics")).send().await?;
+        let status = response.status();
+        if !status.is_success() {
+            bail!("GET {base}/metrics answered {status}");
+        }
+        Ok(response.text().await?)
+    }
+
     /// `PUT /api/v1/jobs/{name}`.
     pub(crate) async fn put_job(&self, base: &str, name: &str, spec: &Value) -> Result<()> {
         let url = format!("{base}/api/v1/jobs/{name}");

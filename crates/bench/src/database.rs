@@ -108,6 +108,77 @@ pub(crate) async fn pool(url: &str) -> Result<PgPool> {
         .with_context(|| "connecting to the benchmarked database")
 }
 
+/// The server's `autovacuum` turned on for a run that measures how tables grow, as production
+/// runs it; [`Autovacuum::restore`] puts back what was there.
+pub(crate) struct Autovacuum {
+    /// A connection of its own: the target's pools are closed when it stops, before this
+    /// restores the setting.
+    pool: PgPool,
+    /// The value to put back with `alter system`, or `None` to reset it (it came from a
+    /// configuration file, not from `alter system`).
+    previous: Option<String>,
+    /// It was on already: nothing to restore.
+    unchanged: bool,
+}
+
+impl Autovacuum {
+    /// Turns autovacuum on (a reload setting: no restart) on the server at `url`, and notes
+    /// whether it was.
+    pub(crate) async fn turn_on(url: &str) -> Result<Self> {
+        let stats = &pool(url).await?;
+        let (setting, source): (String, Option<String>) =
+            sqlx::query_as("select setting, sourcefile from pg_settings where name = 'autovacuum'")
+                .fetch_one(stats)
+                .await?;
+        let unchanged = setting == "on";
+        if !unchanged {
+            sqlx::query("alter system set autovacuum = on")
+                .execute(stats)
+                .await
+                .context("turning autovacuum on (needs a superuser)")?;
+            sqlx::query("select pg_reload_conf()")
+                .execute(stats)
+                .await?;
+        }
+        let previous = source
+            .is_some_and(|file| file.ends_with("postgresql.auto.conf"))
+            .then_some(setting);
+        Ok(Self {
+            pool: stats.clone(),
+            previous,
+            unchanged,
+        })
+    }
+
+    /// What the run measured with, for the report.
+    pub(crate) fn describe(&self) -> &'static str {
+        if self.unchanged {
+            "on (it was on already)"
+        } else {
+            "on for this run (the server has it off; restored after)"
+        }
+    }
+
+    /// Puts the setting back as it was.
+    pub(crate) async fn restore(self) -> Result<()> {
+        let stats = &self.pool;
+        if self.unchanged {
+            stats.close().await;
+            return Ok(());
+        }
+        let statement = match &self.previous {
+            Some(value) if value == "off" => "alter system set autovacuum = off",
+            _ => "alter system reset autovacuum",
+        };
+        sqlx::query(statement).execute(stats).await?;
+        sqlx::query("select pg_reload_conf()")
+            .execute(stats)
+            .await?;
+        stats.close().await;
+        Ok(())
+    }
+}
+
 /// `select version()`.
 pub(crate) async fn server_version(pool: &PgPool) -> Result<String> {
     Ok(sqlx::query_scalar("select version()")

@@ -43,6 +43,8 @@ pub(crate) struct Dispatch {
     pub(crate) child: Option<String>,
     /// The size of the dispatch's body.
     pub(crate) bytes: usize,
+    /// The occurrence a trigger's task was fired for (`scheduled_at` of the body).
+    pub(crate) scheduled_at: Option<DateTime<Utc>>,
 }
 
 /// What became of the callbacks made so far.
@@ -187,6 +189,17 @@ impl Downstream {
             .clone()
     }
 
+    /// The dispatches received after the first `seen`, and how many there are now: for reading
+    /// a long run's dispatches a window at a time.
+    pub(crate) fn dispatches_after(&self, seen: usize) -> (Vec<Dispatch>, usize) {
+        let all = self
+            .shared
+            .dispatches
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        (all.get(seen..).unwrap_or_default().to_vec(), all.len())
+    }
+
     /// The first arrival of each task.
     pub(crate) fn first_dispatches(&self) -> HashMap<String, Dispatch> {
         let mut first = HashMap::new();
@@ -263,6 +276,7 @@ struct DispatchBody {
     run: Option<String>,
     step: Option<String>,
     child: Option<String>,
+    scheduled_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Deserialize)]
@@ -275,9 +289,17 @@ async fn receive(State(shared): State<Arc<Shared>>, uri: Uri, body: Bytes) -> St
     let received_at = Utc::now();
     let bytes = body.len();
     let parsed: Option<DispatchBody> = serde_json::from_slice(&body).ok();
-    let (task_id, callback, run, step, child) = parsed.map_or_else(Default::default, |b| {
-        (b.task_id, b.callback, b.run, b.step, b.child)
-    });
+    let (task_id, callback, run, step, child, scheduled_at) =
+        parsed.map_or_else(Default::default, |b| {
+            (
+                b.task_id,
+                b.callback,
+                b.run,
+                b.step,
+                b.child,
+                b.scheduled_at,
+            )
+        });
     shared
         .dispatches
         .lock()
@@ -289,6 +311,7 @@ async fn receive(State(shared): State<Arc<Shared>>, uri: Uri, body: Bytes) -> St
             step,
             child,
             bytes,
+            scheduled_at,
         });
     if let Some(reply) = callback_body(uri.path())
         && let Some(CallbackBody { url, token }) = callback

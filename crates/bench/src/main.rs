@@ -19,8 +19,8 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::report::Report;
 use crate::workloads::{
-    ConcurrencyArgs, FailoverArgs, FiringArgs, IdleArgs, OneshotArgs, SmokeArgs, ThroughputArgs,
-    WorkflowArgs,
+    ConcurrencyArgs, FailoverArgs, FiringArgs, HistoryArgs, IdleArgs, OneshotArgs, SmokeArgs,
+    SoakArgs, ThroughputArgs, WorkflowArgs,
 };
 
 /// Benchmarks for Pacer: firing lateness, failover, task throughput, one-shot precision,
@@ -52,6 +52,12 @@ enum Workload {
     /// items over two `for_each` steps: children/s, step advances, the most children open at
     /// once, exactly-once delivery.
     Workflow(WorkflowArgs),
+    /// `throughput` and `firing` on the empty database, then again after preloading N finished
+    /// tasks with their attempts and events: how much a large history slows the hot path.
+    History(HistoryArgs),
+    /// T interval triggers at 1 s with callbacks for a long time under a short retention: table
+    /// rows and bytes, throughput, lateness, pruning and dead tuples over time (JSON and PNG).
+    Soak(SoakArgs),
     /// A node at rest: memory, CPU and database writes.
     Idle(IdleArgs),
     /// All of the machinery in a few seconds; exits non-zero on any lost, missing or duplicate
@@ -173,6 +179,8 @@ async fn run(cli: Cli) -> anyhow::Result<Report> {
             Workload::Oneshot(args) => workloads::oneshot::run(&bench, &args).await,
             Workload::Concurrency(args) => workloads::concurrency::run(&bench, &args).await,
             Workload::Workflow(args) => workloads::workflow::run(&bench, &args).await,
+            Workload::History(args) => workloads::history::run(&bench, &args).await,
+            Workload::Soak(args) => workloads::soak::run(&bench, &args).await,
             Workload::Idle(args) => workloads::idle::run(&bench, &args).await,
             Workload::Smoke(args) => workloads::smoke::run(&bench, &args).await,
         }

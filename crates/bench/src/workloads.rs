@@ -5,9 +5,11 @@
 pub(crate) mod concurrency;
 pub(crate) mod failover;
 pub(crate) mod firing;
+pub(crate) mod history;
 pub(crate) mod idle;
 pub(crate) mod oneshot;
 pub(crate) mod smoke;
+pub(crate) mod soak;
 pub(crate) mod throughput;
 pub(crate) mod workflow;
 
@@ -70,6 +72,22 @@ impl Bench {
     /// Starts the target of `workload`: `default_nodes` nodes unless `--nodes` says otherwise,
     /// or the cluster at `--url`.
     pub(crate) async fn target(&self, workload: &str, default_nodes: usize) -> Result<Target> {
+        self.target_with(workload, default_nodes, &[]).await
+    }
+
+    /// [`Bench::target`] with `settings` (`PACER_…` variables) for every node started, before
+    /// the `--node-env` ones (which win).
+    pub(crate) async fn target_with(
+        &self,
+        workload: &str,
+        default_nodes: usize,
+        settings: &[(String, String)],
+    ) -> Result<Target> {
+        let node_env: Vec<(String, String)> = settings
+            .iter()
+            .chain(&self.common.node_env)
+            .cloned()
+            .collect();
         let run_dir = self.out_dir.join(format!("{workload}-{}", self.stamp));
         let nodes = self.common.nodes.unwrap_or(default_nodes).max(1);
         eprintln!(
@@ -87,7 +105,7 @@ impl Bench {
             database_url: self.common.database_url.as_deref(),
             admin_url: &self.common.admin_url,
             nodes,
-            node_env: &self.common.node_env,
+            node_env: &node_env,
             run_dir: &run_dir,
             keep_database: self.common.keep_database,
             created: &self.created,
@@ -115,6 +133,15 @@ impl Bench {
             "commit": system::git_commit(),
             "target": target.describe(),
         }))
+    }
+
+    /// A connection URL for server-wide settings and statistics: the maintenance database of the
+    /// local server, or the cluster's own database for `--url`.
+    pub(crate) fn server_url(&self) -> &str {
+        match (&self.common.url.is_empty(), &self.common.database_url) {
+            (false, Some(url)) => url,
+            _ => &self.common.admin_url,
+        }
     }
 
     /// Runs `work` against `target`, then always stops the target; an interrupt (Ctrl-C)
@@ -244,11 +271,10 @@ pub(crate) async fn create_triggers(
     .await
 }
 
-/// Every occurrence of a job's interval triggers in a window of whole seconds, and what each
-/// became.
+/// Every occurrence of a job's interval triggers in a window, and what each became.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Occurrences {
-    /// Triggers × seconds in the window.
+    /// Triggers × occurrences of each in the window.
     pub(crate) expected: u64,
     /// The tasks created for occurrences in the window.
     pub(crate) tasks: Vec<OccurrenceTask>,
@@ -270,12 +296,14 @@ pub(crate) struct OccurrenceTask {
 }
 
 impl Occurrences {
-    /// Reads what the job's triggers produced for every second from `first` to `last`.
+    /// Reads what the job's triggers, each firing every `every` seconds (aligned to the Unix
+    /// epoch), produced from `first` to `last`.
     pub(crate) async fn read(
         pool: &PgPool,
         job: &BenchJob,
         first: DateTime<Utc>,
         last: DateTime<Utc>,
+        every: i64,
     ) -> Result<Self> {
         let triggers: Vec<Uuid> = sqlx::query_scalar("select id from triggers where job_id = $1")
             .bind(job.id)
@@ -330,14 +358,15 @@ impl Occurrences {
         }
         let mut expected = 0;
         let mut missing = 0;
+        let every = every.max(1);
         for trigger in &triggers {
-            let mut second = first.timestamp();
+            let mut second = ceil_to(first, every).timestamp();
             while second <= last.timestamp() {
                 expected += 1;
                 if !outcomes.contains_key(&(*trigger, second * 1000)) {
                     missing += 1;
                 }
-                second += 1;
+                second += every;
             }
         }
         let duplicates = outcomes.values().map(|n| n.saturating_sub(1)).sum();
@@ -381,19 +410,25 @@ pub(crate) fn millis(later: DateTime<Utc>, earlier: DateTime<Utc>) -> f64 {
         .map_or(f64::MAX, |us| us as f64 / 1000.0)
 }
 
-/// The whole second at or after `t`.
-pub(crate) fn ceil_second(t: DateTime<Utc>) -> DateTime<Utc> {
-    let floor = floor_second(t);
+/// The whole second at or before `t`.
+pub(crate) fn floor_second(t: DateTime<Utc>) -> DateTime<Utc> {
+    floor_to(t, 1)
+}
+
+/// The first multiple of `every` seconds since the Unix epoch at or after `t`.
+pub(crate) fn ceil_to(t: DateTime<Utc>, every: i64) -> DateTime<Utc> {
+    let floor = floor_to(t, every);
     if floor == t {
         t
     } else {
-        floor + chrono::Duration::seconds(1)
+        floor + chrono::Duration::seconds(every.max(1))
     }
 }
 
-/// The whole second at or before `t`.
-pub(crate) fn floor_second(t: DateTime<Utc>) -> DateTime<Utc> {
-    DateTime::from_timestamp(t.timestamp(), 0).unwrap_or(t)
+/// The last multiple of `every` seconds since the Unix epoch at or before `t`.
+pub(crate) fn floor_to(t: DateTime<Utc>, every: i64) -> DateTime<Utc> {
+    let every = every.max(1);
+    DateTime::from_timestamp(t.timestamp().div_euclid(every) * every, 0).unwrap_or(t)
 }
 
 /// Checks `check` every `every` until it returns `Some` or `timeout` passes (then `None`).
@@ -587,9 +622,13 @@ pub(crate) fn positive(what: &str, span: Duration) -> Result<()> {
 /// `pacer-bench firing` options.
 #[derive(Debug, Clone, Args)]
 pub(crate) struct FiringArgs {
-    /// How many interval triggers, each firing every second.
+    /// How many interval triggers.
     #[arg(long, default_value_t = 1000)]
     pub(crate) triggers: usize,
+    /// How often each fires, in whole seconds (such as `1s` or `1m`); interval triggers are
+    /// aligned to the Unix epoch, so every trigger fires at the same instants.
+    #[arg(long, value_parser = parse_span, default_value = "1s")]
+    pub(crate) every: Duration,
     /// How long to let them fire.
     #[arg(long, value_parser = parse_span, default_value = "60s")]
     pub(crate) duration: Duration,
@@ -603,6 +642,62 @@ pub(crate) struct FiringArgs {
     /// jittered fire time.
     #[arg(long, value_parser = parse_span)]
     pub(crate) jitter: Option<Duration>,
+}
+
+/// `pacer-bench history` options.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct HistoryArgs {
+    /// Finished tasks to preload (each with one attempt and three events).
+    #[arg(long, default_value_t = 10_000_000)]
+    pub(crate) tasks: u64,
+    /// Tasks written per statement.
+    #[arg(long, default_value_t = 250_000)]
+    pub(crate) chunk: u64,
+    /// Over how long before now the preloaded tasks finished (`480h`: 20 days, within the
+    /// default retention of 30).
+    #[arg(long, value_parser = parse_span, default_value = "480h")]
+    pub(crate) spread: Duration,
+    /// Rounds of `throughput` then `firing` on each state of the database.
+    #[arg(long, default_value_t = 3)]
+    pub(crate) rounds: usize,
+    /// Tasks of each `throughput` round (with callbacks).
+    #[arg(long, default_value_t = 20_000)]
+    pub(crate) throughput_tasks: usize,
+    /// Create requests in flight at once in `throughput`.
+    #[arg(long, default_value_t = 64)]
+    pub(crate) concurrency: usize,
+    /// Interval triggers at 1 s of each `firing` round.
+    #[arg(long, default_value_t = 1000)]
+    pub(crate) triggers: usize,
+    /// How long each `firing` round fires.
+    #[arg(long, value_parser = parse_span, default_value = "30s")]
+    pub(crate) firing_duration: Duration,
+    /// Seconds at the start of each `firing` round left out of the figures.
+    #[arg(long, value_parser = parse_span, default_value = "3s")]
+    pub(crate) warmup: Duration,
+}
+
+/// `pacer-bench soak` options.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct SoakArgs {
+    /// Interval triggers at 1 s: the rate of tasks per second.
+    #[arg(long, default_value_t = 1000)]
+    pub(crate) triggers: usize,
+    /// How long to run.
+    #[arg(long, value_parser = parse_span, default_value = "20m")]
+    pub(crate) duration: Duration,
+    /// The nodes' `retention.tasks` (and `retention.skips`, `events.retention`).
+    #[arg(long, value_parser = parse_span, default_value = "2m")]
+    pub(crate) retention: Duration,
+    /// The nodes' `retention.interval`: how often the leader prunes.
+    #[arg(long, value_parser = parse_span, default_value = "10s")]
+    pub(crate) prune_every: Duration,
+    /// How often table sizes, throughput and lateness are sampled.
+    #[arg(long, value_parser = parse_span, default_value = "10s")]
+    pub(crate) sample_every: Duration,
+    /// Minutes at the start left out of the flatness checks: tables fill up to retention first.
+    #[arg(long, value_parser = parse_span, default_value = "5m")]
+    pub(crate) settle: Duration,
 }
 
 /// `pacer-bench failover` options.
@@ -723,7 +818,7 @@ pub(crate) struct SmokeArgs {
 mod tests {
     use chrono::{DateTime, Utc};
 
-    use super::{ceil_second, floor_second, millis};
+    use super::{ceil_to, floor_second, floor_to, millis};
 
     fn at(text: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(text)
@@ -735,11 +830,22 @@ mod tests {
     fn seconds_round_to_whole_seconds_and_gaps_are_in_milliseconds() {
         let t = at("2026-12-01T00:00:01.250Z");
         assert_eq!(floor_second(t), at("2026-12-01T00:00:01Z"));
-        assert_eq!(ceil_second(t), at("2026-12-01T00:00:02Z"));
+        assert_eq!(ceil_to(t, 1), at("2026-12-01T00:00:02Z"));
         assert_eq!(
-            ceil_second(at("2026-12-01T00:00:01Z")),
+            ceil_to(at("2026-12-01T00:00:01Z"), 1),
             at("2026-12-01T00:00:01Z")
         );
         assert!((millis(t, at("2026-12-01T00:00:01Z")) - 250.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn minutes_round_to_multiples_since_the_epoch() {
+        let t = at("2026-12-01T00:01:30Z");
+        assert_eq!(floor_to(t, 60), at("2026-12-01T00:01:00Z"));
+        assert_eq!(ceil_to(t, 60), at("2026-12-01T00:02:00Z"));
+        assert_eq!(
+            ceil_to(at("2026-12-01T00:02:00Z"), 60),
+            at("2026-12-01T00:02:00Z")
+        );
     }
 }

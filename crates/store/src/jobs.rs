@@ -251,6 +251,16 @@ impl Store {
     /// cancels them in the same transaction; its finished tasks stay as history.
     pub async fn delete_job(&self, name: &JobName, cancel_open_tasks: bool) -> Result<DeletedJob> {
         let mut tx = self.pool.begin().await?;
+        // The job's triggers first, then the job, in the order a firing pass takes them (it
+        // locks the due triggers, then their jobs): taken the other way round, the two
+        // transactions would wait for each other.
+        sqlx::query!(
+            "select t.id from triggers t join jobs j on j.id = t.job_id
+             where j.name = $1 order by t.id for update of t",
+            name.as_str()
+        )
+        .fetch_all(&mut *tx)
+        .await?;
         // The row lock serialises against concurrent task inserts, whose foreign-key check
         // takes a share lock on the same row: either they commit first and are cancelled here,
         // or they fail on the vanished job.
@@ -283,6 +293,14 @@ impl Store {
         .execute(&mut *tx)
         .await?
         .rows_affected();
+        // The triggers go in a statement of their own, before the job: their tasks' `trigger_id`
+        // is cleared by it. Left to the job's cascade, the same statement would also clear the
+        // tasks' `job_id`, and the foreign-key check of a task cancelled above (changed in this
+        // transaction, so checked again) would see its trigger gone before its `trigger_id`
+        // was cleared.
+        sqlx::query!("delete from triggers where job_id = $1", id)
+            .execute(&mut *tx)
+            .await?;
         sqlx::query!("delete from jobs where id = $1", id)
             .execute(&mut *tx)
             .await?;

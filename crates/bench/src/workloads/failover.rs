@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use sqlx::{PgPool, Row as _};
 use tokio::time::Instant;
 
-use super::firing::{Measured, Setup, cpu_row};
+use super::firing::{Measured, Setup, Timing, cpu_row};
 use super::{Bench, CpuUse, FailoverArgs, Sampler, floor_second, millis, positive, wait_for};
 use crate::cluster::{Managed, Target};
 use crate::downstream::Downstream;
@@ -76,7 +76,7 @@ pub(crate) async fn run(bench: &Bench, args: &FailoverArgs) -> Result<Report> {
             let downstream =
                 Downstream::start(&bench.common.downstream_host, bench.common.callback_delay)
                     .await?;
-            let setup = Setup::create(target, &downstream, args.triggers, true, None).await?;
+            let setup = Setup::create(target, &downstream, args.triggers, true, Timing::EVERY_SECOND).await?;
             eprintln!(
                 "pacer-bench: failover: {} triggers created; firing for {} s, killing the leader every {} s",
                 args.triggers,

@@ -14,8 +14,8 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use super::{
-    Bench, BenchJob, CpuUse, FiringArgs, Occurrences, Sampler, ceil_second, create_triggers,
-    define_job, floor_second, millis, positive, wait_for,
+    Bench, BenchJob, CpuUse, FiringArgs, Occurrences, Sampler, ceil_to, create_triggers,
+    define_job, floor_to, millis, positive, wait_for,
 };
 use crate::cluster::Target;
 use crate::database::DbCounters;
@@ -28,6 +28,7 @@ pub(crate) const P99_TARGET_MS: f64 = 50.0;
 
 pub(crate) async fn run(bench: &Bench, args: &FiringArgs) -> Result<Report> {
     positive("--duration", args.duration)?;
+    let every = whole_seconds("--every", args.every)?;
     let target = bench.target("firing", 3).await?;
     bench
         .run_on(target, async |target| {
@@ -40,11 +41,14 @@ pub(crate) async fn run(bench: &Bench, args: &FiringArgs) -> Result<Report> {
                 &downstream,
                 args.triggers,
                 !args.no_callback,
-                args.jitter,
+                Timing {
+                    every,
+                    jitter: args.jitter,
+                },
             )
             .await?;
             eprintln!(
-                "pacer-bench: firing: {} triggers created in {:.1} s; firing for {} s",
+                "pacer-bench: firing: {} triggers every {every} s created in {:.1} s; firing for {} s",
                 args.triggers,
                 setup.creation.as_secs_f64(),
                 args.duration.as_secs()
@@ -65,7 +69,7 @@ pub(crate) async fn run(bench: &Bench, args: &FiringArgs) -> Result<Report> {
                 environment,
                 json!({
                     "triggers": args.triggers,
-                    "every": "1s",
+                    "every": format!("{every}s"),
                     "duration_s": args.duration.as_secs_f64(),
                     "warmup_s": args.warmup.as_secs_f64(),
                     "expect_callback": !args.no_callback,
@@ -74,10 +78,10 @@ pub(crate) async fn run(bench: &Bench, args: &FiringArgs) -> Result<Report> {
                 }),
             );
             report.measured = format!(
-                "{} interval triggers firing every second for {} s; every occurrence of the \
-                 steady window (from {} s after start to the last whole second) checked against \
-                 tasks + skipped_runs; lateness = tasks.created_at − fire time and first \
-                 dispatch received − fire time, the fire time being scheduled_at{}; {}.",
+                "{} interval triggers firing every {every} s for {} s; every occurrence of the \
+                 steady window (from {} s after start to the last occurrence before the end) \
+                 checked against tasks + skipped_runs; lateness = tasks.created_at − fire time \
+                 and first dispatch received − fire time, the fire time being scheduled_at{}; {}.",
                 args.triggers,
                 args.duration.as_secs(),
                 args.warmup.as_secs(),
@@ -103,6 +107,9 @@ pub(crate) async fn run(bench: &Bench, args: &FiringArgs) -> Result<Report> {
                     commits.xact_commit as f64 / args.duration.as_secs_f64()
                 ),
             ));
+            let cost = Cost::of(&cpu, commits.xact_commit, args.triggers, every, args.duration);
+            report.rows.extend(cost.rows());
+            report.results["cost"] = cost.to_json();
             report.results["cpu"] = cpu.clone();
             report.results["callbacks"] = downstream.callbacks().to_json();
             report.results["database"] = commits.to_json();
@@ -152,6 +159,92 @@ pub(crate) fn cpu_row(cpu: &Value) -> Row {
     )
 }
 
+/// Fails unless a span is a whole number of seconds, at least one; returns the seconds.
+pub(crate) fn whole_seconds(what: &str, span: Duration) -> Result<i64> {
+    if span.subsec_nanos() != 0 || span.as_secs() == 0 {
+        anyhow::bail!("{what} must be a whole number of seconds, at least 1s");
+    }
+    Ok(i64::try_from(span.as_secs())?)
+}
+
+/// What a run cost for each occurrence its triggers fired: CPU of the nodes and of the
+/// database's backends, and database commits, over the whole run (warm-up included).
+pub(crate) struct Cost {
+    /// Triggers × their occurrences during the run.
+    pub(crate) occurrences: f64,
+    pub(crate) node_cpu_ms: f64,
+    pub(crate) postgres_cpu_ms: f64,
+    pub(crate) commits: f64,
+}
+
+impl Cost {
+    pub(crate) fn of(
+        cpu: &Value,
+        commits: i64,
+        triggers: usize,
+        every: i64,
+        duration: Duration,
+    ) -> Self {
+        let occurrences = (triggers as f64 * duration.as_secs_f64() / every.max(1) as f64).max(1.0);
+        let seconds = |filter: &dyn Fn(&str) -> bool| -> f64 {
+            cpu["processes"].as_object().map_or(0.0, |p| {
+                p.iter()
+                    .filter(|(id, _)| filter(id))
+                    .filter_map(|(_, v)| v["cpu_seconds"].as_f64())
+                    .sum()
+            })
+        };
+        Self {
+            occurrences,
+            node_cpu_ms: seconds(&|id| id.starts_with("node-")) * 1000.0,
+            postgres_cpu_ms: seconds(&|id| id == "postgres backends") * 1000.0,
+            commits: commits as f64,
+        }
+    }
+
+    pub(crate) fn rows(&self) -> Vec<Row> {
+        vec![
+            Row::info(
+                "CPU per occurrence: nodes / PostgreSQL backends",
+                format!(
+                    "{:.3} / {:.3} ms",
+                    self.node_cpu_ms / self.occurrences,
+                    self.postgres_cpu_ms / self.occurrences
+                ),
+            ),
+            Row::info(
+                "commits per occurrence",
+                format!("{:.3}", self.commits / self.occurrences),
+            ),
+        ]
+    }
+
+    pub(crate) fn to_json(&self) -> Value {
+        json!({
+            "occurrences": round(self.occurrences),
+            "node_cpu_ms_per_occurrence": round(self.node_cpu_ms / self.occurrences),
+            "postgres_cpu_ms_per_occurrence": round(self.postgres_cpu_ms / self.occurrences),
+            "commits_per_occurrence": round(self.commits / self.occurrences),
+        })
+    }
+}
+
+/// When the triggers fire: every `every` seconds (aligned to the Unix epoch), each with
+/// `jitter` if given.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Timing {
+    pub(crate) every: i64,
+    pub(crate) jitter: Option<Duration>,
+}
+
+impl Timing {
+    /// Every second, no jitter.
+    pub(crate) const EVERY_SECOND: Self = Self {
+        every: 1,
+        jitter: None,
+    };
+}
+
 /// The job and its triggers, created before the clock starts.
 pub(crate) struct Setup {
     pub(crate) job: BenchJob,
@@ -160,19 +253,22 @@ pub(crate) struct Setup {
     pub(crate) creation: Duration,
     /// Each trigger's jitter, if any.
     pub(crate) jitter: Option<Duration>,
+    /// Seconds between a trigger's occurrences.
+    pub(crate) every: i64,
 }
 
 impl Setup {
-    /// Defines the job and `triggers` interval triggers of 1 s, each with `jitter` if given.
+    /// Defines the job and `triggers` interval triggers fired as `timing` says.
     pub(crate) async fn create(
         target: &Target,
         downstream: &Downstream,
         triggers: usize,
         expect_callback: bool,
-        jitter: Option<Duration>,
+        timing: Timing,
     ) -> Result<Self> {
+        let Timing { every, jitter } = timing;
         let job = define_job(target, downstream, "bench-firing", expect_callback).await?;
-        let mut spec = json!({"kind": "interval", "every": "1s"});
+        let mut spec = json!({"kind": "interval", "every": format!("{every}s")});
         if let Some(jitter) = jitter {
             spec["jitter"] = json!(format!("{}ms", jitter.as_millis()));
         }
@@ -184,6 +280,7 @@ impl Setup {
             started: Utc::now(),
             creation: began.elapsed(),
             jitter,
+            every,
         })
     }
 }
@@ -218,14 +315,15 @@ impl Measured {
         ended: DateTime<Utc>,
         warmup: Duration,
     ) -> Result<Self> {
-        let first = ceil_second(setup.started + chrono::Duration::from_std(warmup)?);
-        let last = floor_second(ended) - chrono::Duration::seconds(1);
+        let every = setup.every;
+        let first = ceil_to(setup.started + chrono::Duration::from_std(warmup)?, every);
+        let last = floor_to(ended, every) - chrono::Duration::seconds(every);
         let triggers: i64 = sqlx::query_scalar("select count(*) from triggers where job_id = $1")
             .bind(setup.job.id)
             .fetch_one(&target.pool)
             .await?;
-        let seconds = (last - first).num_seconds() + 1;
-        let expected = u64::try_from(triggers * seconds.max(0)).unwrap_or_default();
+        let occurrences_each = (last - first).num_seconds().div_euclid(every) + 1;
+        let expected = u64::try_from(triggers * occurrences_each.max(0)).unwrap_or_default();
         wait_for(
             Duration::from_secs(30),
             Duration::from_millis(250),
@@ -237,7 +335,7 @@ impl Measured {
             },
         )
         .await;
-        let occurrences = Occurrences::read(&target.pool, &setup.job, first, last).await?;
+        let occurrences = Occurrences::read(&target.pool, &setup.job, first, last, every).await?;
         let ids: HashSet<String> = occurrences.tasks.iter().map(|t| t.id.to_string()).collect();
         wait_for(
             Duration::from_secs(30),

@@ -6,7 +6,7 @@
 use anyhow::Result;
 use serde_json::json;
 
-use super::firing::{Measured, Setup};
+use super::firing::{Measured, Setup, Timing};
 use super::throughput::Phase;
 use super::{Bench, SmokeArgs, positive};
 use crate::downstream::Downstream;
@@ -22,7 +22,14 @@ pub(crate) async fn run(bench: &Bench, args: &SmokeArgs) -> Result<Report> {
             let downstream =
                 Downstream::start(&bench.common.downstream_host, bench.common.callback_delay)
                     .await?;
-            let setup = Setup::create(target, &downstream, args.triggers, true, None).await?;
+            let setup = Setup::create(
+                target,
+                &downstream,
+                args.triggers,
+                true,
+                Timing::EVERY_SECOND,
+            )
+            .await?;
             // The tasks go through their cycle while the triggers fire.
             let (phase, ()) = tokio::join!(
                 Phase::run(target, &downstream, args.tasks, 16, true, false),

@@ -221,7 +221,7 @@ impl Phase {
         }
     }
 
-    fn rate(&self) -> Option<f64> {
+    pub(crate) fn rate(&self) -> Option<f64> {
         self.end_to_end
             .map(|d| self.completed as f64 / d.as_secs_f64().max(1e-3))
     }

@@ -1289,6 +1289,7 @@ mod tests {
             step: Some(step.to_owned()),
             child: Some(name.to_owned()),
             bytes: 0,
+            scheduled_at: None,
         }
     }
 
