@@ -123,6 +123,18 @@ impl Api {
         Ok(())
     }
 
+    /// `POST /api/v1/jobs/{name}/pause`: its triggers stop firing (its tasks stay).
+    pub(crate) async fn pause_job(&self, base: &str, name: &str) -> Result<()> {
+        let url = format!("{base}/api/v1/jobs/{name}/pause");
+        let (status, body) = self
+            .with_retries(|| self.call(Method::POST, &url, None, None))
+            .await?;
+        if !status.is_success() {
+            bail!("POST {url} answered {status}: {body}");
+        }
+        Ok(())
+    }
+
     /// Retries a call that failed to connect or was refused for load (429, 503).
     async fn with_retries<F, Fut>(&self, mut send: F) -> Result<(StatusCode, Value)>
     where

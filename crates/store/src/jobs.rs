@@ -283,11 +283,19 @@ impl Store {
                 constraint: "jobs_open_tasks".into(),
             });
         }
+        // Rows locked in id order, as every batched writer of tasks locks them (a callback
+        // ending some of these tasks meanwhile waits or is waited for, never deadlocks).
         let cancelled = sqlx::query!(
-            r#"update tasks set state = 'cancelled', finished_at = now(), next_dispatch_at = null,
-                   claim_token = null, claimed_by = null, claimed_at = null,
-                   message = 'cancelled: the job was deleted', updated_at = now()
-               where job_id = $1 and state in ('pending', 'processing')"#,
+            r#"with locked as (
+                   select id from tasks
+                   where job_id = $1 and state in ('pending', 'processing')
+                   order by id for update
+               )
+               update tasks t set state = 'cancelled', finished_at = now(),
+                   next_dispatch_at = null, claim_token = null, claimed_by = null,
+                   claimed_at = null, message = 'cancelled: the job was deleted',
+                   updated_at = now()
+               from locked l where t.id = l.id"#,
             id
         )
         .execute(&mut *tx)

@@ -67,7 +67,7 @@ pub(crate) async fn run(bench: &Bench, args: &HistoryArgs) -> Result<Report> {
                  days, within the default retention) were written into it by generate_series \
                  and `vacuum analyze`d: {} round(s) of `throughput` ({} tasks with callbacks, {} \
                  requests in flight) and `firing` ({} triggers at 1 s for {} s, callbacks at \
-                 once). Figures are medians over the rounds; autovacuum {}.",
+                 once; the job paused after each round). Figures are medians over the rounds; autovacuum {}.",
                 args.tasks,
                 args.spread.as_secs_f64() / 86_400.0,
                 args.rounds,
@@ -241,9 +241,10 @@ async fn sitting(
     Ok(sitting)
 }
 
-/// Deletes the firing round's job (its triggers with it; its tasks stay as history).
+/// Pauses the firing round's job: its triggers stop, its tasks stay as history. (Deleting it
+/// would rewrite every one of its tasks, clearing their job and trigger.)
 async fn stop_firing(target: &Target, job: &BenchJob) -> Result<()> {
-    target.api.delete_job(target.url(0), &job.name).await
+    target.api.pause_job(target.url(0), &job.name).await
 }
 
 /// What the preload wrote and how long it took.
