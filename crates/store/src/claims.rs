@@ -631,9 +631,12 @@ impl Store {
                    -- A task waiting for a concurrency slot is first looked at when it is due.
                    (select min(due_at) from tasks
                     where waiting and state = 'pending' and due_at > now()),
+                   -- Bounded on both sides (the lower bound is the earliest, so it excludes
+                   -- nothing): a range of the due index, planned as one without statistics too,
+                   -- where one open end is guessed to hold a third of the table and scanned.
                    (select t.next_dispatch_at - $1::bigint * interval '1 millisecond'
                     from tasks t, first
-                    where t.next_dispatch_at is not null
+                    where t.next_dispatch_at >= first.at
                       and t.next_dispatch_at < first.at + $1::bigint * interval '1 millisecond'
                       and t.attempt = 0 and t.claim_token is null and t.waits_for is null
                     order by t.next_dispatch_at limit 1)
