@@ -390,38 +390,18 @@ pub enum StepVerdict {
     Unchanged,
 }
 
-/// How a `for_each` step releases its held items as open ones end: it keeps up to
-/// `max_parallel` items open, and after an item failed or was cancelled only if it `continues`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ReleaseRule {
-    pub max_parallel: u64,
-    /// A broken item does not stop the step (`on_item_failure` or `on_failure: continue`).
-    pub continues: bool,
-}
-
-impl Step {
-    /// How the step releases held items; `None` for a step that holds none (not `for_each`).
-    pub fn release_rule(&self) -> Option<ReleaseRule> {
-        match self.kind()? {
-            StepKind::ForEach {
-                max_parallel,
-                on_item_failure,
-                ..
-            } => Some(ReleaseRule {
-                max_parallel: u64::from(max_parallel),
-                continues: on_item_failure == OnItemFailure::Continue
-                    || self.on_failure == OnFailure::Continue,
-            }),
-            _ => None,
-        }
-    }
-}
-
 /// Decides what a run does with its current `step` given its children's `tally`.
 pub fn decide(step: &Step, tally: &StepTally) -> StepVerdict {
-    let (max_parallel, continues) = match step.release_rule() {
-        Some(rule) => (Some(rule.max_parallel), rule.continues),
-        None => (None, step.on_failure == OnFailure::Continue),
+    let (max_parallel, continues) = match step.kind() {
+        Some(StepKind::ForEach {
+            max_parallel,
+            on_item_failure,
+            ..
+        }) => (
+            Some(u64::from(max_parallel)),
+            on_item_failure == OnItemFailure::Continue || step.on_failure == OnFailure::Continue,
+        ),
+        _ => (None, step.on_failure == OnFailure::Continue),
     };
     let broken = tally.failed + tally.cancelled;
     if broken > 0 && !continues {

@@ -177,9 +177,7 @@ impl Store {
             match create_children(&mut tx, &runs, 0, first, &Value::Object(Map::new()), reuse)
                 .await?
             {
-                Ok(_) => {
-                    advance_run(&mut tx, run.id.as_uuid(), &run.job.steps, 0, reuse_from).await?
-                }
+                Ok(_) => advance_run(&mut tx, run.id.as_uuid()).await?,
                 Err(reason) => {
                     end_run(&mut tx, run.id.as_uuid(), TaskState::Failed, &reason).await?
                 }
@@ -277,62 +275,29 @@ pub fn retry_errors_key(old: TaskId) -> String {
     format!("retry-errors:{old}")
 }
 
-/// A run locked by [`lock_runs`], as its `task_runs` row stood once locked: only the holder of
-/// the lock moves a run's step, so this stays true until the lock is let go.
-pub(crate) struct LockedRun {
-    id: Uuid,
-    steps: Value,
-    step: i32,
-    reuse_from: Option<Uuid>,
-}
-
 /// Locks the runs the tasks `ids` belong to (each child's run, or the run itself), in run id order
 /// so that two transactions locking several runs never deadlock. Call it before touching any of
 /// the tasks, and pass what it returns to [`advance_runs`] once they have ended. Plain tasks belong
 /// to no run: for them it finds nothing and costs one index lookup per task.
-///
-/// A row locked after waiting for another transaction is returned as that transaction left it
-/// (READ COMMITTED re-reads a row it locks), so the step read here is the run's current one, and
-/// reading it costs no round trip of its own under the lock.
-pub(crate) async fn lock_runs(
-    conn: &mut sqlx::PgConnection,
-    ids: &[Uuid],
-) -> Result<Vec<LockedRun>> {
-    Ok(sqlx::query!(
-        "select r.task_id, r.steps, r.step, r.reuse_from from task_runs r
+pub(crate) async fn lock_runs(conn: &mut sqlx::PgConnection, ids: &[Uuid]) -> Result<Vec<Uuid>> {
+    Ok(sqlx::query_scalar!(
+        "select r.task_id from task_runs r
          where r.task_id in (select t.run_id from tasks t where t.id = any($1) and t.run_id is not null)
          order by r.task_id
          for update of r",
         ids,
     )
     .fetch_all(&mut *conn)
-    .await?
-    .into_iter()
-    .map(|r| LockedRun {
-        id: r.task_id,
-        steps: r.steps,
-        step: r.step,
-        reuse_from: r.reuse_from,
-    })
-    .collect())
+    .await?)
 }
 
 /// Advances each of `runs` as far as its children allow; the caller holds their locks (see
 /// [`lock_runs`]) and has ended the tasks it was ending.
-pub(crate) async fn advance_runs(conn: &mut sqlx::PgConnection, runs: &[LockedRun]) -> Result<()> {
+pub(crate) async fn advance_runs(conn: &mut sqlx::PgConnection, runs: &[Uuid]) -> Result<()> {
     for run in runs {
-        let steps: Vec<Step> = serde_json::from_value(run.steps.clone()).map_err(corrupt)?;
-        advance_run(conn, run.id, &steps, run.step, run.reuse_from).await?;
+        advance_run(conn, *run).await?;
     }
     Ok(())
-}
-
-/// What an advancing run reads once: its payload and timeout for its children, and the results
-/// of its steps so far.
-struct Advancing {
-    payload: Value,
-    timeout_at: DateTime<Utc>,
-    inputs: Value,
 }
 
 /// What [`create_children`] needs of a run.
@@ -345,54 +310,57 @@ struct RunRow<'a> {
 /// Decides what a locked run does next, and does it: a run that ended has its open children
 /// cancelled; a run whose current step's children have all ended moves to its next step (and on,
 /// while a step has nothing to wait for) or ends; a `for_each` step releases held items into the
-/// slots its ended ones freed. `step` and `reuse_from` are the run's as read under its lock.
-async fn advance_run(
-    conn: &mut sqlx::PgConnection,
-    run: Uuid,
-    steps: &[Step],
-    step: i32,
-    reuse_from: Option<Uuid>,
-) -> Result<()> {
-    // The run's payload and the earlier steps' results, read only when the run advances: most
-    // endings wait.
-    let mut advancing: Option<Advancing> = None;
-    let mut reuse = reuse_from.map(TaskId::from);
-    let mut index = step;
+/// slots its ended ones freed.
+async fn advance_run(conn: &mut sqlx::PgConnection, run: Uuid) -> Result<()> {
+    let Some(row) = sqlx::query!(
+        r#"select r.steps, r.step, r.reuse_from, t.state, t.payload, t.timeout_at
+           from task_runs r join tasks t on t.id = r.task_id
+           where r.task_id = $1"#,
+        run,
+    )
+    .fetch_optional(&mut *conn)
+    .await?
+    else {
+        return Ok(());
+    };
+    let state: TaskState = row.state.parse().map_err(corrupt)?;
+    if state.is_terminal() {
+        // The run was cancelled, timed out or failed: nothing of it may go on.
+        cancel_open_children(
+            conn,
+            run,
+            &format!("cancelled: its run ended {}", state.as_str()),
+        )
+        .await?;
+        return Ok(());
+    }
+    let steps: Vec<Step> = serde_json::from_value(row.steps).map_err(corrupt)?;
+    // The earlier steps' results, read only when the run advances: most endings wait.
+    let mut inputs: Option<Value> = None;
+    let mut reuse = row.reuse_from.map(TaskId::from);
+    let mut index = row.step;
+    let this = RunRow {
+        id: run.into(),
+        payload: &row.payload,
+        timeout_at: row.timeout_at,
+    };
     loop {
         let at = usize::try_from(index).map_err(corrupt)?;
         let step = steps
             .get(at)
             .ok_or_else(|| corrupt("a run is at a step it does not have"))?;
-        let Some(tallied) = tally_and_release(conn, run, index, step).await? else {
-            return Ok(());
+        let cap = match step.kind() {
+            Some(StepKind::ForEach { max_parallel, .. }) => i64::from(max_parallel),
+            _ => i64::try_from(pacer_domain::workflow::MAX_PARALLEL_CHILDREN).unwrap_or(i64::MAX),
         };
-        if tallied.run_state.is_terminal() {
-            // The run was cancelled, timed out or failed: nothing of it may go on.
-            cancel_open_children(
-                conn,
-                run,
-                &format!("cancelled: its run ended {}", tallied.run_state.as_str()),
-            )
-            .await?;
-            return Ok(());
-        }
-        let tally = tallied.tally;
-        let verdict = decide(step, &tally);
-        // The statement released what the step's rule lets go; the verdict is the judge.
-        let wanted = match verdict {
-            StepVerdict::Wait { release } => release,
-            _ => 0,
-        };
-        if tallied.released > wanted {
-            return Err(corrupt(
-                "a step released more held items than its verdict allows",
-            ));
-        }
-        if tallied.released < wanted {
-            release_held(conn, run, index, wanted - tallied.released).await?;
-        }
-        match verdict {
-            StepVerdict::Wait { .. } => return Ok(()),
+        let tally = step_tally(conn, run, index, cap, step.skip_if_unchanged).await?;
+        match decide(step, &tally) {
+            StepVerdict::Wait { release } => {
+                if release > 0 {
+                    release_held(conn, run, index, release).await?;
+                }
+                return Ok(());
+            }
             StepVerdict::Fail { reason } => {
                 let reason = format!("{reason}: {}", broken_children(conn, run, index).await?);
                 end_run(conn, run, TaskState::Failed, &reason).await?;
@@ -400,7 +368,7 @@ async fn advance_run(
             }
             StepVerdict::Unchanged => {
                 // The job's fingerprint stays: it is the one the step's input equalled.
-                let summary = run_summary(conn, run, steps, Value::Null).await?;
+                let summary = run_summary(conn, run, &steps, Value::Null).await?;
                 let reason = format!(
                     "input unchanged at step `{}`: the steps after it did not run",
                     step.name
@@ -418,7 +386,7 @@ async fn advance_run(
         }
         let result = step_result(conn, run, index, step).await?;
         if at + 1 == steps.len() {
-            let summary = run_summary(conn, run, steps, result).await?;
+            let summary = run_summary(conn, run, &steps, result).await?;
             let broken = sqlx::query_scalar!(
                 r#"select count(*) as "n!" from tasks
                    where run_id = $1 and step is not null and state <> 'completed'"#,
@@ -443,30 +411,14 @@ async fn advance_run(
             }
             return Ok(());
         }
-        let advancing = match &mut advancing {
-            Some(advancing) => advancing,
-            None => {
-                let row = sqlx::query!(
-                    "select t.payload, t.timeout_at, r.inputs
-                     from tasks t join task_runs r on r.task_id = t.id
-                     where t.id = $1",
-                    run,
-                )
-                .fetch_one(&mut *conn)
-                .await?;
-                advancing.insert(Advancing {
-                    payload: row.payload,
-                    timeout_at: row.timeout_at,
-                    inputs: row.inputs,
-                })
-            }
+        let inputs = match &mut inputs {
+            Some(inputs) => inputs,
+            None => inputs.insert(
+                sqlx::query_scalar!("select inputs from task_runs where task_id = $1", run)
+                    .fetch_one(&mut *conn)
+                    .await?,
+            ),
         };
-        let this = RunRow {
-            id: run.into(),
-            payload: &advancing.payload,
-            timeout_at: advancing.timeout_at,
-        };
-        let inputs = &mut advancing.inputs;
         if let Some(map) = inputs.as_object_mut() {
             map.insert(step.name.clone(), result);
         }
@@ -551,117 +503,56 @@ fn clip(text: &str, max: usize) -> String {
     }
 }
 
-/// What [`tally_and_release`] found and did.
-struct Tallied {
-    /// The run's own state; a run that ended (cancelled, timed out or failed) released nothing.
-    run_state: TaskState,
-    tally: StepTally,
-    /// Held items made due.
-    released: u64,
-}
-
 /// What [`decide`] needs of one step of a run, read through the index on (run, step, state,
 /// held) so an ending costs what the step's open children cost, not what all its children do:
 /// pending, processing and held items, and failed and cancelled ones, are counted only up to
 /// `cap` (a `for_each` step's `max_parallel`: no more held items are ever released at once, and
 /// a failure needs only to be seen). Completed children are not counted.
-///
-/// In the same statement, one round trip under the run's lock, a `for_each` step of an open run
-/// releases the held items its [`ReleaseRule`](pacer_domain::workflow::ReleaseRule) lets go
-/// given those counts (oldest first, through the partial index on held items) and wakes the
-/// dispatchers; the caller checks that against [`decide`]'s verdict. `None` when the run is gone.
-async fn tally_and_release(
+async fn step_tally(
     conn: &mut sqlx::PgConnection,
     run: Uuid,
     step: i32,
-    definition: &Step,
-) -> Result<Option<Tallied>> {
-    let rule = definition.release_rule();
-    let cap = match rule {
-        Some(rule) => i64::try_from(rule.max_parallel).unwrap_or(i64::MAX),
-        None => i64::try_from(pacer_domain::workflow::MAX_PARALLEL_CHILDREN).unwrap_or(i64::MAX),
-    };
+    cap: i64,
+    skip_if_unchanged: bool,
+) -> Result<StepTally> {
     let row = sqlx::query!(
-        r#"with tally as (
-             select
-               (select state from tasks where id = $1) as run_state,
-               (select count(*) from (select 1 from tasks where run_id = $1 and step = $2
-                                      and state = 'pending' and not held limit $3) x) as pending,
-               (select count(*) from (select 1 from tasks where run_id = $1 and step = $2
-                                      and state = 'processing' limit $3) x) as processing,
-               (select count(*) from (select 1 from tasks where run_id = $1 and step = $2
-                                      and state = 'pending' and held limit $3) x) as held,
-               (select count(*) from (select 1 from tasks where run_id = $1 and step = $2
-                                      and state = 'failed' limit $3) x) as failed,
-               (select count(*) from (select 1 from tasks where run_id = $1 and step = $2
-                                      and state = 'cancelled' limit $3) x) as cancelled,
-               -- Only a `skip_if_unchanged` step looks: on another step the probe would walk its
-               -- completed children for nothing.
-               case when $4 then (select count(*) from (
-                   select 1 from tasks where run_id = $1 and step = $2
-                   and state = 'completed' and outcome = 'unchanged' limit 1) x)
-               else 0 end as unchanged,
-               exists (select 1 from tasks where run_id = $1 and step = $2
-                       and state = 'completed_with_errors') as with_errors
-           ),
-           -- A `for_each` step ($5 its max_parallel) of an open run fills the slots its open
-           -- items leave, unless an item broke and the step does not continue ($6).
-           release as (
-               select case when $5::bigint is not null
-                                and run_state in ('pending', 'processing')
-                                and (failed + cancelled = 0 or $6)
-                           then least(greatest($5 - pending - processing, 0), held)
-                           else 0 end as n
-               from tally
-           ),
-           -- An item waiting for a concurrency slot too is only now due for admission.
-           released as (
-               update tasks set held = false, updated_at = now(),
-                   next_dispatch_at = case when waiting then next_dispatch_at else now() end,
-                   due_at = case when waiting then now() else due_at end
-               where id in (select id from tasks
-                            where run_id = $1 and step = $2 and held and state = 'pending'
-                            order by id limit (select n from release))
-                 and held and state = 'pending'
-               returning id
-           ),
-           notified as (
-               select pg_notify($7, '') from (select count(*) as n from released) r where r.n > 0
-           )
-           select run_state, pending as "pending!", processing as "processing!", held as "held!",
-                  failed as "failed!", cancelled as "cancelled!", unchanged as "unchanged!",
-                  with_errors as "with_errors!",
-                  (select count(*) from released) as "released!",
-                  (select count(*) from notified) as "notified!"
-           from tally"#,
+        r#"select
+             (select count(*) from (select 1 from tasks where run_id = $1 and step = $2
+                                    and state = 'pending' and not held limit $3) x) as "pending!",
+             (select count(*) from (select 1 from tasks where run_id = $1 and step = $2
+                                    and state = 'processing' limit $3) x) as "processing!",
+             (select count(*) from (select 1 from tasks where run_id = $1 and step = $2
+                                    and state = 'pending' and held limit $3) x) as "held!",
+             (select count(*) from (select 1 from tasks where run_id = $1 and step = $2
+                                    and state = 'failed' limit $3) x) as "failed!",
+             (select count(*) from (select 1 from tasks where run_id = $1 and step = $2
+                                    and state = 'cancelled' limit $3) x) as "cancelled!",
+             -- Only a `skip_if_unchanged` step looks: on another step the probe would walk its
+             -- completed children for nothing.
+             case when $4 then (select count(*) from (
+                 select 1 from tasks where run_id = $1 and step = $2
+                 and state = 'completed' and outcome = 'unchanged' limit 1) x)
+             else 0 end as "unchanged!",
+             exists (select 1 from tasks where run_id = $1 and step = $2
+                     and state = 'completed_with_errors') as "with_errors!""#,
         run,
         step,
         cap,
-        definition.skip_if_unchanged,
-        rule.map(|r| i64::try_from(r.max_parallel).unwrap_or(i64::MAX)),
-        rule.is_some_and(|r| r.continues),
-        TASKS_DUE_CHANNEL,
+        skip_if_unchanged,
     )
     .fetch_one(&mut *conn)
     .await?;
-    let Some(run_state) = row.run_state else {
-        return Ok(None);
-    };
     let n = |count: i64| u64::try_from(count).unwrap_or_default();
-    Ok(Some(Tallied {
-        run_state: run_state.parse().map_err(corrupt)?,
-        tally: StepTally {
-            pending: n(row.pending),
-            processing: n(row.processing),
-            held: n(row.held),
-            failed: n(row.failed),
-            cancelled: n(row.cancelled),
-            completed_with_errors: u64::from(row.with_errors),
-            completed: 0,
-            unchanged: n(row.unchanged),
-        },
-        released: n(row.released),
-    }))
+    Ok(StepTally {
+        pending: n(row.pending),
+        processing: n(row.processing),
+        held: n(row.held),
+        failed: n(row.failed),
+        cancelled: n(row.cancelled),
+        completed_with_errors: u64::from(row.with_errors),
+        completed: 0,
+        unchanged: n(row.unchanged),
+    })
 }
 
 /// Every step's tally, in step order.

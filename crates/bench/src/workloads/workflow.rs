@@ -51,9 +51,8 @@ const STATS_LAG: Duration = Duration::from_secs(11);
 const IDLE_WINDOW: Duration = Duration::from_secs(10);
 /// How often `pg_stat_activity` is sampled during the fan-out.
 const ACTIVITY_EVERY: Duration = Duration::from_millis(25);
-/// The start of the statement that takes a run's lock (`lock_runs` in
-/// crates/store/src/runs.rs), as it has read before and since it returns the run's step with it.
-const LOCK_RUNS_STATEMENT: &str = "select r.task_id";
+/// The statement that takes a run's lock (`lock_runs` in crates/store/src/runs.rs).
+const LOCK_RUNS_STATEMENT: &str = "select r.task_id from task_runs r";
 
 pub(crate) async fn run(bench: &Bench, args: &WorkflowArgs) -> Result<Report> {
     if args.items == 0 {
