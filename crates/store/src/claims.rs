@@ -1,6 +1,8 @@
 //! Claims: taking due tasks for dispatch, recording what each dispatch came to, and handing
 //! tasks back. Every write here is fenced by the claim token read when the task was claimed.
 
+use std::collections::VecDeque;
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -9,6 +11,7 @@ use pacer_domain::{
     AfterDispatch, FailureReason, JobSpec, Span, Step, Target, TaskId, TaskOutcome, TaskState,
 };
 use serde_json::Value;
+use serde_json::value::RawValue;
 use sqlx::types::Json;
 use uuid::Uuid;
 
@@ -73,8 +76,9 @@ pub struct ChildWork {
     pub name: String,
     /// The item of a `for_each` child.
     pub item: Option<Value>,
-    /// The results of the steps before this one, by step name.
-    pub inputs: Value,
+    /// The results of the steps before this one, by step name, written out as JSON once for
+    /// every child of the step this node claims (see [`InputsCache`]).
+    pub inputs: Arc<RawValue>,
     /// Where it is dispatched; `None` only when the run's stored step no longer reads.
     pub target: Option<Target>,
     /// Its step has `skip_if_unchanged`.
@@ -153,7 +157,7 @@ fn child_work(
     name: Option<String>,
     item: Option<Value>,
     definition: Option<Value>,
-    inputs: Option<Value>,
+    inputs: Arc<RawValue>,
 ) -> Option<ChildWork> {
     let (run, step, name) = (run?, step?, name?);
     let definition: Option<Step> = definition.and_then(|d| serde_json::from_value(d).ok());
@@ -168,12 +172,121 @@ fn child_work(
         step_name: definition.map(|d| d.name).unwrap_or_default(),
         name,
         item,
-        inputs: inputs.unwrap_or(Value::Null),
+        inputs,
         target,
     })
 }
 
+/// The most (run, step) inputs a node keeps, and the most bytes they may come to (a run's inputs
+/// are at most [`pacer_domain::workflow::MAX_INPUTS_BYTES`] written out).
+const INPUTS_KEPT: usize = 64;
+const INPUTS_KEPT_BYTES: usize = 16 * 1024 * 1024;
+
+/// The inputs of the steps whose children this node claimed lately, by (run, step), written out
+/// once. A run's inputs for a step are written once, when the run moves to that step, and never
+/// change after, so what is kept stays true; the oldest are let go first.
+#[derive(Debug, Default)]
+pub(crate) struct InputsCache {
+    kept: VecDeque<(Uuid, i32, Arc<RawValue>)>,
+    bytes: usize,
+}
+
+impl InputsCache {
+    fn get(&self, run: Uuid, step: i32) -> Option<Arc<RawValue>> {
+        self.kept
+            .iter()
+            .rev()
+            .find(|(r, s, _)| *r == run && *s == step)
+            .map(|(_, _, inputs)| inputs.clone())
+    }
+
+    fn put(&mut self, run: Uuid, step: i32, inputs: Arc<RawValue>) {
+        if self.get(run, step).is_some() {
+            return;
+        }
+        self.bytes += inputs.get().len();
+        self.kept.push_back((run, step, inputs));
+        while self.kept.len() > INPUTS_KEPT || self.bytes > INPUTS_KEPT_BYTES {
+            match self.kept.pop_front() {
+                Some((_, _, gone)) => self.bytes -= gone.get().len(),
+                None => break,
+            }
+        }
+    }
+}
+
+/// `null`, the inputs of a child whose run has no steps recorded.
+fn no_inputs() -> Arc<RawValue> {
+    Arc::from(RawValue::NULL.to_owned())
+}
+
 impl Store {
+    /// The inputs of the children `wanted` (run, step) claimed, in order: from the node's
+    /// cache, or read once for the runs it lacks. A run read at another step than a child's
+    /// (the run moved on since the claim; the child ended meanwhile) gives its current inputs, as
+    /// a claim reading them with the child would.
+    async fn child_inputs(&self, wanted: &[Option<(Uuid, i32)>]) -> Result<Vec<Arc<RawValue>>> {
+        let cache = || self.inputs.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut found: Vec<Option<Arc<RawValue>>> = {
+            let cache = cache();
+            wanted
+                .iter()
+                .map(|w| match w {
+                    Some((run, step)) => cache.get(*run, *step),
+                    None => Some(no_inputs()),
+                })
+                .collect()
+        };
+        let mut missing: Vec<Uuid> = wanted
+            .iter()
+            .zip(&found)
+            .filter(|(_, f)| f.is_none())
+            .filter_map(|(w, _)| w.map(|(run, _)| run))
+            .collect();
+        if missing.is_empty() {
+            return Ok(found
+                .into_iter()
+                .map(|f| f.unwrap_or_else(no_inputs))
+                .collect());
+        }
+        missing.sort_unstable();
+        missing.dedup();
+        let rows = sqlx::query!(
+            "select task_id, step, inputs from task_runs where task_id = any($1)",
+            &missing,
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        // Written out as the dispatch body would write the parsed value: the body is unchanged.
+        let mut read = Vec::with_capacity(rows.len());
+        for row in rows {
+            let inputs: Arc<RawValue> =
+                Arc::from(serde_json::value::to_raw_value(&row.inputs).map_err(corrupt)?);
+            read.push((row.task_id, row.step, inputs));
+        }
+        {
+            let mut cache = cache();
+            for (run, step, inputs) in &read {
+                cache.put(*run, *step, inputs.clone());
+            }
+        }
+        for (w, f) in wanted.iter().zip(found.iter_mut()) {
+            if f.is_none()
+                && let Some((run, step)) = w
+            {
+                *f = read
+                    .iter()
+                    .find(|(r, s, _)| r == run && s == step)
+                    .or_else(|| read.iter().find(|(r, _, _)| r == run))
+                    .map(|(_, _, inputs)| inputs.clone());
+            }
+        }
+        Ok(found
+            .into_iter()
+            .map(|f| f.unwrap_or_else(no_inputs))
+            .collect())
+    }
+
     /// Claims up to `limit` due tasks for `node`, and tasks never dispatched that are due
     /// within `ahead` (see [`ClaimedTask::dispatch_in`]). Each claim's lease is the job's
     /// dispatch timeout plus `lease_margin` from the dispatch's time; if the node has not
@@ -194,8 +307,17 @@ impl Store {
         )
         .fetch_all(&self.pool)
         .await?;
+        let wanted: Vec<Option<(Uuid, i32)>> = rows
+            .iter()
+            .map(|r| match (r.run_id, r.step) {
+                (Some(run), Some(step)) => Some((run, step)),
+                _ => None,
+            })
+            .collect();
+        let inputs = self.child_inputs(&wanted).await?;
         rows.into_iter()
-            .map(|r| {
+            .zip(inputs)
+            .map(|(r, inputs)| {
                 Ok(ClaimedTask {
                     id: r.id.into(),
                     claim_token: r.claim_token,
@@ -220,14 +342,7 @@ impl Store {
                         u64::try_from(r.dispatch_in_ms).unwrap_or_default(),
                     ),
                     dispatched: r.dispatched,
-                    child: child_work(
-                        r.run_id,
-                        r.step,
-                        r.child,
-                        r.item,
-                        r.step_definition,
-                        r.inputs,
-                    ),
+                    child: child_work(r.run_id, r.step, r.child, r.item, r.step_definition, inputs),
                 })
             })
             .collect()
@@ -516,9 +631,12 @@ impl Store {
                    -- A task waiting for a concurrency slot is first looked at when it is due.
                    (select min(due_at) from tasks
                     where waiting and state = 'pending' and due_at > now()),
+                   -- Bounded on both sides (the lower bound is the earliest, so it excludes
+                   -- nothing): a range of the due index, planned as one without statistics too,
+                   -- where one open end is guessed to hold a third of the table and scanned.
                    (select t.next_dispatch_at - $1::bigint * interval '1 millisecond'
                     from tasks t, first
-                    where t.next_dispatch_at is not null
+                    where t.next_dispatch_at >= first.at
                       and t.next_dispatch_at < first.at + $1::bigint * interval '1 millisecond'
                       and t.attempt = 0 and t.claim_token is null and t.waits_for is null
                     order by t.next_dispatch_at limit 1)

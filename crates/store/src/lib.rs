@@ -23,6 +23,8 @@ mod tasks;
 mod triggers;
 mod withdrawal;
 
+use std::sync::{Arc, Mutex};
+
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::PgPoolOptions;
@@ -92,6 +94,8 @@ pub struct Store {
     /// Connections of the batched writers (task creation, callbacks, dispatch outcomes): each
     /// batch is one statement in a transaction of its own, planned as `BATCH_PLANNING` says.
     batches: PgPool,
+    /// The inputs of runs' steps this node dispatches children of (see `claims.rs`).
+    inputs: Arc<Mutex<claims::InputsCache>>,
 }
 
 impl Store {
@@ -108,7 +112,11 @@ impl Store {
             .max_connections(connections.max(1))
             .acquire_timeout(pool.options().get_acquire_timeout())
             .connect_lazy_with(options);
-        Self { pool, batches }
+        Self {
+            pool,
+            batches,
+            inputs: Arc::default(),
+        }
     }
 
     /// The underlying pool.

@@ -199,7 +199,8 @@ async fn a_step_advances_exactly_once_when_its_last_children_end_at_the_same_tim
     // The next step's children carry the earlier step's results as inputs, by child name.
     let post = claim_children(&store).await;
     assert_eq!(post.len(), runs.len());
-    let inputs = &post[0].child.as_ref().expect("child").inputs;
+    let inputs: Value =
+        serde_json::from_str(post[0].child.as_ref().expect("child").inputs.get()).expect("json");
     assert!(inputs["upload"]["timetable"].is_object(), "{inputs}");
     assert!(inputs["upload"]["faculty"].is_object(), "{inputs}");
     for child in post {

@@ -7,6 +7,7 @@ use pacer_store::ClaimedTask;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde::Serialize;
 use serde_json::Value;
+use serde_json::value::RawValue;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::send::describe;
@@ -46,7 +47,7 @@ struct DispatchBody<'a> {
     /// For a child of a run: the results of the steps before its own, by step name (a
     /// `parallel` step's by child name, a `for_each` step's by item key).
     #[serde(skip_serializing_if = "Option::is_none")]
-    inputs: Option<&'a Value>,
+    inputs: Option<&'a RawValue>,
     /// Only for a job that expects a callback: a plain webhook (`expect_callback: false`) ends
     /// its task with its answer, so it is handed no credential it has no use for.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -118,7 +119,7 @@ pub(crate) fn prepare(
         step: task.child.as_ref().map(|c| c.step_name.as_str()),
         child: task.child.as_ref().map(|c| c.name.as_str()),
         item: task.child.as_ref().and_then(|c| c.item.as_ref()),
-        inputs: task.child.as_ref().map(|c| &c.inputs),
+        inputs: task.child.as_ref().map(|c| &*c.inputs),
         callback,
     };
     let body = serde_json::to_vec(&body)

@@ -64,8 +64,10 @@ select c.id as "id!", c.claim_token as "claim_token!", c.job_name as "job_name!"
        (select max(s.started_at) from tasks s
         where s.job_id = c.job_id and s.state = 'completed' and s.step is null) as last_success_at,
        (select f.fingerprint from job_fingerprints f where f.job_id = c.job_id) as last_fingerprint,
-       -- A child of a run: its run, step and name, its item, its step's definition (its target)
-       -- and the results of the steps before it; all null for any other task.
-       c.run_id, c.step, c.child, c.item, r.steps -> c.step as step_definition, r.inputs
+       -- A child of a run: its run, step and name, its item and its step's definition (its
+       -- target); all null for any other task. The results of the steps before it, the same for
+       -- every child of the step and large for a long list, are read once per run and step by
+       -- each node (see `claims.rs`), not detoasted and sent with every claimed child.
+       c.run_id, c.step, c.child, c.item, r.steps -> c.step as step_definition
 from claimed c
 left join task_runs r on r.task_id = c.run_id and c.step is not null
