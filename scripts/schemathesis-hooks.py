@@ -209,7 +209,8 @@ def _expected(operation: str, errors: list) -> bool:
         # as a job's target is; every field under `steps` is listed as `steps*`.
         if name.startswith("steps"):
             return "steps*"
-        return re.sub(r"^target\.headers\..*$", "target.headers.*", name)
+        # A header name may hold any character, a line break too.
+        return re.sub(r"^target\.headers\..*$", "target.headers.*", name, flags=re.DOTALL)
     return bool(errors) and all(
         isinstance(error, dict)
         and any(
