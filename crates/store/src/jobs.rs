@@ -122,7 +122,7 @@ impl Store {
                       (xmax = 0) as "created!",
                       case when jobs.freshness_ms is not null then
                     coalesce((select max(s.started_at) from tasks s
-                              where s.job_id = jobs.id and s.state = 'completed' and s.run_id is null),
+                              where s.job_id = jobs.id and s.state = 'completed' and s.step is null),
                              jobs.fresh_since, jobs.created_at)
                     + jobs.freshness_ms * interval '1 millisecond' end as fresh_until
             "#,
@@ -160,7 +160,7 @@ impl Store {
             r#"select id, name, version, spec as "spec: Json<JobSpec>", paused, created_at, updated_at,
                       case when j.freshness_ms is not null then
                     coalesce((select max(s.started_at) from tasks s
-                              where s.job_id = j.id and s.state = 'completed' and s.run_id is null),
+                              where s.job_id = j.id and s.state = 'completed' and s.step is null),
                              j.fresh_since, j.created_at)
                     + j.freshness_ms * interval '1 millisecond' end as fresh_until
                from jobs j where name = $1"#,
@@ -179,7 +179,7 @@ impl Store {
             r#"select id, name, version, spec as "spec: Json<JobSpec>", paused, created_at, updated_at,
                       case when j.freshness_ms is not null then
                     coalesce((select max(s.started_at) from tasks s
-                              where s.job_id = j.id and s.state = 'completed' and s.run_id is null),
+                              where s.job_id = j.id and s.state = 'completed' and s.step is null),
                              j.fresh_since, j.created_at)
                     + j.freshness_ms * interval '1 millisecond' end as fresh_until
                from jobs j where ($1::text is null or name > $1) order by name limit $2"#,

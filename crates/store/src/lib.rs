@@ -244,7 +244,7 @@ mod tests {
     const KEY_INDEXES: [&str; 8] = [
         "tasks_pkey",
         "tasks_job_idempotency_key",
-        "tasks_job_success_idx",
+        "tasks_job_last_success_idx",
         "jobs_pkey",
         "task_attempts_pkey",
         "dispatch_streaks_pkey",

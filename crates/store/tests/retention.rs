@@ -67,7 +67,8 @@ async fn task(
     id
 }
 
-/// Makes `run` a run with one step, as starting it would.
+/// Makes `run` a run with one step, as starting it would: its `task_runs` row, and the task
+/// pointing at itself.
 async fn steps(pool: &PgPool, run: Uuid) {
     sqlx::query(
         "insert into task_runs (task_id, steps, step) values ($1, '[{\"name\": \"a\"}]', 0)",
@@ -76,6 +77,11 @@ async fn steps(pool: &PgPool, run: Uuid) {
     .execute(pool)
     .await
     .expect("insert run");
+    sqlx::query("update tasks set run_id = id where id = $1")
+        .bind(run)
+        .execute(pool)
+        .await
+        .expect("start run");
 }
 
 async fn ids(pool: &PgPool, sql: &'static str) -> BTreeSet<Uuid> {
@@ -195,6 +201,7 @@ async fn pruning_takes_finished_tasks_past_retention_whole_and_keeps_open_tasks_
     .await
     .expect("fingerprint");
     let run_new = task(&pool, "runs", "completed", "2 days", Some("2 days"), None).await;
+    steps(&pool, run_new).await;
     let run_open = task(&pool, "runs", "processing", "4 days", None, None).await;
     steps(&pool, run_open).await;
     let open_child = task(

@@ -551,3 +551,90 @@ async fn a_run_that_times_out_fails_and_cancels_its_open_children(pool: PgPool) 
         "no child of a timed-out run stays open: {states:?}"
     );
 }
+
+/// A job's own tasks are its runs, never their children, wherever they are counted: a finished
+/// run is its job's last success (in a child's dispatch and in the job's freshness), and it is
+/// pruned with its children once past retention, the newest completed run kept as the floor.
+#[sqlx::test(migrator = "pacer_store::MIGRATOR")]
+async fn a_finished_run_is_its_jobs_last_success_and_is_pruned_with_its_children(pool: PgPool) {
+    const DAY_MS: i64 = 86_400_000;
+    let store = Store::new(pool.clone());
+    let job = job(
+        &store,
+        "nightly",
+        json!({ "steps": [{ "name": "sync", "target": { "url": "http://sync.invalid/run" } }],
+                "freshness": "6h" }),
+    )
+    .await;
+    let mut runs = Vec::new();
+    for _ in 0..2 {
+        let last_success = match runs.last() {
+            Some(run) => Some(started_at(&pool, *run).await),
+            None => None,
+        };
+        let run = create(&store, &job, new_task(None, None)).await;
+        for child in claim_children(&store).await {
+            assert_eq!(
+                child.last_success_at, last_success,
+                "a child carries the start of its job's last completed run"
+            );
+            store
+                .report(child.id, &report(CallbackStatus::Completed, None))
+                .await
+                .expect("report");
+        }
+        assert_eq!(state_of(&pool, run).await, "completed");
+        runs.push(run);
+    }
+    let name: JobName = "nightly".parse().expect("name");
+    let viewed = store.get_job(&name).await.expect("job");
+    assert_eq!(
+        viewed.fresh_until,
+        Some(started_at(&pool, runs[1]).await + chrono::Duration::hours(6)),
+        "the job is fresh for 6 h from its last completed run"
+    );
+
+    // Both runs finished three days ago, their outcomes seen by alerting: the older goes with
+    // its child, the newer stays.
+    sqlx::query(
+        "update tasks set finished_at = now() - interval '3 days', outcome_noticed = true
+         where job_id = $1",
+    )
+    .bind(job.id)
+    .execute(&pool)
+    .await
+    .expect("age");
+    let term = store
+        .acquire_lease("node-a", 60_000, true)
+        .await
+        .expect("lease")
+        .expect("held")
+        .term;
+    let pruned = store
+        .prune_tasks("node-a", term, DAY_MS, 100)
+        .await
+        .expect("prune")
+        .expect("not fenced");
+    assert_eq!(
+        (pruned.roots, pruned.tasks),
+        (1, 2),
+        "the older run and its one child: {pruned:?}"
+    );
+    let left: Vec<uuid::Uuid> =
+        sqlx::query_scalar("select id from tasks where job_id = $1 and step is null order by id")
+            .bind(job.id)
+            .fetch_all(&pool)
+            .await
+            .expect("left");
+    assert_eq!(left, vec![runs[1].as_uuid()]);
+    assert_eq!(children_of(&pool, runs[0]).await, vec![]);
+    assert_eq!(children_of(&pool, runs[1]).await.len(), 1);
+}
+
+async fn started_at(pool: &PgPool, id: TaskId) -> chrono::DateTime<chrono::Utc> {
+    sqlx::query_scalar("select started_at from tasks where id = $1")
+        .bind(id.as_uuid())
+        .fetch_one(pool)
+        .await
+        .expect("started_at")
+}

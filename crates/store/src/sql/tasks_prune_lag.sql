@@ -8,7 +8,7 @@ from (
     from jobs j
     cross join lateral (
         select (select l.id from tasks l
-                where l.job_id = j.id and l.state = 'completed' and l.run_id is null
+                where l.job_id = j.id and l.state = 'completed' and l.step is null
                   and l.started_at is not null
                 order by l.started_at desc limit 1) as last_completed,
                (select coalesce(f.run_id, f.id) from job_fingerprints p
@@ -17,7 +17,7 @@ from (
     ) k
     cross join lateral (
         select t.finished_at from tasks t
-        where t.job_id = j.id and t.next_dispatch_at is null and t.run_id is null
+        where t.job_id = j.id and t.next_dispatch_at is null and t.step is null
           and t.finished_at < now() - coalesce(j.retention_ms, $1::bigint) * interval '1 millisecond'
           and t.id is distinct from k.last_completed
           and t.id is distinct from k.fingerprinted
@@ -29,7 +29,7 @@ from (
     union all
     (select now() - $1::bigint * interval '1 millisecond' - t.finished_at
      from tasks t
-     where t.job_id is null and t.next_dispatch_at is null and t.run_id is null
+     where t.job_id is null and t.next_dispatch_at is null and t.step is null
        and t.finished_at < now() - $1::bigint * interval '1 millisecond'
        and (t.outcome_noticed or t.state not in ('completed', 'completed_with_errors', 'failed'))
        and t.cancel_notice_at is null
