@@ -229,6 +229,16 @@ fn a_node_refuses_retention_settings_out_of_range() {
             "0s",
             "retention.budget must be at least 100ms",
         ),
+        (
+            "PACER_RETENTION__SHARE",
+            "0",
+            "retention.share must be between 0.01 and 1",
+        ),
+        (
+            "PACER_RETENTION__SHARE",
+            "1.5",
+            "retention.share must be between 0.01 and 1",
+        ),
         ("PACER_RETENTION__KEEP", "1d", "unknown field"),
     ] {
         let mut command = std::process::Command::new(pacer_binary());

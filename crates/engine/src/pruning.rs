@@ -1,8 +1,10 @@
 //! Pruning, a leader duty: every `interval` the leader deletes what is past its retention, table by
 //! table, in batches of at most `batch_size` rows, each batch one short statement in a transaction
 //! of its own fenced by the leader's term, until a table has nothing left or the pass's time
-//! budget is spent (the next pass carries on). It also keeps `pacer_rows`, `pacer_bytes` and
-//! `pacer_prune_lag_seconds` current.
+//! budget is spent (the next pass carries on). After each batch it rests in proportion to how
+//! long the batch took, so that its statements take at most `share` of the time: on a busy
+//! database batches take longer and pruning slows with them, leaving the database to the work.
+//! It also keeps `pacer_rows`, `pacer_bytes` and `pacer_prune_lag_seconds` current.
 
 use std::time::Duration;
 
@@ -33,6 +35,9 @@ pub struct RetentionSettings {
     pub batch_size: i64,
     /// Longest a pass prunes before it yields to the next one.
     pub budget: Span,
+    /// Most of the time pruning's statements may take, 0.01–1: after a batch that took `t` the
+    /// leader rests `t × (1 − share) / share` before the next (1: no rest).
+    pub share: f64,
 }
 
 impl Default for RetentionSettings {
@@ -45,6 +50,7 @@ impl Default for RetentionSettings {
             interval: Span::from_secs(60),
             batch_size: 1000,
             budget: Span::from_secs(10),
+            share: 0.5,
         }
     }
 }
@@ -114,7 +120,7 @@ impl Pruning {
                 .await
             {
                 Ok(Some(gone)) => {
-                    record_batch(started);
+                    self.rest_after(started, shutdown).await;
                     for (table, rows) in [
                         ("tasks", gone.tasks),
                         ("task_attempts", gone.attempts),
@@ -156,7 +162,7 @@ impl Pruning {
                     .await
                 {
                     Ok(Some(deleted)) => {
-                        record_batch(started);
+                        self.rest_after(started, shutdown).await;
                         metrics::counter!("pacer_pruned_rows_total", "table" => what.table())
                             .increment(deleted);
                         pruned += deleted;
@@ -180,6 +186,20 @@ impl Pruning {
         }
         self.record_lag().await;
         Ok(caught_up)
+    }
+
+    /// Records a batch that began at `started` and rests for the rest of its share (see
+    /// [`rest_for`]), or until shutdown.
+    async fn rest_after(&self, started: Instant, shutdown: &CancellationToken) {
+        let took = started.elapsed();
+        metrics::histogram!("pacer_prune_batch_seconds").record(took.as_secs_f64());
+        let rest = rest_for(took, self.settings.share);
+        if !rest.is_zero() {
+            tokio::select! {
+                () = shutdown.cancelled() => {}
+                () = tokio::time::sleep(rest) => {}
+            }
+        }
     }
 
     fn retention(&self, what: Prunable) -> i64 {
@@ -234,6 +254,27 @@ impl Pruning {
     }
 }
 
-fn record_batch(started: Instant) {
-    metrics::histogram!("pacer_prune_batch_seconds").record(started.elapsed().as_secs_f64());
+/// How long to rest after a batch that took `took`, for pruning's statements to take `share` of
+/// the time: a batch slowed by a busy database is followed by a longer rest.
+fn rest_for(took: Duration, share: f64) -> Duration {
+    if share >= 1.0 || !share.is_finite() || share <= 0.0 {
+        return Duration::ZERO;
+    }
+    took.mul_f64((1.0 - share) / share)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pruning_rests_in_proportion_to_how_long_its_batch_took() {
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let batch = Duration::from_millis(200);
+        assert_eq!(rest_for(batch, 1.0), Duration::ZERO);
+        assert!((ms(rest_for(batch, 0.5)) - 200.0).abs() < 0.001);
+        assert!((ms(rest_for(batch, 0.25)) - 600.0).abs() < 0.001);
+        // A batch twice as slow (a busy database) rests twice as long.
+        assert!((ms(rest_for(batch * 2, 0.25)) - 1200.0).abs() < 0.001);
+    }
 }

@@ -618,6 +618,9 @@ impl Config {
         if !(1..=100_000).contains(&retention.batch_size) {
             bail!("retention.batch_size must be between 1 and 100000");
         }
+        if !(0.01..=1.0).contains(&retention.share) {
+            bail!("retention.share must be between 0.01 and 1");
+        }
         if let Some(webhook) = &self.events.webhook {
             if !(webhook.url.starts_with("http://") || webhook.url.starts_with("https://")) {
                 bail!("events.webhook.url must be an http:// or https:// URL");
