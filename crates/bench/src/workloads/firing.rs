@@ -56,6 +56,7 @@ pub(crate) async fn run(bench: &Bench, args: &FiringArgs) -> Result<Report> {
             let before = DbCounters::read(&target.stats, &target.pool, &target.database).await?;
             let pids = node_pids(target);
             let cpu = CpuUse::start(target, &pids).await;
+            let began = Utc::now();
             let sampler = Sampler::start(pids);
             tokio::time::sleep(args.duration).await;
             let cpu = cpu.finish(target).await;
@@ -107,7 +108,14 @@ pub(crate) async fn run(bench: &Bench, args: &FiringArgs) -> Result<Report> {
                     commits.xact_commit as f64 / args.duration.as_secs_f64()
                 ),
             ));
-            let cost = Cost::of(&cpu, commits.xact_commit, args.triggers, every, args.duration);
+            let cost = Cost::of(
+                target,
+                &setup.job,
+                (began, ended),
+                &cpu,
+                commits.xact_commit,
+            )
+            .await?;
             report.rows.extend(cost.rows());
             report.results["cost"] = cost.to_json();
             report.results["cpu"] = cpu.clone();
@@ -167,25 +175,39 @@ pub(crate) fn whole_seconds(what: &str, span: Duration) -> Result<i64> {
     Ok(i64::try_from(span.as_secs())?)
 }
 
-/// What a run cost for each occurrence its triggers fired: CPU of the nodes and of the
-/// database's backends, and database commits, over the whole run (warm-up included).
+/// What a run cost: CPU of the nodes and of the database's backends, and database commits, over
+/// the whole run (warm-up included), per task of the job finished during it (the full cycle: a
+/// task created but not yet finished has cost part of it) and per task created.
 pub(crate) struct Cost {
-    /// Triggers × their occurrences during the run.
-    pub(crate) occurrences: f64,
+    /// The job's tasks created during the run.
+    pub(crate) created: f64,
+    /// The job's tasks that reached a terminal state during the run.
+    pub(crate) finished: f64,
     pub(crate) node_cpu_ms: f64,
     pub(crate) postgres_cpu_ms: f64,
     pub(crate) commits: f64,
 }
 
 impl Cost {
-    pub(crate) fn of(
+    /// Counts the tasks of `job` created and finished between `from` and `to` (the database's
+    /// clock: its `created_at` and `finished_at`) and divides the run's CPU and commits by them.
+    pub(crate) async fn of(
+        target: &Target,
+        job: &BenchJob,
+        (from, to): (DateTime<Utc>, DateTime<Utc>),
         cpu: &Value,
         commits: i64,
-        triggers: usize,
-        every: i64,
-        duration: Duration,
-    ) -> Self {
-        let occurrences = (triggers as f64 * duration.as_secs_f64() / every.max(1) as f64).max(1.0);
+    ) -> Result<Self> {
+        let (created, finished): (i64, i64) = sqlx::query_as(
+            "select count(*) filter (where created_at >= $2 and created_at < $3),
+                    count(*) filter (where finished_at >= $2 and finished_at < $3)
+             from tasks where job_id = $1",
+        )
+        .bind(job.id)
+        .bind(from)
+        .bind(to)
+        .fetch_one(&target.pool)
+        .await?;
         let seconds = |filter: &dyn Fn(&str) -> bool| -> f64 {
             cpu["processes"].as_object().map_or(0.0, |p| {
                 p.iter()
@@ -194,37 +216,50 @@ impl Cost {
                     .sum()
             })
         };
-        Self {
-            occurrences,
+        Ok(Self {
+            created: created as f64,
+            finished: finished as f64,
             node_cpu_ms: seconds(&|id| id.starts_with("node-")) * 1000.0,
             postgres_cpu_ms: seconds(&|id| id == "postgres backends") * 1000.0,
             commits: commits as f64,
-        }
+        })
+    }
+
+    /// CPU (nodes and backends together) per task finished during the run, in milliseconds.
+    pub(crate) fn cpu_ms_per_task(&self) -> f64 {
+        (self.node_cpu_ms + self.postgres_cpu_ms) / self.finished.max(1.0)
     }
 
     pub(crate) fn rows(&self) -> Vec<Row> {
+        let per = self.finished.max(1.0);
         vec![
             Row::info(
-                "CPU per occurrence: nodes / PostgreSQL backends",
+                "tasks of the job created / finished during the run",
+                format!("{:.0} / {:.0}", self.created, self.finished),
+            ),
+            Row::info(
+                "CPU per task finished: nodes / PostgreSQL backends",
                 format!(
                     "{:.3} / {:.3} ms",
-                    self.node_cpu_ms / self.occurrences,
-                    self.postgres_cpu_ms / self.occurrences
+                    self.node_cpu_ms / per,
+                    self.postgres_cpu_ms / per
                 ),
             ),
             Row::info(
-                "commits per occurrence",
-                format!("{:.3}", self.commits / self.occurrences),
+                "commits per task finished",
+                format!("{:.3}", self.commits / per),
             ),
         ]
     }
 
     pub(crate) fn to_json(&self) -> Value {
+        let per = self.finished.max(1.0);
         json!({
-            "occurrences": round(self.occurrences),
-            "node_cpu_ms_per_occurrence": round(self.node_cpu_ms / self.occurrences),
-            "postgres_cpu_ms_per_occurrence": round(self.postgres_cpu_ms / self.occurrences),
-            "commits_per_occurrence": round(self.commits / self.occurrences),
+            "tasks_created": round(self.created),
+            "tasks_finished": round(self.finished),
+            "node_cpu_ms_per_task": round(self.node_cpu_ms / per),
+            "postgres_cpu_ms_per_task": round(self.postgres_cpu_ms / per),
+            "commits_per_task": round(self.commits / per),
         })
     }
 }

@@ -123,8 +123,8 @@ struct Sitting {
     dispatched: Vec<Distribution>,
     /// Callback answered − sent of each `firing` round.
     callbacks: Vec<Distribution>,
-    /// Milliseconds of node and backend CPU per occurrence, each `firing` round.
-    cpu_per_occurrence: Vec<f64>,
+    /// Milliseconds of node and backend CPU per task finished, each `firing` round.
+    cpu_per_task: Vec<f64>,
     /// Occurrences missing or doubled, tasks never or early dispatched, over every round.
     faults: u64,
     raw: Value,
@@ -154,7 +154,7 @@ impl Sitting {
             "throughput_tasks_per_s": self.rates.iter().map(|r| round(*r)).collect::<Vec<_>>(),
             "dispatched_minus_scheduled_ms": brief(&self.dispatched),
             "callback_answered_minus_sent_ms": brief(&self.callbacks),
-            "cpu_ms_per_occurrence": self.cpu_per_occurrence.iter().map(|c| round(*c)).collect::<Vec<_>>(),
+            "cpu_ms_per_task": self.cpu_per_task.iter().map(|c| round(*c)).collect::<Vec<_>>(),
             "faults": self.faults,
         })
     }
@@ -172,7 +172,7 @@ async fn sitting(
         rates: Vec::new(),
         dispatched: Vec::new(),
         callbacks: Vec::new(),
-        cpu_per_occurrence: Vec::new(),
+        cpu_per_task: Vec::new(),
         faults: 0,
         raw: json!([]),
     };
@@ -205,6 +205,7 @@ async fn sitting(
         .await?;
         let before = DbCounters::read(&target.stats, &target.pool, &target.database).await?;
         let cpu = CpuUse::start(target, &node_pids(target)).await;
+        let began = Utc::now();
         tokio::time::sleep(args.firing_duration).await;
         let cpu = cpu.finish(target).await;
         let ended = Utc::now();
@@ -221,15 +222,14 @@ async fn sitting(
             sitting.callbacks.push(d);
         }
         let cost = Cost::of(
+            target,
+            &setup.job,
+            (began, ended),
             &cpu,
             after.since(&before).xact_commit,
-            args.triggers,
-            1,
-            args.firing_duration,
-        );
-        sitting
-            .cpu_per_occurrence
-            .push((cost.node_cpu_ms + cost.postgres_cpu_ms) / cost.occurrences);
+        )
+        .await?;
+        sitting.cpu_per_task.push(cost.cpu_ms_per_task());
         raw.push(json!({
             "round": round_number,
             "throughput": phase.to_json(),
@@ -374,11 +374,11 @@ fn compare(report: &mut Report, empty: &Sitting, loaded: &Sitting) {
         ));
     }
     report.rows.push(Row::info(
-        "firing: CPU per occurrence (nodes + backends), ms: empty → loaded (median)",
+        "firing: CPU per task finished (nodes + backends), ms: empty → loaded (median)",
         format!(
             "{:.2} → {:.2}",
-            median(&empty.cpu_per_occurrence),
-            median(&loaded.cpu_per_occurrence)
+            median(&empty.cpu_per_task),
+            median(&loaded.cpu_per_task)
         ),
     ));
     for (sitting, what) in [(empty, "empty"), (loaded, "loaded")] {
