@@ -651,23 +651,20 @@ async fn every_occurrence_fires_exactly_once_while_leaders_are_killed_and_stoppe
     );
 }
 
-/// Freezes `node` with SIGSTOP half-way between two whole seconds, while its firing loop sleeps,
-/// and returns when the signal was sent. Frozen inside a fenced transaction, the node would keep
-/// its share lock on the lease row until the server ends its idle session (a different path from
-/// the fencing this test checks); if that happens it is thawed and frozen again. Firing passes
-/// start on whole seconds, but the leader's other fenced duties (pruning, alerting) run at
-/// times of their own, and on a loaded machine any of them may be caught: hence many tries.
+/// Freezes `node` with SIGSTOP while it holds no fenced transaction open, and returns when the
+/// signal was sent. Frozen inside one (a firing pass, or another leader duty such as pruning or
+/// alerting), the node would keep its share lock on the lease row until the server ends its
+/// idle session (a different path from the fencing this test checks). So it is frozen right
+/// after the lease row is seen unlocked, and if a transaction began in between, it is thawed
+/// and frozen again.
 async fn freeze_between_firing_passes(db: &TestDb, node: &PacerProcess) -> Instant {
     for _ in 0..20 {
-        let millis: i64 = sqlx::query_scalar(
-            "select (extract(epoch from clock_timestamp()) * 1000)::bigint % 1000",
+        wait_until(
+            "the leader to end its fenced transaction",
+            SETTLE,
+            || async { (lease_locks(db).await == 0).then_some(()) },
         )
-        .fetch_one(db.pool())
-        .await
-        .expect("the database answers");
-        let to_half = u64::try_from((1500 - millis) % 1000).expect("a positive remainder");
-        // Freeze at mid-second, between firing passes (which start on whole seconds).
-        tokio::time::sleep(Duration::from_millis(to_half)).await;
+        .await;
         let sent = Instant::now();
         node.signal("STOP");
         // Not a wait for an outcome: a statement the node sent just before it froze may still be
@@ -677,19 +674,13 @@ async fn freeze_between_firing_passes(db: &TestDb, node: &PacerProcess) -> Insta
             return sent;
         }
         eprintln!(
-            "{} was frozen inside a firing transaction; thawing it to try again",
+            "{} was frozen inside a fenced transaction; thawing it to try again",
             node.node_id()
         );
         node.signal("CONT");
-        wait_until(
-            "the thawed node to end its firing transaction",
-            SETTLE,
-            || async { (lease_locks(db).await == 0).then_some(()) },
-        )
-        .await;
     }
     panic!(
-        "{} could not be frozen between firing passes",
+        "{} could not be frozen outside a fenced transaction",
         node.node_id()
     );
 }
