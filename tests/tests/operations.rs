@@ -150,8 +150,19 @@ async fn a_job_is_deleted_at_once_while_its_triggers_fire() {
             (fired >= 2 * TRIGGERS as i64).then_some(())
         })
         .await;
-        // Land at a different point of the second each round.
-        tokio::time::sleep(Duration::from_millis(170 * round as u64)).await;
+        // Land at a different point of the second each round (on the database clock, whose
+        // whole seconds the firing passes follow): within 100 ms after 170 ms × round.
+        let point = i64::try_from(170 * round).expect("a small offset") % 1000;
+        wait_until("the round's point of the second", SETTLE, || async {
+            let millis: i64 = sqlx::query_scalar(
+                "select (extract(epoch from clock_timestamp()) * 1000)::bigint % 1000",
+            )
+            .fetch_one(db.pool())
+            .await
+            .expect("the database answers");
+            ((millis - point).rem_euclid(1000) < 100).then_some(())
+        })
+        .await;
         let deleted = api
             .request(
                 Method::DELETE,

@@ -124,7 +124,7 @@ pub(crate) struct Autovacuum {
 impl Autovacuum {
     /// Turns autovacuum on (a reload setting: no restart) on the server at `url`, and notes
     /// whether it was.
-    pub(crate) async fn turn_on(url: &str) -> Result<Self> {
+    async fn turn_on(url: &str) -> Result<Self> {
         let stats = &pool(url).await?;
         let (setting, source): (String, Option<String>) =
             sqlx::query_as("select setting, sourcefile from pg_settings where name = 'autovacuum'")
@@ -159,8 +159,22 @@ impl Autovacuum {
         }
     }
 
+    /// Runs `run` with autovacuum turned on, and puts the setting back afterwards whether or not
+    /// `run` succeeded.
+    pub(crate) async fn on_during<T>(
+        url: &str,
+        run: impl AsyncFnOnce(&Self) -> Result<T>,
+    ) -> Result<T> {
+        let autovacuum = Self::turn_on(url).await?;
+        let outcome = run(&autovacuum).await;
+        let restored = autovacuum.restore().await;
+        let value = outcome?;
+        restored.context("restoring the server's autovacuum setting")?;
+        Ok(value)
+    }
+
     /// Puts the setting back as it was.
-    pub(crate) async fn restore(self) -> Result<()> {
+    async fn restore(self) -> Result<()> {
         let stats = &self.pool;
         if self.unchanged {
             stats.close().await;

@@ -29,15 +29,16 @@ pub(crate) async fn run(bench: &Bench, args: &HistoryArgs) -> Result<Report> {
     positive("--firing-duration", args.firing_duration)?;
     anyhow::ensure!(args.rounds > 0, "--rounds must be at least 1");
     anyhow::ensure!(args.chunk > 0, "--chunk must be at least 1");
-    let autovacuum = Autovacuum::turn_on(bench.server_url()).await?;
-    let target = match bench.target("history", 3).await {
-        Ok(target) => target,
-        Err(error) => {
-            let _ = autovacuum.restore().await;
-            return Err(error);
-        }
-    };
-    let measured = bench
+    Autovacuum::on_during(bench.server_url(), async |autovacuum| {
+        measure(bench, args, autovacuum).await
+    })
+    .await
+}
+
+/// The sitting itself, on a cluster of its own, with autovacuum on.
+async fn measure(bench: &Bench, args: &HistoryArgs, autovacuum: &Autovacuum) -> Result<Report> {
+    let target = bench.target("history", 3).await?;
+    bench
         .run_on(target, async |target| {
             let environment = bench.environment(target).await?;
             let downstream =
@@ -107,11 +108,7 @@ pub(crate) async fn run(bench: &Bench, args: &HistoryArgs) -> Result<Report> {
             report.raw = json!({"empty": empty.raw, "loaded": loaded.raw});
             Ok(report)
         })
-        .await;
-    let restored = autovacuum.restore().await;
-    let report = measured?;
-    restored.context("restoring the server's autovacuum setting")?;
-    Ok(report)
+        .await
 }
 
 /// The rounds measured on one state of the database.

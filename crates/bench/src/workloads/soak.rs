@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
@@ -43,17 +43,23 @@ pub(crate) async fn run(bench: &Bench, args: &SoakArgs) -> Result<Report> {
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
-    let autovacuum = Autovacuum::turn_on(bench.server_url()).await?;
-    let target = match bench.target_with("soak", 3, &settings).await {
-        Ok(target) => target,
-        Err(error) => {
-            let _ = autovacuum.restore().await;
-            return Err(error);
-        }
-    };
+    Autovacuum::on_during(bench.server_url(), async |autovacuum| {
+        measure(bench, args, &settings, autovacuum).await
+    })
+    .await
+}
+
+/// The run itself, on nodes with `settings`, with autovacuum on.
+async fn measure(
+    bench: &Bench,
+    args: &SoakArgs,
+    settings: &[(String, String)],
+    autovacuum: &Autovacuum,
+) -> Result<Report> {
+    let target = bench.target_with("soak", 3, settings).await?;
     let out_dir = bench.out_dir.clone();
     let png = out_dir.join(format!("soak-{}.png", bench.stamp));
-    let measured = bench
+    bench
         .run_on(target, async |target| {
             let environment = bench.environment(target).await?;
             let downstream =
@@ -125,11 +131,7 @@ pub(crate) async fn run(bench: &Bench, args: &SoakArgs) -> Result<Report> {
             }
             Ok(report)
         })
-        .await;
-    let restored = autovacuum.restore().await;
-    let report = measured?;
-    restored.context("restoring the server's autovacuum setting")?;
-    Ok(report)
+        .await
 }
 
 /// One table at one moment.
