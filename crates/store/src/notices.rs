@@ -119,11 +119,13 @@ impl Store {
         Ok(updated.rows_affected() == 1)
     }
 
-    /// How long until the next notice is due, if any is waiting.
+    /// How long until the next notice is due (zero when one is due now); `None` when no notice
+    /// is waiting, so an idle notifier sleeps for its whole poll interval.
     pub async fn next_notice_in(&self) -> Result<Option<Duration>> {
+        // Null when nothing waits (`min` of no rows); `greatest` would turn that into 0, "due
+        // now", and every idle node would poll the outbox as fast as it can.
         let ms = sqlx::query_scalar!(
-            r#"select greatest(0, extract(epoch from (min(next_attempt_at) - now())) * 1000)::bigint
-               as "ms"
+            r#"select (extract(epoch from (min(next_attempt_at) - now())) * 1000)::bigint as "ms"
                from task_notices where delivered_at is null and not failed"#
         )
         .fetch_one(&self.pool)

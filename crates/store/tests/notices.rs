@@ -56,6 +56,11 @@ async fn a_finished_task_owes_one_notice_however_often_it_is_reported(pool: PgPo
     let notify = json!({ "url": "https://rip.example/done", "events": ["finished"], "auth": { "kind": "none" } });
     let noticed = create(&store, &job, Some(notify)).await;
     let silent = create(&store, &job, None).await;
+    assert_eq!(
+        store.next_notice_in().await.expect("next notice"),
+        None,
+        "no notice waits: the notifier sleeps its whole poll interval"
+    );
     for id in [noticed, silent] {
         store
             .report(id, &report(CallbackStatus::Processing))
@@ -80,6 +85,11 @@ async fn a_finished_task_owes_one_notice_however_often_it_is_reported(pool: PgPo
     }
     let notices = store.task_notices(noticed).await.expect("notices");
     assert_eq!(notices.len(), 1, "{notices:?}");
+    assert_eq!(
+        store.next_notice_in().await.expect("next notice"),
+        Some(Duration::ZERO),
+        "the notice is due now"
+    );
     assert_eq!(notices[0].event, "finished");
     assert_eq!(notices[0].state, "completed");
     assert!(
@@ -123,6 +133,11 @@ async fn a_finished_task_owes_one_notice_however_often_it_is_reported(pool: PgPo
             .record_notice(&again[0], None, None)
             .await
             .expect("record")
+    );
+    assert_eq!(
+        store.next_notice_in().await.expect("next notice"),
+        None,
+        "nothing is waiting once the notice is delivered"
     );
     let notice = &store.task_notices(noticed).await.expect("notices")[0];
     assert_eq!(notice.attempts, 2);
