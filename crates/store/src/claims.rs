@@ -620,31 +620,9 @@ impl Store {
     /// task is due, or is within `ahead` of it when it can be claimed ahead; `None` when no task
     /// is open.
     pub async fn next_due_in(&self, ahead: Span) -> Result<Option<Duration>> {
-        let seconds = sqlx::query_scalar!(
-            // Only a task due within `ahead` of the earliest can change the answer, so the
-            // look for one claimable ahead stops there instead of passing every claimed task.
-            r#"with first as (
-                   select min(next_dispatch_at) as at from tasks where next_dispatch_at is not null
-               )
-               select extract(epoch from least(
-                   (select at from first),
-                   -- A task waiting for a concurrency slot is first looked at when it is due.
-                   (select min(due_at) from tasks
-                    where waiting and state = 'pending' and due_at > now()),
-                   -- Bounded on both sides (the lower bound is the earliest, so it excludes
-                   -- nothing): a range of the due index, planned as one without statistics too,
-                   -- where one open end is guessed to hold a third of the table and scanned.
-                   (select t.next_dispatch_at - $1::bigint * interval '1 millisecond'
-                    from tasks t, first
-                    where t.next_dispatch_at >= first.at
-                      and t.next_dispatch_at < first.at + $1::bigint * interval '1 millisecond'
-                      and t.attempt = 0 and t.claim_token is null and t.waits_for is null
-                    order by t.next_dispatch_at limit 1)
-               ) - now())::float8 as seconds"#,
-            ahead.as_millis(),
-        )
-        .fetch_one(&self.pool)
-        .await?;
+        let seconds = sqlx::query_file_scalar!("src/sql/next_due_in.sql", ahead.as_millis())
+            .fetch_one(&self.pool)
+            .await?;
         Ok(seconds.map(|s| Duration::from_secs_f64(s.max(0.0))))
     }
 }

@@ -252,6 +252,55 @@ mod tests {
         "task_runs_pkey",
     ];
 
+    /// The looks a node makes many times a second on its general connections, each with what
+    /// its plan must not do.
+    const LOOKS: [(&str, &str, &[&str]); 2] = [
+        (
+            "next_due_in",
+            include_str!("sql/next_due_in.sql"),
+            &["Seq Scan", "Sort", "tasks_waiting_by_job_idx"],
+        ),
+        (
+            "step_tally",
+            include_str!("sql/step_tally.sql"),
+            &[
+                "Seq Scan",
+                "Sort",
+                "tasks_run_child_key",
+                "tasks_job_outcome_idx",
+            ],
+        ),
+    ];
+
+    /// A connection keeps the generic plan of a statement it runs often, and may make it while
+    /// `tasks` is still empty and has no statistics; the looks are written so that even that
+    /// plan walks the index meant for them, in order, instead of a whole table or step.
+    #[sqlx::test(migrator = "MIGRATOR")]
+    async fn frequent_looks_keep_plans_that_walk_their_index(pool: PgPool) {
+        let mut conn = pool.acquire().await.expect("a connection");
+        sqlx::raw_sql("set plan_cache_mode = force_generic_plan")
+            .execute(&mut *conn)
+            .await
+            .expect("generic plans");
+        for (name, sql, forbidden) in LOOKS {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("prepare {name} as {sql}")))
+                .execute(&mut *conn)
+                .await
+                .unwrap_or_else(|e| panic!("{name} does not prepare: {e}"));
+            let nulls = vec!["null"; parameters(sql)].join(", ");
+            let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "explain execute {name}({nulls})"
+            )))
+            .fetch_all(&mut *conn)
+            .await
+            .unwrap_or_else(|e| panic!("{name} does not explain: {e}"));
+            let plan = plan.join("\n");
+            for what in forbidden {
+                assert!(!plan.contains(what), "{name} plans {what}:\n{plan}");
+            }
+        }
+    }
+
     /// On an empty database, where a whole-table scan is the cheapest plan there is, the one plan
     /// each batched statement keeps still finds its rows by their keys.
     #[sqlx::test(migrator = "MIGRATOR")]

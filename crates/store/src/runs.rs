@@ -503,11 +503,8 @@ fn clip(text: &str, max: usize) -> String {
     }
 }
 
-/// What [`decide`] needs of one step of a run, read through the index on (run, step, state,
-/// held) so an ending costs what the step's open children cost, not what all its children do:
-/// pending, processing and held items, and failed and cancelled ones, are counted only up to
-/// `cap` (a `for_each` step's `max_parallel`: no more held items are ever released at once, and
-/// a failure needs only to be seen). Completed children are not counted.
+/// What [`decide`] needs of one step of a run (see `sql/step_tally.sql`), each count bounded by
+/// `cap`.
 async fn step_tally(
     conn: &mut sqlx::PgConnection,
     run: Uuid,
@@ -515,33 +512,9 @@ async fn step_tally(
     cap: i64,
     skip_if_unchanged: bool,
 ) -> Result<StepTally> {
-    let row = sqlx::query!(
-        r#"select
-             (select count(*) from (select 1 from tasks where run_id = $1 and step = $2
-                                    and state = 'pending' and not held limit $3) x) as "pending!",
-             (select count(*) from (select 1 from tasks where run_id = $1 and step = $2
-                                    and state = 'processing' limit $3) x) as "processing!",
-             (select count(*) from (select 1 from tasks where run_id = $1 and step = $2
-                                    and state = 'pending' and held limit $3) x) as "held!",
-             (select count(*) from (select 1 from tasks where run_id = $1 and step = $2
-                                    and state = 'failed' limit $3) x) as "failed!",
-             (select count(*) from (select 1 from tasks where run_id = $1 and step = $2
-                                    and state = 'cancelled' limit $3) x) as "cancelled!",
-             -- Only a `skip_if_unchanged` step looks: on another step the probe would walk its
-             -- completed children for nothing.
-             case when $4 then (select count(*) from (
-                 select 1 from tasks where run_id = $1 and step = $2
-                 and state = 'completed' and outcome = 'unchanged' limit 1) x)
-             else 0 end as "unchanged!",
-             exists (select 1 from tasks where run_id = $1 and step = $2
-                     and state = 'completed_with_errors') as "with_errors!""#,
-        run,
-        step,
-        cap,
-        skip_if_unchanged,
-    )
-    .fetch_one(&mut *conn)
-    .await?;
+    let row = sqlx::query_file!("src/sql/step_tally.sql", run, step, cap, skip_if_unchanged,)
+        .fetch_one(&mut *conn)
+        .await?;
     let n = |count: i64| u64::try_from(count).unwrap_or_default();
     Ok(StepTally {
         pending: n(row.pending),
