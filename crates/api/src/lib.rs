@@ -110,10 +110,16 @@ pub struct Shared {
     reporting: Batcher<Reporting>,
 }
 
-/// The most tasks created (or callbacks applied) in one statement, and how many such statements
-/// run at once.
+/// The most tasks created in one statement, and how many such statements run at once.
 const CREATION_BATCH: usize = 64;
 const CREATION_WRITERS: usize = 1;
+
+/// The most callbacks applied in one statement (as many as a node's dispatch outcomes), and how
+/// many such statements run at once. The callbacks that end children of one run take turns on
+/// the run's lock, so each turn should end as many of them as have arrived: a turn costs the same
+/// round trips however many children it ends.
+const REPORT_BATCH: usize = 256;
+const REPORT_WRITERS: usize = 1;
 
 /// Job definitions as last read, by name, for the task creation path: each use is checked
 /// against the job's current version by the statement that writes the task, so a kept
@@ -169,11 +175,7 @@ impl AppState {
                 CREATION_BATCH,
                 CREATION_WRITERS,
             ),
-            reporting: Batcher::start(
-                Reporting::new(store.clone()),
-                CREATION_BATCH,
-                CREATION_WRITERS,
-            ),
+            reporting: Batcher::start(Reporting::new(store.clone()), REPORT_BATCH, REPORT_WRITERS),
         }))
     }
 
