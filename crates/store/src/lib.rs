@@ -252,9 +252,9 @@ mod tests {
         "task_runs_pkey",
     ];
 
-    /// The looks a node makes many times a second on its general connections, each with what
-    /// its plan must not do.
-    const LOOKS: [(&str, &str, &[&str]); 2] = [
+    /// The statements a node runs many times a second on its general connections (and the lock
+    /// of an ending's runs on either kind), each with what its plan must not do.
+    const LOOKS: [(&str, &str, &[&str]); 3] = [
         (
             "next_due_in",
             include_str!("sql/next_due_in.sql"),
@@ -269,6 +269,11 @@ mod tests {
                 "tasks_run_child_key",
                 "tasks_job_outcome_idx",
             ],
+        ),
+        (
+            "lock_runs",
+            include_str!("sql/lock_runs.sql"),
+            &["Seq Scan", "Hash Join", "Merge Join"],
         ),
     ];
 

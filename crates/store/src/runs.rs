@@ -280,15 +280,9 @@ pub fn retry_errors_key(old: TaskId) -> String {
 /// the tasks, and pass what it returns to [`advance_runs`] once they have ended. Plain tasks belong
 /// to no run: for them it finds nothing and costs one index lookup per task.
 pub(crate) async fn lock_runs(conn: &mut sqlx::PgConnection, ids: &[Uuid]) -> Result<Vec<Uuid>> {
-    Ok(sqlx::query_scalar!(
-        "select r.task_id from task_runs r
-         where r.task_id in (select t.run_id from tasks t where t.id = any($1) and t.run_id is not null)
-         order by r.task_id
-         for update of r",
-        ids,
-    )
-    .fetch_all(&mut *conn)
-    .await?)
+    Ok(sqlx::query_file_scalar!("src/sql/lock_runs.sql", ids)
+        .fetch_all(&mut *conn)
+        .await?)
 }
 
 /// Advances each of `runs` as far as its children allow; the caller holds their locks (see
