@@ -252,6 +252,22 @@ mod tests {
         "task_runs_pkey",
     ];
 
+    /// The plan `sql`, prepared on `conn` as `name`, keeps (as `explain` prints it).
+    async fn plan_of(conn: &mut sqlx::PgConnection, name: &str, sql: &str) -> String {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("prepare {name} as {sql}")))
+            .execute(&mut *conn)
+            .await
+            .unwrap_or_else(|e| panic!("{name} does not prepare: {e}"));
+        let nulls = vec!["null"; parameters(sql)].join(", ");
+        let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "explain execute {name}({nulls})"
+        )))
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap_or_else(|e| panic!("{name} does not explain: {e}"));
+        plan.join("\n")
+    }
+
     /// The statements a node runs many times a second on its general connections (and the lock
     /// of an ending's runs on either kind), each with what its plan must not do.
     const LOOKS: [(&str, &str, &[&str]); 3] = [
@@ -288,18 +304,7 @@ mod tests {
             .await
             .expect("generic plans");
         for (name, sql, forbidden) in LOOKS {
-            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("prepare {name} as {sql}")))
-                .execute(&mut *conn)
-                .await
-                .unwrap_or_else(|e| panic!("{name} does not prepare: {e}"));
-            let nulls = vec!["null"; parameters(sql)].join(", ");
-            let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-                "explain execute {name}({nulls})"
-            )))
-            .fetch_all(&mut *conn)
-            .await
-            .unwrap_or_else(|e| panic!("{name} does not explain: {e}"));
-            let plan = plan.join("\n");
+            let plan = plan_of(&mut conn, name, sql).await;
             for what in forbidden {
                 assert!(!plan.contains(what), "{name} plans {what}:\n{plan}");
             }
@@ -313,18 +318,7 @@ mod tests {
         let store = Store::new(pool);
         let mut conn = store.batches.acquire().await.expect("a batch connection");
         for (name, sql) in BATCHED {
-            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("prepare {name} as {sql}")))
-                .execute(&mut *conn)
-                .await
-                .unwrap_or_else(|e| panic!("{name} does not prepare: {e}"));
-            let nulls = vec!["null"; parameters(sql)].join(", ");
-            let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-                "explain execute {name}({nulls})"
-            )))
-            .fetch_all(&mut *conn)
-            .await
-            .unwrap_or_else(|e| panic!("{name} does not explain: {e}"));
-            let plan = plan.join("\n");
+            let plan = plan_of(&mut conn, name, sql).await;
             for whole in ["Seq Scan", "Hash Join", "Merge Join"] {
                 assert!(!plan.contains(whole), "{name} plans a {whole}:\n{plan}");
             }
