@@ -12,6 +12,15 @@ use uuid::Uuid;
 use crate::calendars::load_calendars;
 use crate::{Result, Store, TASKS_DUE_CHANNEL};
 
+/// How the sweep's statements plan. The leader runs them every second for as long as it leads,
+/// on tables that may have been empty and without statistics when their plans were made, and that
+/// grow with every task kept: with whole-table scans, hash and merge joins and sorts off, each
+/// walks an index of the few rows it is after (see `sql/sweep_*.sql`), however large `tasks`
+/// grows.
+pub(crate) const SWEEP_PLANNING: &str = "set local enable_seqscan = off; \
+     set local enable_hashjoin = off; set local enable_mergejoin = off; \
+     set local enable_sort = off";
+
 /// What one firing pass did.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Fired {
@@ -462,41 +471,21 @@ impl Store {
     /// or stopped are made due at once, so they are taken over without waiting for their leases;
     /// tasks queued under `buffer_one` start once the task they wait for has finished.
     pub async fn sweep(&self, dead_after_ms: i64) -> Result<Swept> {
-        let orphaned_claims = sqlx::query_scalar!(
-            r#"with orphaned as (
-                   -- A claim taken ahead of its time is due again at that time.
-                   update tasks set next_dispatch_at = greatest(now(), claimed_at)
-                   where claim_token is not null and next_dispatch_at > now()
-                     and claimed_by in (select id from nodes
-                                        where stopped_at is not null
-                                           or last_heartbeat_at < now() - $1::bigint * interval '1 millisecond')
-                   returning id
-               )
-               select count(*) as "count!" from orphaned"#,
-            dead_after_ms,
-        )
-        .fetch_one(&self.pool)
-        .await?;
-        let released = sqlx::query_scalar!(
-            r#"with released as (
-                   -- One waiting for a concurrency slot too goes on waiting: for admission now.
-                   update tasks w set waits_for = null, updated_at = now(),
-                       next_dispatch_at = case when w.waiting then w.next_dispatch_at else now() end,
-                       due_at = case when w.waiting then least(w.due_at, now()) else w.due_at end
-                   where w.waits_for is not null and w.state in ('pending', 'processing')
-                     and not exists (select 1 from tasks r
-                                     where r.id = w.waits_for and r.state in ('pending', 'processing'))
-                   returning w.id
-               )
-               select count(*) as "count!" from released"#
-        )
-        .fetch_one(&self.pool)
-        .await?;
+        let mut tx = self.pool.begin().await?;
+        sqlx::raw_sql(SWEEP_PLANNING).execute(&mut *tx).await?;
+        let orphaned_claims =
+            sqlx::query_file_scalar!("src/sql/sweep_orphaned_claims.sql", dead_after_ms)
+                .fetch_one(&mut *tx)
+                .await?;
+        let released = sqlx::query_file_scalar!("src/sql/sweep_waits_released.sql")
+            .fetch_one(&mut *tx)
+            .await?;
         if orphaned_claims + released > 0 {
             sqlx::query!("select pg_notify($1, '')", TASKS_DUE_CHANNEL)
-                .execute(&self.pool)
+                .execute(&mut *tx)
                 .await?;
         }
+        tx.commit().await?;
         Ok(Swept {
             orphaned_claims: u64::try_from(orphaned_claims).unwrap_or_default(),
             released: u64::try_from(released).unwrap_or_default(),

@@ -146,14 +146,19 @@ impl Store {
         stats
     }
 
-    /// Open tasks by state (`pending`, `processing`), both always present.
+    /// Open tasks by state (`pending`, `processing`), both always present. Read through the
+    /// index of open tasks by due time, under the sweep's planning (see `SWEEP_PLANNING`): the
+    /// leader counts every few seconds, and a plan made on an empty table would read all of
+    /// `tasks` each time.
     pub async fn open_task_counts(&self) -> Result<Vec<(&'static str, i64)>> {
-        let rows = sqlx::query!(
-            r#"select state as "state!", count(*) as "count!" from tasks
-               where next_dispatch_at is not null group by state"#
-        )
-        .fetch_all(&self.pool)
-        .await?;
+        let mut tx = self.pool.begin().await?;
+        sqlx::raw_sql(firing::SWEEP_PLANNING)
+            .execute(&mut *tx)
+            .await?;
+        let rows = sqlx::query_file!("src/sql/open_task_counts.sql")
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
         Ok(["pending", "processing"]
             .into_iter()
             .map(|state| {
@@ -219,6 +224,8 @@ impl Listener {
 
 #[cfg(test)]
 mod tests {
+    use sqlx::Connection;
+
     use super::*;
 
     /// The batched statements, each with how many parameters it takes.
@@ -258,9 +265,12 @@ mod tests {
             .execute(&mut *conn)
             .await
             .unwrap_or_else(|e| panic!("{name} does not prepare: {e}"));
-        let nulls = vec!["null"; parameters(sql)].join(", ");
+        let arguments = match parameters(sql) {
+            0 => String::new(),
+            n => format!("({})", vec!["null"; n].join(", ")),
+        };
         let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "explain execute {name}({nulls})"
+            "explain execute {name}{arguments}"
         )))
         .fetch_all(&mut *conn)
         .await
@@ -270,7 +280,7 @@ mod tests {
 
     /// The statements a node runs many times a second on its general connections (and the lock
     /// of an ending's runs on either kind), each with what its plan must not do.
-    const LOOKS: [(&str, &str, &[&str]); 3] = [
+    const LOOKS: [(&str, &str, &[&str]); 4] = [
         (
             "next_due_in",
             include_str!("sql/next_due_in.sql"),
@@ -291,6 +301,34 @@ mod tests {
             include_str!("sql/lock_runs.sql"),
             &["Seq Scan", "Hash Join", "Merge Join"],
         ),
+        (
+            "alert_work_due",
+            include_str!("sql/alert_work_due.sql"),
+            &["Seq Scan on tasks", "tasks_state_idx"],
+        ),
+    ];
+
+    /// The leader's periodic looks planned as it runs them (see `firing::SWEEP_PLANNING`), each
+    /// with what its plan must not do and the index it must walk.
+    const SWEEPS: [(&str, &str, &[&str], &str); 3] = [
+        (
+            "sweep_orphaned_claims",
+            include_str!("sql/sweep_orphaned_claims.sql"),
+            &["Seq Scan", "tasks_state_idx"],
+            "tasks_due_idx",
+        ),
+        (
+            "sweep_waits_released",
+            include_str!("sql/sweep_waits_released.sql"),
+            &["Seq Scan", "Sort", "Materialize", "tasks_state_idx"],
+            "tasks_waiting_idx",
+        ),
+        (
+            "open_task_counts",
+            include_str!("sql/open_task_counts.sql"),
+            &["Seq Scan", "tasks_state_idx"],
+            "tasks_due_idx",
+        ),
     ];
 
     /// A connection keeps the generic plan of a statement it runs often, and may make it while
@@ -308,6 +346,21 @@ mod tests {
             for what in forbidden {
                 assert!(!plan.contains(what), "{name} plans {what}:\n{plan}");
             }
+        }
+        let mut tx = conn.begin().await.expect("a transaction");
+        sqlx::raw_sql(firing::SWEEP_PLANNING)
+            .execute(&mut *tx)
+            .await
+            .expect("the sweep's planning");
+        for (name, sql, forbidden, index) in SWEEPS {
+            let plan = plan_of(&mut tx, name, sql).await;
+            for what in forbidden {
+                assert!(!plan.contains(what), "{name} plans {what}:\n{plan}");
+            }
+            assert!(
+                plan.contains(index),
+                "{name} does not walk {index}:\n{plan}"
+            );
         }
     }
 

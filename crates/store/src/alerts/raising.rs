@@ -149,43 +149,11 @@ impl Store {
     /// alerted, or an open alert whose condition cleared. Reads only, so an idle leader writes
     /// nothing.
     pub async fn alert_work_due(&self, threshold: i32, dead_after_ms: i64) -> Result<bool> {
-        Ok(sqlx::query_scalar!(
-            r#"select (
-                   exists (select 1 from tasks where deadline_at <= now() and deadline_at is not null
-                           and overdue_noticed_at is null and next_dispatch_at is not null)
-                or exists (select 1 from tasks where not outcome_noticed
-                           and state in ('completed', 'completed_with_errors', 'failed'))
-                or exists (select 1 from skipped_runs where not noticed)
-                or exists (select 1 from dispatch_streaks where errors > noticed and errors >= $1)
-                or exists (select 1 from nodes where stopped_at is null
-                           and last_heartbeat_at < now() - $2::bigint * interval '1 millisecond'
-                           and (lost_noticed_at is null or lost_noticed_at < last_heartbeat_at))
-                or exists (select 1 from jobs j where j.freshness_ms is not null
-                   and coalesce((select max(s.started_at) from tasks s
-                                 where s.job_id = j.id and s.state = 'completed' and s.step is null),
-                                j.fresh_since, j.created_at)
-                       + j.freshness_ms * interval '1 millisecond' <= now()
-                           and not exists (select 1 from alerts a where a.kind = 'stale'
-                                           and a.job_name = j.name and a.state in ('open', 'acked')))
-                or exists (select 1 from alerts a where a.state in ('open', 'acked')
-                           and a.kind in ('overdue', 'dispatch_errors', 'node_lost', 'stale') and (
-                           (a.kind = 'overdue' and exists (select 1 from tasks t where t.id = a.task_id and t.next_dispatch_at is null))
-                        or (a.kind = 'dispatch_errors' and not exists (select 1 from dispatch_streaks s join jobs j on j.id = s.job_id
-                                                                       where j.name = a.job_name and s.errors > 0))
-                        or (a.kind = 'node_lost' and exists (select 1 from nodes n where n.id = a.node_id
-                               and (n.stopped_at is not null or n.last_heartbeat_at > a.opened_at)))
-                        or (a.kind = 'stale' and not exists (select 1 from jobs j where j.name = a.job_name
-                               and j.freshness_ms is not null
-                   and coalesce((select max(s.started_at) from tasks s
-                                 where s.job_id = j.id and s.state = 'completed' and s.step is null),
-                                j.fresh_since, j.created_at)
-                       + j.freshness_ms * interval '1 millisecond' <= now()))))
-               ) as "due!""#,
-            threshold,
-            dead_after_ms,
+        Ok(
+            sqlx::query_file_scalar!("src/sql/alert_work_due.sql", threshold, dead_after_ms,)
+                .fetch_one(&self.pool)
+                .await?,
         )
-        .fetch_one(&self.pool)
-        .await?)
     }
 
     /// Begins an alert evaluation as leader `node` under `term`; `None` when the term no longer

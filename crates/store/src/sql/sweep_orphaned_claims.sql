@@ -1,0 +1,16 @@
+-- Makes the claims of dead or stopped nodes due again at once (a claim taken ahead of its time,
+-- at that time), so they are taken over without waiting for their leases. A node is dead when it
+-- has not beaten its heartbeat for $1 ms.
+--
+-- The leader runs this every sweep, whatever the size of `tasks`, under the planning of
+-- `SWEEP_PLANNING` (see `firing.rs`): claimed tasks are found through the index of open tasks by
+-- due time, never by reading the whole table.
+with orphaned as (
+    update tasks set next_dispatch_at = greatest(now(), claimed_at)
+    where claim_token is not null and next_dispatch_at > now()
+      and claimed_by in (select id from nodes
+                         where stopped_at is not null
+                            or last_heartbeat_at < now() - $1::bigint * interval '1 millisecond')
+    returning id
+)
+select count(*) as "count!" from orphaned

@@ -1,0 +1,25 @@
+-- Starts the tasks queued under `buffer_one` whose task waited for is no longer open (or no
+-- longer kept). One waiting for a concurrency slot too goes on waiting: for admission now.
+--
+-- The leader runs this every sweep under the planning of `SWEEP_PLANNING` (see `firing.rs`).
+-- Ordered by `waits_for`, the waiting tasks are read through their own partial index, and each
+-- one's task waited for is looked up by its key: the cost follows the tasks that wait, not the
+-- open tasks (the index of tasks by state holds every open task, and a plan made on an empty
+-- table reads it for both sides).
+with waiting as (
+    select w.id from tasks w
+    where w.waits_for is not null and w.state in ('pending', 'processing')
+      and not coalesce((select r.state in ('pending', 'processing') from tasks r
+                        where r.id = w.waits_for), false)
+    order by w.waits_for
+    for update of w
+),
+released as (
+    update tasks w set waits_for = null, updated_at = now(),
+        next_dispatch_at = case when w.waiting then w.next_dispatch_at else now() end,
+        due_at = case when w.waiting then least(w.due_at, now()) else w.due_at end
+    from waiting
+    where w.id = waiting.id
+    returning w.id
+)
+select count(*) as "count!" from released
