@@ -16,10 +16,13 @@ use crate::{Result, Store, TASKS_DUE_CHANNEL};
 /// on tables that may have been empty and without statistics when their plans were made, and that
 /// grow with every task kept: with whole-table scans, hash and merge joins and sorts off, each
 /// walks an index of the few rows it is after (see `sql/sweep_*.sql`), however large `tasks`
-/// grows.
+/// grows. A plan that still scans a table (`nodes` has nothing else) carries the planner's
+/// penalty in its cost, which is far above the threshold for compiling a plan to machine code:
+/// with JIT on, every sweep would spend hundreds of milliseconds compiling statements that run in
+/// one, so it is off.
 pub(crate) const SWEEP_PLANNING: &str = "set local enable_seqscan = off; \
      set local enable_hashjoin = off; set local enable_mergejoin = off; \
-     set local enable_sort = off";
+     set local enable_sort = off; set local jit = off";
 
 /// What one firing pass did.
 #[derive(Debug, Clone, PartialEq)]

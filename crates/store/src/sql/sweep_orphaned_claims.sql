@@ -5,12 +5,17 @@
 -- The leader runs this every sweep, whatever the size of `tasks`, under the planning of
 -- `SWEEP_PLANNING` (see `firing.rs`): claimed tasks are found through the index of open tasks by
 -- due time, never by reading the whole table.
-with orphaned as (
+-- While no node is dead, the `exists` (a one-time test) skips the walk altogether.
+with dead as (
+    select id from nodes
+    where stopped_at is not null
+       or last_heartbeat_at < now() - $1::bigint * interval '1 millisecond'
+),
+orphaned as (
     update tasks set next_dispatch_at = greatest(now(), claimed_at)
-    where claim_token is not null and next_dispatch_at > now()
-      and claimed_by in (select id from nodes
-                         where stopped_at is not null
-                            or last_heartbeat_at < now() - $1::bigint * interval '1 millisecond')
+    where exists (select 1 from dead)
+      and claim_token is not null and next_dispatch_at > now()
+      and claimed_by in (select id from dead)
     returning id
 )
 select count(*) as "count!" from orphaned
