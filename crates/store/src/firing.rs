@@ -12,14 +12,13 @@ use uuid::Uuid;
 use crate::calendars::load_calendars;
 use crate::{Result, Store, TASKS_DUE_CHANNEL};
 
-/// How the sweep's statements plan. The leader runs them every second for as long as it leads,
-/// on tables that may have been empty and without statistics when their plans were made, and that
-/// grow with every task kept: with whole-table scans, hash and merge joins and sorts off, each
-/// walks an index of the few rows it is after (see `sql/sweep_*.sql`), however large `tasks`
-/// grows. A plan that still scans a table (`nodes` has nothing else) carries the planner's
-/// penalty in its cost, which is far above the threshold for compiling a plan to machine code:
-/// with JIT on, every sweep would spend hundreds of milliseconds compiling statements that run in
-/// one, so it is off.
+/// How the leader's open-task count plans (see `Store::open_task_counts`): with whole-table scans,
+/// hash and merge joins and sorts off, in a read-only transaction of its own, it walks the index of
+/// open tasks by due time however large `tasks` grows, even under a plan made on an empty table. A
+/// plan that still scans a table carries the planner's penalty in its cost, far above the
+/// threshold for compiling a plan to machine code, so JIT is off too. Only a statement that
+/// changes nothing may run under these settings: a write fires triggers, and the plans their
+/// queries make here would be kept by the connection, penalty and all, for every later write.
 pub(crate) const SWEEP_PLANNING: &str = "set local enable_seqscan = off; \
      set local enable_hashjoin = off; set local enable_mergejoin = off; \
      set local enable_sort = off; set local jit = off";
@@ -474,21 +473,18 @@ impl Store {
     /// or stopped are made due at once, so they are taken over without waiting for their leases;
     /// tasks queued under `buffer_one` start once the task they wait for has finished.
     pub async fn sweep(&self, dead_after_ms: i64) -> Result<Swept> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::raw_sql(SWEEP_PLANNING).execute(&mut *tx).await?;
         let orphaned_claims =
             sqlx::query_file_scalar!("src/sql/sweep_orphaned_claims.sql", dead_after_ms)
-                .fetch_one(&mut *tx)
+                .fetch_one(&self.pool)
                 .await?;
         let released = sqlx::query_file_scalar!("src/sql/sweep_waits_released.sql")
-            .fetch_one(&mut *tx)
+            .fetch_one(&self.pool)
             .await?;
         if orphaned_claims + released > 0 {
             sqlx::query!("select pg_notify($1, '')", TASKS_DUE_CHANNEL)
-                .execute(&mut *tx)
+                .execute(&self.pool)
                 .await?;
         }
-        tx.commit().await?;
         Ok(Swept {
             orphaned_claims: u64::try_from(orphaned_claims).unwrap_or_default(),
             released: u64::try_from(released).unwrap_or_default(),

@@ -2,10 +2,9 @@
 -- at that time), so they are taken over without waiting for their leases. A node is dead when it
 -- has not beaten its heartbeat for $1 ms.
 --
--- The leader runs this every sweep, whatever the size of `tasks`, under the planning of
--- `SWEEP_PLANNING` (see `firing.rs`): claimed tasks are found through the index of open tasks by
--- due time, never by reading the whole table.
--- While no node is dead, the `exists` (a one-time test) skips the walk altogether.
+-- The leader runs this every sweep. Nodes are never forgotten, so once any node has stopped there
+-- is always one to look for; while none is dead, the `exists` (a one-time test) skips the look at
+-- `tasks` altogether.
 with dead as (
     select id from nodes
     where stopped_at is not null

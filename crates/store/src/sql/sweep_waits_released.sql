@@ -1,11 +1,9 @@
 -- Starts the tasks queued under `buffer_one` whose task waited for is no longer open (or no
 -- longer kept). One waiting for a concurrency slot too goes on waiting: for admission now.
 --
--- The leader runs this every sweep under the planning of `SWEEP_PLANNING` (see `firing.rs`).
--- Ordered by `waits_for`, the waiting tasks are read through their own partial index, and each
--- one's task waited for is looked up by its key: the cost follows the tasks that wait, not the
--- open tasks (the index of tasks by state holds every open task, and a plan made on an empty
--- table reads it for both sides).
+-- The leader runs this every sweep. Each waiting task's task waited for is looked up by its key
+-- (a scalar subquery): the earlier `not exists` was planned, on an empty table, as a join of every
+-- open task with every open task.
 with waiting as (
     select w.id from tasks w
     where w.waits_for is not null and w.state in ('pending', 'processing')
