@@ -12,17 +12,6 @@ use uuid::Uuid;
 use crate::calendars::load_calendars;
 use crate::{Result, Store, TASKS_DUE_CHANNEL};
 
-/// How the leader's open-task count plans (see `Store::open_task_counts`): with whole-table scans,
-/// hash and merge joins and sorts off, in a read-only transaction of its own, it walks the index of
-/// open tasks by due time however large `tasks` grows, even under a plan made on an empty table. A
-/// plan that still scans a table carries the planner's penalty in its cost, far above the
-/// threshold for compiling a plan to machine code, so JIT is off too. Only a statement that
-/// changes nothing may run under these settings: a write fires triggers, and the plans their
-/// queries make here would be kept by the connection, penalty and all, for every later write.
-pub(crate) const SWEEP_PLANNING: &str = "set local enable_seqscan = off; \
-     set local enable_hashjoin = off; set local enable_mergejoin = off; \
-     set local enable_sort = off; set local jit = off";
-
 /// What one firing pass did.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Fired {

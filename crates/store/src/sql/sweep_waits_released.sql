@@ -2,22 +2,15 @@
 -- longer kept). One waiting for a concurrency slot too goes on waiting: for admission now.
 --
 -- The leader runs this every sweep. Each waiting task's task waited for is looked up by its key
--- (a scalar subquery): the earlier `not exists` was planned, on an empty table, as a join of every
--- open task with every open task.
-with waiting as (
-    select w.id from tasks w
-    where w.waits_for is not null and w.state in ('pending', 'processing')
-      and not coalesce((select r.state in ('pending', 'processing') from tasks r
-                        where r.id = w.waits_for), false)
-    order by w.waits_for
-    for update of w
-),
-released as (
+-- (a scalar subquery): a `not exists` was planned, on an empty table, as a join of every open
+-- task with every open task.
+with released as (
     update tasks w set waits_for = null, updated_at = now(),
         next_dispatch_at = case when w.waiting then w.next_dispatch_at else now() end,
         due_at = case when w.waiting then least(w.due_at, now()) else w.due_at end
-    from waiting
-    where w.id = waiting.id
+    where w.waits_for is not null and w.state in ('pending', 'processing')
+      and not coalesce((select r.state in ('pending', 'processing') from tasks r
+                        where r.id = w.waits_for), false)
     returning w.id
 )
 select count(*) as "count!" from released
