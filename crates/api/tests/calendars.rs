@@ -102,6 +102,35 @@ async fn calendars_are_kept_validated_and_refused_while_in_use(pool: PgPool) {
         .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(fields(&problem), ["exclude[0].date"]);
+    // A window's duration is refused under its own name, whether it does not parse or is
+    // longer than any duration may be.
+    let (status, problem) = api
+        .send(
+            Method::PUT,
+            "/api/v1/calendars/broken",
+            Some(json!({ "exclude": [
+                { "kind": "cron", "expression": "0 0 2 * * SUN", "duration": "895703928m" },
+                { "kind": "cron", "expression": "0 0 2 * * SUN", "duration": "two hours" } ] })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        fields(&problem),
+        ["exclude[0].duration", "exclude[1].duration"]
+    );
+    let (status, windowed) = api
+        .send(
+            Method::PUT,
+            "/api/v1/calendars/windowed",
+            Some(json!({ "exclude": [
+                { "kind": "cron", "expression": "0 0 2 * * SUN", "duration": " 90m " } ] })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{windowed}");
+    assert_eq!(
+        windowed["exclude"][0]["duration"], "1h30m",
+        "a window's duration is kept in canonical form"
+    );
     let (status, problem) = api
         .send(
             Method::PUT,

@@ -21,6 +21,7 @@ use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 
 use crate::schedule::Schedule;
+use crate::span::SpanError;
 use crate::{Span, ValidationErrors};
 
 /// Most exclusion rules one calendar holds.
@@ -154,7 +155,10 @@ pub enum Exclusion {
     Cron {
         #[cfg_attr(feature = "openapi", schema(example = "0 0 2 * * SUN"))]
         expression: String,
-        duration: Span,
+        // Read when the calendar is checked, so that a refusal names this field (serde's errors
+        // lose the path inside a tagged rule); stored in canonical form.
+        #[cfg_attr(feature = "openapi", schema(value_type = Span))]
+        duration: String,
     },
 }
 
@@ -332,7 +336,10 @@ impl Exclusion {
             } => {
                 let schedule =
                     Schedule::cron(expression, zone).map_err(|e| ("expression", e.to_string()))?;
-                if *duration < Span::from_secs(1) || *duration > MAX_WINDOW {
+                let duration: Span = duration
+                    .parse()
+                    .map_err(|e: SpanError| ("duration", e.to_string()))?;
+                if duration < Span::from_secs(1) || duration > MAX_WINDOW {
                     return Err((
                         "duration",
                         format!("must be between 1s and {MAX_WINDOW}, got {duration}"),
@@ -391,10 +398,16 @@ impl TryFrom<CalendarInput> for CalendarSpec {
         if input.exclude.len() > MAX_RULES {
             errors.push("exclude", format!("at most {MAX_RULES} rules"));
         }
+        let mut exclude = input.exclude;
         if zone_ok {
-            for (i, rule) in input.exclude.iter().enumerate() {
+            for (i, rule) in exclude.iter_mut().enumerate() {
                 if let Err((field, message)) = rule.compile(&timezone) {
                     errors.push(format!("exclude[{i}].{field}"), message);
+                } else if let Exclusion::Cron { duration, .. } = rule {
+                    // Stored and shown as every duration is: `90m` reads back as `1h30m`.
+                    if let Ok(span) = duration.parse::<Span>() {
+                        *duration = span.to_string();
+                    }
                 }
             }
         }
@@ -412,7 +425,7 @@ impl TryFrom<CalendarInput> for CalendarSpec {
         errors.into_result(CalendarSpec {
             timezone,
             description: input.description,
-            exclude: input.exclude,
+            exclude,
             include: input.include,
         })
     }
@@ -748,6 +761,8 @@ mod tests {
                 { "kind": "daily", "from": "10:00", "to": "10:00" },
                 { "kind": "cron", "expression": "0 61 * * *", "duration": "1h" },
                 { "kind": "cron", "expression": "0 * * * *", "duration": "32d" },
+                { "kind": "cron", "expression": "0 * * * *", "duration": " 4s  0h  895703928m " },
+                { "kind": "cron", "expression": "0 * * * *", "duration": "2 hours" },
             ])),
             [
                 "exclude[0].date",
@@ -758,6 +773,8 @@ mod tests {
                 "exclude[5].to",
                 "exclude[6].expression",
                 "exclude[7].duration",
+                "exclude[8].duration",
+                "exclude[9].duration",
             ]
         );
         let unknown: Result<CalendarInput, _> = serde_json::from_value(serde_json::json!({
