@@ -107,6 +107,13 @@ pub struct Recorded {
     pub outcome: Option<TaskOutcome>,
 }
 
+/// Whether a write of outcomes passes over tasks another transaction holds, or waits for them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Locks {
+    PassOver,
+    WaitFor,
+}
+
 /// A claim this node gives back unfinished.
 #[derive(Debug, Clone, Copy)]
 pub struct ReleasedClaim {
@@ -361,10 +368,47 @@ impl Store {
     /// Records the outcomes of several dispatches in one statement and one commit, in order;
     /// element `i` of the result says whether dispatch `i` still held its claim (see
     /// [`Store::record_outcome`]) and how it ended its task.
+    ///
+    /// The statement passes over tasks another transaction holds locked (a callback batch ending
+    /// them) instead of waiting with its own locks held; those are recorded after it, in a
+    /// transaction that waits for their locks first. So a callback and the answer to the same
+    /// dispatch never wait on each other's whole batch.
     pub async fn record_outcomes(
         &self,
         outcomes: &[(ReleasedClaim, Outcome)],
     ) -> Result<Vec<Recorded>> {
+        let mut recorded = Vec::with_capacity(outcomes.len());
+        let mut skipped = Vec::new();
+        for (i, (row, passed_over)) in self
+            .record_outcomes_once(outcomes, Locks::PassOver)
+            .await?
+            .into_iter()
+            .enumerate()
+        {
+            if passed_over {
+                skipped.push(i);
+            }
+            recorded.push(row);
+        }
+        if !skipped.is_empty() {
+            let again: Vec<(ReleasedClaim, Outcome)> =
+                skipped.iter().map(|&i| outcomes[i].clone()).collect();
+            let rows = self.record_outcomes_once(&again, Locks::WaitFor).await?;
+            for (i, (row, _)) in skipped.into_iter().zip(rows) {
+                recorded[i] = row;
+            }
+        }
+        Ok(recorded)
+    }
+
+    /// One statement of [`Store::record_outcomes`]; each row says whether its task was passed
+    /// over, locked by another transaction (never under [`Locks::WaitFor`], which locks them all
+    /// first).
+    async fn record_outcomes_once(
+        &self,
+        outcomes: &[(ReleasedClaim, Outcome)],
+        locks: Locks,
+    ) -> Result<Vec<(Recorded, bool)>> {
         let n = outcomes.len();
         let mut ids = Vec::with_capacity(n);
         let mut tokens = Vec::with_capacity(n);
@@ -472,19 +516,33 @@ impl Store {
                 .await?
                 .into_iter()
                 .map(|r| {
-                    Ok(Recorded {
+                    let recorded = Recorded {
                         applied: r.applied,
                         outcome: r.outcome.map(|o| o.parse()).transpose().map_err(corrupt)?,
-                    })
+                    };
+                    Ok((recorded, r.skipped))
                 })
-                .collect::<Result<Vec<Recorded>>>()?
+                .collect::<Result<Vec<(Recorded, bool)>>>()?
             };
         }
-        let rows = if ending.is_empty() {
+        let rows = if ending.is_empty() && locks == Locks::PassOver {
             record!(&self.batches)
         } else {
             let mut tx = self.batches.begin().await?;
-            let runs = lock_runs(&mut tx, &ending).await?;
+            // Runs before their children, as every writer locks them.
+            let runs = if ending.is_empty() {
+                Vec::new()
+            } else {
+                lock_runs(&mut tx, &ending).await?
+            };
+            if locks == Locks::WaitFor {
+                sqlx::query!(
+                    "select id from tasks where id = any($1) order by id for update",
+                    &ids
+                )
+                .fetch_all(&mut *tx)
+                .await?;
+            }
             let rows = record!(&mut *tx);
             advance_runs(&mut tx, &runs).await?;
             tx.commit().await?;

@@ -443,3 +443,98 @@ async fn a_batch_of_outcomes_is_recorded_as_if_in_sequence(pool: PgPool) {
         [("pending".to_owned(), 6), ("processing".to_owned(), 1)]
     );
 }
+
+/// A batch of outcomes does not wait for a task another transaction holds (a callback batch
+/// ending it): the rest of the batch is written and committed at once, and the held one is
+/// recorded once its holder commits, against the state that holder left.
+#[sqlx::test(migrator = "pacer_store::MIGRATOR")]
+async fn a_batch_of_outcomes_passes_over_a_task_another_write_holds(pool: PgPool) {
+    let store = Store::new(pool.clone());
+    let job = job(&store, "10s").await;
+    for _ in 0..3 {
+        create(&store, &job).await;
+    }
+    let mut claimed = Vec::new();
+    while claimed.len() < 3 {
+        claimed.extend(
+            store
+                .claim_due("node-a", 3, Span::from_millis(0), Span::from_millis(0))
+                .await
+                .expect("claim"),
+        );
+    }
+    claimed.sort_by_key(|t| t.id.as_uuid());
+    let held = claimed[1].id.as_uuid();
+
+    // Another writer holds the middle task, and ends it, as a callback would.
+    let mut holder = pool.begin().await.expect("begin");
+    sqlx::query("select id from tasks where id = $1 for update")
+        .bind(held)
+        .execute(&mut *holder)
+        .await
+        .expect("lock");
+    sqlx::query(
+        "update tasks set state = 'completed', finished_at = now(), next_dispatch_at = null,
+             claim_token = null, claimed_by = null, claimed_at = null where id = $1",
+    )
+    .bind(held)
+    .execute(&mut *holder)
+    .await
+    .expect("end");
+
+    let batch: Vec<_> = claimed
+        .iter()
+        .map(|t| (t.claim(), accepted(t, "node-a")))
+        .collect();
+    let recording = tokio::spawn({
+        let store = store.clone();
+        async move { store.record_outcomes(&batch).await }
+    });
+    // The other two are committed while the middle one is still held.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let processing: i64 =
+            sqlx::query_scalar("select count(*) from tasks where state = 'processing'")
+                .fetch_one(&pool)
+                .await
+                .expect("count");
+        if processing == 2 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the tasks nobody else held were not recorded while one was held"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        !recording.is_finished(),
+        "the held task is not yet recorded"
+    );
+    holder.commit().await.expect("commit");
+
+    let recorded = recording.await.expect("join").expect("record");
+    let applied: Vec<bool> = recorded.iter().map(|r| r.applied).collect();
+    assert_eq!(
+        applied,
+        [true, false, true],
+        "the held task's claim was gone once its holder committed"
+    );
+    let states: Vec<(String, i64)> =
+        sqlx::query_as("select state, count(*) from tasks group by state order by state")
+            .fetch_all(&pool)
+            .await
+            .expect("states");
+    assert_eq!(
+        states,
+        [("completed".to_owned(), 1), ("processing".to_owned(), 2)]
+    );
+    let attempts: i64 = sqlx::query_scalar("select count(*) from task_attempts")
+        .fetch_one(&pool)
+        .await
+        .expect("attempts");
+    assert_eq!(
+        attempts, 3,
+        "every dispatch's attempt is recorded, held or not"
+    );
+}

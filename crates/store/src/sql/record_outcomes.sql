@@ -7,7 +7,8 @@
 -- A job's streak of transient dispatch errors grows with each transient error and ends with any
 -- answer that shows the downstream up; within the batch they count in order, so the streak after
 -- it is the transient errors after the job's last good answer (added to the stored streak when
--- the batch has no good answer). Ending a streak that is already zero writes nothing.
+-- the batch has no good answer). Ending a streak that is already zero writes nothing. Outcomes
+-- passed over (below) count when they are recorded, after the rest of their batch.
 with o as (
     select *
     from unnest($1::uuid[], $2::uuid[], $3::text[], $4::bigint[], $5::int[], $6::text[],
@@ -34,12 +35,16 @@ skips as (
       and coalesce(case when t.step is null then (j.spec ->> 'skip_if_unchanged')::boolean
                         else (r.steps -> t.step ->> 'skip_if_unchanged')::boolean end, false)
 ),
--- Rows are locked in id order, the same order every batched writer of tasks uses, so two batches
--- touching the same tasks wait for each other instead of deadlocking. A locking read returns each
--- row as it is once locked; the tasks are found by id alone, so the plan looks each one up by its
--- key.
+-- Rows are locked in id order, the same order every batched writer of tasks uses. A row another
+-- transaction holds (a callback batch ending that task, most often, since a downstream may call
+-- back before its answer is recorded) is passed over rather than waited for: the batch writes
+-- nothing of it, returns it as `skipped`, and the caller records it again once the holder is done,
+-- in a transaction that has already locked it (see `Store::record_outcomes`). So a batch never
+-- holds its locks while it waits for another's commit. A locking read returns each row as it is
+-- once locked; the tasks are found by id alone, so the plan looks each one up by its key.
 locked as (
-    select id, job_id, claim_token from tasks where id = any($1) order by id for update
+    select id, job_id, claim_token from tasks where id = any($1) order by id
+    for update skip locked
 ),
 updated as (
     update tasks t set
@@ -85,6 +90,7 @@ recorded as (
     insert into task_attempts (task_id, number, node, started_at, outcome, http_status, error,
                                latency_ms, error_code)
     select id, attempt, node, started_at, outcome, http_status, error, latency_ms, error_code from o
+    where id in (select id from locked)
     on conflict (task_id, number) do update set
         node = excluded.node, started_at = excluded.started_at, finished_at = now(),
         outcome = excluded.outcome, http_status = excluded.http_status,
@@ -131,6 +137,7 @@ ended as (
       and not exists (select 1 from streaks s where s.job_id = g.job_id and s.errors > 0)
 )
 select o.id as "id!", exists (select 1 from updated u where u.id = o.id) as "applied!",
-       (select u.outcome from updated u where u.id = o.id) as outcome
+       (select u.outcome from updated u where u.id = o.id) as outcome,
+       not exists (select 1 from locked l where l.id = o.id) as "skipped!"
 from o
 order by o.ord
