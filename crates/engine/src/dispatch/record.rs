@@ -113,7 +113,7 @@ pub(crate) async fn record(recorder: &Recorder, task: &ClaimedTask, outcome: Out
 #[cfg(test)]
 mod tests {
     use pacer_domain::dispatch::DispatchOutcome;
-    use pacer_domain::{JobInput, JobName, JobSpec, Span, after_dispatch};
+    use pacer_domain::{JobInput, JobName, JobSpec, Span, TaskState, after_dispatch};
     use pacer_store::{CreatedTask, NewTask, Origin};
     use serde_json::json;
     use sqlx::PgPool;
@@ -171,17 +171,25 @@ mod tests {
             OUTCOME_BATCH,
             1,
         );
-        // The sixth task is deleted while its dispatch is out: its attempt cannot be written, and
-        // the statement of whatever batch it joins fails.
+        // The sixth task's outcome is one the database refuses (an open task with no time to
+        // be dispatched at), so the statement of whatever batch it joins fails.
         let poisoned = tasks[5].id;
+        // The ninth task is deleted while its dispatch is out: its outcome finds nothing to take
+        // and fails nothing.
+        let deleted = tasks[8].id;
         sqlx::query("delete from tasks where id = $1")
-            .bind(poisoned.as_uuid())
+            .bind(deleted.as_uuid())
             .execute(&pool)
             .await
             .expect("deleted");
         let mut submitted = tokio::task::JoinSet::new();
         for task in &tasks {
-            let item = (task.claim(), accepted(task));
+            let mut outcome = accepted(task);
+            if task.id == poisoned {
+                outcome.decision.state = Some(TaskState::Pending);
+                outcome.decision.next_dispatch_in = None;
+            }
+            let item = (task.claim(), outcome);
             let recorder = recorder.clone();
             let id = task.id;
             submitted.spawn(async move { (id, recorder.submit(item).await) });
@@ -191,12 +199,14 @@ mod tests {
             let (id, answer) = joined.expect("submitted");
             if id == poisoned {
                 assert!(answer.is_err(), "the poisoned outcome fails alone");
+            } else if id == deleted {
+                assert!(!answer.expect("answered").applied, "nothing took it");
             } else {
                 assert!(answer.expect("written").applied, "the claim held");
                 written += 1;
             }
         }
-        assert_eq!(written, 11);
+        assert_eq!(written, 10);
         let rows: Vec<(uuid::Uuid, String, i64)> = sqlx::query_as(
             "select t.id, t.state, (select count(*) from task_attempts a where a.task_id = t.id)
              from tasks t order by t.id",
@@ -206,7 +216,11 @@ mod tests {
         .expect("tasks");
         assert_eq!(rows.len(), 11);
         for (id, state, attempts) in rows {
-            assert_eq!((state.as_str(), attempts), ("completed", 1), "{id}");
+            if id == poisoned.as_uuid() {
+                assert_eq!((state.as_str(), attempts), ("pending", 0), "nothing of it written");
+            } else {
+                assert_eq!((state.as_str(), attempts), ("completed", 1), "{id}");
+            }
         }
     }
 }
