@@ -1,7 +1,7 @@
 //! Claims: taking due tasks for dispatch, recording what each dispatch came to, and handing
 //! tasks back. Every write here is fenced by the claim token read when the task was claimed.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
@@ -515,14 +515,8 @@ impl Store {
                 .fetch_all($executor)
                 .await?
                 .into_iter()
-                .map(|r| {
-                    let recorded = Recorded {
-                        applied: r.applied,
-                        outcome: r.outcome.map(|o| o.parse()).transpose().map_err(corrupt)?,
-                    };
-                    Ok((recorded, r.skipped))
-                })
-                .collect::<Result<Vec<(Recorded, bool)>>>()?
+                .map(|r| (r.id, r.applied, r.outcome))
+                .collect::<Vec<_>>()
             };
         }
         let rows = if ending.is_empty() && locks == Locks::PassOver {
@@ -548,7 +542,28 @@ impl Store {
             tx.commit().await?;
             rows
         };
-        Ok(rows)
+        // A row for each task locked, and one more for each that took its outcome.
+        let mut locked = HashSet::with_capacity(n);
+        let mut applied = HashMap::new();
+        for (id, took, outcome) in rows {
+            if took {
+                let outcome: Option<TaskOutcome> =
+                    outcome.map(|o| o.parse()).transpose().map_err(corrupt)?;
+                applied.insert(id, outcome);
+            } else {
+                locked.insert(id);
+            }
+        }
+        Ok(ids
+            .iter()
+            .map(|id| {
+                let recorded = Recorded {
+                    applied: applied.contains_key(id),
+                    outcome: applied.get(id).copied().flatten(),
+                };
+                (recorded, !locked.contains(id))
+            })
+            .collect())
     }
 
     /// Fails a claimed task whose hard timeout has passed. Returns false when the claim was no

@@ -290,6 +290,29 @@ mod tests {
         plan.join("\n")
     }
 
+    /// Whether a nested loop in `plan` (as `explain` prints it) has no table on either side:
+    /// it compares each of the batch's rows with each of another set of them (a CTE, or the
+    /// unnested arguments), which costs the square of the batch's size.
+    fn joins_two_sets(plan: &str) -> bool {
+        let lines: Vec<&str> = plan.lines().collect();
+        let depth = |line: &str| line.find("->").unwrap_or(0);
+        lines.iter().enumerate().any(|(i, line)| {
+            if !line.contains("Nested Loop") {
+                return false;
+            }
+            let at = depth(line);
+            let children: Vec<&&str> = lines[i + 1..]
+                .iter()
+                .take_while(|l| !l.contains("->") || depth(l) > at)
+                .filter(|l| l.contains("->") && depth(l) == at + 6)
+                .collect();
+            children.len() == 2
+                && children
+                    .iter()
+                    .all(|c| c.contains("CTE Scan on") || c.contains("Function Scan on"))
+        })
+    }
+
     /// The statements a node runs many times a second on its general connections (and the lock
     /// of an ending's runs on either kind), each with what its plan must not do.
     const LOOKS: [(&str, &str, &[&str]); 5] = [
@@ -393,6 +416,11 @@ mod tests {
             for whole in ["Seq Scan", "Hash Join", "Merge Join"] {
                 assert!(!plan.contains(whole), "{name} plans a {whole}:\n{plan}");
             }
+            // Task creation still joins its (at most 64) rows to the rows it inserted.
+            assert!(
+                name == "insert_tasks" || !joins_two_sets(&plan),
+                "{name} joins two sets of the batch's rows in a nested loop:\n{plan}"
+            );
             let mut indexes = plan
                 .split(" using ")
                 .skip(1)

@@ -217,7 +217,11 @@ mod tests {
         assert_eq!(rows.len(), 11);
         for (id, state, attempts) in rows {
             if id == poisoned.as_uuid() {
-                assert_eq!((state.as_str(), attempts), ("pending", 0), "nothing of it written");
+                assert_eq!(
+                    (state.as_str(), attempts),
+                    ("pending", 0),
+                    "nothing of it written"
+                );
             } else {
                 assert_eq!((state.as_str(), attempts), ("completed", 1), "{id}");
             }

@@ -17,46 +17,50 @@ with o as (
          with ordinality as o(id, state, progress, message, result, failure_reason, cancel, event,
                               fingerprint, unchanged, error, ord)
 ),
--- Skip if unchanged, for the reports that speak of their input: a task of a job, or a child of a
--- step, with `skip_if_unchanged` keeps the fingerprint it reports, and a completed one ends
--- `unchanged` when its downstream said so or reported the fingerprint stored for its job. (A run's
--- steps are the ones it started with, in `task_runs`.) Other tasks ignore both fields.
-skips as (
-    select t.id, f.fingerprint as last
-    from o
-    join tasks t on t.id = o.id
-    left join jobs j on j.id = t.job_id
-    left join task_runs r on r.task_id = t.run_id and t.step is not null
-    left join job_fingerprints f on f.job_id = t.job_id
-    where (o.fingerprint is not null or o.unchanged)
-      and coalesce(case when t.step is null then (j.spec ->> 'skip_if_unchanged')::boolean
-                        else (r.steps -> t.step ->> 'skip_if_unchanged')::boolean end, false)
-),
 -- Rows are locked in id order, the same order every batched writer of tasks uses, so two batches
 -- touching the same tasks wait for each other instead of deadlocking. A locking read returns each
--- row as it is once locked, so its state is the one the update below starts from; the tasks are
--- found by id alone, so the plan looks each one up by its key.
+-- row as it is once locked, so its state (`was`) is the one the update below starts from; the
+-- tasks are found by id alone, so the plan looks each one up by its key. Each element's row
+-- carries everything the update needs of it, so that no step joins one set of the batch's rows to
+-- another: on the batched writers' connections (no hash joins) such a join compares every row
+-- with every other.
+-- Skip if unchanged, for the reports that speak of their input: a task of a job, or a child of a
+-- step, with `skip_if_unchanged` keeps the fingerprint it reports (`skips`), and a completed one
+-- ends `unchanged` when its downstream said so or reported the fingerprint stored for its job
+-- (`last`). (A run's steps are the ones it started with, in `task_runs`.) Other tasks ignore both
+-- fields.
 locked as (
-    select id, state from tasks where id = any($1) order by id for update
+    select o.*, t.state as was, f.fingerprint as last,
+           (o.fingerprint is not null or o.unchanged)
+           and coalesce(case when t.step is null then (j.spec ->> 'skip_if_unchanged')::boolean
+                             else (r.steps -> t.step ->> 'skip_if_unchanged')::boolean end,
+                        false) as skips
+    from o
+    join tasks t on t.id = o.id
+    left join jobs j on j.id = t.job_id and t.step is null
+    left join task_runs r on r.task_id = t.run_id and t.step is not null
+    left join job_fingerprints f on f.job_id = t.job_id
+    order by t.id
+    for update of t
 ),
 updated as (
-    update tasks t set state = o.state, finished_at = now(), next_dispatch_at = null,
+    update tasks t set state = l.state, finished_at = now(), next_dispatch_at = null,
         claim_token = null, claimed_by = null, claimed_at = null,
-        progress = coalesce(o.progress, t.progress), message = coalesce(o.message, t.message),
-        result = coalesce(o.result, t.result), failure_reason = o.failure_reason,
-        last_error = coalesce(o.error, t.last_error),
-        cancel_notice_at = case when o.cancel and t.dispatched then now() end,
+        progress = coalesce(l.progress, t.progress), message = coalesce(l.message, t.message),
+        result = coalesce(l.result, t.result), failure_reason = l.failure_reason,
+        last_error = coalesce(l.error, t.last_error),
+        cancel_notice_at = case when l.cancel and t.dispatched then now() end,
         last_heartbeat_at = now(), updated_at = now(),
         -- A task completed for a job nobody watches for success needs no alert evaluation.
-        outcome_noticed = o.state = 'completed' and not exists (
+        outcome_noticed = l.state = 'completed' and not exists (
             select 1 from jobs j where j.id = t.job_id and j.spec -> 'alerts' ? 'on_success'),
-        fingerprint = case when s.id is not null then coalesce(o.fingerprint, t.fingerprint)
+        fingerprint = case when l.skips then coalesce(l.fingerprint, t.fingerprint)
                            else t.fingerprint end,
-        outcome = case when o.state = 'completed' and s.id is not null
-                        and (o.unchanged or o.fingerprint = s.last) then 'unchanged' end
-    from o join locked l on l.id = o.id left join skips s on s.id = o.id
-    where t.id = l.id and l.state = any($8)
-    returning t.*, o.ord, o.event
+        outcome = case when l.state = 'completed' and l.skips
+                        and (l.unchanged or l.fingerprint = l.last) then 'unchanged' end
+    from locked l
+    where t.id = l.id and l.was = any($8)
+    returning t.*, l.ord, l.event
 ),
 -- A plain task that completed with a new fingerprint makes it its job's: the input the next task
 -- compares with. (A run's child keeps it until its run completes: see `runs.rs`.) The latest of a

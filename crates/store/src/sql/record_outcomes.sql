@@ -20,61 +20,64 @@ with o as (
               result, attempt, node, started_at, outcome, http_status, latency_ms, fingerprint,
               unchanged, error_code, reported, ord)
 ),
--- Skip if unchanged, for the answers whose status body speaks of their input: as in
--- `finish_tasks.sql`, a task of a job, or a child of a step, with `skip_if_unchanged` keeps the
--- fingerprint reported, and one completed ends `unchanged` when its downstream said so or
--- reported the fingerprint stored for its job.
-skips as (
-    select t.id, f.fingerprint as last
-    from o
-    join tasks t on t.id = o.id
-    left join jobs j on j.id = t.job_id
-    left join task_runs r on r.task_id = t.run_id and t.step is not null
-    left join job_fingerprints f on f.job_id = t.job_id
-    where (o.fingerprint is not null or o.unchanged)
-      and coalesce(case when t.step is null then (j.spec ->> 'skip_if_unchanged')::boolean
-                        else (r.steps -> t.step ->> 'skip_if_unchanged')::boolean end, false)
-),
 -- Rows are locked in id order, the same order every batched writer of tasks uses. A row another
 -- transaction holds (a callback batch ending that task, most often, since a downstream may call
 -- back before its answer is recorded) is passed over rather than waited for: the batch writes
--- nothing of it, returns it as `skipped`, and the caller records it again once the holder is done,
--- in a transaction that has already locked it (see `Store::record_outcomes`). So a batch never
--- holds its locks while it waits for another's commit. A locking read returns each row as it is
--- once locked; the tasks are found by id alone, so the plan looks each one up by its key.
+-- nothing of it and the caller records it again once the holder is done, in a transaction that
+-- has already locked it (see `Store::record_outcomes`). So a batch never holds its locks while it
+-- waits for another's commit. A locking read returns each row as it is once locked; the tasks are
+-- found by id alone, so the plan looks each one up by its key.
+--
+-- Each outcome's row carries everything the writes below need of it, so that no step joins one
+-- set of the batch's rows to another: on the batched writers' connections (no hash joins) such a
+-- join compares every row with every other, which for a batch of 256 cost more than the writes.
+-- Skip if unchanged, for the answers whose status body speaks of their input: as in
+-- `finish_tasks.sql`, a task of a job, or a child of a step, with `skip_if_unchanged` keeps the
+-- fingerprint reported (`skips`), and one completed ends `unchanged` when its downstream said so
+-- or reported the fingerprint stored for its job (`last`).
 locked as (
-    select id, job_id, claim_token from tasks where id = any($1) order by id
-    for update skip locked
+    select o.*, t.job_id, t.claim_token as held, f.fingerprint as last,
+           (o.fingerprint is not null or o.unchanged)
+           and coalesce(case when t.step is null then (j.spec ->> 'skip_if_unchanged')::boolean
+                             else (r.steps -> t.step ->> 'skip_if_unchanged')::boolean end,
+                        false) as skips
+    from o
+    join tasks t on t.id = o.id
+    left join jobs j on j.id = t.job_id and t.step is null
+    left join task_runs r on r.task_id = t.run_id and t.step is not null
+    left join job_fingerprints f on f.job_id = t.job_id
+    order by t.id
+    for update of t skip locked
 ),
 updated as (
     update tasks t set
-        state = coalesce(o.state, t.state),
-        next_dispatch_at = case when o.next_ms is null then null
-                                else least(now() + o.next_ms * interval '1 millisecond', t.timeout_at) end,
-        finished_at = case when o.next_ms is null then now() end,
-        consecutive_failures = o.failures,
+        state = coalesce(l.state, t.state),
+        next_dispatch_at = case when l.next_ms is null then null
+                                else least(now() + l.next_ms * interval '1 millisecond', t.timeout_at) end,
+        finished_at = case when l.next_ms is null then now() end,
+        consecutive_failures = l.failures,
         -- Set when the answer's status body reported a failure the job's retry policy retries.
-        reported_failures = coalesce(o.reported, t.reported_failures),
-        reported_attempt = case when o.reported is null then t.reported_attempt else o.attempt end,
-        failure_reason = o.failure_reason,
-        last_error = coalesce(o.error, t.last_error),
-        progress = coalesce(o.progress, t.progress),
-        message = coalesce(o.message, t.message),
-        result = coalesce(o.result, t.result),
+        reported_failures = coalesce(l.reported, t.reported_failures),
+        reported_attempt = case when l.reported is null then t.reported_attempt else l.attempt end,
+        failure_reason = l.failure_reason,
+        last_error = coalesce(l.error, t.last_error),
+        progress = coalesce(l.progress, t.progress),
+        message = coalesce(l.message, t.message),
+        result = coalesce(l.result, t.result),
         -- A task completed for a job nobody watches for success needs no alert evaluation.
-        outcome_noticed = t.outcome_noticed or coalesce(o.state = 'completed' and not exists (
+        outcome_noticed = t.outcome_noticed or coalesce(l.state = 'completed' and not exists (
             select 1 from jobs j where j.id = t.job_id and j.spec -> 'alerts' ? 'on_success'), false),
-        fingerprint = case when s.id is not null then coalesce(o.fingerprint, t.fingerprint)
+        fingerprint = case when l.skips then coalesce(l.fingerprint, t.fingerprint)
                            else t.fingerprint end,
-        outcome = case when o.state = 'completed' and s.id is not null
-                        and (o.unchanged or o.fingerprint = s.last) then 'unchanged' end,
+        outcome = case when l.state = 'completed' and l.skips
+                        and (l.unchanged or l.fingerprint = l.last) then 'unchanged' end,
         claim_token = null,
         claimed_by = null,
         claimed_at = null,
         updated_at = now()
-    from o join locked l on l.id = o.id left join skips s on s.id = o.id
-    where t.id = l.id and l.claim_token = o.token
-    returning t.id, t.job_id, t.state, t.step, t.fingerprint, t.outcome, o.ord
+    from locked l
+    where t.id = l.id and l.held = l.token
+    returning t.id, t.job_id, t.state, t.step, t.fingerprint, t.outcome, l.ord
 ),
 -- A plain task completed with a new fingerprint makes it its job's (see `finish_tasks.sql`).
 stored as (
@@ -89,8 +92,8 @@ stored as (
 recorded as (
     insert into task_attempts (task_id, number, node, started_at, outcome, http_status, error,
                                latency_ms, error_code)
-    select id, attempt, node, started_at, outcome, http_status, error, latency_ms, error_code from o
-    where id in (select id from locked)
+    select id, attempt, node, started_at, outcome, http_status, error, latency_ms, error_code
+    from locked
     on conflict (task_id, number) do update set
         node = excluded.node, started_at = excluded.started_at, finished_at = now(),
         outcome = excluded.outcome, http_status = excluded.http_status,
@@ -98,23 +101,23 @@ recorded as (
         error = coalesce(excluded.error, task_attempts.error), latency_ms = excluded.latency_ms,
         error_code = coalesce(excluded.error_code, task_attempts.error_code)
 ),
+-- Each job's outcomes in the batch, each with the last good answer among them (a window over the
+-- job's rows, so no set is joined to another).
 per_job as (
-    select l.job_id, o.ord, o.outcome, o.error
-    from o join locked l on l.id = o.id
-    where l.job_id is not null
-),
-good as (
-    select job_id,
-           max(ord) filter (where outcome in ('accepted', 'already_running', 'permanent_error')) as last_ord
-    from per_job group by job_id
+    select job_id, ord, outcome, error,
+           max(ord) filter (where outcome in ('accepted', 'already_running', 'permanent_error'))
+               over (partition by job_id) as last_good
+    from locked
+    where job_id is not null
 ),
 streaks as (
-    select p.job_id, g.last_ord is not null as ended,
-           count(*) filter (where p.outcome = 'transient_error') as errors,
-           (array_agg(p.error order by p.ord desc) filter (where p.outcome = 'transient_error'))[1] as last_error
-    from per_job p join good g on g.job_id = p.job_id
-    where p.ord > coalesce(g.last_ord, 0)
-    group by p.job_id, g.last_ord
+    select job_id, bool_or(last_good is not null) as ended,
+           count(*) filter (where outcome = 'transient_error' and ord > coalesce(last_good, 0))
+               as errors,
+           (array_agg(error order by ord desc) filter (
+               where outcome = 'transient_error' and ord > coalesce(last_good, 0)))[1] as last_error
+    from per_job
+    group by job_id
 ),
 grown as (
     insert into dispatch_streaks (job_id, errors, last_error)
@@ -132,12 +135,11 @@ grown as (
 ),
 ended as (
     update dispatch_streaks d set errors = 0, noticed = 0, updated_at = now()
-    from good g
-    where d.job_id = g.job_id and g.last_ord is not null and d.errors > 0
-      and not exists (select 1 from streaks s where s.job_id = g.job_id and s.errors > 0)
+    from streaks s
+    where d.job_id = s.job_id and s.ended and s.errors = 0 and d.errors > 0
 )
-select o.id as "id!", exists (select 1 from updated u where u.id = o.id) as "applied!",
-       (select u.outcome from updated u where u.id = o.id) as outcome,
-       not exists (select 1 from locked l where l.id = o.id) as "skipped!"
-from o
-order by o.ord
+-- One row per task locked, and one more per task that took its outcome; the caller matches
+-- them to the outcomes by id (a task not locked was passed over).
+select id as "id!", false as "applied!", null::text as outcome from locked
+union all
+select id, true, outcome from updated
