@@ -68,23 +68,62 @@ fn accepted(task: &ClaimedTask, node: &str) -> Outcome {
     }
 }
 
-/// Claims for `node` until a task comes back or the deadline passes.
-async fn claim_when_due(store: &Store, node: &str) -> ClaimedTask {
+/// Asks `check` every 20 ms until it gives a value, failing after 10 s.
+async fn wait_for<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let mut claimed = store
-            .claim_due(node, 1, Span::from_millis(0), Span::from_millis(0))
-            .await
-            .expect("claim");
-        if let Some(task) = claimed.pop() {
-            return task;
+        if let Some(found) = check().await {
+            return found;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "nothing became claimable for {node}"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Claims for `node` until a task comes back or the deadline passes.
+async fn claim_when_due(store: &Store, node: &str) -> ClaimedTask {
+    wait_for(&format!("nothing became claimable for {node}"), || async {
+        store
+            .claim_due(node, 1, Span::from_millis(0), Span::from_millis(0))
+            .await
+            .expect("claim")
+            .pop()
+    })
+    .await
+}
+
+/// Claims `n` tasks due now for `node-a`, however many looks it takes.
+async fn claim_all(store: &Store, n: usize) -> Vec<ClaimedTask> {
+    let wanted = i64::try_from(n).expect("small");
+    let mut claimed = Vec::new();
+    while claimed.len() < n {
+        claimed.extend(
+            store
+                .claim_due("node-a", wanted, Span::from_millis(0), Span::from_millis(0))
+                .await
+                .expect("claim"),
+        );
+    }
+    claimed
+}
+
+/// How many tasks are in each state, by state.
+async fn states(pool: &PgPool) -> Vec<(String, i64)> {
+    sqlx::query_as("select state, count(*) from tasks group by state order by state")
+        .fetch_all(pool)
+        .await
+        .expect("states")
+}
+
+async fn attempts(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("select count(*) from task_attempts")
+        .fetch_one(pool)
+        .await
+        .expect("attempts")
 }
 
 #[sqlx::test(migrator = "pacer_store::MIGRATOR")]
@@ -395,15 +434,7 @@ async fn a_batch_of_outcomes_is_recorded_as_if_in_sequence(pool: PgPool) {
     for job in [&a, &a, &a, &a, &b, &b, &b] {
         create(&store, job).await;
     }
-    let mut claimed = Vec::new();
-    while claimed.len() < 7 {
-        claimed.extend(
-            store
-                .claim_due("node-a", 7, Span::from_millis(0), Span::from_millis(0))
-                .await
-                .expect("claim"),
-        );
-    }
+    let claimed = claim_all(&store, 7).await;
     let (of_a, of_b): (Vec<_>, Vec<_>) = claimed.iter().partition(|t| t.job_name == "sync");
     let mut moved = of_b[2].claim();
     moved.claim_token = uuid::Uuid::now_v7();
@@ -425,21 +456,13 @@ async fn a_batch_of_outcomes_is_recorded_as_if_in_sequence(pool: PgPool) {
     // Job b answered well through the dispatch whose claim had moved on (the answer still shows
     // the downstream up), and failed once after it.
     assert_eq!(streak(&pool, &b).await, (1, 0, Some("b2".into())));
-    let attempts: i64 = sqlx::query_scalar("select count(*) from task_attempts")
-        .fetch_one(&pool)
-        .await
-        .expect("attempts");
     assert_eq!(
-        attempts, 7,
+        attempts(&pool).await,
+        7,
         "every dispatch's attempt is recorded, moved or not"
     );
-    let states: Vec<(String, i64)> =
-        sqlx::query_as("select state, count(*) from tasks group by state order by state")
-            .fetch_all(&pool)
-            .await
-            .expect("states");
     assert_eq!(
-        states,
+        states(&pool).await,
         [("pending".to_owned(), 6), ("processing".to_owned(), 1)]
     );
 }
@@ -454,15 +477,7 @@ async fn a_batch_of_outcomes_passes_over_a_task_another_write_holds(pool: PgPool
     for _ in 0..3 {
         create(&store, &job).await;
     }
-    let mut claimed = Vec::new();
-    while claimed.len() < 3 {
-        claimed.extend(
-            store
-                .claim_due("node-a", 3, Span::from_millis(0), Span::from_millis(0))
-                .await
-                .expect("claim"),
-        );
-    }
+    let mut claimed = claim_all(&store, 3).await;
     claimed.sort_by_key(|t| t.id.as_uuid());
     let held = claimed[1].id.as_uuid();
 
@@ -491,22 +506,18 @@ async fn a_batch_of_outcomes_passes_over_a_task_another_write_holds(pool: PgPool
         async move { store.record_outcomes(&batch).await }
     });
     // The other two are committed while the middle one is still held.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let processing: i64 =
-            sqlx::query_scalar("select count(*) from tasks where state = 'processing'")
-                .fetch_one(&pool)
-                .await
-                .expect("count");
-        if processing == 2 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the tasks nobody else held were not recorded while one was held"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for(
+        "the tasks nobody else held were not recorded while one was held",
+        || async {
+            let processing: i64 =
+                sqlx::query_scalar("select count(*) from tasks where state = 'processing'")
+                    .fetch_one(&pool)
+                    .await
+                    .expect("count");
+            (processing == 2).then_some(())
+        },
+    )
+    .await;
     assert!(
         !recording.is_finished(),
         "the held task is not yet recorded"
@@ -520,21 +531,13 @@ async fn a_batch_of_outcomes_passes_over_a_task_another_write_holds(pool: PgPool
         [true, false, true],
         "the held task's claim was gone once its holder committed"
     );
-    let states: Vec<(String, i64)> =
-        sqlx::query_as("select state, count(*) from tasks group by state order by state")
-            .fetch_all(&pool)
-            .await
-            .expect("states");
     assert_eq!(
-        states,
+        states(&pool).await,
         [("completed".to_owned(), 1), ("processing".to_owned(), 2)]
     );
-    let attempts: i64 = sqlx::query_scalar("select count(*) from task_attempts")
-        .fetch_one(&pool)
-        .await
-        .expect("attempts");
     assert_eq!(
-        attempts, 3,
+        attempts(&pool).await,
+        3,
         "every dispatch's attempt is recorded, held or not"
     );
 }
